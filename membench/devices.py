@@ -1,0 +1,228 @@
+"""The one narrow device interface: timing a step and reading peak memory, per device kind.
+
+Everything device-specific in membench lives here. ``CpuDevice`` times with ``perf_counter`` and
+has no allocator statistics (the protocol runs the tensor tracker instead); ``CudaDevice`` times
+with CUDA events and reads the caching allocator's peaks and NVML, following PyTorch's documented
+APIs only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device string that names no usable device."""
+
+
+@dataclass
+class AllocatorPeak:
+    """Peak figures read from a device allocator after the measured steps."""
+
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    nvml_used_bytes: int | None
+    source: str = "cuda_allocator"
+
+
+class Device(ABC):
+    """What the protocol needs from a device, and nothing more."""
+
+    kind: str
+
+    def __init__(self, torch_device: torch.device):
+        self.torch_device = torch_device
+
+    def __str__(self) -> str:
+        return str(self.torch_device)
+
+    @abstractmethod
+    def name(self) -> str:
+        """Human-readable hardware name (GPU model or CPU model)."""
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    @abstractmethod
+    def time_steps(self, step: Callable[[], object], count: int) -> list[float]:
+        """Run ``step`` ``count`` times; return each step's time in milliseconds."""
+
+    @abstractmethod
+    def reset_peak_memory(self) -> None: ...
+
+    @abstractmethod
+    def read_peak_memory(self) -> AllocatorPeak | None:
+        """Allocator peaks since the last reset, or None where the device has no allocator stats."""
+
+    @abstractmethod
+    def set_memory_budget(self, budget_bytes: int) -> None:
+        """Emulate a device with only ``budget_bytes`` of memory (enforced where possible)."""
+
+    def total_memory_bytes(self) -> int | None:
+        return None
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class CpuDevice(Device):
+    kind = "cpu"
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+
+    def name(self) -> str:
+        return cpu_model_name()
+
+    def synchronize(self) -> None:
+        pass
+
+    def time_steps(self, step, count):
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def read_peak_memory(self) -> None:
+        return None
+
+    def set_memory_budget(self, budget_bytes: int) -> None:
+        # Enforced by the tensor tracker's pass (see protocol.run_cell), not by an allocator.
+        pass
+
+
+class CudaDevice(Device):
+    kind = "cuda"
+
+    def __init__(self, index: int):
+        super().__init__(torch.device("cuda", index))
+        self.index = index
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.index)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.index)
+
+    def time_steps(self, step, count):
+        # One event pair per step, read only after a final synchronize, so timing adds no
+        # host-device sync inside the measured loop.
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(count)
+        ]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        self.synchronize()
+        return [start.elapsed_time(end) for start, end in events]
+
+    def reset_peak_memory(self) -> None:
+        self.synchronize()
+        torch.cuda.reset_peak_memory_stats(self.index)
+
+    def read_peak_memory(self) -> AllocatorPeak:
+        self.synchronize()
+        return AllocatorPeak(
+            peak_allocated_bytes=torch.cuda.max_memory_allocated(self.index),
+            peak_reserved_bytes=torch.cuda.max_memory_reserved(self.index),
+            nvml_used_bytes=nvml_used_bytes(self.index),
+        )
+
+    def set_memory_budget(self, budget_bytes: int) -> None:
+        total = self.total_memory_bytes()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), self.index)
+
+    def total_memory_bytes(self) -> int:
+        return torch.cuda.get_device_properties(self.index).total_memory
+
+
+def nvml_used_bytes(index: int) -> int | None:
+    """Device-wide memory in use according to NVML (all processes), or None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML missing or unusable: the figure is optional
+        return None
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
+
+
+def resolve_device(spec: str) -> Device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a Device; DeviceError naming the choices otherwise."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return CpuDevice()
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not match:
+        raise DeviceError(f"unknown device {spec!r}; valid: {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {spec!r} asked for, but CUDA is not available here; valid: auto, cpu")
+    index = int(match[1] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return CudaDevice(index)
+
+
+def reset_host_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter for this process (Linux), so the next read is fresh."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def host_peak_rss_bytes() -> int:
+    """Peak resident set size of this process since the last reset (VmHWM on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_threads() -> int:
+    return torch.get_num_threads()
+
+
+def visible_cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

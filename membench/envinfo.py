@@ -1,0 +1,73 @@
+"""Provenance: what machine and software a result came from (``env.json``, ``membench env``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .devices import cpu_model_name, cpu_threads, nvml_used_bytes, visible_cpu_count
+
+
+def git_sha() -> str | None:
+    """The commit of the membench source tree, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else version
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML: no driver figure
+        return None
+
+
+def collect_env() -> dict:
+    """Everything that goes into env.json. Cheap: no device work beyond property queries."""
+    info = {
+        "membench_version": __version__,
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [],
+        "driver_version": None,
+        "cpu_model": cpu_model_name(),
+        "cpu_count": visible_cpu_count(),
+        "torch_threads": cpu_threads(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if torch.cuda.is_available():
+        info["driver_version"] = _driver_version()
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            info["gpus"].append({
+                "index": index,
+                "name": props.name,
+                "total_memory_bytes": props.total_memory,
+                "capability": f"{props.major}.{props.minor}",
+                "nvml_used_bytes": nvml_used_bytes(index),
+            })
+    return info

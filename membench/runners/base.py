@@ -1,0 +1,109 @@
+"""What every method runner is, and the recipe all of them share.
+
+A runner owns one training method for one grid cell: it builds the model, optimizer(s) and
+schedule in ``__init__`` and exposes one training step, ``step(images, labels)``. Subclass
+``Runner``, set ``name``, and register the class under the ``membench.methods`` entry-point group;
+the built-in runners register exactly that way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..archs import is_torchvision
+
+# The shared recipe (SPEC section 1).
+LEARNING_RATE = 2e-4
+WEIGHT_DECAY = 1e-3
+FINAL_LEARNING_RATE = 1e-5
+PROPAGATION_DROPOUT = 0.1
+
+
+class RunnerConfigError(ValueError):
+    """A cell this runner cannot run (wrong arch kind, bad micro-batch, ...)."""
+
+
+class Runner(ABC):
+    """One training method, built for one cell.
+
+    ``total_steps`` is the length of the cosine schedule (warmup + measured steps), so every step
+    of a cell runs with a learning rate from the same curve whatever the method.
+    ``dropout=False`` turns every dropout off, which ``membench verify`` needs to compare methods.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_conv_stack: ClassVar[bool] = True
+    uses_micro_batch: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        arch: str,
+        res: int,
+        classes: int,
+        device: torch.device | str = "cpu",
+        *,
+        seed: int = 0,
+        total_steps: int = 25,
+        micro_batch: int | None = None,
+        dropout: bool = True,
+    ):
+        self.arch, self.res, self.classes = arch, res, classes
+        self.device = torch.device(device)
+        self.seed, self.total_steps, self.micro_batch = seed, total_steps, micro_batch
+        self.dropout = dropout
+
+    @classmethod
+    def check_cell(cls, arch: str, res: int, batch: int, micro_batch: int | None) -> None:
+        """Raise RunnerConfigError if this runner cannot run the cell (called before any run)."""
+        if cls.needs_conv_stack and is_torchvision(arch):
+            raise RunnerConfigError(
+                f"{cls.name} needs a layer-wise conv stack (vgg8, vgg11, vgg-dD-wW), not {arch}"
+            )
+        if cls.uses_micro_batch:
+            mb = micro_batch if micro_batch is not None else batch // 2
+            if mb <= 0 or batch % mb != 0:
+                raise RunnerConfigError(
+                    f"micro-batch {mb} does not divide batch {batch} for {cls.name}; choose a "
+                    f"divisor of {batch}"
+                )
+
+    @abstractmethod
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One full training step; returns the step's loss, detached (no host sync)."""
+
+    @abstractmethod
+    def modules(self) -> list[nn.Module]:
+        """Every module the runner trains or evaluates (for parameter and buffer accounting)."""
+
+    @abstractmethod
+    def optimizers(self) -> list[torch.optim.Optimizer]: ...
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules() for p in m.parameters()]
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [b for m in self.modules() for b in m.buffers()]
+
+    def resolved_micro_batch(self, batch: int) -> int | None:
+        """The micro-batch this runner actually uses for ``batch`` (None if it does not split)."""
+        return None
+
+
+def adamw_with_cosine(params, total_steps: int):
+    """The shared recipe: AdamW(lr 2e-4, wd 1e-3) with a cosine schedule down to 1e-5."""
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, total_steps), eta_min=FINAL_LEARNING_RATE
+    )
+    return optimizer, schedule
+
+
+def spatial_goodness(z: torch.Tensor) -> torch.Tensor:
+    """DTG-FF's goodness features: flatten(AdaptiveAvgPool2d(z**2, (2, 2))), dimension 4*C."""
+    return F.adaptive_avg_pool2d(z.square(), (2, 2)).flatten(1)

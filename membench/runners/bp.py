@@ -1,0 +1,190 @@
+"""The backprop family: ``bp``, ``bp-accum``, ``bp-ckpt`` and ``bp-deepsup``.
+
+All four train end to end with one AdamW and one cosine schedule. ``bp``, ``bp-accum`` and
+``bp-ckpt`` share one model (backbone -> global average pool -> Linear(K)) and differ only in how
+a step spends memory; ``bp-deepsup`` is the architecture-matched baseline for DTG-FF, with a
+learned head per conv layer on the very features DTG-FF scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..archs import ConvStack, build_conv_stack, build_torchvision, is_torchvision
+from .base import PROPAGATION_DROPOUT, Runner, adamw_with_cosine, spatial_goodness
+
+
+class ConvStackClassifier(nn.Module):
+    """Backbone -> global average pool -> Linear(K); optionally checkpoints every conv block."""
+
+    def __init__(self, backbone: ConvStack, classes: int, checkpoint_blocks: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.spec.channels[-1], classes)
+        self.checkpoint_blocks = checkpoint_blocks
+
+    def _layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        x = self.backbone.blocks[layer](x)
+        if layer < len(self.backbone.propagate):
+            x = self.backbone.propagate[layer](x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in range(len(self.backbone)):
+            if self.checkpoint_blocks:
+                # Keep only each block's input; recompute conv, ReLU, LayerNorm, dropout (same
+                # RNG state) and pool in the backward pass.
+                x = checkpoint(self._layer, layer, x, use_reentrant=False)
+            else:
+                x = self._layer(layer, x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class _CheckpointedModule(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return checkpoint(self.inner, x, use_reentrant=False)
+
+
+def checkpoint_torchvision_blocks(model: nn.Module) -> nn.Module:
+    """Wrap each member of the model's top-level Sequential children (ResNet's residual blocks,
+    VGG's feature layers) in a non-reentrant checkpoint."""
+    for child in model.children():
+        if isinstance(child, nn.Sequential):
+            for index, block in enumerate(child):
+                if any(True for _ in block.parameters()):
+                    child[index] = _CheckpointedModule(block)
+    return model
+
+
+def _without_dropout(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+class BPRunner(Runner):
+    """Vanilla end-to-end backprop."""
+
+    name = "bp"
+    summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
+    needs_conv_stack = False
+    checkpoint_blocks = False
+
+    def __init__(self, arch, res, classes, device="cpu", **options):
+        super().__init__(arch, res, classes, device, **options)
+        torch.manual_seed(self.seed)
+        if is_torchvision(arch):
+            model = build_torchvision(arch, classes)
+            if self.checkpoint_blocks:
+                model = checkpoint_torchvision_blocks(model)
+        else:
+            dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
+            model = ConvStackClassifier(
+                build_conv_stack(arch, dropout), classes, checkpoint_blocks=self.checkpoint_blocks
+            )
+        if not self.dropout:
+            _without_dropout(model)
+        self.model = model.to(self.device).train()
+        self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [self.optimizer]
+
+    def step(self, images, labels):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(images), labels)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.detach()
+
+
+class BPAccumRunner(BPRunner):
+    """The ``bp`` model, the batch split into micro-batches, one optimizer step per batch."""
+
+    name = "bp-accum"
+    summary = "bp with gradient accumulation over --micro-batch (default batch/2)"
+    uses_micro_batch = True
+
+    def resolved_micro_batch(self, batch):
+        return self.micro_batch if self.micro_batch is not None else batch // 2
+
+    def step(self, images, labels):
+        micro_batch = self.resolved_micro_batch(images.shape[0])
+        chunks = images.shape[0] // micro_batch
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=images.device)
+        for x, y in zip(images.split(micro_batch), labels.split(micro_batch)):
+            # Mean CE scaled by 1/n sums to the full batch's mean CE, so the gradients match bp.
+            loss = F.cross_entropy(self.model(x), y) / chunks
+            loss.backward()
+            total += loss.detach()
+        self.optimizer.step()
+        self.schedule.step()
+        return total
+
+
+class BPCheckpointRunner(BPRunner):
+    """The ``bp`` model with activation checkpointing around every conv block."""
+
+    name = "bp-ckpt"
+    summary = "bp with torch.utils.checkpoint (use_reentrant=False) around every conv block"
+    checkpoint_blocks = True
+
+
+class DeepSupModel(nn.Module):
+    """A conv stack with a learned Linear(4*C_l, K) head on each layer's spatial goodness."""
+
+    def __init__(self, backbone: ConvStack, classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleList(nn.Linear(4 * c, classes) for c in backbone.spec.channels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer logits, first layer first."""
+        logits = []
+        for layer, block in enumerate(self.backbone.blocks):
+            z = block(x)
+            logits.append(self.heads[layer](spatial_goodness(z)))
+            if layer < len(self.backbone.propagate):
+                x = self.backbone.propagate[layer](z)
+        return logits
+
+
+class BPDeepSupRunner(Runner):
+    """Architecture-matched BP: end to end, loss = sum over layers of each head's CE."""
+
+    name = "bp-deepsup"
+    summary = "end-to-end BP with a learned head per conv layer on DTG-FF's goodness features"
+
+    def __init__(self, arch, res, classes, device="cpu", **options):
+        super().__init__(arch, res, classes, device, **options)
+        torch.manual_seed(self.seed)
+        dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
+        self.model = DeepSupModel(build_conv_stack(arch, dropout), classes).to(self.device).train()
+        self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [self.optimizer]
+
+    def step(self, images, labels):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = sum(F.cross_entropy(logits, labels) for logits in self.model(images))
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.detach()

@@ -1,0 +1,193 @@
+"""DTG-FF (paper Sec. 4, App. A and D.7): ``ff-naive`` and ``ff-pipelined``.
+
+Each conv layer l trains on its own loss: spatial goodness u_l = flatten(AvgPool(z_l**2, 2x2)),
+a learnable temperature T_l = 0.5 + 1.5 * sigmoid(alpha_l), and a fixed random readout
+logits_l = (u_l / T_l) @ R_l + b_l, with R_l, b_l ~ N(0, 1/K) kept as buffers. Every layer has
+its own AdamW, cosine schedule and gradient-norm clipping; no gradient crosses a layer boundary.
+A classifier on the detached, globally pooled features of layers 1..L-1 trains with its own
+AdamW; the backbone never sees its gradient.
+
+The two runners compute the same per-layer losses and differ only in the schedule of one step,
+which is the whole point of measuring them side by side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import clip_grad_norm_
+
+from ..archs import ConvStack, build_conv_stack
+from .base import PROPAGATION_DROPOUT, Runner, adamw_with_cosine, spatial_goodness
+
+T_MIN, T_MAX = 0.5, 2.0
+CLIP_NORM = 1.0
+CLASSIFIER_DROPOUT = 0.2
+LABEL_SMOOTHING = 0.1
+
+
+class GoodnessReadout(nn.Module):
+    """Temperature-scaled spatial goodness through a fixed random projection to K logits."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+        std = (1.0 / classes) ** 0.5
+        self.register_buffer("projection", torch.randn(4 * channels, classes) * std)
+        self.register_buffer("bias", torch.randn(classes) * std)
+
+    def temperature(self) -> torch.Tensor:
+        return T_MIN + (T_MAX - T_MIN) * torch.sigmoid(self.alpha)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (spatial_goodness(z) / self.temperature()) @ self.projection + self.bias
+
+
+class DTGFF(nn.Module):
+    """Backbone, one readout per layer, and the detached concat classifier."""
+
+    def __init__(self, backbone: ConvStack, classes: int, classifier_dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.readouts = nn.ModuleList(GoodnessReadout(c, classes) for c in backbone.spec.channels)
+        feature_dim = sum(backbone.spec.channels[1:])
+        self.classifier = nn.Sequential(
+            nn.BatchNorm1d(feature_dim), nn.Dropout(classifier_dropout), nn.Linear(feature_dim, classes)
+        )
+
+    def layer_parameters(self, layer: int) -> list[nn.Parameter]:
+        """What layer l's optimizer trains: its conv and its temperature."""
+        return [*self.backbone.blocks[layer].parameters(), self.readouts[layer].alpha]
+
+    @torch.no_grad()
+    def propagate(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Next layer's input from layer l's detached activation (LayerNorm, dropout, pool)."""
+        return self.backbone.propagate[layer](z.detach())
+
+    @torch.no_grad()
+    def classifier_features(self, images: torch.Tensor) -> torch.Tensor:
+        """A full no_grad conv pass: GAP of every layer but the first, concatenated."""
+        x, features = images, []
+        for layer, block in enumerate(self.backbone.blocks):
+            z = block(x)
+            if layer >= 1:
+                features.append(z.mean(dim=(2, 3)))
+            if layer < len(self.backbone.propagate):
+                x = self.backbone.propagate[layer](z)
+        return torch.cat(features, dim=1)
+
+    def infer_logits(self, images: torch.Tensor, how: str = "concat") -> torch.Tensor:
+        """Inference (not timed): the concat classifier, or the sum of per-layer readouts."""
+        if how == "concat":
+            return self.classifier(self.classifier_features(images))
+        x, total = images, 0
+        for layer, block in enumerate(self.backbone.blocks):
+            z = block(x)
+            total = total + self.readouts[layer](z)
+            if layer < len(self.backbone.propagate):
+                x = self.backbone.propagate[layer](z)
+        return total
+
+
+class _DTGFFRunner(Runner):
+    """Shared construction; subclasses differ only in ``step``."""
+
+    def __init__(self, arch, res, classes, device="cpu", **options):
+        super().__init__(arch, res, classes, device, **options)
+        torch.manual_seed(self.seed)
+        self.model = DTGFF(
+            build_conv_stack(arch, PROPAGATION_DROPOUT if self.dropout else 0.0),
+            classes,
+            CLASSIFIER_DROPOUT if self.dropout else 0.0,
+        ).to(self.device).train()
+        self.depth = len(self.model.backbone)
+        self.layer_params = [self.model.layer_parameters(l) for l in range(self.depth)]
+        self.layer_optimizers, self.layer_schedules = zip(
+            *(adamw_with_cosine(params, self.total_steps) for params in self.layer_params)
+        )
+        self.classifier_optimizer, self.classifier_schedule = adamw_with_cosine(
+            self.model.classifier.parameters(), self.total_steps
+        )
+        self.layer_losses: list[torch.Tensor] = []
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [*self.layer_optimizers, self.classifier_optimizer]
+
+    def _layer_update(self, layer: int) -> None:
+        clip_grad_norm_(self.layer_params[layer], CLIP_NORM)
+        self.layer_optimizers[layer].step()
+        self.layer_schedules[layer].step()
+
+    def _classifier_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.classifier_optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model.classifier(features), labels, label_smoothing=LABEL_SMOOTHING)
+        loss.backward()
+        self.classifier_optimizer.step()
+        self.classifier_schedule.step()
+        return loss.detach()
+
+
+class FFNaiveRunner(_DTGFFRunner):
+    """DTG-FF as first released: every layer's graph alive at once, then a second conv pass."""
+
+    name = "ff-naive"
+    summary = "DTG-FF, naive: all local losses in one graph, one backward, then a no_grad re-pass"
+
+    def step(self, images, labels):
+        model = self.model
+        for optimizer in self.layer_optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+        # 1. Forward with grad through every layer; each layer's graph stays alive.
+        x, losses = images, []
+        for layer, block in enumerate(model.backbone.blocks):
+            z = block(x)
+            losses.append(F.cross_entropy(model.readouts[layer](z), labels))
+            if layer < self.depth - 1:
+                x = model.propagate(layer, z)
+
+        # 2. One backward of the sum (no cross-layer path: inputs were detached), per-layer steps.
+        torch.stack(losses).sum().backward()
+        for layer in range(self.depth):
+            self._layer_update(layer)
+
+        # 3. A second, no_grad pass recomputes every conv for the classifier's features.
+        features = model.classifier_features(images)
+        classifier_loss = self._classifier_step(features, labels)
+        self.layer_losses = [loss.detach() for loss in losses]
+        return torch.stack(self.layer_losses).sum() + classifier_loss
+
+
+class FFPipelinedRunner(_DTGFFRunner):
+    """DTG-FF in a single conv pass: layer by layer, train, free the graph, then propagate."""
+
+    name = "ff-pipelined"
+    summary = "DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach()"
+
+    def step(self, images, labels):
+        model = self.model
+        x, features, self.layer_losses = images, [], []
+        for layer, block in enumerate(model.backbone.blocks):
+            # forward -> local loss -> backward: only this layer's autograd graph ever exists.
+            self.layer_optimizers[layer].zero_grad(set_to_none=True)
+            z = block(x)
+            loss = F.cross_entropy(model.readouts[layer](z), labels)
+            loss.backward()
+            self._layer_update(layer)
+            self.layer_losses.append(loss.detach())
+
+            # Only now, with the graph freed, derive the classifier feature and the next input
+            # from z.detach() (computed with this layer's pre-step weights, as in the paper).
+            z = z.detach()
+            if layer >= 1:
+                features.append(z.mean(dim=(2, 3)))
+            if layer < self.depth - 1:
+                x = model.propagate(layer, z)
+            del z, loss
+
+        classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
+        return torch.stack(self.layer_losses).sum() + classifier_loss

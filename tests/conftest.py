@@ -1,0 +1,28 @@
+"""Shared test setup: GPU tests are skipped without CUDA; tiny cells keep the suite fast on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# A conv stack small enough that a step takes milliseconds on the CPU.
+TINY_ARCH = "vgg-d3-w8"
+TINY_RES = 8
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (gpu marker); run `pytest -m gpu` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """Tests share 2 cores; pin torch to one thread so parallel work does not oversubscribe."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
