@@ -40,6 +40,10 @@ class Runner(ABC):
     summary: ClassVar[str] = ""
     needs_conv_stack: ClassVar[bool] = True
     uses_micro_batch: ClassVar[bool] = False
+    # Correctness contracts that `membench verify` checks (see membench/verify.py): the name of a
+    # runner whose gradients (dropout off) or first-step per-layer losses this one must reproduce.
+    same_gradients_as: ClassVar[str | None] = None
+    same_first_step_losses_as: ClassVar[str | None] = None
 
     def __init__(
         self,

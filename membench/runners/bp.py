@@ -116,6 +116,7 @@ class BPAccumRunner(BPRunner):
     name = "bp-accum"
     summary = "bp with gradient accumulation over --micro-batch (default batch/2)"
     uses_micro_batch = True
+    same_gradients_as = "bp"
 
     def resolved_micro_batch(self, batch):
         return self.micro_batch if self.micro_batch is not None else batch // 2
@@ -141,6 +142,7 @@ class BPCheckpointRunner(BPRunner):
     name = "bp-ckpt"
     summary = "bp with torch.utils.checkpoint (use_reentrant=False) around every conv block"
     checkpoint_blocks = True
+    same_gradients_as = "bp"
 
 
 class DeepSupModel(nn.Module):

@@ -167,6 +167,7 @@ class FFPipelinedRunner(_DTGFFRunner):
 
     name = "ff-pipelined"
     summary = "DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach()"
+    same_first_step_losses_as = "ff-naive"
 
     def step(self, images, labels):
         model = self.model

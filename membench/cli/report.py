@@ -1,0 +1,41 @@
+"""``membench report``: parse and validate, then call membench.report.build_report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..grid import GridError, parse_bytes, split_list
+from ..report import build_report, default_report_dir
+from ..results import ResultsError
+from .app import app, fail
+
+
+@app.command()
+def report(
+    inputs: list[Path] = typer.Argument(
+        ..., show_default=False, metavar="DIR...",
+        help="Results folders (searched recursively for cells.csv) or cells.csv files."),
+    out: Path = typer.Option(
+        None, "--out", help="Report folder (default reports/<input folder name>)."),
+    budget: list[str] = typer.Option(
+        None, "--budget", help="Memory budget to draw on the figures, e.g. 8GiB; repeatable "
+        "or a comma list. Budgets in the data (--device-mem) are drawn anyway."),
+) -> None:
+    """Write a Markdown report with frontier, batch and breakdown figures for the given results."""
+    try:
+        budgets = [parse_bytes(text) for item in budget or [] for text in split_list(item)]
+    except GridError as err:
+        fail(f"--budget: {err}")
+    out_dir = out or default_report_dir(inputs)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file, not a folder")
+    try:
+        path = build_report(inputs, out_dir, budgets,
+                            on_warning=lambda text: typer.echo(f"membench: warning: {text}", err=True))
+    except ResultsError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write the report to {out_dir}: {err.strerror or err}")
+    typer.echo(f"membench: report in {path}")

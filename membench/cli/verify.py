@@ -1,0 +1,44 @@
+"""``membench verify``: run the correctness checks and print a pass/fail table."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..archs import ArchError, validate_arch
+from ..grid import split_list
+from ..runners import RunnerConfigError, UnknownMethodError, available_methods, get_runner
+from ..verify import VerifySetup, verify
+from .app import app, fail
+
+
+@app.command("verify")
+def verify_command(
+    method: str = typer.Option(None, "--method", help="Method(s), comma list; default: all registered."),
+    arch: str = typer.Option(VerifySetup.arch, "--arch", help="Conv-stack arch the checks run on."),
+    res: int = typer.Option(VerifySetup.res, "--res", help="Input resolution."),
+    batch: int = typer.Option(VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."),
+) -> None:
+    """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
+    methods = split_list(method) if method else available_methods()
+    if batch < 2 or batch % 2:
+        fail(f"--batch must be an even number of at least 2, got {batch}")
+    try:
+        validate_arch(arch, res)
+        for name in methods:
+            get_runner(name).check_cell(arch, res, batch, None)
+    except (ArchError, UnknownMethodError, RunnerConfigError) as err:
+        fail(str(err))
+    results = verify(methods, VerifySetup(arch=arch, res=res, batch=batch))
+    table = Table(title=f"membench verify ({arch}, res {res}, batch {batch}, CPU)")
+    for column in ("method", "check", "against", "result", "detail"):
+        table.add_column(column)
+    for r in results:
+        verdict = "[green]pass[/green]" if r.passed else "[red]FAIL[/red]"
+        table.add_row(r.method, r.check, r.reference or "-", verdict, r.detail)
+    Console(width=140).print(table)
+    failed = sum(not r.passed for r in results)
+    typer.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,419 @@
+"""Regression gating: compare a NEW results folder against a BASELINE, cell by cell.
+
+Cells are matched by configuration (method, arch, res, batch, micro_batch, classes, device budget),
+device kind and memory source. GPU cells also match on the GPU model (``device_name``): an H200
+run against a laptop run is not a regression test. CPU cells do not: the tensor tracker's bytes do
+not depend on the CPU model, so a CPU baseline gates memory on any CI machine; CPU timing is only
+judged when both sides ran on the same CPU model.
+
+Memory is compared against a percentage threshold. Tracker and estimate figures are
+deterministic for the same code and torch version, so their default threshold is 0 %; the CUDA
+allocator's peak can move a little with cuDNN's algorithm and workspace choices, so its default is
+1 %. ``peak_allocated_bytes`` and, where both sides have it, each breakdown column are gated.
+
+Timing is judged against its own step-to-step noise, from ``steps.csv``: a cell's throughput has
+regressed when the one-sided Mann-Whitney U test says NEW's step times are larger (p below
+``alpha``) *and* the throughput drop estimated from the ratio of median step times exceeds the
+threshold. A bootstrap confidence interval of that ratio is reported alongside. Without per-step
+times the gate falls back to ``imgs_per_s`` against the threshold, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .results import ResultsError, read_cells, read_steps
+
+CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "classes", "device_mem_bytes"]
+BREAKDOWN_COLUMNS = ["parameters_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes"]
+GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
+REQUIRED_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
+                    "device_name", "status", "memory_source", "peak_allocated_bytes", "imgs_per_s"]
+
+# Per memory source, the default allowed increase in percent (see the module docstring).
+DEFAULT_MEM_INCREASE_PCT = {"tracker": 0.0, "estimate": 0.0, "cuda_allocator": 1.0}
+FALLBACK_MEM_INCREASE_PCT = 1.0
+DEFAULT_TPUT_DROP_PCT = 10.0
+DEFAULT_ALPHA = 0.01
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.90
+# Below this many steps on either side no test can tell noise from change; use imgs_per_s.
+MIN_STEPS_FOR_TEST = 3
+# Exact permutation distribution up to this many splits; the normal approximation beyond.
+EXACT_TEST_MAX_SPLITS = 20_000
+
+FAILED_STATUSES = {"oom", "error", "timeout"}
+
+
+class CompareError(ValueError):
+    """Bad input to compare: a missing path, a file without the needed columns, bad thresholds."""
+
+
+@dataclass
+class TimingVerdict:
+    """How one cell's throughput changed and how sure we are that it did."""
+
+    method: str  # "mann-whitney" | "imgs_per_s" | "not compared"
+    tput_change_pct: float | None = None  # negative: NEW is slower
+    p_value: float | None = None
+    ratio_ci: tuple[float, float] | None = None  # median step time NEW/BASE, bootstrap CI
+    n_baseline: int = 0
+    n_new: int = 0
+    regressed: bool = False
+    note: str = ""
+
+
+@dataclass
+class CellChange:
+    """One matched cell: its status, memory and timing on both sides, and the verdict."""
+
+    cell_id: str
+    device: str
+    device_name: str
+    memory_source: str
+    status_baseline: str
+    status_new: str
+    peak_baseline: int | None = None
+    peak_new: int | None = None
+    mem_change_pct: float | None = None
+    mem_threshold_pct: float | None = None
+    timing: TimingVerdict = field(default_factory=lambda: TimingVerdict("not compared"))
+    reasons: list[str] = field(default_factory=list)  # why it regressed; empty if it did not
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.reasons)
+
+
+@dataclass
+class Comparison:
+    """The outcome of comparing two results folders."""
+
+    baseline: Path
+    new: Path
+    rows: list[CellChange]
+    only_in_baseline: list[dict]
+    only_in_new: list[dict]
+    allow_missing: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[CellChange]:
+        return [row for row in self.rows if row.regressed]
+
+    @property
+    def passed(self) -> bool:
+        """No regression, and (unless allowed) no baseline cell missing from NEW."""
+        return not self.regressions and (self.allow_missing or not self.only_in_baseline)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def mann_whitney_greater(baseline: np.ndarray, new: np.ndarray) -> float:
+    """One-sided p-value that ``new`` tends to be larger than ``baseline`` (Mann-Whitney U).
+
+    Exact over every split of the pooled ranks when there are few enough splits (ties handled by
+    mid-ranks); otherwise the normal approximation with tie and continuity corrections.
+    """
+    baseline, new = np.asarray(baseline, float), np.asarray(new, float)
+    n1, n2 = len(new), len(baseline)
+    pooled = np.concatenate([new, baseline])
+    ranks = _midranks(pooled)
+    u_new = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    if math.comb(n1 + n2, n1) <= EXACT_TEST_MAX_SPLITS:
+        sums = np.fromiter((ranks[list(idx)].sum() for idx in combinations(range(n1 + n2), n1)),
+                           float)
+        u_all = sums - n1 * (n1 + 1) / 2
+        return float(np.mean(u_all >= u_new - 1e-9))
+    n = n1 + n2
+    _, tie_counts = np.unique(pooled, return_counts=True)
+    tie_term = float(np.sum(tie_counts**3 - tie_counts)) / (n * (n - 1))
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term))
+    if sigma == 0:
+        return 1.0
+    z = (u_new - n1 * n2 / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    # Tied values share the mean of their ranks.
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def bootstrap_median_ratio_ci(
+    baseline: np.ndarray, new: np.ndarray, confidence: float = CONFIDENCE,
+    samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of median(new) / median(baseline), fixed seed for reproducibility."""
+    rng = np.random.default_rng(seed)
+    baseline, new = np.asarray(baseline, float), np.asarray(new, float)
+    base_medians = np.median(rng.choice(baseline, (samples, len(baseline))), axis=1)
+    new_medians = np.median(rng.choice(new, (samples, len(new))), axis=1)
+    ratios = new_medians / base_medians
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def judge_timing(
+    baseline_ms: np.ndarray, new_ms: np.ndarray, max_tput_drop_pct: float, alpha: float = DEFAULT_ALPHA,
+) -> TimingVerdict:
+    """Regressed only if NEW is significantly slower and its throughput drop exceeds the threshold."""
+    baseline_ms, new_ms = np.asarray(baseline_ms, float), np.asarray(new_ms, float)
+    ratio = float(np.median(new_ms) / np.median(baseline_ms))
+    change_pct = (1 / ratio - 1) * 100
+    p_value = mann_whitney_greater(baseline_ms, new_ms)
+    verdict = TimingVerdict(
+        "mann-whitney", change_pct, p_value, bootstrap_median_ratio_ci(baseline_ms, new_ms),
+        len(baseline_ms), len(new_ms),
+    )
+    verdict.regressed = p_value < alpha and -change_pct > max_tput_drop_pct
+    if -change_pct > max_tput_drop_pct and not verdict.regressed:
+        verdict.note = f"slower by more than the threshold, but within step noise (p={p_value:.3g})"
+    return verdict
+
+
+# --- matching and comparing ---------------------------------------------------------------------
+
+
+def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    path = Path(path)
+    if not path.exists():
+        raise CompareError(f"{side} {path} does not exist")
+    try:
+        cells = read_cells(path)
+        steps = read_steps(path)
+    except ResultsError as err:
+        raise CompareError(f"{side}: {err}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in cells.columns]
+    if missing:
+        raise CompareError(f"{side} {path} lacks column(s) {', '.join(missing)}")
+    for column in CONFIG_COLUMNS + BREAKDOWN_COLUMNS:
+        if column not in cells.columns:
+            cells[column] = None
+    for column in ("device_name", "memory_source", "status", "device"):
+        # pandas 3 keeps NaN through astype(str); an empty string is what "no value" means here.
+        cells[column] = cells[column].fillna("").astype(str)
+    cells["device_kind"] = cells["device"].str.split(":").str[0]
+    # A CPU's model does not change tracker bytes, so CPU cells match across CPU models.
+    cells["device_match"] = np.where(cells["device_kind"] == "cpu", "", cells["device_name"])
+    cells["config_key"] = [_config_key(row) for row in cells.to_dict("records")]
+    duplicated = cells.duplicated(["config_key", "memory_source"], keep=False)
+    if duplicated.any():
+        raise CompareError(
+            f"{side} {path} has more than one row for cell {cells.loc[duplicated, 'cell_id'].iloc[0]}"
+            f" on one device; compare one run per folder"
+        )
+    return cells, steps
+
+
+def _config_key(row: dict) -> tuple:
+    def norm(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    return tuple(norm(row[c]) for c in CONFIG_COLUMNS) + (row["device_kind"], row["device_match"])
+
+
+def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[list[tuple[dict, dict]], list[dict], list[dict]]:
+    """Match rows on configuration, device and memory source.
+
+    A failed row (oom/error/timeout) has no memory source, so it is matched to the other side's
+    row of the same configuration and device whatever its source: an ok cell that now OOMs must be
+    seen as a regression, not as two unrelated cells.
+    """
+    base_rows = base.to_dict("records")
+    new_rows = new.to_dict("records")
+    pairs, used_new = [], set()
+    unmatched_base = []
+    new_index = {(r["config_key"], r["memory_source"]): i for i, r in enumerate(new_rows)}
+    for row in base_rows:
+        i = new_index.get((row["config_key"], row["memory_source"]))
+        if i is not None and i not in used_new:
+            pairs.append((row, new_rows[i]))
+            used_new.add(i)
+        else:
+            unmatched_base.append(row)
+    only_in_baseline = []
+    for row in unmatched_base:
+        candidates = [
+            i for i, r in enumerate(new_rows)
+            if i not in used_new and r["config_key"] == row["config_key"]
+            and (not r["memory_source"] or not row["memory_source"])
+        ]
+        if len(candidates) == 1:
+            pairs.append((row, new_rows[candidates[0]]))
+            used_new.add(candidates[0])
+        else:
+            only_in_baseline.append(row)
+    only_in_new = [r for i, r in enumerate(new_rows) if i not in used_new]
+    return pairs, only_in_baseline, only_in_new
+
+
+def _number(value) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _pct_change(old: float, new: float) -> float:
+    if old == 0:
+        return 0.0 if new == 0 else math.inf
+    return (new / old - 1) * 100
+
+
+def _step_times(steps: pd.DataFrame, row: dict) -> np.ndarray:
+    if steps.empty:
+        return np.array([])
+    mask = (steps["cell_id"].astype(str) == str(row["cell_id"])) & (
+        steps["device"].astype(str) == str(row["device"]))
+    return steps.loc[mask, "step_ms"].to_numpy(dtype=float)
+
+
+def _compare_pair(
+    base: dict, new: dict, base_steps: pd.DataFrame, new_steps: pd.DataFrame,
+    max_mem_increase_pct: float | None, max_tput_drop_pct: float | None, alpha: float,
+) -> CellChange:
+    change = CellChange(
+        str(new["cell_id"]), str(new["device"]), str(new["device_name"]),
+        new["memory_source"] or base["memory_source"], base["status"], new["status"],
+    )
+    base_ok = base["status"] in ("ok", "estimated")
+    new_ok = new["status"] in ("ok", "estimated")
+    if base_ok and new["status"] in FAILED_STATUSES:
+        change.reasons.append(f"was {base['status']}, now {new['status']}: {str(new.get('error', ''))[:120]}")
+        return change
+    if not base_ok and new_ok:
+        change.notes.append(f"was {base['status']}, now {new['status']}")
+        return change
+    if not (base_ok and new_ok):
+        change.notes.append(f"{base['status']} on both sides; nothing to compare")
+        return change
+
+    source = change.memory_source
+    threshold = (max_mem_increase_pct if max_mem_increase_pct is not None
+                 else DEFAULT_MEM_INCREASE_PCT.get(source, FALLBACK_MEM_INCREASE_PCT))
+    change.mem_threshold_pct = threshold
+    change.peak_baseline = _as_int(base["peak_allocated_bytes"])
+    change.peak_new = _as_int(new["peak_allocated_bytes"])
+    for column in GATED_MEMORY_COLUMNS:
+        old, now = _number(base.get(column)), _number(new.get(column))
+        if old is None or now is None:
+            continue
+        pct = _pct_change(old, now)
+        if column == "peak_allocated_bytes":
+            change.mem_change_pct = pct
+        if pct > threshold:
+            change.reasons.append(
+                f"{column} {int(old):,} -> {int(now):,} B (+{pct:.2f}%, allowed {threshold:g}%, {source})"
+            )
+
+    if max_tput_drop_pct is None or new["status"] == "estimated" or base["status"] == "estimated":
+        return change
+    if base["device_kind"] == "cpu" and base["device_name"] != new["device_name"]:
+        change.timing = TimingVerdict("not compared", note="different CPU models; timing not comparable")
+        return change
+    base_ms, new_ms = _step_times(base_steps, base), _step_times(new_steps, new)
+    if min(len(base_ms), len(new_ms)) >= MIN_STEPS_FOR_TEST:
+        change.timing = judge_timing(base_ms, new_ms, max_tput_drop_pct, alpha)
+    else:
+        change.timing = _judge_imgs_per_s(base, new, max_tput_drop_pct, len(base_ms), len(new_ms))
+    if change.timing.regressed:
+        t = change.timing
+        detail = f", p={t.p_value:.2g}" if t.p_value is not None else " (imgs_per_s, no noise test)"
+        change.reasons.append(
+            f"throughput {t.tput_change_pct:+.1f}% (allowed -{max_tput_drop_pct:g}%{detail})"
+        )
+    return change
+
+
+def _judge_imgs_per_s(base: dict, new: dict, max_tput_drop_pct: float, n_base: int, n_new: int) -> TimingVerdict:
+    old, now = _number(base.get("imgs_per_s")), _number(new.get("imgs_per_s"))
+    note = f"too few per-step times ({n_base} vs {n_new}); compared imgs_per_s without a noise test"
+    if old is None or now is None or old <= 0:
+        return TimingVerdict("not compared", note="no throughput figure on one side")
+    change_pct = (now / old - 1) * 100
+    return TimingVerdict("imgs_per_s", change_pct, n_baseline=n_base, n_new=n_new,
+                         regressed=-change_pct > max_tput_drop_pct, note=note)
+
+
+def _as_int(value) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _describe(row: dict) -> dict:
+    keep = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
+            "device_name", "status", "memory_source"]
+    return {k: row.get(k) for k in keep}
+
+
+def compare_results(
+    baseline: Path,
+    new: Path,
+    max_mem_increase_pct: float | None = None,
+    max_tput_drop_pct: float | None = DEFAULT_TPUT_DROP_PCT,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    allow_missing: bool = False,
+) -> Comparison:
+    """Compare two results (folders or cells.csv files); see the module docstring for the rules.
+
+    ``max_mem_increase_pct=None`` uses the per-source defaults (tracker/estimate 0 %, CUDA
+    allocator 1 %); a number applies to every source. ``max_tput_drop_pct=None`` turns timing
+    gating off (memory-only gate). ``allow_missing`` lets baseline cells absent from NEW pass.
+    Raises CompareError on bad input.
+    """
+    for name, value in (("max memory increase", max_mem_increase_pct),
+                        ("max throughput drop", max_tput_drop_pct)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise CompareError(f"{name} must be a percentage of 0 or more, got {value}")
+    if not 0 < alpha < 1:
+        raise CompareError(f"alpha must be between 0 and 1, got {alpha}")
+    base_cells, base_steps = _load(baseline, "baseline")
+    new_cells, new_steps = _load(new, "new")
+    pairs, only_base, only_new = _pair(base_cells, new_cells)
+    rows = [
+        _compare_pair(b, n, base_steps, new_steps, max_mem_increase_pct, max_tput_drop_pct, alpha)
+        for b, n in pairs
+    ]
+    comparison = Comparison(Path(baseline), Path(new), rows, [_describe(r) for r in only_base],
+                            [_describe(r) for r in only_new], allow_missing)
+    if not pairs and len(base_cells) and len(new_cells):
+        comparison.notes.append(
+            "no cell matched: baseline ran on " + _devices(base_cells) + ", new on " + _devices(new_cells)
+            + " (GPU cells match only on the same GPU model)"
+        )
+    base_torch = set(base_cells.get("torch_version", pd.Series(dtype=str)).dropna().astype(str))
+    new_torch = set(new_cells.get("torch_version", pd.Series(dtype=str)).dropna().astype(str))
+    if base_torch and new_torch and base_torch != new_torch:
+        comparison.notes.append(
+            f"torch differs (baseline {', '.join(sorted(base_torch))}, new {', '.join(sorted(new_torch))});"
+            " memory figures can move with torch itself"
+        )
+    if max_tput_drop_pct is not None and (base_steps.empty or new_steps.empty):
+        comparison.notes.append("no steps.csv on one side: throughput compared from imgs_per_s, "
+                                "without a noise test")
+    return comparison
+
+
+def _devices(cells: pd.DataFrame) -> str:
+    names = sorted({f"{k} ({n})" for k, n in zip(cells["device_kind"], cells["device_name"])})
+    return ", ".join(names)

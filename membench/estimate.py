@@ -1,0 +1,315 @@
+"""Planning without a GPU: predict a cell's peak memory by running it on fake tensors.
+
+``estimate_cell`` runs the cell's real runner code, the protocol's way (``build_runner``,
+``make_batch``, warmup, ``tracked_peak``), inside ``FakeTensorMode`` with the tensor tracker on top:
+every op computes only shapes, dtypes and aliasing, so nothing is allocated or computed, and the
+tracker counts exactly the storages a real run would create at the dispatch level. ``fit_batch``
+searches those estimates for the largest batch that fits a device budget.
+
+Fake CUDA tensors cannot run a backward pass on a machine without a GPU (the autograd engine
+wants a real CUDA device queue), so a ``"cuda"`` estimate runs on fake CPU tensors and models
+what CUDA does differently at the dispatch level:
+
+- the caching allocator rounds every block up to 512 bytes (``memtrack.cuda_allocated_size``);
+- ``F.dropout`` in training uses the fused ``native_dropout`` kernel on CUDA, which saves a 1-byte
+  mask, where the CPU composite saves a float noise tensor (4 bytes per element);
+- AdamW (and any optimizer with ``foreach=None``) defaults to the ``foreach`` implementation on
+  CUDA, whose temporaries span every parameter of the group at once.
+
+What no dispatch-level model sees, and so what a measured ``max_memory_allocated`` can add on top:
+cuDNN/cuBLAS workspaces and other allocations made inside a kernel (e.g. a contiguous copy of
+LayerNorm's permuted input), blocks the caching allocator hands out unsplit (up to 1 MiB more than
+asked for a large block), and the CUDA context (not part of ``max_memory_allocated`` anyway).
+
+Rows: ``status="estimated"``, ``memory_source="estimate"``, ``device="cuda (estimate)"`` or
+``"cpu (estimate)"`` and ``device_name="estimate"``, so an estimate never matches a measured row
+(whose device is ``cuda:N`` or ``cpu``) in reports or ``membench compare``. With a budget
+(``cell.device_mem_bytes``) an estimate above it gets ``status="oom"`` and an error saying
+``estimated X GiB > budget Y GiB``; its ``peak_allocated_bytes`` is still the full estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
+
+from .archs import ArchError, validate_arch
+from .grid import Cell, GridError
+from .memtrack import TensorMemoryTracker, cuda_allocated_size
+from .protocol import DEFAULT_TRACKER_STEPS, CellResult, _one_line, _where, build_runner, make_batch, tracked_peak
+from .runners import RunnerConfigError, UnknownMethodError, get_runner
+
+DEVICE_KINDS = ("cuda", "cpu")
+MEMORY_SOURCE = "estimate"
+DEVICE_NAME = "estimate"
+
+# One fake warmup step is enough: the first optimizer step creates AdamW's moments and step
+# counts, after which every step of every built-in runner allocates and frees the same storages
+# (zero_grad(set_to_none=True) at the start of a step returns it to the same live set). More fake
+# steps would only repeat the same peak at about a second each for VGG11.
+FAKE_WARMUP_STEPS = 1
+
+
+def estimate_device(device_kind: str) -> str:
+    """The ``device`` column of an estimated row, e.g. ``"cuda (estimate)"``."""
+    return f"{device_kind} (estimate)"
+
+
+def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
+    """Predict ``cell``'s peak allocated memory without allocating it.
+
+    Runs the protocol's path (build the runner, make the batch, warmup, one tracked step) under
+    ``FakeTensorMode`` with the tensor tracker. ``device_kind="cuda"`` applies the CUDA caching
+    allocator's rounding and CUDA's dispatch-level differences (see the module docstring);
+    ``"cpu"`` predicts what the CPU tracker measures. A runner that fails under fake tensors
+    (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``.
+    """
+    if device_kind not in DEVICE_KINDS:
+        raise ValueError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
+    result = CellResult(
+        cell, estimate_device(device_kind), DEVICE_NAME, status="estimated",
+        memory_source=MEMORY_SOURCE, torch_threads=torch.get_num_threads(),
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    try:
+        tracker = _fake_tracked_run(cell, device_kind)
+    except Exception as err:  # a runner that cannot run on fake tensors becomes a row
+        result.status = "error"
+        result.error = f"estimate failed: {_one_line(err)} | {_where(err)}"
+        return result
+    result.peak_allocated_bytes = tracker.peak_bytes
+    result.breakdown = tracker.peak_breakdown()
+    budget = cell.device_mem_bytes
+    if budget is not None and tracker.peak_bytes > budget:
+        result.status = "oom"
+        result.error = (
+            f"estimated {tracker.peak_bytes / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB"
+        )
+    return result
+
+
+def _fake_tracked_run(cell: Cell, device_kind: str) -> TensorMemoryTracker:
+    warmup = min(cell.warmup, FAKE_WARMUP_STEPS)
+    # With no warmup the protocol's tracked pass itself includes the first (stateless) step;
+    # mirror its step count then, otherwise one steady-state step gives the same peak.
+    tracked_steps = 1 if warmup else max(1, min(DEFAULT_TRACKER_STEPS, cell.steps))
+    rounding = cuda_allocated_size if device_kind == "cuda" else None
+    # The tracker counts without a budget so the row carries the whole estimate, not the point
+    # where a refusal would have stopped it; estimate_cell compares against the budget after.
+    tracker = TensorMemoryTracker(rounding=rounding)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # leave the caller's RNG alone
+        stack.enter_context(FakeTensorMode())
+        if device_kind == "cuda":
+            stack.enter_context(_CudaDropout())
+        with _module_to_skips_noop_moves():
+            runner = build_runner(cell, "cpu")
+        if device_kind == "cuda":
+            _use_foreach_optimizers(runner)
+        images, labels = make_batch(cell, torch.device("cpu"))
+        for _ in range(warmup):
+            runner.step(images, labels)
+        tracked_peak(runner, images, labels, tracked_steps, tracker)
+    return tracker
+
+
+@contextlib.contextmanager
+def _module_to_skips_noop_moves() -> Iterator[None]:
+    """Let ``Module.to(device)`` return the module when nothing would move.
+
+    In torch 2.x ``Module._apply`` always swaps a fake parameter for a new one with
+    ``torch.utils.swap_tensors``, which refuses any tensor with a weakref, and FakeTensorMode's
+    converter memo holds a weakref to every fake tensor; so ``model.to("cpu")`` on a model built
+    under FakeTensorMode raises even though nothing moves. Runners call exactly that.
+    """
+    original_to = nn.Module.to
+
+    def to(module: nn.Module, *args, **kwargs):
+        device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        tensors = [*module.parameters(), *module.buffers()]
+        if dtype is None and memory_format is None and (
+            device is None or all(_same_device(t.device, device) for t in tensors)
+        ):
+            return module
+        return original_to(module, *args, **kwargs)
+
+    nn.Module.to = to
+    try:
+        yield
+    finally:
+        nn.Module.to = original_to
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    return have.type == want.type and (want.index is None or have.index == want.index)
+
+
+class _CudaDropout(TorchFunctionMode):
+    """Route training-mode ``F.dropout`` to ``native_dropout``, the kernel CUDA uses.
+
+    ``at::dropout`` takes the fused path only for CUDA inputs; on the CPU it multiplies by a float
+    noise tensor that autograd saves, 4 bytes per element where CUDA saves a 1-byte mask.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            bound = dict(zip(("input", "p", "training", "inplace"), args), **kwargs)
+            p, training = bound.get("p", 0.5), bound.get("training", True)
+            if training and not bound.get("inplace", False) and 0 < p < 1 and bound["input"].numel() > 0:
+                return torch.native_dropout(bound["input"], p, True)[0]
+        return func(*args, **kwargs)
+
+
+def _use_foreach_optimizers(runner) -> None:
+    """Give optimizers that left ``foreach`` to torch the implementation torch picks on CUDA."""
+    for optimizer in runner.optimizers():
+        for group in optimizer.param_groups:
+            if "foreach" in group and group["foreach"] is None and not group.get("fused"):
+                group["foreach"] = True
+
+
+# -- fit ------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """The largest batch of one method that fits a budget, by estimate.
+
+    ``batch`` is None when even the smallest batch does not fit; ``capped`` is True when
+    ``max_batch`` itself fits (the true limit may be higher). ``next_batch``/``next_peak_bytes``
+    are the smallest searched batch above ``batch`` and its estimate (None when capped).
+    ``micro_batch`` is set for runners that split the batch (bp-accum).
+    """
+
+    method: str
+    arch: str
+    res: int
+    classes: int
+    budget_bytes: int
+    device_kind: str
+    batch: int | None
+    micro_batch: int | None
+    peak_bytes: int | None
+    next_batch: int | None
+    next_peak_bytes: int | None
+    capped: bool = False
+    estimates: int = 0
+
+
+def fit_batch(
+    method: str,
+    arch: str,
+    res: int,
+    budget_bytes: int,
+    classes: int = 10,
+    device_kind: str = "cuda",
+    max_batch: int = 4096,
+    micro_batch: int | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``.
+
+    Exponential search (1, 2, 4, ...) brackets the limit, then the bracket is narrowed by
+    interpolating on the estimates (peak memory is close to affine in the batch), falling back to
+    bisection when an interpolation step does not halve the bracket. Assumes the peak does not
+    shrink as the batch grows. Runners that split the batch (bp-accum) search the effective batch:
+    with ``micro_batch`` over its multiples, without it over even batches with micro-batch
+    batch/2 (the sweep's default). Raises GridError on invalid input.
+    """
+    runner_cls = _validate_fit(method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch)
+    splits = runner_cls.uses_micro_batch
+    unit = (micro_batch or 2) if splits else 1
+    if micro_batch is not None and not splits:
+        raise GridError(f"--micro-batch applies only to methods that split the batch, not {method}")
+
+    def cell_for(k: int) -> Cell:
+        batch = k * unit
+        mb = (micro_batch or batch // 2) if splits else None
+        return Cell(method, arch, res, batch, mb, classes, seed, device_mem_bytes=None)
+
+    peaks: dict[int, int] = {}
+
+    def peak(k: int) -> int:
+        if k not in peaks:
+            result = estimate_cell(cell_for(k), device_kind)
+            if result.status == "error":
+                raise FitError(f"{method}: {result.error}")
+            peaks[k] = result.peak_allocated_bytes
+        return peaks[k]
+
+    def fits(k: int) -> bool:
+        return peak(k) <= budget_bytes
+
+    max_k = max_batch // unit
+    if max_k < 1:
+        raise GridError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
+    lo, hi = 0, None  # lo: largest k known to fit (0: none); hi: smallest k known not to fit
+    k = 1
+    while True:
+        if fits(k):
+            lo = k
+            if k == max_k:
+                break
+            k = min(2 * k, max_k)
+        else:
+            hi = k
+            break
+    while hi is not None and hi - lo > 1:
+        width = hi - lo
+        guess = (lo + hi) // 2
+        if lo >= 1 and peak(hi) > peak(lo):
+            guess = lo + int((budget_bytes - peak(lo)) * (hi - lo) / (peak(hi) - peak(lo)))
+        guess = min(max(guess, lo + 1), hi - 1)
+        if fits(guess):
+            lo = guess
+        else:
+            hi = guess
+        if hi - lo > width // 2 and hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+
+    best = cell_for(lo) if lo else None
+    return FitResult(
+        method=method, arch=arch, res=res, classes=classes, budget_bytes=budget_bytes,
+        device_kind=device_kind,
+        batch=best.batch if best else None, micro_batch=best.micro_batch if best else None,
+        peak_bytes=peaks.get(lo), next_batch=hi * unit if hi is not None else None,
+        next_peak_bytes=peaks.get(hi) if hi is not None else None,
+        capped=hi is None, estimates=len(peaks),
+    )
+
+
+class FitError(RuntimeError):
+    """A method's runner could not be estimated, so no batch can be fitted for it."""
+
+
+def _validate_fit(method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch):
+    try:
+        runner_cls = get_runner(method)
+    except UnknownMethodError as err:
+        raise GridError(str(err)) from None
+    if device_kind not in DEVICE_KINDS:
+        raise GridError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
+    for value, option in ((res, "--res"), (classes, "--classes"), (max_batch, "--max-batch"),
+                          (budget_bytes, "--device-mem")):
+        if value <= 0:
+            raise GridError(f"{option} must be positive, got {value}")
+    if micro_batch is not None and micro_batch <= 0:
+        raise GridError(f"--micro-batch must be at least 1, got {micro_batch}")
+    try:
+        validate_arch(arch, res)
+        probe_batch = micro_batch or 2
+        runner_cls.check_cell(arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None)
+    except (ArchError, RunnerConfigError) as err:
+        raise GridError(str(err)) from None
+    return runner_cls

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One-shot GPU validation: run this once on a machine with an NVIDIA GPU and send back the folder.
+#
+#   scripts/gpu_validate.sh [OUT_DIR]        (default ./gpu-validation-YYYYmmdd-HHMMSS)
+#
+# It runs the gpu-marked tests, a small real sweep of every runner, its report and
+# `membench env --json`, all into OUT_DIR, with a log of everything (OUT_DIR/validate.log).
+# A failing step does not stop the others; each step's exit code is in OUT_DIR/exit_codes.tsv and
+# in the summary at the end. Installs nothing beyond `pip install -e .[dev]`, and only if membench
+# is not importable already. Set PYTHON to choose the interpreter (default: python3, or
+# .venv/bin/python when it exists).
+set -u
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${1:-./gpu-validation-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/validate.log"
+CODES="$OUT/exit_codes.tsv"
+: > "$CODES"
+cd "$REPO"
+
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+# step NAME COMMAND...: run, tee output into the log, record the exit code, never abort.
+step() {
+  local name="$1"; shift
+  log "=== $name: $*"
+  "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  printf '%s\t%s\n' "$name" "$rc" >> "$CODES"
+  log "=== $name: exit $rc"
+}
+
+log "membench GPU validation into $OUT (python: $PYTHON)"
+if ! "$PYTHON" -c "import membench, pytest" >/dev/null 2>&1; then
+  step install "$PYTHON" -m pip install -e ".[dev]"
+fi
+# The console script may not be on PATH; run the same entry point through $PYTHON.
+membench() { "$PYTHON" -c "import sys; sys.argv[0] = 'membench'; from membench.cli import main; main()" "$@"; }
+env_json() { membench env --json > "$OUT/env.json"; }
+
+step nvidia-smi nvidia-smi
+step env env_json
+step gpu-tests "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml"
+step sweep-vgg8 membench sweep --device cuda --arch vgg8 --res 32 --batch 64,128 \
+  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --out "$OUT/results/vgg8-r32"
+step sweep-vgg11 membench sweep --device cuda --arch vgg11 --res 224 --batch 32 \
+  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --out "$OUT/results/vgg11-r224"
+step report membench report "$OUT/results" --out "$OUT/report"
+
+log "=== summary"
+failed=0
+while IFS=$'\t' read -r name rc; do
+  if [ "$rc" = 0 ]; then status=ok; else status="FAILED (exit $rc)"; failed=$((failed + 1)); fi
+  log "$(printf '%-12s %s' "$name" "$status")"
+done < "$CODES"
+for csv in "$OUT"/results/*/cells.csv; do
+  [ -f "$csv" ] || continue
+  log "$csv: $(tail -n +2 "$csv" | wc -l) cell(s), statuses: $(
+    "$PYTHON" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['status'].value_counts().to_dict())" "$csv" 2>/dev/null)"
+done
+log "$failed step(s) failed; everything is in $OUT (log: $LOG)"
+[ "$failed" = 0 ]

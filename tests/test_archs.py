@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from membench.archs import (
+    ArchError, build_conv_stack, conv_stack_spec, minimum_resolution, parametric_spec, validate_arch,
+)
+
+
+def test_vgg8_matches_spec():
+    spec = conv_stack_spec("vgg8")
+    assert spec.channels == (128, 256, 256, 512, 512, 512, 512)
+    assert spec.pool_after == {1, 3, 4, 5}
+    # The channel list gives ~9.15M conv parameters (the paper's "5.5M" does not follow from it).
+    assert spec.conv_parameter_count() == 9_148_416
+    assert spec.layer_shapes(32) == [(128, 32, 32), (256, 32, 32), (256, 16, 16), (512, 16, 16),
+                                     (512, 8, 8), (512, 4, 4), (512, 2, 2)]
+
+
+def test_vgg11_matches_spec():
+    spec = conv_stack_spec("vgg11")
+    assert spec.channels == (64, 128, 256, 256, 512, 512, 512, 512)
+    assert spec.pool_after == {0, 1, 3, 5, 7}
+    assert spec.conv_parameter_count() == 9_220_480
+    assert [h for _, h, _ in spec.layer_shapes(224)] == [224, 112, 56, 56, 28, 28, 14, 14]
+
+
+def test_built_module_has_the_counted_parameters_and_shapes():
+    spec = conv_stack_spec("vgg11")
+    stack = build_conv_stack("vgg11")
+    assert sum(p.numel() for p in stack.parameters()) == spec.conv_parameter_count()
+    out = stack(torch.zeros(1, 3, 32, 32))
+    assert tuple(out.shape[1:]) == spec.layer_shapes(32)[-1]
+
+
+def test_parametric_naming_rule():
+    spec = parametric_spec("vgg-d10-w256")
+    assert spec.channels == (256,) * 10 and spec.pool_after == {1, 3, 5}
+    assert parametric_spec("vgg-d4-w64-p1").pool_after == {1}
+    assert parametric_spec("vgg-d6-w8-p0").pool_after == set()
+    # Same width and pools: a shallower member is a prefix of a deeper one.
+    assert parametric_spec("vgg-d8-w32").spatial_sizes(32)[:4] == parametric_spec("vgg-d4-w32").spatial_sizes(32)
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg11", "vgg-d6-w16"])
+def test_minimum_resolution_is_the_boundary(name):
+    spec = conv_stack_spec(name)
+    smallest = minimum_resolution(spec)
+    validate_arch(name, smallest)
+    with pytest.raises(ArchError, match="too small"):
+        validate_arch(name, smallest - 1)
+
+
+def test_unknown_arch_names_the_choices():
+    with pytest.raises(ArchError, match="vgg8, vgg11"):
+        validate_arch("vgg9", 32)
+    with pytest.raises(ArchError, match="torchvision"):
+        validate_arch("tv:not_a_model", 224)
+
+
+def test_propagation_layernorm_is_channelwise():
+    stack = build_conv_stack("vgg-d2-w8-p0", dropout=0.0)
+    z = torch.randn(2, 8, 4, 4) * 5 + 3
+    out = stack.propagate[0](z)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(2, 4, 4), atol=1e-5)
+    assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2, 4, 4), atol=1e-3)

@@ -1,0 +1,88 @@
+import torch
+
+from conftest import TINY_ARCH, TINY_RES
+from membench.devices import CpuDevice
+from membench.grid import Cell
+from membench.protocol import build_runner, make_batch, run_cell
+
+
+class CountingDevice(CpuDevice):
+    """A CPU device that records which step calls were the timed ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.timed_calls: list[int] = []
+
+    def time_steps(self, step, count):
+        def counted():
+            step()
+            self.timed_calls.append(STEP_CALLS[0])
+
+        return super().time_steps(counted, count)
+
+
+STEP_CALLS = [0]
+
+
+def _count_steps(monkeypatch):
+    STEP_CALLS[0] = 0
+    from membench.runners.bp import BPRunner
+
+    original = BPRunner.step
+
+    def step(self, images, labels):
+        STEP_CALLS[0] += 1
+        return original(self, images, labels)
+
+    monkeypatch.setattr(BPRunner, "step", step)
+
+
+def test_warmup_and_tracker_steps_are_not_timed(monkeypatch):
+    _count_steps(monkeypatch)
+    device = CountingDevice()
+    cell = Cell("bp", TINY_ARCH, TINY_RES, batch=2, warmup=3, steps=4)
+    result = run_cell(cell, device, tracker_steps=2)
+    assert result.status == "ok", result.error
+    assert len(result.step_ms) == 4
+    # 3 warmup + 2 tracker steps come first; the timed steps are exactly the last four.
+    assert device.timed_calls == [6, 7, 8, 9]
+    assert STEP_CALLS[0] == 9
+
+
+def test_tracker_peak_covers_the_persistent_state_and_grows_with_batch():
+    device = CpuDevice()
+    peaks = []
+    for batch in (2, 8):
+        result = run_cell(Cell("bp", TINY_ARCH, 16, batch=batch, warmup=1, steps=1), device)
+        assert result.status == "ok", result.error
+        assert result.memory_source == "tracker"
+        b = result.breakdown
+        param_bytes = sum(p.numel() * p.element_size()
+                          for p in build_runner(result.cell, "cpu").parameters())
+        assert b.parameters >= param_bytes
+        assert result.peak_allocated_bytes >= b.parameters + b.gradients + b.optimizer_state
+        assert b.optimizer_state >= 2 * param_bytes  # AdamW's two moments
+        assert result.peak_allocated_bytes == b.total
+        peaks.append(result.peak_allocated_bytes)
+    assert peaks[1] > peaks[0]
+
+
+def test_summary_statistics_and_throughput():
+    result = run_cell(Cell("bp", TINY_ARCH, TINY_RES, batch=4, warmup=1, steps=5), CpuDevice())
+    stats = result.summary_stats()
+    assert stats["p10"] <= stats["median"] <= stats["p90"]
+    assert abs(result.imgs_per_s - 4 * 5 / (sum(result.step_ms) / 1e3)) < 1e-6
+
+
+def test_budget_turns_into_an_oom_status():
+    cell = Cell("bp", TINY_ARCH, TINY_RES, batch=2, warmup=1, steps=1, device_mem_bytes=1024)
+    result = run_cell(cell, CpuDevice())
+    assert result.status == "oom"
+    assert "budget" in result.error
+
+
+def test_synthetic_batch_is_deterministic_per_seed():
+    cell = Cell("bp", TINY_ARCH, TINY_RES, batch=3, classes=5)
+    (x1, y1), (x2, y2) = make_batch(cell, torch.device("cpu")), make_batch(cell, torch.device("cpu"))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == (3, 3, TINY_RES, TINY_RES) and int(y1.max()) < 5

@@ -1,0 +1,185 @@
+"""membench report: figures plot the CSV's values, devices stay apart, tables, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from membench.cli import app
+from membench.report import (
+    GIB, build_report, default_report_dir, load_cells, make_figures, markdown_table, pareto_front,
+)
+from report_fixtures import MIB, cell_row, sample_rows, write_results
+
+cli = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    write_results(tmp_path / "results" / "sweep-a", sample_rows())
+    return tmp_path / "results"
+
+
+def lines_by_gid(figure) -> dict[str, object]:
+    return {line.get_gid(): line for ax in figure.axes for line in ax.get_lines() if line.get_gid()}
+
+
+def figure_of(figures, kind: str, device_prefix: str):
+    [found] = [f for f in figures if f.kind == kind and f.device.startswith(device_prefix)]
+    return found
+
+
+def test_report_writes_markdown_and_every_linked_figure(results, tmp_path):
+    report = build_report([results], tmp_path / "out")
+    text = report.read_text()
+    assert report == tmp_path / "out" / "report.md"
+    linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(linked) == 6  # frontier, batch and breakdown, for each of two devices
+    for relative in linked:
+        assert (report.parent / relative).read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == sorted(
+        Path(r).name for r in linked)
+
+
+def test_frontier_plots_the_csv_values(results):
+    cells = load_cells([results]).cells
+    frontier = figure_of(make_figures(cells, budgets_bytes=[8 * GIB]), "frontier", "cpu").figure
+    lines = lines_by_gid(frontier)
+    bp = lines["measured:bp"]
+    assert list(bp.get_xdata()) == pytest.approx([18 * MIB / GIB, 26 * MIB / GIB])
+    assert list(bp.get_ydata()) == pytest.approx([96.0, 192.0])
+    assert list(lines["measured:ff-pipelined"].get_ydata()) == pytest.approx([112.0, 224.0])
+    # no throughput: the estimate sits at its predicted peak, the OOM at the budget it hit
+    assert list(lines["estimated:ff-pipelined"].get_xdata()) == pytest.approx([25 * MIB / GIB])
+    assert list(lines["oom:bp"].get_xdata()) == pytest.approx([64 * MIB / GIB])
+    assert f"budget:{64 * MIB}" in lines
+    assert f"budget:{8 * GIB}" not in lines  # 8 GiB against ~26 MiB points: named, not drawn
+    # ff-pipelined dominates bp at both batches here, so the front is ff-pipelined alone
+    assert list(lines["pareto"].get_xdata()) == pytest.approx([13 * MIB / GIB, 17 * MIB / GIB])
+    legend = [t.get_text() for t in frontier.axes[0].get_legend().get_texts()]
+    assert any("8 GiB" in t for t in legend)
+
+
+def test_pareto_front_keeps_only_non_dominated_points(results):
+    cells = load_cells([results]).cells
+    ok = cells[(cells["kind"] == "ok") & (cells["device"] == "cpu")]
+    assert list(pareto_front(ok)["imgs_per_s"]) == [112.0, 224.0]
+    faster = ok.iloc[[0]].assign(peak_allocated_bytes=40 * MIB, imgs_per_s=500.0)
+    slower = ok.iloc[[0]].assign(peak_allocated_bytes=40 * MIB, imgs_per_s=100.0)
+    front = pareto_front(pd.concat([ok, faster, slower]))
+    assert list(front["imgs_per_s"]) == [112.0, 224.0, 500.0]
+
+
+def test_cpu_and_gpu_rows_are_in_separate_figures(results):
+    figures = make_figures(load_cells([results]).cells)
+    cpu = lines_by_gid(figure_of(figures, "frontier", "cpu").figure)
+    gpu = lines_by_gid(figure_of(figures, "frontier", "cuda:0").figure)
+    assert list(gpu["measured:bp"].get_ydata()) == pytest.approx([1920.0, 3840.0])
+    assert list(cpu["measured:bp"].get_ydata()) == pytest.approx([96.0, 192.0])
+    assert not any(g.startswith(("oom", "estimated")) for g in gpu)
+    assert len({f.filename for f in figures}) == len(figures) == 6
+    batch = lines_by_gid(figure_of(figures, "batch", "cuda:0").figure)
+    assert list(batch["throughput:ff-pipelined"].get_ydata()) == pytest.approx([2240.0, 4480.0])
+    breakdown = figure_of(figures, "breakdown", "cpu").figure
+    assert breakdown.bar_labels == ["bp b32", "ff-pipelined b32", "bp b64", "ff-pipelined b64",
+                                    "ff-pipelined b128 (est.)"]
+
+
+def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(results, tmp_path):
+    text = build_report([results], tmp_path / "out").read_text()
+    cpu, gpu = text.split("## cuda:0 (Test GPU)")
+    assert "## cpu (Test CPU)" in cpu
+    # ff-pipelined b32: 13 MiB / 18 MiB of bp, 112 / 96 imgs/s
+    assert "| ff-pipelined | 32 |  | ok | 0.013 |  | 112.0 | 285.7 | 0.722× | 1.167× | tracker |" in cpu
+    assert "| ff-pipelined | 128 |  | estimated |  | 0.024 |" in cpu
+    assert "| bp | 128 | 0.062 | oom |" in cpu
+    assert "| ff-pipelined | 32 | ok | 0.013 | 2,240.0 |" in gpu
+    assert "oom" not in gpu
+
+
+def test_repeated_cell_shows_the_latest_run(tmp_path):
+    rows = [cell_row("bp", 32, peak_bytes=10 * MIB, started_at="2025-01-02T00:00:00+00:00"),
+            cell_row("bp", 32, peak_bytes=30 * MIB, started_at="2025-01-01T00:00:00+00:00")]
+    write_results(tmp_path / "a", rows[:1])
+    write_results(tmp_path / "b", rows[1:])
+    loaded = load_cells([tmp_path])
+    assert loaded.superseded == 1
+    assert list(loaded.cells["peak_allocated_bytes"]) == [10 * MIB]
+    text = build_report([tmp_path], tmp_path / "out").read_text()
+    assert "only its latest run (by `started_at`) is shown: 1 earlier row(s) left out" in text
+
+
+def test_paper_operating_point_gets_the_papers_ratios_beside_ours(tmp_path):
+    rows = [cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0),
+            cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0)]
+    write_results(tmp_path / "r", rows)
+    text = build_report([tmp_path / "r"], tmp_path / "out").read_text()
+    assert "Beside the paper" in text and "arXiv:2606.06539" in text
+    line = next(l for l in text.splitlines() if l.startswith("| ff-pipelined | ok |"))
+    assert "0.900×" in line and "1.200×" in line  # ours
+    assert "1.535" in line and f"{1.535 / 1.589:.3f}×" in line and f"{1726 / 1586:.3f}×" in line
+    assert "| ff-naive | not in these results |" in text
+
+
+def test_default_report_dir_is_named_after_the_inputs(tmp_path):
+    assert default_report_dir([Path("results/sweep-a/")]) == Path("reports/sweep-a")
+    assert default_report_dir([Path("x/cells.csv"), Path("y")]) == Path("reports/x+y")
+    assert default_report_dir([Path(".")]).name.startswith("report-")
+
+
+def test_markdown_table_escapes_pipes():
+    table = markdown_table(["a", "b"], [["x|y", 1]], ["l", "r"])
+    assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| x\\|y | 1 |"]
+
+
+def test_cli_writes_the_report(results, tmp_path):
+    out = tmp_path / "cli-out"
+    result = cli.invoke(app, ["report", str(results), "--out", str(out), "--budget", "8GiB"])
+    assert result.exit_code == 0, result.output
+    assert "8 GiB" in (out / "report.md").read_text()
+
+
+def one_line_error(args) -> str:
+    result = cli.invoke(app, ["report", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(
+        result.exception, SystemExit)
+    errors = [l for l in result.output.splitlines() if l.startswith("membench: error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_cli_missing_and_empty_folders_are_one_line_errors(tmp_path):
+    assert "does not exist" in one_line_error([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    assert "no cells.csv" in one_line_error([str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_csv_missing_columns_is_a_one_line_error(tmp_path):
+    write_results(tmp_path / "r", sample_rows(),
+                  columns=["cell_id", "method", "arch", "res", "batch", "device", "status"])
+    assert "peak_allocated_bytes" in one_line_error([str(tmp_path / "r")])
+    write_results(tmp_path / "h", [])
+    assert "no result rows" in one_line_error([str(tmp_path / "h")])
+
+
+def test_cli_bad_budget_is_a_one_line_error(results):
+    assert "--budget" in one_line_error([str(results), "--budget", "lots"])
+
+
+def test_all_failed_rows_give_a_report_that_says_so(tmp_path):
+    rows = [cell_row("bp", 32, status="oom", device_mem_bytes=MIB, error="OutOfMemoryError: x"),
+            cell_row("ff-pipelined", 32, status="error", error="RuntimeError: boom | at f.py:1")]
+    write_results(tmp_path / "r", rows)
+    result = cli.invoke(app, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "no cell succeeded" in result.output
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "**No cell succeeded**" in text
+    assert "RuntimeError: boom \\| at f.py:1" in text
+    assert "![" not in text and not list((tmp_path / "out" / "figures").glob("*.png"))
