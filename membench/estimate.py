@@ -32,29 +32,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.overrides import TorchFunctionMode
 
 from .archs import ArchError, validate_arch
 from .grid import Cell, GridError
 from .memtrack import TensorMemoryTracker, cuda_allocated_size
-from .protocol import DEFAULT_TRACKER_STEPS, CellResult, _one_line, _where, build_runner, make_batch, tracked_peak
-from .runners import RunnerConfigError, UnknownMethodError, get_runner
+from .protocol import (
+    DEFAULT_TRACKER_STEPS, CellResult, _one_line, _where, build_runner, make_batch, tracked_peak,
+)
+from .runners import Runner, RunnerConfigError, UnknownMethodError, get_runner
 
 DEVICE_KINDS = ("cuda", "cpu")
 MEMORY_SOURCE = "estimate"
 DEVICE_NAME = "estimate"
 
-# One fake warmup step is enough: the first optimizer step creates AdamW's moments and step
-# counts, after which every step of every built-in runner allocates and frees the same storages
-# (zero_grad(set_to_none=True) at the start of a step returns it to the same live set). More fake
-# steps would only repeat the same peak at about a second each for VGG11.
+# Fake steps, kept minimal because each costs about a second for VGG11 whatever the batch.
+# One warmup step is enough: the first optimizer step creates AdamW's moments and step counts, so
+# the tracker can name them optimizer state; after it every step of every built-in runner
+# allocates and frees the same storages. The tracked pass keeps the protocol's step count
+# (protocol.DEFAULT_TRACKER_STEPS = 2) because its first step cannot see tensors a runner carries
+# over from the step before in its own attributes (ff-naive's ``layer_losses``); the second can.
 FAKE_WARMUP_STEPS = 1
 
 
@@ -66,8 +69,8 @@ def estimate_device(device_kind: str) -> str:
 def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
     """Predict ``cell``'s peak allocated memory without allocating it.
 
-    Runs the protocol's path (build the runner, make the batch, warmup, one tracked step) under
-    ``FakeTensorMode`` with the tensor tracker. ``device_kind="cuda"`` applies the CUDA caching
+    Runs the protocol's path (build the runner, make the batch, one warmup step, the tracked
+    steps) under ``FakeTensorMode`` with the tensor tracker. ``device_kind="cuda"`` applies the CUDA caching
     allocator's rounding and CUDA's dispatch-level differences (see the module docstring);
     ``"cpu"`` predicts what the CPU tracker measures. A runner that fails under fake tensors
     (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``.
@@ -80,7 +83,10 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     try:
-        tracker = _fake_tracked_run(cell, device_kind)
+        tracker = _fake_tracked_run(
+            cell, cuda_kernels=device_kind == "cuda",
+            rounding=cuda_allocated_size if device_kind == "cuda" else None,
+        )
     except Exception as err:  # a runner that cannot run on fake tensors becomes a row
         result.status = "error"
         result.error = f"estimate failed: {_one_line(err)} | {_where(err)}"
@@ -96,23 +102,23 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
     return result
 
 
-def _fake_tracked_run(cell: Cell, device_kind: str) -> TensorMemoryTracker:
+def _fake_tracked_run(
+    cell: Cell, cuda_kernels: bool, rounding: Callable[[int], int] | None
+) -> TensorMemoryTracker:
+    """The protocol's path on fake CPU tensors; ``cuda_kernels`` models CUDA's dispatch paths."""
     warmup = min(cell.warmup, FAKE_WARMUP_STEPS)
-    # With no warmup the protocol's tracked pass itself includes the first (stateless) step;
-    # mirror its step count then, otherwise one steady-state step gives the same peak.
-    tracked_steps = 1 if warmup else max(1, min(DEFAULT_TRACKER_STEPS, cell.steps))
-    rounding = cuda_allocated_size if device_kind == "cuda" else None
+    tracked_steps = max(1, min(DEFAULT_TRACKER_STEPS, cell.steps))  # as protocol.run_cell
     # The tracker counts without a budget so the row carries the whole estimate, not the point
     # where a refusal would have stopped it; estimate_cell compares against the budget after.
     tracker = TensorMemoryTracker(rounding=rounding)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))  # leave the caller's RNG alone
         stack.enter_context(FakeTensorMode())
-        if device_kind == "cuda":
-            stack.enter_context(_CudaDropout())
+        if cuda_kernels:
+            stack.enter_context(_cuda_dropout())
         with _module_to_skips_noop_moves():
             runner = build_runner(cell, "cpu")
-        if device_kind == "cuda":
+        if cuda_kernels:
             _use_foreach_optimizers(runner)
         images, labels = make_batch(cell, torch.device("cpu"))
         for _ in range(warmup):
@@ -152,21 +158,27 @@ def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
 
 
-class _CudaDropout(TorchFunctionMode):
+@contextlib.contextmanager
+def _cuda_dropout() -> Iterator[None]:
     """Route training-mode ``F.dropout`` to ``native_dropout``, the kernel CUDA uses.
 
     ``at::dropout`` takes the fused path only for CUDA inputs; on the CPU it multiplies by a float
-    noise tensor that autograd saves, 4 bytes per element where CUDA saves a 1-byte mask.
+    noise tensor that autograd saves, 4 bytes per element where CUDA saves a 1-byte mask. This
+    patches the function rather than using a TorchFunctionMode because function modes are not
+    active in the backward pass, where ``torch.utils.checkpoint`` recomputes the forward.
     """
+    original_dropout = F.dropout
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.dropout:
-            bound = dict(zip(("input", "p", "training", "inplace"), args), **kwargs)
-            p, training = bound.get("p", 0.5), bound.get("training", True)
-            if training and not bound.get("inplace", False) and 0 < p < 1 and bound["input"].numel() > 0:
-                return torch.native_dropout(bound["input"], p, True)[0]
-        return func(*args, **kwargs)
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if training and not inplace and 0 < p < 1 and input.numel() > 0:
+            return torch.native_dropout(input, p, True)[0]
+        return original_dropout(input, p, training, inplace)
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original_dropout
 
 
 def _use_foreach_optimizers(runner) -> None:
@@ -216,18 +228,19 @@ def fit_batch(
 ) -> FitResult:
     """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``.
 
-    Exponential search (1, 2, 4, ...) brackets the limit, then the bracket is narrowed by
-    interpolating on the estimates (peak memory is close to affine in the batch), falling back to
-    bisection when an interpolation step does not halve the bracket. Assumes the peak does not
-    shrink as the batch grows. Runners that split the batch (bp-accum) search the effective batch:
-    with ``micro_batch`` over its multiples, without it over even batches with micro-batch
-    batch/2 (the sweep's default). Raises GridError on invalid input.
+    An exponential search brackets the limit and a binary search narrows it, both accelerated by
+    interpolating on the estimates (peak memory is close to affine in the batch, so a search
+    takes about five estimates instead of twenty), with doubling and bisection as the fallbacks
+    that bound it. Assumes the peak does not shrink as the batch grows. A batch of one that
+    cannot train (BatchNorm) starts the search at two. Runners that split the batch (bp-accum)
+    search the effective batch: with ``micro_batch`` over its multiples, without it over even
+    batches with micro-batch batch/2 (the sweep's default). Raises GridError on invalid input.
     """
-    runner_cls = _validate_fit(method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch)
+    runner_cls = check_fit_input(
+        method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch
+    )
     splits = runner_cls.uses_micro_batch
     unit = (micro_batch or 2) if splits else 1
-    if micro_batch is not None and not splits:
-        raise GridError(f"--micro-batch applies only to methods that split the batch, not {method}")
 
     def cell_for(k: int) -> Cell:
         batch = k * unit
@@ -240,38 +253,60 @@ def fit_batch(
         if k not in peaks:
             result = estimate_cell(cell_for(k), device_kind)
             if result.status == "error":
-                raise FitError(f"{method}: {result.error}")
+                raise FitError(f"{method} at batch {k * unit}: {result.error}")
             peaks[k] = result.peak_allocated_bytes
         return peaks[k]
 
     def fits(k: int) -> bool:
         return peak(k) <= budget_bytes
 
+    def interpolate(a: int, b: int) -> int | None:
+        """Where the line through the estimates at a and b meets the budget (None if flat)."""
+        if peak(b) == peak(a):
+            return None
+        return a + int((budget_bytes - peak(a)) * (b - a) / (peak(b) - peak(a)))
+
     max_k = max_batch // unit
     if max_k < 1:
         raise GridError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
-    lo, hi = 0, None  # lo: largest k known to fit (0: none); hi: smallest k known not to fit
-    k = 1
-    while True:
-        if fits(k):
-            lo = k
-            if k == max_k:
-                break
-            k = min(2 * k, max_k)
-        else:
-            hi = k
-            break
-    while hi is not None and hi - lo > 1:
-        width = hi - lo
-        guess = (lo + hi) // 2
-        if lo >= 1 and peak(hi) > peak(lo):
-            guess = lo + int((budget_bytes - peak(lo)) * (hi - lo) / (peak(hi) - peak(lo)))
-        guess = min(max(guess, lo + 1), hi - 1)
+    first = _first_runnable(peak, max_k)
+    # lo: largest k known to fit (0: none); hi: smallest k known not to fit (None: none yet).
+    lo, hi = (first, None) if fits(first) else (0, first)
+
+    # Bracket: grow from the largest fitting k along the line through the last two fitting
+    # estimates, at least doubling-free progress (lo + 1) and at most 4x per step; double
+    # when there is no line yet.
+    fitting = [lo] if lo else []
+    while hi is None and lo < max_k:
+        guess = 2 * lo
+        if len(fitting) >= 2:
+            line = interpolate(fitting[-2], fitting[-1])
+            if line is not None:
+                guess = min(line, 4 * lo)
+        guess = min(max(guess, lo + 1), max_k)
         if fits(guess):
             lo = guess
+            fitting.append(guess)
         else:
             hi = guess
-        if hi - lo > width // 2 and hi - lo > 1:
+
+    # Narrow: interpolate inside the bracket and check the neighbour on the far side (memory is
+    # close to affine in the batch, so this usually ends the search); bisect whenever a round
+    # fails to halve the bracket, which bounds the search at about twice a binary search.
+    while hi is not None and hi - lo > 1:
+        width = hi - lo
+        line = interpolate(lo, hi) if lo else None
+        guess = min(max(line if line is not None else (lo + hi) // 2, lo + 1), hi - 1)
+        if fits(guess):
+            lo, neighbour = guess, guess + 1
+        else:
+            hi, neighbour = guess, guess - 1
+        if lo < neighbour < hi:
+            if fits(neighbour):
+                lo = neighbour
+            else:
+                hi = neighbour
+        if hi - lo > 1 and hi - lo > width // 2:
             mid = (lo + hi) // 2
             if fits(mid):
                 lo = mid
@@ -293,7 +328,30 @@ class FitError(RuntimeError):
     """A method's runner could not be estimated, so no batch can be fitted for it."""
 
 
-def _validate_fit(method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch):
+def _first_runnable(peak, max_k: int) -> int:
+    """1, or 2 when a batch of one cannot train (BatchNorm in training mode, as in the FF
+    runners' classifier, refuses a single sample); any other failure is the runner's."""
+    try:
+        peak(1)
+        return 1
+    except FitError:
+        if max_k < 2:
+            raise
+        peak(2)
+        return 2
+
+
+def check_fit_input(
+    method: str,
+    arch: str,
+    res: int,
+    budget_bytes: int,
+    classes: int = 10,
+    device_kind: str = "cuda",
+    max_batch: int = 4096,
+    micro_batch: int | None = None,
+) -> type[Runner]:
+    """Validate ``fit_batch``'s input without estimating anything; GridError names the problem."""
     try:
         runner_cls = get_runner(method)
     except UnknownMethodError as err:
@@ -312,4 +370,9 @@ def _validate_fit(method, arch, res, budget_bytes, classes, device_kind, max_bat
         runner_cls.check_cell(arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None)
     except (ArchError, RunnerConfigError) as err:
         raise GridError(str(err)) from None
+    if micro_batch is not None and not runner_cls.uses_micro_batch:
+        raise GridError(f"--micro-batch applies only to methods that split the batch, not {method}")
+    unit = (micro_batch or 2) if runner_cls.uses_micro_batch else 1
+    if max_batch < unit:
+        raise GridError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
     return runner_cls

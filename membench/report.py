@@ -152,7 +152,8 @@ def _read_one(cells_file: Path) -> pd.DataFrame:
         if column not in frame.columns:  # older or third-party files: optional columns unknown
             frame[column] = math.nan
     frame["source"] = str(cells_file)
-    frame["card_mem_bytes"] = [_card_memory(cells_file, d) for d in frame["device"]]
+    card_memory = {d: _card_memory(cells_file, d) for d in frame["device"].unique()}
+    frame["card_mem_bytes"] = frame["device"].map(card_memory).astype(float)
     return frame
 
 
@@ -202,7 +203,13 @@ def load_cells(inputs: Sequence[Path]) -> LoadedCells:
     cells["kind"] = "failed"
     cells.loc[cells["status"] == "ok", "kind"] = "ok"
     cells.loc[cells["status"] == "oom", "kind"] = "oom"
-    cells.loc[cells["is_estimate"], "kind"] = "estimated"
+    # An estimate over its budget is an OOM row with the full predicted peak: still a prediction
+    # worth plotting, flagged by ``over_budget``.
+    predicted = (cells["is_estimate"] & cells["status"].isin(["estimated", "oom"])
+                 & cells["peak_allocated_bytes"].notna())
+    cells.loc[cells["is_estimate"], "kind"] = "failed"
+    cells.loc[predicted, "kind"] = "estimated"
+    cells["over_budget"] = predicted & (cells["status"] == "oom")
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
     cells["started"] = pd.to_datetime(cells["started_at"], utc=True, errors="coerce",
                                       format="ISO8601")
@@ -241,9 +248,16 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     return colors
 
 
+ESTIMATE_SUFFIX = " (estimate)"
+
+
 def device_label(device: str, device_name: str) -> str:
-    """'cuda:0 (NVIDIA H200)'; the device alone when its name is unknown."""
-    return f"{device} ({device_name})" if device_name else device
+    """'cuda:0 (NVIDIA H200)'; the device alone when its name is unknown or says nothing."""
+    return f"{device} ({device_name})" if device_name and device_name != "estimate" else device
+
+
+def _device_kind(device: str) -> str:
+    return device.removesuffix(ESTIMATE_SUFFIX).split(":")[0]
 
 
 def panel_title(arch: str, res: int, classes: float) -> str:
@@ -268,9 +282,24 @@ def _gib(value_bytes: float) -> str:
 
 
 def device_groups(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(label, file-name slug, rows) per device, in order of first appearance; slugs are unique."""
+    """(label, file-name slug, rows) per device, in order of first appearance; slugs are unique.
+
+    Estimates (device 'cuda (estimate)', 'cpu (estimate)') predict for a kind of device, not a
+    particular one, so they join every measured device of that kind, beside its measurements;
+    with no such device they form their own group.
+    """
+    grouped = list(cells.groupby(["device", "device_name"], sort=False))
+    measured_kinds = {_device_kind(d) for (d, _), _ in grouped if not d.endswith(ESTIMATE_SUFFIX)}
+    estimates = {}
+    for (device, _), rows in grouped:
+        if device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in measured_kinds:
+            estimates.setdefault(_device_kind(device), []).append(rows)
     groups, seen = [], set()
-    for (device, name), rows in cells.groupby(["device", "device_name"], sort=False):
+    for (device, name), rows in grouped:
+        if device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in measured_kinds:
+            continue
+        if not device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in estimates:
+            rows = pd.concat([rows, *estimates[_device_kind(device)]])
         slug = _slug(device if not name else f"{device}-{name}")[:40].strip("-")
         base, n = slug, 2
         while slug in seen:
@@ -332,19 +361,25 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
     return ordered.iloc[keep]
 
 
-def _series(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(method, legend label, rows sorted by batch) per series. A method measured at one batch
-    with several micro-batches gets one series per micro-batch, so lines never zigzag."""
+VARIANT_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def _series(rows: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
+    """(method, legend label, marker, rows sorted by batch) per series. A method measured at one
+    batch with several micro-batches gets one series per micro-batch, so lines never zigzag;
+    those series share the method's colour and differ by marker."""
     out = []
     for method in sorted(rows["method"].unique(), key=method_sort_key):
         mine = rows[rows["method"] == method]
         split = mine.groupby("batch")["micro_batch"].nunique().max() > 1
         if split:
-            for mb, part in mine.groupby(mine["micro_batch"].fillna(-1), sort=True):
+            groups = mine.groupby(mine["micro_batch"].fillna(-1), sort=True)
+            for i, (mb, part) in enumerate(groups):
                 label = method if mb == -1 else f"{method} mb{int(mb)}"
-                out.append((method, label, part.sort_values("batch")))
+                out.append((method, label, VARIANT_MARKERS[i % len(VARIANT_MARKERS)],
+                            part.sort_values("batch")))
         else:
-            out.append((method, method, mine.sort_values("batch")))
+            out.append((method, method, "o", mine.sort_values("batch")))
     return out
 
 
@@ -358,14 +393,23 @@ def _new_figure(width: float, height: float) -> Figure:
 # Figures
 
 
-def _place_labels(figure: Figure, ax, points: list[tuple[float, float, str, str]],
+def _place_labels(figure: Figure, labelled: list[tuple[object, list[tuple[float, float, str, str]]]],
                   fontsize: float = 7.5) -> None:
     """Label points without overlapping each other or the markers: each label takes the first
-    free spot of a few around its point (greedy, in display space after layout)."""
-    if not points:
+    free spot of a few around its point (greedy, in display space after layout). The layout is
+    then frozen: the labels stay out of it, and a second layout pass would double the cost."""
+    if not any(points for _, points in labelled):
         return
     figure.draw_without_rendering()
+    for ax, points in labelled:
+        _place_axes_labels(figure, ax, points, fontsize)
+    figure.set_layout_engine("none")
+
+
+def _place_axes_labels(figure: Figure, ax, points: list[tuple[float, float, str, str]],
+                       fontsize: float) -> None:
     scale = figure.dpi / 72
+    frame = ax.get_window_extent()
     to_display = ax.transData.transform
     markers = [to_display((x, y)) for x, y, _, _ in points]
     taken = [(mx - 4 * scale, my - 4 * scale, mx + 4 * scale, my + 4 * scale) for mx, my in markers]
@@ -381,6 +425,9 @@ def _place_labels(figure: Figure, ax, points: list[tuple[float, float, str, str]
             box = (left, bottom, left + width, bottom + height)
             overlap = sum(max(0, min(box[2], t[2]) - max(box[0], t[0])) *
                           max(0, min(box[3], t[3]) - max(box[1], t[1])) for t in taken)
+            inside = (max(0, min(box[2], frame.x1) - max(box[0], frame.x0)) *
+                      max(0, min(box[3], frame.y1) - max(box[1], frame.y0)))
+            overlap += width * height - inside  # a label past the axes edge is cut off
             if overlap < best_overlap:
                 best, best_overlap = ((dx, dy, ha, va), box), overlap
             if overlap == 0:
@@ -433,8 +480,8 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
         ax.step(front["peak_gib"], front["imgs_per_s"], where="post", color=PARETO_COLOR,
                 alpha=0.18, linewidth=7, solid_capstyle="round", zorder=1, gid="pareto",
                 label="Pareto front (ok cells)")
-    for method, label, rows in _series(ok):
-        ax.plot(rows["peak_gib"], rows["imgs_per_s"], marker="o", markersize=6, linewidth=1.3,
+    for method, label, marker, rows in _series(ok):
+        ax.plot(rows["peak_gib"], rows["imgs_per_s"], marker=marker, markersize=6, linewidth=1.3,
                 color=colors[method], label=label, gid=f"measured:{label}", zorder=3)
         labels += [(x, y, batch_label(r), colors[method])
                    for x, y, (_, r) in zip(rows["peak_gib"], rows["imgs_per_s"], rows.iterrows())]
@@ -442,9 +489,10 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
         for axis in (ax, strip) if strip else (ax,):
             axis.axvline(budget.bytes / GIB, color=BUDGET_COLOR, linestyle="--", linewidth=1,
                          zorder=0, gid=f"budget:{int(budget.bytes)}")
-        ax.annotate(f"{_gib(budget.bytes)} ({budget.source})", (budget.bytes / GIB, 1.0),
-                    xycoords=ax.get_xaxis_transform(), xytext=(-3, -4), textcoords="offset points",
-                    rotation=90, ha="right", va="top", fontsize=7.5, color=BUDGET_COLOR)
+        # at the foot of the line: high memory with low throughput is where points are rarest
+        ax.annotate(f"{_gib(budget.bytes)} ({budget.source})", (budget.bytes / GIB, 0.0),
+                    xycoords=ax.get_xaxis_transform(), xytext=(-3, 4), textcoords="offset points",
+                    rotation=90, ha="right", va="bottom", fontsize=7.5, color=BUDGET_COLOR)
     ax.set_ylabel("throughput (imgs/s)")
     ax.set_xlim(0, x_right)
     ax.set_ylim(0, (ok["imgs_per_s"].max() * 1.15) if len(ok) else 1)
@@ -460,7 +508,9 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
                            marker="o", markersize=7, markerfacecolor="none",
                            markeredgecolor=colors[method], markeredgewidth=1.5,
                            gid=f"estimated:{method}")
-                strip_labels += [(x, row_index, batch_label(r), colors[method])
+                strip_labels += [(x, row_index, batch_label(r) + " > budget", OOM_COLOR)
+                                 if r["over_budget"] else (x, row_index, batch_label(r),
+                                                           colors[method])
                                  for x, (_, r) in zip(mine["peak_gib"], mine.iterrows())]
             failed = oom[oom["method"] == method].sort_values("batch")
             if len(failed):
@@ -492,9 +542,7 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
                               f"({budget.source}):\nfar right, not drawn"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False)
-    _place_labels(figure, ax, labels)
-    if strip:
-        _place_labels(figure, strip, strip_labels)
+    _place_labels(figure, [(ax, labels)] + ([(strip, strip_labels)] if strip else []))
     return figure
 
 
@@ -516,16 +564,23 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
                    estimated["peak_gib"].max() if len(estimated) else 0)
     figure = _new_figure(11, 4.6)
     ax_mem, ax_thr = figure.subplots(1, 2)
-    for method, label, rows in _series(ok):
-        ax_mem.plot(rows["batch"], rows["peak_gib"], marker="o", color=colors[method],
+    for method, label, marker, rows in _series(ok):
+        ax_mem.plot(rows["batch"], rows["peak_gib"], marker=marker, color=colors[method],
                     label=label, gid=f"memory:{label}")
         timed = rows[rows["imgs_per_s"].notna()]
-        ax_thr.plot(timed["batch"], timed["imgs_per_s"], marker="o", color=colors[method],
+        ax_thr.plot(timed["batch"], timed["imgs_per_s"], marker=marker, color=colors[method],
                     label=label, gid=f"throughput:{label}")
-    for method, label, rows in _series(estimated):
-        ax_mem.plot(rows["batch"], rows["peak_gib"], marker="o", linestyle=":",
-                    markerfacecolor="none", color=colors[method], label=f"{label} (estimated)",
-                    gid=f"memory-estimated:{label}")
+    legend_handles, _ = ax_mem.get_legend_handles_labels()
+    for method, label, marker, rows in _series(estimated):
+        ax_mem.plot(rows["batch"], rows["peak_gib"], marker=marker, linestyle=":",
+                    markerfacecolor="none", color=colors[method], gid=f"memory-estimated:{label}")
+        if method not in {h.get_label() for h in legend_handles}:
+            legend_handles.append(Line2D([], [], marker=marker, linestyle=":",
+                                         markerfacecolor="none", color=colors[method],
+                                         label=f"{label} (estimated only)"))
+    if len(estimated):
+        legend_handles.append(Line2D([], [], marker="o", linestyle=":", markerfacecolor="none",
+                                     color="0.3", label="estimated peak (dotted, hollow)"))
     top = data_max
     for budget in budgets:
         if budget.bytes / GIB <= BUDGET_RANGE * data_max:
@@ -564,10 +619,10 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     ax_thr.set_ylabel("throughput (imgs/s)")
     ax_mem.set_title("peak memory", fontsize=10)
     ax_thr.set_title("throughput", fontsize=10)
-    handles, _ = ax_mem.get_legend_handles_labels()
+    handles = legend_handles
     if len(oom):
         handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
-                              label="OOM (memory: at its budget; throughput: none)"))
+                              label="OOM (memory: at its budget;\nthroughput: none)"))
     ax_thr.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   frameon=False)
     figure.suptitle(title, fontsize=11)
@@ -584,31 +639,37 @@ def breakdown_figure(panel: pd.DataFrame, *, title: str = "") -> Figure | None:
         return None
     rows = rows.assign(_m=rows["method"].map(method_sort_key), _e=rows["is_estimate"])
     rows = rows.sort_values(["batch", "_m", "micro_batch", "_e"])
-    names = [f"{r['method']}\n{batch_label(r)}" + ("\n(est.)" if r["is_estimate"] else "")
-             for _, r in rows.iterrows()]
-    figure = _new_figure(max(6.5, 0.55 * len(rows) + 3), 4.8)
+    crowded = len(rows) > 12
+    separator = " " if crowded else "\n"
+    names = [f"{r['method']}{separator}{batch_label(r)}" + (f"{separator}(est.)" if r["is_estimate"]
+                                                          else "") for _, r in rows.iterrows()]
+    figure = _new_figure(min(14.0, max(6.5, (0.38 if crowded else 0.55) * len(rows) + 3)), 4.8)
     ax = figure.add_subplot()
     bottom = [0.0] * len(rows)
-    positions = list(range(len(rows)))
+    # a gap between batch sizes groups the bars of one batch together
+    new_batch = (rows["batch"] != rows["batch"].shift()).cumsum() - 1
+    positions = [i + 0.6 * g for i, g in enumerate(new_batch)]
     hatches = ["//" if e else "" for e in rows["is_estimate"]]
+    handles = []
     for column, name, color in BREAKDOWN:
+        handles.append(Patch(facecolor=color, label=name))
         values = (rows[column] / GIB).tolist()
         bars = ax.bar(positions, values, bottom=bottom, color=color, label=name,
                       edgecolor="white", linewidth=0.5, gid=f"breakdown:{name}")
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(positions, labels=names, fontsize=7.5,
-                  rotation=0 if len(rows) <= 12 else 60, ha="center" if len(rows) <= 12 else "right")
+    ax.set_xticks(positions, labels=names, fontsize=7.5, rotation=55 if crowded else 0,
+                  ha="right" if crowded else "center", rotation_mode="anchor" if crowded else "default")
+    ax.set_xlim(-0.6, positions[-1] + 0.6)
     ax.set_ylabel("memory at the peak (GiB)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
-    handles, _ = ax.get_legend_handles_labels()
     if rows["is_estimate"].any():
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="estimated"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False)
-    figure.bar_labels = [n.replace("\n", " ") for n in names]
+    figure.bar_labels = [" ".join(n.split()) for n in names]
     return figure
 
 
@@ -719,10 +780,12 @@ def panel_table(panel: pd.DataFrame) -> str:
             line.append(_fmt(main["micro_batch"], ".0f"))
         if has_budget:
             line.append(_fmt(main["device_mem_bytes"] / GIB, ".3f"))
-        line += [measured["status"] if measured is not None else "estimated",
+        line += [measured["status"] if measured is not None else "estimated"
+                 if estimate["status"] == "estimated" else f"{estimate['status']} (estimated)",
                  _fmt(measured["peak_gib"], ".3f") if measured is not None else ""]
         if has_estimate:
-            line.append(_fmt(estimate["peak_gib"], ".3f") if estimate is not None else "")
+            line.append("" if estimate is None else _fmt(estimate["peak_gib"], ".3f")
+                        + (" (> budget)" if estimate["over_budget"] else ""))
         line += [_fmt(main["imgs_per_s"], ",.1f"), _fmt(main["step_ms_median"], ",.1f"),
                  memory_ratio, throughput_ratio, main["memory_source"]]
         body.append(line)
@@ -731,7 +794,7 @@ def panel_table(panel: pd.DataFrame) -> str:
 
 def failures_table(rows: pd.DataFrame) -> str:
     """The cells that did not produce a measurement, with their one-line error."""
-    failed = rows[rows["kind"].isin(["oom", "failed"])]
+    failed = rows[~rows["status"].isin(["ok", "estimated"])]
     failed = failed.assign(_m=failed["method"].map(method_sort_key)).sort_values(
         ["arch", "res", "batch", "_m"])
     body = [[r["arch"], r["res"], r["method"], batch_label(r), r["status"] or "(empty)",
@@ -749,7 +812,8 @@ def paper_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
     configs = sorted({(p.arch, p.res, p.batch) for p in PAPER_OPERATING_POINTS})
     for arch, res, batch in configs:
         here = rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)]
-        points = [p for p in PAPER_OPERATING_POINTS if (p.arch, p.res, p.batch) == (arch, res, batch)]
+        points = [p for p in PAPER_OPERATING_POINTS
+                  if (p.arch, p.res, p.batch) == (arch, res, batch)]
 
         def ours(point: PaperPoint, estimate: bool):
             mine = here[(here["method"] == point.method) & (here["is_estimate"] == estimate)]
@@ -762,15 +826,17 @@ def paper_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
             continue
         bp_point = next(p for p in points if p.method == "bp")
         bp_m, bp_e = ours(bp_point, False), ours(bp_point, True)
+        bp_ok = bp_m is not None and bp_m["kind"] == "ok"
         body = []
         for point in points:
             measured, estimate = ours(point, False), ours(point, True)
             status = measured["status"] if measured is not None else (
                 "estimated" if estimate is not None else "not in these results")
-            peak = measured["peak_gib"] if measured is not None and measured["kind"] == "ok" else None
-            imgs = measured["imgs_per_s"] if measured is not None and measured["kind"] == "ok" else None
-            memory_ratio = _ratio(peak, bp_m["peak_gib"] if bp_m is not None and bp_m["kind"] == "ok" else None)
-            throughput_ratio = _ratio(imgs, bp_m["imgs_per_s"] if bp_m is not None and bp_m["kind"] == "ok" else None)
+            ok = measured is not None and measured["kind"] == "ok"
+            peak = measured["peak_gib"] if ok else None
+            imgs = measured["imgs_per_s"] if ok else None
+            memory_ratio = _ratio(peak, bp_m["peak_gib"] if bp_ok else None)
+            throughput_ratio = _ratio(imgs, bp_m["imgs_per_s"] if bp_ok else None)
             if not memory_ratio and estimate is not None and bp_e is not None:
                 memory_ratio = _ratio(estimate["peak_gib"], bp_e["peak_gib"], " (est.)")
             label = point.method + (f" mb{point.micro_batch}" if point.micro_batch else "")
@@ -870,7 +936,7 @@ def render_report(loaded: LoadedCells, figures: list[ReportFigure],
                        "throughput against batch", "breakdown": "memory breakdown"}[figure.kind]
                 lines += [f"![{alt}, {title}, {label}]({FIGURES_DIR}/{figure.filename})", ""]
             lines += [panel_table(panel), ""]
-        if rows["kind"].isin(["oom", "failed"]).any():
+        if (~rows["status"].isin(["ok", "estimated"])).any():
             lines += [f"### Cells without a measurement on {label}", "", failures_table(rows), ""]
         tables = paper_tables(rows)
         if tables:

@@ -33,8 +33,10 @@ import io
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
@@ -310,10 +312,31 @@ def worker_context() -> multiprocessing.context.BaseContext:
     process would not be). Falls back to spawn where forkserver does not exist.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
+        from . import runners
+
+        runner_modules = [ep.value.split(":")[0] for ep in runners._entry_points().values()]
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["__main__", "membench.sweep"])
+        # torch._dynamo (with sympy) is imported lazily by the first optimizer step: seconds that
+        # every fresh worker would otherwise pay inside its first cell.
+        context.set_forkserver_preload(["membench.sweep", "torch._dynamo", *runner_modules])
         return context
     return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Hide ``__main__`` while a worker starts, so the worker does not re-import it.
+
+    multiprocessing re-runs the parent's main script in every child; the worker needs nothing
+    from it, and re-running it costs time and breaks scripts without an ``if __name__`` guard.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 class IsolatedWorker:
@@ -328,7 +351,8 @@ class IsolatedWorker:
                  "environ": dict(os.environ), "collect_env": collect_env_info}
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
-        self.process.start()
+        with _without_main_module():
+            self.process.start()
         # Only the worker may hold its end: then a dead worker reads as EOF on ours.
         child_conn.close()
         self.device = self.device_name = ""

@@ -34,6 +34,7 @@ def cell_row(
     error: str = "",
     started_at: str = "2025-01-01T00:00:00+00:00",
     steps: int = 3,
+    memory_source: str | None = None,
 ) -> dict:
     """One cells.csv row. ``breakdown`` is (parameters, gradients, optimizer state,
     activations) bytes; an ok row without ``imgs_per_s`` gets a throughput from its batch."""
@@ -53,10 +54,13 @@ def cell_row(
         "step_ms_median": step_ms or "", "step_ms_p10": step_ms or "", "step_ms_p90": step_ms or "",
         "step_ms_mean": step_ms or "", "imgs_per_s": imgs_per_s if timed else "",
         "peak_allocated_bytes": peak_bytes if peak_bytes is not None else "",
-        "memory_source": "estimate" if estimated else ("tracker" if device == "cpu" else "cuda_allocator"),
+        "memory_source": "estimate" if estimated else (
+            "" if not timed else "tracker" if device == "cpu" else "cuda_allocator"),
         "torch_version": "2.5.0", "membench_version": "0.1.0", "torch_threads": 1,
         "started_at": started_at,
     })
+    if memory_source is not None:
+        row["memory_source"] = memory_source
     if breakdown is not None:
         for column, value in zip(("parameters_bytes", "gradients_bytes", "optimizer_state_bytes",
                                   "activations_bytes"), breakdown):
@@ -66,7 +70,7 @@ def cell_row(
 
 def sample_rows() -> list[dict]:
     """bp and ff-pipelined at batch 32 and 64 on the CPU and on cuda:0; on the CPU bp at batch
-    128 runs out of a 64 MiB budget and ff-pipelined at batch 128 is an estimate."""
+    128 runs out of a 64 MiB budget, and ff-pipelined at batch 128 has a CPU estimate."""
     rows = []
     for device, name, scale in (("cpu", "Test CPU", 1), ("cuda:0", "Test GPU", 20)):
         for batch in (32, 64):
@@ -78,7 +82,9 @@ def sample_rows() -> list[dict]:
                                  breakdown=(4 * MIB, 1 * MIB, 2 * MIB, (2 + batch // 8) * MIB)))
     rows.append(cell_row("bp", 128, status="oom", device_mem_bytes=64 * MIB,
                          error="OutOfMemoryError: tracked peak would pass the 64 MiB budget"))
+    # as membench.estimate writes them: a device kind, not a device
     rows.append(cell_row("ff-pipelined", 128, status="estimated", peak_bytes=25 * MIB,
+                         device="cpu (estimate)", device_name="estimate",
                          breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 18 * MIB)))
     return rows
 

@@ -7,7 +7,6 @@ Skipped without CUDA (conftest) and where no baseline exists for this GPU model;
 from __future__ import annotations
 
 import pytest
-import torch
 
 from membench.compare import compare_results
 from membench.devices import resolve_device
@@ -57,10 +56,9 @@ def test_gpu_memory_and_throughput_within_thresholds(baseline, measured):
 
 
 def test_allocator_peak_is_repeatable(device, measured, tmp_path):
-    """Two runs of the same cell in one process agree on max_memory_allocated within 1 %."""
+    """Two sweeps of the same cell agree on max_memory_allocated within 1 % (the allocator default)."""
     cell = gpu_perf_cells()[0]
     run_sweep([cell], device, tmp_path)
-    torch.cuda.empty_cache()
     again = read_cells(tmp_path).iloc[0]["peak_allocated_bytes"]
     first = read_cells(measured).set_index("cell_id").loc[cell.cell_id, "peak_allocated_bytes"]
     assert abs(again - first) <= 0.01 * first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,8 @@ from typer.testing import CliRunner
 
 from membench.cli import app
 from membench.report import (
-    GIB, build_report, default_report_dir, load_cells, make_figures, markdown_table, pareto_front,
+    GIB, budgets_for, build_report, default_report_dir, load_cells, make_figures, markdown_table,
+    oom_position, pareto_front, render_report,
 )
 from report_fixtures import MIB, cell_row, sample_rows, write_results
 
@@ -24,6 +26,22 @@ def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """One report of the sample results, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("report")
+    write_results(folder / "results" / "sweep-a", sample_rows())
+    return build_report([folder / "results"], folder / "out")
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    """The sample results' figures, made once (with an 8 GiB --budget) for the tests that read them."""
+    folder = tmp_path_factory.mktemp("figures")
+    write_results(folder, sample_rows())
+    return make_figures(load_cells([folder]).cells, budgets_bytes=[8 * GIB])
+
+
 def lines_by_gid(figure) -> dict[str, object]:
     return {line.get_gid(): line for ax in figure.axes for line in ax.get_lines() if line.get_gid()}
 
@@ -33,21 +51,20 @@ def figure_of(figures, kind: str, device_prefix: str):
     return found
 
 
-def test_report_writes_markdown_and_every_linked_figure(results, tmp_path):
-    report = build_report([results], tmp_path / "out")
+def test_report_writes_markdown_and_every_linked_figure(built):
+    report = built
     text = report.read_text()
-    assert report == tmp_path / "out" / "report.md"
+    assert report.name == "report.md"
     linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(linked) == 6  # frontier, batch and breakdown, for each of two devices
     for relative in linked:
         assert (report.parent / relative).read_bytes()[:8] == PNG_MAGIC
-    assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == sorted(
+    assert sorted(p.name for p in (report.parent / "figures").iterdir()) == sorted(
         Path(r).name for r in linked)
 
 
-def test_frontier_plots_the_csv_values(results):
-    cells = load_cells([results]).cells
-    frontier = figure_of(make_figures(cells, budgets_bytes=[8 * GIB]), "frontier", "cpu").figure
+def test_frontier_plots_the_csv_values(figures):
+    frontier = figure_of(figures, "frontier", "cpu").figure
     lines = lines_by_gid(frontier)
     bp = lines["measured:bp"]
     assert list(bp.get_xdata()) == pytest.approx([18 * MIB / GIB, 26 * MIB / GIB])
@@ -74,8 +91,7 @@ def test_pareto_front_keeps_only_non_dominated_points(results):
     assert list(front["imgs_per_s"]) == [112.0, 224.0, 500.0]
 
 
-def test_cpu_and_gpu_rows_are_in_separate_figures(results):
-    figures = make_figures(load_cells([results]).cells)
+def test_cpu_and_gpu_rows_are_in_separate_figures(figures):
     cpu = lines_by_gid(figure_of(figures, "frontier", "cpu").figure)
     gpu = lines_by_gid(figure_of(figures, "frontier", "cuda:0").figure)
     assert list(gpu["measured:bp"].get_ydata()) == pytest.approx([1920.0, 3840.0])
@@ -89,8 +105,8 @@ def test_cpu_and_gpu_rows_are_in_separate_figures(results):
                                     "ff-pipelined b128 (est.)"]
 
 
-def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(results, tmp_path):
-    text = build_report([results], tmp_path / "out").read_text()
+def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(built):
+    text = built.read_text()
     cpu, gpu = text.split("## cuda:0 (Test GPU)")
     assert "## cpu (Test CPU)" in cpu
     # ff-pipelined b32: 13 MiB / 18 MiB of bp, 112 / 96 imgs/s
@@ -109,7 +125,7 @@ def test_repeated_cell_shows_the_latest_run(tmp_path):
     loaded = load_cells([tmp_path])
     assert loaded.superseded == 1
     assert list(loaded.cells["peak_allocated_bytes"]) == [10 * MIB]
-    text = build_report([tmp_path], tmp_path / "out").read_text()
+    text = render_report(loaded, figures=[])
     assert "only its latest run (by `started_at`) is shown: 1 earlier row(s) left out" in text
 
 
@@ -117,7 +133,7 @@ def test_paper_operating_point_gets_the_papers_ratios_beside_ours(tmp_path):
     rows = [cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0),
             cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0)]
     write_results(tmp_path / "r", rows)
-    text = build_report([tmp_path / "r"], tmp_path / "out").read_text()
+    text = render_report(load_cells([tmp_path / "r"]), figures=[])
     assert "Beside the paper" in text and "arXiv:2606.06539" in text
     line = next(l for l in text.splitlines() if l.startswith("| ff-pipelined | ok |"))
     assert "0.900×" in line and "1.200×" in line  # ours
@@ -136,11 +152,16 @@ def test_markdown_table_escapes_pipes():
     assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| x\\|y | 1 |"]
 
 
-def test_cli_writes_the_report(results, tmp_path):
+def test_cli_writes_the_report(tmp_path):
+    write_results(tmp_path / "r", [cell_row("bp", 32, peak_bytes=10 * MIB)])
     out = tmp_path / "cli-out"
-    result = cli.invoke(app, ["report", str(results), "--out", str(out), "--budget", "8GiB"])
+    result = cli.invoke(app, ["report", str(tmp_path / "r"), "--out", str(out), "--budget", "8GiB"])
     assert result.exit_code == 0, result.output
-    assert "8 GiB" in (out / "report.md").read_text()
+    assert f"report in {out / 'report.md'}" in result.output
+    assert "Budgets asked for with `--budget`: 8 GiB." in (out / "report.md").read_text()
+    # no breakdown columns in this row, so no (empty) breakdown figure
+    assert sorted(p.name.split("_")[0] for p in (out / "figures").glob("*.png")) == [
+        "batch", "frontier"]
 
 
 def one_line_error(args) -> str:
@@ -183,3 +204,31 @@ def test_all_failed_rows_give_a_report_that_says_so(tmp_path):
     assert "**No cell succeeded**" in text
     assert "RuntimeError: boom \\| at f.py:1" in text
     assert "![" not in text and not list((tmp_path / "out" / "figures").glob("*.png"))
+
+
+def test_cuda_oom_without_a_budget_is_placed_at_the_cards_memory(tmp_path):
+    rows = [cell_row("bp", 32, device="cuda:1", device_name="Test GPU", peak_bytes=10 * MIB),
+            cell_row("bp", 64, device="cuda:1", device_name="Test GPU", status="oom")]
+    write_results(tmp_path / "r", rows)
+    (tmp_path / "r" / "env.json").write_text(json.dumps({"gpus": [
+        {"index": 0, "total_memory_bytes": 8 * GIB}, {"index": 1, "total_memory_bytes": 40 * MIB}]}))
+    cells = load_cells([tmp_path / "r"]).cells
+    oom = cells[cells["status"] == "oom"].iloc[0]
+    assert oom_position(oom, budgets_for(cells)) == 40 * MIB
+    assert [b.source for b in budgets_for(cells, [GIB])] == ["card", "--budget"]
+
+
+def test_estimates_join_the_measured_device_of_their_kind(tmp_path):
+    estimate = dict(device="cuda (estimate)", device_name="estimate", memory_source="estimate")
+    rows = [cell_row("bp", 32, device="cuda:0", device_name="GPU A", peak_bytes=10 * MIB),
+            cell_row("bp", 32, status="estimated", peak_bytes=9 * MIB, **estimate),
+            cell_row("bp", 64, status="oom", peak_bytes=90 * MIB, device_mem_bytes=64 * MIB,
+                     error="estimated 0.088 GiB > budget 0.062 GiB", **estimate)]
+    write_results(tmp_path / "r", rows)
+    loaded = load_cells([tmp_path / "r"])
+    assert list(loaded.cells["kind"]) == ["ok", "estimated", "estimated"]
+    assert list(loaded.cells["over_budget"]) == [False, False, True]
+    text = render_report(loaded, figures=[])
+    assert "## cuda:0 (GPU A)" in text and "## cuda (estimate)" not in text
+    assert "| bp | 32 |  | ok | 0.010 | 0.009 |" in text
+    assert "| bp | 64 | 0.062 | oom (estimated) |  | 0.088 (> budget) |" in text

@@ -15,7 +15,7 @@ from .app import app, fail
 @app.command()
 def report(
     inputs: list[Path] = typer.Argument(
-        ..., show_default=False, metavar="DIR...",
+        ..., show_default=False, metavar="DIR",
         help="Results folders (searched recursively for cells.csv) or cells.csv files."),
     out: Path = typer.Option(
         None, "--out", help="Report folder (default reports/<input folder name>)."),

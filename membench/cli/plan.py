@@ -1,0 +1,105 @@
+"""``membench fit``: the largest batch of each method that fits a device budget, by estimate."""
+
+from __future__ import annotations
+
+import typer
+
+from ..estimate import DEVICE_KINDS, FitError, FitResult, check_fit_input, fit_batch
+from ..grid import GridError, parse_bytes, split_list
+from ..runners import available_methods, get_runner
+from ..runners.base import RunnerConfigError
+from .app import app, fail
+
+
+def _gib(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**30:.3f} GiB"
+
+
+def describe_fit(fit: FitResult) -> str:
+    """One table line: method, largest batch (and micro-batch), its peak, the next batch's peak."""
+    if fit.batch is None:
+        batch = "none"
+    elif fit.micro_batch is not None:
+        batch = f"{fit.batch} (micro {fit.micro_batch})"
+    else:
+        batch = str(fit.batch)
+    if fit.capped:
+        beyond = "--max-batch reached; the limit may be higher"
+    else:
+        beyond = f"batch {fit.next_batch}: {_gib(fit.next_peak_bytes)}"
+    return f"{fit.method:14s} {batch:>18s} {_gib(fit.peak_bytes):>12s}   {beyond}"
+
+
+@app.command()
+def fit(
+    arch: str = typer.Option("vgg11", "--arch", help="One arch: vgg8, vgg11, vgg-dD-wW, tv:NAME."),
+    res: int = typer.Option(224, "--res", help="Input resolution."),
+    device_mem: str = typer.Option(..., "--device-mem", help="Device budget, e.g. 8GiB or 8GB."),
+    method: str = typer.Option(
+        None, "--method", help="Method(s), comma list; default: every method that can run the arch."
+    ),
+    classes: int = typer.Option(10, "--classes", help="Number of classes K."),
+    max_batch: int = typer.Option(4096, "--max-batch", help="Largest batch to consider."),
+    micro_batch: int = typer.Option(
+        None, "--micro-batch",
+        help="bp-accum: fix the micro-batch and search the effective batch over its multiples "
+        "(default: micro-batch = batch/2).",
+    ),
+    device_kind: str = typer.Option(
+        "cuda", "--device-kind", help="cuda (allocator rounding, CUDA kernels) or cpu."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for weights and the synthetic batch."),
+) -> None:
+    """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
+    try:
+        budget = parse_bytes(device_mem)
+    except GridError as err:
+        fail(str(err))
+    if device_kind not in DEVICE_KINDS:
+        fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
+    methods = split_list(method) if method else _methods_for(arch)
+    if not methods:
+        fail("--method needs at least one value")
+    if micro_batch is not None and not any(_splits(m) for m in methods):
+        fail("--micro-batch applies only to methods that split the batch (bp-accum)")
+    for name in methods:  # every input error before the first (slow) estimate
+        try:
+            check_fit_input(name, arch, res, budget, classes, device_kind, max_batch,
+                            micro_batch if _splits(name) else None)
+        except GridError as err:
+            fail(str(err))
+
+    typer.echo(
+        f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
+        f"({device_kind} estimate, max batch {max_batch})"
+    )
+    typer.echo(f"{'method':14s} {'largest batch':>18s} {'peak':>12s}   next batch")
+    for name in methods:
+        try:
+            result = fit_batch(
+                name, arch, res, budget, classes=classes, device_kind=device_kind,
+                max_batch=max_batch, micro_batch=micro_batch if _splits(name) else None, seed=seed,
+            )
+        except FitError as err:
+            typer.echo(f"{name:14s} {'error':>18s}   {err}")
+            continue
+        typer.echo(describe_fit(result))
+
+
+def _splits(method: str) -> bool:
+    try:
+        return get_runner(method).uses_micro_batch
+    except Exception:  # unknown names are reported by fit_batch with the valid choices
+        return False
+
+
+def _methods_for(arch: str) -> list[str]:
+    """Every registered method that accepts ``arch`` (torchvision models exclude layer-wise ones)."""
+    methods = []
+    for name in available_methods():
+        try:
+            get_runner(name).check_cell(arch, 32, 2, None)
+        except RunnerConfigError:
+            continue
+        methods.append(name)
+    return methods

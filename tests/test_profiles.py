@@ -1,0 +1,84 @@
+"""Profiles: shipped ones load and expand, they combine left to right, flags win, and every bad
+profile is a one-line ProfileError (exit 2 from the CLI)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from membench.cli import app
+from membench.cli.measure import cells_of
+from membench.profiles import (
+    ProfileError, available_profiles, find_profile, load_profile, resolve_settings,
+)
+
+SHIPPED = ("quick", "paper-vgg8-32", "paper-d7", "laptop-8gb")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profiles_load_and_expand_to_valid_grids(name):
+    assert name in available_profiles()
+    cells = cells_of(resolve_settings([name], {}))
+    assert cells and len(set(cells)) == len(cells)
+
+
+def test_paper_d7_is_the_papers_grid_with_bp_accum_as_two_micro_batches_of_64():
+    cells = cells_of(resolve_settings(["paper-d7"], {}))
+    assert {(c.arch, c.res, c.classes) for c in cells} == {("vgg11", 224, 100)}
+    assert sorted({c.batch for c in cells if c.method == "bp"}) == [32, 64, 96, 128]
+    assert [(c.batch, c.micro_batch) for c in cells if c.method == "bp-accum"] == [(128, 64)]
+
+
+def test_device_profile_combines_and_explicit_flags_win():
+    cells = cells_of(resolve_settings(["paper-vgg8-32", "laptop-8gb"], {"batch": "64"}))
+    assert {c.device_mem_bytes for c in cells} == {8 * 2**30}
+    assert {c.batch for c in cells} == {64}
+    later_wins = resolve_settings(["laptop-8gb", "paper-vgg8-32"], {"device_mem": "1GiB"})[0]
+    assert later_wins["device_mem"] == "1GiB"
+
+
+def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "quick" in available_profiles()
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "quick.toml").write_text('batch = [3]\n')
+    assert find_profile("quick") == tmp_path / "profiles" / "quick.toml"
+    assert load_profile("quick").settings == {"batch": "3"}
+
+
+BAD_PROFILES = [
+    ('colour = "red"\n', "unknown key 'colour'; valid:"),
+    ('batch = ["abc"]\n', "whole numbers"),
+    ("batch = [0]\n", "at least 1"),
+    ('classes = "ten"\n', "whole number"),
+    ("warmup = -1\n", "at least 0"),
+    ("timeout = 0\n", "timeout"),
+    ('device_mem = "lots"\n', "device_mem"),
+    ('isolation = "thread"\n', "isolation must be one of process, none"),
+    ("batch = [\n", "not valid TOML"),
+    ('[[grid]]\nwidth = 3\n', "unknown key 'width' in [[grid]]"),
+]
+
+
+@pytest.mark.parametrize(("text", "needle"), BAD_PROFILES, ids=[n for _, n in BAD_PROFILES])
+def test_bad_profiles_give_one_line_errors(tmp_path, text, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(path))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    result = CliRunner().invoke(app, ["sweep", "--profile", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_profile_names_the_valid_ones():
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope'; valid: .*quick"):
+        load_profile("nope")
+
+
+def test_list_profiles_shows_the_shipped_ones():
+    result = CliRunner().invoke(app, ["list", "profiles"])
+    assert result.exit_code == 0
+    for name in SHIPPED:
+        assert name in result.output

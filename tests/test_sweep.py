@@ -1,0 +1,224 @@
+"""Sweeps that survive their cells: oom/error/timeout rows, resume after SIGKILL, locking, and
+one-line validation errors (exit 2) before any cell runs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_ARCH, TINY_RES
+from fake_runners import install_misbehaving_runners
+from membench.cli import app
+from membench.grid import Cell
+from membench.protocol import CellResult
+from membench.sweep import SweepLockedError, prune_results, results_lock, run_sweep
+
+cli = CliRunner()
+WAIT_S = 120  # generous bound on waiting for another process; never a performance threshold
+
+
+def tiny(method: str = "bp", **overrides) -> Cell:
+    settings = dict(method=method, arch="vgg-d2-w8", res=TINY_RES, batch=2, warmup=1, steps=2)
+    settings.update(overrides)
+    return Cell(**settings)
+
+
+def rows(out: Path, name: str = "cells.csv") -> list[dict]:
+    path = out / name
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+# -- isolation: failures become rows and the sweep goes on --------------------------------------
+def test_cpu_budget_gives_an_oom_row_then_the_sweep_goes_on(tmp_path):
+    budget = 2**20  # 1 MiB: batch 32 at 16x16 needs more, batch 2 at 8x8 far less
+    cells = [tiny(res=16, batch=32, device_mem_bytes=budget), tiny(device_mem_bytes=budget)]
+    results = run_sweep(cells, "cpu", tmp_path)
+    assert [r.status for r in results] == ["oom", "ok"]
+    assert "budget" in results[0].error
+    written = rows(tmp_path)
+    assert [r["status"] for r in written] == ["oom", "ok"]
+    assert written[0]["device_mem_bytes"] == str(budget)
+
+
+def test_raising_and_self_killing_runners_give_error_rows(tmp_path, monkeypatch):
+    install_misbehaving_runners(tmp_path / "site", monkeypatch)
+    cells = [tiny("test-raise"), tiny("test-selfkill"), tiny("test-exit"), tiny("bp")]
+    results = run_sweep(cells, "cpu", tmp_path / "out")
+    assert [r.status for r in results] == ["error", "error", "error", "ok"]
+    assert "deliberate failure in test-raise" in results[0].error
+    assert "SIGKILL" in results[1].error
+    assert "exit code 7" in results[2].error
+    assert [r["status"] for r in rows(tmp_path / "out")] == ["error", "error", "error", "ok"]
+
+
+def test_a_hung_cell_becomes_a_timeout_row(tmp_path, monkeypatch):
+    install_misbehaving_runners(tmp_path / "site", monkeypatch)
+    monkeypatch.delenv("MEMBENCH_TEST_HANG", raising=False)  # unset: test-slow hangs for ever
+    pid_file = tmp_path / "worker.pid"
+    monkeypatch.setenv("MEMBENCH_TEST_PID_FILE", str(pid_file))
+    results = run_sweep([tiny("test-slow"), tiny("bp")], "cpu", tmp_path / "out", timeout_s=5)
+    assert [r.status for r in results] == ["timeout", "ok"]
+    assert "5 s" in results[0].error
+    assert process_gone(int(pid_file.read_text()))
+
+
+def test_in_process_isolation_runs_the_same_protocol(tmp_path):
+    results = run_sweep([tiny()], "cpu", tmp_path, isolation="none")
+    assert results[0].status == "ok" and len(results[0].step_ms) == 2
+    with pytest.raises(ValueError, match="timeout"):
+        run_sweep([tiny()], "cpu", tmp_path, isolation="none", timeout_s=1)
+
+
+# -- resume, redo, orphan steps, locking ------------------------------------------------------
+def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path, monkeypatch):
+    install_misbehaving_runners(tmp_path / "site", monkeypatch)
+    hang, pid_file, out = tmp_path / "hang", tmp_path / "worker.pid", tmp_path / "out"
+    hang.touch()
+    monkeypatch.setenv("MEMBENCH_TEST_HANG", str(hang))
+    monkeypatch.setenv("MEMBENCH_TEST_PID_FILE", str(pid_file))
+    args = ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2",
+            "--method", "bp,test-slow,ff-naive", "--warmup", "1", "--steps", "2",
+            "--device", "cpu", "--out", str(out)]
+    sweep = subprocess.Popen([sys.executable, "-c", "from membench.cli import main; main()", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(pid_file.exists, "the slow cell to start")
+    finally:
+        sweep.send_signal(signal.SIGKILL)
+        sweep.wait()
+    before = rows(out)
+    assert [r["method"] for r in before] == ["bp"]
+    worker_pid = int(pid_file.read_text())
+    wait_for(lambda: process_gone(worker_pid), "the orphaned worker to exit")
+
+    hang.unlink()
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 already finished, 2 to run" in result.output
+    after = rows(out)
+    assert [r["method"] for r in after] == ["bp", "test-slow", "ff-naive"]
+    assert after[0] == before[0]  # the finished cell was neither rerun nor rewritten
+    assert all(r["status"] == "ok" for r in after)
+    steps = rows(out, "steps.csv")
+    assert sorted(r["cell_id"] for r in steps) == sorted(r["cell_id"] for r in after for _ in range(2))
+
+
+def test_orphan_steps_are_dropped_and_redo_replaces_rows(tmp_path):
+    cells = [tiny(), tiny(batch=4)]
+    run_sweep(cells, "cpu", tmp_path, isolation="none")
+    # A sweep killed between appending a cell's steps and its row leaves orphan steps.
+    with open(tmp_path / "steps.csv", "a") as f:
+        f.write("bp_vgg-d2-w8_r8_b6_k10,cpu,0,1.0\nbp_vgg-d2-w8_r8_b6_k10,cpu,1,1.0\n")
+    assert run_sweep(cells, "cpu", tmp_path, isolation="none") == []  # all finished: skipped
+    assert len(rows(tmp_path, "steps.csv")) == 4
+    first = rows(tmp_path)
+
+    rerun = run_sweep(cells[:1], "cpu", tmp_path, isolation="none", redo=True)
+    assert len(rerun) == 1
+    after = rows(tmp_path)
+    assert sorted(r["batch"] for r in after) == ["2", "4"]
+    assert [r for r in after if r["batch"] == "4"] == [r for r in first if r["batch"] == "4"]
+    assert len(rows(tmp_path, "steps.csv")) == 4
+    assert prune_results(tmp_path) == 0
+
+
+def test_a_second_sweep_on_a_locked_folder_fails_with_exit_2(tmp_path):
+    with results_lock(tmp_path):
+        with pytest.raises(SweepLockedError, match="in use by another sweep"):
+            run_sweep([tiny()], "cpu", tmp_path)
+        result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),
+                                  "--batch", "2", "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "in use by another sweep" in result.stderr
+    assert not (tmp_path / "cells.csv").exists()
+
+
+# -- the command line -----------------------------------------------------------------------
+def test_sweep_cli_prints_one_line_per_cell_a_summary_and_where_results_went(tmp_path):
+    out = tmp_path / "out"
+    args = ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2,4",
+            "--warmup", "1", "--steps", "2", "--device", "cpu", "--isolation", "none",
+            "--out", str(out)]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "[1/2] bp_vgg-d2-w8_r8_b2_k10 ok" in result.output
+    assert "[2/2] bp_vgg-d2-w8_r8_b4_k10 ok" in result.output
+    assert "imgs/s" in result.output and f"results in {out}" in result.output
+    again = cli.invoke(app, args)
+    assert "2 already finished, 0 to run" in again.output
+    assert len(rows(out)) == 2
+
+
+def test_estimate_flag_appends_estimate_rows_without_running(tmp_path, monkeypatch):
+    calls = []
+
+    def estimate_cell(cell, device_kind):
+        calls.append(device_kind)
+        return CellResult(cell, device_kind, "estimate", status="estimated",
+                          peak_allocated_bytes=12345, memory_source="estimate")
+
+    monkeypatch.setitem(sys.modules, "membench.estimate",
+                        types.SimpleNamespace(estimate_cell=estimate_cell))
+    args = ["sweep", "--arch", "vgg8", "--res", "32", "--batch", "64,128", "--estimate",
+            "--out", str(tmp_path)]
+    assert cli.invoke(app, args).exit_code == 0
+    assert cli.invoke(app, [*args, "--device", "cpu"]).exit_code == 0
+    assert calls == ["cuda", "cuda", "cpu", "cpu"]
+    written = rows(tmp_path)
+    assert [(r["device"], r["status"]) for r in written] == [("cpu", "estimated")] * 2
+    assert written[0]["peak_allocated_bytes"] == "12345"
+
+
+BAD_INPUT = [
+    (["--arch", "vgg99"], "arch"),
+    (["--method", "nope"], "valid: bp"),
+    (["--batch", "0"], "--batch"),
+    (["--batch", "6", "--method", "bp-accum", "--micro-batch", "4"], "divide"),
+    (["--arch", "vgg8", "--res", "2"], "res"),
+    (["--device", "tpu"], "valid: auto, cpu"),
+    (["--timeout", "0"], "--timeout"),
+    (["--timeout", "-3"], "--timeout"),
+    (["--isolation", "thread"], "valid: process, none"),
+    (["--isolation", "none", "--timeout", "5"], "--isolation process"),
+    (["--profile", "no-such-profile"], "valid: "),
+    (["--device-mem", "lots"], "memory size"),
+    (["--estimate", "--device", "tpu"], "valid: auto, cpu"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle"), BAD_INPUT, ids=[" ".join(e) for e, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, extra, needle):
+    out = tmp_path / "out"
+    # Later copies of an option win, so ``extra`` overrides these valid defaults.
+    result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
+                              "--device", "cpu", *extra, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("membench: error:"), result.stderr
+    assert needle in lines[0]
+    assert not out.exists()
