@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .archs import ArchError, validate_arch
@@ -116,8 +115,7 @@ def _fake_tracked_run(
         stack.enter_context(FakeTensorMode())
         if cuda_kernels:
             stack.enter_context(_cuda_dropout())
-        with _module_to_skips_noop_moves():
-            runner = build_runner(cell, "cpu")
+        runner = build_runner(cell, "cpu")
         if cuda_kernels:
             _use_foreach_optimizers(runner)
         images, labels = make_batch(cell, torch.device("cpu"))
@@ -125,37 +123,6 @@ def _fake_tracked_run(
             runner.step(images, labels)
         tracked_peak(runner, images, labels, tracked_steps, tracker)
     return tracker
-
-
-@contextlib.contextmanager
-def _module_to_skips_noop_moves() -> Iterator[None]:
-    """Let ``Module.to(device)`` return the module when nothing would move.
-
-    In torch 2.x ``Module._apply`` always swaps a fake parameter for a new one with
-    ``torch.utils.swap_tensors``, which refuses any tensor with a weakref, and FakeTensorMode's
-    converter memo holds a weakref to every fake tensor; so ``model.to("cpu")`` on a model built
-    under FakeTensorMode raises even though nothing moves. Runners call exactly that.
-    """
-    original_to = nn.Module.to
-
-    def to(module: nn.Module, *args, **kwargs):
-        device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-        tensors = [*module.parameters(), *module.buffers()]
-        if dtype is None and memory_format is None and (
-            device is None or all(_same_device(t.device, device) for t in tensors)
-        ):
-            return module
-        return original_to(module, *args, **kwargs)
-
-    nn.Module.to = to
-    try:
-        yield
-    finally:
-        nn.Module.to = original_to
-
-
-def _same_device(have: torch.device, want: torch.device) -> bool:
-    return have.type == want.type and (want.index is None or have.index == want.index)
 
 
 @contextlib.contextmanager

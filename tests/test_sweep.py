@@ -4,7 +4,6 @@ one-line validation errors (exit 2) before any cell runs."""
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys

@@ -88,6 +88,17 @@ class Runner(ABC):
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]: ...
 
+    def place(self, module: nn.Module) -> nn.Module:
+        """Move a freshly built module to the runner's device, in training mode.
+
+        Modules are built on the CPU (so a seed gives the same weights on every device) and moved
+        only when the device differs: ``Module.to`` on a model built under ``FakeTensorMode``
+        fails even when nothing would move, and ``membench.estimate`` builds runners that way.
+        """
+        if self.device != torch.device("cpu"):
+            module = module.to(self.device)
+        return module.train()
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules() for p in m.parameters()]
 

@@ -92,7 +92,7 @@ class BPRunner(Runner):
             )
         if not self.dropout:
             _without_dropout(model)
-        self.model = model.to(self.device).train()
+        self.model = self.place(model)
         self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
 
     def modules(self):
@@ -174,7 +174,7 @@ class BPDeepSupRunner(Runner):
         super().__init__(arch, res, classes, device, **options)
         torch.manual_seed(self.seed)
         dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-        self.model = DeepSupModel(build_conv_stack(arch, dropout), classes).to(self.device).train()
+        self.model = self.place(DeepSupModel(build_conv_stack(arch, dropout), classes))
         self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
 
     def modules(self):

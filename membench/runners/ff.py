@@ -96,11 +96,11 @@ class _DTGFFRunner(Runner):
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)
         torch.manual_seed(self.seed)
-        self.model = DTGFF(
+        self.model = self.place(DTGFF(
             build_conv_stack(arch, PROPAGATION_DROPOUT if self.dropout else 0.0),
             classes,
             CLASSIFIER_DROPOUT if self.dropout else 0.0,
-        ).to(self.device).train()
+        ))
         self.depth = len(self.model.backbone)
         self.layer_params = [self.model.layer_parameters(l) for l in range(self.depth)]
         self.layer_optimizers, self.layer_schedules = zip(
