@@ -15,7 +15,13 @@ Timing is judged against its own step-to-step noise, from ``steps.csv``: a cell'
 regressed when the one-sided Mann-Whitney U test says NEW's step times are larger (p below
 ``alpha``) *and* the throughput drop estimated from the ratio of median step times exceeds the
 threshold. A bootstrap confidence interval of that ratio is reported alongside. Without per-step
-times the gate falls back to ``imgs_per_s`` against the threshold, and says so.
+times, or with too few for the test to ever reach ``alpha`` (the smallest one-sided p of the exact
+test is 1 / C(n1 + n2, n1): 1/20 for 3 + 3 steps, 1/70 for 4 + 4), the gate falls back to
+``imgs_per_s`` against the threshold, and says so.
+
+Each folder may hold one row per (cell_id, device): ``steps.csv`` is keyed by those two columns
+only, so a second run of a cell on the same device (another seed, warmup or step count) would pool
+its step times with the first. Such a folder is refused as bad input.
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .memtrack import CATEGORIES
 from .results import ResultsError, read_cells, read_steps
 
 CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "classes", "device_mem_bytes"]
-BREAKDOWN_COLUMNS = ["parameters_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes"]
+BREAKDOWN_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
 REQUIRED_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
                     "device_name", "status", "memory_source", "peak_allocated_bytes", "imgs_per_s"]
+# Read as numbers; a value that is present but not a number is bad input, not a regression.
+NUMERIC_COLUMNS = ["res", "batch", "micro_batch", "classes", "device_mem_bytes",
+                   "peak_allocated_bytes", "imgs_per_s", *BREAKDOWN_COLUMNS]
+# The ``device`` of a row written by ``membench sweep --estimate``: 'cuda (estimate)'.
+ESTIMATE_SUFFIX = " (estimate)"
 
 # Per memory source, the default allowed increase in percent (see the module docstring).
 DEFAULT_MEM_INCREASE_PCT = {"tracker": 0.0, "estimate": 0.0, "cuda_allocator": 1.0}
@@ -53,6 +65,25 @@ FAILED_STATUSES = {"oom", "error", "timeout"}
 
 class CompareError(ValueError):
     """Bad input to compare: a missing path, a file without the needed columns, bad thresholds."""
+
+
+def device_kind(device: str) -> str:
+    """The kind of a results row's device: 'cpu' -> 'cpu', 'cuda:0' -> 'cuda', 'cuda (estimate)' ->
+    'cuda'."""
+    return str(device).strip().removesuffix(ESTIMATE_SUFFIX).split(":")[0]
+
+
+def is_estimate_device(device: str) -> bool:
+    """Whether a row's device is an estimate's ('cuda (estimate)'), not a device that ran."""
+    return str(device).strip().endswith(ESTIMATE_SUFFIX)
+
+
+def format_size(value_bytes: float) -> str:
+    """A memory size as a person would write it: '8 GiB', '1.5 GiB', '64 MiB', '12.5 KiB', '512 B'."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value_bytes) >= size:
+            return f"{value_bytes / size:.4g} {unit}"
+    return f"{value_bytes:.4g} B"
 
 
 @dataclass
@@ -205,20 +236,47 @@ def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in CONFIG_COLUMNS + BREAKDOWN_COLUMNS:
         if column not in cells.columns:
             cells[column] = None
-    for column in ("device_name", "memory_source", "status", "device"):
+    for column in ("cell_id", "device_name", "memory_source", "status", "device"):
         # pandas 3 keeps NaN through astype(str); an empty string is what "no value" means here.
-        cells[column] = cells[column].fillna("").astype(str)
-    cells["device_kind"] = cells["device"].str.split(":").str[0]
+        cells[column] = cells[column].astype("string").fillna("").astype(str).str.strip()
+    for column in NUMERIC_COLUMNS:
+        cells[column] = _numeric(cells, column, "cell_id", f"{side} {path}")
+    if not steps.empty:
+        steps = steps.copy()
+        for column in ("cell_id", "device"):
+            steps[column] = steps[column].astype("string").fillna("").astype(str).str.strip()
+        steps["step_ms"] = _numeric(steps, "step_ms", "cell_id", f"{side} {path} steps.csv")
+    cells["device_kind"] = cells["device"].map(device_kind)
+    cells["is_estimate"] = cells["device"].map(is_estimate_device)
     # A CPU's model does not change tracker bytes, so CPU cells match across CPU models.
     cells["device_match"] = np.where(cells["device_kind"] == "cpu", "", cells["device_name"])
     cells["config_key"] = [_config_key(row) for row in cells.to_dict("records")]
-    duplicated = cells.duplicated(["config_key", "memory_source"], keep=False)
-    if duplicated.any():
-        raise CompareError(
-            f"{side} {path} has more than one row for cell {cells.loc[duplicated, 'cell_id'].iloc[0]}"
-            f" on one device; compare one run per folder"
-        )
+    # steps.csv is keyed by (cell_id, device) only: two rows of one cell on one device (another
+    # seed, warmup or step count, or a rerun) would pool their step times.
+    for key, what in ((["cell_id", "device"], "cell_id and device"),
+                      (["config_key", "memory_source"], "configuration and device")):
+        duplicated = cells.duplicated(key, keep=False)
+        if duplicated.any():
+            first = cells.loc[duplicated].iloc[0]
+            raise CompareError(
+                f"{side} {path} has more than one row with the same {what} (cell {first['cell_id']}"
+                f" on {first['device']}); compare one run per folder"
+            )
     return cells, steps
+
+
+def _numeric(frame: pd.DataFrame, column: str, label_column: str, where: str) -> pd.Series:
+    """``frame[column]`` as floats (empty is NaN); CompareError on a value that is not a number."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    text = frame[column].astype("string").fillna("").str.strip()
+    bad = values.isna() & (text != "") & (text.str.lower() != "nan")
+    if bad.any():
+        first = bad.idxmax()
+        raise CompareError(
+            f"{where}: {column} {text[first]!r} of cell {frame.at[first, label_column]} is not a"
+            f" number ({int(bad.sum())} such value(s))"
+        )
+    return values.astype(float)
 
 
 def _config_key(row: dict) -> tuple:
@@ -229,7 +287,8 @@ def _config_key(row: dict) -> tuple:
             return int(value)
         return value
 
-    return tuple(norm(row[c]) for c in CONFIG_COLUMNS) + (row["device_kind"], row["device_match"])
+    return tuple(norm(row[c]) for c in CONFIG_COLUMNS) + (
+        row["device_kind"], bool(row["is_estimate"]), row["device_match"])
 
 
 def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[list[tuple[dict, dict]], list[dict], list[dict]]:
@@ -282,9 +341,17 @@ def _pct_change(old: float, new: float) -> float:
 def _step_times(steps: pd.DataFrame, row: dict) -> np.ndarray:
     if steps.empty:
         return np.array([])
-    mask = (steps["cell_id"].astype(str) == str(row["cell_id"])) & (
-        steps["device"].astype(str) == str(row["device"]))
-    return steps.loc[mask, "step_ms"].to_numpy(dtype=float)
+    mask = (steps["cell_id"] == str(row["cell_id"])) & (steps["device"] == str(row["device"]))
+    times = steps.loc[mask, "step_ms"].to_numpy(dtype=float)
+    return times[np.isfinite(times)]
+
+
+def can_reach_alpha(n_baseline: int, n_new: int, alpha: float) -> bool:
+    """Whether the exact one-sided rank test on this many steps can give p < alpha at all: its
+    smallest p is 1 / C(n1 + n2, n1), e.g. 1/20 for 3 + 3 steps and 1/70 for 4 + 4."""
+    if min(n_baseline, n_new) < 1:
+        return False
+    return 1 / math.comb(n_baseline + n_new, n_new) < alpha
 
 
 def _compare_pair(
@@ -322,7 +389,8 @@ def _compare_pair(
             change.mem_change_pct = pct
         if pct > threshold:
             change.reasons.append(
-                f"{column} {int(old):,} -> {int(now):,} B (+{pct:.2f}%, allowed {threshold:g}%, {source})"
+                f"{column} {int(old):,} -> {int(now):,} B ({format_size(old)} -> {format_size(now)},"
+                f" +{pct:.2f}%, allowed {threshold:g}%, {source})"
             )
 
     if max_tput_drop_pct is None or new["status"] == "estimated" or base["status"] == "estimated":
@@ -331,10 +399,12 @@ def _compare_pair(
         change.timing = TimingVerdict("not compared", note="different CPU models; timing not comparable")
         return change
     base_ms, new_ms = _step_times(base_steps, base), _step_times(new_steps, new)
-    if min(len(base_ms), len(new_ms)) >= MIN_STEPS_FOR_TEST:
+    if min(len(base_ms), len(new_ms)) >= MIN_STEPS_FOR_TEST and can_reach_alpha(
+            len(base_ms), len(new_ms), alpha):
         change.timing = judge_timing(base_ms, new_ms, max_tput_drop_pct, alpha)
     else:
-        change.timing = _judge_imgs_per_s(base, new, max_tput_drop_pct, len(base_ms), len(new_ms))
+        change.timing = _judge_imgs_per_s(base, new, max_tput_drop_pct, len(base_ms), len(new_ms),
+                                          alpha)
     if change.timing.regressed:
         t = change.timing
         detail = f", p={t.p_value:.2g}" if t.p_value is not None else " (imgs_per_s, no noise test)"
@@ -344,9 +414,15 @@ def _compare_pair(
     return change
 
 
-def _judge_imgs_per_s(base: dict, new: dict, max_tput_drop_pct: float, n_base: int, n_new: int) -> TimingVerdict:
+def _judge_imgs_per_s(base: dict, new: dict, max_tput_drop_pct: float, n_base: int, n_new: int,
+                      alpha: float = DEFAULT_ALPHA) -> TimingVerdict:
     old, now = _number(base.get("imgs_per_s")), _number(new.get("imgs_per_s"))
-    note = f"too few per-step times ({n_base} vs {n_new}); compared imgs_per_s without a noise test"
+    if min(n_base, n_new) < MIN_STEPS_FOR_TEST:
+        why = f"too few per-step times ({n_base} vs {n_new})"
+    else:
+        why = (f"{n_base} vs {n_new} step times cannot reach p < {alpha:g} (smallest p "
+               f"1/{math.comb(n_base + n_new, n_new)})")
+    note = f"{why}; compared imgs_per_s without a noise test"
     if old is None or now is None or old <= 0:
         return TimingVerdict("not compared", note="no throughput figure on one side")
     change_pct = (now / old - 1) * 100

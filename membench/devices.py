@@ -8,12 +8,13 @@ APIs only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,9 @@ class Device(ABC):
     """What the protocol needs from a device, and nothing more."""
 
     kind: str
+    # True where the device has no allocator statistics and peak memory must come from the
+    # tensor tracker's separate pass (see protocol.run_cell).
+    needs_tracker_pass: bool = False
 
     def __init__(self, torch_device: torch.device):
         self.torch_device = torch_device
@@ -83,6 +87,7 @@ def cpu_model_name() -> str:
 
 class CpuDevice(Device):
     kind = "cpu"
+    needs_tracker_pass = True
 
     def __init__(self):
         super().__init__(torch.device("cpu"))
@@ -128,14 +133,17 @@ class CudaDevice(Device):
     def time_steps(self, step, count):
         # One event pair per step, read only after a final synchronize, so timing adds no
         # host-device sync inside the measured loop.
+        # Record on this device's current stream (the one the step's kernels go to), not on
+        # whichever device happens to be current.
+        stream = torch.cuda.current_stream(self.index)
         events = [
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             for _ in range(count)
         ]
         for start, end in events:
-            start.record()
+            start.record(stream)
             step()
-            end.record()
+            end.record(stream)
         self.synchronize()
         return [start.elapsed_time(end) for start, end in events]
 
@@ -159,17 +167,29 @@ class CudaDevice(Device):
         return torch.cuda.get_device_properties(self.index).total_memory
 
 
-def nvml_used_bytes(index: int) -> int | None:
-    """Device-wide memory in use according to NVML (all processes), or None without NVML."""
-    try:
-        import pynvml
+@contextlib.contextmanager
+def nvml() -> Iterator[object]:
+    """The initialised ``pynvml`` module for the duration of the block."""
+    import pynvml
 
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    pynvml.nvmlInit()
+    try:
+        yield pynvml
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def nvml_used_bytes(index: int) -> int | None:
+    """Device-wide memory in use according to NVML (all processes), or None without NVML.
+
+    The GPU is found by UUID: CUDA's device order (and CUDA_VISIBLE_DEVICES) need not match
+    NVML's indices.
+    """
+    try:
+        uuid = f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+        with nvml() as pynvml:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        finally:
-            pynvml.nvmlShutdown()
     except Exception:  # NVML missing or unusable: the figure is optional
         return None
 
@@ -218,10 +238,6 @@ def host_peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def cpu_threads() -> int:
-    return torch.get_num_threads()
 
 
 def visible_cpu_count() -> int:

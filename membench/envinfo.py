@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .devices import cpu_model_name, cpu_threads, nvml_used_bytes, visible_cpu_count
+from .devices import cpu_model_name, nvml, nvml_used_bytes, visible_cpu_count
 
 
 def git_sha() -> str | None:
@@ -28,14 +28,9 @@ def git_sha() -> str | None:
 
 def _driver_version() -> str | None:
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
+        with nvml() as pynvml:
             version = pynvml.nvmlSystemGetDriverVersion()
-            return version.decode() if isinstance(version, bytes) else version
-        finally:
-            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else version
     except Exception:  # no NVML: no driver figure
         return None
 
@@ -54,7 +49,7 @@ def collect_env() -> dict:
         "driver_version": None,
         "cpu_model": cpu_model_name(),
         "cpu_count": visible_cpu_count(),
-        "torch_threads": cpu_threads(),
+        "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

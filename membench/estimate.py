@@ -211,7 +211,7 @@ def fit_batch(
 
     def cell_for(k: int) -> Cell:
         batch = k * unit
-        mb = (micro_batch or batch // 2) if splits else None
+        mb = (micro_batch or runner_cls.default_micro_batch(batch)) if splits else None
         return Cell(method, arch, res, batch, mb, classes, seed, device_mem_bytes=None)
 
     peaks: dict[int, int] = {}

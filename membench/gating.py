@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .devices import CpuDevice, Device
@@ -67,24 +68,57 @@ def measure_cpu_gate(out_dir: Path, cells: list[Cell] | None = None) -> Path:
     return out_dir
 
 
-def replace_folder(target: Path, fill) -> Path:
-    """Build a folder with ``fill(tmp_dir)`` and only then swap it in for ``target``.
+class BaselineError(RuntimeError):
+    """A new recording that is not a usable baseline; the committed one was left as it was."""
+
+
+def check_baseline(folder: Path) -> int:
+    """Raise BaselineError unless every cell of ``folder`` ran ``ok`` and the folder passes
+    against itself (else the gate could never pass); returns the number of cells."""
+    from .compare import compare_results
+    from .results import read_cells
+
+    cells = read_cells(folder)
+    if not len(cells):
+        raise BaselineError("the recording has no cells; not a usable baseline")
+    bad = cells[cells["status"] != "ok"]
+    if len(bad):
+        raise BaselineError(f"{len(bad)} cell(s) did not run ok: {', '.join(bad['cell_id'])}; "
+                            "not a usable baseline")
+    if not compare_results(folder, folder).passed:
+        raise BaselineError("the new recording does not pass against itself")
+    return len(cells)
+
+
+def replace_folder(target: Path | Callable[[Path], Path], fill: Callable[[Path], object], *,
+                   parent: Path | None = None) -> Path:
+    """Build a folder with ``fill(tmp_dir)``, check it, and only then swap it in for ``target``.
 
     Results files are appended to, so recording into an existing baseline would duplicate rows;
-    a failed recording must also leave the old baseline intact.
+    a failed or unusable recording (check_baseline raises BaselineError) must leave the old
+    baseline intact. ``target`` is a path, or a function of the filled folder that gives it (a
+    GPU baseline is named after the GPU its rows were measured on); then ``parent`` is the folder
+    it will lie in, where the temporary folder is made so the swap is a rename.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    if not callable(target):
+        target, parent = Path(target), Path(target).parent
+    elif parent is None:
+        raise ValueError("replace_folder needs parent when target is a function")
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".baseline-", dir=parent))
     try:
         fill(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        check_baseline(tmp)
+        final = Path(target(tmp) if callable(target) else target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return target
+    return final
 
 
 def record_cpu_baseline(target: Path = CPU_BASELINE_DIR) -> Path:
@@ -98,9 +132,31 @@ def record_cpu_baseline(target: Path = CPU_BASELINE_DIR) -> Path:
     return replace_folder(target, fill)
 
 
-def record_gpu_baseline(device: Device, target: Path | None = None) -> Path:
-    """Sweep the GPU perf grid on ``device`` and write it as that GPU model's baseline folder."""
+def measured_device_name(folder: Path) -> str:
+    """The ``device_name`` of a results folder's rows (one device per folder)."""
+    from .results import read_cells
+
+    names = sorted({str(name) for name in read_cells(folder)["device_name"].dropna()})
+    if len(names) != 1:
+        raise BaselineError(f"{folder} holds rows of {len(names)} device models, not one: "
+                            f"{', '.join(names) or 'none'}")
+    return names[0]
+
+
+def record_gpu_baseline(device: Device, target: Path | None = None,
+                        root: Path = GPU_BASELINES_DIR) -> Path:
+    """Sweep the GPU perf grid on ``device`` and write it as that GPU model's baseline folder.
+
+    Without ``target`` the folder is ``root/<gpu-slug>``, named after the ``device_name`` the
+    sweep's worker recorded: asking the device for its name here would open a CUDA context in
+    this process, on the GPU being measured.
+    """
     from .sweep import run_sweep
 
-    target = target or gpu_baseline_dir(device.name())
-    return replace_folder(target, lambda folder: run_sweep(gpu_perf_cells(), device, folder))
+    def fill(folder: Path) -> None:
+        run_sweep(gpu_perf_cells(), device, folder)
+
+    if target is not None:
+        return replace_folder(target, fill)
+    return replace_folder(lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill,
+                          parent=root)

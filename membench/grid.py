@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from .archs import ArchError, validate_arch
 from .runners import RunnerConfigError, UnknownMethodError, get_runner
@@ -40,14 +40,9 @@ class Cell:
         if self.micro_batch is not None:
             parts.append(f"mb{self.micro_batch}")
         parts.append(f"k{self.classes}")
+        if self.device_mem_bytes is not None:
+            parts.append(f"mem{format_bytes(self.device_mem_bytes)}")
         return "_".join(parts)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Cell":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -63,6 +58,14 @@ def parse_bytes(text: str) -> int:
     if value <= 0:
         raise GridError(f"memory size must be positive, got {text!r}")
     return value
+
+
+def format_bytes(value: int) -> str:
+    """The shortest exact binary spelling: 8589934592 -> '8GiB', 1536 -> '1536B'... -> '1.5KiB'."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size and (value * 10) % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value}B"
 
 
 def split_list(text: str | list | tuple | int) -> list[str]:
@@ -142,7 +145,7 @@ def expand_grid(
             except RunnerConfigError as err:
                 raise GridError(str(err)) from None
             if runner.uses_micro_batch and micro_batch is None:
-                micro_batch = batch // 2
+                micro_batch = runner.default_micro_batch(batch)
             cells.append(Cell(method, arch, res, batch, micro_batch, classes, seed, warmup, steps,
                               device_mem_bytes))
     return cells

@@ -19,6 +19,7 @@ replace an earlier one's; grid flags on the command line apply to every grid.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .grid import GridError, parse_bytes
 from .sweep import ISOLATION_CHOICES
 
 PROFILE_SUFFIX = ".toml"
+# The ``profiles`` folder of a source checkout, next to the membench package.
+PACKAGE_PROFILES_DIR = Path(membench.__file__).resolve().parents[1] / "profiles"
 
 # What a sweep uses for a setting that neither a profile nor the command line gives.
 SWEEP_DEFAULTS: dict[str, object] = {
@@ -58,7 +61,7 @@ class Profile:
 
 def profile_dirs() -> list[Path]:
     """Where profiles are looked up by name, first match wins: ./profiles, then the checkout's."""
-    candidates = [Path.cwd() / "profiles", Path(membench.__file__).resolve().parents[1] / "profiles"]
+    candidates = [Path.cwd() / "profiles", PACKAGE_PROFILES_DIR]
     dirs = []
     for folder in candidates:
         if folder.is_dir() and all(folder.resolve() != d.resolve() for d in dirs):
@@ -84,13 +87,9 @@ def find_profile(ref: str) -> Path:
         return path
     profiles = available_profiles()
     if ref not in profiles:
-        valid = ", ".join(profiles) or f"none found (looked in ./profiles and {_package_dir()})"
+        valid = ", ".join(profiles) or f"none found (looked in ./profiles and {PACKAGE_PROFILES_DIR})"
         raise ProfileError(f"unknown profile {ref!r}; valid: {valid}")
     return profiles[ref]
-
-
-def _package_dir() -> Path:
-    return Path(membench.__file__).resolve().parents[1] / "profiles"
 
 
 def _list_value(name: str, key: str, value: object, kind: type) -> str:
@@ -127,8 +126,11 @@ def _check_value(name: str, key: str, value: object) -> object:
             raise ProfileError(f"profile {name}: {key} must be at least {INT_KEYS[key]}, got {value}")
         return value
     if key == "timeout":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ProfileError(f"profile {name}: timeout takes seconds (a number > 0), got {value!r}")
+        # TOML accepts inf and nan: neither is a usable timeout.
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value <= 0):
+            raise ProfileError(
+                f"profile {name}: timeout takes seconds (a finite number > 0), got {value!r}")
         return float(value)
     if key == "device_mem":
         try:
@@ -167,6 +169,9 @@ def load_profile(ref: str | Path) -> Profile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ProfileError(f"cannot read profile {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"profile {path} is not UTF-8 text (byte {err.start} cannot be read); "
+                           "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise ProfileError(f"profile {path} is not valid TOML: {err}") from None
     settings = {key: _check_value(name, key, value) for key, value in data.items()}

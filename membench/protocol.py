@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import __version__
-from .devices import CudaDevice, Device, host_peak_rss_bytes, reset_host_peak_rss
+from .devices import Device, host_peak_rss_bytes, reset_host_peak_rss
 from .grid import Cell
 from .memtrack import MemoryBreakdown, TensorMemoryTracker, optimizer_state_tensors
 from .runners import Runner, get_runner
@@ -101,11 +101,15 @@ def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 
 def build_runner(cell: Cell, device: torch.device | str) -> Runner:
-    """The cell's runner, built with the cell's seed and a schedule as long as the cell."""
+    """The cell's runner, built with the cell's seed and a schedule as long as the cell.
+
+    The schedule covers warmup, the CPU's tracker pass and the measured steps, so no measured
+    step runs past the cosine's end (where CosineAnnealingLR would climb back up).
+    """
     runner_cls = get_runner(cell.method)
     return runner_cls(
         cell.arch, cell.res, cell.classes, device, seed=cell.seed,
-        total_steps=cell.warmup + cell.steps, micro_batch=cell.micro_batch,
+        total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps, micro_batch=cell.micro_batch,
     )
 
 
@@ -150,9 +154,7 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
         device.synchronize()
 
         reset_host_peak_rss()
-        if isinstance(device, CudaDevice):
-            device.reset_peak_memory()
-        else:
+        if device.needs_tracker_pass:
             tracker = tracked_peak(
                 runner, images, labels, max(1, min(tracker_steps, cell.steps)),
                 TensorMemoryTracker(budget_bytes=cell.device_mem_bytes),
@@ -160,6 +162,7 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
             result.peak_allocated_bytes = tracker.peak_bytes
             result.breakdown = tracker.peak_breakdown()
             result.memory_source = "tracker"
+        device.reset_peak_memory()
 
         result.step_ms = device.time_steps(one_step, cell.steps)
 
@@ -170,12 +173,23 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
             result.nvml_used_bytes = allocator.nvml_used_bytes
             result.memory_source = allocator.source
         result.host_peak_rss_bytes = host_peak_rss_bytes()
-    except torch.OutOfMemoryError as err:
-        result.status, result.error = "oom", _one_line(err)
-    except Exception as err:  # a runner bug must become a row, not end the sweep
-        result.status = "error"
-        result.error = _one_line(err) + " | " + _where(err)
+    except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
+        if is_out_of_memory(err):
+            result.status, result.error = "oom", _one_line(err)
+        else:
+            result.status, result.error = "error", _one_line(err) + " | " + _where(err)
     return result
+
+
+# cuBLAS and cuDNN report a failed allocation as a plain RuntimeError with their status name.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` means the device (or the emulated budget) ran out of memory."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES)
 
 
 def _one_line(err: BaseException) -> str:

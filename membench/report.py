@@ -35,7 +35,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import __version__
+from .compare import device_kind, format_size, is_estimate_device
+from .gating import gpu_slug
+from .memtrack import CATEGORIES
 from .results import CELL_COLUMNS, ResultsError, find_cells_files, read_cells
+from .runners import BUILTIN_METHODS
 
 GIB = 2**30
 REPORT_FILE = "report.md"
@@ -50,21 +54,20 @@ NUMERIC_COLUMNS = [
     "res", "batch", "micro_batch", "classes", "seed", "device_mem_bytes", "warmup", "steps",
     "step_ms_median", "step_ms_p10", "step_ms_p90", "step_ms_mean", "imgs_per_s",
     "peak_allocated_bytes", "peak_reserved_bytes", "host_peak_rss_bytes", "nvml_used_bytes",
-    "parameters_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes",
+    *(f"{category}_bytes" for category in CATEGORIES),
 ]
+# (column, legend label, colour) per memory category, in memtrack's order (bottom to top).
+BREAKDOWN_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 BREAKDOWN = [
-    ("parameters_bytes", "parameters", "#4c72b0"),
-    ("gradients_bytes", "gradients", "#dd8452"),
-    ("optimizer_state_bytes", "optimizer state", "#55a868"),
-    ("activations_bytes", "activations", "#c44e52"),
+    (f"{category}_bytes", category.replace("_", " "), BREAKDOWN_COLORS[i % len(BREAKDOWN_COLORS)])
+    for i, category in enumerate(CATEGORIES)
 ]
 
-# One colour per method in every figure of a report. Red is kept for OOM markers.
-METHOD_ORDER = ["bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined"]
-METHOD_COLORS = {
-    "bp": "#1f77b4", "bp-accum": "#ff7f0e", "bp-ckpt": "#2ca02c", "bp-deepsup": "#9467bd",
-    "ff-naive": "#8c564b", "ff-pipelined": "#e377c2",
-}
+# One colour per method in every figure of a report, the built-ins in the spec's order. Red is
+# kept for OOM markers.
+METHOD_ORDER = list(BUILTIN_METHODS)
+BUILTIN_METHOD_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+METHOD_COLORS = dict(zip(METHOD_ORDER, BUILTIN_METHOD_PALETTE))
 EXTRA_METHOD_COLORS = ["#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31",
                        "#7b4173", "#3182bd", "#31a354", "#756bb1"]
 OOM_COLOR = "#d62728"
@@ -230,10 +233,6 @@ def load_cells(inputs: Sequence[Path]) -> LoadedCells:
 # Grouping and small helpers
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
-
-
 def method_sort_key(method: str) -> tuple[int, str]:
     """Built-in methods in their usual order, then others alphabetically."""
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
@@ -248,16 +247,9 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     return colors
 
 
-ESTIMATE_SUFFIX = " (estimate)"
-
-
 def device_label(device: str, device_name: str) -> str:
     """'cuda:0 (NVIDIA H200)'; the device alone when its name is unknown or says nothing."""
     return f"{device} ({device_name})" if device_name and device_name != "estimate" else device
-
-
-def _device_kind(device: str) -> str:
-    return device.removesuffix(ESTIMATE_SUFFIX).split(":")[0]
 
 
 def panel_title(arch: str, res: int, classes: float) -> str:
@@ -274,13 +266,6 @@ def batch_label(row) -> str:
     return label
 
 
-def _gib(value_bytes: float) -> str:
-    """A budget's size as a person would write it: '8 GiB', '1.5 GiB', '64 MiB'."""
-    if value_bytes < GIB:
-        return f"{value_bytes / 2**20:.4g} MiB"
-    return f"{value_bytes / GIB:.4g} GiB"
-
-
 def device_groups(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(label, file-name slug, rows) per device, in order of first appearance; slugs are unique.
 
@@ -289,18 +274,18 @@ def device_groups(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     with no such device they form their own group.
     """
     grouped = list(cells.groupby(["device", "device_name"], sort=False))
-    measured_kinds = {_device_kind(d) for (d, _), _ in grouped if not d.endswith(ESTIMATE_SUFFIX)}
+    measured_kinds = {device_kind(d) for (d, _), _ in grouped if not is_estimate_device(d)}
     estimates = {}
     for (device, _), rows in grouped:
-        if device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in measured_kinds:
-            estimates.setdefault(_device_kind(device), []).append(rows)
+        if is_estimate_device(device) and device_kind(device) in measured_kinds:
+            estimates.setdefault(device_kind(device), []).append(rows)
     groups, seen = [], set()
     for (device, name), rows in grouped:
-        if device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in measured_kinds:
+        if is_estimate_device(device) and device_kind(device) in measured_kinds:
             continue
-        if not device.endswith(ESTIMATE_SUFFIX) and _device_kind(device) in estimates:
-            rows = pd.concat([rows, *estimates[_device_kind(device)]])
-        slug = _slug(device if not name else f"{device}-{name}")[:40].strip("-")
+        if not is_estimate_device(device) and device_kind(device) in estimates:
+            rows = pd.concat([rows, *estimates[device_kind(device)]])
+        slug = gpu_slug(device if not name else f"{device}-{name}")[:40].strip("-")
         base, n = slug, 2
         while slug in seen:
             slug, n = f"{base}-{n}", n + 1
@@ -490,7 +475,7 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
             axis.axvline(budget.bytes / GIB, color=BUDGET_COLOR, linestyle="--", linewidth=1,
                          zorder=0, gid=f"budget:{int(budget.bytes)}")
         # at the foot of the line: high memory with low throughput is where points are rarest
-        ax.annotate(f"{_gib(budget.bytes)} ({budget.source})", (budget.bytes / GIB, 0.0),
+        ax.annotate(f"{format_size(budget.bytes)} ({budget.source})", (budget.bytes / GIB, 0.0),
                     xycoords=ax.get_xaxis_transform(), xytext=(-3, 4), textcoords="offset points",
                     rotation=90, ha="right", va="bottom", fontsize=7.5, color=BUDGET_COLOR)
     ax.set_ylabel("throughput (imgs/s)")
@@ -538,7 +523,7 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     if shown:
         handles.append(Line2D([], [], linestyle="--", color=BUDGET_COLOR, label="memory budget"))
     for budget in off_scale:
-        handles.append(Line2D([], [], linestyle="none", label=f"budget {_gib(budget.bytes)} "
+        handles.append(Line2D([], [], linestyle="none", label=f"budget {format_size(budget.bytes)} "
                               f"({budget.source}):\nfar right, not drawn"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False)
@@ -586,7 +571,7 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
         if budget.bytes / GIB <= BUDGET_RANGE * data_max:
             ax_mem.axhline(budget.bytes / GIB, color=BUDGET_COLOR, linestyle="--", linewidth=1,
                            gid=f"budget:{int(budget.bytes)}")
-            ax_mem.annotate(f"{_gib(budget.bytes)} ({budget.source})", (0, budget.bytes / GIB),
+            ax_mem.annotate(f"{format_size(budget.bytes)} ({budget.source})", (0, budget.bytes / GIB),
                             xycoords=ax_mem.get_yaxis_transform(), xytext=(3, -3),
                             textcoords="offset points", va="top", fontsize=7.5,
                             color=BUDGET_COLOR)
@@ -692,7 +677,7 @@ def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list
     for label, slug, rows in device_groups(cells):
         for (arch, res, classes), panel in panels(rows):
             title = f"{panel_title(arch, res, classes)} \u2014 {label}"
-            stem = f"{slug}_{_slug(arch)}_r{res}" + ("" if pd.isna(classes) else f"_k{int(classes)}")
+            stem = f"{slug}_{gpu_slug(arch)}_r{res}" + ("" if pd.isna(classes) else f"_k{int(classes)}")
             for kind, figure in (
                 ("frontier", frontier_figure(panel, colors=colors, budgets_bytes=budgets_bytes,
                                              title=title)),
@@ -865,13 +850,14 @@ def default_report_dir(inputs: Sequence[Path], now: dt.datetime | None = None) -
     for path in map(Path, inputs):
         if path.name == "cells.csv":
             path = path.parent
-        name = _slug(path.resolve().name) if path.name not in ("", ".", "..") else ""
+        raw = path.resolve().name if path.name not in ("", ".", "..") else ""
+        name = gpu_slug(raw) if re.search(r"[a-z0-9]", raw.lower()) else ""
         if name and name not in names:
             names.append(name)
     name = "+".join(names)
     if len(name) > 60:
         name = f"{names[0]}+{len(names) - 1}-more"
-    if not name or name == "x":
+    if not name:
         name = f"report-{(now or dt.datetime.now()):%Y%m%d-%H%M%S}"
     return Path("reports") / name
 
@@ -910,7 +896,7 @@ def render_report(loaded: LoadedCells, figures: list[ReportFigure],
     lines += loaded.notes
     if budgets_bytes:
         lines.append("Budgets asked for with `--budget`: "
-                     + ", ".join(_gib(b) for b in budgets_bytes) + ".")
+                     + ", ".join(format_size(b) for b in budgets_bytes) + ".")
     if not (cells["kind"].isin(["ok", "estimated"])).any():
         lines += ["", "**No cell succeeded**: every row is an OOM, an error or a timeout, so there "
                   "is nothing to plot. The failures are listed below."]

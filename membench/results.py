@@ -87,6 +87,17 @@ def _complete_lines(path: Path) -> str:
     return text
 
 
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows of a membench CSV as strings (``csv.DictReader``), ignoring a trailing
+    partial line; ``([], [])`` when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    reader = csv.DictReader(io.StringIO(_complete_lines(path)))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
 def read_csv(path: Path, required: list[str] | None = None) -> pd.DataFrame:
     """Read a membench CSV, ignoring a trailing partial line; ResultsError if columns are missing."""
     path = Path(path)

@@ -13,8 +13,11 @@ each result over its pipe and exits when the sweep process goes away (it watches
 sentinel), so a worker left behind by a killed sweep can never write anything.
 
 Resume. A cell counts as finished when ``cells.csv`` has a row with the same cell id, device,
-warmup, steps, seed and device budget (whatever its status, except estimates). Rerunning the same
-sweep skips finished cells; ``redo=True`` drops their rows and runs them again. Before running,
+device name (the GPU or CPU model), warmup, steps, seed and device budget (whatever its status,
+except estimates). The device name comes from the first worker's hello, sent before any cell, so
+the sweep process never opens a CUDA context; rows measured on another machine stay in the file
+and do not count as finished here. Rerunning the same sweep skips finished cells; ``redo=True``
+drops their rows (this machine's only) and runs them again. Before running,
 ``steps.csv`` rows that belong to no row of ``cells.csv`` (a sweep killed between the two appends)
 are removed, so a rerun cell never has its steps twice.
 
@@ -29,7 +32,7 @@ import csv
 import datetime as dt
 import fcntl
 import gc
-import io
+import math
 import multiprocessing
 import os
 import signal
@@ -45,17 +48,14 @@ from pathlib import Path
 from .devices import Device, resolve_device
 from .envinfo import collect_env
 from .grid import Cell
-from .protocol import CellResult, run_cell
-from .results import CELLS_FILE, STEPS_FILE, append_result, write_env
+from .protocol import CellResult, _one_line, _where, run_cell
+from .results import CELLS_FILE, ENV_FILE, STEPS_FILE, append_result, read_rows, write_env
 
 ISOLATION_CHOICES = ("process", "none")
 LOCK_FILE = ".membench-sweep.lock"
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
 WORKER_START_TIMEOUT_S = 300.0
-ESTIMATED_STATUS = "estimated"
-
-CellKey = tuple  # (cell_id, device, warmup, steps, seed, device_mem_bytes)
 
 
 class SweepError(RuntimeError):
@@ -69,6 +69,10 @@ class SweepLockedError(SweepError):
 # -- progress ---------------------------------------------------------------------------------
 class SweepProgress:
     """Hooks a sweep calls as it goes; subclass and override what you need (all no-ops here)."""
+
+    def device_ready(self, device: str, device_name: str) -> None:
+        """The cells run on ``device`` (e.g. ``cuda:0``), a ``device_name`` (the GPU or CPU model,
+        as the worker names it); called once, before ``sweep_started``."""
 
     def sweep_started(self, total: int, to_run: int, out_dir: Path) -> None:
         """``total`` cells in the grid, ``to_run`` of them not finished yet."""
@@ -84,45 +88,37 @@ class SweepProgress:
 
 
 # -- resume keys and the results folder ----------------------------------------------------
-def cell_key(cell: Cell, device: str) -> CellKey:
-    """What makes two measurements the same: cell id, device and the protocol settings."""
-    return (cell.cell_id, str(device), cell.warmup, cell.steps, cell.seed, cell.device_mem_bytes)
+def cell_key(cell: Cell, device: str, device_name: str) -> tuple:
+    """What makes two measurements the same: cell id, device, device model and the protocol
+    settings: ``(cell_id, device, device_name, warmup, steps, seed, device_mem_bytes)``."""
+    return (cell.cell_id, str(device), device_name, cell.warmup, cell.steps, cell.seed,
+            cell.device_mem_bytes)
 
 
 def _int_or_none(text: str) -> int | None:
     return int(float(text)) if text not in ("", None) else None
 
 
-def row_key(row: dict) -> CellKey | None:
+def row_key(row: dict) -> tuple | None:
     """The resume key of a ``cells.csv`` row (strings as read by csv), or None if unreadable."""
     try:
-        return (row["cell_id"], row["device"], int(row["warmup"]), int(row["steps"]),
-                int(row["seed"]), _int_or_none(row.get("device_mem_bytes", "")))
+        return (row["cell_id"], row["device"], row.get("device_name") or "", int(row["warmup"]),
+                int(row["steps"]), int(row["seed"]), _int_or_none(row.get("device_mem_bytes", "")))
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def is_estimate_row(row: dict) -> bool:
-    return row.get("status") == ESTIMATED_STATUS or row.get("memory_source") == "estimate"
-
-
-def _read_complete_csv(path: Path) -> tuple[list[str], list[dict]]:
-    """Header and rows of a CSV, ignoring a trailing line cut short by a crash."""
-    if not path.exists():
-        return [], []
-    text = path.read_text(encoding="utf-8")
-    text = text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    rows = list(reader)
-    return list(reader.fieldnames or []), rows
+    return (row.get("status") == "estimated" or row.get("memory_source") == "estimate"
+            or row.get("device_name") == "estimate")
 
 
 def read_cell_rows(out_dir: Path) -> list[dict]:
     """Every complete row of ``cells.csv`` in the folder, as strings, in file order."""
-    return _read_complete_csv(Path(out_dir) / CELLS_FILE)[1]
+    return read_rows(Path(out_dir) / CELLS_FILE)[1]
 
 
-def finished_keys(out_dir: Path) -> set[CellKey]:
+def finished_keys(out_dir: Path) -> set[tuple]:
     """Keys of the measured cells that already have a row (any status but estimates)."""
     keys = set()
     for row in read_cell_rows(out_dir):
@@ -165,8 +161,8 @@ def prune_results(out_dir: Path, drop: Callable[[dict], bool] = lambda row: Fals
     the number of cells rows removed.
     """
     out_dir = Path(out_dir)
-    cells_header, cell_rows = _read_complete_csv(out_dir / CELLS_FILE)
-    steps_header, step_rows = _read_complete_csv(out_dir / STEPS_FILE)
+    cells_header, cell_rows = read_rows(out_dir / CELLS_FILE)
+    steps_header, step_rows = read_rows(out_dir / STEPS_FILE)
     kept_rows = [row for row in cell_rows if not drop(row)]
 
     timed_rows = [row for row in cell_rows if row.get("step_ms_median") not in ("", None)]
@@ -217,14 +213,15 @@ def results_lock(out_dir: Path) -> Iterator[None]:
         handle.close()  # closing the file releases the lock
 
 
-def grid_rows(out_dir: Path, cells: list[Cell], device: str) -> list[dict]:
-    """The latest ``cells.csv`` row of each cell of the grid on ``device``, in grid order."""
+def grid_rows(out_dir: Path, cells: list[Cell], device: str, device_name: str) -> list[dict]:
+    """The latest ``cells.csv`` row of each cell of the grid on ``device`` (a ``device_name``),
+    in grid order."""
     latest = {}
     for row in read_cell_rows(out_dir):
         key = row_key(row)
         if key is not None and not is_estimate_row(row):
             latest[key] = row
-    keys = [cell_key(cell, device) for cell in cells]
+    keys = [cell_key(cell, device, device_name) for cell in cells]
     return [latest[key] for key in keys if key in latest]
 
 
@@ -358,6 +355,7 @@ class IsolatedWorker:
         self.device = self.device_name = ""
         self.env: dict | None = None
         self.budget: int | None = None
+        self.cells_run = 0
 
     def wait_ready(self) -> None:
         """Block until the worker has imported everything; SweepError if it cannot start."""
@@ -374,6 +372,7 @@ class IsolatedWorker:
         """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""
         started_at = _now()
         self.budget = cell.device_mem_bytes
+        self.cells_run += 1
         try:
             self.conn.send(cell)
         except (BrokenPipeError, OSError):
@@ -445,14 +444,15 @@ def run_sweep(
 
     ``device`` is a Device or a spec (``cpu``, ``cuda:0``, ``auto``). ``isolation="process"``
     runs cells in worker processes (see the module docstring); ``"none"`` runs them here, for
-    debugging, and cannot enforce ``timeout_s``. Cells already in ``cells.csv`` are skipped
-    unless ``redo``. Returns the results of the cells run by this call, in order. Raises
-    SweepLockedError if another sweep holds the folder and ValueError for bad arguments.
+    debugging, and cannot enforce ``timeout_s``. Cells already in ``cells.csv`` for this device
+    and device model are skipped unless ``redo``. Returns the results of the cells run by this
+    call, in order. Raises SweepLockedError if another sweep holds the folder and ValueError for
+    bad arguments.
     """
     if isolation not in ISOLATION_CHOICES:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION_CHOICES)}, got {isolation!r}")
-    if timeout_s is not None and timeout_s <= 0:
-        raise ValueError(f"timeout must be more than 0 seconds, got {timeout_s:g}")
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout must be a finite number of seconds more than 0, got {timeout_s:g}")
     if timeout_s is not None and isolation == "none":
         raise ValueError("a timeout needs isolation='process' (a cell in this process cannot be stopped)")
     progress = progress or SweepProgress()
@@ -460,20 +460,38 @@ def run_sweep(
     device_spec, local_device = _device_spec(device)
 
     with results_lock(out_dir):
-        grid_keys = {cell_key(cell, device_spec) for cell in cells}
-        if redo:
-            prune_results(out_dir, lambda row: row_key(row) in grid_keys and not is_estimate_row(row))
-        else:
-            prune_results(out_dir)
-        done = finished_keys(out_dir)
-        todo = [cell for cell in cells if cell_key(cell, device_spec) not in done]
-        progress.sweep_started(len(cells), len(todo), out_dir)
-        if isolation == "none":
-            local_device = local_device or resolve_device(device_spec)
-            write_env(out_dir, collect_env())
-            results = _run_cells(todo, out_dir, progress, lambda cell: _run_cell_here(cell, local_device))
-        else:
-            results = _run_isolated(todo, device_spec, out_dir, progress, timeout_s)
+        worker: IsolatedWorker | None = None
+        try:
+            if isolation == "none":
+                local_device = local_device or resolve_device(device_spec)
+                device_name = local_device.name()
+            else:
+                # The worker names the device, so this process never opens a CUDA context.
+                worker = IsolatedWorker(device_spec, sorted({cell.method for cell in cells}),
+                                        collect_env_info=True)
+                worker.wait_ready()
+                device_name = worker.device_name
+            progress.device_ready(device_spec, device_name)
+            grid_keys = {cell_key(cell, device_spec, device_name) for cell in cells}
+            if redo:
+                prune_results(out_dir, lambda row: row_key(row) in grid_keys and not is_estimate_row(row))
+            else:
+                prune_results(out_dir)
+            done = finished_keys(out_dir)
+            todo = [cell for cell in cells if cell_key(cell, device_spec, device_name) not in done]
+            progress.sweep_started(len(cells), len(todo), out_dir)
+            if not todo:
+                results = []
+            elif worker is None:
+                write_env(out_dir, collect_env())
+                results = _run_cells(todo, out_dir, progress, lambda cell: _run_cell_here(cell, local_device))
+            else:
+                write_env(out_dir, worker.env)
+                first, worker = worker, None  # _run_isolated closes every worker it uses
+                results = _run_isolated(todo, device_spec, first, out_dir, progress, timeout_s)
+        finally:
+            if worker is not None:
+                worker.close()
     progress.sweep_finished(results)
     return results
 
@@ -490,22 +508,19 @@ def _run_cells(cells, out_dir, progress, execute) -> list[CellResult]:
     return results
 
 
-def _run_isolated(cells, device_spec, out_dir, progress, timeout_s) -> list[CellResult]:
+def _run_isolated(cells, device_spec, first_worker, out_dir, progress, timeout_s) -> list[CellResult]:
+    """Run ``cells`` starting with the ready ``first_worker``; closes every worker it used."""
     methods = sorted({cell.method for cell in cells})
-    worker: IsolatedWorker | None = None
-    env_written = False
+    worker: IsolatedWorker | None = first_worker
 
     def execute(cell: Cell) -> CellResult:
-        nonlocal worker, env_written
-        if worker is not None and worker.budget != cell.device_mem_bytes:
+        nonlocal worker
+        if worker is not None and worker.cells_run and worker.budget != cell.device_mem_bytes:
             worker.close()  # a CUDA memory fraction cannot be raised back reliably in-process
             worker = None
         if worker is None:
-            worker = IsolatedWorker(device_spec, methods, collect_env_info=not env_written)
+            worker = IsolatedWorker(device_spec, methods)
             worker.wait_ready()
-            if not env_written:
-                write_env(out_dir, worker.env)
-                env_written = True
         result = worker.run(cell, timeout_s)
         if result.status != "ok":
             worker.close()
@@ -513,8 +528,6 @@ def _run_isolated(cells, device_spec, out_dir, progress, timeout_s) -> list[Cell
         return result
 
     try:
-        if not cells:
-            return []
         return _run_cells(cells, out_dir, progress, execute)
     finally:
         if worker is not None:
@@ -531,32 +544,36 @@ def estimate_sweep(
     """Predict every cell with ``membench.estimate.estimate_cell`` and append the rows.
 
     Estimates allocate nothing, so they run in this process. They are cheap and deterministic,
-    so they are always recomputed: earlier estimate rows of the same cells are replaced.
+    so they are always recomputed: earlier estimate rows of the same cells for the same device
+    kind are replaced (a ``cuda (estimate)`` row survives a ``cpu`` estimate). ``env.json`` is
+    written only where the folder has none, so an estimate never replaces a measured run's
+    provenance.
     """
     try:
-        from .estimate import estimate_cell
+        from .estimate import DEVICE_NAME, estimate_cell, estimate_device
     except ImportError as err:
         raise SweepError(f"--estimate needs membench.estimate, which cannot be imported here ({err})") from None
     progress = progress or SweepProgress()
     out_dir = Path(out_dir)
-    grid = {cell_key(cell, "")[:1] + cell_key(cell, "")[2:] for cell in cells}
+    device = estimate_device(device_kind)
+    grid = {cell_key(cell, device, DEVICE_NAME) for cell in cells}
 
     def same_estimate(row: dict) -> bool:
-        key = row_key(row)
-        return is_estimate_row(row) and key is not None and key[:1] + key[2:] in grid
+        return is_estimate_row(row) and row_key(row) in grid
 
     def execute(cell: Cell) -> CellResult:
         try:
             return estimate_cell(cell, device_kind)
         except Exception as err:  # one cell the estimator cannot handle must not end the sweep
-            return CellResult(cell, device_kind, "estimate", status="error",
-                              error=f"{type(err).__name__}: {' '.join(str(err).split())}"[:500],
-                              started_at=_now())
+            return CellResult(cell, device, DEVICE_NAME, status="error",
+                              error=f"{_one_line(err)} | {_where(err)}", started_at=_now())
 
     with results_lock(out_dir):
         prune_results(out_dir, same_estimate)
+        progress.device_ready(device, DEVICE_NAME)
         progress.sweep_started(len(cells), len(cells), out_dir)
-        write_env(out_dir, collect_env())
+        if not (out_dir / ENV_FILE).exists():
+            write_env(out_dir, collect_env())
         results = _run_cells(cells, out_dir, progress, execute)
     progress.sweep_finished(results)
     return results

@@ -50,7 +50,7 @@ class VerifySetup:
 
 def _build(method: str, setup: VerifySetup, *, dropout: bool, total_steps: int) -> Runner:
     runner_cls = get_runner(method)
-    micro_batch = setup.batch // 2 if runner_cls.uses_micro_batch else None
+    micro_batch = runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
     return runner_cls(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
                       total_steps=total_steps, micro_batch=micro_batch, dropout=dropout)
 

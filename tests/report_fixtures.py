@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from membench.memtrack import CATEGORIES
 from membench.results import CELL_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20
@@ -62,8 +63,7 @@ def cell_row(
     if memory_source is not None:
         row["memory_source"] = memory_source
     if breakdown is not None:
-        for column, value in zip(("parameters_bytes", "gradients_bytes", "optimizer_state_bytes",
-                                  "activations_bytes"), breakdown):
+        for column, value in zip((f"{c}_bytes" for c in CATEGORIES), breakdown, strict=True):
             row[column] = value
     return row
 

@@ -63,3 +63,13 @@ def test_propagation_layernorm_is_channelwise():
     out = stack.propagate[0](z)
     assert torch.allclose(out.mean(dim=1), torch.zeros(2, 4, 4), atol=1e-5)
     assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2, 4, 4), atol=1e-3)
+
+
+def test_cell_ids_keep_budgets_apart():
+    from membench.grid import Cell, format_bytes, parse_bytes
+
+    assert format_bytes(8 * 2**30) == "8GiB" and format_bytes(1536) == "1.5KiB" and format_bytes(1000) == "1000B"
+    assert parse_bytes(format_bytes(12 * 2**30)) == 12 * 2**30
+    plain, budget = Cell("bp", "vgg8", 32, 64), Cell("bp", "vgg8", 32, 64, device_mem_bytes=8 * 2**30)
+    assert plain.cell_id == "bp_vgg8_r32_b64_k10"
+    assert budget.cell_id == "bp_vgg8_r32_b64_k10_mem8GiB"

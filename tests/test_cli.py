@@ -61,6 +61,7 @@ BAD_INPUT = [
     (["--method", "bp-accum", "--batch", "10", "--micro-batch", "3"], "does not divide"),
     (["--method", "ff-pipelined", "--arch", "tv:resnet18", "--res", "64"], "needs a layer-wise conv stack"),
     (["--device-mem", "lots"], "memory size"),
+    (["--method", "ff-naive", "--batch", "1"], "at least 2"),
 ]
 
 
@@ -71,5 +72,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, command, args, message):
     result = invoke(command, *args, *extra)
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an escaped exception
     assert not (tmp_path / "out" / "cells.csv").exists()

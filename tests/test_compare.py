@@ -7,11 +7,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from report_fixtures import MIB, sample_rows
+from report_fixtures import cell_row as report_cell_row
+from report_fixtures import write_results as write_report_results
 from typer.testing import CliRunner
 
 from membench.cli import app
 from membench.compare import (
-    CompareError, bootstrap_median_ratio_ci, compare_results, judge_timing, mann_whitney_greater,
+    CompareError,
+    bootstrap_median_ratio_ci,
+    can_reach_alpha,
+    compare_results,
+    device_kind,
+    judge_timing,
+    mann_whitney_greater,
 )
 from membench.results import CELL_COLUMNS, STEP_COLUMNS
 
@@ -219,7 +228,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args):
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("membench: error:")
     assert len(result.output.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    # CliRunner catches exceptions instead of printing tracebacks: check what it caught.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def test_library_rejects_bad_thresholds(tmp_path):
@@ -245,3 +255,112 @@ def test_bootstrap_ci_brackets_the_true_ratio():
     assert low < 1.2 < high and low > 1.0
     verdict = judge_timing(noisy_steps(1), noisy_steps(2, 1.2), max_tput_drop_pct=10)
     assert verdict.regressed
+
+
+def one_line_error(*args) -> str:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("membench: error:"), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("n_steps", [3, 4])
+def test_too_few_steps_for_alpha_fall_back_to_imgs_per_s(tmp_path, n_steps):
+    # 3 + 3 steps can never give p < 0.01 (the smallest exact p is 1/20; 1/70 for 4 + 4), so a
+    # 30 % slowdown must be judged on imgs_per_s rather than pass as "within noise".
+    rows = [cell_row(m, steps=n_steps) for m in METHODS]
+    new_rows = [cell_row(m, steps=n_steps) for m in METHODS]
+    new_rows[0]["imgs_per_s"] /= 1.3
+    base = write_results(tmp_path / "base", rows,
+                         {r["cell_id"]: noisy_steps(i, n=n_steps) for i, r in enumerate(rows)})
+    new = write_results(tmp_path / "new", new_rows,
+                        {r["cell_id"]: noisy_steps(50 + i, 1.3 if i == 0 else 1.0, n=n_steps)
+                         for i, r in enumerate(new_rows)})
+    comparison = compare_results(base, new)
+    assert [r.cell_id.split("_")[0] for r in comparison.regressions] == ["bp"]
+    timing = comparison.regressions[0].timing
+    assert timing.method == "imgs_per_s" and timing.tput_change_pct == pytest.approx(-100 * 0.3 / 1.3)
+    assert (timing.n_baseline, timing.n_new) == (n_steps, n_steps)
+    result = cli(base, new)
+    assert result.exit_code == 1 and "without a noise test" in result.output
+    # A looser alpha that 1/C(2n, n) can reach brings the rank test back.
+    loose = compare_results(base, new, alpha=0.1)
+    assert {r.timing.method for r in loose.rows} == {"mann-whitney"}
+
+
+def test_can_reach_alpha():
+    assert not can_reach_alpha(3, 3, 0.01) and not can_reach_alpha(4, 4, 0.01)
+    assert can_reach_alpha(5, 5, 0.01) and can_reach_alpha(3, 3, 0.1)
+    assert can_reach_alpha(3, 20, 0.01) and not can_reach_alpha(0, 20, 0.5)
+
+
+def test_two_runs_of_one_cell_on_one_device_are_refused(tmp_path):
+    # steps.csv is keyed by (cell_id, device): a second seed would pool its step times.
+    rows = [cell_row(m) for m in METHODS] + [cell_row("bp", seed=1)]
+    base, _ = run_pair(tmp_path)
+    twice = write_results(tmp_path / "twice", rows, {rows[0]["cell_id"]: noisy_steps(1, n=40)})
+    line = one_line_error(base, twice)
+    assert "more than one row" in line and rows[0]["cell_id"] in line
+    with pytest.raises(CompareError, match="more than one row"):
+        compare_results(twice, base)
+
+
+@pytest.mark.parametrize("column", ["peak_allocated_bytes", "imgs_per_s", "activations_bytes", "batch"])
+def test_non_numeric_cell_value_is_bad_input(tmp_path, column):
+    base, new = run_pair(tmp_path)
+    cells = pd.read_csv(new / "cells.csv", dtype=str, keep_default_na=False)
+    cells.loc[1, column] = "12 MB"
+    cells.to_csv(new / "cells.csv", index=False)
+    line = one_line_error(base, new)
+    assert column in line and "'12 MB'" in line and "not a number" in line
+    with pytest.raises(CompareError):
+        compare_results(new, base)
+
+
+def test_non_numeric_step_time_is_bad_input(tmp_path):
+    base, new = run_pair(tmp_path)
+    steps = pd.read_csv(new / "steps.csv", dtype=str)
+    steps.loc[3, "step_ms"] = "slow"
+    steps.to_csv(new / "steps.csv", index=False)
+    line = one_line_error(base, new)
+    assert "step_ms" in line and "'slow'" in line
+
+
+def test_estimate_rows_compare_without_errors(tmp_path):
+    # As membench sweep --estimate writes them: device "<kind> (estimate)", device_name
+    # "estimate", status "estimated" or (over the budget) "oom" with the predicted peak.
+    estimate = {"device": "cuda (estimate)", "device_name": "estimate", "memory_source": "estimate"}
+    rows = sample_rows() + [
+        report_cell_row("bp", 32, status="estimated", peak_bytes=9 * MIB, **estimate),
+        report_cell_row("bp", 64, status="oom", peak_bytes=90 * MIB, device_mem_bytes=64 * MIB,
+                        error="estimated 0.088 GiB > budget 0.062 GiB", **estimate),
+    ]
+    base = write_report_results(tmp_path / "base", rows).parent
+    comparison = compare_results(base, base)
+    assert comparison.passed and len(comparison.rows) == len(rows)
+    assert not comparison.only_in_baseline and not comparison.only_in_new
+    result = cli(base, base)
+    assert result.exit_code == 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+    bigger = [dict(r) for r in rows]
+    bigger[-2]["peak_allocated_bytes"] = 10 * MIB  # the cuda estimate of bp b32 grows
+    bigger[-1]["status"] = "estimated"  # an estimate that was over its budget now fits
+    new = write_report_results(tmp_path / "new", bigger).parent
+    comparison = compare_results(base, new)
+    assert [(r.device, r.cell_id) for r in comparison.regressions] == [
+        ("cuda (estimate)", rows[-2]["cell_id"])]
+    assert cli(base, new).exit_code == 1
+    # An estimate never stands in for a measurement of the same cell, nor the other way round.
+    measured = [r for r in rows if not r["device"].endswith("(estimate)")]
+    comparison = compare_results(base, write_report_results(tmp_path / "measured", measured).parent,
+                                 allow_missing=True)
+    assert comparison.passed
+    assert {c["device"] for c in comparison.only_in_baseline} == {"cpu (estimate)", "cuda (estimate)"}
+
+
+def test_device_kind():
+    assert [device_kind(d) for d in ("cpu", "cuda:0", "cuda", "cuda (estimate)", "cpu (estimate)")] \
+        == ["cpu", "cuda", "cuda", "cuda", "cpu"]

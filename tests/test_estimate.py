@@ -36,9 +36,10 @@ def test_cpu_estimate_agrees_with_the_tracked_measurement(cell):
     measured = run_cell(cell, CpuDevice())
     assert measured.status == "ok" and measured.memory_source == "tracker"
     assert estimate.status == "estimated", estimate.error
-    assert estimate.peak_allocated_bytes == pytest.approx(measured.peak_allocated_bytes, rel=0.02)
-    for column, value in measured.breakdown.as_columns().items():
-        assert estimate.breakdown.as_columns()[column] == pytest.approx(value, rel=0.02, abs=64)
+    # The issue asks for 2%; both count the same dispatched storages, so they agree to the byte,
+    # and the test holds them to that so any drift between the two paths shows at once.
+    assert estimate.peak_allocated_bytes == measured.peak_allocated_bytes
+    assert estimate.breakdown.as_columns() == measured.breakdown.as_columns()
 
 
 def test_estimated_row_is_kept_apart_from_measured_rows():

@@ -1,7 +1,9 @@
 """GPU perf gate: the gating grid on CUDA against the committed baseline for this GPU model.
 
-Skipped without CUDA (conftest) and where no baseline exists for this GPU model; record one with
-``python scripts/record_baseline.py --gpu`` and commit ``baselines/gpu/<gpu-model>/``.
+The GPU model is the ``device_name`` of the measured rows, so the test process never opens a
+CUDA context of its own. Skipped without CUDA (conftest) and where no baseline exists for this GPU
+model; record one with ``python scripts/record_baseline.py --gpu`` and commit
+``baselines/gpu/<gpu-model>/``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import pytest
 
 from membench.compare import compare_results
 from membench.devices import resolve_device
-from membench.gating import RECORD_GPU_COMMAND, gpu_baseline_dir, gpu_perf_cells
+from membench.gating import (
+    RECORD_GPU_COMMAND, gpu_baseline_dir, gpu_perf_cells, measured_device_name,
+)
 from membench.results import read_cells
 from membench.sweep import run_sweep
 
@@ -19,16 +23,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def device():
+    # Never ask this device for its name here: torch.cuda.get_device_name would open a CUDA
+    # context in the test process, on the GPU the workers measure.
     return resolve_device("cuda")
-
-
-@pytest.fixture(scope="module")
-def baseline(device):
-    folder = gpu_baseline_dir(device.name())
-    if not (folder / "cells.csv").exists():
-        pytest.skip(f"no GPU baseline for {device.name()!r} at {folder}; record one with "
-                    f"`{RECORD_GPU_COMMAND}` on this machine and commit it")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +33,17 @@ def measured(device, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_perf")
     run_sweep(gpu_perf_cells(), device, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def baseline(measured):
+    """The committed baseline for the GPU model the sweep's worker measured on."""
+    name = measured_device_name(measured)
+    folder = gpu_baseline_dir(name)
+    if not (folder / "cells.csv").exists():
+        pytest.skip(f"no GPU baseline for {name!r} at {folder}; record one with "
+                    f"`{RECORD_GPU_COMMAND}` on this machine and commit it")
+    return folder
 
 
 def test_every_gpu_cell_runs(measured):

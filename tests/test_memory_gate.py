@@ -7,12 +7,18 @@ with ``python scripts/record_baseline.py --cpu`` and commit baselines/cpu.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from membench.compare import compare_results
-from membench.gating import CPU_BASELINE_DIR, RECORD_CPU_COMMAND, cpu_gate_cells, measure_cpu_gate
-from membench.results import read_cells
+from membench.gating import (
+    CPU_BASELINE_DIR, RECORD_CPU_COMMAND, BaselineError, cpu_gate_cells, measure_cpu_gate,
+    measured_device_name, replace_folder,
+)
+from membench.protocol import CellResult
+from membench.results import append_result, read_cells
 from membench.runners import get_runner
 
 
@@ -68,3 +74,30 @@ def test_gate_catches_a_hungrier_runner(measured, tmp_path, monkeypatch):
                                  max_tput_drop_pct=None, allow_missing=True)
     assert [r.cell_id for r in comparison.regressions] == [bp_cells[0].cell_id]
     assert comparison.regressions[0].peak_new - comparison.regressions[0].peak_baseline == 4096
+
+
+def test_a_failed_recording_never_replaces_the_baseline(tmp_path):
+    """The checks run on the new folder before the swap: a bad recording leaves the old one."""
+    target = tmp_path / "baseline"
+    target.mkdir()
+    (target / "cells.csv").write_text("the committed baseline\n")
+    cell = cpu_gate_cells()[0]
+
+    def failed_recording(folder):
+        measure_cpu_gate(folder, [cell])
+        append_result(folder, CellResult(dataclasses.replace(cell, batch=8), "cpu",
+                                         "Test CPU", status="oom", error="OutOfMemoryError: x"))
+
+    with pytest.raises(BaselineError, match="1 cell\\(s\\) did not run ok"):
+        replace_folder(target, failed_recording)
+    assert (target / "cells.csv").read_text() == "the committed baseline\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline"]  # no temporary folder left
+
+    # A good recording replaces it; a function target names the folder after the rows' device.
+    def named(folder):
+        return tmp_path / measured_device_name(folder).replace(" ", "-")
+
+    folder = replace_folder(named, lambda folder: measure_cpu_gate(folder, [cell]), parent=tmp_path)
+    assert folder.parent == tmp_path and list(read_cells(folder)["status"]) == ["ok"]
+    folder = replace_folder(target, lambda folder: measure_cpu_gate(folder, [cell]))
+    assert list(read_cells(target)["cell_id"]) == [cell.cell_id]

@@ -53,6 +53,8 @@ BAD_PROFILES = [
     ('classes = "ten"\n', "whole number"),
     ("warmup = -1\n", "at least 0"),
     ("timeout = 0\n", "timeout"),
+    ("timeout = inf\n", "timeout takes seconds (a finite number > 0), got inf"),
+    ("timeout = nan\n", "timeout takes seconds (a finite number > 0), got nan"),
     ('device_mem = "lots"\n', "device_mem"),
     ('isolation = "thread"\n', "isolation must be one of process, none"),
     ("batch = [\n", "not valid TOML"),
@@ -82,3 +84,20 @@ def test_list_profiles_shows_the_shipped_ones():
     assert result.exit_code == 0
     for name in SHIPPED:
         assert name in result.output
+
+
+def test_a_profile_that_is_not_utf8_is_a_one_line_error_and_list_profiles_survives_it(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "profiles").mkdir()
+    path = tmp_path / "profiles" / "latin1.toml"
+    path.write_bytes('description = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ProfileError, match="not UTF-8") as err:
+        load_profile("latin1")
+    assert "\n" not in str(err.value)
+    result = CliRunner().invoke(app, ["sweep", "--profile", "latin1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "not UTF-8" in result.stderr
+    listed = CliRunner().invoke(app, ["list", "profiles"])
+    assert listed.exit_code == 0, listed.output
+    assert "latin1" in listed.output and "unreadable" in listed.output

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import TINY_ARCH, TINY_RES
@@ -86,3 +87,22 @@ def test_synthetic_batch_is_deterministic_per_seed():
     (x1, y1), (x2, y2) = make_batch(cell, torch.device("cpu")), make_batch(cell, torch.device("cpu"))
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.shape == (3, 3, TINY_RES, TINY_RES) and int(y1.max()) < 5
+
+
+def test_allocator_failures_reported_as_runtime_errors_count_as_oom():
+    from membench.protocol import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.gpu
+def test_cuda_cell_reads_the_allocator_peaks():
+    from membench.devices import resolve_device
+
+    result = run_cell(Cell("bp", TINY_ARCH, 16, batch=4, warmup=2, steps=5), resolve_device("cuda"))
+    assert result.status == "ok", result.error
+    assert result.memory_source == "cuda_allocator"
+    assert result.peak_reserved_bytes >= result.peak_allocated_bytes > 0
+    assert len(result.step_ms) == 5 and all(ms > 0 for ms in result.step_ms)

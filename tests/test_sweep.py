@@ -4,6 +4,8 @@ one-line validation errors (exit 2) before any cell runs."""
 from __future__ import annotations
 
 import csv
+import json
+import math
 import signal
 import subprocess
 import sys
@@ -17,9 +19,12 @@ from typer.testing import CliRunner
 from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from membench.cli import app
+from membench.devices import CpuDevice, cpu_model_name
 from membench.grid import Cell
 from membench.protocol import CellResult
-from membench.sweep import SweepLockedError, prune_results, results_lock, run_sweep
+from membench.sweep import (
+    SweepLockedError, estimate_sweep, grid_rows, prune_results, results_lock, run_sweep,
+)
 
 cli = CliRunner()
 WAIT_S = 120  # generous bound on waiting for another process; never a performance threshold
@@ -93,6 +98,13 @@ def test_in_process_isolation_runs_the_same_protocol(tmp_path):
         run_sweep([tiny()], "cpu", tmp_path, isolation="none", timeout_s=1)
 
 
+@pytest.mark.parametrize("timeout_s", [math.inf, math.nan, 0, -1])
+def test_run_sweep_refuses_a_timeout_that_is_not_finite_and_positive(tmp_path, timeout_s):
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        run_sweep([tiny()], "cpu", tmp_path / "out", timeout_s=timeout_s)
+    assert not (tmp_path / "out").exists()
+
+
 # -- resume, redo, orphan steps, locking ------------------------------------------------------
 def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path, monkeypatch):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
@@ -146,6 +158,45 @@ def test_orphan_steps_are_dropped_and_redo_replaces_rows(tmp_path):
     assert prune_results(tmp_path) == 0
 
 
+def _set_device_name(out: Path, name: str) -> None:
+    with open(out / "cells.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    for row in table:
+        row["device_name"] = name
+    with open(out / "cells.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def test_rows_measured_on_another_machine_do_not_count_as_finished(tmp_path, monkeypatch):
+    """A committed reference run (same cells, same ``cpu`` device, another CPU model) in --out
+    must not make a fresh machine skip its measurement, and must stay in the file."""
+    cells, here = [tiny()], cpu_model_name()
+    run_sweep(cells, "cpu", tmp_path, isolation="none")
+    _set_device_name(tmp_path, "Reference CPU 9000")
+    reference = rows(tmp_path)
+
+    def no_name_in_the_sweep_process(self):
+        raise AssertionError("the sweep process asked the device for its name")
+
+    # With process isolation the name comes from the worker's hello (for CUDA, asking here
+    # would open a CUDA context in the sweep process).
+    monkeypatch.setattr(CpuDevice, "name", no_name_in_the_sweep_process)
+    results = run_sweep(cells, "cpu", tmp_path)
+    assert [(r.status, r.device_name) for r in results] == [("ok", here)]
+    after = rows(tmp_path)
+    assert after[0] == reference[0] and [r["device_name"] for r in after] == ["Reference CPU 9000", here]
+    assert run_sweep(cells, "cpu", tmp_path) == []  # measured here now: finished
+    assert [r["device_name"] for r in grid_rows(tmp_path, cells, "cpu", here)] == [here]
+
+    monkeypatch.undo()
+    assert len(run_sweep(cells, "cpu", tmp_path, isolation="none", redo=True)) == 1
+    assert [r["device_name"] for r in rows(tmp_path)] == ["Reference CPU 9000", here]
+    assert rows(tmp_path)[0] == reference[0]  # --redo replaces this machine's rows only
+
+
 def test_a_second_sweep_on_a_locked_folder_fails_with_exit_2(tmp_path):
     with results_lock(tmp_path):
         with pytest.raises(SweepLockedError, match="in use by another sweep"):
@@ -169,28 +220,66 @@ def test_sweep_cli_prints_one_line_per_cell_a_summary_and_where_results_went(tmp
     assert "[2/2] bp_vgg-d2-w8_r8_b4_k10 ok" in result.output
     assert "imgs/s" in result.output and f"results in {out}" in result.output
     again = cli.invoke(app, args)
-    assert "2 already finished, 0 to run" in again.output
+    assert f"on cpu ({cpu_model_name()}), 2 already finished, 0 to run" in again.output
+    assert "2 cell(s) on cpu" in again.output  # the summary table shows the finished cells
     assert len(rows(out)) == 2
+
+
+def test_a_value_error_after_cells_ran_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    def broken_summary(*args):
+        raise ValueError("a bug after the sweep")
+
+    monkeypatch.setattr("membench.cli.measure.grid_rows", broken_summary)
+    result = cli.invoke(app, ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2",
+                              "--warmup", "1", "--steps", "1", "--device", "cpu",
+                              "--isolation", "none", "--out", str(tmp_path)])
+    assert result.exit_code != 2 and isinstance(result.exception, ValueError)
+    assert len(rows(tmp_path)) == 1
+
+
+def _fake_estimator(monkeypatch, calls: list) -> None:
+    def estimate_device(device_kind):
+        return f"{device_kind} (estimate)"
+
+    def estimate_cell(cell, device_kind):
+        calls.append(device_kind)
+        return CellResult(cell, estimate_device(device_kind), "estimate", status="estimated",
+                          peak_allocated_bytes=12345, memory_source="estimate")
+
+    monkeypatch.setitem(sys.modules, "membench.estimate", types.SimpleNamespace(
+        estimate_cell=estimate_cell, estimate_device=estimate_device, DEVICE_NAME="estimate"))
 
 
 def test_estimate_flag_appends_estimate_rows_without_running(tmp_path, monkeypatch):
     calls = []
-
-    def estimate_cell(cell, device_kind):
-        calls.append(device_kind)
-        return CellResult(cell, device_kind, "estimate", status="estimated",
-                          peak_allocated_bytes=12345, memory_source="estimate")
-
-    monkeypatch.setitem(sys.modules, "membench.estimate",
-                        types.SimpleNamespace(estimate_cell=estimate_cell))
+    _fake_estimator(monkeypatch, calls)
     args = ["sweep", "--arch", "vgg8", "--res", "32", "--batch", "64,128", "--estimate",
             "--out", str(tmp_path)]
     assert cli.invoke(app, args).exit_code == 0
     assert cli.invoke(app, [*args, "--device", "cpu"]).exit_code == 0
     assert calls == ["cuda", "cuda", "cpu", "cpu"]
+    # A cpu estimate replaces earlier cpu estimates only: the cuda ones survive.
+    expected = [("cuda (estimate)", "estimated")] * 2 + [("cpu (estimate)", "estimated")] * 2
+    assert [(r["device"], r["status"]) for r in rows(tmp_path)] == expected
+    assert cli.invoke(app, args).exit_code == 0  # recomputed: the cuda rows are replaced
     written = rows(tmp_path)
-    assert [(r["device"], r["status"]) for r in written] == [("cpu", "estimated")] * 2
+    assert sorted((r["device"], r["batch"]) for r in written) == sorted(
+        (f"{kind} (estimate)", batch) for kind in ("cuda", "cpu") for batch in ("64", "128"))
     assert written[0]["peak_allocated_bytes"] == "12345"
+
+
+def test_an_estimate_never_replaces_a_measured_runs_env_json(tmp_path, monkeypatch):
+    _fake_estimator(monkeypatch, [])
+    measured = tmp_path / "measured"
+    run_sweep([tiny()], "cpu", measured, isolation="none")
+    env = json.loads((measured / "env.json").read_text())
+    env["time"] = "the measured run"
+    (measured / "env.json").write_text(json.dumps(env))
+    estimate_sweep([tiny()], "cuda", measured)
+    assert json.loads((measured / "env.json").read_text())["time"] == "the measured run"
+    fresh = tmp_path / "fresh"
+    estimate_sweep([tiny()], "cuda", fresh)
+    assert (fresh / "env.json").exists()  # a folder without provenance gets one
 
 
 BAD_INPUT = [
@@ -202,6 +291,8 @@ BAD_INPUT = [
     (["--device", "tpu"], "valid: auto, cpu"),
     (["--timeout", "0"], "--timeout"),
     (["--timeout", "-3"], "--timeout"),
+    (["--timeout", "inf"], "--timeout"),
+    (["--timeout", "nan"], "--timeout"),
     (["--isolation", "thread"], "valid: process, none"),
     (["--isolation", "none", "--timeout", "5"], "--isolation process"),
     (["--profile", "no-such-profile"], "valid: "),

@@ -8,14 +8,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..compare import DEFAULT_ALPHA, DEFAULT_TPUT_DROP_PCT, CompareError, Comparison, compare_results
+from ..compare import (
+    DEFAULT_ALPHA,
+    DEFAULT_TPUT_DROP_PCT,
+    CompareError,
+    Comparison,
+    compare_results,
+    format_size,
+)
 from .app import app, fail
 
 REGRESSION_EXIT = 1
 
 
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.3f}"
+def _size(value: int | None) -> str:
+    return "-" if value is None else format_size(value)
 
 
 def _pct(value: float | None) -> str:
@@ -25,7 +32,7 @@ def _pct(value: float | None) -> str:
 def render(comparison: Comparison, console: Console) -> None:
     """Print the table of matched cells, the unmatched cells and the verdict."""
     table = Table(title=f"{comparison.baseline} -> {comparison.new}", show_lines=False)
-    for column in ("cell", "device", "status", "peak MiB base", "peak MiB new", "mem",
+    for column in ("cell", "device", "status", "peak base", "peak new", "mem",
                    "tput", "p", "median ratio CI", "verdict"):
         table.add_column(column, justify="right" if column not in ("cell", "device", "verdict") else "left")
     for row in comparison.rows:
@@ -37,7 +44,7 @@ def render(comparison: Comparison, console: Console) -> None:
         status = row.status_new if row.status_baseline == row.status_new else (
             f"{row.status_baseline}->{row.status_new}")
         table.add_row(row.cell_id, f"{row.device} {row.memory_source}".strip(), status,
-                      _mib(row.peak_baseline), _mib(row.peak_new), _pct(row.mem_change_pct),
+                      _size(row.peak_baseline), _size(row.peak_new), _pct(row.mem_change_pct),
                       _pct(timing.tput_change_pct), p, ci, verdict)
     console.print(table)
 

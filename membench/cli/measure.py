@@ -3,6 +3,7 @@ call the library (membench.sweep, membench.protocol, membench.profiles)."""
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -130,16 +131,27 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
     return f"{head} ({wall_s:.1f} s): {', '.join(parts)}"
 
 
-class PlainProgress(SweepProgress):
-    """One line per event on stdout: what CI logs and pipes get."""
+class CliProgress(SweepProgress):
+    """What both progress displays share: the device the sweep named, for the summary table."""
 
     def __init__(self):
         self.total = 0
+        self.device = self.device_name = ""
+
+    def device_ready(self, device, device_name):
+        self.device, self.device_name = device, device_name
+
+    def started_line(self, total, to_run, out_dir) -> str:
+        return (f"membench: {total} cell(s) on {self.device} ({self.device_name}), "
+                f"{total - to_run} already finished, {to_run} to run -> {out_dir}")
+
+
+class PlainProgress(CliProgress):
+    """One line per event on stdout: what CI logs and pipes get."""
 
     def sweep_started(self, total, to_run, out_dir):
         self.total = to_run
-        typer.echo(f"membench: {total} cell(s), {total - to_run} already finished, {to_run} to run "
-                   f"-> {out_dir}")
+        typer.echo(self.started_line(total, to_run, out_dir))
 
     def cell_started(self, index, cell):
         pass
@@ -149,10 +161,11 @@ class PlainProgress(SweepProgress):
         sys.stdout.flush()
 
 
-class RichProgress(SweepProgress):
+class RichProgress(CliProgress):
     """A live bar on a terminal: cells done of total, the current cell, elapsed and time left."""
 
     def __init__(self, console: Console):
+        super().__init__()
         self.console = console
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.fields[current]}"), BarColumn(), MofNCompleteColumn(),
@@ -160,12 +173,10 @@ class RichProgress(SweepProgress):
             console=console,
         )
         self.task = None
-        self.total = 0
 
     def sweep_started(self, total, to_run, out_dir):
         self.total = to_run
-        self.console.print(f"membench: {total} cell(s), {total - to_run} already finished, "
-                           f"{to_run} to run -> {out_dir}")
+        self.console.print(self.started_line(total, to_run, out_dir), markup=False, highlight=False)
         self.progress.start()
         self.task = self.progress.add_task("sweep", total=to_run, current="starting")
 
@@ -247,9 +258,10 @@ def sweep(
     settings = grids[0]  # device, timeout and isolation are the same in every grid
     if settings["isolation"] not in ISOLATION_CHOICES:
         fail(f"unknown isolation {settings['isolation']!r}; valid: {', '.join(ISOLATION_CHOICES)}")
-    if settings["timeout"] is not None and settings["timeout"] <= 0:
-        fail(f"--timeout must be more than 0 seconds, got {settings['timeout']:g}")
-    if settings["timeout"] is not None and settings["isolation"] == "none" and not estimate:
+    timeout_s = settings["timeout"]
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        fail(f"--timeout must be a finite number of seconds more than 0, got {timeout_s:g}")
+    if timeout_s is not None and settings["isolation"] == "none" and not estimate:
         fail("--timeout needs --isolation process: a cell running in this process cannot be stopped")
     cells = cells_of(grids)
     out = out or default_out_dir(profiles)
@@ -267,11 +279,12 @@ def sweep(
             where = f"estimates for {kind}"
         else:
             dev = open_device(settings["device"])
-            run_sweep(cells, dev, out, isolation=settings["isolation"], timeout_s=settings["timeout"],
+            run_sweep(cells, dev, out, isolation=settings["isolation"], timeout_s=timeout_s,
                       redo=redo, progress=progress)
-            rows = grid_rows(out, cells, str(dev))
-            where = f"on {dev}"
-    except (SweepLockedError, ValueError) as err:
+            rows = grid_rows(out, cells, progress.device, progress.device_name)
+            where = f"on {progress.device} ({progress.device_name})"
+    except (SweepLockedError, GridError, DeviceError, ProfileError) as err:
+        # Input and lock errors only: anything raised after cells ran is not "bad input".
         fail(str(err))
     except SweepError as err:
         fail(str(err), code=1)

@@ -21,7 +21,9 @@ def verify_command(
     batch: int = typer.Option(VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."),
 ) -> None:
     """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
-    methods = split_list(method) if method else available_methods()
+    methods = split_list(method) if method is not None else available_methods()
+    if not methods:
+        fail(f"--method names no method; valid: {', '.join(available_methods())}")
     if batch < 2 or batch % 2:
         fail(f"--batch must be an even number of at least 2, got {batch}")
     try:

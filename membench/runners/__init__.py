@@ -22,9 +22,13 @@ def _entry_points() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")
+
+
 def available_methods() -> list[str]:
-    """Names of every registered runner, built-ins first in the spec's order."""
-    return list(_entry_points())
+    """Names of every registered runner: the built-ins in the spec's order, then the rest sorted."""
+    names = set(_entry_points())
+    return [m for m in BUILTIN_METHODS if m in names] + sorted(names.difference(BUILTIN_METHODS))
 
 
 def get_runner(name: str) -> type[Runner]:

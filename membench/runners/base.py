@@ -70,12 +70,17 @@ class Runner(ABC):
                 f"{cls.name} needs a layer-wise conv stack (vgg8, vgg11, vgg-dD-wW), not {arch}"
             )
         if cls.uses_micro_batch:
-            mb = micro_batch if micro_batch is not None else batch // 2
+            mb = micro_batch if micro_batch is not None else cls.default_micro_batch(batch)
             if mb <= 0 or batch % mb != 0:
                 raise RunnerConfigError(
                     f"micro-batch {mb} does not divide batch {batch} for {cls.name}; choose a "
                     f"divisor of {batch}"
                 )
+
+    @staticmethod
+    def default_micro_batch(batch: int) -> int:
+        """The micro-batch a splitting runner uses when none is given: half the batch."""
+        return batch // 2
 
     @abstractmethod
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,9 +110,6 @@ class Runner(ABC):
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]
 
-    def resolved_micro_batch(self, batch: int) -> int | None:
-        """The micro-batch this runner actually uses for ``batch`` (None if it does not split)."""
-        return None
 
 
 def adamw_with_cosine(params, total_steps: int):

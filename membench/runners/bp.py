@@ -81,19 +81,24 @@ class BPRunner(Runner):
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)
         torch.manual_seed(self.seed)
-        if is_torchvision(arch):
-            model = build_torchvision(arch, classes)
-            if self.checkpoint_blocks:
-                model = checkpoint_torchvision_blocks(model)
-        else:
-            dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-            model = ConvStackClassifier(
-                build_conv_stack(arch, dropout), classes, checkpoint_blocks=self.checkpoint_blocks
-            )
+        model = self.build_model()
         if not self.dropout:
             _without_dropout(model)
         self.model = self.place(model)
         self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
+
+    def build_model(self) -> nn.Module:
+        if is_torchvision(self.arch):
+            model = build_torchvision(self.arch, self.classes)
+            return checkpoint_torchvision_blocks(model) if self.checkpoint_blocks else model
+        dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
+        return ConvStackClassifier(
+            build_conv_stack(self.arch, dropout), self.classes, checkpoint_blocks=self.checkpoint_blocks
+        )
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The end-to-end training loss of one (micro-)batch."""
+        return F.cross_entropy(self.model(images), labels)
 
     def modules(self):
         return [self.model]
@@ -103,7 +108,7 @@ class BPRunner(Runner):
 
     def step(self, images, labels):
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(images), labels)
+        loss = self.loss(images, labels)
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
@@ -118,17 +123,14 @@ class BPAccumRunner(BPRunner):
     uses_micro_batch = True
     same_gradients_as = "bp"
 
-    def resolved_micro_batch(self, batch):
-        return self.micro_batch if self.micro_batch is not None else batch // 2
-
     def step(self, images, labels):
-        micro_batch = self.resolved_micro_batch(images.shape[0])
+        micro_batch = self.micro_batch or self.default_micro_batch(images.shape[0])
         chunks = images.shape[0] // micro_batch
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=images.device)
         for x, y in zip(images.split(micro_batch), labels.split(micro_batch)):
             # Mean CE scaled by 1/n sums to the full batch's mean CE, so the gradients match bp.
-            loss = F.cross_entropy(self.model(x), y) / chunks
+            loss = self.loss(x, y) / chunks
             loss.backward()
             total += loss.detach()
         self.optimizer.step()
@@ -164,29 +166,16 @@ class DeepSupModel(nn.Module):
         return logits
 
 
-class BPDeepSupRunner(Runner):
+class BPDeepSupRunner(BPRunner):
     """Architecture-matched BP: end to end, loss = sum over layers of each head's CE."""
 
     name = "bp-deepsup"
     summary = "end-to-end BP with a learned head per conv layer on DTG-FF's goodness features"
+    needs_conv_stack = True
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
-        torch.manual_seed(self.seed)
+    def build_model(self) -> nn.Module:
         dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-        self.model = self.place(DeepSupModel(build_conv_stack(arch, dropout), classes))
-        self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
+        return DeepSupModel(build_conv_stack(self.arch, dropout), self.classes)
 
-    def modules(self):
-        return [self.model]
-
-    def optimizers(self):
-        return [self.optimizer]
-
-    def step(self, images, labels):
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = sum(F.cross_entropy(logits, labels) for logits in self.model(images))
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
-        return loss.detach()
+    def loss(self, images, labels):
+        return sum(F.cross_entropy(logits, labels) for logits in self.model(images))

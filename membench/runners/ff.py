@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..archs import ConvStack, build_conv_stack
-from .base import PROPAGATION_DROPOUT, Runner, adamw_with_cosine, spatial_goodness
+from .base import PROPAGATION_DROPOUT, Runner, RunnerConfigError, adamw_with_cosine, spatial_goodness
 
 T_MIN, T_MAX = 0.5, 2.0
 CLIP_NORM = 1.0
@@ -92,6 +92,13 @@ class DTGFF(nn.Module):
 
 class _DTGFFRunner(Runner):
     """Shared construction; subclasses differ only in ``step``."""
+
+    @classmethod
+    def check_cell(cls, arch, res, batch, micro_batch):
+        super().check_cell(arch, res, batch, micro_batch)
+        if batch < 2:
+            raise RunnerConfigError(f"{cls.name} needs a batch of at least 2 (its classifier's "
+                                    f"BatchNorm1d cannot train on one sample), got {batch}")
 
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)

@@ -1,25 +1,34 @@
-"""An example third-party runner: the bp model trained with SGD + momentum instead of AdamW."""
+"""An example third-party runner: the bp model (backbone -> GAP -> Linear) trained with SGD."""
 
 import torch
 import torch.nn.functional as F
 
-from membench.runners.bp import BPRunner
+from membench.archs import build_conv_stack
+from membench.runners import Runner
+from membench.runners.bp import ConvStackClassifier
 
 
-class SGDRunner(BPRunner):
+class SGDRunner(Runner):
     name = "bp-sgd"
-    summary = "bp with SGD + momentum 0.9 (example plugin)"
-    same_gradients_as = "bp"  # same model and loss, so `membench verify` compares gradients
+    summary = "bp's model with SGD + momentum 0.9 (example plugin)"
+    same_gradients_as = "bp"  # same model, seed and loss: `membench verify` compares gradients
 
     def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)  # builds self.model like bp
+        super().__init__(arch, res, classes, device, **options)
+        torch.manual_seed(self.seed)  # the same seed and build order as bp give bp's weights
+        backbone = build_conv_stack(arch, dropout=0.1 if self.dropout else 0.0)
+        self.model = self.place(ConvStackClassifier(backbone, classes))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+
+    def modules(self):
+        return [self.model]
+
+    def optimizers(self):
+        return [self.optimizer]
 
     def step(self, images, labels):
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(images), labels)
         loss.backward()
         self.optimizer.step()
-        self.schedule.step()
-        return loss.detach()
+        return loss.detach()  # no .item(): it would synchronize inside the timed step
