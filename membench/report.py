@@ -37,6 +37,7 @@ from matplotlib.patches import Patch
 from . import __version__
 from .compare import device_kind, format_size, is_estimate_device
 from .gating import gpu_slug
+from .grid import format_bytes
 from .memtrack import CATEGORIES
 from .results import CELL_COLUMNS, ResultsError, find_cells_files, read_cells
 from .runners import BUILTIN_METHODS
@@ -252,10 +253,11 @@ def device_label(device: str, device_name: str) -> str:
     return f"{device} ({device_name})" if device_name and device_name != "estimate" else device
 
 
-def panel_title(arch: str, res: int, classes: float) -> str:
-    """'vgg8, 32x32, K=10'."""
+def panel_title(arch: str, res: int, classes: float, budget_bytes: float = math.nan) -> str:
+    """'vgg8, 32x32, K=10', with ', budget 8 GiB' for cells run under --device-mem."""
     k = "" if pd.isna(classes) else f", K={int(classes)}"
-    return f"{arch}, {res}\u00d7{res}{k}"
+    budget = "" if pd.isna(budget_bytes) else f", budget {format_size(int(budget_bytes))}"
+    return f"{arch}, {res}\u00d7{res}{k}{budget}"
 
 
 def batch_label(row) -> str:
@@ -294,13 +296,26 @@ def device_groups(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return groups
 
 
-def panels(rows: pd.DataFrame) -> list[tuple[tuple[str, int, float], pd.DataFrame]]:
-    """The rows of one device split by (arch, res, classes), sorted."""
-    keyed = rows.assign(_classes=rows["classes"].fillna(-1))
+def panels(rows: pd.DataFrame) -> list[tuple[tuple[str, int, float, float], pd.DataFrame]]:
+    """The rows of one device split by (arch, res, classes), sorted; the key's last item is the
+    device budget when a configuration was measured under several budgets, else NaN.
+
+    Cells measured with and without ``--device-mem`` (two runs of the same grid) get a panel per
+    budget, so a line never joins points of different runs; a lone failed cell under a budget
+    stays beside the others, drawn at the budget it hit.
+    """
+    keyed = rows.assign(_classes=rows["classes"].fillna(-1), _budget=rows["device_mem_bytes"].fillna(-1))
     out = []
     for (arch, res, classes), panel in keyed.groupby(["arch", "res", "_classes"], sort=True):
-        out.append(((arch, int(res), math.nan if classes == -1 else classes),
-                    panel.drop(columns="_classes")))
+        classes = math.nan if classes == -1 else classes
+        fitted = panel["kind"].isin(["ok", "estimated"]) & ~panel["over_budget"].fillna(False).astype(bool)
+        measured_budgets = panel.loc[fitted, "_budget"].unique()
+        if len(measured_budgets) <= 1:
+            out.append(((arch, int(res), classes, math.nan), panel.drop(columns=["_classes", "_budget"])))
+            continue
+        for budget, part in panel.groupby("_budget", sort=True):
+            out.append(((arch, int(res), classes, math.nan if budget == -1 else budget),
+                        part.drop(columns=["_classes", "_budget"])))
     return out
 
 
@@ -430,12 +445,13 @@ def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
 
     Artists carry gids a reader of the figure can find them by: ``measured:<series>`` (x GiB,
     y imgs/s), ``pareto``, ``estimated:<method>`` and ``oom:<method>`` (in the strip below the
-    axes, x GiB), ``budget:<bytes>``. None when no row has a peak to plot.
+    axes, x GiB), ``budget:<bytes>``. None when no row has both a peak and a throughput (an
+    estimate-only panel): its memory is drawn by ``batch_figure`` instead of an empty frontier.
     """
     ok = panel[(panel["kind"] == "ok") & panel["peak_gib"].notna() & panel["imgs_per_s"].notna()]
     estimated = panel[(panel["kind"] == "estimated") & panel["peak_gib"].notna()]
     oom = panel[panel["kind"] == "oom"]
-    if ok.empty and estimated.empty:
+    if ok.empty:
         return None
     budgets = budgets_for(panel, budgets_bytes)
     data_max = max(ok["peak_gib"].max() if len(ok) else 0, estimated["peak_gib"].max()
@@ -604,6 +620,10 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     ax_thr.set_ylabel("throughput (imgs/s)")
     ax_mem.set_title("peak memory", fontsize=10)
     ax_thr.set_title("throughput", fontsize=10)
+    if not ok["imgs_per_s"].notna().any():  # say why the axis is empty rather than leave it blank
+        ax_thr.text(0.5, 0.5, "no measured throughput:\nestimates and failed cells are not timed",
+                    transform=ax_thr.transAxes, ha="center", va="center", color="0.35")
+        ax_thr.set_yticks([])
     handles = legend_handles
     if len(oom):
         handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
@@ -675,9 +695,10 @@ def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list
     colors = method_colors(cells["method"].unique())
     out = []
     for label, slug, rows in device_groups(cells):
-        for (arch, res, classes), panel in panels(rows):
-            title = f"{panel_title(arch, res, classes)} \u2014 {label}"
+        for (arch, res, classes, budget), panel in panels(rows):
+            title = f"{panel_title(arch, res, classes, budget)} \u2014 {label}"
             stem = f"{slug}_{gpu_slug(arch)}_r{res}" + ("" if pd.isna(classes) else f"_k{int(classes)}")
+            stem += "" if pd.isna(budget) else f"_mem{format_bytes(int(budget))}"
             for kind, figure in (
                 ("frontier", frontier_figure(panel, colors=colors, budgets_bytes=budgets_bytes,
                                              title=title)),
@@ -686,7 +707,7 @@ def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list
                 ("breakdown", breakdown_figure(panel, title=f"memory at the peak \u2014 {title}")),
             ):
                 if figure is not None:
-                    out.append(ReportFigure(kind, label, panel_title(arch, res, classes),
+                    out.append(ReportFigure(kind, label, panel_title(arch, res, classes, budget),
                                             f"{kind}_{stem}.png", figure))
     return out
 
@@ -820,12 +841,15 @@ def paper_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
             ok = measured is not None and measured["kind"] == "ok"
             peak = measured["peak_gib"] if ok else None
             imgs = measured["imgs_per_s"] if ok else None
+            peak_text = _fmt(peak, ".3f")
+            if not ok and estimate is not None:  # no measurement: show the predicted peak, marked
+                peak_text = _fmt(estimate["peak_gib"], ".3f") + " (est.)"
             memory_ratio = _ratio(peak, bp_m["peak_gib"] if bp_ok else None)
             throughput_ratio = _ratio(imgs, bp_m["imgs_per_s"] if bp_ok else None)
             if not memory_ratio and estimate is not None and bp_e is not None:
                 memory_ratio = _ratio(estimate["peak_gib"], bp_e["peak_gib"], " (est.)")
             label = point.method + (f" mb{point.micro_batch}" if point.micro_batch else "")
-            body.append([label, status, _fmt(peak, ".3f"), _fmt(imgs, ",.1f"), memory_ratio,
+            body.append([label, status, peak_text, _fmt(imgs, ",.1f"), memory_ratio,
                          throughput_ratio, _fmt(point.peak_gb, ".3f", "\u2014"),
                          _fmt(point.imgs_per_s, ",.0f", "\u2014"),
                          f"{point.memory_vs_bp:.3f}\u00d7", f"{point.throughput_vs_bp:.3f}\u00d7",
@@ -911,8 +935,8 @@ def render_report(loaded: LoadedCells, figures: list[ReportFigure],
         by_device.setdefault((figure.device, figure.panel), []).append(figure)
     for label, _, rows in device_groups(cells):
         lines += [f"## {label}", "", f"{len(rows)} cell(s): {_summary_counts(rows)}.", ""]
-        for (arch, res, classes), panel in panels(rows):
-            title = panel_title(arch, res, classes)
+        for (arch, res, classes, budget), panel in panels(rows):
+            title = panel_title(arch, res, classes, budget)
             lines += [f"### {title}", ""]
             panel_figures = by_device.get((label, title), [])
             if not panel_figures:
