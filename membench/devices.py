@@ -160,8 +160,15 @@ class CudaDevice(Device):
         )
 
     def set_memory_budget(self, budget_bytes: int) -> None:
+        # The fraction caps what the caching allocator may reserve; the CUDA context and library
+        # handles live outside it (docs/sweeps.md says what that means for emulating a card).
         total = self.total_memory_bytes()
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), self.index)
+        if budget_bytes > total:
+            raise DeviceError(
+                f"--device-mem {budget_bytes / 2**30:.2f} GiB is more than this card's "
+                f"{total / 2**30:.2f} GiB; a budget can only emulate a smaller card"
+            )
+        torch.cuda.set_per_process_memory_fraction(budget_bytes / total, self.index)
 
     def total_memory_bytes(self) -> int:
         return torch.cuda.get_device_properties(self.index).total_memory
@@ -186,12 +193,17 @@ def nvml_used_bytes(index: int) -> int | None:
     NVML's indices.
     """
     try:
-        uuid = f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
         with nvml() as pynvml:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+            for prefix in ("GPU-", "MIG-"):  # a MIG instance has a MIG- UUID
+                try:
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                except pynvml.NVMLError:
+                    continue
+                return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
     except Exception:  # NVML missing or unusable: the figure is optional
-        return None
+        pass
+    return None
 
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"

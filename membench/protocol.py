@@ -192,9 +192,11 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}"[:500]
+def _one_line(err: BaseException, limit: int = 800) -> str:
+    """The error on one line; a long one keeps its head and its tail, where CUDA's OOM message
+    says how much was allowed and allocated."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-(limit // 2 - 5):]}"
 
 
 def _where(err: BaseException) -> str:

@@ -311,7 +311,10 @@ def worker_context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         from . import runners
 
-        runner_modules = [ep.value.split(":")[0] for ep in runners._entry_points().values()]
+        # Built-in runners only: a third-party plugin that touched CUDA at import would poison every
+        # worker forked from the server; plugins are imported in each worker instead.
+        runner_modules = sorted({ep.value.split(":")[0] for ep in runners._entry_points().values()
+                                 if ep.value.startswith("membench.")})
         context = multiprocessing.get_context("forkserver")
         # torch._dynamo (with sympy) is imported lazily by the first optimizer step: seconds that
         # every fresh worker would otherwise pay inside its first cell.

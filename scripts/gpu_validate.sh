@@ -46,11 +46,11 @@ env_json() { membench env --json > "$OUT/env.json"; }
 
 step nvidia-smi nvidia-smi
 step env env_json
-step gpu-tests "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml"
+step gpu-tests env MEMBENCH_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml"
 step sweep-vgg8 membench sweep --device cuda --arch vgg8 --res 32 --batch 64,128 \
-  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --out "$OUT/results/vgg8-r32"
+  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --timeout 600 --out "$OUT/results/vgg8-r32"
 step sweep-vgg11 membench sweep --device cuda --arch vgg11 --res 224 --batch 32 \
-  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --out "$OUT/results/vgg11-r224"
+  --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --timeout 600 --out "$OUT/results/vgg11-r224"
 step report membench report "$OUT/results" --out "$OUT/report"
 
 log "=== summary"

@@ -17,6 +17,7 @@ from pathlib import Path
 from membench.devices import CudaDevice, DeviceError, resolve_device
 from membench.gating import CPU_BASELINE_DIR, BaselineError, record_cpu_baseline, record_gpu_baseline
 from membench.results import read_cells
+from membench.sweep import SweepError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             # The folder is named after the GPU the sweep's worker measured on (see gating).
             folder = record_gpu_baseline(device, args.out)
+    except SweepError as err:  # no worker, or the folder is locked: nothing was replaced
+        print(f"record_baseline: error: {err}", file=sys.stderr)
+        return 1
     except BaselineError as err:
         # Checked before the swap: the committed baseline is untouched.
         print(f"record_baseline: error: {err}; the existing baseline was left unchanged",
