@@ -106,3 +106,13 @@ def test_cuda_cell_reads_the_allocator_peaks():
     assert result.memory_source == "cuda_allocator"
     assert result.peak_reserved_bytes >= result.peak_allocated_bytes > 0
     assert len(result.step_ms) == 5 and all(ms > 0 for ms in result.step_ms)
+
+
+def test_a_long_error_keeps_its_head_and_tail():
+    from membench.protocol import _one_line
+
+    message = "CUDA out of memory. " + "Process 123 has 1 GiB in use. " * 60 + "Of the allocated memory 7.5 GiB is allocated by PyTorch"
+    line = _one_line(torch.OutOfMemoryError(message))
+    assert len(line) <= 800 and "\n" not in line
+    assert line.startswith("OutOfMemoryError: CUDA out of memory.")
+    assert line.endswith("allocated by PyTorch")
