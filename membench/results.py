@@ -26,7 +26,6 @@ CELL_COLUMNS = [
     "activations_bytes", "torch_version", "membench_version", "torch_threads", "started_at",
 ]
 STEP_COLUMNS = ["cell_id", "device", "step", "step_ms"]
-BYTE_COLUMNS = [c for c in CELL_COLUMNS if c.endswith("_bytes")]
 CELLS_FILE, STEPS_FILE, ENV_FILE = "cells.csv", "steps.csv", "env.json"
 
 

@@ -76,15 +76,16 @@ def _gradients(runner: Runner) -> list[torch.Tensor]:
             for p in runner.parameters()]
 
 
+def _after_first_step(name: str, setup: VerifySetup) -> Runner:
+    """A runner built from the setup's seed, dropout off, after one step on the random batch."""
+    runner = _build(name, setup, dropout=False, total_steps=1)
+    runner.step(*random_batch(setup))
+    return runner
+
+
 def check_gradients(method: str, reference: str, setup: VerifySetup) -> CheckResult:
     """Same batch, same initial weights, dropout off: the gradients must match the reference's."""
-    images, labels = random_batch(setup)
-    grads = {}
-    for name in (reference, method):
-        runner = _build(name, setup, dropout=False, total_steps=1)
-        runner.step(images, labels)
-        grads[name] = _gradients(runner)
-    ref, got = grads[reference], grads[method]
+    ref, got = (_gradients(_after_first_step(name, setup)) for name in (reference, method))
     if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
         return CheckResult("gradients", method, False, "parameter shapes differ from the reference", reference)
     worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(ref, got))
@@ -94,12 +95,9 @@ def check_gradients(method: str, reference: str, setup: VerifySetup) -> CheckRes
 
 def check_first_step_losses(method: str, reference: str, setup: VerifySetup) -> CheckResult:
     """Same batch and weights: each layer's local loss on the first step must match."""
-    images, labels = random_batch(setup)
     losses = {}
     for name in (reference, method):
-        runner = _build(name, setup, dropout=False, total_steps=1)
-        runner.step(images, labels)
-        layer_losses = getattr(runner, "layer_losses", None)
+        layer_losses = getattr(_after_first_step(name, setup), "layer_losses", None)
         if not layer_losses:
             return CheckResult("first-step losses", method, False,
                                f"{name} does not expose layer_losses", reference)
