@@ -15,7 +15,7 @@ import time
 import torch
 
 from membench.estimate import estimate_cell
-from membench.grid import Cell
+from membench.schema import Cell
 
 ARCH, RES, CLASSES = "vgg11", 224, 100
 BATCHES = (32, 64, 96, 128)

@@ -14,7 +14,7 @@ import torch
 import torch.utils.benchmark as tbench
 
 from membench.devices import resolve_device
-from membench.grid import Cell
+from membench.schema import Cell
 from membench.protocol import build_runner, make_batch, run_cell
 
 

@@ -3,8 +3,9 @@
     python benchmarks/runners_side_by_side.py [--arch vgg8] [--res 32] [--batch 64] [--out DIR]
 
 Writes a normal results folder (cells.csv, steps.csv, env.json) and prints imgs/s and peak memory
-of each runner divided by bp's. The paper's figures (App. D.7, RTX 4060 Laptop, VGG8 32x32 batch
-256) are ratios too, so the comparison is about balance, not hardware.
+of each runner divided by bp's, next to the paper's VGG8 figures (32x32, batch 256, RTX 4060
+Laptop; docs/design.md, "Paper reference figures") as ratios too, so the comparison is about
+balance, not hardware.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import argparse
 from pathlib import Path
 
 from membench.devices import resolve_device
-from membench.grid import expand_grid
+from membench.config import expand_grid
 from membench.results import read_cells
 from membench.sweep import run_sweep
 
 METHODS = ["bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined"]
-# SPEC section 8 / paper App. D.7, VGG8 at 32x32, batch 256: ratios to bp.
+# Paper Sec. 6.2 (docs/design.md#paper-reference-figures), VGG8 at 32x32, batch 256: ratios to bp.
 PAPER_RATIOS_VGG8_32 = {
     "ff-pipelined": {"imgs_per_s": 1726 / 1586, "peak": 1.535 / 1.589},
     "ff-naive": {"imgs_per_s": 0.70, "peak": 1.05},

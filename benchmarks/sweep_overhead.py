@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from membench.grid import Cell
-from membench.sweep import IsolatedWorker, run_sweep
+from membench.schema import Cell
+from membench.sweep import run_sweep
+from membench.worker import IsolatedWorker, Target
 
 
 def timed(function) -> float:
@@ -39,14 +40,14 @@ def main() -> None:
     # Both sides pay torch's lazy first-step imports up front, so neither is charged for them.
     run_sweep(cells[:1], "cpu", Path(tempfile.mkdtemp()), isolation="none")
 
-    first_start = timed(lambda: IsolatedWorker("cpu", ["bp"]).wait_ready())
+    first_start = timed(lambda: IsolatedWorker(Target("cpu"), ["bp"]).wait_ready())
     in_process = timed(lambda: run_sweep(cells, "cpu", Path(tempfile.mkdtemp()), isolation="none"))
     isolated = timed(lambda: run_sweep(cells, "cpu", Path(tempfile.mkdtemp()), isolation="process"))
 
     fresh = []
     for _ in range(3):
         def start_and_stop() -> None:
-            worker = IsolatedWorker("cpu", ["bp"])
+            worker = IsolatedWorker(Target("cpu"), ["bp"])
             worker.wait_ready()
             worker.close()
         fresh.append(timed(start_and_stop))

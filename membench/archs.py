@@ -10,6 +10,10 @@ layer except the method's head, so a pool listed after the last layer (VGG11's l
 change any computation: global average pooling of an even-sized map equals global average pooling
 of its 2x2 average pool. It still counts for the naming and for ``layer_shapes``.
 
+Every method walks a stack the same way, through ``ConvStack.layers()``: each ``ConvLayer`` has
+its ``block`` (conv+ReLU) and its ``propagate`` path (None for the last layer), so the rule "the
+propagation path runs only between two layers" is written once, here.
+
 Parametric family naming rule (``vgg-d{D}-w{W}[-p{P}]``): D conv layers of W channels each, a
 2x2 average pool after layers 1, 3, 5, ... (every second layer, 0-based) for the first P of
 them (P defaults to 3). So ``vgg-d4-w256`` pools after layers 1 and 3, ``vgg-d10-w256`` after
@@ -170,8 +174,44 @@ class ChannelLayerNorm(nn.Module):
         )
 
 
+@dataclass(frozen=True, eq=False)
+class ConvLayer:
+    """One conv layer of a stack, the way every method walks it.
+
+    ``block`` is the layer's conv+ReLU; ``propagate`` is the path from its output to the next
+    layer's input (LayerNorm, dropout, the arch's pool), or None for the last layer, after which
+    nothing runs but the method's head. ``channels`` is the layer's output channel count.
+    ``ConvLayer`` only refers to the stack's modules; it owns no parameters of its own.
+    """
+
+    index: int
+    block: nn.Module
+    propagate: nn.Module | None
+    channels: int
+
+    @property
+    def is_last(self) -> bool:
+        return self.propagate is None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Block, then the propagation path if a next layer follows (the end-to-end pass)."""
+        return self.next_input(self.block(x))
+
+    def next_input(self, z: torch.Tensor) -> torch.Tensor:
+        """The next layer's input from this layer's output ``z``; ``z`` itself after the last
+        layer, where the propagation path never runs."""
+        return z if self.propagate is None else self.propagate(z)
+
+    def parameters(self):
+        """The conv's weight and bias (the propagation path has no parameters)."""
+        return self.block.parameters()
+
+
 class ConvStack(nn.Module):
-    """The shared backbone: ``blocks[l]`` is conv+ReLU, ``propagate[l]`` leads to layer l+1."""
+    """The shared backbone: ``blocks[l]`` is conv+ReLU, ``propagate[l]`` leads to layer l+1.
+
+    Walk it with ``layers()``; the two ModuleLists are the storage (and the state_dict keys).
+    """
 
     def __init__(self, spec: ConvStackSpec, dropout: float = 0.1):
         super().__init__()
@@ -193,12 +233,23 @@ class ConvStack(nn.Module):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    def layer(self, index: int) -> ConvLayer:
+        """Conv layer ``index`` (0-based; negative counts from the end) as a ConvLayer."""
+        index = range(len(self.blocks))[index]  # IndexError past either end
+        last = index == len(self.blocks) - 1
+        return ConvLayer(
+            index, self.blocks[index], None if last else self.propagate[index],
+            self.spec.channels[index],
+        )
+
+    def layers(self) -> list[ConvLayer]:
+        """Every conv layer, first to last."""
+        return [self.layer(index) for index in range(len(self.blocks))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """End-to-end pass (the BP methods): the last conv layer's post-ReLU activation."""
-        for layer, block in enumerate(self.blocks):
-            x = block(x)
-            if layer < len(self.propagate):
-                x = self.propagate[layer](x)
+        for layer in self.layers():
+            x = layer(x)
         return x
 
 

@@ -28,25 +28,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .memtrack import CATEGORIES
-from .results import ResultsError, read_cells, read_steps
+from .errors import InputError
+from .results import ResultsError, read_cells, read_rows, read_steps
+from .schema import (
+    BREAKDOWN_COLUMNS, CELLS_FILE, FAILED_STATUSES, MEASURED_STATUSES, device_kind, format_size,
+)
 
 CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "classes", "device_mem_bytes"]
-BREAKDOWN_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
+# A cells.csv without these cannot be compared; any other column it lacks reads as empty.
 REQUIRED_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
                     "device_name", "status", "memory_source", "peak_allocated_bytes", "imgs_per_s"]
-# Read as numbers; a value that is present but not a number is bad input, not a regression.
-NUMERIC_COLUMNS = ["res", "batch", "micro_batch", "classes", "device_mem_bytes",
-                   "peak_allocated_bytes", "imgs_per_s", *BREAKDOWN_COLUMNS]
-# The ``device`` of a row written by ``membench sweep --estimate``: 'cuda (estimate)'.
-ESTIMATE_SUFFIX = " (estimate)"
 
 # Per memory source, the default allowed increase in percent (see the module docstring).
 DEFAULT_MEM_INCREASE_PCT = {"tracker": 0.0, "estimate": 0.0, "cuda_allocator": 1.0}
@@ -60,30 +58,9 @@ MIN_STEPS_FOR_TEST = 3
 # Exact permutation distribution up to this many splits; the normal approximation beyond.
 EXACT_TEST_MAX_SPLITS = 20_000
 
-FAILED_STATUSES = {"oom", "error", "timeout"}
 
-
-class CompareError(ValueError):
+class CompareError(InputError):
     """Bad input to compare: a missing path, a file without the needed columns, bad thresholds."""
-
-
-def device_kind(device: str) -> str:
-    """The kind of a results row's device: 'cpu' -> 'cpu', 'cuda:0' -> 'cuda', 'cuda (estimate)' ->
-    'cuda'."""
-    return str(device).strip().removesuffix(ESTIMATE_SUFFIX).split(":")[0]
-
-
-def is_estimate_device(device: str) -> bool:
-    """Whether a row's device is an estimate's ('cuda (estimate)'), not a device that ran."""
-    return str(device).strip().endswith(ESTIMATE_SUFFIX)
-
-
-def format_size(value_bytes: float) -> str:
-    """A memory size as a person would write it: '8 GiB', '1.5 GiB', '64 MiB', '12.5 KiB', '512 B'."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value_bytes) >= size:
-            return f"{value_bytes / size:.4g} {unit}"
-    return f"{value_bytes:.4g} B"
 
 
 @dataclass
@@ -151,52 +128,36 @@ class Comparison:
 def mann_whitney_greater(baseline: np.ndarray, new: np.ndarray) -> float:
     """One-sided p-value that ``new`` tends to be larger than ``baseline`` (Mann-Whitney U).
 
-    Exact over every split of the pooled ranks when there are few enough splits (ties handled by
-    mid-ranks); otherwise the normal approximation with tie and continuity corrections.
+    Exact when there are at most EXACT_TEST_MAX_SPLITS splits of the pooled steps: scipy's exact
+    null distribution of U without ties, and with ties (mid-ranks) a permutation test over every
+    split; otherwise the normal approximation with tie and continuity corrections.
     """
     baseline, new = np.asarray(baseline, float), np.asarray(new, float)
-    n1, n2 = len(new), len(baseline)
-    pooled = np.concatenate([new, baseline])
-    ranks = _midranks(pooled)
-    u_new = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    if math.comb(n1 + n2, n1) <= EXACT_TEST_MAX_SPLITS:
-        sums = np.fromiter((ranks[list(idx)].sum() for idx in combinations(range(n1 + n2), n1)),
-                           float)
-        u_all = sums - n1 * (n1 + 1) / 2
-        return float(np.mean(u_all >= u_new - 1e-9))
-    n = n1 + n2
-    _, tie_counts = np.unique(pooled, return_counts=True)
-    tie_term = float(np.sum(tie_counts**3 - tie_counts)) / (n * (n - 1))
-    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term))
-    if sigma == 0:
-        return 1.0
-    z = (u_new - n1 * n2 / 2 - 0.5) / sigma
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _midranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    # Tied values share the mean of their ranks.
-    unique, inverse = np.unique(values, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    counts = np.bincount(inverse)
-    return (sums / counts)[inverse]
+    splits = math.comb(len(new) + len(baseline), len(new))
+    if splits > EXACT_TEST_MAX_SPLITS:
+        method = "asymptotic"
+    elif len(np.unique(np.concatenate([new, baseline]))) < len(new) + len(baseline):
+        # n_resamples >= the number of distinct splits makes scipy enumerate every one of them.
+        method = stats.PermutationMethod(n_resamples=splits)
+    else:
+        method = "exact"
+    result = stats.mannwhitneyu(new, baseline, alternative="greater", method=method)
+    return float(result.pvalue)
 
 
 def bootstrap_median_ratio_ci(
     baseline: np.ndarray, new: np.ndarray, confidence: float = CONFIDENCE,
     samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(new) / median(baseline), fixed seed for reproducibility."""
-    rng = np.random.default_rng(seed)
-    baseline, new = np.asarray(baseline, float), np.asarray(new, float)
-    base_medians = np.median(rng.choice(baseline, (samples, len(baseline))), axis=1)
-    new_medians = np.median(rng.choice(new, (samples, len(new))), axis=1)
-    ratios = new_medians / base_medians
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [tail, 1 - tail])
+    """Percentile bootstrap CI of median(new) / median(baseline), each side resampled on its own;
+    a fixed seed makes it reproducible."""
+    result = stats.bootstrap(
+        (np.asarray(new, float), np.asarray(baseline, float)),
+        lambda new, base, axis: np.median(new, axis=axis) / np.median(base, axis=axis), paired=False,
+        vectorized=True, n_resamples=samples, confidence_level=confidence, method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
     return float(low), float(high)
 
 
@@ -222,32 +183,20 @@ def judge_timing(
 
 
 def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A side's cells and steps, typed by the shared reader; CompareError for bad input."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{side} {path} does not exist")
     try:
         cells = read_cells(path)
         steps = read_steps(path)
+        header = read_rows(path / CELLS_FILE if path.is_dir() else path)[0]
     except ResultsError as err:
         raise CompareError(f"{side}: {err}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in cells.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CompareError(f"{side} {path} lacks column(s) {', '.join(missing)}")
-    for column in CONFIG_COLUMNS + BREAKDOWN_COLUMNS:
-        if column not in cells.columns:
-            cells[column] = None
-    for column in ("cell_id", "device_name", "memory_source", "status", "device"):
-        # pandas 3 keeps NaN through astype(str); an empty string is what "no value" means here.
-        cells[column] = cells[column].astype("string").fillna("").astype(str).str.strip()
-    for column in NUMERIC_COLUMNS:
-        cells[column] = _numeric(cells, column, "cell_id", f"{side} {path}")
-    if not steps.empty:
-        steps = steps.copy()
-        for column in ("cell_id", "device"):
-            steps[column] = steps[column].astype("string").fillna("").astype(str).str.strip()
-        steps["step_ms"] = _numeric(steps, "step_ms", "cell_id", f"{side} {path} steps.csv")
     cells["device_kind"] = cells["device"].map(device_kind)
-    cells["is_estimate"] = cells["device"].map(is_estimate_device)
     # A CPU's model does not change tracker bytes, so CPU cells match across CPU models.
     cells["device_match"] = np.where(cells["device_kind"] == "cpu", "", cells["device_name"])
     cells["config_key"] = [_config_key(row) for row in cells.to_dict("records")]
@@ -263,20 +212,6 @@ def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
                 f" on {first['device']}); compare one run per folder"
             )
     return cells, steps
-
-
-def _numeric(frame: pd.DataFrame, column: str, label_column: str, where: str) -> pd.Series:
-    """``frame[column]`` as floats (empty is NaN); CompareError on a value that is not a number."""
-    values = pd.to_numeric(frame[column], errors="coerce")
-    text = frame[column].astype("string").fillna("").str.strip()
-    bad = values.isna() & (text != "") & (text.str.lower() != "nan")
-    if bad.any():
-        first = bad.idxmax()
-        raise CompareError(
-            f"{where}: {column} {text[first]!r} of cell {frame.at[first, label_column]} is not a"
-            f" number ({int(bad.sum())} such value(s))"
-        )
-    return values.astype(float)
 
 
 def _config_key(row: dict) -> tuple:
@@ -327,9 +262,7 @@ def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[list[tuple[dict, dict]
 
 
 def _number(value) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _pct_change(old: float, new: float) -> float:
@@ -339,8 +272,6 @@ def _pct_change(old: float, new: float) -> float:
 
 
 def _step_times(steps: pd.DataFrame, row: dict) -> np.ndarray:
-    if steps.empty:
-        return np.array([])
     mask = (steps["cell_id"] == str(row["cell_id"])) & (steps["device"] == str(row["device"]))
     times = steps.loc[mask, "step_ms"].to_numpy(dtype=float)
     return times[np.isfinite(times)]
@@ -362,8 +293,7 @@ def _compare_pair(
         str(new["cell_id"]), str(new["device"]), str(new["device_name"]),
         new["memory_source"] or base["memory_source"], base["status"], new["status"],
     )
-    base_ok = base["status"] in ("ok", "estimated")
-    new_ok = new["status"] in ("ok", "estimated")
+    base_ok, new_ok = (row["status"] in MEASURED_STATUSES for row in (base, new))
     if base_ok and new["status"] in FAILED_STATUSES:
         change.reasons.append(f"was {base['status']}, now {new['status']}: {str(new.get('error', ''))[:120]}")
         return change
@@ -393,7 +323,7 @@ def _compare_pair(
                 f" +{pct:.2f}%, allowed {threshold:g}%, {source})"
             )
 
-    if max_tput_drop_pct is None or new["status"] == "estimated" or base["status"] == "estimated":
+    if max_tput_drop_pct is None or base["is_estimate"] or new["is_estimate"]:
         return change
     if base["device_kind"] == "cpu" and base["device_name"] != new["device_name"]:
         change.timing = TimingVerdict("not compared", note="different CPU models; timing not comparable")
@@ -442,12 +372,8 @@ def _describe(row: dict) -> dict:
 
 
 def compare_results(
-    baseline: Path,
-    new: Path,
-    max_mem_increase_pct: float | None = None,
-    max_tput_drop_pct: float | None = DEFAULT_TPUT_DROP_PCT,
-    *,
-    alpha: float = DEFAULT_ALPHA,
+    baseline: Path, new: Path, max_mem_increase_pct: float | None = None,
+    max_tput_drop_pct: float | None = DEFAULT_TPUT_DROP_PCT, *, alpha: float = DEFAULT_ALPHA,
     allow_missing: bool = False,
 ) -> Comparison:
     """Compare two results (folders or cells.csv files); see the module docstring for the rules.
@@ -477,8 +403,7 @@ def compare_results(
             "no cell matched: baseline ran on " + _devices(base_cells) + ", new on " + _devices(new_cells)
             + " (GPU cells match only on the same GPU model)"
         )
-    base_torch = set(base_cells.get("torch_version", pd.Series(dtype=str)).dropna().astype(str))
-    new_torch = set(new_cells.get("torch_version", pd.Series(dtype=str)).dropna().astype(str))
+    base_torch, new_torch = (set(cells["torch_version"]) - {""} for cells in (base_cells, new_cells))
     if base_torch and new_torch and base_torch != new_torch:
         comparison.notes.append(
             f"torch differs (baseline {', '.join(sorted(base_torch))}, new {', '.join(sorted(new_torch))});"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -19,8 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+from .schema import DEVICE_CHOICES, DeviceSpecError, parse_device
 
-class DeviceError(ValueError):
+
+class DeviceError(InputError):
     """A device string that names no usable device."""
 
 
@@ -72,6 +74,9 @@ class Device(ABC):
 
     def total_memory_bytes(self) -> int | None:
         return None
+
+    def release_cached_memory(self) -> None:
+        """Give memory cached by the device's allocator back, between cells (no-op by default)."""
 
 
 def cpu_model_name() -> str:
@@ -173,6 +178,9 @@ class CudaDevice(Device):
     def total_memory_bytes(self) -> int:
         return torch.cuda.get_device_properties(self.index).total_memory
 
+    def release_cached_memory(self) -> None:
+        torch.cuda.empty_cache()
+
 
 @contextlib.contextmanager
 def nvml() -> Iterator[object]:
@@ -206,22 +214,20 @@ def nvml_used_bytes(index: int) -> int | None:
     return None
 
 
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
-
-
 def resolve_device(spec: str) -> Device:
     """Turn ``auto|cpu|cuda|cuda:N`` into a Device; DeviceError naming the choices otherwise."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
+    try:
+        kind, index = parse_device(spec)
+    except DeviceSpecError as err:
+        raise DeviceError(str(err)) from None
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
         return CpuDevice()
-    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if not match:
-        raise DeviceError(f"unknown device {spec!r}; valid: {DEVICE_CHOICES}")
+    spec = spec.strip().lower()
     if not torch.cuda.is_available():
         raise DeviceError(f"device {spec!r} asked for, but CUDA is not available here; valid: auto, cpu")
-    index = int(match[1] or 0)
+    index = index or 0
     if index >= torch.cuda.device_count():
         raise DeviceError(
             f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"

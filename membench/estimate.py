@@ -31,7 +31,6 @@ Rows: ``status="estimated"``, ``memory_source="estimate"``, ``device="cuda (esti
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -40,16 +39,17 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .archs import ArchError, validate_arch
-from .grid import Cell, GridError
+from .config import ConfigError, check_parameter_size
+from .errors import error_text
 from .memtrack import TensorMemoryTracker, cuda_allocated_size
-from .protocol import (
-    DEFAULT_TRACKER_STEPS, CellResult, _one_line, _where, build_runner, make_batch, tracked_peak,
-)
+from .protocol import DEFAULT_TRACKER_STEPS, build_runner, make_batch, new_result, tracked_peak
 from .runners import Runner, RunnerConfigError, UnknownMethodError, get_runner
+from .schema import (
+    ERROR, ESTIMATE_DEVICE_NAME, ESTIMATE_SOURCE, ESTIMATED, OOM, Cell, CellResult,
+    estimate_device,
+)
 
 DEVICE_KINDS = ("cuda", "cpu")
-MEMORY_SOURCE = "estimate"
-DEVICE_NAME = "estimate"
 
 # Fake steps, kept minimal because each costs about a second for VGG11 whatever the batch.
 # One warmup step is enough: the first optimizer step creates AdamW's moments and step counts, so
@@ -58,11 +58,6 @@ DEVICE_NAME = "estimate"
 # (protocol.DEFAULT_TRACKER_STEPS = 2) because its first step cannot see tensors a runner carries
 # over from the step before in its own attributes (ff-naive's ``layer_losses``); the second can.
 FAKE_WARMUP_STEPS = 1
-
-
-def estimate_device(device_kind: str) -> str:
-    """The ``device`` column of an estimated row, e.g. ``"cuda (estimate)"``."""
-    return f"{device_kind} (estimate)"
 
 
 def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
@@ -76,25 +71,22 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
     """
     if device_kind not in DEVICE_KINDS:
         raise ValueError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
-    result = CellResult(
-        cell, estimate_device(device_kind), DEVICE_NAME, status="estimated",
-        memory_source=MEMORY_SOURCE, torch_threads=torch.get_num_threads(),
-        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    result = new_result(cell, estimate_device(device_kind), ESTIMATE_DEVICE_NAME,
+                        status=ESTIMATED, memory_source=ESTIMATE_SOURCE)
     try:
         tracker = _fake_tracked_run(
             cell, cuda_kernels=device_kind == "cuda",
             rounding=cuda_allocated_size if device_kind == "cuda" else None,
         )
     except Exception as err:  # a runner that cannot run on fake tensors becomes a row
-        result.status = "error"
-        result.error = f"estimate failed: {_one_line(err)} | {_where(err)}"
+        result.status = ERROR
+        result.error = f"estimate failed: {error_text(err)}"
         return result
     result.peak_allocated_bytes = tracker.peak_bytes
     result.breakdown = tracker.peak_breakdown()
     budget = cell.device_mem_bytes
     if budget is not None and tracker.peak_bytes > budget:
-        result.status = "oom"
+        result.status = OOM
         result.error = (
             f"estimated {tracker.peak_bytes / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB"
         )
@@ -201,7 +193,7 @@ def fit_batch(
     that bound it. Assumes the peak does not shrink as the batch grows. A batch of one that
     cannot train (BatchNorm) starts the search at two. Runners that split the batch (bp-accum)
     search the effective batch: with ``micro_batch`` over its multiples, without it over even
-    batches with micro-batch batch/2 (the sweep's default). Raises GridError on invalid input.
+    batches with micro-batch batch/2 (the sweep's default). Raises ConfigError on invalid input.
     """
     runner_cls = check_fit_input(
         method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch
@@ -214,81 +206,94 @@ def fit_batch(
         mb = (micro_batch or runner_cls.default_micro_batch(batch)) if splits else None
         return Cell(method, arch, res, batch, mb, classes, seed, device_mem_bytes=None)
 
-    peaks: dict[int, int] = {}
-
-    def peak(k: int) -> int:
-        if k not in peaks:
-            result = estimate_cell(cell_for(k), device_kind)
-            if result.status == "error":
-                raise FitError(f"{method} at batch {k * unit}: {result.error}")
-            peaks[k] = result.peak_allocated_bytes
-        return peaks[k]
-
-    def fits(k: int) -> bool:
-        return peak(k) <= budget_bytes
-
-    def interpolate(a: int, b: int) -> int | None:
-        """Where the line through the estimates at a and b meets the budget (None if flat)."""
-        if peak(b) == peak(a):
-            return None
-        return a + int((budget_bytes - peak(a)) * (b - a) / (peak(b) - peak(a)))
-
     max_k = max_batch // unit
     if max_k < 1:
-        raise GridError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
-    first = _first_runnable(peak, max_k)
-    # lo: largest k known to fit (0: none); hi: smallest k known not to fit (None: none yet).
-    lo, hi = (first, None) if fits(first) else (0, first)
-
-    # Bracket: grow from the largest fitting k along the line through the last two fitting
-    # estimates, at least doubling-free progress (lo + 1) and at most 4x per step; double
-    # when there is no line yet.
-    fitting = [lo] if lo else []
-    while hi is None and lo < max_k:
-        guess = 2 * lo
-        if len(fitting) >= 2:
-            line = interpolate(fitting[-2], fitting[-1])
-            if line is not None:
-                guess = min(line, 4 * lo)
-        guess = min(max(guess, lo + 1), max_k)
-        if fits(guess):
-            lo = guess
-            fitting.append(guess)
-        else:
-            hi = guess
-
-    # Narrow: interpolate inside the bracket and check the neighbour on the far side (memory is
-    # close to affine in the batch, so this usually ends the search); bisect whenever a round
-    # fails to halve the bracket, which bounds the search at about twice a binary search.
-    while hi is not None and hi - lo > 1:
-        width = hi - lo
-        line = interpolate(lo, hi) if lo else None
-        guess = min(max(line if line is not None else (lo + hi) // 2, lo + 1), hi - 1)
-        if fits(guess):
-            lo, neighbour = guess, guess + 1
-        else:
-            hi, neighbour = guess, guess - 1
-        if lo < neighbour < hi:
-            if fits(neighbour):
-                lo = neighbour
-            else:
-                hi = neighbour
-        if hi - lo > 1 and hi - lo > width // 2:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-
+        raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
+    search = _BatchSearch(lambda k: estimate_cell(cell_for(k), device_kind), budget_bytes, method,
+                          unit)
+    lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
+    lo, hi = search.narrow(lo, hi)
     best = cell_for(lo) if lo else None
     return FitResult(
         method=method, arch=arch, res=res, classes=classes, budget_bytes=budget_bytes,
         device_kind=device_kind,
         batch=best.batch if best else None, micro_batch=best.micro_batch if best else None,
-        peak_bytes=peaks.get(lo), next_batch=hi * unit if hi is not None else None,
-        next_peak_bytes=peaks.get(hi) if hi is not None else None,
-        capped=hi is None, estimates=len(peaks),
+        peak_bytes=search.peaks.get(lo), next_batch=hi * unit if hi is not None else None,
+        next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
+        capped=hi is None, estimates=len(search.peaks),
     )
+
+
+class _BatchSearch:
+    """The search behind ``fit_batch``, over k = batch / unit, caching one estimate per k."""
+
+    def __init__(self, estimate: Callable[[int], CellResult], budget_bytes: int, method: str,
+                 unit: int):
+        self.estimate, self.budget_bytes, self.method, self.unit = estimate, budget_bytes, method, unit
+        self.peaks: dict[int, int] = {}
+
+    def peak(self, k: int) -> int:
+        if k not in self.peaks:
+            result = self.estimate(k)
+            if result.status == ERROR:
+                raise FitError(f"{self.method} at batch {k * self.unit}: {result.error}")
+            self.peaks[k] = result.peak_allocated_bytes
+        return self.peaks[k]
+
+    def fits(self, k: int) -> bool:
+        return self.peak(k) <= self.budget_bytes
+
+    def interpolate(self, a: int, b: int) -> int | None:
+        """Where the line through the estimates at a and b meets the budget (None if flat)."""
+        if self.peak(b) == self.peak(a):
+            return None
+        return a + int((self.budget_bytes - self.peak(a)) * (b - a) / (self.peak(b) - self.peak(a)))
+
+    def bracket(self, first: int, max_k: int) -> tuple[int, int | None]:
+        """(lo, hi): lo the largest k known to fit (0: none), hi the smallest k known not to
+        (None: up to max_k everything fits). Grows from the largest fitting k along the line
+        through the last two fitting estimates, by at least one and at most 4x per step;
+        doubles when there is no line yet."""
+        lo, hi = (first, None) if self.fits(first) else (0, first)
+        fitting = [lo] if lo else []
+        while hi is None and lo < max_k:
+            guess = 2 * lo
+            if len(fitting) >= 2:
+                line = self.interpolate(fitting[-2], fitting[-1])
+                if line is not None:
+                    guess = min(line, 4 * lo)
+            guess = min(max(guess, lo + 1), max_k)
+            if self.fits(guess):
+                lo = guess
+                fitting.append(guess)
+            else:
+                hi = guess
+        return lo, hi
+
+    def narrow(self, lo: int, hi: int | None) -> tuple[int, int | None]:
+        """Interpolate inside the bracket and check the neighbour on the far side (memory is
+        close to affine in the batch, so this usually ends the search); bisect whenever a round
+        fails to halve the bracket, which bounds the search at about twice a binary search."""
+        while hi is not None and hi - lo > 1:
+            width = hi - lo
+            line = self.interpolate(lo, hi) if lo else None
+            guess = min(max(line if line is not None else (lo + hi) // 2, lo + 1), hi - 1)
+            if self.fits(guess):
+                lo, neighbour = guess, guess + 1
+            else:
+                hi, neighbour = guess, guess - 1
+            if lo < neighbour < hi:
+                if self.fits(neighbour):
+                    lo = neighbour
+                else:
+                    hi = neighbour
+            if hi - lo > 1 and hi - lo > width // 2:
+                mid = (lo + hi) // 2
+                if self.fits(mid):
+                    lo = mid
+                else:
+                    hi = mid
+        return lo, hi
 
 
 class FitError(RuntimeError):
@@ -318,28 +323,29 @@ def check_fit_input(
     max_batch: int = 4096,
     micro_batch: int | None = None,
 ) -> type[Runner]:
-    """Validate ``fit_batch``'s input without estimating anything; GridError names the problem."""
+    """Validate ``fit_batch``'s input without estimating anything; ConfigError names the problem."""
     try:
         runner_cls = get_runner(method)
     except UnknownMethodError as err:
-        raise GridError(str(err)) from None
+        raise ConfigError(str(err)) from None
     if device_kind not in DEVICE_KINDS:
-        raise GridError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
+        raise ConfigError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
     for value, option in ((res, "--res"), (classes, "--classes"), (max_batch, "--max-batch"),
                           (budget_bytes, "--device-mem")):
         if value <= 0:
-            raise GridError(f"{option} must be positive, got {value}")
+            raise ConfigError(f"{option} must be positive, got {value}")
     if micro_batch is not None and micro_batch <= 0:
-        raise GridError(f"--micro-batch must be at least 1, got {micro_batch}")
+        raise ConfigError(f"--micro-batch must be at least 1, got {micro_batch}")
     try:
         validate_arch(arch, res)
+        check_parameter_size(arch)
         probe_batch = micro_batch or 2
         runner_cls.check_cell(arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None)
     except (ArchError, RunnerConfigError) as err:
-        raise GridError(str(err)) from None
+        raise ConfigError(str(err)) from None
     if micro_batch is not None and not runner_cls.uses_micro_batch:
-        raise GridError(f"--micro-batch applies only to methods that split the batch, not {method}")
+        raise ConfigError(f"--micro-batch applies only to methods that split the batch, not {method}")
     unit = (micro_batch or 2) if runner_cls.uses_micro_batch else 1
     if max_batch < unit:
-        raise GridError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
+        raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
     return runner_cls

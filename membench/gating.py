@@ -13,10 +13,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .config import expand_grid
 from .devices import CpuDevice, Device
-from .grid import Cell, expand_grid
 from .protocol import run_cell
-from .results import append_result, write_env
+from .results import append_result, read_cells, write_env
+from .runners import BUILTIN_METHODS
+from .schema import Cell
 
 # Repository root: baselines are committed next to the package, not installed with it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +28,8 @@ GPU_BASELINES_DIR = BASELINES_DIR / "gpu"
 RECORD_CPU_COMMAND = "python scripts/record_baseline.py --cpu"
 RECORD_GPU_COMMAND = "python scripts/record_baseline.py --gpu"
 
-# Named explicitly rather than taken from the entry points, so an installed third-party runner
-# does not change the gate's grid.
-BUILTIN_METHODS = ["bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined"]
+# Built-in methods only, named in membench.runners rather than taken from the entry points, so
+# an installed third-party runner does not change the gate's grid.
 GPU_PERF_METHODS = ["bp", "bp-accum", "bp-ckpt", "ff-pipelined", "ff-naive"]
 
 # The tracker's bytes are deterministic, so one tracked step after one warmup step (which
@@ -38,7 +39,7 @@ CPU_GATE_TRACKER_STEPS = 1
 
 def cpu_gate_cells() -> list[Cell]:
     """Every built-in method on a tiny arch: the CPU memory gate's grid."""
-    return expand_grid(BUILTIN_METHODS, ["vgg-d3-w16"], [16], [4], warmup=1, steps=1)
+    return expand_grid(list(BUILTIN_METHODS), ["vgg-d3-w16"], [16], [4], warmup=1, steps=1)
 
 
 def gpu_perf_cells() -> list[Cell]:
@@ -76,7 +77,6 @@ def check_baseline(folder: Path) -> int:
     """Raise BaselineError unless every cell of ``folder`` ran ``ok`` and the folder passes
     against itself (else the gate could never pass); returns the number of cells."""
     from .compare import compare_results
-    from .results import read_cells
 
     cells = read_cells(folder)
     if not len(cells):
@@ -134,8 +134,6 @@ def record_cpu_baseline(target: Path = CPU_BASELINE_DIR) -> Path:
 
 def measured_device_name(folder: Path) -> str:
     """The ``device_name`` of a results folder's rows (one device per folder)."""
-    from .results import read_cells
-
     names = sorted({str(name) for name in read_cells(folder)["device_name"].dropna()})
     if len(names) != 1:
         raise BaselineError(f"{folder} holds rows of {len(names)} device models, not one: "

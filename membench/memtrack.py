@@ -29,8 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations")
-
+from .schema import CATEGORIES, MemoryBreakdown
 
 class MemoryBudgetExceeded(torch.OutOfMemoryError):
     """Raised by the tracker when live tensor bytes would pass the emulated device budget."""
@@ -40,23 +39,6 @@ class MemoryBudgetExceeded(torch.OutOfMemoryError):
 class _Allocation:
     nbytes: int
     category: str = "activations"
-
-
-@dataclass
-class MemoryBreakdown:
-    """Bytes per category at the peak; ``total`` is the peak itself."""
-
-    parameters: int = 0
-    gradients: int = 0
-    optimizer_state: int = 0
-    activations: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_state + self.activations
-
-    def as_columns(self) -> dict[str, int]:
-        return {f"{name}_bytes": getattr(self, name) for name in CATEGORIES}
 
 
 def _tensor_storage(t: torch.Tensor):

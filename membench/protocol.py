@@ -13,83 +13,29 @@
 from __future__ import annotations
 
 import datetime as dt
-import statistics
-import traceback
-from dataclasses import dataclass, field
 
 import torch
 
 from . import __version__
 from .devices import Device, host_peak_rss_bytes, reset_host_peak_rss
-from .grid import Cell
-from .memtrack import MemoryBreakdown, TensorMemoryTracker, optimizer_state_tensors
+from .errors import error_text, one_line
+from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .runners import Runner, get_runner
+from .schema import ERROR, OOM, Cell, CellResult
 
 DEFAULT_TRACKER_STEPS = 2
 
 
-@dataclass
-class CellResult:
-    """One cell's measurement; carries its own configuration and provenance."""
+def provenance() -> dict:
+    """What every result records about the software that produced it."""
+    return {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "membench_version": __version__}
 
-    cell: Cell
-    device: str
-    device_name: str
-    status: str = "ok"  # ok | oom | error | timeout | estimated
-    error: str = ""
-    step_ms: list[float] = field(default_factory=list)
-    peak_allocated_bytes: int | None = None
-    peak_reserved_bytes: int | None = None
-    host_peak_rss_bytes: int | None = None
-    nvml_used_bytes: int | None = None
-    memory_source: str = ""
-    breakdown: MemoryBreakdown | None = None
-    started_at: str = ""
-    torch_threads: int = 0
 
-    @property
-    def imgs_per_s(self) -> float | None:
-        """Images per second over the measured steps: batch x steps / total measured time."""
-        total_s = sum(self.step_ms) / 1e3
-        return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else None
-
-    def summary_stats(self) -> dict[str, float | None]:
-        if not self.step_ms:
-            return dict.fromkeys(("median", "p10", "p90", "mean"))
-        ordered = sorted(self.step_ms)
-        if len(ordered) >= 2:
-            deciles = statistics.quantiles(ordered, n=10, method="inclusive")
-            p10, p90 = deciles[0], deciles[-1]
-        else:
-            p10 = p90 = ordered[0]
-        return {"median": statistics.median(ordered), "p10": p10, "p90": p90,
-                "mean": statistics.fmean(ordered)}
-
-    def row(self) -> dict:
-        """This result as one ``cells.csv`` row (see results.CELL_COLUMNS)."""
-        stats = self.summary_stats()
-        cell = self.cell
-        row = {
-            "cell_id": cell.cell_id, "method": cell.method, "arch": cell.arch, "res": cell.res,
-            "batch": cell.batch, "micro_batch": cell.micro_batch, "classes": cell.classes,
-            "seed": cell.seed, "device": self.device, "device_name": self.device_name,
-            "device_mem_bytes": cell.device_mem_bytes, "status": self.status, "error": self.error,
-            "warmup": cell.warmup, "steps": cell.steps,
-            "step_ms_median": stats["median"], "step_ms_p10": stats["p10"],
-            "step_ms_p90": stats["p90"], "step_ms_mean": stats["mean"],
-            "imgs_per_s": self.imgs_per_s,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
-            "peak_reserved_bytes": self.peak_reserved_bytes,
-            "host_peak_rss_bytes": self.host_peak_rss_bytes,
-            "nvml_used_bytes": self.nvml_used_bytes,
-            "memory_source": self.memory_source,
-            "torch_version": torch.__version__, "membench_version": __version__,
-            "torch_threads": self.torch_threads, "started_at": self.started_at,
-        }
-        breakdown = self.breakdown.as_columns() if self.breakdown else {}
-        for column in ("parameters_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes"):
-            row[column] = breakdown.get(column)
-        return row
+def new_result(cell: Cell, device: str, device_name: str, **values) -> CellResult:
+    """A result for ``cell`` started now, with this process's provenance."""
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return CellResult(cell, device, device_name, started_at=started_at, **provenance(), **values)
 
 
 def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,10 +82,7 @@ def tracked_peak(
 
 def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_STEPS) -> CellResult:
     """Measure one cell under the protocol. OOM and runner errors become the result's status."""
-    result = CellResult(
-        cell, str(device), device.name(), torch_threads=torch.get_num_threads(),
-        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    result = new_result(cell, str(device), device.name())
     try:
         if cell.device_mem_bytes is not None:
             device.set_memory_budget(cell.device_mem_bytes)
@@ -175,9 +118,9 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
         result.host_peak_rss_bytes = host_peak_rss_bytes()
     except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
         if is_out_of_memory(err):
-            result.status, result.error = "oom", _one_line(err)
+            result.status, result.error = OOM, one_line(err)
         else:
-            result.status, result.error = "error", _one_line(err) + " | " + _where(err)
+            result.status, result.error = ERROR, error_text(err)
     return result
 
 
@@ -190,15 +133,3 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES)
-
-
-def _one_line(err: BaseException, limit: int = 800) -> str:
-    """The error on one line; a long one keeps its head and its tail, where CUDA's OOM message
-    says how much was allowed and allocated."""
-    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-(limit // 2 - 5):]}"
-
-
-def _where(err: BaseException) -> str:
-    frames = traceback.extract_tb(err.__traceback__)
-    return f"at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""

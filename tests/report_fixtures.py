@@ -3,16 +3,17 @@
 ``write_results(folder, rows)`` writes a cells.csv with every schema column (plus a steps.csv);
 ``cell_row(...)`` fills a row's derived columns consistently, so a test states only what it
 varies. ``sample_rows()`` is a small two-device set: two methods, two batches, one OOM row and
-one estimated row.
+one estimated row. ``write_golden_results(root)`` made the committed fixture of the golden-file
+test (tests/golden/report/results): more cases, three folders.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-from membench.memtrack import CATEGORIES
-from membench.results import CELL_COLUMNS, STEP_COLUMNS
+from membench.schema import CATEGORIES, CELL_COLUMNS, STEP_COLUMNS
 
 MIB = 2**20
 
@@ -109,3 +110,49 @@ def write_results(folder: Path, rows: list[dict], *, columns: list[str] | None =
                     writer.writerow({"cell_id": row["cell_id"], "device": row["device"],
                                      "step": step, "step_ms": row["step_ms_median"]})
     return cells_file
+
+
+def golden_rows() -> dict[str, list[dict]]:
+    """The golden report's results, per folder: ``sample_rows()`` plus a rerun cell (superseded),
+    a budget split of one configuration, micro-batches, a third-party method, the paper's VGG8
+    operating point (with a failed ff-naive whose error holds a pipe), a long timeout error, an
+    unusable row, a CUDA OOM placed at the card's memory, and CUDA estimates of the paper's VGG11
+    point (one over its budget)."""
+    cpu = [
+        cell_row("bp", 32, peak_bytes=20 * MIB, started_at="2024-12-31T00:00:00+00:00"),  # rerun
+        cell_row("bp", 32, peak_bytes=18 * MIB, imgs_per_s=90.0, device_mem_bytes=64 * MIB),
+        cell_row("bp", 64, peak_bytes=27 * MIB, imgs_per_s=180.0, device_mem_bytes=64 * MIB),
+        cell_row("bp-accum", 128, micro_batch=64, peak_bytes=30 * MIB, imgs_per_s=300.0),
+        cell_row("bp-accum", 128, micro_batch=32, peak_bytes=24 * MIB, imgs_per_s=260.0),
+        cell_row("my-method", 64, peak_bytes=15 * MIB, imgs_per_s=150.0),
+        cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0,
+                 breakdown=(4 * MIB, 4 * MIB, 2 * MIB, 90 * MIB)),
+        cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0,
+                 breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 83 * MIB)),
+        cell_row("ff-naive", 256, status="error", error="RuntimeError: boom | at layer 3"),
+        cell_row("bp-ckpt", 64, status="timeout", error="cell took longer than 600 s; " * 8),
+        {**cell_row("bp", 512), "batch": "", "cell_id": "bp_vgg8_r32_b?_k10"},  # unusable
+    ]
+    gpu = [
+        cell_row("bp", 128, device="cuda:0", device_name="Test GPU", status="oom",
+                 error="torch.OutOfMemoryError: CUDA out of memory"),
+    ]
+    estimate = dict(device="cuda (estimate)", device_name="estimate", memory_source="estimate",
+                    arch="vgg11", res=224, classes=100)
+    estimates = [
+        cell_row("bp", 128, status="oom", peak_bytes=9 * 2**30, device_mem_bytes=8 * 2**30,
+                 error="estimated 9.000 GiB > budget 8.000 GiB", **estimate),
+        cell_row("bp-ckpt", 128, status="estimated", peak_bytes=7 * 2**30,
+                 device_mem_bytes=8 * 2**30, breakdown=(MIB, MIB, 2 * MIB, 7 * 2**30 - 4 * MIB),
+                 **estimate),
+    ]
+    return {"sweep-a": sample_rows() + gpu, "sweep-b": cpu, "estimate-vgg11": estimates}
+
+
+def write_golden_results(root: Path) -> None:
+    """Write ``golden_rows()`` under ``root`` (one folder each) and an env.json with the GPU's
+    memory beside sweep-a. Run once; the golden test reads the committed files, not this."""
+    for name, rows in golden_rows().items():
+        write_results(Path(root) / name, rows)
+    (Path(root) / "sweep-a" / "env.json").write_text(json.dumps(
+        {"gpus": [{"index": 0, "name": "Test GPU", "total_memory_bytes": 80 * MIB}]}, indent=2) + "\n")

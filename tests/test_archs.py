@@ -32,6 +32,30 @@ def test_built_module_has_the_counted_parameters_and_shapes():
     assert tuple(out.shape[1:]) == spec.layer_shapes(32)[-1]
 
 
+def test_layers_walk_the_stack_with_no_propagation_after_the_last_layer():
+    stack = build_conv_stack("vgg11", dropout=0.0)
+    layers = stack.layers()
+    assert [layer.index for layer in layers] == list(range(8))
+    assert [layer.channels for layer in layers] == list(stack.spec.channels)
+    assert [layer.is_last for layer in layers] == [False] * 7 + [True]
+    assert layers[-1].propagate is None and stack.layer(-1).is_last
+    assert all(layer.block is stack.blocks[i] for i, layer in enumerate(layers))
+    assert all(layer.propagate is stack.propagate[i] for i, layer in enumerate(layers[:-1]))
+    with pytest.raises(IndexError):
+        stack.layer(8)
+    # The layers only refer to the stack's modules: the same state_dict keys as ever.
+    assert list(stack.state_dict()) == [f"blocks.{i}.0.{p}" for i in range(8) for p in ("weight", "bias")]
+
+    x = torch.randn(2, 3, 32, 32)
+    by_layer = x
+    for layer in layers:
+        by_layer = layer(by_layer)
+    torch.testing.assert_close(stack(x), by_layer)
+    z = torch.randn(2, 512, 2, 2)
+    assert layers[-1].next_input(z) is z  # nothing runs after the last layer
+    assert layers[-2].next_input(z).shape == (2, 512, 2, 2)  # LayerNorm, no pool after layer 6
+
+
 def test_parametric_naming_rule():
     spec = parametric_spec("vgg-d10-w256")
     assert spec.channels == (256,) * 10 and spec.pool_after == {1, 3, 5}
@@ -60,13 +84,13 @@ def test_unknown_arch_names_the_choices():
 def test_propagation_layernorm_is_channelwise():
     stack = build_conv_stack("vgg-d2-w8-p0", dropout=0.0)
     z = torch.randn(2, 8, 4, 4) * 5 + 3
-    out = stack.propagate[0](z)
+    out = stack.layer(0).propagate(z)
     assert torch.allclose(out.mean(dim=1), torch.zeros(2, 4, 4), atol=1e-5)
     assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2, 4, 4), atol=1e-3)
 
 
 def test_cell_ids_keep_budgets_apart():
-    from membench.grid import Cell, format_bytes, parse_bytes
+    from membench.schema import Cell, format_bytes, parse_bytes
 
     assert format_bytes(8 * 2**30) == "8GiB" and format_bytes(1536) == "1.5KiB" and format_bytes(1000) == "1000B"
     assert parse_bytes(format_bytes(12 * 2**30)) == 12 * 2**30

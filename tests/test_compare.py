@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,18 @@ from report_fixtures import cell_row as report_cell_row
 from report_fixtures import write_results as write_report_results
 from typer.testing import CliRunner
 
+from helpers import usage_error
 from membench.cli import app
 from membench.compare import (
     CompareError,
     bootstrap_median_ratio_ci,
     can_reach_alpha,
     compare_results,
-    device_kind,
     judge_timing,
     mann_whitney_greater,
 )
-from membench.results import CELL_COLUMNS, STEP_COLUMNS
+from membench.errors import InputError
+from membench.schema import BREAKDOWN_COLUMNS, CELL_COLUMNS, STEP_COLUMNS, device_kind
 
 METHODS = ["bp", "ff-pipelined", "bp-ckpt"]
 PEAKS = {"bp": 1_000_000, "ff-pipelined": 800_000, "bp-ckpt": 600_000}
@@ -224,12 +227,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "cells.csv").write_text("cell_id,method,arch,res,batch,device,status\nx,bp,vgg8,32,4,cpu,ok\n")
-    result = cli(*[a.format(tmp=tmp_path, base=base, bad=bad) for a in args])
-    assert result.exit_code == 2, result.output
-    assert result.output.strip().startswith("membench: error:")
-    assert len(result.output.strip().splitlines()) == 1
-    # CliRunner catches exceptions instead of printing tracebacks: check what it caught.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    usage_error(cli(*[a.format(tmp=tmp_path, base=base, bad=bad) for a in args]))
 
 
 def test_library_rejects_bad_thresholds(tmp_path):
@@ -257,13 +255,78 @@ def test_bootstrap_ci_brackets_the_true_ratio():
     assert verdict.regressed
 
 
+def brute_force_p(baseline, new) -> float:
+    """One-sided exact p of the rank-sum test by enumerating every split of the pooled mid-ranks."""
+    pooled = list(new) + list(baseline)
+    ranks = [sum(v < x for v in pooled) + (sum(v == x for v in pooled) + 1) / 2 for x in pooled]
+    observed = sum(ranks[: len(new)])
+    sums = [sum(ranks[i] for i in idx) for idx in combinations(range(len(pooled)), len(new))]
+    return sum(total >= observed - 1e-9 for total in sums) / len(sums)
+
+
+def test_mann_whitney_exact_p_values():
+    # No ties: the single most extreme of C(6,3) = 20 splits.
+    assert mann_whitney_greater([1, 2, 3], [4, 5, 6]) == pytest.approx(1 / 20, rel=1e-12)
+    assert mann_whitney_greater([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(1 / 70, rel=1e-12)
+    # Ties: every split enumerated, as the brute force does (the untied exact distribution would
+    # give 0.1 and 0.0411 here, the normal approximation 0.079 and 0.029).
+    for baseline, new in (([1, 2, 2], [2, 3, 3]), ([1, 1, 2, 3, 3], [2, 3, 3, 4, 4, 4])):
+        expected = brute_force_p(baseline, new)
+        assert mann_whitney_greater(baseline, new) == pytest.approx(expected, rel=1e-12)
+    assert brute_force_p([1, 2, 2], [2, 3, 3]) == pytest.approx(3 / 20)
+    # Untied noise at 8 + 8 (12 870 splits, still exact).
+    rng = np.random.default_rng(3)
+    baseline, new = rng.normal(100, 5, 8), rng.normal(103, 5, 8)
+    assert mann_whitney_greater(baseline, new) == pytest.approx(brute_force_p(baseline, new), rel=1e-12)
+
+
+def test_mann_whitney_normal_approximation_beyond_the_exact_limit():
+    # 20 + 20 steps have C(40, 20) splits: normal approximation with tie and continuity corrections.
+    rng = np.random.default_rng(4)
+    baseline, new = np.round(rng.normal(100, 5, 20)), np.round(rng.normal(103, 5, 20))
+    pooled = np.concatenate([new, baseline])
+    ranks = np.array([np.sum(pooled < x) + (np.sum(pooled == x) + 1) / 2 for x in pooled])
+    u = ranks[:20].sum() - 20 * 21 / 2
+    ties = np.unique(pooled, return_counts=True)[1]
+    sigma = math.sqrt(20 * 20 / 12 * (41 - np.sum(ties**3 - ties) / (40 * 39)))
+    expected = 0.5 * math.erfc((u - 200 - 0.5) / sigma / math.sqrt(2))
+    assert mann_whitney_greater(baseline, new) == pytest.approx(expected, rel=1e-9)
+
+
+def test_bootstrap_ci_contains_the_observed_ratio_and_is_reproducible():
+    baseline, new = noisy_steps(5, n=30), noisy_steps(6, 1.1, n=25)
+    observed = np.median(new) / np.median(baseline)
+    low, high = bootstrap_median_ratio_ci(baseline, new)
+    assert low < observed < high
+    assert bootstrap_median_ratio_ci(baseline, new) == (low, high)
+    assert bootstrap_median_ratio_ci(baseline, new, seed=0) == (low, high)
+    assert bootstrap_median_ratio_ci(baseline, new, seed=1) != (low, high)
+    wider = bootstrap_median_ratio_ci(baseline, new, confidence=0.99)
+    assert wider[0] <= low and wider[1] >= high
+
+
+def test_older_file_without_optional_columns_compares(tmp_path):
+    # An earlier membench wrote no breakdown, budget or torch_version columns: they read as empty,
+    # so nothing is gated on them and no "torch differs" note appears.
+    base, new = run_pair(tmp_path)
+    older = [c for c in CELL_COLUMNS
+             if c not in [*BREAKDOWN_COLUMNS, "device_mem_bytes", "torch_version"]]
+    cells = pd.read_csv(base / "cells.csv", dtype=str, keep_default_na=False)
+    cells[older].to_csv(base / "cells.csv", index=False)
+    comparison = compare_results(base, new)
+    assert comparison.passed and len(comparison.rows) == len(METHODS)
+    assert not any("torch" in note for note in comparison.notes)
+    assert {r.timing.method for r in comparison.rows} == {"mann-whitney"}
+
+
+def test_compare_error_is_input_error(tmp_path):
+    assert issubclass(CompareError, InputError)
+    with pytest.raises(InputError, match="does not exist"):
+        compare_results(tmp_path / "nowhere", tmp_path / "nowhere")
+
+
 def one_line_error(*args) -> str:
-    result = cli(*args)
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("membench: error:"), result.output
-    return lines[0]
+    return usage_error(cli(*args))
 
 
 @pytest.mark.parametrize("n_steps", [3, 4])

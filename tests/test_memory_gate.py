@@ -17,7 +17,7 @@ from membench.gating import (
     CPU_BASELINE_DIR, RECORD_CPU_COMMAND, BaselineError, cpu_gate_cells, measure_cpu_gate,
     measured_device_name, replace_folder,
 )
-from membench.protocol import CellResult
+from membench.schema import CellResult
 from membench.results import append_result, read_cells
 from membench.runners import get_runner
 

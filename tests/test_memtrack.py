@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from membench.memtrack import MemoryBudgetExceeded, TensorMemoryTracker, cuda_allocated_size
+from membench.protocol import is_out_of_memory
 
 
 def test_counts_allocations_and_frees_and_keeps_the_peak():
@@ -18,10 +19,12 @@ def test_counts_allocations_and_frees_and_keeps_the_peak():
 
 def test_budget_refusal_is_an_out_of_memory_error():
     tracker = TensorMemoryTracker(budget_bytes=10_000)
-    with pytest.raises(torch.OutOfMemoryError), tracker:
+    with pytest.raises(MemoryBudgetExceeded) as refused, tracker:
         keep = [torch.ones(1000) for _ in range(5)]  # 20 kB > 10 kB
         del keep
-    assert issubclass(MemoryBudgetExceeded, torch.OutOfMemoryError)
+    # the protocol classifies it as an OOM (not an error) exactly as it would a CUDA OOM
+    assert is_out_of_memory(refused.value)
+    assert "device budget" in str(refused.value)
 
 
 def test_breakdown_classifies_parameters_gradients_optimizer_state():

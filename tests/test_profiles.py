@@ -1,16 +1,16 @@
-"""Profiles: shipped ones load and expand, they combine left to right, flags win, and every bad
-profile is a one-line ProfileError (exit 2 from the CLI)."""
+"""Profiles and the one sweep configuration: shipped profiles load and expand, they combine left
+to right, flags win, and every bad value is a one-line error (exit 2 from the CLI)."""
 
 from __future__ import annotations
 
 import pytest
 from typer.testing import CliRunner
 
+from helpers import usage_error
 from membench.cli import app
-from membench.cli.measure import cells_of
-from membench.profiles import (
-    ProfileError, available_profiles, find_profile, load_profile, resolve_settings,
-)
+from membench.config import build_config
+from membench.errors import InputError
+from membench.profiles import ProfileError, available_profiles, find_profile, load_profile
 
 SHIPPED = ("quick", "paper-vgg8-32", "paper-d7", "laptop-8gb")
 
@@ -18,23 +18,24 @@ SHIPPED = ("quick", "paper-vgg8-32", "paper-d7", "laptop-8gb")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_profiles_load_and_expand_to_valid_grids(name):
     assert name in available_profiles()
-    cells = cells_of(resolve_settings([name], {}))
-    assert cells and len(set(cells)) == len(cells)
+    assert build_config([name]).cells
 
 
 def test_paper_d7_is_the_papers_grid_with_bp_accum_as_two_micro_batches_of_64():
-    cells = cells_of(resolve_settings(["paper-d7"], {}))
+    cells = build_config(["paper-d7"]).cells
     assert {(c.arch, c.res, c.classes) for c in cells} == {("vgg11", 224, 100)}
     assert sorted({c.batch for c in cells if c.method == "bp"}) == [32, 64, 96, 128]
     assert [(c.batch, c.micro_batch) for c in cells if c.method == "bp-accum"] == [(128, 64)]
 
 
 def test_device_profile_combines_and_explicit_flags_win():
-    cells = cells_of(resolve_settings(["paper-vgg8-32", "laptop-8gb"], {"batch": "64"}))
+    cells = build_config(["paper-vgg8-32", "laptop-8gb"], batch="64").cells
     assert {c.device_mem_bytes for c in cells} == {8 * 2**30}
     assert {c.batch for c in cells} == {64}
-    later_wins = resolve_settings(["laptop-8gb", "paper-vgg8-32"], {"device_mem": "1GiB"})[0]
-    assert later_wins["device_mem"] == "1GiB"
+    assert build_config(["laptop-8gb"], device_mem="1GiB").device_mem_bytes == 2**30
+    # later profiles win key by key, and a [[grid]] table wins over its profile's top level
+    assert build_config(["paper-d7", "laptop-8gb"]).timeout_s == 1800
+    assert build_config(["paper-d7", "paper-vgg8-32"]).timeout_s == 900
 
 
 def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(tmp_path, monkeypatch):
@@ -43,7 +44,7 @@ def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(t
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "quick.toml").write_text('batch = [3]\n')
     assert find_profile("quick") == tmp_path / "profiles" / "quick.toml"
-    assert load_profile("quick").settings == {"batch": "3"}
+    assert load_profile("quick").settings == {"batch": [3]}
 
 
 BAD_PROFILES = [
@@ -66,12 +67,11 @@ BAD_PROFILES = [
 def test_bad_profiles_give_one_line_errors(tmp_path, text, needle):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ProfileError) as err:
-        load_profile(str(path))
+    with pytest.raises(InputError) as err:
+        build_config([str(path)])
     assert needle in str(err.value) and "\n" not in str(err.value)
-    result = CliRunner().invoke(app, ["sweep", "--profile", str(path), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert needle in usage_error(
+        CliRunner().invoke(app, ["sweep", "--profile", str(path), "--out", str(tmp_path / "o")]))
 
 
 def test_unknown_profile_names_the_valid_ones():
@@ -96,8 +96,7 @@ def test_a_profile_that_is_not_utf8_is_a_one_line_error_and_list_profiles_surviv
         load_profile("latin1")
     assert "\n" not in str(err.value)
     result = CliRunner().invoke(app, ["sweep", "--profile", "latin1", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "not UTF-8" in result.stderr
+    assert "not UTF-8" in usage_error(result)
     listed = CliRunner().invoke(app, ["list", "profiles"])
     assert listed.exit_code == 0, listed.output
     assert "latin1" in listed.output and "unreadable" in listed.output

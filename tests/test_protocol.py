@@ -3,7 +3,7 @@ import torch
 
 from conftest import TINY_ARCH, TINY_RES
 from membench.devices import CpuDevice
-from membench.grid import Cell
+from membench.schema import Cell
 from membench.protocol import build_runner, make_batch, run_cell
 
 
@@ -109,10 +109,10 @@ def test_cuda_cell_reads_the_allocator_peaks():
 
 
 def test_a_long_error_keeps_its_head_and_tail():
-    from membench.protocol import _one_line
+    from membench.errors import one_line
 
     message = "CUDA out of memory. " + "Process 123 has 1 GiB in use. " * 60 + "Of the allocated memory 7.5 GiB is allocated by PyTorch"
-    line = _one_line(torch.OutOfMemoryError(message))
+    line = one_line(torch.OutOfMemoryError(message))
     assert len(line) <= 800 and "\n" not in line
     assert line.startswith("OutOfMemoryError: CUDA out of memory.")
     assert line.endswith("allocated by PyTorch")

@@ -1,23 +1,44 @@
-"""membench report: figures plot the CSV's values, devices stay apart, tables, and bad input."""
+"""membench report: figures plot the CSV's values, devices stay apart, tables, and bad input.
+
+The golden-file test renders the committed results in tests/golden/report/results and compares
+report.md and the figure names with the committed tests/golden/report/report.md and figures.txt.
+After an intended change to the report, regenerate them with
+
+    MEMBENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_report.py -k golden
+
+and review the diff.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from membench.cli import app
+from helpers import usage_error
 from membench.report import (
-    GIB, budgets_for, build_report, default_report_dir, load_cells, make_figures, markdown_table,
-    oom_position, pareto_front, render_report,
+    GIB, PAPER_SOURCE, Column, Table, budgets_for, build_report, default_report_dir, load_cells,
+    make_figures, markdown_table, oom_position, panel_table, pareto_front, render_report,
 )
 from report_fixtures import MIB, cell_row, sample_rows, write_results
 
 cli = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GOLDEN = Path(__file__).parent / "golden" / "report"
+GOLDEN_NOW = dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+
+
+def invoke(args: list[str]):
+    """``membench ARGS`` in-process. The CLI is imported here, not at the top, so the library's
+    tests still run while the CLI does not import."""
+    from membench.cli import app
+
+    return cli.invoke(app, args)
 
 
 @pytest.fixture
@@ -155,7 +176,7 @@ def test_markdown_table_escapes_pipes():
 def test_cli_writes_the_report(tmp_path):
     write_results(tmp_path / "r", [cell_row("bp", 32, peak_bytes=10 * MIB)])
     out = tmp_path / "cli-out"
-    result = cli.invoke(app, ["report", str(tmp_path / "r"), "--out", str(out), "--budget", "8GiB"])
+    result = invoke(["report", str(tmp_path / "r"), "--out", str(out), "--budget", "8GiB"])
     assert result.exit_code == 0, result.output
     assert f"report in {out / 'report.md'}" in result.output
     assert "Budgets asked for with `--budget`: 8 GiB." in (out / "report.md").read_text()
@@ -165,13 +186,7 @@ def test_cli_writes_the_report(tmp_path):
 
 
 def one_line_error(args) -> str:
-    result = cli.invoke(app, ["report", *args])
-    assert result.exit_code == 2, result.output
-    # CliRunner catches exceptions instead of printing tracebacks: check what it caught.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    errors = [l for l in result.output.splitlines() if l.startswith("membench: error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return usage_error(invoke(["report", *args]))
 
 
 def test_cli_missing_and_empty_folders_are_one_line_errors(tmp_path):
@@ -197,7 +212,7 @@ def test_all_failed_rows_give_a_report_that_says_so(tmp_path):
     rows = [cell_row("bp", 32, status="oom", device_mem_bytes=MIB, error="OutOfMemoryError: x"),
             cell_row("ff-pipelined", 32, status="error", error="RuntimeError: boom | at f.py:1")]
     write_results(tmp_path / "r", rows)
-    result = cli.invoke(app, ["report", str(tmp_path / "r"), "--out", str(tmp_path / "out")])
+    result = invoke(["report", str(tmp_path / "r"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "no cell succeeded" in result.output
     text = (tmp_path / "out" / "report.md").read_text()
@@ -232,3 +247,99 @@ def test_estimates_join_the_measured_device_of_their_kind(tmp_path):
     assert "## cuda:0 (GPU A)" in text and "## cuda (estimate)" not in text
     assert "| bp | 32 |  | ok | 0.010 | 0.009 |" in text
     assert "| bp | 64 | 0.062 | oom (estimated) |  | 0.088 (> budget) |" in text
+
+
+# -- tables as columns ----------------------------------------------------------------------------
+def test_table_of_columns_renders_markdown_with_escaped_cells():
+    columns = [Column("name", lambda r: r["name"]), Column("size", lambda r: r["size"], "r")]
+    table = Table(columns, [{"name": "a|b", "size": 3}, {"name": "two\nlines", "size": 1.5}])
+    assert table.markdown().splitlines() == [
+        "| name | size |", "| --- | ---: |", "| a\\|b | 3 |", "| two lines | 1.5 |"]
+    assert table.markdown() == markdown_table(["name", "size"], table.cells(), ["l", "r"])
+
+
+def test_column_refuses_an_unknown_alignment():
+    with pytest.raises(ValueError, match="align"):
+        Column("x", str, "c")
+
+
+def test_panel_table_has_optional_columns_only_when_present(tmp_path):
+    write_results(tmp_path / "plain", [cell_row("bp", 32, peak_bytes=10 * MIB),
+                                       cell_row("ff-pipelined", 32, peak_bytes=8 * MIB)])
+    plain = panel_table(load_cells([tmp_path / "plain"]).cells).splitlines()[0]
+    assert plain == ("| method | batch | status | peak (GiB) | imgs/s | step ms (median) | "
+                     "memory ÷ bp | imgs/s ÷ bp | memory from |")
+    write_results(tmp_path / "rich", [
+        cell_row("bp-accum", 64, micro_batch=32, peak_bytes=10 * MIB, device_mem_bytes=64 * MIB),
+        cell_row("bp", 64, status="estimated", peak_bytes=9 * MIB, device="cpu (estimate)",
+                 device_name="estimate")])
+    rich = panel_table(load_cells([tmp_path / "rich"]).cells).splitlines()
+    assert rich[0] == ("| method | batch | micro-batch | budget (GiB) | status | peak (GiB) | "
+                       "estimated peak (GiB) | imgs/s | step ms (median) | memory ÷ bp | "
+                       "imgs/s ÷ bp | memory from |")
+    assert rich[1] == "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    assert rich[2].startswith("| bp | 64 |  |  | estimated |  | 0.009 |")
+    assert rich[3].startswith("| bp-accum | 64 | 32 | 0.062 | ok | 0.010 |  |")
+
+
+def test_estimate_is_the_readers_decision(tmp_path):
+    """A row is an estimate by its device or memory source (membench.schema.is_estimate_row),
+    whatever its status says."""
+    rows = [cell_row("bp", 32, peak_bytes=10 * MIB),
+            cell_row("bp", 32, status="oom", peak_bytes=90 * MIB, memory_source="estimate",
+                     device_mem_bytes=64 * MIB)]
+    write_results(tmp_path / "r", rows)
+    cells = load_cells([tmp_path / "r"]).cells
+    assert list(cells["is_estimate"]) == [False, True]
+    assert list(cells["kind"]) == ["ok", "estimated"]
+
+
+def test_paper_source_points_into_the_repository():
+    assert "SPEC" not in PAPER_SOURCE  # no spec outside the repository
+    assert "docs/design.md, Paper reference figures" in PAPER_SOURCE
+
+
+def test_generation_time_is_injectable(tmp_path):
+    write_results(tmp_path / "r", [cell_row("bp", 32, peak_bytes=10 * MIB)])
+    text = render_report(load_cells([tmp_path / "r"]), figures=[], now=GOLDEN_NOW)
+    assert "Generated 2025-01-02 03:04 UTC by membench " in text
+
+
+# -- the golden report ----------------------------------------------------------------------------
+def test_report_matches_the_golden_file(tmp_path, monkeypatch):
+    """The committed results render exactly the committed report.md (and these figure files).
+    Regenerate after an intended change: MEMBENCH_UPDATE_GOLDEN=1 (see the module docstring)."""
+    monkeypatch.chdir(GOLDEN)  # source paths are shown relative to the current directory
+    report = build_report([Path("results")], tmp_path / "out", [8 * GIB], now=GOLDEN_NOW)
+    text = report.read_text(encoding="utf-8")
+    names = "".join(f"{p.name}\n" for p in sorted((report.parent / "figures").iterdir()))
+    if os.environ.get("MEMBENCH_UPDATE_GOLDEN") == "1":
+        (GOLDEN / "report.md").write_text(text, encoding="utf-8")
+        (GOLDEN / "figures.txt").write_text(names, encoding="utf-8")
+    assert text == (GOLDEN / "report.md").read_text(encoding="utf-8")
+    assert names == (GOLDEN / "figures.txt").read_text(encoding="utf-8")
+
+
+def test_the_golden_comparison_sees_a_changed_peak(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(GOLDEN / "results", tmp_path / "results")
+    cells = tmp_path / "results" / "sweep-a" / "cells.csv"
+    header, *lines = cells.read_text(encoding="utf-8").splitlines(keepends=True)
+    column = header.rstrip("\n").split(",").index("peak_allocated_bytes")
+    fields = lines[0].rstrip("\n").split(",")
+    fields[column] = str(int(fields[column]) + 16 * MIB)  # the table shows GiB to 3 decimals
+    cells.write_text(header + ",".join(fields) + "\n" + "".join(lines[1:]), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    report = build_report([Path("results")], tmp_path / "out", [8 * GIB], now=GOLDEN_NOW)
+    assert report.read_text(encoding="utf-8") != (GOLDEN / "report.md").read_text(encoding="utf-8")
+
+
+# -- bad input through the CLI --------------------------------------------------------------------
+def test_cli_binary_cells_csv_is_a_one_line_error(tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "cells.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe" * 20)
+    line = usage_error(invoke(["report", str(folder), "--out", str(tmp_path / "out")]))
+    assert "cells.csv" in line
+    assert not (tmp_path / "out").exists()

@@ -1,10 +1,16 @@
-"""The typer application; each command group lives in its own module and registers here."""
+"""The typer application: every command is a function of a command module, registered here.
+
+The command modules never import this one, so the CLI has no import cycle; each command parses
+its options, builds the library's objects and calls the library (see docs/design.md).
+"""
 
 from __future__ import annotations
 
 import sys
 
 import typer
+
+from . import compare, inspect, measure, plan, report, verify
 
 app = typer.Typer(
     name="membench",
@@ -13,29 +19,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-USAGE_ERROR = 2
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> None:
-    """Print a one-line error to stderr and exit (2: bad input, before anything ran)."""
-    typer.echo(f"membench: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _register() -> None:
-    # Imported for their side effect of adding commands to ``app``.
-    from . import inspect, measure  # noqa: F401
-
-    for optional in ("verify", "report", "compare", "plan"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{optional}":
-                raise
-
-
-_register()
+app.command()(measure.sweep)
+app.command()(measure.run)
+app.add_typer(inspect.list_app, name="list")
+app.command("env")(inspect.env)
+app.command("verify")(verify.verify_command)
+app.command()(report.report)
+app.command()(compare.compare)
+app.command()(plan.fit)
 
 
 def main() -> None:

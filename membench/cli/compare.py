@@ -8,15 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..compare import (
-    DEFAULT_ALPHA,
-    DEFAULT_TPUT_DROP_PCT,
-    CompareError,
-    Comparison,
-    compare_results,
-    format_size,
-)
-from .app import app, fail
+from ..compare import DEFAULT_ALPHA, DEFAULT_TPUT_DROP_PCT, Comparison, compare_results
+from ..schema import format_size
+from .common import reports_input_errors
 
 REGRESSION_EXIT = 1
 
@@ -69,7 +63,7 @@ def render(comparison: Comparison, console: Console) -> None:
     console.print(("PASS: " if comparison.passed else "FAIL: ") + summary, markup=False)
 
 
-@app.command()
+@reports_input_errors
 def compare(
     baseline: Path = typer.Argument(..., help="Baseline results folder or cells.csv."),
     new: Path = typer.Argument(..., help="New results folder or cells.csv."),
@@ -86,13 +80,10 @@ def compare(
         False, "--allow-missing", help="Do not fail when a baseline cell is absent from NEW."),
 ) -> None:
     """Compare NEW against BASELINE cell by cell; exit 1 if any cell regressed past a threshold."""
-    try:
-        comparison = compare_results(
-            baseline, new, max_mem_increase, None if ignore_timing else max_tput_drop,
-            alpha=alpha, allow_missing=allow_missing,
-        )
-    except CompareError as err:
-        fail(str(err))
+    comparison = compare_results(
+        baseline, new, max_mem_increase, None if ignore_timing else max_tput_drop,
+        alpha=alpha, allow_missing=allow_missing,
+    )
     console = Console(width=None if Console().is_terminal else 160)
     render(comparison, console)
     if not comparison.passed:

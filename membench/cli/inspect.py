@@ -12,11 +12,11 @@ from ..archs import (
     PARAMETRIC_RULE, ArchError, builtin_arch_names, conv_stack_spec, validate_arch,
 )
 from ..envinfo import collect_env
+from ..profiles import ProfileError, available_profiles, load_profile
 from ..runners import available_methods, get_runner
-from .app import app, fail
+from .common import fail
 
 list_app = typer.Typer(help="List archs, methods or profiles.", no_args_is_help=True)
-app.add_typer(list_app, name="list")
 
 
 @list_app.command("archs")
@@ -55,7 +55,25 @@ def list_methods() -> None:
     Console(width=160).print(table)
 
 
-@app.command("env")
+@list_app.command("profiles")
+def list_profiles() -> None:
+    """Every profile `--profile NAME` finds (./profiles, then the membench checkout's)."""
+    table = Table(title="profiles", caption="combine with --profile A --profile B: later ones "
+                  "override earlier ones key by key; command-line flags override all")
+    for column in ("profile", "description", "settings", "file"):
+        table.add_column(column)
+    for name, path in available_profiles().items():
+        try:
+            profile = load_profile(str(path))
+        except ProfileError as err:
+            table.add_row(name, f"[red]unreadable: {err}[/red]", "", str(path))
+            continue
+        settings = [f"{key}={value}" for key, value in profile.settings.items()]
+        settings += [f"grid={table}" for table in profile.grids or []]
+        table.add_row(name, profile.description, "; ".join(settings), str(path))
+    Console(width=200).print(table)
+
+
 def env(as_json: bool = typer.Option(False, "--json", help="Print env.json exactly.")) -> None:
     """The provenance recorded in every results folder's env.json."""
     info = collect_env()

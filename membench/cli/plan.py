@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from ..config import memory_size
 from ..estimate import DEVICE_KINDS, FitError, FitResult, check_fit_input, fit_batch
-from ..grid import GridError, parse_bytes, split_list
-from ..runners import available_methods, get_runner
-from ..runners.base import RunnerConfigError
-from .app import app, fail
-
-
-def _gib(nbytes: int | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**30:.3f} GiB"
+from ..runners import RunnerConfigError, available_methods, get_runner
+from ..schema import format_gib
+from .common import comma_list, fail, reports_input_errors
 
 
 def describe_fit(fit: FitResult) -> str:
@@ -26,11 +22,11 @@ def describe_fit(fit: FitResult) -> str:
     if fit.capped:
         beyond = "--max-batch reached; the limit may be higher"
     else:
-        beyond = f"batch {fit.next_batch}: {_gib(fit.next_peak_bytes)}"
-    return f"{fit.method:14s} {batch:>18s} {_gib(fit.peak_bytes):>12s}   {beyond}"
+        beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
+    return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}   {beyond}"
 
 
-@app.command()
+@reports_input_errors
 def fit(
     arch: str = typer.Option("vgg11", "--arch", help="One arch: vgg8, vgg11, vgg-dD-wW, tv:NAME."),
     res: int = typer.Option(224, "--res", help="Input resolution."),
@@ -51,23 +47,17 @@ def fit(
     seed: int = typer.Option(0, "--seed", help="Seed for weights and the synthetic batch."),
 ) -> None:
     """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
-    try:
-        budget = parse_bytes(device_mem)
-    except GridError as err:
-        fail(str(err))
+    budget = memory_size(device_mem, "--device-mem")
     if device_kind not in DEVICE_KINDS:
         fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
-    methods = split_list(method) if method else _methods_for(arch)
+    methods = comma_list([method]) if method else _methods_for(arch)
     if not methods:
         fail("--method needs at least one value")
     if micro_batch is not None and not any(_splits(m) for m in methods):
         fail("--micro-batch applies only to methods that split the batch (bp-accum)")
     for name in methods:  # every input error before the first (slow) estimate
-        try:
-            check_fit_input(name, arch, res, budget, classes, device_kind, max_batch,
-                            micro_batch if _splits(name) else None)
-        except GridError as err:
-            fail(str(err))
+        check_fit_input(name, arch, res, budget, classes, device_kind, max_batch,
+                        micro_batch if _splits(name) else None)
 
     typer.echo(
         f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ..grid import GridError, parse_bytes, split_list
+from ..config import memory_size
 from ..report import build_report, default_report_dir
-from ..results import ResultsError
-from .app import app, fail
+from .common import comma_list, fail, reports_input_errors
 
 
-@app.command()
+@reports_input_errors
 def report(
     inputs: list[Path] = typer.Argument(
         ..., show_default=False, metavar="DIR",
@@ -24,18 +23,13 @@ def report(
         "or a comma list. Budgets in the data (--device-mem) are drawn anyway."),
 ) -> None:
     """Write a Markdown report with frontier, batch and breakdown figures for the given results."""
-    try:
-        budgets = [parse_bytes(text) for item in budget or [] for text in split_list(item)]
-    except GridError as err:
-        fail(f"--budget: {err}")
+    budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
     out_dir = out or default_report_dir(inputs)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")
     try:
         path = build_report(inputs, out_dir, budgets,
                             on_warning=lambda text: typer.echo(f"membench: warning: {text}", err=True))
-    except ResultsError as err:
-        fail(str(err))
     except OSError as err:
         fail(f"cannot write the report to {out_dir}: {err.strerror or err}")
     typer.echo(f"membench: report in {path}")

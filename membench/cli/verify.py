@@ -7,13 +7,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..archs import ArchError, validate_arch
-from ..grid import split_list
-from ..runners import RunnerConfigError, UnknownMethodError, available_methods, get_runner
+from ..runners import RunnerConfigError, available_methods, get_runner
 from ..verify import VerifySetup, verify
-from .app import app, fail
+from .common import comma_list, fail, reports_input_errors
 
 
-@app.command("verify")
+@reports_input_errors
 def verify_command(
     method: str = typer.Option(None, "--method", help="Method(s), comma list; default: all registered."),
     arch: str = typer.Option(VerifySetup.arch, "--arch", help="Conv-stack arch the checks run on."),
@@ -21,7 +20,7 @@ def verify_command(
     batch: int = typer.Option(VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."),
 ) -> None:
     """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
-    methods = split_list(method) if method is not None else available_methods()
+    methods = comma_list([method]) if method is not None else available_methods()
     if not methods:
         fail(f"--method names no method; valid: {', '.join(available_methods())}")
     if batch < 2 or batch % 2:
@@ -30,7 +29,7 @@ def verify_command(
         validate_arch(arch, res)
         for name in methods:
             get_runner(name).check_cell(arch, res, batch, None)
-    except (ArchError, UnknownMethodError, RunnerConfigError) as err:
+    except (ArchError, RunnerConfigError) as err:
         fail(str(err))
     results = verify(methods, VerifySetup(arch=arch, res=res, batch=batch))
     table = Table(title=f"membench verify ({arch}, res {res}, batch {batch}, CPU)")

@@ -6,20 +6,34 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import entry_points
 
+from ..errors import InputError
 from .base import Runner, RunnerConfigError
 
 ENTRY_POINT_GROUP = "membench.methods"
 
-__all__ = ["ENTRY_POINT_GROUP", "Runner", "RunnerConfigError", "available_methods", "get_runner"]
+__all__ = ["ENTRY_POINT_GROUP", "BUILTIN_METHODS", "Runner", "RunnerConfigError",
+           "UnknownMethodError", "available_methods", "builtin_runner_modules", "get_runner",
+           "refresh_registry"]
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(InputError):
     """A method name that no installed package registers."""
 
 
 @cache
 def _entry_points() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def refresh_registry() -> None:
+    """Forget the entry points read so far, so packages installed since are found."""
+    _entry_points.cache_clear()
+
+
+def builtin_runner_modules() -> list[str]:
+    """The modules of membench's own runners (safe to preload: they touch no device at import)."""
+    return sorted({ep.value.split(":")[0] for ep in _entry_points().values()
+                   if ep.value.startswith("membench.")})
 
 
 BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..archs import is_torchvision
 
-# The shared recipe (SPEC section 1).
+# The shared recipe (docs/design.md, "Training recipe").
 LEARNING_RATE = 2e-4
 WEIGHT_DECAY = 1e-3
 FINAL_LEARNING_RATE = 1e-5
@@ -109,7 +109,6 @@ class Runner(ABC):
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]
-
 
 
 def adamw_with_cosine(params, total_steps: int):

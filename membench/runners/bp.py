@@ -26,20 +26,14 @@ class ConvStackClassifier(nn.Module):
         self.head = nn.Linear(backbone.spec.channels[-1], classes)
         self.checkpoint_blocks = checkpoint_blocks
 
-    def _layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        x = self.backbone.blocks[layer](x)
-        if layer < len(self.backbone.propagate):
-            x = self.backbone.propagate[layer](x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in range(len(self.backbone)):
+        for layer in self.backbone.layers():
             if self.checkpoint_blocks:
                 # Keep only each block's input; recompute conv, ReLU, LayerNorm, dropout (same
                 # RNG state) and pool in the backward pass.
-                x = checkpoint(self._layer, layer, x, use_reentrant=False)
+                x = checkpoint(layer, x, use_reentrant=False)
             else:
-                x = self._layer(layer, x)
+                x = layer(x)
         return self.head(x.mean(dim=(2, 3)))
 
 
@@ -158,11 +152,10 @@ class DeepSupModel(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer logits, first layer first."""
         logits = []
-        for layer, block in enumerate(self.backbone.blocks):
-            z = block(x)
-            logits.append(self.heads[layer](spatial_goodness(z)))
-            if layer < len(self.backbone.propagate):
-                x = self.backbone.propagate[layer](z)
+        for layer in self.backbone.layers():
+            z = layer.block(x)
+            logits.append(self.heads[layer.index](spatial_goodness(z)))
+            x = layer.next_input(z)
         return logits
 
 

@@ -8,7 +8,8 @@ A classifier on the detached, globally pooled features of layers 1..L-1 trains w
 AdamW; the backbone never sees its gradient.
 
 The two runners compute the same per-layer losses and differ only in the schedule of one step,
-which is the whole point of measuring them side by side.
+which is the whole point of measuring them side by side. docs/design.md ("DTG-FF") explains the
+method and why the two schedules differ in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ T_MIN, T_MAX = 0.5, 2.0
 CLIP_NORM = 1.0
 CLASSIFIER_DROPOUT = 0.2
 LABEL_SMOOTHING = 0.1
+INFERENCE_MODES = ("concat", "logit-sum")
 
 
 class GoodnessReadout(nn.Module):
@@ -58,35 +60,38 @@ class DTGFF(nn.Module):
 
     def layer_parameters(self, layer: int) -> list[nn.Parameter]:
         """What layer l's optimizer trains: its conv and its temperature."""
-        return [*self.backbone.blocks[layer].parameters(), self.readouts[layer].alpha]
+        return [*self.backbone.layer(layer).parameters(), self.readouts[layer].alpha]
 
     @torch.no_grad()
     def propagate(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Next layer's input from layer l's detached activation (LayerNorm, dropout, pool)."""
-        return self.backbone.propagate[layer](z.detach())
+        return self.backbone.layer(layer).next_input(z.detach())
 
     @torch.no_grad()
     def classifier_features(self, images: torch.Tensor) -> torch.Tensor:
         """A full no_grad conv pass: GAP of every layer but the first, concatenated."""
         x, features = images, []
-        for layer, block in enumerate(self.backbone.blocks):
-            z = block(x)
-            if layer >= 1:
+        for layer in self.backbone.layers():
+            z = layer.block(x)
+            if layer.index >= 1:
                 features.append(z.mean(dim=(2, 3)))
-            if layer < len(self.backbone.propagate):
-                x = self.backbone.propagate[layer](z)
+            x = layer.next_input(z)
         return torch.cat(features, dim=1)
 
+    @torch.no_grad()
     def infer_logits(self, images: torch.Tensor, how: str = "concat") -> torch.Tensor:
-        """Inference (not timed): the concat classifier, or the sum of per-layer readouts."""
+        """Inference (not timed; call it in eval mode): ``"concat"``, the classifier on the
+        concatenated features, or ``"logit-sum"``, the sum over all layers of the fixed random
+        readouts' logits (no trained head at all)."""
+        if how not in INFERENCE_MODES:
+            raise ValueError(f"unknown inference mode {how!r}; valid: {', '.join(INFERENCE_MODES)}")
         if how == "concat":
             return self.classifier(self.classifier_features(images))
         x, total = images, 0
-        for layer, block in enumerate(self.backbone.blocks):
-            z = block(x)
-            total = total + self.readouts[layer](z)
-            if layer < len(self.backbone.propagate):
-                x = self.backbone.propagate[layer](z)
+        for layer in self.backbone.layers():
+            z = layer.block(x)
+            total = total + self.readouts[layer.index](z)
+            x = layer.next_input(z)
         return total
 
 
@@ -124,7 +129,8 @@ class _DTGFFRunner(Runner):
     def optimizers(self):
         return [*self.layer_optimizers, self.classifier_optimizer]
 
-    def _layer_update(self, layer: int) -> None:
+    def _clip_and_step(self, layer: int) -> None:
+        """Layer l's update: clip its gradient norm to CLIP_NORM, then its AdamW and cosine step."""
         clip_grad_norm_(self.layer_params[layer], CLIP_NORM)
         self.layer_optimizers[layer].step()
         self.layer_schedules[layer].step()
@@ -151,16 +157,16 @@ class FFNaiveRunner(_DTGFFRunner):
 
         # 1. Forward with grad through every layer; each layer's graph stays alive.
         x, losses = images, []
-        for layer, block in enumerate(model.backbone.blocks):
-            z = block(x)
-            losses.append(F.cross_entropy(model.readouts[layer](z), labels))
-            if layer < self.depth - 1:
-                x = model.propagate(layer, z)
+        for layer in model.backbone.layers():
+            z = layer.block(x)
+            losses.append(F.cross_entropy(model.readouts[layer.index](z), labels))
+            if not layer.is_last:  # so x keeps the last layer's input alive until the step ends
+                x = model.propagate(layer.index, z)
 
         # 2. One backward of the sum (no cross-layer path: inputs were detached), per-layer steps.
         torch.stack(losses).sum().backward()
         for layer in range(self.depth):
-            self._layer_update(layer)
+            self._clip_and_step(layer)
 
         # 3. A second, no_grad pass recomputes every conv for the classifier's features.
         features = model.classifier_features(images)
@@ -179,23 +185,25 @@ class FFPipelinedRunner(_DTGFFRunner):
     def step(self, images, labels):
         model = self.model
         x, features, self.layer_losses = images, [], []
-        for layer, block in enumerate(model.backbone.blocks):
-            # forward -> local loss -> backward: only this layer's autograd graph ever exists.
-            self.layer_optimizers[layer].zero_grad(set_to_none=True)
-            z = block(x)
-            loss = F.cross_entropy(model.readouts[layer](z), labels)
+        for layer in model.backbone.layers():
+            # 1. Forward with grad -> local loss -> backward -> clip + step: only this layer's
+            #    autograd graph ever exists, and the backward frees it.
+            self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
+            z = layer.block(x)
+            loss = F.cross_entropy(model.readouts[layer.index](z), labels)
             loss.backward()
-            self._layer_update(layer)
+            self._clip_and_step(layer.index)
             self.layer_losses.append(loss.detach())
 
-            # Only now, with the graph freed, derive the classifier feature and the next input
-            # from z.detach() (computed with this layer's pre-step weights, as in the paper).
+            # 2. Only now derive the classifier feature and the next layer's input from
+            #    z.detach() (computed with this layer's pre-step weights, as in the paper).
             z = z.detach()
-            if layer >= 1:
+            if layer.index >= 1:
                 features.append(z.mean(dim=(2, 3)))
-            if layer < self.depth - 1:
-                x = model.propagate(layer, z)
+            if not layer.is_last:
+                x = model.propagate(layer.index, z)
             del z, loss
 
+        # 3. The classifier head's step on the features of layers 1..L-1.
         classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
         return torch.stack(self.layer_losses).sum() + classifier_loss

@@ -1,9 +1,9 @@
-"""DTG-FF details that the paper (and SPEC section 1) require."""
+"""DTG-FF details that the paper requires (docs/design.md, "DTG-FF")."""
 
 import pytest
 import torch
 
-from membench.runners.ff import FFNaiveRunner, FFPipelinedRunner, GoodnessReadout
+from membench.runners.ff import INFERENCE_MODES, FFNaiveRunner, FFPipelinedRunner, GoodnessReadout
 
 ARCH, RES, BATCH, K = "vgg-d3-w8", 8, 4, 5
 
@@ -42,9 +42,10 @@ def test_no_gradient_crosses_a_layer_or_reaches_the_backbone_from_the_classifier
 
     # Recompute layer 1's loss alone from the same initial weights (before any step).
     model = reference.model
+    first, second = model.backbone.layers()[:2]
     with torch.no_grad():
-        x = model.propagate(0, model.backbone.blocks[0](images))
-    z = model.backbone.blocks[1](x)
+        x = model.propagate(0, first.block(images))
+    z = second.block(x)
     loss = torch.nn.functional.cross_entropy(model.readouts[1](z), labels)
     grads = torch.autograd.grad(loss, reference.layer_params[1])
     total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
@@ -67,3 +68,42 @@ def test_both_inference_paths_give_logits():
     with torch.no_grad():
         assert runner.model.infer_logits(images, "concat").shape == (BATCH, K)
         assert runner.model.infer_logits(images, "logit-sum").shape == (BATCH, K)
+    with pytest.raises(ValueError, match="concat, logit-sum"):
+        runner.model.infer_logits(images, "logit_sum")
+
+
+# A learnable task: one fixed random template per class plus noise (as membench.verify's
+# learnable_batch), with fresh labels and noise per seed, so another seed gives held-out samples.
+LEARN_ARCH, LEARN_K, LEARN_BATCH, LEARN_STEPS = "vgg-d3-w32", 4, 16, 200
+ACCURACY_FLOOR = 0.8  # chance is 1/4; seeds 0-9: trained 0.99-1.0, untrained <= 0.45
+
+
+def template_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    templates = torch.randn(LEARN_K, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, LEARN_K, (n,), generator=g)
+    return 2.0 * templates[labels] + 0.5 * torch.randn(n, 3, RES, RES, generator=g), labels
+
+
+def accuracy(runner, how: str, images: torch.Tensor, labels: torch.Tensor) -> float:
+    runner.model.eval()
+    try:
+        return (runner.model.infer_logits(images, how).argmax(dim=1) == labels).float().mean().item()
+    finally:
+        runner.model.train()
+
+
+def test_both_inference_paths_classify_held_out_samples_only_after_training():
+    images, labels = template_task(256, seed=10_000)
+    # The recipe's lr, with the cosine stretched so it stays near 2e-4 (as `membench verify` does).
+    runner = FFPipelinedRunner(LEARN_ARCH, RES, LEARN_K, seed=0, total_steps=100 * LEARN_STEPS)
+    untrained = {how: accuracy(runner, how, images, labels) for how in INFERENCE_MODES}
+    for step in range(LEARN_STEPS):
+        runner.step(*template_task(LEARN_BATCH, seed=step))
+    trained = {how: accuracy(runner, how, images, labels) for how in INFERENCE_MODES}
+
+    # The floor is what training buys: this runner untrained scores 0.26 (concat) and 0.45
+    # (logit-sum: a random readout can be lucky on templates), trained 1.0 on both. Scrambling
+    # the concat features' order or alignment, or summing one layer's readout L times, fails it.
+    assert all(acc < ACCURACY_FLOOR for acc in untrained.values()), untrained
+    assert all(acc >= ACCURACY_FLOOR for acc in trained.values()), trained

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from membench.grid import Cell
+from membench.schema import Cell
 from membench.memtrack import TensorMemoryTracker
 from membench.protocol import build_runner, make_batch, tracked_peak
 
@@ -28,20 +28,24 @@ def vgg11_r64_b8():
     }
 
 
+@pytest.mark.slow
 def test_checkpointing_lowers_the_bp_peak(vgg11_r64_b8):
     assert vgg11_r64_b8["bp-ckpt"].peak_bytes < vgg11_r64_b8["bp"].peak_bytes
 
 
+@pytest.mark.slow
 def test_accumulation_lowers_the_bp_peak(vgg11_r64_b8):
     assert vgg11_r64_b8["bp-accum"].peak_bytes < vgg11_r64_b8["bp"].peak_bytes
 
 
+@pytest.mark.slow
 def test_pipelining_lowers_the_ff_peak(vgg11_r64_b8):
     naive, pipelined = vgg11_r64_b8["ff-naive"], vgg11_r64_b8["ff-pipelined"]
     assert pipelined.peak_bytes < naive.peak_bytes
     assert pipelined.peak_breakdown().activations < naive.peak_breakdown().activations
 
 
+@pytest.mark.slow
 def test_pipelined_ff_keeps_fewer_activations_than_bp(vgg11_r64_b8):
     assert (vgg11_r64_b8["ff-pipelined"].peak_breakdown().activations
             < vgg11_r64_b8["bp"].peak_breakdown().activations)

@@ -1,0 +1,34 @@
+"""What every command shares: the one-line error and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import typer
+
+from ..errors import InputError
+
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> None:
+    """Print a one-line error to stderr and exit (2: bad input, before anything ran)."""
+    typer.echo(f"membench: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def reports_input_errors(command: Callable) -> Callable:
+    """Turn an InputError raised by the library into ``fail``: one line on stderr, exit 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as err:
+            fail(str(err))
+    return wrapper
+
+
+def comma_list(values: list[str] | None) -> list[str]:
+    """Repeatable options that also take comma lists: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]

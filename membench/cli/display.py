@@ -1,0 +1,151 @@
+"""What the measuring commands print: a one-cell summary, a line per finished cell, the live
+progress bar (or plain lines when stdout is not a terminal), and the end-of-sweep table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ..schema import MEASURED_STATUSES, OK, CellResult, format_gib
+from ..sweep import SweepProgress
+
+
+def describe(result: CellResult) -> str:
+    """A readable one-cell summary."""
+    cell = result.cell
+    head = f"{cell.cell_id} on {result.device} ({result.device_name}): {result.status}"
+    if result.status != OK:
+        return f"{head}\n  {result.error}"
+    stats = result.summary_stats()
+    lines = [
+        head,
+        f"  step time   median {stats['median']:.1f} ms  (p10 {stats['p10']:.1f}, p90 "
+        f"{stats['p90']:.1f}, mean {stats['mean']:.1f}) over {len(result.step_ms)} steps",
+        f"  throughput  {result.imgs_per_s:.1f} imgs/s",
+        f"  peak memory {format_gib(result.peak_allocated_bytes)} allocated "
+        f"(source: {result.memory_source})",
+    ]
+    if result.breakdown:
+        parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 2**20:.1f} MiB"
+                          for k, v in result.breakdown.as_columns().items())
+        lines.append(f"  breakdown   {parts}")
+    if result.host_peak_rss_bytes:
+        lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
+    return "\n".join(lines)
+
+
+def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
+    """One line per finished cell, for logs and above the progress bar."""
+    head = f"[{index + 1}/{total}] {result.cell.cell_id} {result.status}"
+    if result.status not in MEASURED_STATUSES:
+        return f"{head} ({wall_s:.1f} s): {result.error}"
+    parts = []
+    median = result.summary_stats()["median"]
+    if median is not None:
+        parts.append(f"median {median:.1f} ms, {result.imgs_per_s:.0f} imgs/s")
+    if result.peak_allocated_bytes is not None:
+        parts.append(f"peak {format_gib(result.peak_allocated_bytes)}")
+    return f"{head} ({wall_s:.1f} s): {', '.join(parts)}"
+
+
+class CliProgress(SweepProgress):
+    """What both progress displays share: the device the sweep named, for the summary table."""
+
+    def __init__(self):
+        self.total = 0
+        self.device = self.device_name = ""
+
+    def device_ready(self, device, device_name):
+        self.device, self.device_name = device, device_name
+
+    def started_line(self, total, to_run, out_dir) -> str:
+        return (f"membench: {total} cell(s) on {self.device} ({self.device_name}), "
+                f"{total - to_run} already finished, {to_run} to run -> {out_dir}")
+
+    def stop(self) -> None:
+        """End the display early (Ctrl-C)."""
+
+
+class PlainProgress(CliProgress):
+    """One line per event on stdout: what CI logs and pipes get."""
+
+    def sweep_started(self, total, to_run, out_dir):
+        self.total = to_run
+        typer.echo(self.started_line(total, to_run, out_dir))
+
+    def cell_finished(self, index, result, wall_s):
+        typer.echo(cell_line(index, self.total, result, wall_s))
+        sys.stdout.flush()
+
+
+class RichProgress(CliProgress):
+    """A live bar on a terminal: cells done of total, the current cell, elapsed and time left."""
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.fields[current]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = None
+
+    def sweep_started(self, total, to_run, out_dir):
+        self.total = to_run
+        self.console.print(self.started_line(total, to_run, out_dir), markup=False, highlight=False)
+        self.progress.start()
+        self.task = self.progress.add_task("sweep", total=to_run, current="starting")
+
+    def cell_started(self, index, cell):
+        self.progress.update(self.task, current=cell.cell_id)
+
+    def cell_finished(self, index, result, wall_s):
+        self.progress.console.print(cell_line(index, self.total, result, wall_s), markup=False,
+                                    highlight=False)
+        self.progress.advance(self.task)
+
+    def sweep_finished(self, results):
+        self.progress.update(self.task, current="done")
+        self.progress.stop()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def progress_display(console: Console) -> CliProgress:
+    """The live bar on a terminal, plain lines otherwise."""
+    return RichProgress(console) if sys.stdout.isatty() else PlainProgress()
+
+
+def summary_table(results: list[CellResult], title: str) -> Table:
+    """The end-of-sweep table: one line per cell."""
+    table = Table(title=title)
+    for name in ("method", "arch", "res", "batch", "status"):
+        table.add_column(name)
+    for name in ("median ms", "imgs/s", "peak GiB"):
+        table.add_column(name, justify="right")
+    for result in results:
+        cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
+        peak = result.peak_allocated_bytes
+        table.add_row(
+            cell.method, cell.arch, str(cell.res), str(cell.batch), result.status,
+            "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
+            "-" if peak is None else f"{peak / 2**30:.3f}",
+        )
+    return table
+
+
+def default_out_dir(profiles: list[str]) -> Path:
+    """A stable folder per profile combination, so rerunning the same command resumes."""
+    if profiles:
+        return Path("results") / "+".join(Path(ref).stem for ref in profiles)
+    return Path("results") / "sweep"

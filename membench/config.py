@@ -1,0 +1,340 @@
+"""One sweep configuration: typed, validated once, the same from the CLI, a profile or Python.
+
+Settings merge in one order: defaults < profiles (in the order given) < explicit values (command
+-line flags or keyword arguments). ``build_config`` does the merge and checks every value in one
+place, ``SETTINGS`` below, each with its one-line message; the result is a frozen
+``SweepConfig`` whose ``cells`` are the validated grid, expanded::
+
+    from membench.config import build_config
+    config = build_config(["quick"], batch=[16, 32], steps=3)
+    config.cells  # [Cell(method='bp', arch='vgg-d4-w64', res=32, batch=16, ...), ...]
+
+A *grid axis* (arch, res, batch, method, micro_batch) is a list and may differ per ``[[grid]]``
+table of a profile: the sweep runs the union of the grids, each a cross product. Adding an axis
+means a ``Grid`` field, its entry in ``SETTINGS`` and a ``Cell`` field; nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archs import ArchError, conv_stack_spec, is_torchvision, validate_arch
+from .errors import InputError
+from .profiles import load_profile
+from .runners import RunnerConfigError, UnknownMethodError, get_runner
+from .schema import Cell, DeviceSpecError, format_size, parse_bytes, parse_device
+
+ISOLATION_CHOICES = ("process", "none")
+# A cell whose fp32 weights alone pass this is refused before anything is built: no device has
+# it, and building (or estimating) it would run for minutes before failing.
+MAX_PARAMETER_BYTES = 2**40
+
+
+class ConfigError(InputError):
+    """A setting that is not valid; the message is one line naming the setting and the choices."""
+
+
+# -- parsing one value ------------------------------------------------------------------------
+def _items(value) -> list:
+    """A list from a TOML array, a comma string ('a, b') or a single value."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, str):
+        items = value.split(",")
+    else:
+        items = [value]
+    return [item.strip() if isinstance(item, str) else item for item in items
+            if not (isinstance(item, str) and not item.strip())]
+
+
+def _whole(item, label: str, plural: bool) -> int:
+    if isinstance(item, str) and item.lstrip("-").isdigit():
+        item = int(item)
+    if isinstance(item, bool) or not isinstance(item, int):
+        what = "whole numbers (a comma list)" if plural else "a whole number"
+        raise ConfigError(f"{label} takes {what}, got {item!r}")
+    return item
+
+
+def names(value, label: str) -> tuple[str, ...]:
+    """A non-empty list of names."""
+    items = _items(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{label} takes names (a comma list), got {item!r}")
+    if not items:
+        raise ConfigError(f"{label} needs at least one value")
+    return tuple(items)
+
+
+def whole_numbers(minimum: int) -> Callable[[object, str], tuple[int, ...]]:
+    def parse(value, label: str) -> tuple[int, ...]:
+        items = [_whole(item, label, plural=True) for item in _items(value)]
+        if not items:
+            raise ConfigError(f"{label} needs at least one value")
+        for item in items:
+            if item < minimum:
+                raise ConfigError(f"{label} must be at least {minimum}, got {item}")
+        return tuple(items)
+    return parse
+
+
+def whole_number(minimum: int) -> Callable[[object, str], int]:
+    def parse(value, label: str) -> int:
+        number = _whole(value, label, plural=False)
+        if number < minimum:
+            raise ConfigError(f"{label} must be at least {minimum}, got {number}")
+        return number
+    return parse
+
+
+def seconds(value, label: str) -> float:
+    # TOML and the command line both accept inf and nan: neither is a usable timeout.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
+        raise ConfigError(f"{label} takes seconds (a finite number > 0), got {value!r}")
+    return float(value)
+
+
+def memory_size(value, label: str) -> int:
+    try:
+        return parse_bytes(value)
+    except ValueError as err:
+        raise ConfigError(f"{label}: {err}") from None
+
+
+def device(value, label: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{label} takes a device name, got {value!r}")
+    try:
+        kind, index = parse_device(value)
+    except DeviceSpecError as err:
+        raise ConfigError(str(err)) from None
+    return kind if index is None else f"{kind}:{index}"
+
+
+def choice(options: Sequence[str]) -> Callable[[object, str], str]:
+    def parse(value, label: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{label} must be one of {', '.join(options)}, got {value!r}")
+        return value
+    return parse
+
+
+def flag(value, label: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label} takes true or false, got {value!r}")
+    return value
+
+
+def optional(parse: Callable[[object, str], object]) -> Callable[[object, str], object]:
+    """``parse``, with None (not given) passing through."""
+    return lambda value, label: None if value is None else parse(value, label)
+
+
+# -- the settings -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its key (profile key; ``--key`` on the command line), how a raw value is
+    read and checked, its default, and whether it is a grid axis (a list per ``[[grid]]``)."""
+
+    key: str
+    parse: Callable[[object, str], object]
+    default: object
+    axis: bool = False
+    attr: str = ""  # the SweepConfig/Grid field, when it differs from the key
+
+    @property
+    def field_name(self) -> str:
+        return self.attr or self.key
+
+    @property
+    def option(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("arch", names, ("vgg8",), axis=True),
+    Setting("res", whole_numbers(1), (32,), axis=True),
+    Setting("batch", whole_numbers(1), (32,), axis=True),
+    Setting("method", names, ("bp",), axis=True),
+    Setting("micro_batch", optional(whole_numbers(1)), None, axis=True),
+    Setting("classes", whole_number(1), 10),
+    Setting("warmup", whole_number(0), 5),
+    Setting("steps", whole_number(1), 20),
+    Setting("seed", whole_number(0), 0),
+    Setting("device", device, "auto"),
+    Setting("device_mem", optional(memory_size), None, attr="device_mem_bytes"),
+    Setting("timeout", optional(seconds), None, attr="timeout_s"),
+    Setting("isolation", choice(ISOLATION_CHOICES), "process"),
+    Setting("estimate", flag, False),
+)
+SETTING_BY_KEY = {setting.key: setting for setting in SETTINGS}
+AXES = tuple(setting for setting in SETTINGS if setting.axis)
+PROFILE_KEYS = sorted([*SETTING_BY_KEY, "description", "grid"])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One cross product of grid axes."""
+
+    arch: tuple[str, ...]
+    res: tuple[int, ...]
+    batch: tuple[int, ...]
+    method: tuple[str, ...]
+    micro_batch: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs, typed and validated; ``cells`` is the expanded grid."""
+
+    grids: tuple[Grid, ...]
+    classes: int = 10
+    warmup: int = 5
+    steps: int = 20
+    seed: int = 0
+    device: str = "auto"
+    device_mem_bytes: int | None = None
+    timeout_s: float | None = None
+    isolation: str = "process"
+    estimate: bool = False
+    profiles: tuple[str, ...] = ()
+    cells: tuple[Cell, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None and self.isolation == "none":
+            raise ConfigError("--timeout needs --isolation process: a cell running in this "
+                              "process cannot be stopped")
+        cells: list[Cell] = []
+        for grid in self.grids:
+            for cell in expand_grid(grid.method, grid.arch, grid.res, grid.batch,
+                                    micro_batches=grid.micro_batch, classes=self.classes,
+                                    seed=self.seed, warmup=self.warmup, steps=self.steps,
+                                    device_mem_bytes=self.device_mem_bytes):
+                if cell not in cells:
+                    cells.append(cell)
+        object.__setattr__(self, "cells", tuple(cells))
+
+    @property
+    def estimate_kind(self) -> str:
+        """The device kind an estimate plans for: cpu only when asked for, else cuda."""
+        return "cpu" if self.device == "cpu" else "cuda"
+
+
+def _label(key: str, source: str | None) -> str:
+    return f"profile {source}: {key}" if source else SETTING_BY_KEY[key].option
+
+
+def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
+    """Defaults < ``profiles`` (names or .toml paths, later ones win key by key) < ``values``
+    (keyword arguments named like the profile keys; None means "not given"). Raises
+    ConfigError (or ProfileError) with one line on the first bad value."""
+    profiles = tuple(str(p) for p in profiles)
+    unknown = sorted(set(values) - set(SETTING_BY_KEY))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; valid: {', '.join(SETTING_BY_KEY)}")
+    # key -> (raw value, profile it came from or None for an explicit value / default)
+    raw: dict[str, tuple[object, str | None]] = {s.key: (s.default, None) for s in SETTINGS}
+    grid_tables: list[tuple[dict, str | None]] = [({}, None)]
+    for ref in profiles:
+        profile = load_profile(ref)
+        for key, value in profile.settings.items():
+            if key not in SETTING_BY_KEY:
+                raise ConfigError(f"profile {profile.name}: unknown key {key!r}; valid: "
+                                  f"{', '.join(PROFILE_KEYS)}")
+            raw[key] = (value, profile.name)
+        if profile.grids is not None:
+            for table in profile.grids:
+                extra = sorted(set(table) - {s.key for s in AXES})
+                if extra:
+                    raise ConfigError(f"profile {profile.name}: unknown key {extra[0]!r} in "
+                                      f"[[grid]]; valid: {', '.join(s.key for s in AXES)}")
+            grid_tables = [(table, profile.name) for table in profile.grids]
+    raw.update({key: (value, None) for key, value in values.items() if value is not None})
+
+    scalars = {s.field_name: s.parse(raw[s.key][0], _label(s.key, raw[s.key][1]))
+               for s in SETTINGS if not s.axis}
+    grids = []
+    for table, source in grid_tables:
+        axes = {}
+        for setting in AXES:
+            value, origin = raw[setting.key]
+            if setting.key in table and not (setting.key in values and values[setting.key] is not None):
+                value, origin = table[setting.key], source
+            axes[setting.field_name] = setting.parse(value, _label(setting.key, origin))
+        grids.append(Grid(**axes))
+    return SweepConfig(tuple(grids), profiles=profiles, **scalars)
+
+
+# -- expanding a grid ---------------------------------------------------------------------------
+def check_parameter_size(arch: str) -> None:
+    """ConfigError if a conv stack's fp32 weights alone would pass MAX_PARAMETER_BYTES."""
+    if is_torchvision(arch):
+        return
+    weight_bytes = conv_stack_spec(arch).conv_parameter_count() * 4
+    if weight_bytes > MAX_PARAMETER_BYTES:
+        raise ConfigError(f"{arch} would have {weight_bytes / 2**40:,.1f} TiB of fp32 conv weights "
+                          f"alone, more than {format_size(MAX_PARAMETER_BYTES)}: refused before "
+                          "building it")
+
+
+def expand_grid(
+    methods: Sequence[str],
+    archs: Sequence[str],
+    resolutions: Sequence[int],
+    batches: Sequence[int],
+    *,
+    micro_batches: Sequence[int] | None = None,
+    classes: int = 10,
+    seed: int = 0,
+    warmup: int = 5,
+    steps: int = 20,
+    device_mem_bytes: int | None = None,
+) -> list[Cell]:
+    """Validate one cross product and expand it into cells (arch x res x batch x method
+    [x micro-batch]): every method known, every arch buildable at every resolution, every
+    runner able to run its cell. ConfigError on the first problem, before anything runs."""
+    for option, values in (("--method", methods), ("--arch", archs), ("--res", resolutions),
+                           ("--batch", batches)):
+        if not values:
+            raise ConfigError(f"{option} needs at least one value")
+    runners = {}
+    for method in methods:
+        try:
+            runners[method] = get_runner(method)
+        except UnknownMethodError as err:
+            raise ConfigError(str(err)) from None
+    for arch, res in itertools.product(archs, resolutions):
+        try:
+            validate_arch(arch, res)
+            check_parameter_size(arch)
+        except ArchError as err:
+            raise ConfigError(str(err)) from None
+
+    cells = []
+    for arch, res, batch, method in itertools.product(archs, resolutions, batches, methods):
+        runner = runners[method]
+        splits = (micro_batches or [None]) if runner.uses_micro_batch else [None]
+        for micro_batch in splits:
+            try:
+                runner.check_cell(arch, res, batch, micro_batch)
+            except RunnerConfigError as err:
+                raise ConfigError(str(err)) from None
+            if runner.uses_micro_batch and micro_batch is None:
+                micro_batch = runner.default_micro_batch(batch)
+            cells.append(Cell(method, arch, res, batch, micro_batch, classes, seed, warmup, steps,
+                              device_mem_bytes))
+    return cells
+
+
+__all__ = ["ConfigError", "Grid", "SETTINGS", "SweepConfig", "build_config", "expand_grid"]

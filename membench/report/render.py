@@ -1,0 +1,170 @@
+"""report.md: its text from loaded cells and figures, and writing a report folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .. import __version__
+from ..gating import gpu_slug
+from ..schema import ESTIMATED, OK, format_size
+from .figures import ReportFigure, make_figures
+from .layout import device_groups, panel_title, panels
+from .load import LoadedCells, load_cells
+from .paper import PAPER_SOURCE, paper_tables
+from .tables import failures_table, panel_table
+
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"
+FIGURE_ALT = {"frontier": "memory-throughput frontier",
+              "batch": "memory and throughput against batch", "breakdown": "memory breakdown"}
+READING_NOTE = (
+    "Each device has its own section; rows from different devices are never combined. Memory is "
+    "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
+    "`cuda_allocator` on CUDA, `estimate` for predictions); 1 GiB = 2^30 bytes. Ratios are to "
+    "`bp` at the same arch, resolution, batch and device. How to read the figures: "
+    "`docs/report.md`."
+)
+
+
+def default_report_dir(inputs: Sequence[Path], now: dt.datetime | None = None) -> Path:
+    """``reports/<name>``: the input folders' names joined by '+', or a timestamp when the
+    inputs have no useful name (e.g. '.')."""
+    names = []
+    for path in map(Path, inputs):
+        if path.name == "cells.csv":
+            path = path.parent
+        raw = path.resolve().name if path.name not in ("", ".", "..") else ""
+        name = gpu_slug(raw) if re.search(r"[a-z0-9]", raw.lower()) else ""
+        if name and name not in names:
+            names.append(name)
+    name = "+".join(names)
+    if len(name) > 60:
+        name = f"{names[0]}+{len(names) - 1}-more"
+    if not name:
+        name = f"report-{(now or dt.datetime.now()):%Y%m%d-%H%M%S}"
+    return Path("reports") / name
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the current directory where it lies below it, else as given."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def summary_counts(rows: pd.DataFrame) -> str:
+    """'4 ok, 1 estimated, 1 OOM': the rows' kinds, those present only."""
+    counts = rows["kind"].value_counts()
+    parts = [f"{counts.get(k, 0)} {name}" for k, name in
+             (("ok", "ok"), ("estimated", "estimated"), ("oom", "OOM"), ("failed", "error/timeout"))
+             if counts.get(k, 0)]
+    return ", ".join(parts)
+
+
+def _any_plotted(cells: pd.DataFrame) -> bool:
+    return bool(cells["kind"].isin(["ok", "estimated"]).any())
+
+
+def _preamble(loaded: LoadedCells, budgets_bytes: Sequence[int], now: dt.datetime) -> list[str]:
+    """The title, where the rows came from, what was shown and left out, how to read it."""
+    cells = loaded.cells
+    lines = ["# membench report", ""]
+    lines.append(f"Generated {now:%Y-%m-%d %H:%M %Z} by membench "
+                 f"{__version__} from {len(loaded.sources)} results file(s):")
+    lines += [f"- `{display_path(path)}` ({n} row(s))" for path, n in loaded.sources]
+    lines.append("")
+    lines.append(f"{len(cells)} cell(s) shown: {summary_counts(cells)}.")
+    if loaded.superseded:
+        lines.append(f"Where a cell was run more than once on the same device, only its latest run "
+                     f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out.")
+    else:
+        lines.append("No cell was run more than once on the same device; had one been, only its "
+                     "latest run (by `started_at`) would be shown.")
+    lines += loaded.notes
+    if budgets_bytes:
+        lines.append("Budgets asked for with `--budget`: "
+                     + ", ".join(format_size(b) for b in budgets_bytes) + ".")
+    if not _any_plotted(cells):
+        lines += ["", "**No cell succeeded**: every row is an OOM, an error or a timeout, so there "
+                  "is nothing to plot. The failures are listed below."]
+    return lines + ["", READING_NOTE, ""]
+
+
+def _panel_section(title: str, label: str, panel: pd.DataFrame,
+                   figures: list[ReportFigure]) -> list[str]:
+    lines = [f"### {title}", ""]
+    if not figures:
+        lines += ["No cell of this configuration has a peak to plot.", ""]
+    for figure in figures:
+        lines += [f"![{FIGURE_ALT[figure.kind]}, {title}, {label}]({FIGURES_DIR}/{figure.filename})", ""]
+    return lines + [panel_table(panel), ""]
+
+
+def _device_section(label: str, rows: pd.DataFrame,
+                    by_panel: dict[tuple[str, str], list[ReportFigure]]) -> list[str]:
+    """One device: its panels (figures and table), its failed cells, the paper beside it."""
+    lines = [f"## {label}", "", f"{len(rows)} cell(s): {summary_counts(rows)}.", ""]
+    for key, panel in panels(rows):
+        title = panel_title(*key)
+        lines += _panel_section(title, label, panel, by_panel.get((label, title), []))
+    if (~rows["status"].isin([OK, ESTIMATED])).any():
+        lines += [f"### Cells without a measurement on {label}", "", failures_table(rows), ""]
+    tables = paper_tables(rows)
+    if tables:
+        lines += [f"### Beside the paper on {label}", "",
+                  f"Source: {PAPER_SOURCE}. The hardware differs, so compare the ratios to "
+                  "bp, not the absolute figures.", ""]
+        for heading, table in tables:
+            lines += [f"**{heading}**", "", table, ""]
+    return lines
+
+
+def render_report(loaded: LoadedCells, figures: list[ReportFigure],
+                  budgets_bytes: Sequence[int] = (), now: dt.datetime | None = None) -> str:
+    """report.md's text for loaded cells and their figures (saved under figures/). ``now`` is
+    the time it says it was generated (default: now, in the local time zone)."""
+    now = now if now is not None else dt.datetime.now().astimezone()
+    lines = _preamble(loaded, budgets_bytes, now)
+    by_panel: dict[tuple[str, str], list[ReportFigure]] = {}
+    for figure in figures:
+        by_panel.setdefault((figure.device, figure.panel), []).append(figure)
+    for label, _, rows in device_groups(loaded.cells):
+        lines += _device_section(label, rows, by_panel)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def save_figures(figures: list[ReportFigure], figures_dir: Path) -> None:
+    """Save the figures as PNGs, replacing every PNG of an earlier report there."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for stale in figures_dir.glob("*.png"):
+        stale.unlink()
+    for figure in figures:
+        figure.figure.savefig(figures_dir / figure.filename)
+
+
+def build_report(inputs: Sequence[Path], out_dir: Path, budgets_bytes: Sequence[int] = (),
+                 on_warning: Callable[[str], None] | None = None,
+                 now: dt.datetime | None = None) -> Path:
+    """Write ``report.md`` and ``figures/*.png`` for every cells.csv at or under ``inputs``.
+
+    ``budgets_bytes`` adds memory-budget lines to the figures. Figures of an earlier report in
+    the same folder are replaced. ``now`` is the generation time written in the report (default
+    now). Returns report.md's path. Raises ResultsError when there is nothing to report; a
+    report whose every row failed is written and says so (and ``on_warning`` is told).
+    """
+    loaded = load_cells(inputs)
+    budgets = sorted({int(b) for b in budgets_bytes})
+    figures = make_figures(loaded.cells, budgets)
+    out_dir = Path(out_dir)
+    save_figures(figures, out_dir / FIGURES_DIR)
+    report = out_dir / REPORT_FILE
+    report.write_text(render_report(loaded, figures, budgets, now=now), encoding="utf-8")
+    if on_warning and not _any_plotted(loaded.cells):
+        on_warning("no cell succeeded (all OOM, error or timeout); the report lists the failures")
+    return report

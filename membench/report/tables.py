@@ -1,0 +1,162 @@
+"""The report's tables, as columns over rows: one per panel, and the failed cells of a device.
+
+Each table is a list of ``Column`` over row objects (``markdown.Table``); the optional columns
+(micro-batch, budget, estimated peak) appear only when some row of the panel has them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..schema import ESTIMATED, GIB, OK
+from .layout import batch_label
+from .markdown import Column, Table, optional
+from .style import method_sort_key
+
+ERROR_WIDTH = 140  # characters of an error shown in the failures table
+
+
+def fmt(value, spec: str, empty: str = "") -> str:
+    """``format(value, spec)``, or ``empty`` for a missing value."""
+    return empty if value is None or pd.isna(value) else format(value, spec)
+
+
+def ratio(value, reference, suffix: str = "") -> str:
+    """'0.722×' (value / reference), or '' when either is missing or the reference is 0."""
+    if value is None or reference is None or pd.isna(value) or pd.isna(reference) or not reference:
+        return ""
+    return f"{value / reference:.3f}\u00d7{suffix}"
+
+
+def latest(rows: pd.DataFrame):
+    """The latest row of a selection (by started_at, then reading order), or None."""
+    if rows.empty:
+        return None
+    return rows.sort_values("started", na_position="first", kind="stable").iloc[-1]
+
+
+# -- one panel ------------------------------------------------------------------------------------
+@dataclass
+class PanelLine:
+    """One configuration of a panel: its latest measurement and estimate, and ratios to bp."""
+
+    method: str
+    batch: int
+    measured: pd.Series | None
+    estimate: pd.Series | None
+    memory_ratio: str = ""
+    throughput_ratio: str = ""
+
+    @property
+    def main(self) -> pd.Series:
+        """The row the shared columns come from: the measurement, else the estimate."""
+        return self.measured if self.measured is not None else self.estimate
+
+    @property
+    def status(self) -> str:
+        if self.measured is not None:
+            return self.measured["status"]
+        status = self.estimate["status"]
+        return ESTIMATED if status == ESTIMATED else f"{status} (estimated)"
+
+    @property
+    def measured_peak(self) -> str:
+        return "" if self.measured is None else fmt(self.measured["peak_gib"], ".3f")
+
+    @property
+    def estimated_peak(self) -> str:
+        if self.estimate is None:
+            return ""
+        return fmt(self.estimate["peak_gib"], ".3f") + (" (> budget)" if self.estimate["over_budget"]
+                                                         else "")
+
+
+def _with_ratios(line: PanelLine, bp_measured, bp_estimated) -> PanelLine:
+    """Ratios to bp at the same batch: measured against measured, else estimate against
+    estimate (marked '(est.)')."""
+    measured, estimate = line.measured, line.estimate
+    if measured is not None and measured["kind"] == "ok" and bp_measured is not None:
+        line.memory_ratio = ratio(measured["peak_allocated_bytes"],
+                                  bp_measured["peak_allocated_bytes"])
+        line.throughput_ratio = ratio(measured["imgs_per_s"], bp_measured["imgs_per_s"])
+    if not line.memory_ratio and estimate is not None and bp_estimated is not None:
+        line.memory_ratio = ratio(estimate["peak_allocated_bytes"],
+                                  bp_estimated["peak_allocated_bytes"], " (est.)")
+    return line
+
+
+def panel_lines(panel: pd.DataFrame) -> list[PanelLine]:
+    """One line per (batch, method, micro-batch, budget), by batch then method order."""
+    keyed = panel.assign(_mb=panel["micro_batch"].fillna(-1), _bud=panel["device_mem_bytes"].fillna(-1))
+    bp = keyed[keyed["method"] == "bp"]
+    batches = keyed["batch"].unique()
+    bp_measured = {b: latest(bp[(bp["kind"] == "ok") & (bp["batch"] == b)]) for b in batches}
+    bp_estimated = {b: latest(bp[bp["is_estimate"] & (bp["batch"] == b)]) for b in batches}
+    configs = keyed.groupby(["batch", "method", "_mb", "_bud"], sort=False)
+    order = sorted(configs.groups, key=lambda k: (k[0], method_sort_key(k[1]), k[2], k[3]))
+    lines = []
+    for key in order:
+        rows = configs.get_group(key)
+        line = PanelLine(key[1], key[0], latest(rows[~rows["is_estimate"]]),
+                         latest(rows[rows["is_estimate"]]))
+        lines.append(_with_ratios(line, bp_measured.get(key[0]), bp_estimated.get(key[0])))
+    return lines
+
+
+def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool) -> list[Column]:
+    """The panel table's columns; micro-batch, budget and estimated peak only when present."""
+    return [
+        Column("method", lambda line: line.method),
+        Column("batch", lambda line: line.batch, "r"),
+        *optional(micro_batch, Column("micro-batch", lambda line: fmt(line.main["micro_batch"], ".0f"),
+                                      "r")),
+        *optional(budget, Column("budget (GiB)",
+                                 lambda line: fmt(line.main["device_mem_bytes"] / GIB, ".3f"), "r")),
+        Column("status", lambda line: line.status),
+        Column("peak (GiB)", lambda line: line.measured_peak, "r"),
+        *optional(estimate, Column("estimated peak (GiB)", lambda line: line.estimated_peak, "r")),
+        Column("imgs/s", lambda line: fmt(line.main["imgs_per_s"], ",.1f"), "r"),
+        Column("step ms (median)", lambda line: fmt(line.main["step_ms_median"], ",.1f"), "r"),
+        Column("memory \u00f7 bp", lambda line: line.memory_ratio, "r"),
+        Column("imgs/s \u00f7 bp", lambda line: line.throughput_ratio, "r"),
+        Column("memory from", lambda line: line.main["memory_source"]),
+    ]
+
+
+def panel_table(panel: pd.DataFrame) -> str:
+    """One row per configuration: measured and estimated peaks side by side, throughput and
+    ratios to bp at the same batch (measured against measured, estimate against estimate)."""
+    columns = panel_columns(micro_batch=panel["micro_batch"].notna().any(),
+                            budget=panel["device_mem_bytes"].notna().any(),
+                            estimate=panel["is_estimate"].any())
+    return Table(columns, panel_lines(panel)).markdown()
+
+
+# -- failed cells ---------------------------------------------------------------------------------
+def _shorten(text: str, width: int = ERROR_WIDTH) -> str:
+    return text[:width] + "\u2026" if len(text) > width else text
+
+
+FAILURE_COLUMNS = [
+    Column("arch", lambda row: row["arch"]),
+    Column("res", lambda row: row["res"], "r"),
+    Column("method", lambda row: row["method"]),
+    Column("batch", batch_label),
+    Column("status", lambda row: row["status"] or "(empty)"),
+    Column("budget (GiB)", lambda row: fmt(row["device_mem_bytes"] / GIB, ".3f"), "r"),
+    Column("error", lambda row: _shorten(row["error"])),
+]
+
+
+def failed_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows without a measurement (neither ok nor estimated), by arch, res, batch, method."""
+    failed = rows[~rows["status"].isin([OK, ESTIMATED])]
+    return failed.assign(_m=failed["method"].map(method_sort_key)).sort_values(
+        ["arch", "res", "batch", "_m"])
+
+
+def failures_table(rows: pd.DataFrame) -> str:
+    """The cells that did not produce a measurement, with their one-line error."""
+    return Table(FAILURE_COLUMNS, [row for _, row in failed_rows(rows).iterrows()]).markdown()

@@ -1,0 +1,303 @@
+"""Where a cell runs: in this process, or in an isolated worker process that can die instead.
+
+A *target* is what runs a cell: a device (``cpu``, ``cuda:0``) measured under the protocol, or a
+kind of device predicted by ``membench.estimate``. ``open_target`` gives the function that runs
+one cell there; the sweep calls it in-process (``isolation="none"``) or through an
+``IsolatedWorker``.
+
+Workers come from a multiprocessing *forkserver* that has imported torch and membench once, so a
+fresh worker costs a fork, not an interpreter start. A worker holds no results file: it sends
+each result over its pipe, as typed messages (``Hello``, then one ``CellDone`` per ``RunCell``),
+and exits as soon as the sweep process goes away (it watches its parent's sentinel), so a worker
+left behind by a killed sweep can never write anything. A crash, ``os._exit``, a segfault or a
+hang past the timeout becomes a row (``error``, ``timeout``) and the worker is replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from .errors import error_text
+from .schema import ERROR, ESTIMATE_DEVICE_NAME, TIMEOUT, Cell, CellResult, estimate_device
+
+# Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
+# has not said hello by then is broken, not slow.
+WORKER_START_TIMEOUT_S = 300.0
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process that could not start; the message is one line."""
+
+
+# -- messages ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind."""
+
+    device_spec: str
+    estimate_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Sent once to a new worker: what to run on, and the sweep's environment and threads."""
+
+    target: Target
+    threads: int
+    methods: tuple[str, ...]
+    environ: dict[str, str] = field(default_factory=dict)
+    collect_env: bool = False
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A worker's first message: it is ready, on this device (as the worker names it)."""
+
+    device: str
+    device_name: str
+    env: dict | None
+
+
+@dataclass(frozen=True)
+class RunCell:
+    cell: Cell
+
+
+@dataclass(frozen=True)
+class CellDone:
+    result: CellResult
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- running a cell here ------------------------------------------------------------------------
+def open_target(target: Target) -> tuple[str, str, Callable[[Cell], CellResult]]:
+    """``(device, device_name, run)`` for a target, in this process; ``run(cell)`` always returns
+    a result (a failure is a row). Opens the device (DeviceError if it does not exist here)."""
+    if target.estimate_kind is not None:
+        from .estimate import estimate_cell
+
+        device = estimate_device(target.estimate_kind)
+
+        def estimate(cell: Cell) -> CellResult:
+            try:
+                return estimate_cell(cell, target.estimate_kind)
+            except Exception as err:  # one cell the estimator cannot handle must not end the sweep
+                return failed_result(cell, device, ESTIMATE_DEVICE_NAME, ERROR, error_text(err), now())
+
+        return device, ESTIMATE_DEVICE_NAME, estimate
+
+    from .devices import resolve_device
+    from .protocol import run_cell
+
+    device = resolve_device(target.device_spec)
+
+    def measure(cell: Cell) -> CellResult:
+        if cell.device_mem_bytes is None:
+            # A budget set by an earlier cell in this process must not constrain this one.
+            total = device.total_memory_bytes()
+            if total:
+                device.set_memory_budget(total)
+        try:
+            return run_cell(cell, device)
+        finally:
+            gc.collect()  # free what the cell left so the next one starts from the same place
+            device.release_cached_memory()
+
+    return str(device), device.name(), measure
+
+
+def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
+                  started_at: str) -> CellResult:
+    """The row of a cell that produced nothing (its worker died, hung or could not run it)."""
+    from .protocol import provenance
+
+    return CellResult(cell, device, device_name, status=status, error=error,
+                      started_at=started_at, **provenance())
+
+
+# -- the worker process ---------------------------------------------------------------------------
+def _watch_parent() -> None:
+    """Exit this worker as soon as the sweep process is gone, even in the middle of a cell."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(3)
+
+    threading.Thread(target=watch, name="membench-parent-watch", daemon=True).start()
+
+
+def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
+    """A worker: say hello, then run each cell received and send its result back."""
+    # Ctrl-C reaches the whole process group; the sweep process decides what happens to cells.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+    # A forkserver child inherits the server's environment, not the sweep's current one.
+    os.environ.clear()
+    os.environ.update(setup.environ)
+    import importlib
+
+    import torch
+
+    from . import runners
+    from .envinfo import collect_env
+
+    importlib.invalidate_caches()
+    runners.refresh_registry()
+    torch.set_num_threads(setup.threads)
+    device, device_name, run = open_target(setup.target)
+    for method in setup.methods:
+        try:
+            runners.get_runner(method)  # import runner modules now, outside any cell's timeout
+        except Exception:  # the cell itself will report it
+            pass
+    conn.send(Hello(device, device_name, collect_env() if setup.collect_env else None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        result = run(message.cell)
+        try:
+            conn.send(CellDone(result))
+        except (BrokenPipeError, OSError):
+            return
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context workers come from: a forkserver with torch preloaded.
+
+    Forking from a server that imported torch but never touched CUDA makes a fresh worker cost
+    milliseconds instead of an interpreter start, and stays CUDA-safe (plain fork from the sweep
+    process would not be). Falls back to spawn where forkserver does not exist.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        from . import runners
+
+        context = multiprocessing.get_context("forkserver")
+        # Built-in runners only: a third-party plugin that touched CUDA at import would poison
+        # every worker forked from the server; plugins are imported in each worker instead.
+        # torch._dynamo (with sympy) is imported lazily by the first optimizer step: seconds that
+        # every fresh worker would otherwise pay inside its first cell.
+        context.set_forkserver_preload(["membench.worker", "membench.protocol", "torch._dynamo",
+                                        *runners.builtin_runner_modules()])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Hide ``__main__`` while a worker starts, so the worker does not re-import it.
+
+    multiprocessing re-runs the parent's main script in every child; the worker needs nothing
+    from it, and re-running it costs time and breaks scripts without an ``if __name__`` guard.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+class IsolatedWorker:
+    """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
+
+    def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False):
+        import torch
+
+        context = worker_context()
+        self.conn, child_conn = context.Pipe(duplex=True)
+        setup = WorkerSetup(target, torch.get_num_threads(), tuple(methods), dict(os.environ),
+                            collect_env_info)
+        self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
+                                       name="membench-worker", daemon=True)
+        with _without_main_module():
+            self.process.start()
+        # Only the worker may hold its end: then a dead worker reads as EOF on ours.
+        child_conn.close()
+        self.device = self.device_name = ""
+        self.env: dict | None = None
+        self.budget: int | None = None
+        self.cells_run = 0
+
+    def wait_ready(self) -> None:
+        """Block until the worker has said hello; WorkerStartError if it cannot start."""
+        hello = None
+        if wait([self.conn, self.process.sentinel], WORKER_START_TIMEOUT_S) and self.conn.poll():
+            try:
+                hello = self.conn.recv()
+            except (EOFError, OSError):
+                pass
+        if not isinstance(hello, Hello):
+            self.close()
+            raise WorkerStartError(f"worker process did not start ({self._exit_text()})")
+        self.device, self.device_name, self.env = hello.device, hello.device_name, hello.env
+
+    def run(self, cell: Cell, timeout_s: float | None) -> CellResult:
+        """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""
+        started_at = now()
+        self.budget = cell.device_mem_bytes
+        self.cells_run += 1
+        try:
+            self.conn.send(RunCell(cell))
+        except (BrokenPipeError, OSError):
+            return self._failed(cell, started_at, ERROR, self._died_text())
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([self.conn, self.process.sentinel], left)
+            if self.conn.poll():  # a result, or EOF from a worker that died
+                try:
+                    return self.conn.recv().result
+                except (EOFError, OSError):
+                    return self._failed(cell, started_at, ERROR, self._died_text())
+            if ready:  # the process ended without sending a result
+                return self._failed(cell, started_at, ERROR, self._died_text())
+            if deadline is not None and time.monotonic() >= deadline:
+                self.close()
+                return self._failed(cell, started_at, TIMEOUT,
+                                    f"no result within {timeout_s:g} s (--timeout); worker killed")
+
+    def _failed(self, cell: Cell, started_at: str, status: str, error: str) -> CellResult:
+        return failed_result(cell, self.device, self.device_name, status, error, started_at)
+
+    def _exit_text(self) -> str:
+        self.process.join(5)
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _died_text(self) -> str:
+        return f"WorkerDied: worker process ended during the cell ({self._exit_text()})"
+
+    def close(self) -> None:
+        """Stop the worker (at once: it may be hung) and release its pipe."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self.conn.close()

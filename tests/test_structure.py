@@ -1,0 +1,69 @@
+"""The package's shape stays readable: module and function sizes, no import cycle, and a
+repository that stands alone (no pointer to a spec outside it). Each check is shown failing on
+a small package made to break it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("code_metrics", REPO / "scripts" / "code_metrics.py")
+metrics = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(metrics)
+
+MAX_MODULE_LINES = 450
+MAX_LONG_FUNCTIONS = 3  # functions over LONG_FUNCTION_LINES
+LONG_FUNCTION_LINES = 60
+# "SPEC" as a document name: the product spec lives outside the repository.
+OUTSIDE_SPEC = re.compile("SPEC" + r"(\.md| section)")
+
+
+def problems(root: Path) -> list[str]:
+    found = [f"{name}: {lines} lines" for name, lines in metrics.line_counts(root).items()
+             if lines > MAX_MODULE_LINES]
+    long = [name for lines, name in metrics.function_lengths(root) if lines > LONG_FUNCTION_LINES]
+    if len(long) > MAX_LONG_FUNCTIONS:
+        found.append(f"{len(long)} functions over {LONG_FUNCTION_LINES} lines: {', '.join(long)}")
+    found += [" -> ".join(cycle) for cycle in metrics.import_cycles(root)]
+    return found
+
+
+def test_membench_has_no_long_module_few_long_functions_and_no_import_cycle():
+    assert problems(metrics.PACKAGE) == []
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(("files", "needle"), [
+    ({"__init__.py": "", "big.py": "x = 1\n" * 451}, "big: 451 lines"),
+    ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "def f():\n    from . import a\n"},
+     "a -> pkg.b -> pkg.a"),
+    ({"__init__.py": "", "f.py": "".join(f"def f{i}():\n" + "    pass\n" * 61 for i in range(4))},
+     "4 functions over 60 lines"),
+])
+def test_each_structure_check_fails_on_a_package_made_to_break_it(tmp_path, files, needle):
+    root = _write(tmp_path / "pkg", files)
+    assert any(needle in problem for problem in problems(root)), problems(root)
+
+
+def repository_text_files() -> list[Path]:
+    roots = ["membench", "tests", "benchmarks", "scripts", "docs", "examples", "profiles", "reports"]
+    files = [path for root in roots for path in (REPO / root).rglob("*")
+             if path.is_file() and path.suffix in (".py", ".md", ".toml", ".sh")]
+    return files + [REPO / "README.md", REPO / "pyproject.toml"]
+
+
+def test_no_file_points_to_a_spec_outside_the_repository():
+    offenders = [str(path.relative_to(REPO)) for path in repository_text_files()
+                 if OUTSIDE_SPEC.search(path.read_text(encoding="utf-8", errors="replace"))]
+    assert offenders == []
+    assert OUTSIDE_SPEC.search("see " + "SPEC" + " section 8")  # the pattern can match
