@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import torch
 
@@ -80,34 +81,55 @@ def tracked_peak(
     return tracker
 
 
+@dataclass
+class PreparedCell:
+    """A cell ready to time: its runner and batch on the device, warmup done."""
+
+    cell: Cell
+    device: Device
+    runner: Runner
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def step(self) -> None:
+        """One training step of the cell (no synchronisation: the device times it)."""
+        self.runner.step(self.images, self.labels)
+
+    def tracked_memory(self, steps: int = DEFAULT_TRACKER_STEPS) -> TensorMemoryTracker:
+        """The tracker pass (the CPU's peak memory), kept apart from any timed step. With a
+        budget the tracker refuses to pass it (MemoryBudgetExceeded, an OOM)."""
+        return tracked_peak(self.runner, self.images, self.labels,
+                            max(1, min(steps, self.cell.steps)),
+                            TensorMemoryTracker(budget_bytes=self.cell.device_mem_bytes))
+
+
+def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
+    """Steps 1 and 2 of the protocol: the budget, the runner and batch on the device, warmup."""
+    if cell.device_mem_bytes is not None:
+        device.set_memory_budget(cell.device_mem_bytes)
+    runner = build_runner(cell, device.torch_device)
+    images, labels = make_batch(cell, device.torch_device)
+    prepared = PreparedCell(cell, device, runner, images, labels)
+    for _ in range(cell.warmup):
+        prepared.step()
+    device.synchronize()
+    return prepared
+
+
 def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_STEPS) -> CellResult:
     """Measure one cell under the protocol. OOM and runner errors become the result's status."""
     result = new_result(cell, str(device), device.name())
     try:
-        if cell.device_mem_bytes is not None:
-            device.set_memory_budget(cell.device_mem_bytes)
-        runner = build_runner(cell, device.torch_device)
-        images, labels = make_batch(cell, device.torch_device)
-
-        def one_step() -> None:
-            runner.step(images, labels)
-
-        for _ in range(cell.warmup):
-            one_step()
-        device.synchronize()
-
+        prepared = prepare_cell(cell, device)
         reset_host_peak_rss()
         if device.needs_tracker_pass:
-            tracker = tracked_peak(
-                runner, images, labels, max(1, min(tracker_steps, cell.steps)),
-                TensorMemoryTracker(budget_bytes=cell.device_mem_bytes),
-            )
+            tracker = prepared.tracked_memory(tracker_steps)
             result.peak_allocated_bytes = tracker.peak_bytes
             result.breakdown = tracker.peak_breakdown()
             result.memory_source = "tracker"
         device.reset_peak_memory()
 
-        result.step_ms = device.time_steps(one_step, cell.steps)
+        result.step_ms = device.time_steps(prepared.step, cell.steps)
 
         allocator = device.read_peak_memory()
         if allocator is not None:
