@@ -92,17 +92,19 @@ def whole_number(minimum: int) -> Callable[[object, str], int]:
     return parse
 
 
-def seconds(value, label: str) -> float:
-    # TOML and the command line both accept inf and nan: neither is a usable timeout.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value <= 0):
-        raise ConfigError(f"{label} takes seconds (a finite number > 0), got {value!r}")
-    return float(value)
+def finite_positive(what: str) -> Callable[[object, str], float]:
+    """A number > 0 (TOML and the command line both accept inf and nan: never usable here)."""
+    def parse(value, label: str) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            raise ConfigError(f"{label} takes {what}, got {value!r}")
+        return float(value)
+    return parse
 
 
 def memory_size(value, label: str) -> int:
@@ -128,6 +130,12 @@ def choice(options: Sequence[str]) -> Callable[[object, str], str]:
             raise ConfigError(f"{label} must be one of {', '.join(options)}, got {value!r}")
         return value
     return parse
+
+
+def text(value, label: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{label} takes a name, got {value!r}")
+    return value.strip()
 
 
 def flag(value, label: str) -> bool:
@@ -174,9 +182,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", whole_number(0), 0),
     Setting("device", device, "auto"),
     Setting("device_mem", optional(memory_size), None, attr="device_mem_bytes"),
-    Setting("timeout", optional(seconds), None, attr="timeout_s"),
+    Setting("timeout", optional(finite_positive("seconds (a finite number > 0)")), None,
+            attr="timeout_s"),
     Setting("isolation", choice(ISOLATION_CHOICES), "process"),
     Setting("estimate", flag, False),
+    Setting("peak_tflops", optional(finite_positive("TFLOP/s (a finite number > 0)")), None),
+    # The GPU a device profile stands for (e.g. laptop-8gb): names the peak that bounds the
+    # throughput of estimates in `membench report --gpu PROFILE` and `membench fit --gpu`.
+    Setting("gpu", optional(text), None),
 )
 SETTING_BY_KEY = {setting.key: setting for setting in SETTINGS}
 AXES = tuple(setting for setting in SETTINGS if setting.axis)
@@ -208,6 +221,8 @@ class SweepConfig:
     timeout_s: float | None = None
     isolation: str = "process"
     estimate: bool = False
+    peak_tflops: float | None = None
+    gpu: str | None = None
     profiles: tuple[str, ...] = ()
     cells: tuple[Cell, ...] = field(default=(), compare=False)
 

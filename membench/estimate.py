@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from .archs import ArchError, validate_arch
 from .config import ConfigError, check_parameter_size
@@ -60,7 +61,7 @@ DEVICE_KINDS = ("cuda", "cpu")
 FAKE_WARMUP_STEPS = 1
 
 
-def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
+def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = True) -> CellResult:
     """Predict ``cell``'s peak allocated memory without allocating it.
 
     Runs the protocol's path (build the runner, make the batch, one warmup step, the tracked
@@ -73,10 +74,11 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
         raise ValueError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
     result = new_result(cell, estimate_device(device_kind), ESTIMATE_DEVICE_NAME,
                         status=ESTIMATED, memory_source=ESTIMATE_SOURCE)
+    counter = FlopCounterMode(display=False) if count_flops else None
     try:
         tracker = _fake_tracked_run(
             cell, cuda_kernels=device_kind == "cuda",
-            rounding=cuda_allocated_size if device_kind == "cuda" else None,
+            rounding=cuda_allocated_size if device_kind == "cuda" else None, flop_counter=counter,
         )
     except Exception as err:  # a runner that cannot run on fake tensors becomes a row
         result.status = ERROR
@@ -84,6 +86,8 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
         return result
     result.peak_allocated_bytes = tracker.peak_bytes
     result.breakdown = tracker.peak_breakdown()
+    if counter is not None and min(cell.warmup, FAKE_WARMUP_STEPS):
+        result.flops_per_step = int(counter.get_total_flops())
     budget = cell.device_mem_bytes
     if budget is not None and tracker.peak_bytes > budget:
         result.status = OOM
@@ -94,9 +98,11 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda") -> CellResult:
 
 
 def _fake_tracked_run(
-    cell: Cell, cuda_kernels: bool, rounding: Callable[[int], int] | None
+    cell: Cell, cuda_kernels: bool, rounding: Callable[[int], int] | None,
+    flop_counter: FlopCounterMode | None = None,
 ) -> TensorMemoryTracker:
-    """The protocol's path on fake CPU tensors; ``cuda_kernels`` models CUDA's dispatch paths."""
+    """The protocol's path on fake CPU tensors; ``cuda_kernels`` models CUDA's dispatch paths;
+    ``flop_counter`` counts the warmup step, as ``protocol.prepare_cell`` does."""
     warmup = min(cell.warmup, FAKE_WARMUP_STEPS)
     tracked_steps = max(1, min(DEFAULT_TRACKER_STEPS, cell.steps))  # as protocol.run_cell
     # The tracker counts without a budget so the row carries the whole estimate, not the point
@@ -111,8 +117,10 @@ def _fake_tracked_run(
         if cuda_kernels:
             _use_foreach_optimizers(runner)
         images, labels = make_batch(cell, torch.device("cpu"))
-        for _ in range(warmup):
-            runner.step(images, labels)
+        for index in range(warmup):
+            counting = flop_counter is not None and index == warmup - 1
+            with flop_counter if counting else contextlib.nullcontext():
+                runner.step(images, labels)
         tracked_peak(runner, images, labels, tracked_steps, tracker)
     return tracker
 
@@ -222,6 +230,14 @@ def fit_batch(
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
         capped=hi is None, estimates=len(search.peaks),
     )
+
+
+def fit_cell(fit: FitResult) -> Cell:
+    """The cell of a fit's largest batch (ValueError when nothing fits)."""
+    if fit.batch is None:
+        raise ValueError(f"{fit.method}: no batch fits")
+    return Cell(fit.method, fit.arch, fit.res, fit.batch, fit.micro_batch, fit.classes,
+                device_mem_bytes=None)
 
 
 class _BatchSearch:

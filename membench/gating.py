@@ -7,6 +7,7 @@ exactly the grid it is checked against.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from .devices import CpuDevice, Device
 from .protocol import run_cell
 from .results import append_result, read_cells, write_env
 from .runners import BUILTIN_METHODS
-from .schema import Cell
+from .schema import CELLS_FILE, ENV_FILE, STEPS_FILE, Cell
 
 # Repository root: baselines are committed next to the package, not installed with it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,15 @@ CPU_BASELINE_DIR = BASELINES_DIR / "cpu"
 GPU_BASELINES_DIR = BASELINES_DIR / "gpu"
 RECORD_CPU_COMMAND = "python scripts/record_baseline.py --cpu"
 RECORD_GPU_COMMAND = "python scripts/record_baseline.py --gpu"
+
+# The GPU gate's switches, read from the environment (the workflow sets them):
+# MEMBENCH_REQUIRE_GPU=1 makes a missing CUDA (tests/conftest.py) and a missing baseline for the
+# GPU model (committed_gpu_baseline, in tests/test_gpu_perf.py) failures instead of skips;
+# MEMBENCH_GPU_BASELINES moves the folder of committed GPU baselines (default baselines/gpu);
+# MEMBENCH_NEW_GPU_BASELINE_DIR is where a run without a baseline saves its measurement as one.
+REQUIRE_GPU_ENV = "MEMBENCH_REQUIRE_GPU"
+GPU_BASELINES_ENV = "MEMBENCH_GPU_BASELINES"
+NEW_GPU_BASELINE_ENV = "MEMBENCH_NEW_GPU_BASELINE_DIR"
 
 # Built-in methods only, named in membench.runners rather than taken from the entry points, so
 # an installed third-party runner does not change the gate's grid.
@@ -55,6 +65,84 @@ def gpu_slug(device_name: str) -> str:
 def gpu_baseline_dir(device_name: str, root: Path = GPU_BASELINES_DIR) -> Path:
     """Where the committed GPU baseline for this GPU model lives."""
     return Path(root) / gpu_slug(device_name)
+
+
+def gpu_required() -> bool:
+    """Whether this run must measure on a GPU and compare against its baseline
+    (``MEMBENCH_REQUIRE_GPU=1``): then neither a missing CUDA nor a missing baseline may skip."""
+    return os.environ.get(REQUIRE_GPU_ENV) == "1"
+
+
+def gpu_baselines_root() -> Path:
+    """The folder of committed GPU baselines: ``MEMBENCH_GPU_BASELINES`` or baselines/gpu."""
+    return Path(os.environ.get(GPU_BASELINES_ENV) or GPU_BASELINES_DIR)
+
+
+def new_gpu_baseline_dir() -> Path | None:
+    """Where a run without a baseline saves its measurement (``MEMBENCH_NEW_GPU_BASELINE_DIR``)."""
+    value = os.environ.get(NEW_GPU_BASELINE_ENV)
+    return Path(value) if value else None
+
+
+class MissingGpuBaseline(LookupError):
+    """No committed baseline for the measured GPU model; the message says how to record one.
+    ``saved_to`` is where this run's measurement was saved as a baseline, if it was."""
+
+    def __init__(self, message: str, saved_to: Path | None = None):
+        super().__init__(message)
+        self.saved_to = saved_to
+
+
+def _shown(path: Path) -> str:
+    """A path as a reader of a CI log wants it: relative to the repository where it lies in it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def save_gpu_recording(measured: Path, root: Path) -> Path:
+    """Save a measured GPU gate folder as ``root/<gpu-slug>/``, checked as a recorded baseline is
+    (every cell ok, passes against itself; BaselineError otherwise). Returns the folder."""
+    measured = Path(measured)
+
+    def fill(folder: Path) -> None:
+        for name in (CELLS_FILE, STEPS_FILE, ENV_FILE):
+            if (measured / name).is_file():
+                shutil.copy2(measured / name, folder / name)
+
+    return replace_folder(lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill,
+                          parent=root)
+
+
+def committed_gpu_baseline(measured: Path, root: Path | None = None,
+                           save_to: Path | None = None) -> Path:
+    """The committed baseline for the GPU model ``measured`` (a results folder of the GPU gate's
+    grid) ran on, under ``root`` (default ``gpu_baselines_root()``).
+
+    Without one, raises MissingGpuBaseline with the record command; with ``save_to``, first saves
+    ``measured`` there as ``<gpu-slug>/`` (``save_gpu_recording``: the same sweep of the same grid
+    the record command runs), so a CI run on a new GPU model leaves a baseline to commit. The GPU
+    model comes from the rows, never from a CUDA context, so this runs without CUDA.
+    """
+    root = Path(root) if root is not None else gpu_baselines_root()
+    name = measured_device_name(measured)
+    folder = gpu_baseline_dir(name, root)
+    if (folder / CELLS_FILE).is_file():
+        return folder
+    lines = [f"no GPU baseline for {name!r} at {_shown(folder)}, so memory and throughput were "
+             f"not compared. Record one on this machine with `{RECORD_GPU_COMMAND}` and commit "
+             f"{_shown(folder)}/."]
+    saved = None
+    if save_to is not None:
+        try:
+            saved = save_gpu_recording(measured, Path(save_to))
+        except BaselineError as err:
+            lines.append(f"This run's measurement is not a usable baseline ({err}).")
+        else:
+            lines.append(f"This run's measurement of the same grid was saved as a baseline to "
+                         f"{_shown(saved)}: copy it to {_shown(folder)}/ and commit it.")
+    raise MissingGpuBaseline(" ".join(lines), saved)
 
 
 def measure_cpu_gate(out_dir: Path, cells: list[Cell] | None = None) -> Path:

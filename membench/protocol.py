@@ -2,7 +2,7 @@
 
 1. Build the runner and one synthetic batch (N(0,1) images, uniform labels) on the device.
 2. ``warmup`` steps, not measured: they materialise optimizer state and settle cuDNN and the
-   allocator.
+   allocator. The last one runs under ``FlopCounterMode``: the step's FLOPs.
 3. CPU only: a short tensor-tracker pass (``tracker_steps`` steps) for peak memory and its
    breakdown, kept apart from timing so the tracker's overhead never reaches a timed step. With a
    device budget the tracker refuses to go past it, which is the CPU's out-of-memory.
@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
 from .devices import Device, host_peak_rss_bytes, reset_host_peak_rss
@@ -103,24 +105,34 @@ class PreparedCell:
                             TensorMemoryTracker(budget_bytes=self.cell.device_mem_bytes))
 
 
-def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
-    """Steps 1 and 2 of the protocol: the budget, the runner and batch on the device, warmup."""
+def prepare_cell(cell: Cell, device: Device,
+                 flop_counter: FlopCounterMode | None = None) -> PreparedCell:
+    """Steps 1 and 2 of the protocol: the budget, the runner and batch on the device, warmup.
+    A ``flop_counter`` counts the last warmup step: a step's FLOPs depend on shapes only, and
+    no warmup step is measured (the counter's bookkeeping must not reach a measured one)."""
     if cell.device_mem_bytes is not None:
         device.set_memory_budget(cell.device_mem_bytes)
     runner = build_runner(cell, device.torch_device)
     images, labels = make_batch(cell, device.torch_device)
     prepared = PreparedCell(cell, device, runner, images, labels)
-    for _ in range(cell.warmup):
-        prepared.step()
+    for index in range(cell.warmup):
+        counting = flop_counter is not None and index == cell.warmup - 1
+        with flop_counter if counting else contextlib.nullcontext():
+            prepared.step()
     device.synchronize()
     return prepared
 
 
-def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_STEPS) -> CellResult:
-    """Measure one cell under the protocol. OOM and runner errors become the result's status."""
+def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_STEPS,
+             count_flops: bool = True) -> CellResult:
+    """Measure one cell under the protocol. OOM and runner errors become the result's status.
+    ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs)."""
     result = new_result(cell, str(device), device.name())
     try:
-        prepared = prepare_cell(cell, device)
+        counter = FlopCounterMode(display=False) if count_flops else None
+        prepared = prepare_cell(cell, device, counter)
+        if counter is not None and cell.warmup:
+            result.flops_per_step = int(counter.get_total_flops())
         reset_host_peak_rss()
         if device.needs_tracker_pass:
             tracker = prepared.tracked_memory(tracker_steps)

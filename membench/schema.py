@@ -31,6 +31,8 @@ CELL_COLUMN_TYPES: dict[str, str] = {
     "error": "str", "warmup": "int", "steps": "int",
     "step_ms_median": "float", "step_ms_p10": "float", "step_ms_p90": "float",
     "step_ms_mean": "float", "imgs_per_s": "float",
+    "flops_per_step": "int", "achieved_tflops": "float", "peak_tflops": "float",
+    "peak_precision": "str", "peak_source": "str", "mfu": "float",
     "peak_allocated_bytes": "int", "peak_reserved_bytes": "int", "host_peak_rss_bytes": "int",
     "nvml_used_bytes": "int", "memory_source": "str",
     "parameters_bytes": "int", "gradients_bytes": "int", "optimizer_state_bytes": "int",
@@ -228,6 +230,10 @@ class CellResult:
     torch_threads: int = 0
     torch_version: str = ""
     membench_version: str = ""
+    flops_per_step: int | None = None  # FLOPs of one training step (membench.flops)
+    peak_tflops: float | None = None  # the device's peak for this cell's precision, if known
+    peak_precision: str = ""
+    peak_source: str = ""  # datasheet | user | gemm-calibrated
     recorded_timing: dict[str, float | None] | None = None  # stats of a row read back, see above
 
     @property
@@ -241,6 +247,22 @@ class CellResult:
             return self.recorded_timing.get("imgs_per_s")
         total_s = sum(self.step_ms) / 1e3
         return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else None
+
+    @property
+    def achieved_tflops(self) -> float | None:
+        """FLOPs per step / median step time, in TFLOP/s."""
+        median = self.summary_stats()["median"]
+        if self.flops_per_step is None or not median:
+            return None
+        return self.flops_per_step / (median / 1e3) / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation: achieved TFLOP/s / the device's peak."""
+        achieved = self.achieved_tflops
+        if achieved is None or not self.peak_tflops:
+            return None
+        return achieved / self.peak_tflops
 
     def summary_stats(self) -> dict[str, float | None]:
         """Median, p10, p90 and mean step time in ms (None without measured steps)."""
@@ -269,6 +291,9 @@ class CellResult:
             "nvml_used_bytes": self.nvml_used_bytes, "memory_source": self.memory_source,
             "torch_version": self.torch_version, "membench_version": self.membench_version,
             "torch_threads": self.torch_threads, "started_at": self.started_at,
+            "flops_per_step": self.flops_per_step, "achieved_tflops": self.achieved_tflops,
+            "peak_tflops": self.peak_tflops, "peak_precision": self.peak_precision,
+            "peak_source": self.peak_source, "mfu": self.mfu,
             **{f"step_ms_{stat}": stats[stat] for stat in TIMING_STATS},
             **{f.name: getattr(cell, f.name) for f in fields(Cell)},
             **dict.fromkeys(BREAKDOWN_COLUMNS),
@@ -296,7 +321,9 @@ class CellResult:
             nvml_used_bytes=values["nvml_used_bytes"], memory_source=values["memory_source"],
             breakdown=breakdown, started_at=values["started_at"],
             torch_threads=values["torch_threads"] or 0, torch_version=values["torch_version"],
-            membench_version=values["membench_version"], recorded_timing=timing,
+            membench_version=values["membench_version"], flops_per_step=values["flops_per_step"],
+            peak_tflops=values["peak_tflops"], peak_precision=values["peak_precision"],
+            peak_source=values["peak_source"], recorded_timing=timing,
         )
 
 

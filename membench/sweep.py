@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from .config import SETTING_BY_KEY, SweepConfig
 from .devices import Device
 from .envinfo import collect_env
+from .flops import PeakSpec
 from .results import (
     append_result, cell_key, check_results_folder, latest_rows, prune_results, results_lock,
     row_key, write_env,
@@ -48,6 +50,9 @@ class SweepProgress:
     def device_ready(self, device: str, device_name: str) -> None:
         """The cells run on ``device`` (e.g. ``cuda:0``), a ``device_name`` (the GPU or CPU model,
         as the worker names it); called once, before ``sweep_started``."""
+
+    def note(self, text: str) -> None:
+        """Something the user should read once (e.g. no peak is known for this GPU)."""
 
     def sweep_started(self, total: int, to_run: int, out_dir: Path) -> None:
         """``total`` cells in the grid, ``to_run`` of them not finished yet."""
@@ -71,22 +76,26 @@ def sweep(config: SweepConfig, out_dir: Path, *, redo: bool = False,
                               isolation=config.isolation, timeout_s=config.timeout_s,
                               progress=progress)
     return run_sweep(list(config.cells), config.device, out_dir, isolation=config.isolation,
-                     timeout_s=config.timeout_s, redo=redo, progress=progress)
+                     timeout_s=config.timeout_s, redo=redo, progress=progress,
+                     peak_tflops=config.peak_tflops)
 
 
 def run_sweep(cells: list[Cell], device: Device | str, out_dir: Path, *,
               isolation: str = "process", timeout_s: float | None = None, redo: bool = False,
-              progress: SweepProgress | None = None) -> list[CellResult]:
+              progress: SweepProgress | None = None,
+              peak_tflops: float | None = None) -> list[CellResult]:
     """Measure every unfinished cell on ``device`` (a Device or a spec: ``cpu``, ``cuda:0``,
     ``auto``), appending each row to ``out_dir`` as it completes.
 
     ``isolation="process"`` runs cells in worker processes (see the module docstring);
     ``"none"`` runs them here, for debugging, and cannot enforce ``timeout_s``. Cells already in
     ``cells.csv`` for this device and device model are skipped unless ``redo``. Returns the
-    results of the cells run by this call, in order. Raises ConfigError for bad arguments,
-    ResultsError (or SweepLockedError) for a folder it cannot use.
+    results of the cells run by this call, in order. ``peak_tflops`` replaces the device's peak
+    (datasheet or calibrated) for MFU. Raises ConfigError for bad arguments, ResultsError (or
+    SweepLockedError) for a folder it cannot use.
     """
-    return _sweep(cells, Target(str(device)), out_dir, isolation, timeout_s, progress, redo=redo)
+    return _sweep(cells, Target(str(device), peak_tflops=peak_tflops), out_dir, isolation,
+                  timeout_s, progress, redo=redo)
 
 
 def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
@@ -118,6 +127,8 @@ def _sweep(cells: list[Cell], target: Target, out_dir: Path, isolation: str,
         try:
             device, device_name = cells_runner.start()
             progress.device_ready(device, device_name)
+            if cells_runner.peak is not None and cells_runner.peak.note:
+                progress.note(cells_runner.peak.note)
             estimates = target.estimate_kind is not None
             keys = {cell_key(cell, device, device_name) for cell in cells}
             if redo:
@@ -129,7 +140,7 @@ def _sweep(cells: list[Cell], target: Target, out_dir: Path, isolation: str,
             todo = [cell for cell in cells if cell_key(cell, device, device_name) not in done]
             progress.sweep_started(len(cells), len(todo), out_dir)
             if todo and (not estimates or not (out_dir / ENV_FILE).exists()):
-                write_env(out_dir, cells_runner.env or collect_env())
+                write_env(out_dir, cells_runner.provenance())
             results = []
             for index, cell in enumerate(todo):
                 progress.cell_started(index, cell)
@@ -152,19 +163,29 @@ class _CellsRunner:
         self.worker: IsolatedWorker | None = None
         self.local: Callable[[Cell], CellResult] | None = None
         self.env: dict | None = None
+        self.peak: PeakSpec | None = None
 
     def start(self) -> tuple[str, str]:
         """Open the target (a first worker, which names the device so this process never opens
         a CUDA context); returns (device, device_name)."""
         if self.isolation == "none":
-            device, device_name, self.local = open_target(self.target)
-            return device, device_name
+            opened = open_target(self.target)
+            self.local, self.peak = opened.run, opened.peak
+            return opened.device, opened.device_name
         self.worker = self._new_worker(collect_env_info=True)
-        self.env = self.worker.env
+        self.env, self.peak = self.worker.env, self.worker.peak
         return self.worker.device, self.worker.device_name
 
+    def provenance(self) -> dict:
+        """env.json: the worker's (or this process's) environment and the peak MFU is held to."""
+        env = dict(self.env or collect_env())
+        if self.peak is not None:
+            env["peak"] = asdict(self.peak)
+        return env
+
     def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
-        worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info)
+        worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info,
+                                peak=self.peak)
         try:
             worker.wait_ready()
         except WorkerStartError as err:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .errors import error_text
+from .flops import PeakSpec
 from .schema import ERROR, ESTIMATE_DEVICE_NAME, TIMEOUT, Cell, CellResult, estimate_device
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
@@ -44,10 +45,12 @@ class WorkerStartError(RuntimeError):
 # -- messages ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind."""
+    """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind;
+    ``peak_tflops`` is the user's peak for MFU, if given."""
 
     device_spec: str
     estimate_kind: str | None = None
+    peak_tflops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,18 @@ class WorkerSetup:
     methods: tuple[str, ...]
     environ: dict[str, str] = field(default_factory=dict)
     collect_env: bool = False
+    peak: PeakSpec | None = None  # known from an earlier worker: do not calibrate again
 
 
 @dataclass(frozen=True)
 class Hello:
-    """A worker's first message: it is ready, on this device (as the worker names it)."""
+    """A worker's first message: it is ready, on this device (as the worker names it), with the
+    peak its cells are held against."""
 
     device: str
     device_name: str
     env: dict | None
+    peak: PeakSpec | None
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,22 @@ def now() -> str:
 
 
 # -- running a cell here ------------------------------------------------------------------------
-def open_target(target: Target) -> tuple[str, str, Callable[[Cell], CellResult]]:
-    """``(device, device_name, run)`` for a target, in this process; ``run(cell)`` always returns
-    a result (a failure is a row). Opens the device (DeviceError if it does not exist here)."""
+@dataclass
+class OpenTarget:
+    """A target opened in this process: the device as it names itself, the peak its cells are
+    held against, and ``run(cell)``, which always returns a result (a failure is a row)."""
+
+    device: str
+    device_name: str
+    peak: PeakSpec | None
+    run: Callable[[Cell], CellResult]
+
+
+def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
+    """Open a target here (DeviceError if its device does not exist). ``peak``: one found
+    earlier in the sweep, so a CPU is calibrated once per sweep, not once per worker."""
+    from .flops import add_flops
+
     if target.estimate_kind is not None:
         from .estimate import estimate_cell
 
@@ -95,16 +114,19 @@ def open_target(target: Target) -> tuple[str, str, Callable[[Cell], CellResult]]
 
         def estimate(cell: Cell) -> CellResult:
             try:
-                return estimate_cell(cell, target.estimate_kind)
+                return add_flops(estimate_cell(cell, target.estimate_kind))
             except Exception as err:  # one cell the estimator cannot handle must not end the sweep
                 return failed_result(cell, device, ESTIMATE_DEVICE_NAME, ERROR, error_text(err), now())
 
-        return device, ESTIMATE_DEVICE_NAME, estimate
+        return OpenTarget(device, ESTIMATE_DEVICE_NAME, None, estimate)
 
     from .devices import resolve_device
+    from .flops import device_peak_spec
     from .protocol import run_cell
 
     device = resolve_device(target.device_spec)
+    if peak is None:
+        peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
 
     def measure(cell: Cell) -> CellResult:
         if cell.device_mem_bytes is None:
@@ -113,12 +135,13 @@ def open_target(target: Target) -> tuple[str, str, Callable[[Cell], CellResult]]
             if total:
                 device.set_memory_budget(total)
         try:
-            return run_cell(cell, device)
+            result = run_cell(cell, device)
         finally:
             gc.collect()  # free what the cell left so the next one starts from the same place
             device.release_cached_memory()
+        return add_flops(result, peak)
 
-    return str(device), device.name(), measure
+    return OpenTarget(str(device), device.name(), peak, measure)
 
 
 def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
@@ -162,19 +185,20 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     importlib.invalidate_caches()
     runners.refresh_registry()
     torch.set_num_threads(setup.threads)
-    device, device_name, run = open_target(setup.target)
+    target = open_target(setup.target, setup.peak)
     for method in setup.methods:
         try:
             runners.get_runner(method)  # import runner modules now, outside any cell's timeout
         except Exception:  # the cell itself will report it
             pass
-    conn.send(Hello(device, device_name, collect_env() if setup.collect_env else None))
+    conn.send(Hello(target.device, target.device_name,
+                    collect_env() if setup.collect_env else None, target.peak))
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        result = run(message.cell)
+        result = target.run(message.cell)
         try:
             conn.send(CellDone(result))
         except (BrokenPipeError, OSError):
@@ -221,13 +245,14 @@ def _without_main_module() -> Iterator[None]:
 class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
-    def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False):
+    def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False,
+                 peak: PeakSpec | None = None):
         import torch
 
         context = worker_context()
         self.conn, child_conn = context.Pipe(duplex=True)
         setup = WorkerSetup(target, torch.get_num_threads(), tuple(methods), dict(os.environ),
-                            collect_env_info)
+                            collect_env_info, peak)
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
         with _without_main_module():
@@ -236,6 +261,7 @@ class IsolatedWorker:
         child_conn.close()
         self.device = self.device_name = ""
         self.env: dict | None = None
+        self.peak: PeakSpec | None = None
         self.budget: int | None = None
         self.cells_run = 0
 
@@ -251,6 +277,7 @@ class IsolatedWorker:
             self.close()
             raise WorkerStartError(f"worker process did not start ({self._exit_text()})")
         self.device, self.device_name, self.env = hello.device, hello.device_name, hello.env
+        self.peak = hello.peak
 
     def run(self, cell: Cell, timeout_s: float | None) -> CellResult:
         """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""

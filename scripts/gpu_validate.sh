@@ -46,7 +46,11 @@ env_json() { membench env --json > "$OUT/env.json"; }
 
 step nvidia-smi nvidia-smi
 step env env_json
-step gpu-tests env MEMBENCH_REQUIRE_GPU=1 "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml"
+# A GPU model without a committed baseline fails the gate; the run's measurement is saved under
+# $OUT/new-gpu-baseline/<gpu> so it can be committed as baselines/gpu/<gpu>.
+step gpu-tests env MEMBENCH_REQUIRE_GPU=1 MEMBENCH_NEW_GPU_BASELINE_DIR="$OUT/new-gpu-baseline" \
+  "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml" \
+  --benchmark-enable --benchmark-json="$OUT/pytest-benchmark.json"
 step sweep-vgg8 membench sweep --device cuda --arch vgg8 --res 32 --batch 64,128 \
   --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --timeout 600 --out "$OUT/results/vgg8-r32"
 step sweep-vgg11 membench sweep --device cuda --arch vgg11 --res 224 --batch 32 \

@@ -6,6 +6,7 @@
 
 The folder is replaced as a whole, only once the new measurement has finished, every cell ran ok
 and it passes against itself; otherwise the old one is left as it was (exit 1). Commit it.
+``--gpu`` writes under ``MEMBENCH_GPU_BASELINES`` when that is set, where the GPU perf tests look.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sys
 from pathlib import Path
 
 from membench.devices import CudaDevice, DeviceError, resolve_device
-from membench.gating import CPU_BASELINE_DIR, BaselineError, record_cpu_baseline, record_gpu_baseline
+from membench.gating import (
+    CPU_BASELINE_DIR, BaselineError, gpu_baselines_root, record_cpu_baseline, record_gpu_baseline,
+)
 from membench.results import read_cells
 from membench.sweep import SweepError
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("record_baseline: error: --gpu needs a CUDA device", file=sys.stderr)
                 return 2
             # The folder is named after the GPU the sweep's worker measured on (see gating).
-            folder = record_gpu_baseline(device, args.out)
+            folder = record_gpu_baseline(device, args.out, root=gpu_baselines_root())
     except SweepError as err:  # no worker, or the folder is locked: nothing was replaced
         print(f"record_baseline: error: {err}", file=sys.stderr)
         return 1
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"record_baseline: error: {err}; the existing baseline was left unchanged",
               file=sys.stderr)
         return 1
-    print(f"record_baseline: wrote {len(read_cells(folder))} cell(s) to {folder}")
+    print(f"record_baseline: wrote {len(read_cells(folder))} cell(s) to {folder}; commit it "
+          f"(git add {folder})")
     return 0
 
 

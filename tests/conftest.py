@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# The CPU's GEMM calibration (once per sweep) is a second by default; tests need only a figure.
+os.environ.setdefault("MEMBENCH_CALIBRATION_S", "0.1")
+
 # A conv stack small enough that a step takes milliseconds on the CPU.
 TINY_ARCH = "vgg-d3-w8"
 TINY_RES = 8

@@ -61,3 +61,10 @@ def test_byte_spellings():
     for bad in ("lots", "0", "-1GiB"):
         with pytest.raises(ValueError):
             parse_bytes(bad)
+
+
+def test_the_readme_lists_every_cells_csv_column_in_order():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "`" + ", ".join(CELL_COLUMNS) + "`" in text

@@ -96,8 +96,9 @@ def test_a_hung_cell_becomes_a_timeout_row(tmp_path, monkeypatch):
 def test_timeout_bounds_an_estimate_as_it_bounds_a_measurement(tmp_path, monkeypatch):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     monkeypatch.delenv("MEMBENCH_TEST_HANG", raising=False)  # test-slow hangs, on fake tensors too
+    # generous: the bp estimate after the killed one must finish well inside it on a busy machine
     results = estimate_sweep([tiny("test-slow"), tiny("bp")], "cuda", tmp_path / "out",
-                             timeout_s=3)
+                             timeout_s=10)
     assert [(r.status, r.device) for r in results] == [("timeout", "cuda (estimate)"),
                                                        ("estimated", "cuda (estimate)")]
     assert [r["status"] for r in rows(tmp_path / "out")] == ["timeout", "estimated"]

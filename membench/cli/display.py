@@ -30,6 +30,7 @@ def describe(result: CellResult) -> str:
         f"  step time   median {stats['median']:.1f} ms  (p10 {stats['p10']:.1f}, p90 "
         f"{stats['p90']:.1f}, mean {stats['mean']:.1f}) over {len(result.step_ms)} steps",
         f"  throughput  {result.imgs_per_s:.1f} imgs/s",
+        f"  compute     {flops_text(result)}",
         f"  peak memory {format_gib(result.peak_allocated_bytes)} allocated "
         f"(source: {result.memory_source})",
     ]
@@ -40,6 +41,19 @@ def describe(result: CellResult) -> str:
     if result.host_peak_rss_bytes:
         lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
     return "\n".join(lines)
+
+
+def flops_text(result: CellResult) -> str:
+    """"1,470 GFLOP per step, 0.35 TFLOP/s achieved, MFU 12.3% of 2.9 TFLOP/s (...)"."""
+    if result.flops_per_step is None:
+        return "FLOPs not counted (the runner cannot run on fake tensors)"
+    parts = [f"{result.flops_per_step / 1e9:,.3g} GFLOP per step"]
+    if result.achieved_tflops is not None:
+        parts.append(f"{result.achieved_tflops:.3g} TFLOP/s achieved")
+    if result.mfu is not None:
+        parts.append(f"MFU {result.mfu:.1%} of {result.peak_tflops:.3g} TFLOP/s "
+                     f"({result.peak_source}, {result.peak_precision})")
+    return ", ".join(parts)
 
 
 def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
@@ -53,6 +67,8 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
         parts.append(f"median {median:.1f} ms, {result.imgs_per_s:.0f} imgs/s")
     if result.peak_allocated_bytes is not None:
         parts.append(f"peak {format_gib(result.peak_allocated_bytes)}")
+    if result.mfu is not None:
+        parts.append(f"MFU {result.mfu:.1%}")
     return f"{head} ({wall_s:.1f} s): {', '.join(parts)}"
 
 
@@ -72,6 +88,9 @@ class CliProgress(SweepProgress):
 
     def stop(self) -> None:
         """End the display early (Ctrl-C)."""
+
+    def note(self, text: str) -> None:
+        typer.echo(f"membench: note: {text}", err=True)
 
 
 class PlainProgress(CliProgress):
@@ -131,15 +150,16 @@ def summary_table(results: list[CellResult], title: str) -> Table:
     table = Table(title=title)
     for name in ("method", "arch", "res", "batch", "status"):
         table.add_column(name)
-    for name in ("median ms", "imgs/s", "peak GiB"):
+    for name in ("median ms", "imgs/s", "peak GiB", "GFLOP/step", "MFU"):
         table.add_column(name, justify="right")
     for result in results:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
-        peak = result.peak_allocated_bytes
+        peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
         table.add_row(
             cell.method, cell.arch, str(cell.res), str(cell.batch), result.status,
             "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
             "-" if peak is None else f"{peak / 2**30:.3f}",
+            "-" if flops is None else f"{flops / 1e9:,.1f}", "-" if mfu is None else f"{mfu:.1%}",
         )
     return table
 

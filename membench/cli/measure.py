@@ -9,10 +9,10 @@ from rich.console import Console
 
 from ..config import build_config
 from ..devices import resolve_device
-from ..protocol import run_cell
 from ..results import grid_rows
 from ..schema import CellResult
 from ..sweep import SweepError, sweep as run_config
+from ..worker import Target, open_target
 from .common import comma_list, fail, reports_input_errors
 from .display import default_out_dir, describe, progress_display, summary_table
 
@@ -48,13 +48,17 @@ def sweep(
     redo: bool = typer.Option(False, "--redo", help="Run every cell again, replacing finished rows."),
     estimate: bool = typer.Option(False, "--estimate", help="Predict each cell (membench.estimate) "
                                   "instead of running it; plans for CUDA unless --device cpu."),
+    peak_tflops: float = typer.Option(None, "--peak-tflops", help="The device's peak TFLOP/s for "
+                                      "MFU, replacing the datasheet's (GPU) or the calibrated GEMM "
+                                      "rate (CPU)."),
 ) -> None:
     """Measure every cell of arch x res x batch x method; resumes an interrupted sweep in --out."""
     profiles = comma_list(profile)
     config = build_config(
         profiles, arch=arch, res=res, batch=batch, method=method, micro_batch=micro_batch,
         classes=classes, warmup=warmup, steps=steps, seed=seed, device=device,
-        device_mem=device_mem, timeout=timeout, isolation=isolation, estimate=estimate or None)
+        device_mem=device_mem, timeout=timeout, isolation=isolation, estimate=estimate or None,
+        peak_tflops=peak_tflops)
     out = out or default_out_dir(profiles)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file, not a folder")
@@ -85,14 +89,19 @@ def run(
     arch: str = ARCH, res: str = RES, batch: str = BATCH, method: str = METHOD,
     micro_batch: str = MICRO, classes: int = CLASSES, warmup: int = WARMUP, steps: int = STEPS,
     seed: int = SEED, device: str = DEVICE, device_mem: str = DEVICE_MEM,
+    peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s for MFU."),
 ) -> None:
     """Measure one cell in this process and print a readable summary."""
     config = build_config(
         arch=arch, res=res, batch=batch, method=method, micro_batch=micro_batch, classes=classes,
-        warmup=warmup, steps=steps, seed=seed, device=device, device_mem=device_mem)
+        warmup=warmup, steps=steps, seed=seed, device=device, device_mem=device_mem,
+        peak_tflops=peak_tflops)
     if len(config.cells) != 1:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")
-    result = run_cell(config.cells[0], resolve_device(config.device))
+    opened = open_target(Target(config.device, peak_tflops=config.peak_tflops))
+    if opened.peak is not None and opened.peak.note:
+        typer.echo(f"membench: note: {opened.peak.note}", err=True)
+    result = opened.run(config.cells[0])
     typer.echo(describe(result))
     if result.status != "ok":
         raise typer.Exit(1)

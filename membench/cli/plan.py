@@ -5,14 +5,16 @@ from __future__ import annotations
 import typer
 
 from ..config import memory_size
-from ..estimate import DEVICE_KINDS, FitError, FitResult, check_fit_input, fit_batch
+from ..estimate import DEVICE_KINDS, FitError, FitResult, check_fit_input, fit_batch, fit_cell
+from ..flops import count_step_flops, resolve_gpu, throughput_bound
 from ..runners import RunnerConfigError, available_methods, get_runner
 from ..schema import format_gib
 from .common import comma_list, fail, reports_input_errors
 
 
-def describe_fit(fit: FitResult) -> str:
-    """One table line: method, largest batch (and micro-batch), its peak, the next batch's peak."""
+def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
+    """One table line: method, largest batch (and micro-batch), its peak, with ``peak_tflops``
+    its imgs/s bound, and the next batch's peak."""
     if fit.batch is None:
         batch = "none"
     elif fit.micro_batch is not None:
@@ -23,7 +25,12 @@ def describe_fit(fit: FitResult) -> str:
         beyond = "--max-batch reached; the limit may be higher"
     else:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
-    return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}   {beyond}"
+    bound = ""
+    if peak_tflops is not None:
+        imgs = None if fit.batch is None else throughput_bound(
+            count_step_flops(fit_cell(fit)), fit.batch, peak_tflops)
+        bound = f" {'-' if imgs is None else f'{imgs:,.0f}':>13s}"
+    return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}{bound}   {beyond}"
 
 
 @reports_input_errors
@@ -45,9 +52,13 @@ def fit(
         "cuda", "--device-kind", help="cuda (allocator rounding, CUDA kernels) or cpu."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for weights and the synthetic batch."),
+    gpu: str = typer.Option(
+        None, "--gpu", help="A GPU or device profile (laptop-8gb): also print each largest "
+        "batch's imgs/s bound at that GPU's datasheet peak."),
 ) -> None:
     """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
     budget = memory_size(device_mem, "--device-mem")
+    peak = resolve_gpu(gpu) if gpu is not None else None
     if device_kind not in DEVICE_KINDS:
         fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
     methods = comma_list([method]) if method else _methods_for(arch)
@@ -63,7 +74,11 @@ def fit(
         f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
         f"({device_kind} estimate, max batch {max_batch})"
     )
-    typer.echo(f"{'method':14s} {'largest batch':>18s} {'peak':>12s}   next batch")
+    if peak is not None:
+        typer.echo(f"imgs/s bound: {peak[0]} at {peak[1].tflops:g} TFLOP/s ({peak[1].precision}), "
+                   "peak x batch / FLOPs per step; no real step reaches it")
+    typer.echo(f"{'method':14s} {'largest batch':>18s} {'peak':>12s}"
+               + (f" {'imgs/s bound':>13s}" if peak is not None else "") + "   next batch")
     for name in methods:
         try:
             result = fit_batch(
@@ -73,7 +88,7 @@ def fit(
         except FitError as err:
             typer.echo(f"{name:14s} {'error':>18s}   {err}")
             continue
-        typer.echo(describe_fit(result))
+        typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
 
 
 def _splits(method: str) -> bool:

@@ -21,14 +21,23 @@ def report(
     budget: list[str] = typer.Option(
         None, "--budget", help="Memory budget to draw on the figures, e.g. 8GiB; repeatable "
         "or a comma list. Budgets in the data (--device-mem) are drawn anyway."),
+    gpu: str = typer.Option(
+        None, "--gpu", help="A GPU (e.g. 'RTX 4090', 'H200') or a device profile with a gpu key "
+        "(laptop-8gb): bound the imgs/s of estimates by its datasheet peak."),
 ) -> None:
     """Write a Markdown report with frontier, batch and breakdown figures for the given results."""
     budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
+    bound = None
+    if gpu is not None:
+        from ..flops import resolve_gpu
+
+        name, peak = resolve_gpu(gpu)
+        bound = (name, peak.tflops, peak.precision)
     out_dir = out or default_report_dir(inputs)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")
     try:
-        path = build_report(inputs, out_dir, budgets,
+        path = build_report(inputs, out_dir, budgets, gpu=bound,
                             on_warning=lambda text: typer.echo(f"membench: warning: {text}", err=True))
     except OSError as err:
         fail(f"cannot write the report to {out_dir}: {err.strerror or err}")

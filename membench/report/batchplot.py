@@ -73,6 +73,19 @@ def _draw_ooms(ax_mem, ax_thr, oom: pd.DataFrame, budgets: list[Budget], top: fl
                             ha="right", fontsize=7, color=OOM_COLOR)
 
 
+def _draw_bounds(ax_thr, estimated: pd.DataFrame, colors: dict[str, str], handles: list) -> bool:
+    """Hollow, dashed imgs/s upper bounds of estimates on a named GPU (``bound_imgs_per_s``);
+    whether any was drawn."""
+    if "bound_imgs_per_s" not in estimated or not estimated["bound_imgs_per_s"].notna().any():
+        return False
+    for method, label, marker, rows in series(estimated[estimated["bound_imgs_per_s"].notna()]):
+        ax_thr.plot(rows["batch"], rows["bound_imgs_per_s"], marker=marker, linestyle="--",
+                    markerfacecolor="none", color=colors[method], gid=f"bound:{label}")
+    handles.append(Line2D([], [], marker="o", linestyle="--", markerfacecolor="none", color="0.3",
+                          label="upper bound on imgs/s\n(peak \u00d7 batch \u00f7 FLOPs)"))
+    return True
+
+
 def _style_axes(ax_mem, ax_thr, batches: list[int], top: float, timed: bool) -> None:
     for axis in (ax_mem, ax_thr):
         axis.set_xscale("log", base=2)
@@ -98,8 +111,9 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     """Peak memory (left) and throughput (right) against batch size, one series per method.
 
     gids: ``memory:<series>``, ``memory-estimated:<series>``, ``throughput:<series>``,
-    ``oom-memory:<method>``, ``oom-throughput:<method>``, ``budget:<bytes>``. None when no row
-    has a peak to plot.
+    ``bound:<series>`` (imgs/s bounds of estimates, when the report names a GPU and nothing was
+    timed), ``oom-memory:<method>``, ``oom-throughput:<method>``, ``budget:<bytes>``. None when
+    no row has a peak to plot.
     """
     ok = panel[(panel["kind"] == "ok") & panel["peak_gib"].notna()]
     estimated = panel[(panel["kind"] == "estimated") & panel["peak_gib"].notna()]
@@ -116,8 +130,11 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     _draw_estimated(ax_mem, estimated, colors, handles)
     top = _draw_budgets(ax_mem, budgets, data_max)
     _draw_ooms(ax_mem, ax_thr, oom, budgets, top)
-    _style_axes(ax_mem, ax_thr, sorted(panel["batch"].unique()), top,
-                timed=ok["imgs_per_s"].notna().any())
+    timed = bool(ok["imgs_per_s"].notna().any())
+    bounded = not timed and _draw_bounds(ax_thr, estimated, colors, handles)
+    _style_axes(ax_mem, ax_thr, sorted(panel["batch"].unique()), top, timed=timed or bounded)
+    if bounded:
+        ax_thr.set_title("throughput bound (no measurement)", fontsize=10)
     if len(oom):
         handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
                               label="OOM (memory: at its budget;\nthroughput: none)"))

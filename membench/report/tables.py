@@ -48,6 +48,7 @@ class PanelLine:
     estimate: pd.Series | None
     memory_ratio: str = ""
     throughput_ratio: str = ""
+    flops_ratio: str = ""
 
     @property
     def main(self) -> pd.Series:
@@ -84,6 +85,11 @@ def _with_ratios(line: PanelLine, bp_measured, bp_estimated) -> PanelLine:
     if not line.memory_ratio and estimate is not None and bp_estimated is not None:
         line.memory_ratio = ratio(estimate["peak_allocated_bytes"],
                                   bp_estimated["peak_allocated_bytes"], " (est.)")
+    # FLOPs per step do not depend on the device: any bp row of the batch will do.
+    bp_flops = [row["flops_per_step"] for row in (bp_measured, bp_estimated) if row is not None
+                and not pd.isna(row["flops_per_step"])]
+    if bp_flops:
+        line.flops_ratio = ratio(line.main["flops_per_step"], bp_flops[0])
     return line
 
 
@@ -105,8 +111,11 @@ def panel_lines(panel: pd.DataFrame) -> list[PanelLine]:
     return lines
 
 
-def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool) -> list[Column]:
-    """The panel table's columns; micro-batch, budget and estimated peak only when present."""
+def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool, flops: bool = False,
+                  mfu: bool = False, bound: bool = False) -> list[Column]:
+    """The panel table's columns; micro-batch, budget, estimated peak, FLOPs and MFU only when
+    present. FLOPs ÷ bp stands beside imgs/s ÷ bp: its inverse is the throughput ratio a step
+    bound by compute alone would reach."""
     return [
         Column("method", lambda line: line.method),
         Column("batch", lambda line: line.batch, "r"),
@@ -118,9 +127,13 @@ def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool) -> list[Co
         Column("peak (GiB)", lambda line: line.measured_peak, "r"),
         *optional(estimate, Column("estimated peak (GiB)", lambda line: line.estimated_peak, "r")),
         Column("imgs/s", lambda line: fmt(line.main["imgs_per_s"], ",.1f"), "r"),
+        *optional(bound, Column("imgs/s bound", lambda line: "" if line.estimate is None else
+                                fmt(line.estimate["bound_imgs_per_s"], ",.0f"), "r")),
         Column("step ms (median)", lambda line: fmt(line.main["step_ms_median"], ",.1f"), "r"),
         Column("memory \u00f7 bp", lambda line: line.memory_ratio, "r"),
+        *optional(flops, Column("FLOPs \u00f7 bp", lambda line: line.flops_ratio, "r")),
         Column("imgs/s \u00f7 bp", lambda line: line.throughput_ratio, "r"),
+        *optional(mfu, Column("MFU", lambda line: fmt(line.main["mfu"], ".1%"), "r")),
         Column("memory from", lambda line: line.main["memory_source"]),
     ]
 
@@ -130,7 +143,10 @@ def panel_table(panel: pd.DataFrame) -> str:
     ratios to bp at the same batch (measured against measured, estimate against estimate)."""
     columns = panel_columns(micro_batch=panel["micro_batch"].notna().any(),
                             budget=panel["device_mem_bytes"].notna().any(),
-                            estimate=panel["is_estimate"].any())
+                            estimate=panel["is_estimate"].any(),
+                            flops=panel["flops_per_step"].notna().any(),
+                            mfu=panel["mfu"].notna().any(),
+                            bound="bound_imgs_per_s" in panel and panel["bound_imgs_per_s"].notna().any())
     return Table(columns, panel_lines(panel)).markdown()
 
 

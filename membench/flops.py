@@ -1,0 +1,149 @@
+"""FLOPs of a training step, and the peak a device could reach: what explains a throughput.
+
+``count_step_flops`` runs one step of the cell's real runner under
+``torch.utils.flop_counter.FlopCounterMode`` on fake tensors (``FakeTensorMode``): nothing is
+computed or allocated, every op's FLOPs come from its shapes. It counts what the step dispatches,
+so recomputation (``bp-ckpt``), ``ff-naive``'s second conv pass, readouts, heads and every
+micro-batch are in; a convolution's input gradient is counted only where autograd asks for it,
+which is why DTG-FF (each layer's input detached) costs about two thirds of BP. Optimizer
+updates and elementwise ops are not counted (FlopCounterMode counts matmuls and convolutions).
+
+The peak a cell is held against (``PeakSpec``): a GPU's dense datasheet figure for the cell's
+precision (``membench.peaks``), a user's ``--peak-tflops``, or on the CPU an *achieved* GEMM rate
+calibrated at the start of the sweep (``calibrate_cpu_peak``, about a second at the sweep's
+thread count). MFU = achieved TFLOP/s / peak; docs/design.md ("FLOPs and MFU") says what each
+peak means.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from .peaks import gpu_peak
+from .protocol import build_runner, make_batch
+from .schema import Cell, CellResult
+
+DATASHEET, USER, GEMM_CALIBRATED = "datasheet", "user", "gemm-calibrated"
+CALIBRATION_SIZES = (512, 1024, 2048)
+# How long the CPU's GEMM calibration runs, once per sweep; MEMBENCH_CALIBRATION_S changes it
+# (membench's own tests shorten it).
+CALIBRATION_SECONDS = 1.0
+
+
+def count_step_flops(cell: Cell) -> int:
+    """FLOPs of one training step of ``cell``, counted on fake tensors (see the module doc)."""
+    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+        runner = build_runner(cell, "cpu")
+        images, labels = make_batch(cell, torch.device("cpu"))
+        with FlopCounterMode(display=False) as counter:
+            runner.step(images, labels)
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class PeakSpec:
+    """The peak TFLOP/s a device's cells are held against, where it came from, and for which
+    precision; ``tflops`` None (with a ``note`` saying why) when nothing is known."""
+
+    tflops: float | None
+    source: str = ""
+    precision: str = ""
+    note: str = ""
+
+
+def cuda_precision() -> str:
+    """The precision an fp32 conv net runs at on CUDA: TF32 while cuDNN may use it (PyTorch's
+    default, ``torch.backends.cudnn.allow_tf32``), else FP32."""
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+
+
+def gpu_peak_spec(device_name: str, precision: str) -> PeakSpec:
+    """The datasheet peak of a GPU model for ``precision``; empty with a note if unknown."""
+    entry = gpu_peak(device_name)
+    value = entry.tflops(precision) if entry is not None else None
+    if value is None:
+        return PeakSpec(None, note=f"no datasheet peak for {device_name!r} ({precision}); MFU left "
+                                   "empty: pass --peak-tflops to set one")
+    return PeakSpec(value, DATASHEET, precision)
+
+
+def calibrate_cpu_peak(seconds: float | None = None) -> float:
+    """An achievable fp32 TFLOP/s of this CPU at torch's current thread count: the best rate of
+    square GEMMs (``CALIBRATION_SIZES``) over about ``seconds`` (default CALIBRATION_SECONDS or
+    $MEMBENCH_CALIBRATION_S). Achievable, not theoretical: a well-blocked GEMM, the CPU's best
+    case for dense math."""
+    if seconds is None:
+        seconds = float(os.environ.get("MEMBENCH_CALIBRATION_S", CALIBRATION_SECONDS))
+    best = 0.0
+    per_size = seconds / len(CALIBRATION_SIZES)
+    for size in CALIBRATION_SIZES:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # first call: allocation and kernel selection
+        deadline = time.perf_counter() + per_size
+        while True:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            elapsed = time.perf_counter() - start
+            best = max(best, 2 * size**3 / elapsed / 1e12)
+            if time.perf_counter() > deadline:
+                break
+    return best
+
+
+def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = None) -> PeakSpec:
+    """The peak for a measured device: the user's, else the datasheet's (CUDA) or a calibrated
+    GEMM rate (CPU)."""
+    if user_tflops is not None:
+        return PeakSpec(user_tflops, USER, cuda_precision() if kind == "cuda" else "fp32")
+    if kind == "cuda":
+        return gpu_peak_spec(device_name, cuda_precision())
+    return PeakSpec(calibrate_cpu_peak(), GEMM_CALIBRATED, "fp32")
+
+
+def add_flops(result: CellResult, peak: PeakSpec | None = None) -> CellResult:
+    """Fill the peak a result is held against and, unless a tracker pass already counted them
+    (the CPU's, or an estimate's), its FLOPs per step, on fake tensors, outside any timed pass.
+    A runner that cannot run on fake tensors leaves the FLOPs empty."""
+    if result.flops_per_step is None:
+        try:
+            result.flops_per_step = count_step_flops(result.cell)
+        except Exception:  # e.g. a third-party runner that reads a tensor's value with .item()
+            result.flops_per_step = None
+    if peak is not None and peak.tflops is not None:
+        result.peak_tflops, result.peak_source = peak.tflops, peak.source
+        result.peak_precision = peak.precision
+    return result
+
+
+def throughput_bound(flops_per_step: float, batch: int, peak_tflops: float) -> float:
+    """imgs/s a step could reach if it ran at the device's peak: peak x batch / FLOPs per step.
+    An upper bound, never a prediction: no real step runs at peak."""
+    return peak_tflops * 1e12 * batch / flops_per_step
+
+
+def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
+    """The GPU a name or a device profile (its ``gpu`` key) stands for, with its datasheet peak
+    at the precision an fp32 conv net runs at; InputError naming the choices otherwise."""
+    from .errors import InputError
+    from .peaks import known_gpus
+    from .profiles import ProfileError, load_profile
+
+    name = ref
+    if gpu_peak(ref) is None:
+        try:
+            name = str(load_profile(ref).settings.get("gpu") or ref)
+        except ProfileError:
+            pass
+    spec = gpu_peak_spec(name, cuda_precision())
+    if spec.tflops is None:
+        raise InputError(f"unknown GPU {ref!r}: neither a GPU of the peak table nor a device "
+                         f"profile with a gpu key; known GPUs: {', '.join(known_gpus())}")
+    entry = gpu_peak(name)
+    canonical = next((known for known in known_gpus() if gpu_peak(known) is entry), name)
+    return canonical, spec

@@ -1,0 +1,178 @@
+"""FLOPs per step, achieved TFLOP/s and MFU: counted on fake tensors, checked against the
+analytic convolution count, and held against a peak that says where it came from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from membench.archs import conv_stack_spec
+from membench.flops import (
+    GEMM_CALIBRATED, USER, calibrate_cpu_peak, count_step_flops, device_peak_spec,
+    throughput_bound,
+)
+from membench.protocol import build_runner, make_batch
+from membench.schema import Cell, CellResult
+from membench.sweep import run_sweep
+
+ARCH, RES, BATCH, CLASSES = "vgg-d3-w8-p0", 8, 4, 10  # no pools: every layer sees 8x8
+
+
+def conv_forward_flops(arch: str, res: int, batch: int) -> list[int]:
+    """2 * B * Cin * Cout * 9 * H * W per 3x3 conv layer (stride 1, padding 1)."""
+    spec = conv_stack_spec(arch)
+    c_in, out = spec.in_channels, []
+    for c_out, size in zip(spec.channels, spec.spatial_sizes(res)):
+        out.append(2 * batch * c_in * c_out * 9 * size * size)
+        c_in = c_out
+    return out
+
+
+def flops_by_op(cell: Cell) -> dict[str, int]:
+    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+        runner = build_runner(cell, "cpu")
+        images, labels = make_batch(cell, torch.device("cpu"))
+        with FlopCounterMode(display=False) as counter:
+            runner.step(images, labels)
+    return {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def test_bp_flops_are_the_analytic_conv_count_plus_the_heads_share():
+    forward = conv_forward_flops(ARCH, RES, BATCH)
+    # backward: the weight gradient of every layer, the input gradient of all but layer 0
+    analytic = sum(forward) + sum(forward) + sum(forward[1:])
+    head = 3 * 2 * BATCH * conv_stack_spec(ARCH).channels[-1] * CLASSES  # fwd, grad W, grad x
+    counted = count_step_flops(Cell("bp", ARCH, RES, BATCH, classes=CLASSES))
+    assert analytic <= counted <= analytic + head
+    # the check can fail: a count without the input gradients is off by more than the heads
+    assert not (counted <= sum(forward) * 2 + head)
+
+
+def test_ff_pipelined_has_no_input_gradient_flops_and_bp_ckpt_recomputes():
+    forward = sum(conv_forward_flops(ARCH, RES, BATCH))
+    ff = flops_by_op(Cell("ff-pipelined", ARCH, RES, BATCH, classes=CLASSES))
+    assert ff["convolution"] == forward and ff["convolution_backward"] == forward  # grad W only
+    bp = flops_by_op(Cell("bp", ARCH, RES, BATCH, classes=CLASSES))
+    assert bp["convolution_backward"] > forward  # grad W and grad x
+    ckpt = flops_by_op(Cell("bp-ckpt", ARCH, RES, BATCH, classes=CLASSES))
+    assert ckpt["convolution"] == 2 * forward  # every block's forward runs again in backward
+    assert ckpt["convolution_backward"] == bp["convolution_backward"]
+    naive = flops_by_op(Cell("ff-naive", ARCH, RES, BATCH, classes=CLASSES))
+    assert naive["convolution"] == 2 * forward  # the second, no_grad conv pass
+
+
+def test_every_micro_batch_is_counted():
+    whole = count_step_flops(Cell("bp", ARCH, RES, 8, classes=CLASSES))
+    split = count_step_flops(Cell("bp-accum", ARCH, RES, 8, micro_batch=2, classes=CLASSES))
+    assert split == whole
+
+
+def test_achieved_tflops_and_mfu_follow_from_the_row():
+    cell = Cell("bp", ARCH, RES, BATCH)
+    result = CellResult(cell, "cpu", "x", step_ms=[2.0, 2.0, 2.0], flops_per_step=4 * 10**9,
+                        peak_tflops=4.0, peak_source=USER, peak_precision="fp32")
+    assert result.achieved_tflops == pytest.approx(2.0)  # 4 GFLOP in 2 ms
+    assert result.mfu == pytest.approx(0.5)
+    again = CellResult.from_row(result.row())
+    assert again.row() == result.row() and again.mfu == pytest.approx(0.5)
+    assert CellResult(cell, "cpu", "x", step_ms=[2.0], flops_per_step=10).mfu is None  # no peak
+    assert throughput_bound(2e12, 128, 100.0) == pytest.approx(6400.0)
+
+
+def test_cpu_calibration_gives_an_mfu_strictly_between_0_and_1(tmp_path):
+    [result] = run_sweep([Cell("bp", "vgg-d2-w32", 16, 8, warmup=1, steps=3)], "cpu", tmp_path,
+                         isolation="none")
+    assert result.peak_source == GEMM_CALIBRATED and result.peak_tflops > 0
+    assert 0 < result.mfu < 1
+
+
+def test_the_peak_comes_from_the_user_the_datasheet_or_the_cpu_and_an_unknown_gpu_says_why():
+    assert device_peak_spec("cpu", "any", user_tflops=7.5).source == USER
+    unknown = device_peak_spec("cuda", "NVIDIA Imaginary 9000")
+    assert unknown.tflops is None and "--peak-tflops" in unknown.note
+    assert 0 < calibrate_cpu_peak(seconds=0.2) < 100
+
+
+def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp_path, monkeypatch):
+    from membench import flops
+    from membench.sweep import SweepProgress
+
+    class Notes(SweepProgress):
+        def __init__(self):
+            self.notes = []
+
+        def note(self, text):
+            self.notes.append(text)
+
+    monkeypatch.setattr(flops, "calibrate_cpu_peak", lambda: None)  # stands in for no peak
+    monkeypatch.setattr(flops, "device_peak_spec", lambda kind, name, user=None: flops.PeakSpec(
+        user, USER, "fp32") if user else flops.PeakSpec(None, note="no peak for this device"))
+    cells = [Cell("bp", ARCH, RES, b, warmup=0, steps=2) for b in (2, 4)]
+    progress = Notes()
+    results = run_sweep(cells, "cpu", tmp_path / "a", isolation="none", progress=progress)
+    assert progress.notes == ["no peak for this device"]
+    assert all(r.flops_per_step and r.mfu is None and r.peak_source == "" for r in results)
+    results = run_sweep(cells, "cpu", tmp_path / "b", isolation="none", peak_tflops=2.0)
+    assert all(r.peak_tflops == 2.0 and r.peak_source == USER and r.mfu > 0 for r in results)
+
+
+@pytest.mark.parametrize("method", ["bp", "bp-accum", "bp-ckpt", "ff-naive", "ff-pipelined"])
+def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(method):
+    from membench.devices import CpuDevice
+    from membench.estimate import estimate_cell
+    from membench.protocol import run_cell
+
+    cell = Cell(method, ARCH, RES, BATCH, 2 if method == "bp-accum" else None, warmup=1, steps=1)
+    expected = count_step_flops(cell)
+    assert run_cell(cell, CpuDevice()).flops_per_step == expected
+    assert estimate_cell(cell, "cuda").flops_per_step == expected
+
+
+# -- bounds for estimates: the report and fit --------------------------------------------------
+def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
+    from membench.estimate import estimate_cell  # noqa: F401  (the sweep imports it lazily)
+    from membench.flops import resolve_gpu
+    from membench.report import build_report, load_cells, make_figures
+    from membench.report.render import add_throughput_bound
+    from membench.sweep import estimate_sweep
+
+    cells = [Cell(m, ARCH, RES, b, classes=CLASSES, warmup=1, steps=1)
+             for m in ("bp", "ff-pipelined") for b in (2, 4)]
+    results = estimate_sweep(cells, "cuda", tmp_path / "r", isolation="none")
+    name, peak = resolve_gpu("H200")
+    assert name == "NVIDIA H200" and peak.precision in ("tf32", "fp32")
+    loaded = load_cells([tmp_path / "r"])
+    add_throughput_bound(loaded, name, peak.tflops, peak.precision)
+    [batch_figure] = [f for f in make_figures(loaded.cells) if f.kind == "batch"]
+    lines = {line.get_gid(): line for ax in batch_figure.figure.axes for line in ax.get_lines()}
+    bound = lines["bound:ff-pipelined"]
+    flops = {r.cell.batch: r.flops_per_step for r in results if r.cell.method == "ff-pipelined"}
+    assert list(bound.get_xdata()) == [2, 4]
+    assert list(bound.get_ydata()) == pytest.approx(
+        [throughput_bound(flops[b], b, peak.tflops) for b in (2, 4)])
+    report = build_report([tmp_path / "r"], tmp_path / "out", gpu=(name, peak.tflops, peak.precision))
+    text = report.read_text()
+    assert "imgs/s bound" in text and "FLOPs \u00f7 bp" in text and "NVIDIA H200" in text
+
+
+def test_report_and_fit_take_a_gpu_or_a_device_profile_and_refuse_an_unknown_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import usage_error
+    from membench.cli import app
+    from membench.flops import resolve_gpu
+
+    assert resolve_gpu("laptop-8gb")[0] == "NVIDIA GeForce RTX 4060 Laptop GPU"
+    cli = CliRunner()
+    fit = cli.invoke(app, ["fit", "--arch", "vgg-d2-w8", "--res", "8", "--device-mem", "4MiB",
+                           "--method", "bp", "--max-batch", "8", "--gpu", "RTX 4090"])
+    assert fit.exit_code == 0, fit.output
+    assert "imgs/s bound" in fit.output and "NVIDIA GeForce RTX 4090" in fit.output
+    expected = throughput_bound(count_step_flops(Cell("bp", "vgg-d2-w8", 8, 8)), 8,
+                                resolve_gpu("RTX 4090")[1].tflops)
+    assert f"{expected:,.0f}" in fit.output
+    for command in (["fit", "--device-mem", "1GiB", "--gpu", "Voodoo 5"],
+                    ["report", str(tmp_path), "--gpu", "Voodoo 5"]):
+        assert "unknown GPU 'Voodoo 5'" in usage_error(cli.invoke(app, command))
