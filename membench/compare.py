@@ -40,7 +40,8 @@ from .schema import (
     BREAKDOWN_COLUMNS, CELLS_FILE, FAILED_STATUSES, MEASURED_STATUSES, device_kind, format_size,
 )
 
-CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "classes", "device_mem_bytes"]
+CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "precision", "memory_format",
+                  "compile", "classes", "device_mem_bytes"]
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
 # A cells.csv without these cannot be compared; any other column it lacks reads as empty.
 REQUIRED_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",

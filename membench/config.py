@@ -26,9 +26,11 @@ from .archs import ArchError, conv_stack_spec, is_torchvision, validate_arch
 from .errors import InputError
 from .profiles import load_profile
 from .runners import RunnerConfigError, UnknownMethodError, get_runner
+from .runners.base import AUTOCAST_DTYPES, COMPILE_MODES, MEMORY_FORMATS
 from .schema import Cell, DeviceSpecError, format_size, parse_bytes, parse_device
 
 ISOLATION_CHOICES = ("process", "none")
+EXECUTOR_CHOICES = ("local", "ray")
 # A cell whose fp32 weights alone pass this is refused before anything is built: no device has
 # it, and building (or estimating) it would run for minutes before failing.
 MAX_PARAMETER_BYTES = 2**40
@@ -138,6 +140,17 @@ def text(value, label: str) -> str:
     return value.strip()
 
 
+def choices(options: Sequence[str]) -> Callable[[object, str], tuple[str, ...]]:
+    """A non-empty list, each one of ``options``."""
+    def parse(value, label: str) -> tuple[str, ...]:
+        values = names(value, label)
+        for item in values:
+            if item not in options:
+                raise ConfigError(f"{label} takes {', '.join(options)}, got {item!r}")
+        return values
+    return parse
+
+
 def flag(value, label: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{label} takes true or false, got {value!r}")
@@ -176,6 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch", whole_numbers(1), (32,), axis=True),
     Setting("method", names, ("bp",), axis=True),
     Setting("micro_batch", optional(whole_numbers(1)), None, axis=True),
+    # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
+    Setting("precision", choices(tuple(AUTOCAST_DTYPES)), ("fp32",), axis=True),
+    Setting("memory_format", choices(tuple(MEMORY_FORMATS)), ("contiguous",), axis=True),
+    Setting("compile", choices(COMPILE_MODES), ("none",), axis=True),
     Setting("classes", whole_number(1), 10),
     Setting("warmup", whole_number(0), 5),
     Setting("steps", whole_number(1), 20),
@@ -185,6 +202,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", optional(finite_positive("seconds (a finite number > 0)")), None,
             attr="timeout_s"),
     Setting("isolation", choice(ISOLATION_CHOICES), "process"),
+    # Where the cells run: on this machine, or one Ray task per cell on a Ray cluster
+    # (docs/scale-out.md); the last two apply to the ray executor only.
+    Setting("executor", choice(EXECUTOR_CHOICES), "local"),
+    Setting("ray_address", optional(text), None),
+    Setting("cpus_per_cell", optional(whole_number(1)), None),
     Setting("estimate", flag, False),
     Setting("peak_tflops", optional(finite_positive("TFLOP/s (a finite number > 0)")), None),
     # The GPU a device profile stands for (e.g. laptop-8gb): names the peak that bounds the
@@ -205,6 +227,9 @@ class Grid:
     batch: tuple[int, ...]
     method: tuple[str, ...]
     micro_batch: tuple[int, ...] | None = None
+    precision: tuple[str, ...] = ("fp32",)
+    memory_format: tuple[str, ...] = ("contiguous",)
+    compile: tuple[str, ...] = ("none",)
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,9 @@ class SweepConfig:
     device_mem_bytes: int | None = None
     timeout_s: float | None = None
     isolation: str = "process"
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_cell: int | None = None
     estimate: bool = False
     peak_tflops: float | None = None
     gpu: str | None = None
@@ -230,12 +258,19 @@ class SweepConfig:
         if self.timeout_s is not None and self.isolation == "none":
             raise ConfigError("--timeout needs --isolation process: a cell running in this "
                               "process cannot be stopped")
+        check_executor(self.executor, isolation=self.isolation, device=self.device,
+                       estimate=self.estimate, ray_address=self.ray_address,
+                       cpus_per_cell=self.cpus_per_cell)
         cells: list[Cell] = []
         for grid in self.grids:
+            if "none" not in grid.compile or len(grid.compile) > 1:
+                check_compile(self.warmup, self.estimate)
             for cell in expand_grid(grid.method, grid.arch, grid.res, grid.batch,
                                     micro_batches=grid.micro_batch, classes=self.classes,
                                     seed=self.seed, warmup=self.warmup, steps=self.steps,
-                                    device_mem_bytes=self.device_mem_bytes):
+                                    device_mem_bytes=self.device_mem_bytes,
+                                    precisions=grid.precision, memory_formats=grid.memory_format,
+                                    compile_modes=grid.compile):
                 if cell not in cells:
                     cells.append(cell)
         object.__setattr__(self, "cells", tuple(cells))
@@ -244,6 +279,41 @@ class SweepConfig:
     def estimate_kind(self) -> str:
         """The device kind an estimate plans for: cpu only when asked for, else cuda."""
         return "cpu" if self.device == "cpu" else "cuda"
+
+
+def check_executor(executor: str, *, isolation: str = "process", device: str = "auto",
+                   estimate: bool = False, ray_address: str | None = None,
+                   cpus_per_cell: int | None = None) -> None:
+    """ConfigError (one line) for settings that do not go with the executor: the Ray settings
+    without ``executor="ray"``, and, with it, what only a local sweep can do."""
+    if executor != "ray":
+        for value, option in ((ray_address, "--ray-address"), (cpus_per_cell, "--cpus-per-cell")):
+            if value is not None:
+                raise ConfigError(f"{option} needs --executor ray")
+        return
+    if isolation == "none":
+        raise ConfigError("--executor ray runs every cell in a worker process on the cluster; "
+                          "--isolation none cannot apply")
+    if estimate:
+        raise ConfigError("--estimate predicts cells on this machine; drop --executor ray")
+    try:
+        index = parse_device(device)[1]
+    except DeviceSpecError as err:
+        raise ConfigError(str(err)) from None
+    if index is not None:
+        raise ConfigError(f"--device {device} names one GPU of this machine; with --executor ray "
+                          "Ray gives each cell its GPU: use --device cuda, cpu or auto")
+
+
+def check_compile(warmup: int, estimate: bool) -> None:
+    """ConfigError for a compiled cell that would compile inside a timed step or be estimated."""
+    if estimate:
+        raise ConfigError("an estimate of a compiled cell is refused: torch.compile's buffers are "
+                          "allocated where fake tensors cannot see them; drop --compile or "
+                          "--estimate")
+    if warmup < 1:
+        raise ConfigError("--compile needs --warmup 1 or more: compilation must happen in warmup, "
+                          "never in a timed step")
 
 
 def _label(key: str, source: str | None) -> str:
@@ -315,6 +385,9 @@ def expand_grid(
     warmup: int = 5,
     steps: int = 20,
     device_mem_bytes: int | None = None,
+    precisions: Sequence[str] = ("fp32",),
+    memory_formats: Sequence[str] = ("contiguous",),
+    compile_modes: Sequence[str] = ("none",),
 ) -> list[Cell]:
     """Validate one cross product and expand it into cells (arch x res x batch x method
     [x micro-batch]): every method known, every arch buildable at every resolution, every
@@ -337,6 +410,7 @@ def expand_grid(
             raise ConfigError(str(err)) from None
 
     cells = []
+    tooling = list(itertools.product(precisions, memory_formats, compile_modes))
     for arch, res, batch, method in itertools.product(archs, resolutions, batches, methods):
         runner = runners[method]
         splits = (micro_batches or [None]) if runner.uses_micro_batch else [None]
@@ -347,9 +421,11 @@ def expand_grid(
                 raise ConfigError(str(err)) from None
             if runner.uses_micro_batch and micro_batch is None:
                 micro_batch = runner.default_micro_batch(batch)
-            cells.append(Cell(method, arch, res, batch, micro_batch, classes, seed, warmup, steps,
-                              device_mem_bytes))
+            cells += [Cell(method, arch, res, batch, micro_batch, classes, seed, warmup, steps,
+                           device_mem_bytes, precision, memory_format, compile_mode)
+                      for precision, memory_format, compile_mode in tooling]
     return cells
 
 
-__all__ = ["ConfigError", "Grid", "SETTINGS", "SweepConfig", "build_config", "expand_grid"]
+__all__ = ["ConfigError", "Grid", "SETTINGS", "SweepConfig", "build_config", "check_executor",
+           "expand_grid"]

@@ -1,8 +1,13 @@
-"""Provenance: what machine and software a result came from (``env.json``, ``membench env``)."""
+"""Provenance: what machine and software a result came from (``env.json``, ``membench env``).
+
+One machine's environment is ``collect_env``; a sweep on a Ray cluster records every node's
+(``cluster_env``), each collected on that node by the worker that would run its cells.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import socket
 import subprocess
@@ -52,6 +57,8 @@ def collect_env() -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
+        # Which of the machine's GPUs this process sees (Ray gives each cell one of them).
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
@@ -66,3 +73,14 @@ def collect_env() -> dict:
                 "nvml_used_bytes": nvml_used_bytes(index),
             })
     return info
+
+
+def cluster_env(nodes: list[dict], **cluster) -> dict:
+    """env.json of a sweep whose cells ran on several machines: the first node's environment at
+    the top level (where a reader of one machine's env.json looks, e.g. for ``gpus``), the
+    cluster's own keys (``executor``, ``ray_version``, ...), and every node's environment, its
+    GPU, driver and torch included, under ``nodes``."""
+    env = dict(nodes[0]) if nodes else {}
+    env.update(cluster)
+    env["nodes"] = nodes
+    return env

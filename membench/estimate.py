@@ -51,6 +51,10 @@ from .schema import (
 )
 
 DEVICE_KINDS = ("cuda", "cpu")
+# Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
+# cannot see them: no sound model, so no number.
+COMPILED_REFUSAL = ("an estimate of a compiled cell is refused: torch.compile's buffers are "
+                    "allocated outside what fake tensors can see; measure it on the device")
 
 # Fake steps, kept minimal because each costs about a second for VGG11 whatever the batch.
 # One warmup step is enough: the first optimizer step creates AdamW's moments and step counts, so
@@ -72,13 +76,18 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = Tru
     """
     if device_kind not in DEVICE_KINDS:
         raise ValueError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
+    if cell.compile != "none":
+        return new_result(cell, estimate_device(device_kind), ESTIMATE_DEVICE_NAME, status=ERROR,
+                          memory_source=ESTIMATE_SOURCE, error=COMPILED_REFUSAL)
     result = new_result(cell, estimate_device(device_kind), ESTIMATE_DEVICE_NAME,
                         status=ESTIMATED, memory_source=ESTIMATE_SOURCE)
     counter = FlopCounterMode(display=False) if count_flops else None
     try:
+        offloaded: list[int] = []
         tracker = _fake_tracked_run(
             cell, cuda_kernels=device_kind == "cuda",
             rounding=cuda_allocated_size if device_kind == "cuda" else None, flop_counter=counter,
+            offloaded=offloaded,
         )
     except Exception as err:  # a runner that cannot run on fake tensors becomes a row
         result.status = ERROR
@@ -86,6 +95,7 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = Tru
         return result
     result.peak_allocated_bytes = tracker.peak_bytes
     result.breakdown = tracker.peak_breakdown()
+    result.offloaded_bytes = offloaded[0] if offloaded else None
     if counter is not None and min(cell.warmup, FAKE_WARMUP_STEPS):
         result.flops_per_step = int(counter.get_total_flops())
     budget = cell.device_mem_bytes
@@ -99,7 +109,7 @@ def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = Tru
 
 def _fake_tracked_run(
     cell: Cell, cuda_kernels: bool, rounding: Callable[[int], int] | None,
-    flop_counter: FlopCounterMode | None = None,
+    flop_counter: FlopCounterMode | None = None, offloaded: list[int] | None = None,
 ) -> TensorMemoryTracker:
     """The protocol's path on fake CPU tensors; ``cuda_kernels`` models CUDA's dispatch paths;
     ``flop_counter`` counts the warmup step, as ``protocol.prepare_cell`` does."""
@@ -116,12 +126,15 @@ def _fake_tracked_run(
         runner = build_runner(cell, "cpu")
         if cuda_kernels:
             _use_foreach_optimizers(runner)
+        _skip_inf_checks(runner)
         images, labels = make_batch(cell, torch.device("cpu"))
         for index in range(warmup):
             counting = flop_counter is not None and index == warmup - 1
             with flop_counter if counting else contextlib.nullcontext():
                 runner.step(images, labels)
         tracked_peak(runner, images, labels, tracked_steps, tracker)
+    if offloaded is not None and hasattr(runner, "offloaded_peak_bytes"):
+        offloaded.append(runner.offloaded_peak_bytes)  # host memory, outside the device peak
     return tracker
 
 
@@ -146,6 +159,16 @@ def _cuda_dropout() -> Iterator[None]:
         yield
     finally:
         F.dropout = original_dropout
+
+
+def _skip_inf_checks(runner) -> None:
+    """fp16's GradScaler asks the host whether a gradient overflowed (``.item()``), which fake
+    tensors cannot answer; an estimate assumes none did and steps the optimizer, as a real run
+    does on all but the rare overflowing step. The scaler's own tensors are a few scalars."""
+    scaler = getattr(runner, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        scaler._maybe_opt_step = (lambda optimizer, optimizer_state, *args, **kwargs:
+                                  optimizer.step(*args, **kwargs))
 
 
 def _use_foreach_optimizers(runner) -> None:
@@ -206,7 +229,7 @@ def fit_batch(
     runner_cls = check_fit_input(
         method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch
     )
-    splits = runner_cls.uses_micro_batch
+    splits = _splits_batch(runner_cls, micro_batch)
     unit = (micro_batch or 2) if splits else 1
 
     def cell_for(k: int) -> Cell:
@@ -230,6 +253,13 @@ def fit_batch(
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
         capped=hi is None, estimates=len(search.peaks),
     )
+
+
+def _splits_batch(runner_cls: type[Runner], micro_batch: int | None) -> bool:
+    """Whether a fit splits the batch: a micro-batch was given, or the runner splits by default
+    (bp-accum: batch/2; ff-pipelined does not unless asked)."""
+    return runner_cls.uses_micro_batch and (
+        micro_batch is not None or runner_cls.default_micro_batch(2) is not None)
 
 
 def fit_cell(fit: FitResult) -> Cell:
@@ -361,7 +391,7 @@ def check_fit_input(
         raise ConfigError(str(err)) from None
     if micro_batch is not None and not runner_cls.uses_micro_batch:
         raise ConfigError(f"--micro-batch applies only to methods that split the batch, not {method}")
-    unit = (micro_batch or 2) if runner_cls.uses_micro_batch else 1
+    unit = (micro_batch or 2) if _splits_batch(runner_cls, micro_batch) else 1
     if max_batch < unit:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
     return runner_cls

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -37,7 +37,9 @@ CALIBRATION_SECONDS = 1.0
 
 
 def count_step_flops(cell: Cell) -> int:
-    """FLOPs of one training step of ``cell``, counted on fake tensors (see the module doc)."""
+    """FLOPs of one training step of ``cell``, counted on fake tensors (see the module doc).
+    A compiled cell is counted in eager mode: compiling changes how, not what, it computes."""
+    cell = replace(cell, compile="none")
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
         images, labels = make_batch(cell, torch.device("cpu"))
@@ -73,7 +75,10 @@ def gpu_peak_spec(device_name: str, precision: str) -> PeakSpec:
     return PeakSpec(value, DATASHEET, precision)
 
 
-def calibrate_cpu_peak(seconds: float | None = None) -> float:
+CALIBRATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def calibrate_cpu_peak(seconds: float | None = None, precision: str = "fp32") -> float:
     """An achievable fp32 TFLOP/s of this CPU at torch's current thread count: the best rate of
     square GEMMs (``CALIBRATION_SIZES``) over about ``seconds`` (default CALIBRATION_SECONDS or
     $MEMBENCH_CALIBRATION_S). Achievable, not theoretical: a well-blocked GEMM, the CPU's best
@@ -82,8 +87,9 @@ def calibrate_cpu_peak(seconds: float | None = None) -> float:
         seconds = float(os.environ.get("MEMBENCH_CALIBRATION_S", CALIBRATION_SECONDS))
     best = 0.0
     per_size = seconds / len(CALIBRATION_SIZES)
+    dtype = CALIBRATION_DTYPES[precision]
     for size in CALIBRATION_SIZES:
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         torch.mm(a, b)  # first call: allocation and kernel selection
         deadline = time.perf_counter() + per_size
         while True:
@@ -96,14 +102,18 @@ def calibrate_cpu_peak(seconds: float | None = None) -> float:
     return best
 
 
-def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = None) -> PeakSpec:
-    """The peak for a measured device: the user's, else the datasheet's (CUDA) or a calibrated
-    GEMM rate (CPU)."""
+def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = None,
+                     precision: str = "fp32") -> PeakSpec:
+    """The peak for cells of ``precision`` on a measured device: the user's, else the
+    datasheet's (CUDA; fp32 cells count at TF32 while cuDNN may use it) or a GEMM rate
+    calibrated at that precision (CPU)."""
+    if kind == "cuda" and precision == "fp32":
+        precision = cuda_precision()
     if user_tflops is not None:
-        return PeakSpec(user_tflops, USER, cuda_precision() if kind == "cuda" else "fp32")
+        return PeakSpec(user_tflops, USER, precision)
     if kind == "cuda":
-        return gpu_peak_spec(device_name, cuda_precision())
-    return PeakSpec(calibrate_cpu_peak(), GEMM_CALIBRATED, "fp32")
+        return gpu_peak_spec(device_name, precision)
+    return PeakSpec(calibrate_cpu_peak(precision=precision), GEMM_CALIBRATED, precision)
 
 
 def add_flops(result: CellResult, peak: PeakSpec | None = None) -> CellResult:

@@ -48,13 +48,20 @@ CPU_GATE_TRACKER_STEPS = 1
 
 
 def cpu_gate_cells() -> list[Cell]:
-    """Every built-in method on a tiny arch: the CPU memory gate's grid."""
-    return expand_grid(list(BUILTIN_METHODS), ["vgg-d3-w16"], [16], [4], warmup=1, steps=1)
+    """Every built-in method on a tiny arch, and bp and ff-pipelined in bf16: the CPU memory
+    gate's grid."""
+    grid = dict(warmup=1, steps=1)
+    return (expand_grid(list(BUILTIN_METHODS), ["vgg-d3-w16"], [16], [4], **grid)
+            + expand_grid(["bp", "ff-pipelined"], ["vgg-d3-w16"], [16], [4], precisions=["bf16"],
+                          **grid))
 
 
 def gpu_perf_cells() -> list[Cell]:
-    """The GPU perf gate's grid: VGG8 at 32x32, batch 64, the five methods the paper timed."""
-    return expand_grid(GPU_PERF_METHODS, ["vgg8"], [32], [64], warmup=3, steps=10)
+    """The GPU perf gate's grid: VGG8 at 32x32, batch 64, the five methods the paper timed, and
+    bp in bf16 (autocast, as trained in practice)."""
+    grid = dict(warmup=3, steps=10)
+    return (expand_grid(GPU_PERF_METHODS, ["vgg8"], [32], [64], **grid)
+            + expand_grid(["bp"], ["vgg8"], [32], [64], precisions=["bf16"], **grid))
 
 
 def gpu_slug(device_name: str) -> str:

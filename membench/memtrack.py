@@ -21,8 +21,10 @@ and parameters by being named before the pass starts.
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +57,24 @@ def cuda_allocated_size(nbytes: int) -> int:
     c10/cuda/CUDACachingAllocator.cpp); ``max_memory_allocated`` sums those block sizes.
     """
     return 0 if nbytes == 0 else ((nbytes + 511) // 512) * 512
+
+
+_HOST_ALLOCATIONS = threading.local()
+
+
+@contextmanager
+def host_memory() -> Iterator[None]:
+    """Storages allocated inside are host memory, not the device's: the tracker leaves them out
+    of its count (how offloading is measured on a CPU, where both are the same memory)."""
+    _HOST_ALLOCATIONS.depth = getattr(_HOST_ALLOCATIONS, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _HOST_ALLOCATIONS.depth -= 1
+
+
+def _allocating_host_memory() -> bool:
+    return getattr(_HOST_ALLOCATIONS, "depth", 0) > 0
 
 
 @dataclass
@@ -111,7 +131,7 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor, category: str | None = None) -> None:
         storage = _tensor_storage(t)
-        if storage is None:
+        if storage is None or _allocating_host_memory():
             return
         key = id(storage)
         known = self._live.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from .runners import Runner, get_runner
 from .schema import ERROR, OOM, Cell, CellResult
 
 DEFAULT_TRACKER_STEPS = 2
+# memory_source of a compiled cell on the CPU: its peak is left empty (see run_cell).
+UNTRACKED_COMPILED = "none (compiled: the tracker cannot see compiled buffers)"
 
 
 def provenance() -> dict:
@@ -46,7 +49,10 @@ def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Te
     generator = torch.Generator().manual_seed(cell.seed)
     images = torch.randn(cell.batch, 3, cell.res, cell.res, generator=generator)
     labels = torch.randint(0, cell.classes, (cell.batch,), generator=generator)
-    return images.to(device), labels.to(device)
+    images = images.to(device)
+    if cell.memory_format == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device)
 
 
 def build_runner(cell: Cell, device: torch.device | str) -> Runner:
@@ -59,6 +65,7 @@ def build_runner(cell: Cell, device: torch.device | str) -> Runner:
     return runner_cls(
         cell.arch, cell.res, cell.classes, device, seed=cell.seed,
         total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps, micro_batch=cell.micro_batch,
+        precision=cell.precision, memory_format=cell.memory_format, compile=cell.compile,
     )
 
 
@@ -92,6 +99,7 @@ class PreparedCell:
     runner: Runner
     images: torch.Tensor
     labels: torch.Tensor
+    first_step_s: float | None = None  # the first warmup step: where torch.compile compiles
 
     def step(self) -> None:
         """One training step of the cell (no synchronisation: the device times it)."""
@@ -117,8 +125,12 @@ def prepare_cell(cell: Cell, device: Device,
     prepared = PreparedCell(cell, device, runner, images, labels)
     for index in range(cell.warmup):
         counting = flop_counter is not None and index == cell.warmup - 1
+        start = time.perf_counter()
         with flop_counter if counting else contextlib.nullcontext():
             prepared.step()
+        if index == 0:
+            device.synchronize()
+            prepared.first_step_s = time.perf_counter() - start
     device.synchronize()
     return prepared
 
@@ -129,12 +141,20 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
     ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs)."""
     result = new_result(cell, str(device), device.name())
     try:
-        counter = FlopCounterMode(display=False) if count_flops else None
+        compiled = cell.compile != "none"
+        # Compiled code is counted on fake tensors instead (membench.flops).
+        counter = FlopCounterMode(display=False) if count_flops and not compiled else None
         prepared = prepare_cell(cell, device, counter)
         if counter is not None and cell.warmup:
             result.flops_per_step = int(counter.get_total_flops())
+        if compiled:
+            result.compile_s = prepared.first_step_s
         reset_host_peak_rss()
-        if device.needs_tracker_pass:
+        if device.needs_tracker_pass and compiled:
+            # Compiled kernels allocate their buffers outside the dispatcher, where the tracker
+            # cannot see them: no peak rather than a wrong one.
+            result.memory_source = UNTRACKED_COMPILED
+        elif device.needs_tracker_pass:
             tracker = prepared.tracked_memory(tracker_steps)
             result.peak_allocated_bytes = tracker.peak_bytes
             result.breakdown = tracker.peak_breakdown()
@@ -150,6 +170,7 @@ def run_cell(cell: Cell, device: Device, tracker_steps: int = DEFAULT_TRACKER_ST
             result.nvml_used_bytes = allocator.nvml_used_bytes
             result.memory_source = allocator.source
         result.host_peak_rss_bytes = host_peak_rss_bytes()
+        result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
     except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
         if is_out_of_memory(err):
             result.status, result.error = OOM, one_line(err)

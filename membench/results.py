@@ -31,7 +31,7 @@ import pandas as pd
 from .errors import InputError
 from .schema import (
     CELL_COLUMN_TYPES, CELL_COLUMNS, CELLS_FILE, ENV_FILE, IDENTITY_COLUMNS, STEP_COLUMN_TYPES,
-    STEP_COLUMNS, STEPS_FILE, Cell, CellResult, is_estimate_row,
+    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, Cell, CellResult, is_estimate_row,
 )
 
 LOCK_FILE = ".membench-sweep.lock"
@@ -137,6 +137,8 @@ def read_cells(path: Path, *, strict: bool = True) -> pd.DataFrame:
         header = []
     check_header(file, header, CELL_COLUMNS, IDENTITY_COLUMNS)
     frame = _typed_frame(file, rows, CELL_COLUMN_TYPES, strict)
+    for column, default in SETTING_DEFAULTS.items():
+        frame[column] = frame[column].replace("", default)
     frame["is_estimate"] = [is_estimate_row(row) for row in rows]
     return frame
 

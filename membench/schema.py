@@ -19,27 +19,31 @@ import math
 import re
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 # -- columns ----------------------------------------------------------------------------------
 # Every cells.csv column in file order, with the type its values are read as: "str" (empty is
 # ""), "int" or "float" (empty is missing). A new column is one entry here and one in row().
 CELL_COLUMN_TYPES: dict[str, str] = {
     "cell_id": "str", "method": "str", "arch": "str", "res": "int", "batch": "int",
-    "micro_batch": "int", "classes": "int", "seed": "int",
-    "device": "str", "device_name": "str", "device_mem_bytes": "int", "status": "str",
+    "micro_batch": "int", "precision": "str", "memory_format": "str", "compile": "str",
+    "classes": "int", "seed": "int",
+    "device": "str", "device_name": "str", "host": "str", "device_mem_bytes": "int",
+    "status": "str",
     "error": "str", "warmup": "int", "steps": "int",
     "step_ms_median": "float", "step_ms_p10": "float", "step_ms_p90": "float",
-    "step_ms_mean": "float", "imgs_per_s": "float",
+    "step_ms_mean": "float", "imgs_per_s": "float", "compile_s": "float",
     "flops_per_step": "int", "achieved_tflops": "float", "peak_tflops": "float",
     "peak_precision": "str", "peak_source": "str", "mfu": "float",
     "peak_allocated_bytes": "int", "peak_reserved_bytes": "int", "host_peak_rss_bytes": "int",
-    "nvml_used_bytes": "int", "memory_source": "str",
+    "nvml_used_bytes": "int", "offloaded_bytes": "int", "memory_source": "str",
     "parameters_bytes": "int", "gradients_bytes": "int", "optimizer_state_bytes": "int",
     "activations_bytes": "int",
     "torch_version": "str", "membench_version": "str", "torch_threads": "int", "started_at": "str",
 }
 CELL_COLUMNS = list(CELL_COLUMN_TYPES)
+# Settings an earlier membench did not record were at these values; readers fill them in.
+SETTING_DEFAULTS = {"precision": "fp32", "memory_format": "contiguous", "compile": "none"}
 NUMERIC_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind != "str"]
 TEXT_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind == "str"]
 # A file without these is not a membench cells.csv (an older membench always wrote them).
@@ -172,14 +176,24 @@ class Cell:
     warmup: int = 5
     steps: int = 20
     device_mem_bytes: int | None = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights and optimizer state fp32)
+    memory_format: str = "contiguous"  # contiguous | channels_last
+    compile: str = "none"  # none | default | max-autotune (torch.compile mode)
 
     @property
     def cell_id(self) -> str:
-        """A readable id, unique within one sweep's grid."""
+        """A readable id, unique within one sweep's grid; a setting at its default adds
+        nothing, so the ids of earlier runs stay what they were."""
         parts = [self.method, self.arch, f"r{self.res}", f"b{self.batch}"]
         if self.micro_batch is not None:
             parts.append(f"mb{self.micro_batch}")
         parts.append(f"k{self.classes}")
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        if self.memory_format != "contiguous":
+            parts.append(self.memory_format.replace("_", "-"))
+        if self.compile != "none":
+            parts.append(f"compile-{self.compile}")
         if self.device_mem_bytes is not None:
             parts.append(f"mem{format_bytes(self.device_mem_bytes)}")
         return "_".join(parts)
@@ -231,10 +245,13 @@ class CellResult:
     torch_version: str = ""
     membench_version: str = ""
     flops_per_step: int | None = None  # FLOPs of one training step (membench.flops)
+    compile_s: float | None = None  # the first warmup step, where torch.compile compiles
+    offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
     peak_tflops: float | None = None  # the device's peak for this cell's precision, if known
     peak_precision: str = ""
     peak_source: str = ""  # datasheet | user | gemm-calibrated
     recorded_timing: dict[str, float | None] | None = None  # stats of a row read back, see above
+    host: str = ""  # hostname of the machine the cell ran on (a Ray node, or this machine)
 
     @property
     def is_estimate(self) -> bool:
@@ -284,7 +301,8 @@ class CellResult:
         cell = self.cell
         row = {
             "cell_id": cell.cell_id, "device": self.device, "device_name": self.device_name,
-            "status": self.status, "error": self.error, "imgs_per_s": self.imgs_per_s,
+            "host": self.host, "status": self.status, "error": self.error,
+            "imgs_per_s": self.imgs_per_s,
             "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "host_peak_rss_bytes": self.host_peak_rss_bytes,
@@ -293,7 +311,8 @@ class CellResult:
             "torch_threads": self.torch_threads, "started_at": self.started_at,
             "flops_per_step": self.flops_per_step, "achieved_tflops": self.achieved_tflops,
             "peak_tflops": self.peak_tflops, "peak_precision": self.peak_precision,
-            "peak_source": self.peak_source, "mfu": self.mfu,
+            "peak_source": self.peak_source, "mfu": self.mfu, "compile_s": self.compile_s,
+            "offloaded_bytes": self.offloaded_bytes,
             **{f"step_ms_{stat}": stats[stat] for stat in TIMING_STATS},
             **{f.name: getattr(cell, f.name) for f in fields(Cell)},
             **dict.fromkeys(BREAKDOWN_COLUMNS),
@@ -308,7 +327,9 @@ class CellResult:
         values (a DataFrame record). Missing columns read as empty. ValueError for a value that
         does not fit its column's type."""
         values = {column: parse_value(column, row.get(column)) for column in CELL_COLUMNS}
-        cell = Cell(**{f.name: values[f.name] for f in fields(Cell)})
+        # A setting an earlier membench did not record was at its default.
+        cell = Cell(**{f.name: values[f.name] for f in fields(Cell)
+                       if values[f.name] not in (None, "") or f.default is MISSING})
         breakdown = None
         if all(values[c] is not None for c in BREAKDOWN_COLUMNS):
             breakdown = MemoryBreakdown(*(values[c] for c in BREAKDOWN_COLUMNS))
@@ -323,7 +344,9 @@ class CellResult:
             torch_threads=values["torch_threads"] or 0, torch_version=values["torch_version"],
             membench_version=values["membench_version"], flops_per_step=values["flops_per_step"],
             peak_tflops=values["peak_tflops"], peak_precision=values["peak_precision"],
-            peak_source=values["peak_source"], recorded_timing=timing,
+            peak_source=values["peak_source"], compile_s=values["compile_s"],
+            offloaded_bytes=values["offloaded_bytes"], recorded_timing=timing,
+            host=values["host"],
         )
 
 

@@ -1,11 +1,17 @@
 """The sweep engine: run a grid's cells isolated, append each result as it finishes, resume.
 
+Executors. Where cells run is an executor's business (``membench.executors``): the local one runs
+them one at a time on this machine, the Ray one (``executor="ray"``, ``membench.ray_executor``)
+as Ray tasks on a cluster, several at once. Whatever the executor, this module is the only writer
+of the results folder: it appends each result as the executor yields it.
+
 Isolation. With ``isolation="process"`` (the default) every cell runs in a worker process
 (``membench.worker``), so a CUDA OOM, a segfault, ``os._exit`` or a hang in one cell becomes a row
 (``oom``, ``error``, ``timeout``) and the sweep goes on. One worker is reused across cells until a
 cell ends in anything but ``ok`` (or the device budget changes); then it is discarded and the next
 cell gets a fresh one, so a poisoned CUDA context or a fragmented allocator never leaks into the
-next measurement. Estimates run the same way, so ``timeout_s`` bounds them too.
+next measurement. Estimates run the same way, so ``timeout_s`` bounds them too. (On Ray every cell
+gets a fresh worker process.)
 
 Only the sweep process writes results (``membench.results``), under an exclusive lock on the
 folder; a folder holding another program's CSV is refused before anything runs.
@@ -14,34 +20,28 @@ Resume. A cell counts as finished when ``cells.csv`` has a row with the same cel
 device name (the GPU or CPU model), warmup, steps, seed and device budget (whatever its status,
 except estimates). The device name comes from the first worker's hello, sent before any cell, so
 the sweep process never opens a CUDA context; rows measured on another machine stay in the file
-and do not count as finished here. Rerunning the same sweep skips finished cells; ``redo=True``
-drops their rows (this machine's only) and runs them again. Before running, ``steps.csv`` rows
-that belong to no row of ``cells.csv`` (a sweep killed between the two appends) are removed, so a
-rerun cell never has its steps twice. Estimates are cheap and deterministic, so they are always
-recomputed, replacing earlier estimate rows of the same cells for the same device kind.
+and do not count as finished here. On a Ray cluster every node says hello, and a row measured on
+any device model the cluster holds counts. Rerunning the same sweep skips finished cells;
+``redo=True`` drops their rows (this machine's, or this cluster's, only) and runs them again.
+Before running, ``steps.csv`` rows that belong to no row of ``cells.csv`` (a sweep killed between
+the two appends) are removed, so a rerun cell never has its steps twice. Estimates are cheap and
+deterministic, so they are always recomputed, replacing earlier estimate rows of the same cells
+for the same device kind.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-from .config import SETTING_BY_KEY, SweepConfig
+from .config import SETTING_BY_KEY, SweepConfig, check_executor
 from .devices import Device
-from .envinfo import collect_env
-from .flops import PeakSpec
+from .executors import Executor, LocalExecutor, Placement, SweepError
 from .results import (
     append_result, cell_key, check_results_folder, latest_rows, prune_results, results_lock,
     row_key, write_env,
 )
-from .schema import ENV_FILE, ERROR, OK, TIMEOUT, Cell, CellResult, is_estimate_row
-from .worker import IsolatedWorker, Target, WorkerStartError, open_target
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot go on (its worker cannot start); the message is one line."""
+from .schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from .worker import Target
 
 
 class SweepProgress:
@@ -49,7 +49,8 @@ class SweepProgress:
 
     def device_ready(self, device: str, device_name: str) -> None:
         """The cells run on ``device`` (e.g. ``cuda:0``), a ``device_name`` (the GPU or CPU model,
-        as the worker names it); called once, before ``sweep_started``."""
+        as the worker names it); called before ``sweep_started``, once per device model the
+        cells may run on (once, unless a Ray cluster holds several models)."""
 
     def note(self, text: str) -> None:
         """Something the user should read once (e.g. no peak is known for this GPU)."""
@@ -58,10 +59,12 @@ class SweepProgress:
         """``total`` cells in the grid, ``to_run`` of them not finished yet."""
 
     def cell_started(self, index: int, cell: Cell) -> None:
-        """Cell number ``index`` (0-based among the cells to run) is starting."""
+        """Cell number ``index`` (0-based among the cells to run) is starting; on a Ray cluster
+        several cells run at once."""
 
     def cell_finished(self, index: int, result: CellResult, wall_s: float) -> None:
-        """Cell number ``index`` is done and its row is on disk."""
+        """Cell number ``index`` is done and its row is on disk (cells may finish in any order
+        on a Ray cluster)."""
 
     def sweep_finished(self, results: list[CellResult]) -> None:
         """Every cell to run has a row."""
@@ -69,33 +72,51 @@ class SweepProgress:
 
 def sweep(config: SweepConfig, out_dir: Path, *, redo: bool = False,
           progress: SweepProgress | None = None) -> list[CellResult]:
-    """Run (or, with ``config.estimate``, predict) every cell of a configuration into ``out_dir``.
-    Returns the results of the cells run by this call."""
+    """Run (or, with ``config.estimate``, predict) every cell of a configuration into ``out_dir``,
+    with the configuration's executor. Returns the results of the cells run by this call."""
     if config.estimate:
         return estimate_sweep(list(config.cells), config.estimate_kind, out_dir,
                               isolation=config.isolation, timeout_s=config.timeout_s,
                               progress=progress)
     return run_sweep(list(config.cells), config.device, out_dir, isolation=config.isolation,
                      timeout_s=config.timeout_s, redo=redo, progress=progress,
-                     peak_tflops=config.peak_tflops)
+                     peak_tflops=config.peak_tflops, executor=config.executor,
+                     ray_address=config.ray_address, cpus_per_cell=config.cpus_per_cell)
 
 
-def run_sweep(cells: list[Cell], device: Device | str, out_dir: Path, *,
-              isolation: str = "process", timeout_s: float | None = None, redo: bool = False,
-              progress: SweepProgress | None = None,
-              peak_tflops: float | None = None) -> list[CellResult]:
+def run_sweep(cells: list[Cell], device: Device | str, out_dir: Path, *, isolation: str = "process",
+              timeout_s: float | None = None, redo: bool = False,
+              progress: SweepProgress | None = None, peak_tflops: float | None = None,
+              executor: str = "local", ray_address: str | None = None,
+              cpus_per_cell: int | None = None) -> list[CellResult]:
     """Measure every unfinished cell on ``device`` (a Device or a spec: ``cpu``, ``cuda:0``,
     ``auto``), appending each row to ``out_dir`` as it completes.
 
     ``isolation="process"`` runs cells in worker processes (see the module docstring);
     ``"none"`` runs them here, for debugging, and cannot enforce ``timeout_s``. Cells already in
     ``cells.csv`` for this device and device model are skipped unless ``redo``. Returns the
-    results of the cells run by this call, in order. ``peak_tflops`` replaces the device's peak
-    (datasheet or calibrated) for MFU. Raises ConfigError for bad arguments, ResultsError (or
-    SweepLockedError) for a folder it cannot use.
+    results of the cells run by this call, in grid order. ``peak_tflops`` replaces the device's
+    peak (datasheet or calibrated) for MFU. ``executor="ray"`` runs the cells as Ray tasks,
+    several at once (``membench.ray_executor``: ``ray_address``, ``cpus_per_cell``; ``device``
+    is then ``auto``, ``cuda`` or ``cpu``). Raises ConfigError for bad arguments, ResultsError
+    (or SweepLockedError) for a folder it cannot use.
     """
-    return _sweep(cells, Target(str(device), peak_tflops=peak_tflops), out_dir, isolation,
-                  timeout_s, progress, redo=redo)
+    isolation, timeout_s = _checked(isolation, timeout_s)
+    executor = SETTING_BY_KEY["executor"].parse(executor, "executor")
+    check_executor(executor, isolation=isolation, device=str(device), ray_address=ray_address,
+                   cpus_per_cell=cpus_per_cell)
+    methods = sorted({c.method for c in cells})
+    runner: Executor
+    if executor == "ray":
+        from .ray_executor import RayExecutor  # only here: a local sweep never imports Ray
+
+        runner = RayExecutor(str(device), methods, address=ray_address,
+                             cpus_per_cell=cpus_per_cell, timeout_s=timeout_s,
+                             peak_tflops=peak_tflops)
+    else:
+        runner = LocalExecutor(Target(str(device), peak_tflops=peak_tflops), isolation,
+                               timeout_s, methods)
+    return _sweep(cells, runner, out_dir, progress, redo=redo, estimates=False)
 
 
 def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
@@ -105,113 +126,69 @@ def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
     and append the rows, replacing earlier estimates of the same cells for the same kind (a
     ``cuda (estimate)`` row survives a ``cpu`` estimate). ``env.json`` is written only where the
     folder has none, so an estimate never replaces a measured run's provenance."""
-    return _sweep(cells, Target(device_kind, estimate_kind=device_kind), out_dir, isolation,
-                  timeout_s, progress, redo=True)
+    isolation, timeout_s = _checked(isolation, timeout_s)
+    runner = LocalExecutor(Target(device_kind, estimate_kind=device_kind), isolation, timeout_s,
+                           sorted({c.method for c in cells}))
+    return _sweep(cells, runner, out_dir, progress, redo=True, estimates=True)
 
 
-def _sweep(cells: list[Cell], target: Target, out_dir: Path, isolation: str,
-           timeout_s: float | None, progress: SweepProgress | None, redo: bool) -> list[CellResult]:
-    """The one sweep loop: lock, name the device, prune, skip what is done, run the rest.
-    ``redo`` replaces the grid's earlier rows of the same kind (measured or estimated)."""
+def _checked(isolation: str, timeout_s: float | None) -> tuple[str, float | None]:
+    """The isolation and timeout, parsed as the settings are (ConfigError, one line)."""
     isolation = SETTING_BY_KEY["isolation"].parse(isolation, "isolation")
     if timeout_s is not None:
         timeout_s = SETTING_BY_KEY["timeout"].parse(timeout_s, "timeout")
         if isolation == "none":
             raise ValueError("a timeout needs isolation='process' (a cell in this process "
                              "cannot be stopped)")
+    return isolation, timeout_s
+
+
+def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
+           progress: SweepProgress | None, redo: bool, estimates: bool) -> list[CellResult]:
+    """The one sweep loop: lock, name the device, prune, skip what is done, run the rest and
+    append each row as it comes. ``redo`` replaces the grid's earlier rows of the same kind
+    (measured or estimated)."""
     progress = progress or SweepProgress()
     out_dir = Path(out_dir)
+    results: dict[int, CellResult] = {}
     with results_lock(out_dir):
         check_results_folder(out_dir)
-        cells_runner = _CellsRunner(target, isolation, timeout_s, sorted({c.method for c in cells}))
         try:
-            device, device_name = cells_runner.start()
-            progress.device_ready(device, device_name)
-            if cells_runner.peak is not None and cells_runner.peak.note:
-                progress.note(cells_runner.peak.note)
-            estimates = target.estimate_kind is not None
-            keys = {cell_key(cell, device, device_name) for cell in cells}
-            if redo:
-                prune_results(out_dir, lambda row: row_key(row) in keys
-                              and is_estimate_row(row) == estimates)
-            else:
-                prune_results(out_dir)  # orphan steps only
-            done = set(latest_rows(out_dir, estimates=estimates))
-            todo = [cell for cell in cells if cell_key(cell, device, device_name) not in done]
+            placement = executor.start()
+            for name in placement.device_names:
+                progress.device_ready(placement.device, name)
+            for note in placement.notes:
+                progress.note(note)
+            todo = _unfinished(cells, placement, out_dir, redo, estimates)
             progress.sweep_started(len(cells), len(todo), out_dir)
             if todo and (not estimates or not (out_dir / ENV_FILE).exists()):
-                write_env(out_dir, cells_runner.provenance())
-            results = []
-            for index, cell in enumerate(todo):
-                progress.cell_started(index, cell)
-                start = time.perf_counter()
-                result = cells_runner.run(cell)
+                write_env(out_dir, executor.provenance())
+            for index, result, wall_s in executor.run(todo, progress.cell_started):
                 append_result(out_dir, result)
-                results.append(result)
-                progress.cell_finished(index, result, time.perf_counter() - start)
+                results[index] = result
+                progress.cell_finished(index, result, wall_s)
         finally:
-            cells_runner.close()
-    progress.sweep_finished(results)
-    return results
+            executor.close()
+    ordered = [results[index] for index in sorted(results)]
+    progress.sweep_finished(ordered)
+    return ordered
 
 
-class _CellsRunner:
-    """Runs cells on one target, here or in workers, replacing a worker after a failed cell."""
+def _unfinished(cells: list[Cell], placement: Placement, out_dir: Path, redo: bool,
+                estimates: bool) -> list[Cell]:
+    """The cells to run: prune orphan steps (and, with ``redo``, the grid's rows on these
+    device models), then drop every cell with a row on one of the placement's device models."""
+    def keys(cell: Cell) -> set[tuple]:
+        return {cell_key(cell, placement.device, name) for name in placement.device_names}
 
-    def __init__(self, target: Target, isolation: str, timeout_s: float | None, methods: list[str]):
-        self.target, self.isolation, self.timeout_s, self.methods = target, isolation, timeout_s, methods
-        self.worker: IsolatedWorker | None = None
-        self.local: Callable[[Cell], CellResult] | None = None
-        self.env: dict | None = None
-        self.peak: PeakSpec | None = None
-
-    def start(self) -> tuple[str, str]:
-        """Open the target (a first worker, which names the device so this process never opens
-        a CUDA context); returns (device, device_name)."""
-        if self.isolation == "none":
-            opened = open_target(self.target)
-            self.local, self.peak = opened.run, opened.peak
-            return opened.device, opened.device_name
-        self.worker = self._new_worker(collect_env_info=True)
-        self.env, self.peak = self.worker.env, self.worker.peak
-        return self.worker.device, self.worker.device_name
-
-    def provenance(self) -> dict:
-        """env.json: the worker's (or this process's) environment and the peak MFU is held to."""
-        env = dict(self.env or collect_env())
-        if self.peak is not None:
-            env["peak"] = asdict(self.peak)
-        return env
-
-    def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
-        worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info,
-                                peak=self.peak)
-        try:
-            worker.wait_ready()
-        except WorkerStartError as err:
-            raise SweepError(str(err)) from None
-        return worker
-
-    def run(self, cell: Cell) -> CellResult:
-        if self.local is not None:
-            return self.local(cell)
-        measuring = self.target.estimate_kind is None
-        if (self.worker is not None and self.worker.cells_run and measuring
-                and self.worker.budget != cell.device_mem_bytes):
-            self.close()  # a CUDA memory fraction cannot be raised back reliably in-process
-        if self.worker is None:
-            self.worker = self._new_worker()
-        result = self.worker.run(cell, self.timeout_s)
-        # A measured cell that failed may have poisoned its process (a CUDA OOM, a fragmented
-        # allocator); an estimate over its budget has not, but a crashed or hung one has.
-        if result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK):
-            self.close()
-        return result
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+    grid_keys = set().union(*map(keys, cells)) if cells else set()
+    if redo:
+        prune_results(out_dir, lambda row: row_key(row) in grid_keys
+                      and is_estimate_row(row) == estimates)
+    else:
+        prune_results(out_dir)  # orphan steps only
+    done = set(latest_rows(out_dir, estimates=estimates))
+    return [cell for cell in cells if not keys(cell) & done]
 
 
 __all__ = ["SweepError", "SweepProgress", "estimate_sweep", "run_sweep", "sweep"]

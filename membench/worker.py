@@ -20,6 +20,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -114,9 +115,11 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
 
         def estimate(cell: Cell) -> CellResult:
             try:
-                return add_flops(estimate_cell(cell, target.estimate_kind))
+                result = add_flops(estimate_cell(cell, target.estimate_kind))
             except Exception as err:  # one cell the estimator cannot handle must not end the sweep
                 return failed_result(cell, device, ESTIMATE_DEVICE_NAME, ERROR, error_text(err), now())
+            result.host = socket.gethostname()
+            return result
 
         return OpenTarget(device, ESTIMATE_DEVICE_NAME, None, estimate)
 
@@ -127,6 +130,13 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
     device = resolve_device(target.device_spec)
     if peak is None:
         peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
+    peaks = {"fp32": peak}  # per cell precision, found when a cell first needs it
+
+    def peak_for(precision: str) -> PeakSpec:
+        if precision not in peaks:
+            peaks[precision] = device_peak_spec(device.kind, device.name(), target.peak_tflops,
+                                                precision)
+        return peaks[precision]
 
     def measure(cell: Cell) -> CellResult:
         if cell.device_mem_bytes is None:
@@ -139,18 +149,20 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         finally:
             gc.collect()  # free what the cell left so the next one starts from the same place
             device.release_cached_memory()
-        return add_flops(result, peak)
+        result.host = socket.gethostname()
+        return add_flops(result, peak_for(cell.precision))
 
     return OpenTarget(str(device), device.name(), peak, measure)
 
 
 def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
-                  started_at: str) -> CellResult:
-    """The row of a cell that produced nothing (its worker died, hung or could not run it)."""
+                  started_at: str, host: str | None = None) -> CellResult:
+    """The row of a cell that produced nothing (its worker died, hung or could not run it);
+    ``host``: where it ran, when that is not this machine (a Ray node; '' if unknown)."""
     from .protocol import provenance
 
-    return CellResult(cell, device, device_name, status=status, error=error,
-                      started_at=started_at, **provenance())
+    return CellResult(cell, device, device_name, status=status, error=error, started_at=started_at,
+                      host=socket.gethostname() if host is None else host, **provenance())
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -172,9 +184,14 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     # Ctrl-C reaches the whole process group; the sweep process decides what happens to cells.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent()
-    # A forkserver child inherits the server's environment, not the sweep's current one.
+    # A forkserver child inherits the server's environment, not the sweep's current one; the
+    # sweep's PYTHONPATH (plugins) must be importable here even when this worker's starter had
+    # another (a Ray worker that runs cells for a sweep started elsewhere).
     os.environ.clear()
     os.environ.update(setup.environ)
+    for entry in reversed(setup.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
     import importlib
 
     import torch
@@ -246,13 +263,18 @@ class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
     def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False,
-                 peak: PeakSpec | None = None):
-        import torch
+                 peak: PeakSpec | None = None, environ: dict[str, str] | None = None,
+                 threads: int | None = None):
+        """A worker for ``target``; by default with this process's environment and torch
+        threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's)."""
+        if threads is None:
+            import torch
 
+            threads = torch.get_num_threads()
         context = worker_context()
         self.conn, child_conn = context.Pipe(duplex=True)
-        setup = WorkerSetup(target, torch.get_num_threads(), tuple(methods), dict(os.environ),
-                            collect_env_info, peak)
+        setup = WorkerSetup(target, threads, tuple(methods),
+                            dict(os.environ if environ is None else environ), collect_env_info, peak)
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
         with _without_main_module():

@@ -18,6 +18,7 @@ import membench.runners
 # Runners the sweep tests need; each reads its behaviour from environment variables so a
 # worker process (which inherits the sweep's environment) behaves as the test asks.
 MISBEHAVING_RUNNERS = '''
+import multiprocessing
 import os
 import signal
 import time
@@ -60,9 +61,52 @@ class ExitingRunner(BPRunner):
 
     def step(self, images, labels):
         os._exit(7)
+
+
+class HostKillingRunner(BPRunner):
+    """Kills the process that started its worker: under the ray executor, the Ray worker that
+    runs the task (never use it with the local executor: that process is the sweep itself)."""
+
+    name = "test-killhost"
+
+    def step(self, images, labels):
+        os.kill(multiprocessing.parent_process().pid, signal.SIGKILL)
+        time.sleep(60)  # the worker goes down with its parent
+
+
+class SleepingRunner(BPRunner):
+    """Sleeps MEMBENCH_TEST_SLEEP_S seconds (1 by default) once per cell, in its first step."""
+
+    name = "test-sleep"
+    slept = False
+
+    def step(self, images, labels):
+        if not self.slept:
+            self.slept = True
+            time.sleep(float(os.environ.get("MEMBENCH_TEST_SLEEP_S", "1")))
+        return super().step(images, labels)
+
+
+class BarrierRunner(BPRunner):
+    """Leaves a mark in MEMBENCH_TEST_BARRIER (a folder) and waits until MEMBENCH_TEST_BARRIER_N
+    cells have left theirs: it ends ok only if that many cells run at the same time."""
+
+    name = "test-barrier"
+
+    def step(self, images, labels):
+        folder = Path(os.environ["MEMBENCH_TEST_BARRIER"])
+        (folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(folder.iterdir())) < int(os.environ["MEMBENCH_TEST_BARRIER_N"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other cells never ran alongside this one")
+            time.sleep(0.05)
+        return super().step(images, labels)
 '''
 MISBEHAVING_NAMES = {"test-slow": "SlowRunner", "test-raise": "RaisingRunner",
-                     "test-selfkill": "SelfKillingRunner", "test-exit": "ExitingRunner"}
+                     "test-selfkill": "SelfKillingRunner", "test-exit": "ExitingRunner",
+                     "test-killhost": "HostKillingRunner", "test-sleep": "SleepingRunner",
+                     "test-barrier": "BarrierRunner"}
 
 
 def install_fake_runners(tmp_path: Path, monkeypatch, source: str, names: dict[str, str]) -> Path:
@@ -93,5 +137,6 @@ def install_fake_runners(tmp_path: Path, monkeypatch, source: str, names: dict[s
 
 
 def install_misbehaving_runners(tmp_path: Path, monkeypatch) -> Path:
-    """The slow, raising, self-killing and exiting runners the sweep tests use."""
+    """The slow, raising, self-killing, exiting, host-killing, sleeping and barrier runners the
+    sweep tests use."""
     return install_fake_runners(tmp_path, monkeypatch, MISBEHAVING_RUNNERS, MISBEHAVING_NAMES)

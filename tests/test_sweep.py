@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,11 @@ from membench.cli import app
 from membench.devices import CpuDevice, cpu_model_name
 from membench.schema import Cell
 from membench.schema import CellResult
-from membench.results import SweepLockedError, grid_rows, prune_results, results_lock
-from membench.sweep import estimate_sweep, run_sweep
+from membench.executors import Executor, Placement
+from membench.results import (
+    SweepLockedError, append_result, grid_rows, prune_results, results_lock,
+)
+from membench.sweep import _sweep, estimate_sweep, run_sweep
 
 cli = CliRunner()
 WAIT_S = 120  # generous bound on waiting for another process; never a performance threshold
@@ -119,8 +123,10 @@ def test_run_sweep_refuses_a_timeout_that_is_not_finite_and_positive(tmp_path, t
 
 
 # -- resume, redo, orphan steps, locking ------------------------------------------------------
-@pytest.mark.slow
-def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path, monkeypatch):
+def sweep_killed_in_its_slow_cell(tmp_path: Path, monkeypatch, *extra: str):
+    """Run `membench sweep` over bp, test-slow and ff-naive in a subprocess and SIGKILL it while
+    test-slow hangs; returns (args, out, hang file, worker pid file). Unlink the hang file to let
+    a rerun's test-slow finish."""
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     hang, pid_file, out = tmp_path / "hang", tmp_path / "worker.pid", tmp_path / "out"
     hang.touch()
@@ -128,7 +134,7 @@ def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path,
     monkeypatch.setenv("MEMBENCH_TEST_PID_FILE", str(pid_file))
     args = ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2",
             "--method", "bp,test-slow,ff-naive", "--warmup", "1", "--steps", "2",
-            "--device", "cpu", "--out", str(out)]
+            "--device", "cpu", "--out", str(out), *extra]
     sweep = subprocess.Popen([sys.executable, "-c", "from membench.cli import main; main()", *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -136,6 +142,13 @@ def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path,
     finally:
         sweep.send_signal(signal.SIGKILL)
         sweep.wait()
+    return args, out, hang, pid_file
+
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path, monkeypatch):
+    args, out, hang, pid_file = sweep_killed_in_its_slow_cell(tmp_path, monkeypatch)
     before = rows(out)
     assert [r["method"] for r in before] == ["bp"]
     worker_pid = int(pid_file.read_text())
@@ -211,6 +224,36 @@ def test_rows_measured_on_another_machine_do_not_count_as_finished(tmp_path, mon
     assert rows(tmp_path)[0] == reference[0]  # --redo replaces this machine's rows only
 
 
+class TwoModels(Executor):
+    """A cluster of two CPU models, "Model A" and "Model B", whose cells all land on B."""
+
+    def start(self):
+        return Placement("cpu", ("Model A", "Model B"))
+
+    def provenance(self):
+        return {}
+
+    def run(self, cells, started):
+        for index, cell in enumerate(cells):
+            started(index, cell)
+            yield index, CellResult(cell, "cpu", "Model B", host="b"), 0.0
+
+    def close(self):
+        pass
+
+
+def test_a_row_measured_on_any_model_of_the_cluster_counts_as_finished(tmp_path):
+    cells = [tiny(batch=batch) for batch in (2, 4, 6)]
+    append_result(tmp_path, CellResult(cells[0], "cpu", "Model A", host="a"))
+    append_result(tmp_path, CellResult(cells[1], "cpu", "Another CPU", host="elsewhere"))
+    results = _sweep(cells, TwoModels(), tmp_path, None, redo=False, estimates=False)
+    assert [r.cell for r in results] == cells[1:]  # measured on A: finished on this cluster
+    results = _sweep(cells, TwoModels(), tmp_path, None, redo=True, estimates=False)
+    assert [r.cell for r in results] == cells  # --redo: every cell again, on this cluster
+    assert sorted((r["batch"], r["device_name"]) for r in rows(tmp_path)) == [
+        ("2", "Model B"), ("4", "Another CPU"), ("4", "Model B"), ("6", "Model B")]
+
+
 def test_a_second_sweep_on_a_locked_folder_fails_with_exit_2(tmp_path):
     with results_lock(tmp_path):
         with pytest.raises(SweepLockedError, match="in use by another sweep"):
@@ -232,6 +275,7 @@ def test_sweep_cli_prints_one_line_per_cell_a_summary_and_where_results_went(tmp
     assert "[1/2] bp_vgg-d2-w8_r8_b2_k10 ok" in result.output
     assert "[2/2] bp_vgg-d2-w8_r8_b4_k10 ok" in result.output
     assert "imgs/s" in result.output and f"results in {out}" in result.output
+    assert {r["host"] for r in rows(out)} == {socket.gethostname()}  # where each cell ran
     again = cli.invoke(app, args)
     assert f"on cpu ({cpu_model_name()}), 2 already finished, 0 to run" in again.output
     assert "2 cell(s) on cpu" in again.output  # the summary table shows the finished cells
@@ -312,6 +356,13 @@ BAD_INPUT = [
     (["--profile", "no-such-profile"], "valid: "),
     (["--device-mem", "lots"], "memory size"),
     (["--estimate", "--device", "tpu"], "valid: auto, cpu"),
+    (["--executor", "dask"], "must be one of local, ray"),
+    (["--ray-address", "auto"], "--ray-address needs --executor ray"),
+    (["--cpus-per-cell", "2"], "--cpus-per-cell needs --executor ray"),
+    (["--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be at least 1"),
+    (["--executor", "ray", "--isolation", "none"], "--isolation none cannot apply"),
+    (["--executor", "ray", "--estimate"], "drop --executor ray"),
+    (["--executor", "ray", "--device", "cuda:1"], "Ray gives each cell its GPU"),
 ]
 
 
@@ -322,4 +373,23 @@ def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, extra, needl
     result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
                               "--device", "cpu", *extra, "--out", str(out)])
     assert needle in usage_error(result)
+    assert not out.exists()
+
+
+def test_a_local_sweep_never_imports_ray(tmp_path):
+    code = ("import sys; from membench.cli import app; from membench.sweep import run_sweep; "
+            "from membench.schema import Cell; "
+            f"run_sweep([Cell('bp', 'vgg-d2-w8', {TINY_RES}, 2, warmup=1, steps=1)], 'cpu', "
+            f"{str(tmp_path)!r}); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert [r["status"] for r in rows(tmp_path)] == ["ok"]
+
+
+def test_the_ray_executor_without_ray_installed_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
+                              "--device", "cpu", "--executor", "ray", "--out", str(out)])
+    assert "pip install 'membench[ray]'" in usage_error(result)
     assert not out.exists()

@@ -56,9 +56,11 @@ def flops_text(result: CellResult) -> str:
     return ", ".join(parts)
 
 
-def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
-    """One line per finished cell, for logs and above the progress bar."""
-    head = f"[{index + 1}/{total}] {result.cell.cell_id} {result.status}"
+def cell_line(index: int, total: int, result: CellResult, wall_s: float, host: bool = False) -> str:
+    """One line per finished cell (``index``: how many finished before it), for logs and above
+    the progress bar; ``host`` names the machine it ran on (a sweep on a Ray cluster)."""
+    where = f" on {result.host}" if host and result.host else ""
+    head = f"[{index + 1}/{total}] {result.cell.cell_id}{where} {result.status}"
     if result.status not in MEASURED_STATUSES:
         return f"{head} ({wall_s:.1f} s): {result.error}"
     parts = []
@@ -73,14 +75,28 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float) -> str:
 
 
 class CliProgress(SweepProgress):
-    """What both progress displays share: the device the sweep named, for the summary table."""
+    """What both progress displays share: the device (and every device model) the sweep named,
+    for the summary table, and how many cells finished, in the order they finish."""
 
     def __init__(self):
-        self.total = 0
-        self.device = self.device_name = ""
+        self.total = self.finished = 0
+        self.device = ""
+        self.device_names: list[str] = []
+        self.hosts: set[str] = set()
+
+    @property
+    def device_name(self) -> str:
+        return ", ".join(self.device_names)
 
     def device_ready(self, device, device_name):
-        self.device, self.device_name = device, device_name
+        self.device = device
+        self.device_names.append(device_name)
+
+    def finished_line(self, result: CellResult, wall_s: float) -> str:
+        """The next finished cell's line; it names hosts once cells have run on two of them."""
+        self.hosts.add(result.host)
+        self.finished += 1
+        return cell_line(self.finished - 1, self.total, result, wall_s, host=len(self.hosts) > 1)
 
     def started_line(self, total, to_run, out_dir) -> str:
         return (f"membench: {total} cell(s) on {self.device} ({self.device_name}), "
@@ -101,22 +117,26 @@ class PlainProgress(CliProgress):
         typer.echo(self.started_line(total, to_run, out_dir))
 
     def cell_finished(self, index, result, wall_s):
-        typer.echo(cell_line(index, self.total, result, wall_s))
+        typer.echo(self.finished_line(result, wall_s))
         sys.stdout.flush()
 
 
 class RichProgress(CliProgress):
-    """A live bar on a terminal: cells done of total, the current cell, elapsed and time left."""
+    """A live bar on a terminal: cells done of total, elapsed and time left, and below it one
+    spinner line per cell running now (several at once on a Ray cluster)."""
 
     def __init__(self, console: Console):
         super().__init__()
         self.console = console
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.fields[current]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-            console=console,
+        self.running = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                TimeElapsedColumn(), console=console)  # never started: listed below
+        self.progress = _BarAndRunning(
+            self.running, SpinnerColumn(), TextColumn("{task.fields[current]}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"),
+            TimeRemainingColumn(), console=console,
         )
         self.task = None
+        self.cells: dict[int, object] = {}  # index of a running cell -> its spinner line
 
     def sweep_started(self, total, to_run, out_dir):
         self.total = to_run
@@ -125,11 +145,15 @@ class RichProgress(CliProgress):
         self.task = self.progress.add_task("sweep", total=to_run, current="starting")
 
     def cell_started(self, index, cell):
-        self.progress.update(self.task, current=cell.cell_id)
+        self.cells[index] = self.running.add_task(f"  running {cell.cell_id}", total=None)
+        self.progress.update(self.task, current=f"{len(self.cells)} running")
 
     def cell_finished(self, index, result, wall_s):
-        self.progress.console.print(cell_line(index, self.total, result, wall_s), markup=False,
+        self.progress.console.print(self.finished_line(result, wall_s), markup=False,
                                     highlight=False)
+        if index in self.cells:
+            self.running.remove_task(self.cells.pop(index))
+        self.progress.update(self.task, current=f"{len(self.cells)} running")
         self.progress.advance(self.task)
 
     def sweep_finished(self, results):
@@ -138,6 +162,20 @@ class RichProgress(CliProgress):
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+class _BarAndRunning(Progress):
+    """The sweep's bar, then the tasks of ``running`` (a Progress never started itself): one
+    spinner line per cell running now."""
+
+    def __init__(self, running: Progress, *columns, **kwargs):
+        self.running_cells = running  # before Progress.__init__, which renders once
+        super().__init__(*columns, **kwargs)
+
+    def get_renderables(self):
+        yield from super().get_renderables()
+        if self.running_cells.tasks:
+            yield self.running_cells.make_tasks_table(self.running_cells.tasks)
 
 
 def progress_display(console: Console) -> CliProgress:

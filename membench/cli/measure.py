@@ -29,6 +29,12 @@ STEPS = typer.Option(None, "--steps", help="Measured steps. Default: 20.")
 SEED = typer.Option(None, "--seed", help="Seed for weights and the synthetic batch. Default: 0.")
 DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N. Default: auto.")
 DEVICE_MEM = typer.Option(None, "--device-mem", help="Emulate a smaller card, e.g. 8GiB.")
+PRECISION = typer.Option(None, "--precision", help="fp32, bf16, fp16 (autocast; fp16 with a "
+                         "GradScaler), comma list. Default: fp32.")
+MEMORY_FORMAT = typer.Option(None, "--memory-format", help="contiguous, channels_last, comma list. "
+                             "Default: contiguous.")
+COMPILE = typer.Option(None, "--compile", help="none, default, max-autotune (torch.compile mode), "
+                       "comma list. Default: none.")
 
 
 @reports_input_errors
@@ -39,12 +45,20 @@ def sweep(
     arch: str = ARCH, res: str = RES, batch: str = BATCH, method: str = METHOD,
     micro_batch: str = MICRO, classes: int = CLASSES, warmup: int = WARMUP, steps: int = STEPS,
     seed: int = SEED, device: str = DEVICE, device_mem: str = DEVICE_MEM,
+    precision: str = PRECISION, memory_format: str = MEMORY_FORMAT, compile: str = COMPILE,
     out: Path = typer.Option(
         None, "--out", help="Results folder. Default: results/PROFILE or results/sweep."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds one cell may take before it is "
                                   "killed and recorded as timeout. Default: none."),
     isolation: str = typer.Option(None, "--isolation", help="process (each cell in a worker "
                                   "process) or none (in this process, for debugging). Default: process."),
+    executor: str = typer.Option(None, "--executor", help="local (this machine, one cell at a "
+                                 "time) or ray (one Ray task per cell, one GPU each, several at "
+                                 "once; docs/scale-out.md). Default: local."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Join the Ray cluster at "
+                                    "ADDRESS (host:port, or auto). Default: start one here."),
+    cpus_per_cell: int = typer.Option(None, "--cpus-per-cell", help="CPUs a Ray task asks for. "
+                                      "Default: all of a node's cores on the CPU, 1 on CUDA."),
     redo: bool = typer.Option(False, "--redo", help="Run every cell again, replacing finished rows."),
     estimate: bool = typer.Option(False, "--estimate", help="Predict each cell (membench.estimate) "
                                   "instead of running it; plans for CUDA unless --device cpu."),
@@ -56,13 +70,15 @@ def sweep(
     profiles = comma_list(profile)
     config = build_config(
         profiles, arch=arch, res=res, batch=batch, method=method, micro_batch=micro_batch,
+        precision=precision, memory_format=memory_format, compile=compile,
         classes=classes, warmup=warmup, steps=steps, seed=seed, device=device,
         device_mem=device_mem, timeout=timeout, isolation=isolation, estimate=estimate or None,
-        peak_tflops=peak_tflops)
+        peak_tflops=peak_tflops, executor=executor, ray_address=ray_address,
+        cpus_per_cell=cpus_per_cell)
     out = out or default_out_dir(profiles)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file, not a folder")
-    if not config.estimate:
+    if not config.estimate and config.executor == "local":
         resolve_device(config.device)  # a device this machine lacks is bad input, before any cell
 
     console = Console(width=max(Console().width, 100))
@@ -76,8 +92,8 @@ def sweep(
         typer.echo(f"membench: interrupted; finished cells are saved in {out}; rerun the same "
                    "command to resume", err=True)
         raise typer.Exit(130) from None
-    rows = [CellResult.from_row(row) for row in
-            grid_rows(out, list(config.cells), progress.device, progress.device_name)]
+    rows = [CellResult.from_row(row) for name in progress.device_names
+            for row in grid_rows(out, list(config.cells), progress.device, name)]
     where = (f"estimates for {config.estimate_kind}" if config.estimate
              else f"on {progress.device} ({progress.device_name})")
     console.print(summary_table(rows, f"{len(rows)} cell(s) {where}"))
@@ -89,10 +105,12 @@ def run(
     arch: str = ARCH, res: str = RES, batch: str = BATCH, method: str = METHOD,
     micro_batch: str = MICRO, classes: int = CLASSES, warmup: int = WARMUP, steps: int = STEPS,
     seed: int = SEED, device: str = DEVICE, device_mem: str = DEVICE_MEM,
+    precision: str = PRECISION, memory_format: str = MEMORY_FORMAT, compile: str = COMPILE,
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s for MFU."),
 ) -> None:
     """Measure one cell in this process and print a readable summary."""
     config = build_config(
+        precision=precision, memory_format=memory_format, compile=compile,
         arch=arch, res=res, batch=batch, method=method, micro_batch=micro_batch, classes=classes,
         warmup=warmup, steps=steps, seed=seed, device=device, device_mem=device_mem,
         peak_tflops=peak_tflops)

@@ -65,7 +65,7 @@ def fit(
     if not methods:
         fail("--method needs at least one value")
     if micro_batch is not None and not any(_splits(m) for m in methods):
-        fail("--micro-batch applies only to methods that split the batch (bp-accum)")
+        fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
     for name in methods:  # every input error before the first (slow) estimate
         check_fit_input(name, arch, res, budget, classes, device_kind, max_batch,
                         micro_batch if _splits(name) else None)

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from ..archs import ArchError, validate_arch
 from ..runners import RunnerConfigError, available_methods, get_runner
-from ..verify import VerifySetup, verify
+from ..runners.base import COMPILE_MODES
+from ..verify import PRECISIONS_CHECKED, VerifySetup, verify
 from .common import comma_list, fail, reports_input_errors
 
 
@@ -18,6 +19,12 @@ def verify_command(
     arch: str = typer.Option(VerifySetup.arch, "--arch", help="Conv-stack arch the checks run on."),
     res: int = typer.Option(VerifySetup.res, "--res", help="Input resolution."),
     batch: int = typer.Option(VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."),
+    precision: str = typer.Option(
+        ",".join(PRECISIONS_CHECKED), "--precision",
+        help="Reduced precisions checked against fp32, comma list ('' for none)."),
+    compile: str = typer.Option(
+        None, "--compile", help="Also check compiled against eager at this torch.compile mode "
+        "(default, max-autotune); tens of seconds per method on a CPU."),
 ) -> None:
     """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
     methods = comma_list([method]) if method is not None else available_methods()
@@ -31,7 +38,13 @@ def verify_command(
             get_runner(name).check_cell(arch, res, batch, None)
     except (ArchError, RunnerConfigError) as err:
         fail(str(err))
-    results = verify(methods, VerifySetup(arch=arch, res=res, batch=batch))
+    precisions = tuple(comma_list([precision]))
+    for name in precisions:
+        if name not in PRECISIONS_CHECKED:
+            fail(f"--precision takes {', '.join(PRECISIONS_CHECKED)}, got {name!r}")
+    if compile is not None and compile not in COMPILE_MODES[1:]:
+        fail(f"--compile takes {', '.join(COMPILE_MODES[1:])}, got {compile!r}")
+    results = verify(methods, VerifySetup(arch=arch, res=res, batch=batch), precisions, compile)
     table = Table(title=f"membench verify ({arch}, res {res}, batch {batch}, CPU)")
     for column in ("method", "check", "against", "result", "detail"):
         table.add_column(column)

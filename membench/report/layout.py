@@ -143,19 +143,24 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def series(rows: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
-    """(method, legend label, marker, rows sorted by batch) per series. A method measured at one
-    batch with several micro-batches gets one series per micro-batch, so lines never zigzag;
-    those series share the method's colour and differ by marker."""
+    """(method, legend label, marker, rows sorted by batch) per series: one per method and
+    tooling (precision, memory format, compile), and, where a method ran one batch with several
+    micro-batches, one per micro-batch, so lines never zigzag. A method's series share its
+    colour and differ by marker."""
     out = []
+    tooling = rows["tooling"] if "tooling" in rows else pd.Series("", index=rows.index)
     for method in sorted(rows["method"].unique(), key=method_sort_key):
-        mine = rows[rows["method"] == method]
-        split = mine.groupby("batch")["micro_batch"].nunique().max() > 1
-        if split:
-            groups = mine.groupby(mine["micro_batch"].fillna(-1), sort=True)
-            for i, (mb, part) in enumerate(groups):
-                label = method if mb == -1 else f"{method} mb{int(mb)}"
-                out.append((method, label, VARIANT_MARKERS[i % len(VARIANT_MARKERS)],
-                            part.sort_values("batch")))
-        else:
-            out.append((method, method, "o", mine.sort_values("batch")))
+        variant = 0
+        for tool in sorted(tooling[rows["method"] == method].unique()):
+            mine = rows[(rows["method"] == method) & (tooling == tool)]
+            name = f"{method} {tool}" if tool else method
+            # NaN (no split) counts as a micro-batch of its own beside the splits
+            split = mine.assign(_mb=mine["micro_batch"].fillna(-1)).groupby("batch")["_mb"].nunique().max() > 1
+            groups = (mine.groupby(mine["micro_batch"].fillna(-1), sort=True) if split
+                      else [(-1, mine)])
+            for mb, part in groups:
+                label = name if mb == -1 else f"{name} mb{int(mb)}"
+                marker = VARIANT_MARKERS[variant % len(VARIANT_MARKERS)]
+                out.append((method, label, marker, part.sort_values("batch")))
+                variant += 1
     return out

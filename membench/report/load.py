@@ -119,8 +119,20 @@ def _usable(cells: pd.DataFrame, files: list[Path]) -> tuple[pd.DataFrame, list[
     return cells, notes
 
 
+def tooling_label(precision: str, memory_format: str, compile_mode: str) -> str:
+    """'' at the defaults, else e.g. 'bf16 channels-last compile-default': what a series or a
+    table row adds to its method's name."""
+    parts = [] if precision in ("", "fp32") else [precision]
+    if memory_format not in ("", "contiguous"):
+        parts.append(memory_format.replace("_", "-"))
+    if compile_mode not in ("", "none"):
+        parts.append(f"compile-{compile_mode}")
+    return " ".join(parts)
+
+
 def classify(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib`` and ``started``.
+    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``tooling``
+    (the non-default precision, memory format and compile mode) and ``started``.
 
     An estimate over its budget is an OOM row with the full predicted peak: still a prediction
     worth plotting (kind ``estimated``), flagged by ``over_budget``. Any other estimate without a
@@ -136,6 +148,8 @@ def classify(cells: pd.DataFrame) -> pd.DataFrame:
     cells.loc[predicted, "kind"] = "estimated"
     cells["over_budget"] = predicted & (cells["status"] == OOM)
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
+    cells["tooling"] = [tooling_label(*settings) for settings in
+                        zip(cells["precision"], cells["memory_format"], cells["compile"])]
     cells["started"] = pd.to_datetime(cells["started_at"], utc=True, errors="coerce",
                                       format="ISO8601")
     return cells

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .layout import batch_label
 from .markdown import Column, Table
+from .style import method_sort_key
 from .tables import fmt, latest, ratio
 
 
@@ -52,9 +54,12 @@ PAPER_OPERATING_POINTS: tuple[PaperPoint, ...] = (
 def ours(here: pd.DataFrame, point: PaperPoint, estimate: bool):
     """Our latest row for a paper point (measured, or estimated), preferring one that has a
     peak (ok, or a predicted peak); None when the results do not reach it."""
-    mine = here[(here["method"] == point.method) & (here["is_estimate"] == estimate)]
+    mine = here[(here["method"] == point.method) & (here["is_estimate"] == estimate)
+                & (here["tooling"] == "")]  # the paper's cells ran fp32, eager, contiguous
     if point.micro_batch is not None:
         mine = mine[mine["micro_batch"] == point.micro_batch]
+    elif point.method != "bp-accum":  # bp-accum's default split is part of its cell
+        mine = mine[mine["micro_batch"].isna()]
     usable = mine[mine["kind"] == ("estimated" if estimate else "ok")]
     return latest(usable) if len(usable) else latest(mine)
 
@@ -125,3 +130,45 @@ def paper_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
         lines = [paper_line(here, point, bp_measured, bp_estimated) for point in points]
         out.append((f"{arch}, {res}\u00d7{res}, batch {batch}", Table(PAPER_COLUMNS, lines).markdown()))
     return out
+
+
+def tooling_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(heading, table) for each paper operating point where these rows also ran the paper's
+    methods with standard tooling (another precision, memory format, compile mode or
+    micro-batch): every configuration's peak beside the paper's figure for that method, and
+    its ratio to the paper-setting bp of these rows."""
+    out = []
+    for arch, res, batch in sorted({(p.arch, p.res, p.batch) for p in PAPER_OPERATING_POINTS}):
+        here = rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)
+                    & rows["kind"].isin(["ok", "estimated"])]
+        points = {p.method: p for p in PAPER_OPERATING_POINTS if (p.arch, p.res, p.batch) == (arch, res, batch)}
+        extra = here[(here["tooling"] != "") | (here["method"].isin(["ff-pipelined"])
+                                                & here["micro_batch"].notna())]
+        if extra.empty or "bp" not in points:
+            continue
+        bp = ours(rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
+                  points["bp"], False)
+        if bp is None:
+            bp = ours(rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
+                      points["bp"], True)
+        lines = sorted(here.itertuples(index=False),
+                       key=lambda r: (method_sort_key(r.method), r.tooling, r.micro_batch or 0))
+        table = Table(_tooling_columns(points, bp), lines).markdown()
+        out.append((f"{arch}, {res}\u00d7{res}, batch {batch}, with standard tooling", table))
+    return out
+
+
+def _tooling_columns(points: dict[str, PaperPoint], bp) -> list[Column]:
+    def paper_peak(row) -> str:
+        point = points.get(row.method)
+        return "\u2014" if point is None else fmt(point.peak_gb, ".3f", "\u2014")
+
+    return [
+        Column("method", lambda r: r.method),
+        Column("configuration", lambda r: " ".join(
+            part for part in (r.tooling or "fp32", batch_label(r._asdict())) if part)),
+        Column("peak (GiB)", lambda r: fmt(r.peak_gib, ".3f") + (" (est.)" if r.is_estimate else ""), "r"),
+        Column("memory \u00f7 fp32 bp", lambda r: "" if bp is None else ratio(r.peak_gib, bp["peak_gib"]), "r"),
+        Column("imgs/s", lambda r: fmt(r.imgs_per_s, ",.1f"), "r"),
+        Column("paper peak, fp32 (GB)", paper_peak, "r"),
+    ]

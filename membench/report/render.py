@@ -15,8 +15,8 @@ from ..schema import ESTIMATED, OK, format_size
 from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
-from .paper import PAPER_SOURCE, paper_tables
-from .tables import failures_table, panel_table
+from .paper import PAPER_SOURCE, paper_tables, tooling_tables
+from .tables import best_table, failures_table, panel_table
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
@@ -103,7 +103,12 @@ def _panel_section(title: str, label: str, panel: pd.DataFrame,
         lines += ["No cell of this configuration has a peak to plot.", ""]
     for figure in figures:
         lines += [f"![{FIGURE_ALT[figure.kind]}, {title}, {label}]({FIGURES_DIR}/{figure.filename})", ""]
-    return lines + [panel_table(panel), ""]
+    lines += [panel_table(panel), ""]
+    best = best_table(panel)
+    if best is not None:
+        lines += ["Best configuration of each method family in this panel (cells that fit):", "",
+                  best, ""]
+    return lines
 
 
 def _device_section(label: str, rows: pd.DataFrame,
@@ -120,7 +125,7 @@ def _device_section(label: str, rows: pd.DataFrame,
         lines += [f"### Beside the paper on {label}", "",
                   f"Source: {PAPER_SOURCE}. The hardware differs, so compare the ratios to "
                   "bp, not the absolute figures.", ""]
-        for heading, table in tables:
+        for heading, table in tables + tooling_tables(rows):
             lines += [f"**{heading}**", "", table, ""]
     return lines
 

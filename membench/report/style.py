@@ -22,10 +22,12 @@ BREAKDOWN = [
 ]
 
 METHOD_ORDER = list(BUILTIN_METHODS)
-BUILTIN_METHOD_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
-METHOD_COLORS = dict(zip(METHOD_ORDER, BUILTIN_METHOD_PALETTE))
-EXTRA_METHOD_COLORS = ["#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31",
-                       "#7b4173", "#3182bd", "#31a354", "#756bb1"]
+# By name, so a new built-in method never shifts an existing one's colour.
+METHOD_COLORS = {"bp": "#1f77b4", "bp-accum": "#ff7f0e", "bp-ckpt": "#2ca02c", "bp-sac": "#17becf",
+                 "bp-offload": "#bcbd22", "bp-deepsup": "#9467bd", "ff-naive": "#8c564b",
+                 "ff-pipelined": "#e377c2"}
+EXTRA_METHOD_COLORS = ["#7f7f7f", "#393b79", "#637939", "#8c6d31", "#7b4173", "#3182bd",
+                       "#31a354", "#756bb1"]
 OOM_COLOR = "#d62728"
 PARETO_COLOR = "#000000"
 BUDGET_COLOR = "#555555"

@@ -94,20 +94,25 @@ def _with_ratios(line: PanelLine, bp_measured, bp_estimated) -> PanelLine:
 
 
 def panel_lines(panel: pd.DataFrame) -> list[PanelLine]:
-    """One line per (batch, method, micro-batch, budget), by batch then method order."""
-    keyed = panel.assign(_mb=panel["micro_batch"].fillna(-1), _bud=panel["device_mem_bytes"].fillna(-1))
+    """One line per (batch, method, tooling, micro-batch, budget), by batch, method order and
+    tooling; ratios are to bp at the same batch and tooling (precision, memory format, compile)."""
+    tooling = panel["tooling"] if "tooling" in panel else ""
+    keyed = panel.assign(_mb=panel["micro_batch"].fillna(-1), _bud=panel["device_mem_bytes"].fillna(-1),
+                         _tool=tooling)
     bp = keyed[keyed["method"] == "bp"]
-    batches = keyed["batch"].unique()
-    bp_measured = {b: latest(bp[(bp["kind"] == "ok") & (bp["batch"] == b)]) for b in batches}
-    bp_estimated = {b: latest(bp[bp["is_estimate"] & (bp["batch"] == b)]) for b in batches}
-    configs = keyed.groupby(["batch", "method", "_mb", "_bud"], sort=False)
-    order = sorted(configs.groups, key=lambda k: (k[0], method_sort_key(k[1]), k[2], k[3]))
+    pairs = keyed[["batch", "_tool"]].drop_duplicates().itertuples(index=False)
+    reference = {(b, t): (latest(bp[(bp["kind"] == "ok") & (bp["batch"] == b) & (bp["_tool"] == t)]),
+                          latest(bp[bp["is_estimate"] & (bp["batch"] == b) & (bp["_tool"] == t)]))
+                 for b, t in pairs}
+    configs = keyed.groupby(["batch", "method", "_tool", "_mb", "_bud"], sort=False)
+    order = sorted(configs.groups, key=lambda k: (k[0], method_sort_key(k[1]), k[2], k[3], k[4]))
     lines = []
     for key in order:
         rows = configs.get_group(key)
-        line = PanelLine(key[1], key[0], latest(rows[~rows["is_estimate"]]),
+        name = f"{key[1]} {key[2]}" if key[2] else key[1]
+        line = PanelLine(name, key[0], latest(rows[~rows["is_estimate"]]),
                          latest(rows[rows["is_estimate"]]))
-        lines.append(_with_ratios(line, bp_measured.get(key[0]), bp_estimated.get(key[0])))
+        lines.append(_with_ratios(line, *reference[(key[0], key[2])]))
     return lines
 
 
@@ -148,6 +153,46 @@ def panel_table(panel: pd.DataFrame) -> str:
                             mfu=panel["mfu"].notna().any(),
                             bound="bound_imgs_per_s" in panel and panel["bound_imgs_per_s"].notna().any())
     return Table(columns, panel_lines(panel)).markdown()
+
+
+# -- the best configuration of each method family -------------------------------------------------
+def method_family(method: str) -> str:
+    """'ff' for the DTG-FF runners, 'bp' for the backprop family, else the method itself."""
+    return "ff" if method.startswith("ff-") else "bp" if method.startswith("bp") else method
+
+
+def _best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The best row of one family: the fastest measured one, else (estimates only) the one with
+    the highest imgs/s bound, else the smallest predicted peak."""
+    measured = rows[rows["kind"] == OK]
+    if measured["imgs_per_s"].notna().any():
+        return measured.loc[measured["imgs_per_s"].idxmax()], "most imgs/s measured"
+    if "bound_imgs_per_s" in rows and rows["bound_imgs_per_s"].notna().any():
+        return rows.loc[rows["bound_imgs_per_s"].idxmax()], "highest imgs/s bound"
+    return rows.loc[rows["peak_allocated_bytes"].idxmin()], "smallest estimated peak"
+
+
+BEST_COLUMNS = [
+    Column("family", lambda item: item[0]),
+    Column("best configuration", lambda item: " ".join(
+        part for part in (item[1]["method"], item[1].get("tooling", ""), batch_label(item[1])) if part)),
+    Column("peak (GiB)", lambda item: fmt(item[1]["peak_gib"], ".3f")
+           + (" (est.)" if item[1]["is_estimate"] else ""), "r"),
+    Column("imgs/s", lambda item: fmt(item[1]["imgs_per_s"], ",.1f"), "r"),
+    Column("chosen by", lambda item: item[2]),
+]
+
+
+def best_table(panel: pd.DataFrame) -> str | None:
+    """Per method family, its best configuration among the cells of the panel that fit (ok, or
+    estimated within the budget); None when no family has more than one to choose from."""
+    fits = panel[panel["kind"].isin([OK, ESTIMATED]) & ~panel["over_budget"].fillna(False).astype(bool)
+                 & panel["peak_allocated_bytes"].notna()]
+    families = fits.assign(_family=fits["method"].map(method_family)).groupby("_family", sort=True)
+    if not any(len(rows) > 1 for _, rows in families):
+        return None
+    items = [(family, *_best(rows)) for family, rows in families]
+    return Table(BEST_COLUMNS, items).markdown()
 
 
 # -- failed cells ---------------------------------------------------------------------------------

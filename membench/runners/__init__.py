@@ -36,7 +36,8 @@ def builtin_runner_modules() -> list[str]:
                    if ep.value.startswith("membench.")})
 
 
-BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")
+BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup", "ff-naive",
+                   "ff-pipelined")
 
 
 def available_methods() -> list[str]:

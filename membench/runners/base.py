@@ -8,6 +8,7 @@ the built-in runners register exactly that way.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -23,6 +24,11 @@ WEIGHT_DECAY = 1e-3
 FINAL_LEARNING_RATE = 1e-5
 PROPAGATION_DROPOUT = 0.1
 
+# Standard tooling every runner takes (docs/design.md, "Standard tooling").
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+COMPILE_MODES = ("none", "default", "max-autotune")
+
 
 class RunnerConfigError(ValueError):
     """A cell this runner cannot run (wrong arch kind, bad micro-batch, ...)."""
@@ -34,6 +40,10 @@ class Runner(ABC):
     ``total_steps`` is the length of the cosine schedule (warmup + measured steps), so every step
     of a cell runs with a learning rate from the same curve whatever the method.
     ``dropout=False`` turns every dropout off, which ``membench verify`` needs to compare methods.
+    ``precision`` (fp32, bf16, fp16) runs forward and loss under ``torch.autocast`` with weights
+    and optimizer state in fp32, and fp16 through one ``torch.amp.GradScaler`` for all of the
+    runner's optimizers; ``memory_format`` places model and batch contiguous or channels_last;
+    ``compile`` is a ``torch.compile`` mode for the runner's forward region(s).
     """
 
     name: ClassVar[str] = ""
@@ -43,7 +53,9 @@ class Runner(ABC):
     # Correctness contracts that `membench verify` checks (see membench/verify.py): the name of a
     # runner whose gradients (dropout off) or first-step per-layer losses this one must reproduce.
     same_gradients_as: ClassVar[str | None] = None
+    same_gradients_with_dropout: ClassVar[bool] = False  # ...also with dropout on (same masks)
     same_first_step_losses_as: ClassVar[str | None] = None
+    same_layer_gradients_as: ClassVar[str | None] = None  # layer-local: per-layer parameters
 
     def __init__(
         self,
@@ -56,11 +68,17 @@ class Runner(ABC):
         total_steps: int = 25,
         micro_batch: int | None = None,
         dropout: bool = True,
+        precision: str = "fp32",
+        memory_format: str = "contiguous",
+        compile: str = "none",
     ):
         self.arch, self.res, self.classes = arch, res, classes
         self.device = torch.device(device)
         self.seed, self.total_steps, self.micro_batch = seed, total_steps, micro_batch
         self.dropout = dropout
+        self.precision, self.memory_format, self.compile_mode = precision, memory_format, compile
+        # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
     @classmethod
     def check_cell(cls, arch: str, res: int, batch: int, micro_batch: int | None) -> None:
@@ -71,7 +89,7 @@ class Runner(ABC):
             )
         if cls.uses_micro_batch:
             mb = micro_batch if micro_batch is not None else cls.default_micro_batch(batch)
-            if mb <= 0 or batch % mb != 0:
+            if mb is not None and (mb <= 0 or batch % mb != 0):
                 raise RunnerConfigError(
                     f"micro-batch {mb} does not divide batch {batch} for {cls.name}; choose a "
                     f"divisor of {batch}"
@@ -93,6 +111,21 @@ class Runner(ABC):
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]: ...
 
+    def autocast(self):
+        """The context forward and loss run in: ``torch.autocast`` to the cell's precision, or
+        nothing at fp32."""
+        dtype = AUTOCAST_DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def compiled(self, fn):
+        """``fn`` under ``torch.compile`` at the cell's mode (compiled on its first call, in
+        warmup); ``fn`` itself without compile."""
+        if self.compile_mode == "none":
+            return fn
+        return torch.compile(fn, mode=None if self.compile_mode == "default" else self.compile_mode)
+
     def place(self, module: nn.Module) -> nn.Module:
         """Move a freshly built module to the runner's device, in training mode.
 
@@ -102,10 +135,19 @@ class Runner(ABC):
         """
         if self.device != torch.device("cpu"):
             module = module.to(self.device)
+        if self.memory_format != "contiguous":
+            for parameter in module.parameters():
+                if parameter.dim() == 4:  # conv weights; the rest have no spatial layout
+                    parameter.data = parameter.data.contiguous(
+                        memory_format=MEMORY_FORMATS[self.memory_format])
         return module.train()
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules() for p in m.parameters()]
+
+    def local_parameters(self) -> list[list[nn.Parameter]]:
+        """Layer-local runners: each layer's own parameters (what one local optimizer trains)."""
+        raise NotImplementedError(f"{self.name} trains end to end; it has no layer-local parameters")
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]

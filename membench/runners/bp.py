@@ -1,9 +1,11 @@
-"""The backprop family: ``bp``, ``bp-accum``, ``bp-ckpt`` and ``bp-deepsup``.
+"""The backprop family: ``bp``, ``bp-accum``, ``bp-ckpt``, ``bp-sac``, ``bp-offload`` and
+``bp-deepsup``.
 
-All four train end to end with one AdamW and one cosine schedule. ``bp``, ``bp-accum`` and
-``bp-ckpt`` share one model (backbone -> global average pool -> Linear(K)) and differ only in how
-a step spends memory; ``bp-deepsup`` is the architecture-matched baseline for DTG-FF, with a
-learned head per conv layer on the very features DTG-FF scores.
+All train end to end with one AdamW and one cosine schedule. ``bp``, ``bp-accum``, ``bp-ckpt``,
+``bp-sac`` and ``bp-offload`` share one model (backbone -> global average pool -> Linear(K)) and
+differ only in how a step spends memory (``saved_tensors`` has the tools); ``bp-deepsup`` is the
+architecture-matched baseline for DTG-FF, with a learned head per conv layer on the very features
+DTG-FF scores.
 """
 
 from __future__ import annotations
@@ -11,50 +13,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..archs import ConvStack, build_conv_stack, build_torchvision, is_torchvision
 from .base import PROPAGATION_DROPOUT, Runner, adamw_with_cosine, spatial_goodness
+from .saved_tensors import OffloadSavedTensors, checkpoint_torchvision_stages, checkpointed
 
 
 class ConvStackClassifier(nn.Module):
-    """Backbone -> global average pool -> Linear(K); optionally checkpoints every conv block."""
+    """Backbone -> global average pool -> Linear(K); with a ``checkpointing`` policy ("full" or
+    "selective") around every conv layer (block and propagation path)."""
 
-    def __init__(self, backbone: ConvStack, classes: int, checkpoint_blocks: bool = False):
+    def __init__(self, backbone: ConvStack, classes: int, checkpointing: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.spec.channels[-1], classes)
-        self.checkpoint_blocks = checkpoint_blocks
+        self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.backbone.layers():
-            if self.checkpoint_blocks:
-                # Keep only each block's input; recompute conv, ReLU, LayerNorm, dropout (same
-                # RNG state) and pool in the backward pass.
-                x = checkpoint(layer, x, use_reentrant=False)
+            if self.checkpointing:
+                # full: keep only the layer's input and recompute conv, ReLU, LayerNorm, dropout
+                # (same RNG state) and pool in backward; selective: keep the conv output too.
+                x = checkpointed(layer, x, self.checkpointing)
             else:
                 x = layer(x)
         return self.head(x.mean(dim=(2, 3)))
-
-
-class _CheckpointedModule(nn.Module):
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return checkpoint(self.inner, x, use_reentrant=False)
-
-
-def checkpoint_torchvision_blocks(model: nn.Module) -> nn.Module:
-    """Wrap each member of the model's top-level Sequential children (ResNet's residual blocks,
-    VGG's feature layers) in a non-reentrant checkpoint."""
-    for child in model.children():
-        if isinstance(child, nn.Sequential):
-            for index, block in enumerate(child):
-                if any(True for _ in block.parameters()):
-                    child[index] = _CheckpointedModule(block)
-    return model
 
 
 def _without_dropout(model: nn.Module) -> nn.Module:
@@ -70,7 +53,7 @@ class BPRunner(Runner):
     name = "bp"
     summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
     needs_conv_stack = False
-    checkpoint_blocks = False
+    checkpointing: str | None = None  # "full" | "selective" (saved_tensors.CHECKPOINT_POLICIES)
 
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)
@@ -79,20 +62,22 @@ class BPRunner(Runner):
         if not self.dropout:
             _without_dropout(model)
         self.model = self.place(model)
+        self.forward = self.compiled(self.model)  # the model itself without --compile
         self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
 
     def build_model(self) -> nn.Module:
         if is_torchvision(self.arch):
             model = build_torchvision(self.arch, self.classes)
-            return checkpoint_torchvision_blocks(model) if self.checkpoint_blocks else model
+            if self.checkpointing:
+                return checkpoint_torchvision_stages(model, self.checkpointing)
+            return model
         dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-        return ConvStackClassifier(
-            build_conv_stack(self.arch, dropout), self.classes, checkpoint_blocks=self.checkpoint_blocks
-        )
+        return ConvStackClassifier(build_conv_stack(self.arch, dropout), self.classes,
+                                   checkpointing=self.checkpointing)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The end-to-end training loss of one (micro-)batch."""
-        return F.cross_entropy(self.model(images), labels)
+        return F.cross_entropy(self.forward(images), labels)
 
     def modules(self):
         return [self.model]
@@ -102,9 +87,11 @@ class BPRunner(Runner):
 
     def step(self, images, labels):
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(images, labels)
-        loss.backward()
-        self.optimizer.step()
+        with self.autocast():
+            loss = self.loss(images, labels)
+        self.scaler.scale(loss).backward()  # the scaler passes everything through unless fp16
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.schedule.step()
         return loss.detach()
 
@@ -124,21 +111,60 @@ class BPAccumRunner(BPRunner):
         total = torch.zeros((), device=images.device)
         for x, y in zip(images.split(micro_batch), labels.split(micro_batch)):
             # Mean CE scaled by 1/n sums to the full batch's mean CE, so the gradients match bp.
-            loss = self.loss(x, y) / chunks
-            loss.backward()
+            with self.autocast():
+                loss = self.loss(x, y) / chunks
+            self.scaler.scale(loss).backward()
             total += loss.detach()
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.schedule.step()
         return total
 
 
 class BPCheckpointRunner(BPRunner):
-    """The ``bp`` model with activation checkpointing around every conv block."""
+    """The ``bp`` model with activation checkpointing around every conv layer."""
 
     name = "bp-ckpt"
-    summary = "bp with torch.utils.checkpoint (use_reentrant=False) around every conv block"
-    checkpoint_blocks = True
+    summary = "bp with torch.utils.checkpoint (use_reentrant=False) around every conv layer"
+    checkpointing = "full"
     same_gradients_as = "bp"
+    same_gradients_with_dropout = True  # the RNG state is preserved, so dropout recomputes alike
+
+
+class BPSelectiveCheckpointRunner(BPCheckpointRunner):
+    """Selective activation checkpointing: conv and matmul outputs kept, cheap ops recomputed."""
+
+    name = "bp-sac"
+    summary = "bp with selective checkpointing: conv/matmul outputs saved, ReLU/LayerNorm/dropout/pool recomputed"
+    checkpointing = "selective"
+
+
+class BPOffloadRunner(BPRunner):
+    """The ``bp`` model with every tensor saved for backward moved to host memory."""
+
+    name = "bp-offload"
+    summary = "bp with saved tensors offloaded to host memory (pinned on CUDA) in forward"
+    same_gradients_as = "bp"
+    same_gradients_with_dropout = True
+
+    def __init__(self, arch, res, classes, device="cpu", **options):
+        super().__init__(arch, res, classes, device, **options)
+        self.offload = OffloadSavedTensors(self.device)
+
+    def step(self, images, labels):
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.offload, self.autocast():  # the hooks go with what forward saves
+            loss = self.loss(images, labels)
+        self.scaler.scale(loss).backward()  # unpacks each saved tensor as backward needs it
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return loss.detach()
+
+    @property
+    def offloaded_peak_bytes(self) -> int:
+        """The most bytes held in host memory at once, over every step so far."""
+        return self.offload.peak_bytes
 
 
 class DeepSupModel(nn.Module):
@@ -171,4 +197,4 @@ class BPDeepSupRunner(BPRunner):
         return DeepSupModel(build_conv_stack(self.arch, dropout), self.classes)
 
     def loss(self, images, labels):
-        return sum(F.cross_entropy(logits, labels) for logits in self.model(images))
+        return sum(F.cross_entropy(logits, labels) for logits in self.forward(images))

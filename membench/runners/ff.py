@@ -95,6 +95,11 @@ class DTGFF(nn.Module):
         return total
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The batch from its chunks (the one tensor itself when there is one, with no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class _DTGFFRunner(Runner):
     """Shared construction; subclasses differ only in ``step``."""
 
@@ -121,7 +126,16 @@ class _DTGFFRunner(Runner):
         self.classifier_optimizer, self.classifier_schedule = adamw_with_cosine(
             self.model.classifier.parameters(), self.total_steps
         )
+        # Each layer's own region (block, readout and loss), compiled on its own with --compile
+        # so the schedule between layers stays as written.
+        self.local_loss = [self.compiled(lambda x, y, l=l: self._local_loss(l, x, y))
+                           for l in range(self.depth)]
         self.layer_losses: list[torch.Tensor] = []
+
+    def _local_loss(self, layer: int, x: torch.Tensor, labels: torch.Tensor):
+        """Layer l's output z and its local loss: CE of the goodness readout of z."""
+        z = self.model.backbone.layer(layer).block(x)
+        return z, F.cross_entropy(self.model.readouts[layer](z), labels)
 
     def modules(self):
         return [self.model]
@@ -129,17 +143,26 @@ class _DTGFFRunner(Runner):
     def optimizers(self):
         return [*self.layer_optimizers, self.classifier_optimizer]
 
+    def local_parameters(self):
+        return [list(params) for params in self.layer_params]
+
+    clip_norm = CLIP_NORM  # `membench verify` lifts it to compare gradients before clipping
+
     def _clip_and_step(self, layer: int) -> None:
-        """Layer l's update: clip its gradient norm to CLIP_NORM, then its AdamW and cosine step."""
-        clip_grad_norm_(self.layer_params[layer], CLIP_NORM)
-        self.layer_optimizers[layer].step()
+        """Layer l's update: clip its gradient norm to CLIP_NORM (unscaled first under fp16),
+        then its AdamW and cosine step."""
+        self.scaler.unscale_(self.layer_optimizers[layer])
+        clip_grad_norm_(self.layer_params[layer], self.clip_norm)
+        self.scaler.step(self.layer_optimizers[layer])
         self.layer_schedules[layer].step()
 
     def _classifier_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.classifier_optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model.classifier(features), labels, label_smoothing=LABEL_SMOOTHING)
-        loss.backward()
-        self.classifier_optimizer.step()
+        with self.autocast():
+            loss = F.cross_entropy(self.model.classifier(features), labels,
+                                   label_smoothing=LABEL_SMOOTHING)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.classifier_optimizer)
         self.classifier_schedule.step()
         return loss.detach()
 
@@ -157,20 +180,23 @@ class FFNaiveRunner(_DTGFFRunner):
 
         # 1. Forward with grad through every layer; each layer's graph stays alive.
         x, losses = images, []
-        for layer in model.backbone.layers():
-            z = layer.block(x)
-            losses.append(F.cross_entropy(model.readouts[layer.index](z), labels))
-            if not layer.is_last:  # so x keeps the last layer's input alive until the step ends
-                x = model.propagate(layer.index, z)
+        with self.autocast():
+            for layer in model.backbone.layers():
+                z, loss = self.local_loss[layer.index](x, labels)
+                losses.append(loss)
+                if not layer.is_last:  # so x keeps the last layer's input alive until the end
+                    x = model.propagate(layer.index, z)
 
         # 2. One backward of the sum (no cross-layer path: inputs were detached), per-layer steps.
-        torch.stack(losses).sum().backward()
+        self.scaler.scale(torch.stack(losses).sum()).backward()
         for layer in range(self.depth):
             self._clip_and_step(layer)
 
         # 3. A second, no_grad pass recomputes every conv for the classifier's features.
-        features = model.classifier_features(images)
+        with self.autocast():
+            features = model.classifier_features(images)
         classifier_loss = self._classifier_step(features, labels)
+        self.scaler.update()
         self.layer_losses = [loss.detach() for loss in losses]
         return torch.stack(self.layer_losses).sum() + classifier_loss
 
@@ -179,31 +205,64 @@ class FFPipelinedRunner(_DTGFFRunner):
     """DTG-FF in a single conv pass: layer by layer, train, free the graph, then propagate."""
 
     name = "ff-pipelined"
-    summary = "DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach()"
+    summary = ("DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach(); "
+               "--micro-batch M runs each layer's forward/backward in chunks of M")
     same_first_step_losses_as = "ff-naive"
+    same_layer_gradients_as = "ff-naive"
+    uses_micro_batch = True
+
+    @staticmethod
+    def default_micro_batch(batch: int) -> int | None:
+        """No split unless --micro-batch is given: the paper's pipelined step."""
+        return None
+
+    @staticmethod
+    def loss_share(chunk: int, batch: int) -> float:
+        """M/B: each chunk's mean loss times this sums to the whole batch's mean loss."""
+        return chunk / batch
 
     def step(self, images, labels):
         model = self.model
+        chunk = self.micro_batch or images.shape[0]
+        share = self.loss_share(chunk, images.shape[0])
         x, features, self.layer_losses = images, [], []
         for layer in model.backbone.layers():
-            # 1. Forward with grad -> local loss -> backward -> clip + step: only this layer's
-            #    autograd graph ever exists, and the backward frees it.
+            # 1. Forward with grad -> local loss -> backward, one chunk of the batch at a time
+            #    (the whole batch without --micro-batch), accumulating this layer's gradient;
+            #    only one chunk's autograd graph ever exists. Then clip + step, once.
             self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
-            z = layer.block(x)
-            loss = F.cross_entropy(model.readouts[layer.index](z), labels)
-            loss.backward()
+            outputs, losses = [], []
+            for x_part, y_part in zip(x.split(chunk), labels.split(chunk)):
+                with self.autocast():
+                    z_part, loss = self.local_loss[layer.index](x_part, y_part)
+                if share != 1:
+                    loss = loss * share
+                self.scaler.scale(loss).backward()
+                outputs.append(z_part.detach())
+                losses.append(loss.detach())
+                del z_part, loss
             self._clip_and_step(layer.index)
-            self.layer_losses.append(loss.detach())
+            self.layer_losses.append(losses[0] if len(losses) == 1 else torch.stack(losses).sum())
 
-            # 2. Only now derive the classifier feature and the next layer's input from
-            #    z.detach() (computed with this layer's pre-step weights, as in the paper).
-            z = z.detach()
-            if layer.index >= 1:
-                features.append(z.mean(dim=(2, 3)))
-            if not layer.is_last:
-                x = model.propagate(layer.index, z)
-            del z, loss
+            # 2. Only now derive the classifier feature and the next layer's input from the
+            #    detached output (computed with this layer's pre-step weights, as in the paper),
+            #    chunk by chunk, each chunk's output freed as soon as it has been used.
+            feature_parts, next_parts = [], []
+            while outputs:
+                z = outputs.pop(0)
+                if layer.index >= 1:
+                    feature_parts.append(z.mean(dim=(2, 3)))
+                if not layer.is_last:
+                    with self.autocast():
+                        next_parts.append(model.propagate(layer.index, z))
+                del z
+            if feature_parts:
+                features.append(_joined(feature_parts))
+            if next_parts:
+                x = _joined(next_parts)
+            del feature_parts, next_parts
 
         # 3. The classifier head's step on the features of layers 1..L-1.
         classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
+        self.scaler.update()
         return torch.stack(self.layer_losses).sum() + classifier_loss

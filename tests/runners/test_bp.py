@@ -29,3 +29,41 @@ def test_accumulation_micro_batch_must_divide_the_batch():
     runner.check_cell("vgg8", 32, 12, 4)
     with pytest.raises(RunnerConfigError, match="does not divide"):
         runner.check_cell("vgg8", 32, 12, 5)
+
+
+# -- selective checkpointing, offloading, torchvision stages ------------------------------------
+def _cuda_estimate(method: str, arch: str, res: int, batch: int) -> int:
+    from membench.estimate import estimate_cell
+    from membench.schema import Cell
+
+    result = estimate_cell(Cell(method, arch, res, batch, warmup=1, steps=1), "cuda")
+    assert result.status == "estimated", result.error
+    return result.peak_allocated_bytes
+
+
+def test_selective_checkpointing_sits_between_bp_and_full_checkpointing_on_vgg8():
+    peaks = {m: _cuda_estimate(m, "vgg8", 32, 32) for m in ("bp", "bp-sac", "bp-ckpt")}
+    assert peaks["bp-ckpt"] < peaks["bp-sac"] < peaks["bp"], peaks
+
+
+def test_offloading_lowers_the_device_peak_and_counts_what_went_to_the_host():
+    from membench.devices import CpuDevice
+    from membench.protocol import prepare_cell
+    from membench.schema import Cell
+
+    bp = _cuda_estimate("bp", "vgg8", 32, 32)
+    assert _cuda_estimate("bp-offload", "vgg8", 32, 32) < bp
+    prepared = prepare_cell(Cell("bp-offload", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice())
+    tracker = prepared.tracked_memory()
+    offloaded = prepared.runner.offloaded_peak_bytes
+    assert offloaded > 0 and prepared.runner.offload.current_bytes == 0  # all freed after backward
+    plain = prepare_cell(Cell("bp", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice()).tracked_memory()
+    assert tracker.peak_bytes < plain.peak_bytes  # the host copies are not device memory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["tv:vgg11", "tv:resnet18"])
+def test_checkpointing_a_torchvision_model_at_its_stages_lowers_the_peak(arch):
+    bp = _cuda_estimate("bp", arch, 224, 32)
+    assert _cuda_estimate("bp-ckpt", arch, 224, 32) < bp
+    assert _cuda_estimate("bp-sac", arch, 224, 32) < bp  # in-place ReLUs made out-of-place

@@ -107,3 +107,17 @@ def test_both_inference_paths_classify_held_out_samples_only_after_training():
     # the concat features' order or alignment, or summing one layer's readout L times, fails it.
     assert all(acc < ACCURACY_FLOOR for acc in untrained.values()), untrained
     assert all(acc >= ACCURACY_FLOOR for acc in trained.values()), trained
+
+
+def test_micro_batched_ff_holds_one_chunks_graph_and_keeps_the_cell_id_without_it():
+    from membench.config import expand_grid
+    from membench.estimate import estimate_cell
+    from membench.schema import Cell
+
+    whole, split = (estimate_cell(Cell("ff-pipelined", "vgg-d4-w64", 32, 64, mb, warmup=1, steps=1),
+                                  "cuda").peak_allocated_bytes for mb in (None, 16))
+    assert split < whole
+    [plain] = expand_grid(["ff-pipelined"], ["vgg8"], [32], [256])
+    assert plain.micro_batch is None and "mb" not in plain.cell_id  # ids of earlier runs hold
+    [chunked] = expand_grid(["ff-pipelined"], ["vgg8"], [32], [256], micro_batches=[64])
+    assert chunked.cell_id == "ff-pipelined_vgg8_r32_b256_mb64_k10"

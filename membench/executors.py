@@ -1,0 +1,138 @@
+"""Executors: where a sweep's cells run, behind one small interface the sweep loop drives.
+
+An executor opens its target (``start``: the device rows will name, every device model a cell
+may run on), says where the results come from (``provenance``: env.json), runs a list of cells
+and yields each result as it finishes (``run``), and releases what it holds (``close``). It
+never writes a file: the sweep process appends every row itself, so resume, locking and SIGKILL
+safety are the sweep's and hold for every executor.
+
+``LocalExecutor`` runs cells one at a time on this machine, in worker processes
+(``membench.worker``) or in this process. ``membench.ray_executor.RayExecutor`` runs them as Ray
+tasks on a cluster, several at once; it is imported only when asked for, so a local sweep never
+imports Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+from .envinfo import collect_env
+from .flops import PeakSpec
+from .schema import ERROR, OK, TIMEOUT, Cell, CellResult
+from .worker import IsolatedWorker, Target, WorkerStartError, open_target
+
+# Called as each cell starts running: (index in the list given to run, the cell).
+CellStarted = Callable[[int, Cell], None]
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot go on (its worker cannot start); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a sweep's cells run: the ``device`` their rows name (``cuda:0``, ``cpu``), every
+    ``device_names`` (GPU or CPU model) a cell may run on, and notes the user should read once."""
+
+    device: str
+    device_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+class Executor(ABC):
+    """Runs a sweep's cells somewhere; see the module docstring."""
+
+    @abstractmethod
+    def start(self) -> Placement:
+        """Open the target; SweepError (or an InputError) if it cannot be used."""
+
+    @abstractmethod
+    def provenance(self) -> dict:
+        """What env.json records about where the cells run."""
+
+    @abstractmethod
+    def run(self, cells: list[Cell], started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
+        """Run ``cells``; yield ``(index, result, wall_s)`` as each finishes, in any order. A
+        failure is a result (an ``error``, ``oom`` or ``timeout`` row), never an exception."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop whatever still runs and release it; safe to call twice."""
+
+
+class LocalExecutor(Executor):
+    """Cells one at a time on this machine: in worker processes (``isolation="process"``),
+    replacing a worker after a cell that is not ok, or in this process (``"none"``)."""
+
+    def __init__(self, target: Target, isolation: str, timeout_s: float | None,
+                 methods: list[str]):
+        self.target, self.isolation, self.timeout_s, self.methods = (target, isolation, timeout_s,
+                                                                     methods)
+        self.worker: IsolatedWorker | None = None
+        self.local: Callable[[Cell], CellResult] | None = None
+        self.env: dict | None = None
+        self.peak: PeakSpec | None = None
+
+    def start(self) -> Placement:
+        """Open the target (a first worker, which names the device so this process never opens
+        a CUDA context)."""
+        if self.isolation == "none":
+            opened = open_target(self.target)
+            self.local, self.peak = opened.run, opened.peak
+            device, name = opened.device, opened.device_name
+        else:
+            self.worker = self._new_worker(collect_env_info=True)
+            self.env, self.peak = self.worker.env, self.worker.peak
+            device, name = self.worker.device, self.worker.device_name
+        notes = (self.peak.note,) if self.peak is not None and self.peak.note else ()
+        return Placement(device, (name,), notes)
+
+    def provenance(self) -> dict:
+        """env.json: the worker's (or this process's) environment and the peak MFU is held to."""
+        env = dict(self.env or collect_env())
+        if self.peak is not None:
+            env["peak"] = asdict(self.peak)
+        return env
+
+    def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
+        worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info,
+                                peak=self.peak)
+        try:
+            worker.wait_ready()
+        except WorkerStartError as err:
+            raise SweepError(str(err)) from None
+        return worker
+
+    def run(self, cells: list[Cell], started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
+        for index, cell in enumerate(cells):
+            started(index, cell)
+            start = time.perf_counter()
+            result = self._run_one(cell)
+            yield index, result, time.perf_counter() - start
+
+    def _run_one(self, cell: Cell) -> CellResult:
+        if self.local is not None:
+            return self.local(cell)
+        measuring = self.target.estimate_kind is None
+        if (self.worker is not None and self.worker.cells_run and measuring
+                and self.worker.budget != cell.device_mem_bytes):
+            self.close()  # a CUDA memory fraction cannot be raised back reliably in-process
+        if self.worker is None:
+            self.worker = self._new_worker()
+        result = self.worker.run(cell, self.timeout_s)
+        # A measured cell that failed may have poisoned its process (a CUDA OOM, a fragmented
+        # allocator); an estimate over its budget has not, but a crashed or hung one has.
+        if result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK):
+            self.close()
+        return result
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+__all__ = ["CellStarted", "Executor", "LocalExecutor", "Placement", "SweepError"]

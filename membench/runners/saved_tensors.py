@@ -1,0 +1,128 @@
+"""What a backprop step keeps for its backward pass, and the standard tools that keep less.
+
+- ``checkpointed(fn, x, policy)``: ``torch.utils.checkpoint`` (non-reentrant, RNG state
+  preserved, so dropout recomputes the same mask): ``"full"`` keeps only ``x`` and recomputes
+  everything; ``"selective"`` keeps the outputs of convolutions and matmuls (the expensive ops)
+  and recomputes the cheap ones (ReLU, LayerNorm, dropout, pooling), through a policy from
+  ``create_selective_checkpoint_contexts``.
+- ``checkpoint_torchvision_stages``: the same for torchvision classifiers, at real stage
+  boundaries (VGG's feature segments between pools, ResNet's ``layer1..4``, √n segments of any
+  other top-level ``Sequential``).
+- ``OffloadSavedTensors``: saved-tensor hooks that move every tensor saved for backward to host
+  memory (pinned on CUDA) and back when backward needs it, as
+  ``torch.autograd.graph.save_on_cpu`` does, counting the bytes offloaded. On the CPU, where host
+  and device are the same memory, the copies are allocated under ``memtrack.host_memory()`` so
+  the tracker reports the device peak a GPU would see; unpacking makes a device copy, as on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import (
+    CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn,
+)
+
+from ..memtrack import host_memory
+
+CHECKPOINT_POLICIES = ("full", "selective")
+# Kept by selective checkpointing: what is expensive to recompute.
+SAVED_OPS = frozenset({
+    torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+})
+
+
+def save_convs_and_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """The selective policy: save convolution and matmul outputs, recompute everything else."""
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpointed(fn, x: torch.Tensor, policy: str) -> torch.Tensor:
+    """``fn(x)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state preserved."""
+    context = (partial(create_selective_checkpoint_contexts, save_convs_and_matmuls)
+               if policy == "selective" else noop_context_fn)
+    return checkpoint(fn, x, use_reentrant=False, context_fn=context)
+
+
+class Checkpointed(nn.Module):
+    """A module run under ``checkpointed``; its parameters stay where they were."""
+
+    def __init__(self, inner: nn.Module, policy: str):
+        super().__init__()
+        self.inner, self.policy = inner, policy
+
+    def forward(self, x):
+        return checkpointed(self.inner, x, self.policy)
+
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _segments(members: list[nn.Module]) -> list[list[nn.Module]]:
+    """Members cut after each pooling layer, or into about √n runs when there is none."""
+    if any(isinstance(m, _POOLS) for m in members):
+        cuts, current = [], []
+        for member in members:
+            current.append(member)
+            if isinstance(member, _POOLS):
+                cuts.append(current)
+                current = []
+        return cuts + ([current] if current else [])
+    size = max(1, math.ceil(math.sqrt(len(members))))
+    return [members[i:i + size] for i in range(0, len(members), size)]
+
+
+def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.Module:
+    """Checkpoint a torchvision classifier at its stages: ResNet-style ``layerN`` children whole,
+    every other top-level ``Sequential`` with parameters in segments (between pools, else √n).
+    Selective checkpointing keeps conv outputs, which an in-place ReLU would overwrite: those
+    ReLUs are made out-of-place."""
+    if policy == "selective":
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+    for name, child in list(model.named_children()):
+        if not isinstance(child, nn.Sequential) or not any(True for _ in child.parameters()):
+            continue
+        if name.startswith("layer"):
+            setattr(model, name, Checkpointed(child, policy))
+            continue
+        members = list(child)
+        setattr(model, name, nn.Sequential(*(Checkpointed(nn.Sequential(*part), policy)
+                                              for part in _segments(members))))
+    return model
+
+
+class OffloadSavedTensors(torch.autograd.graph.saved_tensors_hooks):
+    """Saved tensors go to host memory in forward and come back in backward (see the module
+    docstring); ``peak_bytes`` is the most ever offloaded at once."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.current_bytes = self.peak_bytes = 0
+        super().__init__(self._pack, self._unpack)
+
+    def _pack(self, tensor: torch.Tensor):
+        pin = self.device.type == "cuda"
+        with host_memory():
+            packed = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout,
+                                 pin_memory=pin)
+            packed.copy_(tensor, non_blocking=pin)
+        nbytes = packed.untyped_storage().nbytes()
+        self.current_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        weakref.finalize(packed, self._freed, nbytes)
+        return packed
+
+    def _freed(self, nbytes: int) -> None:
+        self.current_bytes -= nbytes
+
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return packed.clone()  # a device copy, as the GPU's would be
+        return packed.to(self.device, non_blocking=True)
