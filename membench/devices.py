@@ -78,6 +78,12 @@ class Device(ABC):
     def release_cached_memory(self) -> None:
         """Give memory cached by the device's allocator back, between cells (no-op by default)."""
 
+    def autocast_precisions(self) -> tuple[str, ...]:
+        """The precisions a cell can run at here: fp32, and what torch can autocast to."""
+        if not torch.amp.is_autocast_available(self.torch_device.type):
+            return ("fp32",)
+        return ("fp32", "bf16", "fp16")
+
 
 def cpu_model_name() -> str:
     try:
@@ -180,6 +186,11 @@ class CudaDevice(Device):
 
     def release_cached_memory(self) -> None:
         torch.cuda.empty_cache()
+
+    def autocast_precisions(self) -> tuple[str, ...]:
+        # bf16 needs native support (compute capability 8.0 or later), not emulation.
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ("fp32", "bf16", "fp16") if bf16 else ("fp32", "fp16")
 
 
 @contextlib.contextmanager

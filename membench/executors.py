@@ -40,6 +40,7 @@ class Placement:
     device: str
     device_names: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()  # what the device can autocast to; () when not known
 
 
 class Executor(ABC):
@@ -82,13 +83,14 @@ class LocalExecutor(Executor):
         if self.isolation == "none":
             opened = open_target(self.target)
             self.local, self.peak = opened.run, opened.peak
-            device, name = opened.device, opened.device_name
+            device, name, precisions = opened.device, opened.device_name, opened.precisions
         else:
             self.worker = self._new_worker(collect_env_info=True)
             self.env, self.peak = self.worker.env, self.worker.peak
             device, name = self.worker.device, self.worker.device_name
+            precisions = self.worker.precisions
         notes = (self.peak.note,) if self.peak is not None and self.peak.note else ()
-        return Placement(device, (name,), notes)
+        return Placement(device, (name,), notes, precisions)
 
     def provenance(self) -> dict:
         """env.json: the worker's (or this process's) environment and the peak MFU is held to."""

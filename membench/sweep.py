@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import SETTING_BY_KEY, SweepConfig, check_executor
+from .config import ConfigError, SETTING_BY_KEY, SweepConfig, check_executor
 from .devices import Device
 from .executors import Executor, LocalExecutor, Placement, SweepError
 from .results import (
@@ -155,6 +155,7 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
         check_results_folder(out_dir)
         try:
             placement = executor.start()
+            _check_precisions(cells, placement)
             for name in placement.device_names:
                 progress.device_ready(placement.device, name)
             for note in placement.notes:
@@ -172,6 +173,17 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
     ordered = [results[index] for index in sorted(results)]
     progress.sweep_finished(ordered)
     return ordered
+
+
+def _check_precisions(cells: list[Cell], placement: Placement) -> None:
+    """ConfigError, before any cell runs, for a precision torch cannot autocast to here."""
+    if not placement.precisions:
+        return
+    for cell in cells:
+        if cell.precision not in placement.precisions:
+            raise ConfigError(f"--precision {cell.precision}: torch cannot autocast to it on "
+                              f"{placement.device} ({', '.join(placement.device_names)}); valid "
+                              f"here: {', '.join(placement.precisions)}")
 
 
 def _unfinished(cells: list[Cell], placement: Placement, out_dir: Path, redo: bool,

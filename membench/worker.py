@@ -75,6 +75,7 @@ class Hello:
     device_name: str
     env: dict | None
     peak: PeakSpec | None
+    precisions: tuple[str, ...] = ()  # what torch can autocast to here; () if any
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class OpenTarget:
     device_name: str
     peak: PeakSpec | None
     run: Callable[[Cell], CellResult]
+    precisions: tuple[str, ...] = ()  # what torch can autocast to on the device; () if any
 
 
 def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
@@ -152,7 +154,7 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         result.host = socket.gethostname()
         return add_flops(result, peak_for(cell.precision))
 
-    return OpenTarget(str(device), device.name(), peak, measure)
+    return OpenTarget(str(device), device.name(), peak, measure, device.autocast_precisions())
 
 
 def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
@@ -209,7 +211,7 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
         except Exception:  # the cell itself will report it
             pass
     conn.send(Hello(target.device, target.device_name,
-                    collect_env() if setup.collect_env else None, target.peak))
+                    collect_env() if setup.collect_env else None, target.peak, target.precisions))
     while True:
         try:
             message = conn.recv()
@@ -299,7 +301,7 @@ class IsolatedWorker:
             self.close()
             raise WorkerStartError(f"worker process did not start ({self._exit_text()})")
         self.device, self.device_name, self.env = hello.device, hello.device_name, hello.env
-        self.peak = hello.peak
+        self.peak, self.precisions = hello.peak, hello.precisions
 
     def run(self, cell: Cell, timeout_s: float | None) -> CellResult:
         """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""

@@ -79,3 +79,14 @@ def test_the_report_keeps_each_tooling_apart_and_names_each_familys_best(tmp_pat
     assert "Best configuration of each method family" in text
     assert "| ff | ff-pipelined bf16 b128/mb16 |" in text  # smallest estimated peak of the ff side
     assert "with standard tooling" in text  # beside the paper's D.7 cell
+
+
+def test_a_precision_the_device_cannot_autocast_to_is_refused_before_any_cell(tmp_path, monkeypatch):
+    from membench.devices import CpuDevice
+
+    monkeypatch.setattr(CpuDevice, "autocast_precisions", lambda self: ("fp32",))
+    result = CliRunner().invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),
+                                      "--batch", "2", "--device", "cpu", "--isolation", "none",
+                                      "--precision", "fp32,bf16", "--out", str(tmp_path / "o")])
+    assert "torch cannot autocast to it" in usage_error(result)
+    assert not (tmp_path / "o" / "cells.csv").exists()
