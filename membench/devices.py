@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .schema import DEVICE_CHOICES, DeviceSpecError, parse_device
+from .schema import DeviceSpecError, parse_device
 
 
 class DeviceError(InputError):

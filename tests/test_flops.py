@@ -132,7 +132,6 @@ def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(met
 
 # -- bounds for estimates: the report and fit --------------------------------------------------
 def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
-    from membench.estimate import estimate_cell  # noqa: F401  (the sweep imports it lazily)
     from membench.flops import resolve_gpu
     from membench.report import build_report, load_cells, make_figures
     from membench.report.render import add_throughput_bound
