@@ -1,4 +1,4 @@
-"""All six runners side by side in one run, as ratios to bp, next to the paper's ratios.
+"""Every built-in runner side by side in one run, as ratios to bp, next to the paper's ratios.
 
     python benchmarks/runners_side_by_side.py [--arch vgg8] [--res 32] [--batch 64] [--out DIR]
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from membench.devices import resolve_device
 from membench.config import expand_grid
+from membench.devices import resolve_device
 from membench.results import read_cells
+from membench.runners import BUILTIN_METHODS
 from membench.sweep import run_sweep
 
-METHODS = ["bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined"]
+METHODS = list(BUILTIN_METHODS)
 # Paper Sec. 6.2 (docs/design.md#paper-reference-figures), VGG8 at 32x32, batch 256: ratios to bp.
 PAPER_RATIOS_VGG8_32 = {
     "ff-pipelined": {"imgs_per_s": 1726 / 1586, "peak": 1.535 / 1.589},

@@ -13,7 +13,6 @@ import argparse
 
 import torch
 
-from membench.devices import CpuDevice
 from membench.schema import Cell
 from membench.worker import Target, open_target
 
@@ -27,7 +26,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     run = open_target(Target("cpu")).run  # the sweep's own path: run_cell plus FLOPs and peak
-    CpuDevice()
 
     def cell(method: str, **tooling) -> Cell:
         return Cell(method, args.arch, args.res, args.batch, warmup=2, steps=args.steps, **tooling)

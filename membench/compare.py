@@ -35,9 +35,9 @@ import pandas as pd
 from scipy import stats
 
 from .errors import InputError
-from .results import ResultsError, read_cells, read_rows, read_steps
+from .results import ResultsError, read_cells, read_steps
 from .schema import (
-    BREAKDOWN_COLUMNS, CELLS_FILE, FAILED_STATUSES, MEASURED_STATUSES, device_kind, format_size,
+    BREAKDOWN_COLUMNS, FAILED_STATUSES, MEASURED_STATUSES, device_kind, format_size,
 )
 
 CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "precision", "memory_format",
@@ -189,14 +189,10 @@ def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not path.exists():
         raise CompareError(f"{side} {path} does not exist")
     try:
-        cells = read_cells(path)
+        cells = read_cells(path, required=REQUIRED_COLUMNS)
         steps = read_steps(path)
-        header = read_rows(path / CELLS_FILE if path.is_dir() else path)[0]
     except ResultsError as err:
         raise CompareError(f"{side}: {err}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise CompareError(f"{side} {path} lacks column(s) {', '.join(missing)}")
     cells["device_kind"] = cells["device"].map(device_kind)
     # A CPU's model does not change tracker bytes, so CPU cells match across CPU models.
     cells["device_match"] = np.where(cells["device_kind"] == "cpu", "", cells["device_name"])

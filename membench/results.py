@@ -22,7 +22,7 @@ import fcntl
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,15 +127,14 @@ def _cells_file(path: Path) -> Path:
     return file
 
 
-def read_cells(path: Path, *, strict: bool = True) -> pd.DataFrame:
+def read_cells(path: Path, *, strict: bool = True, required: Sequence[str] = ()) -> pd.DataFrame:
     """``cells.csv`` of a folder (or the file itself) as a typed DataFrame with every schema
     column (an older file's missing ones empty) and ``is_estimate``. ResultsError for a file that
-    is not a membench cells.csv, and (``strict``) for a value that does not fit its column."""
+    is not a membench cells.csv or lacks a ``required`` column (one a caller cannot do without,
+    which filling in would hide), and (``strict``) for a value that does not fit its column."""
     file = _cells_file(path)
     header, rows = read_rows(file)
-    if not header:
-        header = []
-    check_header(file, header, CELL_COLUMNS, IDENTITY_COLUMNS)
+    check_header(file, header, CELL_COLUMNS, [*IDENTITY_COLUMNS, *required])
     frame = _typed_frame(file, rows, CELL_COLUMN_TYPES, strict)
     for column, default in SETTING_DEFAULTS.items():
         frame[column] = frame[column].replace("", default)

@@ -42,8 +42,6 @@ CELL_COLUMN_TYPES: dict[str, str] = {
     "torch_version": "str", "membench_version": "str", "torch_threads": "int", "started_at": "str",
 }
 CELL_COLUMNS = list(CELL_COLUMN_TYPES)
-# Settings an earlier membench did not record were at these values; readers fill them in.
-SETTING_DEFAULTS = {"precision": "fp32", "memory_format": "contiguous", "compile": "none"}
 NUMERIC_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind != "str"]
 TEXT_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind == "str"]
 # A file without these is not a membench cells.csv (an older membench always wrote them).
@@ -188,15 +186,26 @@ class Cell:
         if self.micro_batch is not None:
             parts.append(f"mb{self.micro_batch}")
         parts.append(f"k{self.classes}")
-        if self.precision != "fp32":
-            parts.append(self.precision)
-        if self.memory_format != "contiguous":
-            parts.append(self.memory_format.replace("_", "-"))
-        if self.compile != "none":
-            parts.append(f"compile-{self.compile}")
+        parts += tooling_parts(self.precision, self.memory_format, self.compile)
         if self.device_mem_bytes is not None:
             parts.append(f"mem{format_bytes(self.device_mem_bytes)}")
         return "_".join(parts)
+
+
+# Settings an earlier membench did not record were at their defaults; readers fill them in.
+SETTING_DEFAULTS = {f.name: f.default for f in fields(Cell)
+                    if f.name in ("precision", "memory_format", "compile")}
+
+
+def tooling_parts(precision: str, memory_format: str, compile_mode: str) -> list[str]:
+    """The tooling settings not at their defaults, as a cell id and a report name them:
+    ['bf16', 'channels-last', 'compile-default']; [] at the defaults (or left empty)."""
+    parts = [] if precision in ("", "fp32") else [precision]
+    if memory_format not in ("", "contiguous"):
+        parts.append(memory_format.replace("_", "-"))
+    if compile_mode not in ("", "none"):
+        parts.append(f"compile-{compile_mode}")
+    return parts
 
 
 @dataclass

@@ -14,7 +14,6 @@ failing the whole report. On top of that the loader
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import ResultsError, find_cells_files, read_cells
-from ..schema import ENV_FILE, ESTIMATED, GIB, OK, OOM, cuda_index
+from ..schema import ENV_FILE, ESTIMATED, GIB, OK, OOM, cuda_index, tooling_parts
 
 # A report cannot say anything without these; beyond the identity columns, which the reader
 # itself requires, that is a peak and a throughput.
@@ -62,21 +61,10 @@ def card_memory(cells_file: Path, device: str) -> float:
     return math.nan
 
 
-def _header(cells_file: Path) -> list[str]:
-    """The column names of a file the reader has already accepted as UTF-8 text."""
-    with open(cells_file, encoding="utf-8", newline="") as f:
-        return next(csv.reader(f), [])
-
-
 def read_one(cells_file: Path) -> pd.DataFrame:
     """One cells.csv with ``source`` and ``card_mem_bytes``; ResultsError (one line) for a file
     that is not a membench cells.csv or lacks a column the report needs."""
-    frame = read_cells(cells_file, strict=False)
-    header = _header(cells_file)
-    missing = [c for c in REPORT_REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ResultsError(f"{cells_file} lacks column(s) {', '.join(missing)}; "
-                           "is it a membench cells.csv?")
+    frame = read_cells(cells_file, strict=False, required=REPORT_REQUIRED_COLUMNS)
     frame["source"] = str(cells_file)
     memory = {device: card_memory(cells_file, device) for device in frame["device"].unique()}
     frame["card_mem_bytes"] = frame["device"].map(memory).astype(float)
@@ -122,12 +110,7 @@ def _usable(cells: pd.DataFrame, files: list[Path]) -> tuple[pd.DataFrame, list[
 def tooling_label(precision: str, memory_format: str, compile_mode: str) -> str:
     """'' at the defaults, else e.g. 'bf16 channels-last compile-default': what a series or a
     table row adds to its method's name."""
-    parts = [] if precision in ("", "fp32") else [precision]
-    if memory_format not in ("", "contiguous"):
-        parts.append(memory_format.replace("_", "-"))
-    if compile_mode not in ("", "none"):
-        parts.append(f"compile-{compile_mode}")
-    return " ".join(parts)
+    return " ".join(tooling_parts(precision, memory_format, compile_mode))
 
 
 def classify(cells: pd.DataFrame) -> pd.DataFrame:
