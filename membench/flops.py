@@ -137,6 +137,13 @@ def throughput_bound(flops_per_step: float, batch: int, peak_tflops: float) -> f
     return peak_tflops * 1e12 * batch / flops_per_step
 
 
+def gpu_peaks(name: str) -> dict[str, PeakSpec]:
+    """A GPU's datasheet peak for cells of each precision (fp32 cells count at TF32 while
+    cuDNN may use it)."""
+    return {precision: gpu_peak_spec(name, cuda_precision() if precision == "fp32" else precision)
+            for precision in CALIBRATION_DTYPES}
+
+
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
     """The GPU a name or a device profile (its ``gpu`` key) stands for, with its datasheet peak
     at the precision an fp32 conv net runs at; InputError naming the choices otherwise."""

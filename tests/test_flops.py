@@ -143,7 +143,7 @@ def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
     name, peak = resolve_gpu("H200")
     assert name == "NVIDIA H200" and peak.precision in ("tf32", "fp32")
     loaded = load_cells([tmp_path / "r"])
-    add_throughput_bound(loaded, name, peak.tflops, peak.precision)
+    add_throughput_bound(loaded, name, {"fp32": (peak.tflops, peak.precision)})
     [batch_figure] = [f for f in make_figures(loaded.cells) if f.kind == "batch"]
     lines = {line.get_gid(): line for ax in batch_figure.figure.axes for line in ax.get_lines()}
     bound = lines["bound:ff-pipelined"]
@@ -151,7 +151,8 @@ def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
     assert list(bound.get_xdata()) == [2, 4]
     assert list(bound.get_ydata()) == pytest.approx(
         [throughput_bound(flops[b], b, peak.tflops) for b in (2, 4)])
-    report = build_report([tmp_path / "r"], tmp_path / "out", gpu=(name, peak.tflops, peak.precision))
+    report = build_report([tmp_path / "r"], tmp_path / "out",
+                          gpu=(name, {"fp32": (peak.tflops, peak.precision)}))
     text = report.read_text()
     assert "imgs/s bound" in text and "FLOPs \u00f7 bp" in text and "NVIDIA H200" in text
 

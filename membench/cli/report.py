@@ -29,10 +29,11 @@ def report(
     budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
     bound = None
     if gpu is not None:
-        from ..flops import resolve_gpu
+        from ..flops import gpu_peaks, resolve_gpu
 
-        name, peak = resolve_gpu(gpu)
-        bound = (name, peak.tflops, peak.precision)
+        name, _ = resolve_gpu(gpu)
+        bound = (name, {precision: (spec.tflops, spec.precision)
+                        for precision, spec in gpu_peaks(name).items() if spec.tflops})
     out_dir = out or default_report_dir(inputs)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")

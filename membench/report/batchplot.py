@@ -14,7 +14,9 @@ from matplotlib.lines import Line2D
 
 from ..schema import GIB, format_size
 from .layout import Budget, budgets_for, oom_position, series
-from .style import BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, method_sort_key, new_figure
+from .style import (
+    BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, method_sort_key, new_figure, side_legend,
+)
 
 
 def _draw_measured(ax_mem, ax_thr, ok: pd.DataFrame, colors: dict[str, str]) -> None:
@@ -138,7 +140,6 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     if len(oom):
         handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
                               label="OOM (memory: at its budget;\nthroughput: none)"))
-    ax_thr.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-                  frameon=False)
+    side_legend(ax_thr, handles)
     figure.suptitle(title, fontsize=11)
     return figure

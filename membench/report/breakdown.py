@@ -9,7 +9,7 @@ from matplotlib.patches import Patch
 
 from ..schema import GIB
 from .layout import batch_label
-from .style import BREAKDOWN, method_sort_key, new_figure
+from .style import BREAKDOWN, method_sort_key, new_figure, side_legend
 
 # Beyond this many bars the labels are written on one line and slanted.
 CROWDED_BARS = 12
@@ -65,7 +65,6 @@ def breakdown_figure(panel: pd.DataFrame, *, title: str = "") -> Figure | None:
     ax.grid(True, axis="y", alpha=0.3)
     if rows["is_estimate"].any():
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="estimated"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-              frameon=False)
+    side_legend(ax, handles)
     figure.bar_labels = [" ".join(n.split()) for n in names]
     return figure

@@ -19,6 +19,7 @@ from .labels import LabelledPoint, place_labels
 from .layout import Budget, batch_label, budgets_for, oom_position, pareto_front, series
 from .style import (
     BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, PARETO_COLOR, method_sort_key, new_figure,
+    side_legend,
 )
 
 XLABEL = "peak allocated memory (GiB)"
@@ -158,8 +159,7 @@ def _legend(ax, data: _Frontier) -> None:
     for budget in data.off_scale:
         handles.append(Line2D([], [], linestyle="none", label=f"budget {format_size(budget.bytes)} "
                               f"({budget.source}):\nfar right, not drawn"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-              frameon=False)
+    side_legend(ax, handles)
 
 
 def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],

@@ -153,28 +153,32 @@ def save_figures(figures: list[ReportFigure], figures_dir: Path) -> None:
         figure.figure.savefig(figures_dir / figure.filename)
 
 
-def add_throughput_bound(loaded: LoadedCells, gpu_name: str, peak_tflops: float,
-                         precision: str) -> None:
+def add_throughput_bound(loaded: LoadedCells, gpu_name: str,
+                         peaks: dict[str, tuple[float, str]]) -> None:
     """Give every estimated row an upper bound on imgs/s on ``gpu_name`` (``bound_imgs_per_s``:
-    peak x batch / FLOPs per step), which the figures and tables show where nothing was timed."""
+    peak x batch / FLOPs per step, the peak for the row's precision: ``peaks`` maps a cell
+    precision to (TFLOP/s, the datasheet precision it is), which the figures and tables show
+    where nothing was timed."""
     cells = loaded.cells
     estimated = cells["is_estimate"] & cells["flops_per_step"].gt(0)
-    cells["bound_imgs_per_s"] = (peak_tflops * 1e12 * cells["batch"]
-                                 / cells["flops_per_step"]).where(estimated)
+    peak = cells["precision"].map({p: tflops for p, (tflops, _) in peaks.items()})
+    cells["bound_imgs_per_s"] = (peak * 1e12 * cells["batch"] / cells["flops_per_step"]).where(estimated)
+    used = ", ".join(f"{tflops:g} TFLOP/s for {p} cells ({label})" for p, (tflops, label)
+                     in peaks.items() if p in set(cells.loc[estimated, "precision"]))
     loaded.notes.append(
-        f"Throughput of estimates is bounded for {gpu_name} at its datasheet peak of "
-        f"{peak_tflops:g} TFLOP/s ({precision}): imgs/s \u2264 peak \u00d7 batch \u00f7 FLOPs per "
-        "step, drawn hollow and labelled as a bound; no real step runs at peak.")
+        f"Throughput of estimates is bounded for {gpu_name} at its datasheet peak, {used}: imgs/s "
+        "\u2264 peak \u00d7 batch \u00f7 FLOPs per step, drawn hollow and labelled as a bound; "
+        "no real step runs at peak.")
 
 
 def build_report(inputs: Sequence[Path], out_dir: Path, budgets_bytes: Sequence[int] = (),
                  on_warning: Callable[[str], None] | None = None,
                  now: dt.datetime | None = None,
-                 gpu: tuple[str, float, str] | None = None) -> Path:
+                 gpu: tuple[str, dict[str, tuple[float, str]]] | None = None) -> Path:
     """Write ``report.md`` and ``figures/*.png`` for every cells.csv at or under ``inputs``.
 
-    ``budgets_bytes`` adds memory-budget lines to the figures. ``gpu`` (name, peak TFLOP/s,
-    precision) bounds the throughput of estimates on that GPU. Figures of an earlier report in
+    ``budgets_bytes`` adds memory-budget lines to the figures. ``gpu`` (name, {cell precision:
+    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. Figures of an earlier report in
     the same folder are replaced. ``now`` is the generation time written in the report (default
     now). Returns report.md's path. Raises ResultsError when there is nothing to report; a
     report whose every row failed is written and says so (and ``on_warning`` is told).

@@ -6,6 +6,7 @@ markers); one colour per memory category of the breakdown.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -50,6 +51,23 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     for i, method in enumerate(extras):
         colors[method] = EXTRA_METHOD_COLORS[i % len(EXTRA_METHOD_COLORS)]
     return colors
+
+
+# Legend entries per column right of the axes; more entries add columns and widen the figure,
+# so a grid with many methods and toolings keeps its legend inside the image.
+LEGEND_ROWS = 18
+LEGEND_COLUMN_INCHES = 2.6
+
+
+def side_legend(ax, handles: list) -> None:
+    """The legend right of ``ax``, in as many columns as its entries need."""
+    columns = max(1, math.ceil(len(handles) / LEGEND_ROWS))
+    if columns > 1:
+        figure = ax.get_figure()
+        width, height = figure.get_size_inches()
+        figure.set_size_inches(width + LEGEND_COLUMN_INCHES * (columns - 1), height)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+              frameon=False, ncols=columns)
 
 
 def new_figure(width: float, height: float) -> Figure:
