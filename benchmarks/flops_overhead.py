@@ -1,7 +1,8 @@
 """What counting FLOPs adds to a cell: the same cell measured with and without the count,
-interleaved in one process, so the ratio is side by side. The count runs under
-``FlopCounterMode`` in the cell's last warmup step (protocol.prepare_cell) and in the estimate's
-fake warmup step, so it reaches no measured step; this measures what it adds to the wall time.
+interleaved in one process, so the ratio is side by side. The count is one eager step of the
+cell's runner on fake tensors under ``FlopCounterMode`` (protocol.count_step_flops), before the
+cell's first real step, so it reaches no measured step; this measures what it adds to the wall
+time of a measured cell and of an estimate.
 
     python benchmarks/flops_overhead.py [--profile quick] [--estimate-profile paper-d7]
 """
@@ -14,9 +15,9 @@ import time
 import torch
 
 from membench.config import build_config
-from membench.devices import CpuDevice
-from membench.estimate import estimate_cell
-from membench.protocol import run_cell
+from membench.measure.devices import CpuDevice
+from membench.measure.estimate import estimate_cell
+from membench.measure.protocol import run_cell
 
 
 def timed(function) -> float:

@@ -4,7 +4,7 @@ the paper's measured throughput ratios (docs/design.md, "Paper reference figures
 
     python benchmarks/flops_ratios.py
 
-FLOPs are counted on fake tensors (membench.flops.count_step_flops): no GPU needed, seconds in
+FLOPs are counted on fake tensors (membench.measure.protocol.count_step_flops): no GPU needed, seconds in
 all. bp's FLOPs / a method's FLOPs is the throughput ratio that method would reach if every
 step were bound by compute alone.
 """
@@ -12,7 +12,7 @@ step were bound by compute alone.
 from __future__ import annotations
 
 from membench.config import expand_grid
-from membench.flops import count_step_flops
+from membench.measure.protocol import count_step_flops
 
 METHODS = ["bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined"]
 POINTS = [("vgg8", 32, 256, 10, 128), ("vgg11", 224, 128, 100, 64)]  # bp-accum: 2 micro-batches
@@ -29,8 +29,8 @@ def main() -> None:
               f"{'paper imgs/s / bp':>20s}")
         bp = None
         for method in METHODS:
-            [cell] = expand_grid([method], [arch], [res], [batch], classes=classes,
-                                 micro_batches=[micro] if method == "bp-accum" else None)
+            [cell] = expand_grid(method=method, arch=arch, res=res, batch=batch, classes=classes,
+                                 micro_batch=micro if method == "bp-accum" else None)
             flops = count_step_flops(cell)
             bp = bp or flops
             paper = PAPER_THROUGHPUT.get((arch, method))

@@ -13,9 +13,9 @@ import statistics
 import torch
 import torch.utils.benchmark as tbench
 
-from membench.devices import resolve_device
+from membench.measure.devices import resolve_device
 from membench.schema import Cell
-from membench.protocol import build_runner, make_batch, run_cell
+from membench.measure.protocol import build_runner, make_batch, run_cell
 
 
 def main() -> None:

@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_runners import install_misbehaving_runners  # noqa: E402
 
-from membench.devices import visible_cpu_count  # noqa: E402
+from membench.measure.devices import visible_cpu_count  # noqa: E402
 from membench.schema import Cell  # noqa: E402
-from membench.sweep import SweepProgress, run_sweep  # noqa: E402
+from membench.execute.sweep import SweepProgress, run_sweep  # noqa: E402
 
 
 class Packing(SweepProgress):

@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from membench.config import expand_grid
-from membench.devices import resolve_device
+from membench.measure.devices import resolve_device
 from membench.results import read_cells
 from membench.runners import BUILTIN_METHODS
-from membench.sweep import run_sweep
+from membench.execute.sweep import run_sweep
 
 METHODS = list(BUILTIN_METHODS)
 # Paper Sec. 6.2 (docs/design.md#paper-reference-figures), VGG8 at 32x32, batch 256: ratios to bp.
@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/side-by-side"))
     args = parser.parse_args()
 
-    cells = expand_grid(METHODS, [args.arch], [args.res], [args.batch], warmup=args.warmup, steps=args.steps)
+    cells = expand_grid(method=METHODS, arch=args.arch, res=args.res, batch=args.batch,
+                        warmup=args.warmup, steps=args.steps)
     run_sweep(cells, resolve_device(args.device), args.out)
     frame = read_cells(args.out)
     frame = frame[frame["batch"] == args.batch].drop_duplicates("method", keep="last").set_index("method")

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from membench.schema import Cell
-from membench.sweep import run_sweep
-from membench.worker import IsolatedWorker, Target
+from membench.execute.sweep import run_sweep
+from membench.execute.worker import IsolatedWorker, Target
 
 
 def timed(function) -> float:

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from membench.schema import Cell
-from membench.worker import Target, open_target
+from membench.execute.worker import Target, open_target
 
 
 def main() -> None:

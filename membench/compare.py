@@ -1,7 +1,8 @@
 """Regression gating: compare a NEW results folder against a BASELINE, cell by cell.
 
-Cells are matched by configuration (method, arch, res, batch, micro_batch, classes, device budget),
-device kind and memory source. GPU cells also match on the GPU model (``device_name``): an H200
+Cells are matched by configuration (every setting of a cell that declares ``compare``: method,
+arch, res, batch, micro_batch, classes, tooling, device budget; not seed, warmup or steps), device
+kind and memory source. GPU cells also match on the GPU model (``device_name``): an H200
 run against a laptop run is not a regression test. CPU cells do not: the tensor tracker's bytes do
 not depend on the CPU model, so a CPU baseline gates memory on any CI machine; CPU timing is only
 judged when both sides ran on the same CPU model.
@@ -37,15 +38,16 @@ from scipy import stats
 from .errors import InputError
 from .results import ResultsError, read_cells, read_steps
 from .schema import (
-    BREAKDOWN_COLUMNS, FAILED_STATUSES, MEASURED_STATUSES, device_kind, format_size,
+    BREAKDOWN_COLUMNS, COMPARED_SETTINGS, FAILED_STATUSES, IDENTITY_COLUMNS, MEASURED_STATUSES,
+    device_kind,
 )
+from .units import format_size
 
-CONFIG_COLUMNS = ["method", "arch", "res", "batch", "micro_batch", "precision", "memory_format",
-                  "compile", "classes", "device_mem_bytes"]
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
-# A cells.csv without these cannot be compared; any other column it lacks reads as empty.
-REQUIRED_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
-                    "device_name", "status", "memory_source", "peak_allocated_bytes", "imgs_per_s"]
+# A cells.csv without these cannot be compared; any other column it lacks reads as empty (a
+# setting: its default).
+DESCRIBED_COLUMNS = [*IDENTITY_COLUMNS, "device_name", "memory_source"]
+REQUIRED_COLUMNS = [*DESCRIBED_COLUMNS, "peak_allocated_bytes", "imgs_per_s"]
 
 # Per memory source, the default allowed increase in percent (see the module docstring).
 DEFAULT_MEM_INCREASE_PCT = {"tracker": 0.0, "estimate": 0.0, "cuda_allocator": 1.0}
@@ -219,7 +221,7 @@ def _config_key(row: dict) -> tuple:
             return int(value)
         return value
 
-    return tuple(norm(row[c]) for c in CONFIG_COLUMNS) + (
+    return tuple(norm(row[c]) for c in COMPARED_SETTINGS) + (
         row["device_kind"], bool(row["is_estimate"]), row["device_match"])
 
 
@@ -363,9 +365,7 @@ def _as_int(value) -> int | None:
 
 
 def _describe(row: dict) -> dict:
-    keep = ["cell_id", "method", "arch", "res", "batch", "micro_batch", "classes", "device",
-            "device_name", "status", "memory_source"]
-    return {k: row.get(k) for k in keep}
+    return {column: row.get(column) for column in DESCRIBED_COLUMNS}
 
 
 def compare_results(

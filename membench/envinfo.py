@@ -13,10 +13,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-import torch
-
 from . import __version__
-from .devices import cpu_model_name, nvml, nvml_used_bytes, visible_cpu_count
 
 
 def git_sha() -> str | None:
@@ -32,6 +29,8 @@ def git_sha() -> str | None:
 
 
 def _driver_version() -> str | None:
+    from .measure.devices import nvml
+
     try:
         with nvml() as pynvml:
             version = pynvml.nvmlSystemGetDriverVersion()
@@ -42,6 +41,10 @@ def _driver_version() -> str | None:
 
 def collect_env() -> dict:
     """Everything that goes into env.json. Cheap: no device work beyond property queries."""
+    import torch  # here, not at import: a sweep process that runs no cell never loads torch
+
+    from .measure.devices import cpu_model_name, nvml_used_bytes, visible_cpu_count
+
     info = {
         "membench_version": __version__,
         "git_sha": git_sha(),

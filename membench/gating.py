@@ -2,7 +2,9 @@
 
 The tests (tests/test_memory_gate.py, tests/test_gpu_perf.py) and the recording script
 (scripts/record_baseline.py) both take their cells from here, so a baseline is always recorded on
-exactly the grid it is checked against.
+exactly the grid it is checked against. The committed baselines are package data
+(``membench/baselines``), found through the installed package, so the gate means the same in a
+wheel as in a checkout.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
 from .config import expand_grid
-from .devices import CpuDevice, Device
-from .protocol import run_cell
 from .results import append_result, read_cells, write_env
 from .runners import BUILTIN_METHODS
+from .units import slug
+
+if TYPE_CHECKING:
+    from .measure.devices import Device
 from .schema import CELLS_FILE, ENV_FILE, STEPS_FILE, Cell
 
-# Repository root: baselines are committed next to the package, not installed with it.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BASELINES_DIR = REPO_ROOT / "baselines"
+# The committed baselines, as installed with the package (a folder of a checkout's package in
+# an editable install, where the recording script writes them).
+BASELINES_DIR = Path(str(files("membench") / "baselines"))
 CPU_BASELINE_DIR = BASELINES_DIR / "cpu"
 GPU_BASELINES_DIR = BASELINES_DIR / "gpu"
 RECORD_CPU_COMMAND = "python scripts/record_baseline.py --cpu"
@@ -32,7 +39,7 @@ RECORD_GPU_COMMAND = "python scripts/record_baseline.py --gpu"
 # The GPU gate's switches, read from the environment (the workflow sets them):
 # MEMBENCH_REQUIRE_GPU=1 makes a missing CUDA (tests/conftest.py) and a missing baseline for the
 # GPU model (committed_gpu_baseline, in tests/test_gpu_perf.py) failures instead of skips;
-# MEMBENCH_GPU_BASELINES moves the folder of committed GPU baselines (default baselines/gpu);
+# MEMBENCH_GPU_BASELINES moves the folder of committed GPU baselines (default membench/baselines/gpu);
 # MEMBENCH_NEW_GPU_BASELINE_DIR is where a run without a baseline saves its measurement as one.
 REQUIRE_GPU_ENV = "MEMBENCH_REQUIRE_GPU"
 GPU_BASELINES_ENV = "MEMBENCH_GPU_BASELINES"
@@ -50,28 +57,22 @@ CPU_GATE_TRACKER_STEPS = 1
 def cpu_gate_cells() -> list[Cell]:
     """Every built-in method on a tiny arch, and bp and ff-pipelined in bf16: the CPU memory
     gate's grid."""
-    grid = dict(warmup=1, steps=1)
-    return (expand_grid(list(BUILTIN_METHODS), ["vgg-d3-w16"], [16], [4], **grid)
-            + expand_grid(["bp", "ff-pipelined"], ["vgg-d3-w16"], [16], [4], precisions=["bf16"],
-                          **grid))
+    grid = dict(arch="vgg-d3-w16", res=16, batch=4, warmup=1, steps=1)
+    return (expand_grid(method=list(BUILTIN_METHODS), **grid)
+            + expand_grid(method=["bp", "ff-pipelined"], precision="bf16", **grid))
 
 
 def gpu_perf_cells() -> list[Cell]:
     """The GPU perf gate's grid: VGG8 at 32x32, batch 64, the five methods the paper timed, and
     bp in bf16 (autocast, as trained in practice)."""
-    grid = dict(warmup=3, steps=10)
-    return (expand_grid(GPU_PERF_METHODS, ["vgg8"], [32], [64], **grid)
-            + expand_grid(["bp"], ["vgg8"], [32], [64], precisions=["bf16"], **grid))
-
-
-def gpu_slug(device_name: str) -> str:
-    """A folder name for a GPU model: 'NVIDIA H200' -> 'nvidia-h200'."""
-    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown-gpu"
+    grid = dict(arch="vgg8", res=32, batch=64, warmup=3, steps=10)
+    return (expand_grid(method=GPU_PERF_METHODS, **grid)
+            + expand_grid(method="bp", precision="bf16", **grid))
 
 
 def gpu_baseline_dir(device_name: str, root: Path = GPU_BASELINES_DIR) -> Path:
     """Where the committed GPU baseline for this GPU model lives."""
-    return Path(root) / gpu_slug(device_name)
+    return Path(root) / slug(device_name, empty="unknown-gpu")
 
 
 def gpu_required() -> bool:
@@ -81,7 +82,7 @@ def gpu_required() -> bool:
 
 
 def gpu_baselines_root() -> Path:
-    """The folder of committed GPU baselines: ``MEMBENCH_GPU_BASELINES`` or baselines/gpu."""
+    """The folder of committed GPU baselines: ``MEMBENCH_GPU_BASELINES`` or membench/baselines/gpu."""
     return Path(os.environ.get(GPU_BASELINES_ENV) or GPU_BASELINES_DIR)
 
 
@@ -101,9 +102,10 @@ class MissingGpuBaseline(LookupError):
 
 
 def _shown(path: Path) -> str:
-    """A path as a reader of a CI log wants it: relative to the repository where it lies in it."""
+    """A path as a reader of a CI log wants it: relative to the working directory where it lies
+    in it (the repository, in CI)."""
     try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 
@@ -158,6 +160,9 @@ def measure_cpu_gate(out_dir: Path, cells: list[Cell] | None = None) -> Path:
     In-process on purpose: a child process per cell would cost more than the cells themselves.
     """
     out_dir = Path(out_dir)
+    from .measure.devices import CpuDevice
+    from .measure.protocol import run_cell
+
     device = CpuDevice()
     for cell in cells if cells is not None else cpu_gate_cells():
         append_result(out_dir, run_cell(cell, device, tracker_steps=CPU_GATE_TRACKER_STEPS))
@@ -244,7 +249,7 @@ def record_gpu_baseline(device: Device, target: Path | None = None,
     sweep's worker recorded: asking the device for its name here would open a CUDA context in
     this process, on the GPU being measured.
     """
-    from .sweep import run_sweep
+    from .execute.sweep import run_sweep
 
     def fill(folder: Path) -> None:
         run_sweep(gpu_perf_cells(), device, folder)

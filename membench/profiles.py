@@ -1,19 +1,19 @@
 """Sweep profiles: named TOML files of sweep settings, so a whole grid is one ``--profile NAME``.
 
-A profile is a flat TOML table whose keys are the sweep's settings (``arch``, ``res``, ``batch``,
-``method``, ``micro_batch``, ``classes``, ``warmup``, ``steps``, ``seed``, ``device``,
-``device_mem``, ``timeout``, ``isolation``, ``estimate``) plus an optional ``description``. Lists
+A profile is a flat TOML table whose keys are the sweep's settings (``membench.config.SETTINGS``:
+``arch``, ``res``, ``batch``, ``method``, ``precision``, ``device``, ``timeout``, ...) plus an
+optional ``description``. Lists
 may be TOML arrays or comma strings. Several profiles combine left to right, each key of a later
 profile replacing the earlier value (so ``--profile paper-d7 --profile laptop-8gb`` is the paper's
 grid on an emulated 8 GiB card); options given on the command line replace them all.
 
-Profiles are found by name in ``./profiles`` (the current directory) and in the ``profiles``
-folder next to the membench package (a source checkout), in that order; a value that is a path
-to a ``.toml`` file is read directly.
+Profiles are found by name in ``./profiles`` (the current directory) and among the profiles
+installed with membench (``membench/profiles``, package data), in that order; a value that is a
+path to a ``.toml`` file is read directly.
 
 A grid that is not one cross product is written as ``[[grid]]`` tables: the sweep runs the union
 of the grids, each grid taking the profile's top-level keys and replacing the grid axes it sets
-(``arch``, ``res``, ``batch``, ``method``, ``micro_batch``). A later profile's ``[[grid]]`` tables
+(any setting of a cell). A later profile's ``[[grid]]`` tables
 replace an earlier one's; grid flags on the command line apply to every grid.
 
 This module only finds and reads the files; ``membench.config`` checks every value, in the one
@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-
-import membench
 
 from .errors import InputError
 
 PROFILE_SUFFIX = ".toml"
-# The ``profiles`` folder of a source checkout, next to the membench package.
-PACKAGE_PROFILES_DIR = Path(membench.__file__).resolve().parents[1] / "profiles"
+# The profiles installed with membench (package data).
+PACKAGE_PROFILES_DIR = Path(str(files("membench") / "profiles"))
 
 
 class ProfileError(InputError):

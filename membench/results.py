@@ -12,7 +12,7 @@ A file written by an earlier membench (a subset of today's columns) is read with
 columns empty, and the first append upgrades its header in place, atomically, keeping every row.
 
 This module also keeps the folder for the sweep: the exclusive lock, the resume keys, and the
-pruning of rows a rerun replaces (see ``membench.sweep``).
+pruning of rows a rerun replaces (see ``membench.execute.sweep``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pandas as pd
 from .errors import InputError
 from .schema import (
     CELL_COLUMN_TYPES, CELL_COLUMNS, CELLS_FILE, ENV_FILE, IDENTITY_COLUMNS, STEP_COLUMN_TYPES,
-    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, Cell, CellResult, is_estimate_row,
+    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, Cell, CellResult, is_estimate_row, parse_value,
 )
 
 LOCK_FILE = ".membench-sweep.lock"
@@ -136,8 +136,11 @@ def read_cells(path: Path, *, strict: bool = True, required: Sequence[str] = ())
     header, rows = read_rows(file)
     check_header(file, header, CELL_COLUMNS, [*IDENTITY_COLUMNS, *required])
     frame = _typed_frame(file, rows, CELL_COLUMN_TYPES, strict)
-    for column, default in SETTING_DEFAULTS.items():
-        frame[column] = frame[column].replace("", default)
+    for column, default in SETTING_DEFAULTS.items():  # a setting a row leaves empty: its default
+        if CELL_COLUMN_TYPES[column] == "str":
+            frame[column] = frame[column].replace("", default)
+        else:
+            frame[column] = frame[column].fillna(default)
     frame["is_estimate"] = [is_estimate_row(row) for row in rows]
     return frame
 
@@ -256,22 +259,20 @@ def write_env(out_dir: Path, env: dict) -> None:
 
 # -- the folder a sweep keeps -------------------------------------------------------------------
 def cell_key(cell: Cell, device: str, device_name: str) -> tuple:
-    """What makes two measurements the same: cell id, device, device model and the protocol
-    settings: ``(cell_id, device, device_name, warmup, steps, seed, device_mem_bytes)``."""
-    return (cell.cell_id, str(device), device_name, cell.warmup, cell.steps, cell.seed,
-            cell.device_mem_bytes)
+    """What makes two measurements the same: the device, its model and every setting of the
+    cell (the resume key)."""
+    return (str(device), device_name, *cell.settings().values())
 
 
 def row_key(row: Mapping) -> tuple | None:
-    """The resume key of a ``cells.csv`` row (strings as read by csv), or None if unreadable."""
+    """The resume key of a ``cells.csv`` row (strings as read by csv), or None if its cell's
+    settings do not read."""
     try:
-        result = CellResult.from_row(row)
+        cell = Cell.from_row(row)
     except (TypeError, ValueError):
         return None
-    if result.cell.warmup is None or result.cell.steps is None or result.cell.seed is None:
-        return None
-    return (str(row["cell_id"]), result.device, result.device_name, result.cell.warmup,
-            result.cell.steps, result.cell.seed, result.cell.device_mem_bytes)
+    return cell_key(cell, parse_value("device", row.get("device")),
+                    parse_value("device_name", row.get("device_name")))
 
 
 def latest_rows(out_dir: Path, *, estimates: bool = False) -> dict[tuple, dict]:

@@ -3,12 +3,14 @@
 This module imports neither torch nor matplotlib, so every reader of results (sweep resume,
 ``compare``, ``report``, a notebook) shares it cheaply. It holds
 
-- ``Cell``: one point of a grid, everything that determines a measurement, and its id;
-- ``CellResult``: one cell's outcome, with ``row()`` (a ``cells.csv`` row) and its inverse
-  ``CellResult.from_row``;
-- the columns of ``cells.csv`` and ``steps.csv`` with their types, the status values, and what
-  makes a row an estimate (``is_estimate_row``, the one place that decides it);
-- device-string parsing (``parse_device``, ``device_kind``) and byte parsing and formatting.
+- ``Cell``: one point of a grid, every setting that determines a measurement (each declared
+  once, as a field, with ``membench.settings.setting``), and its id;
+- ``CellResult``: one cell's outcome; its ``cells.csv`` row (``row()``) and the inverse
+  (``CellResult.from_row``) are derived from its fields and ``Cell``'s, never listed by hand;
+- the columns of ``cells.csv`` and ``steps.csv`` with their types (derived the same way), the
+  status values, and what makes a row an estimate (``is_estimate_row``, the one place that
+  decides it);
+- device-string parsing (``parse_device``, ``device_kind``); memory sizes are ``membench.units``.
 
 The column semantics are documented in docs/design.md ("Results").
 """
@@ -18,44 +20,12 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
-# -- columns ----------------------------------------------------------------------------------
-# Every cells.csv column in file order, with the type its values are read as: "str" (empty is
-# ""), "int" or "float" (empty is missing). A new column is one entry here and one in row().
-CELL_COLUMN_TYPES: dict[str, str] = {
-    "cell_id": "str", "method": "str", "arch": "str", "res": "int", "batch": "int",
-    "micro_batch": "int", "precision": "str", "memory_format": "str", "compile": "str",
-    "classes": "int", "seed": "int",
-    "device": "str", "device_name": "str", "host": "str", "device_mem_bytes": "int",
-    "status": "str",
-    "error": "str", "warmup": "int", "steps": "int",
-    "step_ms_median": "float", "step_ms_p10": "float", "step_ms_p90": "float",
-    "step_ms_mean": "float", "imgs_per_s": "float", "compile_s": "float",
-    "flops_per_step": "int", "achieved_tflops": "float", "peak_tflops": "float",
-    "peak_precision": "str", "peak_source": "str", "mfu": "float",
-    "peak_allocated_bytes": "int", "peak_reserved_bytes": "int", "host_peak_rss_bytes": "int",
-    "nvml_used_bytes": "int", "offloaded_bytes": "int", "memory_source": "str",
-    "parameters_bytes": "int", "gradients_bytes": "int", "optimizer_state_bytes": "int",
-    "activations_bytes": "int",
-    "torch_version": "str", "membench_version": "str", "torch_threads": "int", "started_at": "str",
-}
-CELL_COLUMNS = list(CELL_COLUMN_TYPES)
-NUMERIC_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind != "str"]
-TEXT_COLUMNS = [c for c, kind in CELL_COLUMN_TYPES.items() if kind == "str"]
-# A file without these is not a membench cells.csv (an older membench always wrote them).
-IDENTITY_COLUMNS = ["cell_id", "method", "arch", "res", "batch", "device", "status"]
-
-STEP_COLUMN_TYPES: dict[str, str] = {"cell_id": "str", "device": "str", "step": "int",
-                                     "step_ms": "float"}
-STEP_COLUMNS = list(STEP_COLUMN_TYPES)
-
-CELLS_FILE, STEPS_FILE, ENV_FILE = "cells.csv", "steps.csv", "env.json"
-
-# Memory categories of the breakdown at the peak, bottom to top in figures.
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations")
-BREAKDOWN_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
+from .settings import ConfigError, Setting, choice, name, optional, setting, settings_of, whole
+from .units import format_bytes, parse_bytes
 
 # -- statuses -----------------------------------------------------------------------------------
 OK, OOM, ERROR, TIMEOUT, ESTIMATED = "ok", "oom", "error", "timeout", "estimated"
@@ -64,10 +34,22 @@ FAILED_STATUSES = frozenset({OOM, ERROR, TIMEOUT})
 # Statuses whose row carries a peak (and, for ok, a throughput).
 MEASURED_STATUSES = frozenset({OK, ESTIMATED})
 
+CELLS_FILE, STEPS_FILE, ENV_FILE = "cells.csv", "steps.csv", "env.json"
+
+# Memory categories of the breakdown at the peak, bottom to top in figures.
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations")
+BREAKDOWN_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
+
+# The standard tooling's choices (torch's objects for them are in membench.runners.base).
+PRECISIONS = ("fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE_MODES = ("none", "default", "max-autotune")
+
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
 # matches a row measured on 'cuda:0' in resume, compare or report.
 ESTIMATE_SUFFIX = " (estimate)"
+ESTIMATE_KINDS = ("cuda", "cpu")  # the kinds of device an estimate plans for
 ESTIMATE_SOURCE = "estimate"  # its memory_source
 ESTIMATE_DEVICE_NAME = "estimate"  # its device_name
 
@@ -117,94 +99,124 @@ def cuda_index(device: str) -> int | None:
     return (index or 0) if kind == "cuda" else None
 
 
-# -- bytes ----------------------------------------------------------------------------------------
-BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-GIB = 2**30
-_BINARY_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+# -- cells --------------------------------------------------------------------------------------
+def memory_size(value, label: str) -> int:
+    """A memory size ('8GiB', '512MiB', '8GB', or bytes), as a setting reads it."""
+    try:
+        return parse_bytes(value)
+    except ValueError as err:
+        raise ConfigError(f"{label}: {err}") from None
 
 
-def parse_bytes(text: str | int) -> int:
-    """'8GiB' -> 8589934592; '8GB' -> 8e9; a plain number is bytes. ValueError (one line)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not match or match[2].lower() not in BYTE_UNITS:
-        raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 8GiB, 512MiB or 8GB")
-    value = int(float(match[1]) * BYTE_UNITS[match[2].lower()])
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
-    return value
+def device(value, label: str) -> str:
+    """A device string, normalised ('CUDA:1' -> 'cuda:1'), as a setting reads it."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{label} takes a device name, got {value!r}")
+    try:
+        kind, index = parse_device(value)
+    except DeviceSpecError as err:
+        raise ConfigError(str(err)) from None
+    return kind if index is None else f"{kind}:{index}"
 
 
-def format_bytes(value: int) -> str:
-    """The shortest exact binary spelling, for ids and file names: 8589934592 -> '8GiB',
-    1536 -> '1.5KiB', 1000 -> '1000B'."""
-    for unit, size in _BINARY_UNITS:
-        if value >= size and (value * 10) % size == 0:
-            return f"{value / size:g}{unit}"
-    return f"{value}B"
+# The cell settings are options of these commands (and keywords of the pytest fixture).
+CELL_COMMANDS = ("sweep", "run", "fixture")
 
 
-def format_size(value_bytes: float) -> str:
-    """A memory size as a person writes it: '8 GiB', '1.5 GiB', '64 MiB', '12.5 KiB', '512 B'."""
-    for unit, size in _BINARY_UNITS:
-        if abs(value_bytes) >= size:
-            return f"{value_bytes / size:.4g} {unit}"
-    return f"{value_bytes:.4g} B"
+def cell_setting(default, parse, help: str, **options):
+    """A setting of a ``Cell``: a grid axis on every command that measures cells."""
+    return setting(default, parse, help, commands=CELL_COMMANDS, **options)
 
 
-def format_gib(value_bytes: float | None, digits: int = 3) -> str:
-    """'1.234 GiB' at a fixed number of decimals, for columns of figures; '-' when missing."""
-    if value_bytes is None or value_bytes != value_bytes:
-        return "-"
-    return f"{value_bytes / GIB:.{digits}f} GiB"
-
-
-# -- cells and results ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Cell:
-    """One point of a grid under one protocol: everything that determines a measurement."""
+    """One point of a grid under one protocol: every setting that determines a measurement.
 
-    method: str
-    arch: str
-    res: int
-    batch: int
-    micro_batch: int | None = None
-    classes: int = 10
-    seed: int = 0
-    warmup: int = 5
-    steps: int = 20
-    device_mem_bytes: int | None = None
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights and optimizer state fp32)
-    memory_format: str = "contiguous"  # contiguous | channels_last
-    compile: str = "none"  # none | default | max-autotune (torch.compile mode)
+    Each field is a grid axis (a comma list on the command line, a list in a profile; the grid
+    is their cross product) and a ``cells.csv`` column; its declaration below is the only place
+    it is defined (``membench.settings``). A value at its default adds nothing to the cell id,
+    so the ids of earlier runs stay what they were.
+    """
+
+    method: str = cell_setting("bp", name, "Training method (`membench list methods`).",
+                               id_part=str, id_always=True)
+    arch: str = cell_setting("vgg8", name, "Architecture: vgg8, vgg11, vgg-dD-wW or tv:NAME "
+                             "(`membench list archs`).", id_part=str, id_always=True)
+    res: int = cell_setting(32, whole(1), "Input resolution (square).", id_part="r{}".format,
+                            id_always=True)
+    batch: int = cell_setting(32, whole(1), "Batch size: the images of one optimizer step.",
+                              id_part="b{}".format, id_always=True)
+    micro_batch: int | None = cell_setting(
+        None, optional(whole(1)), "Micro-batch, for methods that split the batch (bp-accum: "
+        "gradient accumulation, default batch/2; ff-pipelined: each layer in chunks of it).",
+        id_part="mb{}".format)
+    classes: int = cell_setting(10, whole(1), "Number of classes K.", id_part="k{}".format,
+                                id_always=True)
+    # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
+    precision: str = cell_setting(
+        "fp32", choice(PRECISIONS), "Autocast precision (weights and optimizer state stay fp32; "
+        "fp16 with a GradScaler).", id_part=str, tooling=True)
+    memory_format: str = cell_setting(
+        "contiguous", choice(MEMORY_FORMATS), "Memory format of the conv weights and the batch.",
+        id_part=lambda value: value.replace("_", "-"), tooling=True)
+    compile: str = cell_setting(
+        "none", choice(COMPILE_MODES), "torch.compile mode (compiled in the first warmup step).",
+        id_part="compile-{}".format, tooling=True)
+    device_mem_bytes: int | None = cell_setting(
+        None, optional(memory_size), "Emulate a card with this much memory, e.g. 8GiB: past it a "
+        "cell is an oom row.", key="device_mem", id_part=lambda value: f"mem{format_bytes(value)}",
+        metavar="SIZE")
+    # The protocol's own settings: part of what a measurement is, not of the configuration
+    # compared across runs.
+    seed: int = cell_setting(0, whole(0), "Seed of the weights and the synthetic batch.",
+                             compare=False)
+    warmup: int = cell_setting(5, whole(0), "Warmup steps, not measured.", compare=False)
+    steps: int = cell_setting(20, whole(1), "Measured steps.", compare=False)
 
     @property
     def cell_id(self) -> str:
-        """A readable id, unique within one sweep's grid; a setting at its default adds
-        nothing, so the ids of earlier runs stay what they were."""
-        parts = [self.method, self.arch, f"r{self.res}", f"b{self.batch}"]
-        if self.micro_batch is not None:
-            parts.append(f"mb{self.micro_batch}")
-        parts.append(f"k{self.classes}")
-        parts += tooling_parts(self.precision, self.memory_format, self.compile)
-        if self.device_mem_bytes is not None:
-            parts.append(f"mem{format_bytes(self.device_mem_bytes)}")
-        return "_".join(parts)
+        """A readable id, unique within one sweep's grid: each setting's part, where it has one."""
+        parts = (s.in_id(getattr(self, s.name)) for s in CELL_SETTINGS)
+        return "_".join(part for part in parts if part)
+
+    def settings(self) -> dict[str, object]:
+        """Every setting's value, by field name (the ``cells.csv`` columns of the cell)."""
+        return {s.name: getattr(self, s.name) for s in CELL_SETTINGS}
+
+    def tooling(self) -> list[str]:
+        """The standard tooling not at its defaults, as the cell id names it: ['bf16', ...]."""
+        return tooling_parts(self.settings())
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> Cell:
+        """The cell of a ``cells.csv`` row (strings or typed values): a setting the row leaves
+        empty (an earlier membench did not record it) was at its default. ValueError for a
+        value that does not fit its column."""
+        values = {s.name: parse_value(s.name, row.get(s.name)) for s in CELL_SETTINGS}
+        missing = [key for key in IDENTITY_SETTINGS if values[key] in (None, "")]
+        if missing:
+            raise ValueError(f"a row without {', '.join(missing)} names no cell")
+        return cls(**{key: value for key, value in values.items() if value not in (None, "")})
 
 
-# Settings an earlier membench did not record were at their defaults; readers fill them in.
-SETTING_DEFAULTS = {f.name: f.default for f in fields(Cell)
-                    if f.name in ("precision", "memory_format", "compile")}
+CELL_SETTINGS: tuple[Setting, ...] = settings_of(Cell)
+# Every membench row has recorded these since the first release: a row without one names no cell.
+IDENTITY_SETTINGS = ("method", "arch", "res", "batch")
+TOOLING_SETTINGS = tuple(s for s in CELL_SETTINGS if s.tooling)
+# What `membench compare` matches two cells on: the configuration, not the protocol's settings.
+COMPARED_SETTINGS = [s.name for s in CELL_SETTINGS if s.compare]
 
 
-def tooling_parts(precision: str, memory_format: str, compile_mode: str) -> list[str]:
-    """The tooling settings not at their defaults, as a cell id and a report name them:
-    ['bf16', 'channels-last', 'compile-default']; [] at the defaults (or left empty)."""
-    parts = [] if precision in ("", "fp32") else [precision]
-    if memory_format not in ("", "contiguous"):
-        parts.append(memory_format.replace("_", "-"))
-    if compile_mode not in ("", "none"):
-        parts.append(f"compile-{compile_mode}")
+def tooling_parts(values: Mapping) -> list[str]:
+    """The tooling settings of a cell or a row not at their defaults (empty counts as the
+    default), as a cell id and a report name them: ['bf16', 'channels-last', 'compile-default']."""
+    parts = []
+    for s in TOOLING_SETTINGS:
+        value = values.get(s.name)
+        if value not in (None, "") and value == value:
+            part = s.in_id(value)
+            if part:
+                parts.append(part)
     return parts
 
 
@@ -226,75 +238,66 @@ class MemoryBreakdown:
 
 
 TIMING_STATS = ("median", "p10", "p90", "mean")
+# Columns computed from a result's step times (and FLOPs and peak): properties of CellResult of
+# the same name. A result read back from cells.csv has no step times; it keeps these as recorded.
+DERIVED_COLUMN_TYPES = {**{f"step_ms_{stat}": "float" for stat in TIMING_STATS},
+                        "imgs_per_s": "float", "achieved_tflops": "float", "mfu": "float"}
+COLUMNS = "membench.columns"  # field metadata: the columns a composite field stands for
 
 
 @dataclass
 class CellResult:
     """One cell's measurement; carries its own configuration and provenance.
 
-    ``step_ms`` holds the measured step times. A result read back from ``cells.csv`` has no step
-    times (those are in ``steps.csv``); it keeps the row's recorded statistics instead, so
-    ``CellResult.from_row(row).row() == row`` for every membench row.
+    Every field but ``cell``, ``step_ms``, ``breakdown`` and ``recorded`` is one ``cells.csv``
+    column of the same name, typed by its annotation; ``cell`` gives one column per setting;
+    ``step_ms`` (the measured step times, written to ``steps.csv``) gives the derived columns
+    above, ``breakdown`` the four ``*_bytes`` columns. ``CellResult.from_row(row).row() == row``
+    for every membench row.
     """
 
     cell: Cell
     device: str
     device_name: str
+    host: str = ""  # hostname of the machine the cell ran on (a Ray node, or this machine)
     status: str = OK
     error: str = ""
-    step_ms: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list, metadata={COLUMNS: DERIVED_COLUMN_TYPES})
+    compile_s: float | None = None  # the first warmup step, where torch.compile compiles
+    flops_per_step: int | None = None  # FLOPs of one training step (membench.measure.flops)
+    peak_tflops: float | None = None  # the device's peak for this cell's precision, if known
+    peak_precision: str = ""
+    peak_source: str = ""  # datasheet | user | gemm-calibrated
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     host_peak_rss_bytes: int | None = None
     nvml_used_bytes: int | None = None
+    offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
     memory_source: str = ""
-    breakdown: MemoryBreakdown | None = None
-    started_at: str = ""
-    torch_threads: int = 0
+    breakdown: MemoryBreakdown | None = field(
+        default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")})
     torch_version: str = ""
     membench_version: str = ""
-    flops_per_step: int | None = None  # FLOPs of one training step (membench.flops)
-    compile_s: float | None = None  # the first warmup step, where torch.compile compiles
-    offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
-    peak_tflops: float | None = None  # the device's peak for this cell's precision, if known
-    peak_precision: str = ""
-    peak_source: str = ""  # datasheet | user | gemm-calibrated
-    recorded_timing: dict[str, float | None] | None = None  # stats of a row read back, see above
-    host: str = ""  # hostname of the machine the cell ran on (a Ray node, or this machine)
+    torch_threads: int = 0
+    started_at: str = ""
+    recorded: dict[str, float | None] = field(default_factory=dict, repr=False,
+                                              metadata={COLUMNS: {}})
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell.cell_id
 
     @property
     def is_estimate(self) -> bool:
         return is_estimate_row({"device": self.device, "memory_source": self.memory_source})
 
-    @property
-    def imgs_per_s(self) -> float | None:
-        """Images per second over the measured steps: batch x steps / total measured time."""
-        if not self.step_ms and self.recorded_timing is not None:
-            return self.recorded_timing.get("imgs_per_s")
-        total_s = sum(self.step_ms) / 1e3
-        return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else None
-
-    @property
-    def achieved_tflops(self) -> float | None:
-        """FLOPs per step / median step time, in TFLOP/s."""
-        median = self.summary_stats()["median"]
-        if self.flops_per_step is None or not median:
-            return None
-        return self.flops_per_step / (median / 1e3) / 1e12
-
-    @property
-    def mfu(self) -> float | None:
-        """Model FLOPs utilisation: achieved TFLOP/s / the device's peak."""
-        achieved = self.achieved_tflops
-        if achieved is None or not self.peak_tflops:
-            return None
-        return achieved / self.peak_tflops
+    def _recorded(self, column: str) -> float | None:
+        return self.recorded.get(column)
 
     def summary_stats(self) -> dict[str, float | None]:
         """Median, p10, p90 and mean step time in ms (None without measured steps)."""
         if not self.step_ms:
-            recorded = self.recorded_timing or {}
-            return {stat: recorded.get(f"step_ms_{stat}") for stat in TIMING_STATS}
+            return {stat: self._recorded(f"step_ms_{stat}") for stat in TIMING_STATS}
         ordered = sorted(self.step_ms)
         if len(ordered) >= 2:
             deciles = statistics.quantiles(ordered, n=10, method="inclusive")
@@ -304,30 +307,63 @@ class CellResult:
         return {"median": statistics.median(ordered), "p10": p10, "p90": p90,
                 "mean": statistics.fmean(ordered)}
 
+    @property
+    def step_ms_median(self) -> float | None:
+        return self.summary_stats()["median"]
+
+    @property
+    def step_ms_p10(self) -> float | None:
+        return self.summary_stats()["p10"]
+
+    @property
+    def step_ms_p90(self) -> float | None:
+        return self.summary_stats()["p90"]
+
+    @property
+    def step_ms_mean(self) -> float | None:
+        return self.summary_stats()["mean"]
+
+    @property
+    def imgs_per_s(self) -> float | None:
+        """Images per second over the measured steps: batch x steps / total measured time."""
+        if not self.step_ms:
+            return self._recorded("imgs_per_s")
+        total_s = sum(self.step_ms) / 1e3
+        return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else None
+
+    @property
+    def achieved_tflops(self) -> float | None:
+        """FLOPs per step / median step time, in TFLOP/s."""
+        if not self.step_ms:
+            return self._recorded("achieved_tflops")
+        median = self.step_ms_median
+        if self.flops_per_step is None or not median:
+            return None
+        return self.flops_per_step / (median / 1e3) / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation: achieved TFLOP/s / the device's peak."""
+        if not self.step_ms:
+            return self._recorded("mfu")
+        achieved = self.achieved_tflops
+        if achieved is None or not self.peak_tflops:
+            return None
+        return achieved / self.peak_tflops
+
     def row(self) -> dict:
         """This result as one ``cells.csv`` row, keyed by CELL_COLUMNS."""
-        stats = self.summary_stats()
-        cell = self.cell
-        row = {
-            "cell_id": cell.cell_id, "device": self.device, "device_name": self.device_name,
-            "host": self.host, "status": self.status, "error": self.error,
-            "imgs_per_s": self.imgs_per_s,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
-            "peak_reserved_bytes": self.peak_reserved_bytes,
-            "host_peak_rss_bytes": self.host_peak_rss_bytes,
-            "nvml_used_bytes": self.nvml_used_bytes, "memory_source": self.memory_source,
-            "torch_version": self.torch_version, "membench_version": self.membench_version,
-            "torch_threads": self.torch_threads, "started_at": self.started_at,
-            "flops_per_step": self.flops_per_step, "achieved_tflops": self.achieved_tflops,
-            "peak_tflops": self.peak_tflops, "peak_precision": self.peak_precision,
-            "peak_source": self.peak_source, "mfu": self.mfu, "compile_s": self.compile_s,
-            "offloaded_bytes": self.offloaded_bytes,
-            **{f"step_ms_{stat}": stats[stat] for stat in TIMING_STATS},
-            **{f.name: getattr(cell, f.name) for f in fields(Cell)},
-            **dict.fromkeys(BREAKDOWN_COLUMNS),
-        }
-        if self.breakdown is not None:
-            row.update(self.breakdown.as_columns())
+        row = {"cell_id": self.cell.cell_id, **self.cell.settings()}
+        for f in fields(self):
+            if f.name == "cell":
+                continue
+            columns = f.metadata.get(COLUMNS)
+            if columns is None:
+                row[f.name] = getattr(self, f.name)
+            elif f.name == "breakdown":
+                row.update(self.breakdown.as_columns() if self.breakdown else {})
+            else:
+                row.update({column: getattr(self, column) for column in columns})
         return {column: row.get(column) for column in CELL_COLUMNS}
 
     @classmethod
@@ -336,27 +372,50 @@ class CellResult:
         values (a DataFrame record). Missing columns read as empty. ValueError for a value that
         does not fit its column's type."""
         values = {column: parse_value(column, row.get(column)) for column in CELL_COLUMNS}
-        # A setting an earlier membench did not record was at its default.
-        cell = Cell(**{f.name: values[f.name] for f in fields(Cell)
-                       if values[f.name] not in (None, "") or f.default is MISSING})
+        plain = {}
+        for f in fields(cls):
+            if f.name != "cell" and COLUMNS not in f.metadata:
+                value = values[f.name]
+                plain[f.name] = f.default if value is None and f.default is not None else value
         breakdown = None
         if all(values[c] is not None for c in BREAKDOWN_COLUMNS):
             breakdown = MemoryBreakdown(*(values[c] for c in BREAKDOWN_COLUMNS))
-        timing = {c: values[c] for c in ("imgs_per_s", *(f"step_ms_{s}" for s in TIMING_STATS))}
-        return cls(
-            cell, values["device"], values["device_name"], status=values["status"],
-            error=values["error"], peak_allocated_bytes=values["peak_allocated_bytes"],
-            peak_reserved_bytes=values["peak_reserved_bytes"],
-            host_peak_rss_bytes=values["host_peak_rss_bytes"],
-            nvml_used_bytes=values["nvml_used_bytes"], memory_source=values["memory_source"],
-            breakdown=breakdown, started_at=values["started_at"],
-            torch_threads=values["torch_threads"] or 0, torch_version=values["torch_version"],
-            membench_version=values["membench_version"], flops_per_step=values["flops_per_step"],
-            peak_tflops=values["peak_tflops"], peak_precision=values["peak_precision"],
-            peak_source=values["peak_source"], compile_s=values["compile_s"],
-            offloaded_bytes=values["offloaded_bytes"], recorded_timing=timing,
-            host=values["host"],
-        )
+        return cls(Cell.from_row(values), breakdown=breakdown,
+                   recorded={c: values[c] for c in DERIVED_COLUMN_TYPES}, **plain)
+
+
+# -- columns ------------------------------------------------------------------------------------
+def _column_kind(annotation) -> str:
+    """'str', 'int' or 'float' for a field annotated str, int | None, float | None, ..."""
+    types = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    return {str: "str", int: "int", float: "float"}[types[0]]
+
+
+def _cell_column_types() -> dict[str, str]:
+    cell_hints = typing.get_type_hints(Cell)
+    result_hints = typing.get_type_hints(CellResult)
+    types = {"cell_id": "str", **{s.name: _column_kind(cell_hints[s.name]) for s in CELL_SETTINGS}}
+    for f in fields(CellResult):
+        if f.name != "cell":
+            types.update(f.metadata.get(COLUMNS, {f.name: None}))
+            if COLUMNS not in f.metadata:
+                types[f.name] = _column_kind(result_hints[f.name])
+    return types
+
+
+# Every cells.csv column in file order, with the type its values are read as: "str" (empty is
+# ""), "int" or "float" (empty is missing); derived from Cell and CellResult, never listed.
+CELL_COLUMN_TYPES: dict[str, str] = _cell_column_types()
+CELL_COLUMNS = list(CELL_COLUMN_TYPES)
+# A file without these is not a membench cells.csv (an older membench always wrote them).
+IDENTITY_COLUMNS = ["cell_id", *IDENTITY_SETTINGS, "device", "status"]
+# Settings an earlier membench did not record were at their defaults; readers fill them in.
+SETTING_DEFAULTS = {s.name: s.default for s in CELL_SETTINGS
+                    if s.default is not None and s.name not in IDENTITY_SETTINGS}
+
+STEP_COLUMN_TYPES: dict[str, str] = {"cell_id": "str", "device": "str", "step": "int",
+                                     "step_ms": "float"}
+STEP_COLUMNS = list(STEP_COLUMN_TYPES)
 
 
 def parse_value(column: str, value) -> object:

@@ -47,7 +47,7 @@ env_json() { membench env --json > "$OUT/env.json"; }
 step nvidia-smi nvidia-smi
 step env env_json
 # A GPU model without a committed baseline fails the gate; the run's measurement is saved under
-# $OUT/new-gpu-baseline/<gpu> so it can be committed as baselines/gpu/<gpu>.
+# $OUT/new-gpu-baseline/<gpu> so it can be committed as membench/baselines/gpu/<gpu>.
 step gpu-tests env MEMBENCH_REQUIRE_GPU=1 MEMBENCH_NEW_GPU_BASELINE_DIR="$OUT/new-gpu-baseline" \
   "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml" \
   --benchmark-enable --benchmark-json="$OUT/pytest-benchmark.json"

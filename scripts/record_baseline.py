@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Record a regression-gate baseline from the grids in membench.gating.
 
-    python scripts/record_baseline.py --cpu   # baselines/cpu: the CPU tracker memory gate
-    python scripts/record_baseline.py --gpu   # baselines/gpu/<gpu-model>: the GPU perf gate
+    python scripts/record_baseline.py --cpu   # membench/baselines/cpu: the CPU tracker memory gate
+    python scripts/record_baseline.py --gpu   # membench/baselines/gpu/<gpu-model>: the GPU perf gate
 
 The folder is replaced as a whole, only once the new measurement has finished, every cell ran ok
 and it passes against itself; otherwise the old one is left as it was (exit 1). Commit it.
@@ -15,19 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from membench.devices import CudaDevice, DeviceError, resolve_device
+from membench.measure.devices import CudaDevice, DeviceError, resolve_device
 from membench.gating import (
     CPU_BASELINE_DIR, BaselineError, gpu_baselines_root, record_cpu_baseline, record_gpu_baseline,
 )
 from membench.results import read_cells
-from membench.sweep import SweepError
+from membench.execute.sweep import SweepError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--cpu", action="store_true", help="record baselines/cpu (tracker memory)")
-    which.add_argument("--gpu", action="store_true", help="record baselines/gpu/<gpu model>")
+    which.add_argument("--cpu", action="store_true", help="record membench/baselines/cpu (tracker memory)")
+    which.add_argument("--gpu", action="store_true", help="record membench/baselines/gpu/<gpu model>")
     parser.add_argument("--device", default="cuda", help="CUDA device for --gpu (default cuda)")
     parser.add_argument("--out", type=Path, help="write here instead of the committed location")
     args = parser.parse_args(argv)

@@ -90,7 +90,8 @@ def test_propagation_layernorm_is_channelwise():
 
 
 def test_cell_ids_keep_budgets_apart():
-    from membench.schema import Cell, format_bytes, parse_bytes
+    from membench.schema import Cell
+    from membench.units import format_bytes, parse_bytes
 
     assert format_bytes(8 * 2**30) == "8GiB" and format_bytes(1536) == "1.5KiB" and format_bytes(1000) == "1000B"
     assert parse_bytes(format_bytes(12 * 2**30)) == 12 * 2**30

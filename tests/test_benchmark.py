@@ -1,4 +1,4 @@
-"""The membench_benchmark pytest plugin and its memory gate (membench/benchmark.py).
+"""The membench_benchmark pytest plugin and its memory gate (membench/pytest_plugin.py).
 
 The user-style suite in examples/pytest-benchmark is run the way a user runs it (a separate
 pytest process with --benchmark-enable --benchmark-json, in a folder of its own); the fixture is
@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import membench.benchmark
-from membench.benchmark import (
-    BenchmarkResult, MemoryBaselineError, MemoryRegression, MissingBaselineCell,
-    check_peak_memory,
+import membench.pytest_plugin
+from membench.pytest_plugin import (
+    CellFailed, MemoryBaselineError, MemoryRegression, MissingBaselineCell, check_peak_memory,
 )
 from membench.config import ConfigError
-from membench.devices import CpuDevice
-from membench.protocol import run_cell
+from membench.measure.devices import CpuDevice
+from membench.measure.protocol import run_cell
 from membench.results import append_result
 from membench.runners import get_runner
-from membench.schema import Cell
+from membench.schema import Cell, CellResult
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pytest-benchmark"
@@ -79,15 +78,15 @@ def bp_step_holding_4kib(monkeypatch) -> None:
 # -- the plugin --------------------------------------------------------------------------------
 def test_plugin_is_registered_under_pytest11(request):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["entry-points"]["pytest11"] == {"membench": "membench.benchmark"}
+    assert pyproject["project"]["entry-points"]["pytest11"] == {"membench": "membench.pytest_plugin"}
     # Loaded through that entry point: only an entry point registers it under this name.
-    assert request.config.pluginmanager.get_plugin("membench") is membench.benchmark
+    assert request.config.pluginmanager.get_plugin("membench") is membench.pytest_plugin
 
 
 def test_loading_the_plugin_does_not_import_torch():
     # Every pytest run in an environment with membench loads the plugin.
-    code = ("import sys, membench.benchmark; "
-            "heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'membench.protocol') "
+    code = ("import sys, membench.pytest_plugin; "
+            "heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'membench.measure.protocol') "
             "if m in sys.modules); print(heavy); sys.exit(bool(heavy))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -131,7 +130,7 @@ def test_memory_baseline_option_fails_the_grown_cell(user_json, tmp_path):
 def test_disabled_benchmark_still_measures_the_cell(membench_benchmark):
     assert membench_benchmark.benchmark.disabled  # membench's addopts: --benchmark-disable
     result = membench_benchmark("bp", device="cpu", **BP)
-    assert isinstance(result, BenchmarkResult) and not result.benchmark_enabled
+    assert isinstance(result, CellResult) and result is membench_benchmark.result
     assert result.cell == BP_CELL and (result.device, result.memory_source) == ("cpu", "tracker")
     assert len(result.step_ms) == BP_CELL.steps  # every round ran, not pedantic's single call
     assert result.imgs_per_s == pytest.approx(2 * 3 / (sum(result.step_ms) / 1e3))
@@ -148,8 +147,8 @@ def test_fixture_takes_a_cell(membench_benchmark):
 
 
 def test_memory_gate_passes_for_the_unmodified_cell(membench_benchmark, user_json):
-    result = membench_benchmark("bp", device="cpu", memory_baseline=user_json, **BP)
-    check = result.memory_check
+    membench_benchmark("bp", device="cpu", memory_baseline=user_json, **BP)
+    check = membench_benchmark.memory_check
     assert check.passed and check.difference_bytes == 0 and check.allowed_bytes == 0
     assert membench_benchmark.benchmark.extra_info["memory_difference_bytes"] == 0
 
@@ -182,6 +181,11 @@ def test_fixture_refuses_what_is_not_one_cell(membench_benchmark):
         membench_benchmark("bp", arch="vgg8", res=4, batch=2)
 
 
+def test_a_cell_that_does_not_run_ok_fails_the_test_with_its_error(membench_benchmark):
+    with pytest.raises(CellFailed, match="oom: .*budget"):
+        membench_benchmark("bp", device="cpu", device_mem="1KiB", **BP)
+
+
 def test_fixture_measures_once_per_test(membench_benchmark):
     membench_benchmark("bp", device="cpu", **BP)
     with pytest.raises(RuntimeError, match="one cell per test"):
@@ -189,8 +193,9 @@ def test_fixture_measures_once_per_test(membench_benchmark):
 
 
 # -- matching in the memory gate (no torch needed) -----------------------------------------------
-def result_on(device: str, device_name: str, source: str, peak: int) -> BenchmarkResult:
-    return BenchmarkResult(BP_CELL, device, device_name, peak, source, (1.0, 1.0, 1.0), False)
+def result_on(device: str, device_name: str, source: str, peak: int) -> CellResult:
+    return CellResult(BP_CELL, device, device_name, step_ms=[1.0, 1.0, 1.0],
+                      peak_allocated_bytes=peak, memory_source=source)
 
 
 def write_json(path: Path, *infos: dict) -> Path:

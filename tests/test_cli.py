@@ -57,7 +57,7 @@ BAD_INPUT = [
     (["--batch", "0"], "--batch must be at least 1"),
     (["--batch", "-4"], "--batch must be at least 1"),
     (["--steps", "0"], "--steps must be at least 1"),
-    (["--batch", "two"], "whole numbers"),
+    (["--batch", "two"], "--batch takes a whole number"),
     (["--arch", "vgg11", "--res", "16"], "too small"),
     (["--method", "bp-accum", "--batch", "10", "--micro-batch", "3"], "does not divide"),
     (["--method", "ff-pipelined", "--arch", "tv:resnet18", "--res", "64"], "needs a layer-wise conv stack"),

@@ -33,13 +33,13 @@ def test_flags_win_over_profiles_and_apply_to_every_grid():
     config = build_config(["paper-d7"], batch="128", method="bp,ff-pipelined", steps=3)
     assert {(c.method, c.batch) for c in config.cells} == {("bp", 128), ("ff-pipelined", 128)}
     assert {c.steps for c in config.cells} == {3}
-    assert config.timeout_s == 1800 and config.classes == 100
+    assert config.options.timeout_s == 1800 and {c.classes for c in config.cells} == {100}
 
 
 def test_the_configuration_is_frozen_and_typed():
     config = build_config(arch="vgg-d2-w8", res="8, 16", batch=[2, 4], device_mem="1MiB")
     assert config.grids[0].res == (8, 16) and config.grids[0].batch == (2, 4)
-    assert config.device_mem_bytes == 2**20
+    assert config.grids[0].device_mem_bytes == (2**20,)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3  # type: ignore[misc]
 
@@ -68,11 +68,11 @@ def test_a_bad_value_in_a_grid_table_names_its_profile(tmp_path):
 def test_a_cell_whose_weights_alone_pass_one_tib_is_refused_before_anything_is_built(tmp_path):
     start = time.perf_counter()
     with pytest.raises(ConfigError, match="more than 1 TiB"):
-        expand_grid(["bp"], ["vgg-d99999-w99999"], [224], [1])
+        expand_grid(method=["bp"], arch=["vgg-d99999-w99999"], res=[224], batch=[1])
     assert time.perf_counter() - start < 5  # nothing was built; generous bound, not a benchmark
     # just under the limit is allowed: a 1-layer stack of 3 -> W channels has 27W + W params
     width = MAX_PARAMETER_BYTES // 4 // 28
-    expand_grid(["bp"], [f"vgg-d1-w{width}"], [2], [1])
+    expand_grid(method=["bp"], arch=[f"vgg-d1-w{width}"], res=[2], batch=[1])
     result = CliRunner().invoke(app, ["sweep", "--estimate", "--arch", "vgg-d99999-w99999",
                                       "--res", "224", "--out", str(tmp_path / "out")])
     assert "refused before building it" in usage_error(result)

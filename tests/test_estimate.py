@@ -11,12 +11,20 @@ from typer.testing import CliRunner
 from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
 from membench.cli import app
-from membench.devices import CpuDevice, host_peak_rss_bytes, reset_host_peak_rss
-from membench.estimate import _fake_tracked_run, estimate_cell, fit_batch
+from membench.measure.devices import CpuDevice, host_peak_rss_bytes, reset_host_peak_rss
 from membench.config import ConfigError
+from membench.measure.estimate import EstimateDevice, estimate_cell
+from membench.measure.fit import fit_batch
+from membench.measure.memtrack import TensorMemoryTracker
+from membench.measure.protocol import run_cell
 from membench.schema import Cell
-from membench.memtrack import TensorMemoryTracker
-from membench.protocol import run_cell
+
+
+class UnroundedEstimate(EstimateDevice):
+    """An estimate without the CUDA allocator's rounding (its CUDA kernels kept)."""
+
+    def memory_tracker(self, cell):
+        return TensorMemoryTracker()
 
 BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")
 SMALL_CELLS = ((TINY_ARCH, TINY_RES, 4), ("vgg-d3-w16", 16, 2))
@@ -80,19 +88,19 @@ def test_a_huge_cell_is_estimated_without_allocating_it():
 def test_cuda_estimate_carries_the_allocator_rounding():
     cell = small_cell("ff-pipelined", TINY_ARCH, TINY_RES, 3)  # odd batch: sizes not 512-aligned
     cuda = estimate_cell(cell, "cuda")
-    unrounded = _fake_tracked_run(cell, cuda_kernels=True, rounding=None)
+    unrounded = run_cell(cell, UnroundedEstimate("cuda")).peak_allocated_bytes
     assert cuda.peak_allocated_bytes % 512 == 0
     assert all(v % 512 == 0 for v in cuda.breakdown.as_columns().values())
-    assert unrounded.peak_bytes % 512 != 0
-    assert cuda.peak_allocated_bytes >= unrounded.peak_bytes
+    assert unrounded % 512 != 0
+    assert cuda.peak_allocated_bytes >= unrounded
 
 
 def test_cuda_estimate_models_the_fused_dropout_mask():
     # At this size rounding is small next to the dropout saving: CUDA saves a 1-byte mask where
     # the CPU saves 4-byte noise, so the CUDA estimate comes out below the CPU one.
     cell = small_cell("bp", "vgg-d3-w16", 16, 8)
-    cuda_kernels = _fake_tracked_run(cell, cuda_kernels=True, rounding=None).peak_bytes
-    cpu_kernels = _fake_tracked_run(cell, cuda_kernels=False, rounding=None).peak_bytes
+    cuda_kernels = run_cell(cell, UnroundedEstimate("cuda")).peak_allocated_bytes
+    cpu_kernels = run_cell(cell, EstimateDevice("cpu")).peak_allocated_bytes
     assert cuda_kernels < cpu_kernels
 
 

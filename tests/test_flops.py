@@ -9,13 +9,12 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from membench.archs import conv_stack_spec
-from membench.flops import (
-    GEMM_CALIBRATED, USER, calibrate_cpu_peak, count_step_flops, device_peak_spec,
-    throughput_bound,
+from membench.execute.sweep import run_sweep
+from membench.measure.flops import (
+    GEMM_CALIBRATED, USER, calibrate_cpu_peak, device_peak_spec, throughput_bound,
 )
-from membench.protocol import build_runner, make_batch
+from membench.measure.protocol import build_runner, count_step_flops, make_batch
 from membench.schema import Cell, CellResult
-from membench.sweep import run_sweep
 
 ARCH, RES, BATCH, CLASSES = "vgg-d3-w8-p0", 8, 4, 10  # no pools: every layer sees 8x8
 
@@ -96,8 +95,8 @@ def test_the_peak_comes_from_the_user_the_datasheet_or_the_cpu_and_an_unknown_gp
 
 
 def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp_path, monkeypatch):
-    from membench import flops
-    from membench.sweep import SweepProgress
+    from membench.measure import flops
+    from membench.execute.sweep import SweepProgress
 
     class Notes(SweepProgress):
         def __init__(self):
@@ -120,9 +119,9 @@ def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp
 
 @pytest.mark.parametrize("method", ["bp", "bp-accum", "bp-ckpt", "ff-naive", "ff-pipelined"])
 def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(method):
-    from membench.devices import CpuDevice
-    from membench.estimate import estimate_cell
-    from membench.protocol import run_cell
+    from membench.measure.devices import CpuDevice
+    from membench.measure.estimate import estimate_cell
+    from membench.measure.protocol import run_cell
 
     cell = Cell(method, ARCH, RES, BATCH, 2 if method == "bp-accum" else None, warmup=1, steps=1)
     expected = count_step_flops(cell)
@@ -132,10 +131,10 @@ def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(met
 
 # -- bounds for estimates: the report and fit --------------------------------------------------
 def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
-    from membench.flops import resolve_gpu
+    from membench.measure.flops import resolve_gpu
     from membench.report import build_report, load_cells, make_figures
     from membench.report.render import add_throughput_bound
-    from membench.sweep import estimate_sweep
+    from membench.execute.sweep import estimate_sweep
 
     cells = [Cell(m, ARCH, RES, b, classes=CLASSES, warmup=1, steps=1)
              for m in ("bp", "ff-pipelined") for b in (2, 4)]
@@ -162,7 +161,7 @@ def test_report_and_fit_take_a_gpu_or_a_device_profile_and_refuse_an_unknown_one
 
     from helpers import usage_error
     from membench.cli import app
-    from membench.flops import resolve_gpu
+    from membench.measure.flops import resolve_gpu
 
     assert resolve_gpu("laptop-8gb")[0] == "NVIDIA GeForce RTX 4060 Laptop GPU"
     cli = CliRunner()

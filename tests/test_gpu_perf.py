@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import pytest
 
-from membench.benchmark import check_peak_memory
+from membench.pytest_plugin import check_peak_memory
 from membench.compare import compare_results
-from membench.devices import resolve_device
+from membench.measure.devices import resolve_device
 from membench.gating import (
     GPU_BASELINES_ENV, NEW_GPU_BASELINE_ENV, RECORD_GPU_COMMAND, REQUIRE_GPU_ENV,
     MissingGpuBaseline, committed_gpu_baseline, cpu_gate_cells, gpu_baseline_dir, gpu_perf_cells,
     gpu_required, measure_cpu_gate, measured_device_name, new_gpu_baseline_dir,
 )
 from membench.results import read_cells
-from membench.sweep import run_sweep
+from membench.execute.sweep import run_sweep
 
 gpu = pytest.mark.gpu
 

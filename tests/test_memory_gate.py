@@ -2,7 +2,7 @@
 
 Tracker figures are deterministic for the same code and torch version (the same on 1 or 2
 threads), so the committed baseline is compared exactly. After a deliberate change, re-record
-with ``python scripts/record_baseline.py --cpu`` and commit baselines/cpu.
+with ``python scripts/record_baseline.py --cpu`` and commit membench/baselines/cpu.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _explain(comparison) -> str:
     lines += [f"missing in this run: {c['cell_id']}" for c in comparison.only_in_baseline]
     lines += [f"not in the baseline: {c['cell_id']}" for c in comparison.only_in_new]
     lines += comparison.notes
-    lines.append(f"if the change is intended, re-record with `{RECORD_CPU_COMMAND}` and commit baselines/cpu")
+    lines.append(f"if the change is intended, re-record with `{RECORD_CPU_COMMAND}` and commit membench/baselines/cpu")
     return "\n".join(lines)
 
 
@@ -43,7 +43,7 @@ def measured(tmp_path_factory):
 
 def test_cpu_memory_matches_baseline(measured):
     assert (CPU_BASELINE_DIR / "cells.csv").exists(), (
-        f"no CPU memory baseline; record it with `{RECORD_CPU_COMMAND}` and commit baselines/cpu")
+        f"no CPU memory baseline; record it with `{RECORD_CPU_COMMAND}` and commit membench/baselines/cpu")
     cells = read_cells(measured)
     assert list(cells["status"]) == ["ok"] * len(cpu_gate_cells()), cells["error"].tolist()
     assert set(cells["memory_source"]) == {"tracker"}

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from membench.memtrack import MemoryBudgetExceeded, TensorMemoryTracker, cuda_allocated_size
-from membench.protocol import is_out_of_memory
+from membench.measure.memtrack import MemoryBudgetExceeded, TensorMemoryTracker, cuda_allocated_size
+from membench.measure.protocol import is_out_of_memory
 
 
 def test_counts_allocations_and_frees_and_keeps_the_peak():

@@ -1,4 +1,4 @@
-"""The dense-peak table (membench.peaks): internal consistency, lookup, and spot checks against
+"""The dense-peak table (membench.measure.peaks): internal consistency, lookup, and spot checks against
 the published figures."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from membench.peaks import GPU_PEAKS, PRECISIONS, GpuPeak, _loose, gpu_peak, known_gpus
+from membench.measure.peaks import GPU_PEAKS, PRECISIONS, GpuPeak, _loose, gpu_peak, known_gpus
 
 TENSOR = ("tf32", "bf16", "fp16")
 
@@ -198,5 +198,5 @@ def test_tflops_precision_names():
 
 
 def test_importing_the_table_does_not_import_torch():
-    code = "import sys, membench.peaks; sys.exit('torch' in sys.modules)"
+    code = "import sys, membench.measure.peaks; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -32,10 +32,10 @@ def test_device_profile_combines_and_explicit_flags_win():
     cells = build_config(["paper-vgg8-32", "laptop-8gb"], batch="64").cells
     assert {c.device_mem_bytes for c in cells} == {8 * 2**30}
     assert {c.batch for c in cells} == {64}
-    assert build_config(["laptop-8gb"], device_mem="1GiB").device_mem_bytes == 2**30
+    assert build_config(["laptop-8gb"], device_mem="1GiB").grids[0].device_mem_bytes == (2**30,)
     # later profiles win key by key, and a [[grid]] table wins over its profile's top level
-    assert build_config(["paper-d7", "laptop-8gb"]).timeout_s == 1800
-    assert build_config(["paper-d7", "paper-vgg8-32"]).timeout_s == 900
+    assert build_config(["paper-d7", "laptop-8gb"]).options.timeout_s == 1800
+    assert build_config(["paper-d7", "paper-vgg8-32"]).options.timeout_s == 900
 
 
 def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(t
 
 BAD_PROFILES = [
     ('colour = "red"\n', "unknown key 'colour'; valid:"),
-    ('batch = ["abc"]\n', "whole numbers"),
+    ('batch = ["abc"]\n', "batch takes a whole number"),
     ("batch = [0]\n", "at least 1"),
     ('classes = "ten"\n', "whole number"),
     ("warmup = -1\n", "at least 0"),
@@ -57,7 +57,7 @@ BAD_PROFILES = [
     ("timeout = inf\n", "timeout takes seconds (a finite number > 0), got inf"),
     ("timeout = nan\n", "timeout takes seconds (a finite number > 0), got nan"),
     ('device_mem = "lots"\n', "device_mem"),
-    ('isolation = "thread"\n', "isolation must be one of process, none"),
+    ('isolation = "thread"\n', "isolation takes process, none"),
     ("batch = [\n", "not valid TOML"),
     ('[[grid]]\nwidth = 3\n', "unknown key 'width' in [[grid]]"),
 ]

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import TINY_ARCH, TINY_RES
-from membench.devices import CpuDevice
+from membench.measure.devices import CpuDevice
+from membench.measure.protocol import build_runner, make_batch, run_cell
 from membench.schema import Cell
-from membench.protocol import build_runner, make_batch, run_cell
 
 
 class CountingDevice(CpuDevice):
@@ -45,9 +45,10 @@ def test_warmup_and_tracker_steps_are_not_timed(monkeypatch):
     result = run_cell(cell, device, tracker_steps=2)
     assert result.status == "ok", result.error
     assert len(result.step_ms) == 4
-    # 3 warmup + 2 tracker steps come first; the timed steps are exactly the last four.
-    assert device.timed_calls == [6, 7, 8, 9]
-    assert STEP_CALLS[0] == 9
+    # The FLOP count's one fake step, 3 warmup and 2 tracker steps come first; the timed steps
+    # are exactly the last four.
+    assert device.timed_calls == [7, 8, 9, 10]
+    assert STEP_CALLS[0] == 10
 
 
 def test_tracker_peak_covers_the_persistent_state_and_grows_with_batch():
@@ -90,7 +91,7 @@ def test_synthetic_batch_is_deterministic_per_seed():
 
 
 def test_allocator_failures_reported_as_runtime_errors_count_as_oom():
-    from membench.protocol import is_out_of_memory
+    from membench.measure.protocol import is_out_of_memory
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
@@ -99,7 +100,7 @@ def test_allocator_failures_reported_as_runtime_errors_count_as_oom():
 
 @pytest.mark.gpu
 def test_cuda_cell_reads_the_allocator_peaks():
-    from membench.devices import resolve_device
+    from membench.measure.devices import resolve_device
 
     result = run_cell(Cell("bp", TINY_ARCH, 16, batch=4, warmup=2, steps=5), resolve_device("cuda"))
     assert result.status == "ok", result.error

@@ -20,12 +20,12 @@ from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from helpers import usage_error
 from membench.cli import app
-from membench.devices import cpu_model_name
-from membench.sweep import SweepProgress, run_sweep
+from membench.measure.devices import cpu_model_name
+from membench.execute.sweep import SweepProgress, run_sweep
 from test_sweep import process_gone, rows, sweep_killed_in_its_slow_cell, tiny, wait_for
 
 ray = pytest.importorskip("ray")
-from membench.ray_executor import RayClusterError, plan_cluster  # noqa: E402
+from membench.execute.ray_cluster import RayClusterError, plan_cluster  # noqa: E402
 
 cli = CliRunner()
 

@@ -6,16 +6,17 @@ from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
 from membench.cli import app
 from membench.config import expand_grid
-from membench.devices import CpuDevice
+from membench.measure.devices import CpuDevice
 from membench.results import (
     ResultsError, append_result, read_cells, read_results, read_rows, read_steps, rewrite_csv,
 )
 from membench.schema import CELL_COLUMNS, STEP_COLUMNS, Cell, CellResult
-from membench.sweep import run_sweep
+from membench.execute.sweep import run_sweep
 
 
 def test_sweep_writes_the_schema_and_one_step_row_per_measured_step(tmp_path):
-    cells = expand_grid(["bp", "ff-pipelined"], [TINY_ARCH], [TINY_RES], [2, 4], warmup=1, steps=3)
+    cells = expand_grid(method=["bp", "ff-pipelined"], arch=TINY_ARCH, res=TINY_RES, batch=[2, 4],
+                        warmup=1, steps=3)
     run_sweep(cells, CpuDevice(), tmp_path)
     frame = read_cells(tmp_path)
     assert list(frame.columns)[: len(CELL_COLUMNS)] == CELL_COLUMNS
@@ -30,7 +31,7 @@ def test_sweep_writes_the_schema_and_one_step_row_per_measured_step(tmp_path):
 
 
 def test_readers_ignore_a_half_written_last_line(tmp_path):
-    cells = expand_grid(["bp"], [TINY_ARCH], [TINY_RES], [2], warmup=0, steps=1)
+    cells = expand_grid(method="bp", arch=TINY_ARCH, res=TINY_RES, batch=2, warmup=0, steps=1)
     run_sweep(cells, CpuDevice(), tmp_path)
     with open(tmp_path / "cells.csv", "a") as f:
         f.write("bp_cut_short,bp,vgg")  # a crash mid-write
@@ -87,7 +88,8 @@ def test_an_earlier_membench_folder_is_read_and_its_header_upgraded_in_place(tmp
 
 
 def test_from_row_is_the_inverse_of_row(tmp_path):
-    cells = expand_grid(["bp", "bp-accum"], [TINY_ARCH], [TINY_RES], [4], warmup=0, steps=2)
+    cells = expand_grid(method=["bp", "bp-accum"], arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=0,
+                        steps=2)
     results = run_sweep(cells, CpuDevice(), tmp_path, isolation="none")
     for original, read_back in zip(results, read_results(tmp_path)):
         assert CellResult.from_row(original.row()).row() == original.row()

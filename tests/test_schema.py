@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
 from membench.schema import (
-    CELL_COLUMNS, CellResult, Cell, DeviceSpecError, cuda_index, device_kind, estimate_device,
-    format_bytes, format_size, is_estimate_row, parse_bytes, parse_device,
+    CELL_COLUMNS, Cell, CellResult, DeviceSpecError, cuda_index, device_kind, estimate_device,
+    is_estimate_row, parse_device,
 )
-
-
-def heavy_imports(modules: str) -> str:
-    code = (f"import sys, {modules}; "
-            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def test_the_schema_the_results_reader_and_compare_import_neither_torch_nor_matplotlib():
-    assert heavy_imports("membench.schema, membench.results, membench.compare") == "[]"
-    assert heavy_imports("membench.protocol") == "['torch']"  # the check sees a torch import
+from membench.units import format_bytes, format_size, parse_bytes
 
 
 @pytest.mark.parametrize(("row", "expected"), [

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,37 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 def test_each_structure_check_fails_on_a_package_made_to_break_it(tmp_path, files, needle):
     root = _write(tmp_path / "pkg", files)
     assert any(needle in problem for problem in problems(root)), problems(root)
+
+
+# The modules that compute with tensors; every other module (a new one included) must import
+# without torch, so reading results, the CLI, the pytest plugin and the sweep process stay light.
+NEEDS_TORCH = {
+    "membench.archs", "membench.runners.base", "membench.runners.bp", "membench.runners.ff",
+    "membench.runners.saved_tensors", "membench.measure.devices", "membench.measure.memtrack",
+    "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
+    "membench.measure.fit", "membench.verify.checks",
+}
+
+
+def torch_importers(names: list[str]) -> list[str]:
+    """Which of ``names``, imported one after another in a fresh interpreter, imported torch."""
+    code = ("import importlib, sys\nfound = []\n"
+            f"for name in {names!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    if 'torch' in sys.modules:\n"
+            "        found.append(name); break\n"
+            "print(found)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(out.stdout)
+
+
+def test_only_the_modules_that_compute_import_torch():
+    names = [name for name in metrics.modules() if name not in NEEDS_TORCH]
+    assert torch_importers(names) == []
+    # The check sees a torch import, also one a torch-free module makes through another.
+    assert torch_importers(["membench.schema", "membench.measure.protocol"]) == [
+        "membench.measure.protocol"]
+    assert set(NEEDS_TORCH) <= set(metrics.modules())  # no stale name
 
 
 def repository_text_files() -> list[Path]:

@@ -21,14 +21,14 @@ from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from helpers import usage_error
 from membench.cli import app
-from membench.devices import CpuDevice, cpu_model_name
+from membench.measure.devices import CpuDevice, cpu_model_name
 from membench.schema import Cell
 from membench.schema import CellResult
-from membench.executors import Executor, Placement
+from membench.execute.local import Executor, Placement
 from membench.results import (
     SweepLockedError, append_result, grid_rows, prune_results, results_lock,
 )
-from membench.sweep import _sweep, estimate_sweep, run_sweep
+from membench.execute.sweep import _sweep, estimate_sweep, run_sweep
 
 cli = CliRunner()
 WAIT_S = 120  # generous bound on waiting for another process; never a performance threshold
@@ -304,7 +304,7 @@ def _fake_estimator(monkeypatch, calls: list) -> None:
                           peak_allocated_bytes=12345, memory_source="estimate")
 
     # Patched in this process only, so the tests that use it run estimates with isolation none.
-    monkeypatch.setitem(sys.modules, "membench.estimate", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "membench.measure.estimate", types.SimpleNamespace(
         estimate_cell=estimate_cell))
 
 
@@ -351,12 +351,12 @@ BAD_INPUT = [
     (["--timeout", "-3"], "--timeout"),
     (["--timeout", "inf"], "--timeout"),
     (["--timeout", "nan"], "--timeout"),
-    (["--isolation", "thread"], "must be one of process, none"),
+    (["--isolation", "thread"], "--isolation takes process, none"),
     (["--isolation", "none", "--timeout", "5"], "--isolation process"),
     (["--profile", "no-such-profile"], "valid: "),
     (["--device-mem", "lots"], "memory size"),
     (["--estimate", "--device", "tpu"], "valid: auto, cpu"),
-    (["--executor", "dask"], "must be one of local, ray"),
+    (["--executor", "dask"], "--executor takes local, ray"),
     (["--ray-address", "auto"], "--ray-address needs --executor ray"),
     (["--cpus-per-cell", "2"], "--cpus-per-cell needs --executor ray"),
     (["--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be at least 1"),
@@ -377,7 +377,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, extra, needl
 
 
 def test_a_local_sweep_never_imports_ray(tmp_path):
-    code = ("import sys; from membench.cli import app; from membench.sweep import run_sweep; "
+    code = ("import sys; from membench.cli import app; from membench.execute.sweep import run_sweep; "
             "from membench.schema import Cell; "
             f"run_sweep([Cell('bp', 'vgg-d2-w8', {TINY_RES}, 2, warmup=1, steps=1)], 'cpu', "
             f"{str(tmp_path)!r}); print('ray' in sys.modules)")

@@ -4,6 +4,8 @@ each tooling apart and names each family's best configuration."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
@@ -11,11 +13,11 @@ from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
 from membench.cli import app
 from membench.config import build_config
-from membench.devices import CpuDevice
-from membench.protocol import UNTRACKED_COMPILED, run_cell
+from membench.measure.devices import CpuDevice
+from membench.measure.protocol import UNTRACKED_COMPILED, count_step_flops, run_cell
 from membench.results import read_cells
 from membench.schema import Cell
-from membench.sweep import estimate_sweep, run_sweep
+from membench.execute.sweep import estimate_sweep, run_sweep
 
 
 def test_tooling_axes_expand_into_distinct_cells_and_columns(tmp_path):
@@ -49,16 +51,17 @@ def test_a_compiled_cpu_cell_has_no_peak_but_its_compile_time_and_flops(monkeypa
     from membench.runners.base import Runner
 
     # torch.compile itself takes tens of seconds on a CPU; the protocol's handling is the point
-    from membench.worker import Target, open_target
+    from membench.execute.worker import Target, open_target
 
     monkeypatch.setattr(Runner, "compiled", lambda self, fn: fn)
     cell = Cell("bp", TINY_ARCH, TINY_RES, 2, warmup=1, steps=2, compile="default")
-    assert run_cell(cell, CpuDevice()).flops_per_step is None  # not counted on a compiled step
     result = open_target(Target("cpu")).run(cell)
     assert result.status == "ok" and result.peak_allocated_bytes is None
     assert result.memory_source == UNTRACKED_COMPILED and result.breakdown is None
     assert result.compile_s is not None and result.compile_s > 0
-    assert result.flops_per_step and result.imgs_per_s  # counted on fake tensors, eager
+    # Counted on one eager step on fake tensors, as every cell's FLOPs are.
+    eager = dataclasses.replace(cell, compile="none")
+    assert result.flops_per_step == count_step_flops(eager) and result.imgs_per_s
 
 
 def test_the_report_keeps_each_tooling_apart_and_names_each_familys_best(tmp_path):
@@ -82,7 +85,7 @@ def test_the_report_keeps_each_tooling_apart_and_names_each_familys_best(tmp_pat
 
 
 def test_a_precision_the_device_cannot_autocast_to_is_refused_before_any_cell(tmp_path, monkeypatch):
-    from membench.devices import CpuDevice
+    from membench.measure.devices import CpuDevice
 
     monkeypatch.setattr(CpuDevice, "autocast_precisions", lambda self: ("fp32",))
     result = CliRunner().invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),

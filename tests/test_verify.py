@@ -160,7 +160,7 @@ def test_reduced_precisions_stay_close_to_fp32_learn_and_must_really_run(monkeyp
 
 def test_the_compiled_check_catches_a_compiled_region_that_computes_something_else(monkeypatch):
     from membench.runners.base import Runner
-    from membench.verify import check_compiled
+    from membench.verify.checks import check_compiled
 
     # stands in for torch.compile (which takes tens of seconds on a CPU): the same function...
     monkeypatch.setattr(Runner, "compiled", lambda self, fn: fn if self.compile_mode == "none"
@@ -174,7 +174,7 @@ def test_the_compiled_check_catches_a_compiled_region_that_computes_something_el
 
 @pytest.mark.slow
 def test_compiled_bp_matches_eager():
-    from membench.verify import check_compiled
+    from membench.verify.checks import check_compiled
 
     result = check_compiled("bp", VerifySetup(arch="vgg-d2-w8", res=8, batch=4))
     assert result.passed, result.detail

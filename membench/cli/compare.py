@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..compare import DEFAULT_ALPHA, DEFAULT_TPUT_DROP_PCT, Comparison, compare_results
-from ..schema import format_size
+from ..units import format_size
 from .common import reports_input_errors
 
 REGRESSION_EXIT = 1

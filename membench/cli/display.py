@@ -14,8 +14,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..schema import MEASURED_STATUSES, OK, CellResult, format_gib
-from ..sweep import SweepProgress
+from ..schema import MEASURED_STATUSES, OK, CellResult
+from ..units import format_gib
+from ..execute.sweep import SweepProgress
 
 
 def describe(result: CellResult) -> str:

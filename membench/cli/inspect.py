@@ -8,10 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..archs import (
-    PARAMETRIC_RULE, ArchError, builtin_arch_names, conv_stack_spec, validate_arch,
-)
-from ..envinfo import collect_env
 from ..profiles import ProfileError, available_profiles, load_profile
 from ..runners import available_methods, get_runner
 from .common import fail
@@ -25,6 +21,10 @@ def list_archs(
     arch: list[str] = typer.Option(None, help="Extra archs to show, e.g. vgg-d10-w256."),
 ) -> None:
     """Every conv-stack arch: conv parameter count and per-layer output shapes at --res."""
+    from ..archs import (
+        PARAMETRIC_RULE, ArchError, builtin_arch_names, conv_stack_spec, validate_arch,
+    )
+
     names = builtin_arch_names() + list(arch or [])
     table = Table(title=f"archs at {res}x{res}", caption=f"parametric family: {PARAMETRIC_RULE}; "
                   "torchvision models as tv:NAME (BP runners only)")
@@ -76,6 +76,8 @@ def list_profiles() -> None:
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print env.json exactly.")) -> None:
     """The provenance recorded in every results folder's env.json."""
+    from ..envinfo import collect_env
+
     info = collect_env()
     if as_json:
         typer.echo(json.dumps(info, indent=2))

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from ..config import memory_size
-from ..estimate import DEVICE_KINDS, FitError, FitResult, check_fit_input, fit_batch, fit_cell
-from ..flops import count_step_flops, resolve_gpu, throughput_bound
-from ..runners import RunnerConfigError, available_methods, get_runner
-from ..schema import format_gib
-from .common import comma_list, fail, reports_input_errors
+from typing import TYPE_CHECKING
+
+from ..config import SETTING_BY_KEY
+from ..runners import available_methods, get_runner
+from ..schema import ESTIMATE_KINDS
+from ..settings import ConfigError
+from ..units import format_gib
+from .common import fail, reports_input_errors
+from .options import setting_options
+
+if TYPE_CHECKING:
+    from ..measure.fit import FitResult
+
+# fit plans one arch at one resolution: the paper's ImageNet-sized cell unless told otherwise.
+FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can run the arch"}
 
 
 def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
@@ -27,43 +36,52 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
     bound = ""
     if peak_tflops is not None:
+        from ..measure.fit import fit_cell
+        from ..measure.flops import throughput_bound
+        from ..measure.protocol import count_step_flops
+
         imgs = None if fit.batch is None else throughput_bound(
             count_step_flops(fit_cell(fit)), fit.batch, peak_tflops)
         bound = f" {'-' if imgs is None else f'{imgs:,.0f}':>13s}"
     return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}{bound}   {beyond}"
 
 
+def _one(settings: dict, key: str):
+    """A fit setting's value: the given one read by its setting's parser, else fit's default."""
+    s = SETTING_BY_KEY[key]
+    if key not in settings:
+        return FIT_DEFAULTS.get(key, s.default)
+    return s.parse(settings[key], s.option)
+
+
 @reports_input_errors
+@setting_options("fit", only=("arch", "res", "method", "micro_batch", "classes", "device_mem",
+                              "seed"), defaults=FIT_DEFAULTS)
 def fit(
-    arch: str = typer.Option("vgg11", "--arch", help="One arch: vgg8, vgg11, vgg-dD-wW, tv:NAME."),
-    res: int = typer.Option(224, "--res", help="Input resolution."),
-    device_mem: str = typer.Option(..., "--device-mem", help="Device budget, e.g. 8GiB or 8GB."),
-    method: str = typer.Option(
-        None, "--method", help="Method(s), comma list; default: every method that can run the arch."
-    ),
-    classes: int = typer.Option(10, "--classes", help="Number of classes K."),
     max_batch: int = typer.Option(4096, "--max-batch", help="Largest batch to consider."),
-    micro_batch: int = typer.Option(
-        None, "--micro-batch",
-        help="bp-accum: fix the micro-batch and search the effective batch over its multiples "
-        "(default: micro-batch = batch/2).",
-    ),
     device_kind: str = typer.Option(
         "cuda", "--device-kind", help="cuda (allocator rounding, CUDA kernels) or cpu."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed for weights and the synthetic batch."),
     gpu: str = typer.Option(
         None, "--gpu", help="A GPU or device profile (laptop-8gb): also print each largest "
         "batch's imgs/s bound at that GPU's datasheet peak."),
+    settings: dict = None,
 ) -> None:
     """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
-    budget = memory_size(device_mem, "--device-mem")
+    if "device_mem" not in settings:
+        fail("fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB")
+    arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
+    classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
+    from ..measure.fit import FitError, check_fit_input, fit_batch
+    from ..measure.flops import resolve_gpu
+
     peak = resolve_gpu(gpu) if gpu is not None else None
-    if device_kind not in DEVICE_KINDS:
-        fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
-    methods = comma_list([method]) if method else _methods_for(arch)
+    if device_kind not in ESTIMATE_KINDS:
+        fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(ESTIMATE_KINDS)}")
+    methods = (list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
+               if "method" in settings else _methods_for(arch))
     if not methods:
-        fail("--method needs at least one value")
+        raise ConfigError("--method needs at least one value")
     if micro_batch is not None and not any(_splits(m) for m in methods):
         fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
     for name in methods:  # every input error before the first (slow) estimate
@@ -100,6 +118,8 @@ def _splits(method: str) -> bool:
 
 def _methods_for(arch: str) -> list[str]:
     """Every registered method that accepts ``arch`` (torchvision models exclude layer-wise ones)."""
+    from ..runners import RunnerConfigError
+
     methods = []
     for name in available_methods():
         try:

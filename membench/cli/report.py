@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..config import memory_size
+from ..schema import memory_size
 from ..report import build_report, default_report_dir
 from .common import comma_list, fail, reports_input_errors
 
@@ -29,7 +29,7 @@ def report(
     budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
     bound = None
     if gpu is not None:
-        from ..flops import gpu_peaks, resolve_gpu
+        from ..measure.flops import gpu_peaks, resolve_gpu
 
         name, _ = resolve_gpu(gpu)
         bound = (name, {precision: (spec.tflops, spec.precision)

@@ -6,9 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..archs import ArchError, validate_arch
-from ..runners import RunnerConfigError, available_methods, get_runner
-from ..runners.base import COMPILE_MODES
+from ..runners import available_methods, get_runner
+from ..schema import COMPILE_MODES
 from ..verify import PRECISIONS_CHECKED, VerifySetup, verify
 from .common import comma_list, fail, reports_input_errors
 
@@ -30,6 +29,9 @@ def verify_command(
     methods = comma_list([method]) if method is not None else available_methods()
     if not methods:
         fail(f"--method names no method; valid: {', '.join(available_methods())}")
+    from ..archs import ArchError, validate_arch
+    from ..runners import RunnerConfigError
+
     if batch < 2 or batch % 2:
         fail(f"--batch must be an even number of at least 2, got {batch}")
     try:

@@ -27,7 +27,7 @@ Modules, in the order a report is made:
 
 from __future__ import annotations
 
-from ..schema import GIB
+from ..units import GIB
 from .batchplot import batch_figure
 from .breakdown import breakdown_figure
 from .figures import ReportFigure, make_figures

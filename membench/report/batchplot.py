@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..schema import GIB, format_size
+from ..units import GIB, format_size
 from .layout import Budget, budgets_for, oom_position, series
 from .style import (
     BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, method_sort_key, new_figure, side_legend,

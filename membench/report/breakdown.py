@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..schema import GIB
+from ..units import GIB
 from .layout import batch_label
 from .style import BREAKDOWN, method_sort_key, new_figure, side_legend
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..gating import gpu_slug
-from ..schema import format_bytes
+from .. import units
+from ..units import format_bytes
 from .batchplot import batch_figure
 from .breakdown import breakdown_figure
 from .frontier import frontier_figure
@@ -35,7 +35,7 @@ class ReportFigure:
 def figure_stem(slug: str, key: PanelKey) -> str:
     """'cpu-test-cpu_vgg8_r32_k10', with '_mem64MiB' for a panel of one budget."""
     arch, res, classes, budget = key
-    stem = f"{slug}_{gpu_slug(arch)}_r{res}" + ("" if pd.isna(classes) else f"_k{int(classes)}")
+    stem = f"{slug}_{units.slug(arch)}_r{res}" + ("" if pd.isna(classes) else f"_k{int(classes)}")
     return stem + ("" if pd.isna(budget) else f"_mem{format_bytes(int(budget))}")
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..schema import GIB, format_size
+from ..units import GIB, format_size
 from .labels import LabelledPoint, place_labels
 from .layout import Budget, batch_label, budgets_for, oom_position, pareto_front, series
 from .style import (

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..gating import gpu_slug
-from ..schema import ESTIMATE_DEVICE_NAME, device_kind, format_size, is_estimate_row
+from ..schema import ESTIMATE_DEVICE_NAME, device_kind, is_estimate_row
+from ..units import format_size, slug
 from .style import VARIANT_MARKERS, method_sort_key
 
 
@@ -43,12 +43,12 @@ def _is_estimate_device(device: str) -> bool:
 
 
 def _unique_slug(device: str, name: str, seen: set[str]) -> str:
-    slug = gpu_slug(device if not name else f"{device}-{name}")[:40].strip("-")
-    base, n = slug, 2
-    while slug in seen:
-        slug, n = f"{base}-{n}", n + 1
-    seen.add(slug)
-    return slug
+    unique = slug(device if not name else f"{device}-{name}", "unknown-gpu")[:40].strip("-")
+    base, n = unique, 2
+    while unique in seen:
+        unique, n = f"{base}-{n}", n + 1
+    seen.add(unique)
+    return unique
 
 
 def device_groups(cells: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:

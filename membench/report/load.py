@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import ResultsError, find_cells_files, read_cells
-from ..schema import ENV_FILE, ESTIMATED, GIB, OK, OOM, cuda_index, tooling_parts
+from ..schema import ENV_FILE, ESTIMATED, OK, OOM, cuda_index, tooling_parts
+from ..units import GIB
 
 # A report cannot say anything without these; beyond the identity columns, which the reader
 # itself requires, that is a peak and a throughput.
@@ -107,15 +108,15 @@ def _usable(cells: pd.DataFrame, files: list[Path]) -> tuple[pd.DataFrame, list[
     return cells, notes
 
 
-def tooling_label(precision: str, memory_format: str, compile_mode: str) -> str:
+def tooling_label(row) -> str:
     """'' at the defaults, else e.g. 'bf16 channels-last compile-default': what a series or a
-    table row adds to its method's name."""
-    return " ".join(tooling_parts(precision, memory_format, compile_mode))
+    table row adds to its method's name (every tooling setting of ``membench.schema``)."""
+    return " ".join(tooling_parts(row))
 
 
 def classify(cells: pd.DataFrame) -> pd.DataFrame:
     """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``tooling``
-    (the non-default precision, memory format and compile mode) and ``started``.
+    (the tooling settings not at their defaults) and ``started``.
 
     An estimate over its budget is an OOM row with the full predicted peak: still a prediction
     worth plotting (kind ``estimated``), flagged by ``over_budget``. Any other estimate without a
@@ -131,8 +132,7 @@ def classify(cells: pd.DataFrame) -> pd.DataFrame:
     cells.loc[predicted, "kind"] = "estimated"
     cells["over_budget"] = predicted & (cells["status"] == OOM)
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
-    cells["tooling"] = [tooling_label(*settings) for settings in
-                        zip(cells["precision"], cells["memory_format"], cells["compile"])]
+    cells["tooling"] = [tooling_label(row) for row in cells.to_dict("records")]
     cells["started"] = pd.to_datetime(cells["started_at"], utc=True, errors="coerce",
                                       format="ISO8601")
     return cells

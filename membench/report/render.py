@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__
-from ..gating import gpu_slug
-from ..schema import ESTIMATED, OK, format_size
+from ..schema import ESTIMATED, OK
+from ..units import format_size, slug
 from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
@@ -39,7 +39,7 @@ def default_report_dir(inputs: Sequence[Path], now: dt.datetime | None = None) -
         if path.name == "cells.csv":
             path = path.parent
         raw = path.resolve().name if path.name not in ("", ".", "..") else ""
-        name = gpu_slug(raw) if re.search(r"[a-z0-9]", raw.lower()) else ""
+        name = slug(raw, "unknown-gpu") if re.search(r"[a-z0-9]", raw.lower()) else ""
         if name and name not in names:
             names.append(name)
     name = "+".join(names)

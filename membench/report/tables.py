@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..schema import ESTIMATED, GIB, OK
+from ..schema import ESTIMATED, OK
+from ..units import GIB
 from .layout import batch_label
 from .markdown import Column, Table, optional
 from .style import method_sort_key

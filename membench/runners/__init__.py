@@ -1,13 +1,19 @@
 """Runner registry: every runner, built-in or third-party, comes from the ``membench.methods``
-entry-point group, so ``membench list methods`` and the sweep see them the same way."""
+entry-point group, so ``membench list methods`` and the sweep see them the same way.
+
+Importing the registry imports no torch: a runner's module (and torch with it) is imported when
+the runner is first asked for, and ``Runner`` and ``RunnerConfigError`` when first named."""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .base import Runner, RunnerConfigError
+
+if TYPE_CHECKING:
+    from .base import Runner
 
 ENTRY_POINT_GROUP = "membench.methods"
 
@@ -51,7 +57,18 @@ def get_runner(name: str) -> type[Runner]:
     eps = _entry_points()
     if name not in eps:
         raise UnknownMethodError(f"unknown method {name!r}; valid: {', '.join(eps)}")
+    from .base import Runner
+
     cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
         raise UnknownMethodError(f"entry point {name!r} ({eps[name].value}) is not a membench Runner")
     return cls
+
+
+def __getattr__(name: str):
+    """``Runner`` and ``RunnerConfigError``, from ``base`` (and torch) when first named."""
+    if name in ("Runner", "RunnerConfigError"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import is_torchvision
+from ..schema import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 
 # The shared recipe (docs/design.md, "Training recipe").
 LEARNING_RATE = 2e-4
@@ -24,10 +25,10 @@ WEIGHT_DECAY = 1e-3
 FINAL_LEARNING_RATE = 1e-5
 PROPAGATION_DROPOUT = 0.1
 
-# Standard tooling every runner takes (docs/design.md, "Standard tooling").
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-COMPILE_MODES = ("none", "default", "max-autotune")
+# Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
+# the settings' choices are membench.schema's.
+AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
+TORCH_MEMORY_FORMATS = dict(zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last)))
 
 
 class RunnerConfigError(ValueError):
@@ -50,7 +51,7 @@ class Runner(ABC):
     summary: ClassVar[str] = ""
     needs_conv_stack: ClassVar[bool] = True
     uses_micro_batch: ClassVar[bool] = False
-    # Correctness contracts that `membench verify` checks (see membench/verify.py): the name of a
+    # Correctness contracts that `membench verify` checks (see membench/verify/): the name of a
     # runner whose gradients (dropout off) or first-step per-layer losses this one must reproduce.
     same_gradients_as: ClassVar[str | None] = None
     same_gradients_with_dropout: ClassVar[bool] = False  # ...also with dropout on (same masks)
@@ -131,7 +132,7 @@ class Runner(ABC):
 
         Modules are built on the CPU (so a seed gives the same weights on every device) and moved
         only when the device differs: ``Module.to`` on a model built under ``FakeTensorMode``
-        fails even when nothing would move, and ``membench.estimate`` builds runners that way.
+        fails even when nothing would move, and ``membench.measure.estimate`` builds runners that way.
         """
         if self.device != torch.device("cpu"):
             module = module.to(self.device)
@@ -139,7 +140,7 @@ class Runner(ABC):
             for parameter in module.parameters():
                 if parameter.dim() == 4:  # conv weights; the rest have no spatial layout
                     parameter.data = parameter.data.contiguous(
-                        memory_format=MEMORY_FORMATS[self.memory_format])
+                        memory_format=TORCH_MEMORY_FORMATS[self.memory_format])
         return module.train()
 
     def parameters(self) -> list[nn.Parameter]:

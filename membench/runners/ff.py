@@ -222,47 +222,67 @@ class FFPipelinedRunner(_DTGFFRunner):
         return chunk / batch
 
     def step(self, images, labels):
-        model = self.model
-        chunk = self.micro_batch or images.shape[0]
-        share = self.loss_share(chunk, images.shape[0])
+        """One DTG-FF step in the paper's pipelined schedule (App. D.7)::
+
+            x = images                                     B x 3 x H x W
+            for each layer l:
+                z_l    = block_l(x)                        forward with grad, B x C_l x H_l x W_l
+                loss_l = CE(readout_l(z_l), labels)        the local loss
+                backward(loss_l)                           frees layer l's graph
+                clip(grad_l, 1); AdamW step of layer l
+                x      = propagate_l(z_l.detach())         the next input, from the pre-step z_l
+                feature_l = GAP(z_l)                       B x C_l, for the classifier (l >= 1)
+            classifier step on concat(feature_1 .. feature_{L-1})
+
+        With ``--micro-batch M`` each layer's forward, loss and backward run in chunks of M
+        (loss x M/B, the gradient accumulating), then one clip and one step: the same update,
+        one chunk's graph alive at a time.
+        """
         x, features, self.layer_losses = images, [], []
-        for layer in model.backbone.layers():
-            # 1. Forward with grad -> local loss -> backward, one chunk of the batch at a time
-            #    (the whole batch without --micro-batch), accumulating this layer's gradient;
-            #    only one chunk's autograd graph ever exists. Then clip + step, once.
-            self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
-            outputs, losses = [], []
-            for x_part, y_part in zip(x.split(chunk), labels.split(chunk)):
-                with self.autocast():
-                    z_part, loss = self.local_loss[layer.index](x_part, y_part)
-                if share != 1:
-                    loss = loss * share
-                self.scaler.scale(loss).backward()
-                outputs.append(z_part.detach())
-                losses.append(loss.detach())
-                del z_part, loss
-            self._clip_and_step(layer.index)
-            self.layer_losses.append(losses[0] if len(losses) == 1 else torch.stack(losses).sum())
-
-            # 2. Only now derive the classifier feature and the next layer's input from the
-            #    detached output (computed with this layer's pre-step weights, as in the paper),
-            #    chunk by chunk, each chunk's output freed as soon as it has been used.
-            feature_parts, next_parts = [], []
-            while outputs:
-                z = outputs.pop(0)
-                if layer.index >= 1:
-                    feature_parts.append(z.mean(dim=(2, 3)))
-                if not layer.is_last:
-                    with self.autocast():
-                        next_parts.append(model.propagate(layer.index, z))
-                del z
-            if feature_parts:
-                features.append(_joined(feature_parts))
-            if next_parts:
-                x = _joined(next_parts)
-            del feature_parts, next_parts
-
-        # 3. The classifier head's step on the features of layers 1..L-1.
+        for layer in self.model.backbone.layers():
+            outputs = self._train_layer(layer, x, labels)  # its chunks' z, detached
+            feature, x = self._propagate(layer, outputs, x)
+            if feature is not None:
+                features.append(feature)
         classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
         self.scaler.update()
         return torch.stack(self.layer_losses).sum() + classifier_loss
+
+    def _train_layer(self, layer, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Forward, local loss and backward of one layer, chunk by chunk (the whole batch
+        without --micro-batch), then its clip and step. Returns each chunk's z, detached: the
+        graph is gone, so only one chunk's graph ever existed."""
+        index, batch = layer.index, x.shape[0]
+        chunk = self.micro_batch or batch
+        self.layer_optimizers[index].zero_grad(set_to_none=True)
+        outputs, losses = [], []
+        for x_part, y_part in zip(x.split(chunk), labels.split(chunk)):
+            with self.autocast():
+                z_part, loss = self.local_loss[index](x_part, y_part)
+            if chunk != batch:
+                loss = loss * self.loss_share(x_part.shape[0], batch)
+            self.scaler.scale(loss).backward()
+            outputs.append(z_part.detach())
+            losses.append(loss.detach())
+            del z_part, loss
+        self._clip_and_step(index)
+        self.layer_losses.append(losses[0] if len(losses) == 1 else torch.stack(losses).sum())
+        return outputs
+
+    def _propagate(self, layer, outputs: list[torch.Tensor], x: torch.Tensor
+                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Only after the layer's step: its classifier feature and the next layer's input, both
+        from the detached outputs (computed with the pre-step weights, as in the paper), chunk
+        by chunk, each chunk's output freed as soon as it has been used. The last layer feeds
+        no next input, so ``x`` is returned as it was."""
+        feature_parts, next_parts = [], []
+        while outputs:
+            z = outputs.pop(0)  # chunk x C_l x H_l x W_l
+            if layer.index >= 1:
+                feature_parts.append(z.mean(dim=(2, 3)))  # chunk x C_l
+            if not layer.is_last:
+                with self.autocast():
+                    next_parts.append(self.model.propagate(layer.index, z))
+            del z
+        feature = _joined(feature_parts) if feature_parts else None
+        return feature, (_joined(next_parts) if next_parts else x)

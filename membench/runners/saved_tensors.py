@@ -27,7 +27,7 @@ from torch.utils.checkpoint import (
     CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn,
 )
 
-from ..memtrack import host_memory
+from ..measure.memtrack import host_memory
 
 CHECKPOINT_POLICIES = ("full", "selective")
 # Kept by selective checkpointing: what is expensive to recompute.

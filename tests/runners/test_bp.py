@@ -33,7 +33,7 @@ def test_accumulation_micro_batch_must_divide_the_batch():
 
 # -- selective checkpointing, offloading, torchvision stages ------------------------------------
 def _cuda_estimate(method: str, arch: str, res: int, batch: int) -> int:
-    from membench.estimate import estimate_cell
+    from membench.measure.estimate import estimate_cell
     from membench.schema import Cell
 
     result = estimate_cell(Cell(method, arch, res, batch, warmup=1, steps=1), "cuda")
@@ -47,17 +47,19 @@ def test_selective_checkpointing_sits_between_bp_and_full_checkpointing_on_vgg8(
 
 
 def test_offloading_lowers_the_device_peak_and_counts_what_went_to_the_host():
-    from membench.devices import CpuDevice
-    from membench.protocol import prepare_cell
+    from membench.measure.devices import CpuDevice
+    from membench.measure.memtrack import TensorMemoryTracker
+    from membench.measure.protocol import prepare_cell
     from membench.schema import Cell
 
     bp = _cuda_estimate("bp", "vgg8", 32, 32)
     assert _cuda_estimate("bp-offload", "vgg8", 32, 32) < bp
     prepared = prepare_cell(Cell("bp-offload", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice())
-    tracker = prepared.tracked_memory()
+    tracker = prepared.tracked(TensorMemoryTracker(), 2)
     offloaded = prepared.runner.offloaded_peak_bytes
     assert offloaded > 0 and prepared.runner.offload.current_bytes == 0  # all freed after backward
-    plain = prepare_cell(Cell("bp", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice()).tracked_memory()
+    plain = prepare_cell(Cell("bp", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice()).tracked(
+        TensorMemoryTracker(), 2)
     assert tracker.peak_bytes < plain.peak_bytes  # the host copies are not device memory
 
 

@@ -1,9 +1,13 @@
 """DTG-FF details that the paper requires (docs/design.md, "DTG-FF")."""
 
+import math
+
 import pytest
 import torch
 
-from membench.runners.ff import INFERENCE_MODES, FFNaiveRunner, FFPipelinedRunner, GoodnessReadout
+from membench.runners.ff import (
+    DTGFF, INFERENCE_MODES, FFNaiveRunner, FFPipelinedRunner, GoodnessReadout,
+)
 
 ARCH, RES, BATCH, K = "vgg-d3-w8", 8, 4, 5
 
@@ -21,15 +25,25 @@ def test_readout_is_fixed_and_temperature_starts_mid_range():
     assert readout.temperature().item() == pytest.approx(0.5 + 1.5 * 0.5)
 
 
+def layer_gradient_norms(runner) -> list[float]:
+    return [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+            for params in runner.layer_params]
+
+
 @pytest.mark.parametrize("runner_cls", [FFNaiveRunner, FFPipelinedRunner])
 def test_one_optimizer_per_layer_plus_classifier_and_clipped_gradients(runner_cls):
     runner = runner_cls(ARCH, RES, K, seed=0, total_steps=5)
     assert len(runner.optimizers()) == 3 + 1
-    images, labels = batch()
-    runner.step(images, labels)
-    for params in runner.layer_params:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        assert norm <= 1.0 + 1e-4  # clip_grad_norm_(1.0) applied before each layer's step
+    runner.step(*batch())
+    # clip_grad_norm_(1.0) before each layer's step: every layer's norm is brought down to 1.
+    assert all(norm <= 1.0 + 1e-4 for norm in layer_gradient_norms(runner))
+    # The check bites: on this batch every layer's gradient is larger than 1 before clipping,
+    # so a runner that did not clip (the mutation: clip_norm lifted) fails it.
+    unclipped = runner_cls(ARCH, RES, K, seed=0, total_steps=5)
+    unclipped.clip_norm = math.inf
+    unclipped.step(*batch())
+    assert all(norm > 1.0 + 1e-2 for norm in layer_gradient_norms(unclipped))
+    assert layer_gradient_norms(runner) == pytest.approx([1.0] * 3, abs=1e-4)
 
 
 @pytest.mark.parametrize("runner_cls", [FFNaiveRunner, FFPipelinedRunner])
@@ -54,11 +68,32 @@ def test_no_gradient_crosses_a_layer_or_reaches_the_backbone_from_the_classifier
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_classifier_features_skip_the_first_layer():
-    runner = FFPipelinedRunner("vgg-d3-w8", RES, K, seed=0)
-    features = runner.model.classifier_features(batch()[0])
-    assert features.shape == (BATCH, 8 + 8)  # layers 1 and 2 only
-    assert not features.requires_grad
+def check_classifier_features(model: DTGFF, images: torch.Tensor) -> None:
+    """The classifier's features are GAP(z_l) of every layer but the first, in layer order."""
+    outputs, x = [], images
+    for layer in model.backbone.layers():
+        outputs.append(layer.block(x))
+        x = layer.next_input(outputs[-1])
+    expected = torch.cat([z.mean(dim=(2, 3)) for z in outputs[1:]], dim=1)
+    features = model.classifier_features(images)
+    assert features.shape == expected.shape and not features.requires_grad
+    torch.testing.assert_close(features, expected)
+
+
+def test_classifier_features_skip_the_first_layer(monkeypatch):
+    # VGG11's widths differ layer to layer (64, 128, 256, ...): 2688 features without layer 0,
+    # 2752 with it, so a feature from the wrong layers cannot pass for the right ones.
+    model = FFPipelinedRunner("vgg11", 32, K, seed=0, dropout=False).model
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert model.classifier[-1].in_features == 2688
+    with torch.no_grad():
+        check_classifier_features(model, images)
+        # The mutation: layer 0's feature included.
+        original = DTGFF.classifier_features
+        monkeypatch.setattr(DTGFF, "classifier_features", lambda self, x: torch.cat(
+            [self.backbone.layer(0).block(x).mean(dim=(2, 3)), original(self, x)], dim=1))
+        with pytest.raises(AssertionError):
+            check_classifier_features(model, images)
 
 
 def test_both_inference_paths_give_logits():
@@ -111,13 +146,13 @@ def test_both_inference_paths_classify_held_out_samples_only_after_training():
 
 def test_micro_batched_ff_holds_one_chunks_graph_and_keeps_the_cell_id_without_it():
     from membench.config import expand_grid
-    from membench.estimate import estimate_cell
+    from membench.measure.estimate import estimate_cell
     from membench.schema import Cell
 
     whole, split = (estimate_cell(Cell("ff-pipelined", "vgg-d4-w64", 32, 64, mb, warmup=1, steps=1),
                                   "cuda").peak_allocated_bytes for mb in (None, 16))
     assert split < whole
-    [plain] = expand_grid(["ff-pipelined"], ["vgg8"], [32], [256])
+    [plain] = expand_grid(method=["ff-pipelined"], arch=["vgg8"], res=[32], batch=[256])
     assert plain.micro_batch is None and "mb" not in plain.cell_id  # ids of earlier runs hold
-    [chunked] = expand_grid(["ff-pipelined"], ["vgg8"], [32], [256], micro_batches=[64])
+    [chunked] = expand_grid(method="ff-pipelined", arch="vgg8", res=32, batch=256, micro_batch=64)
     assert chunked.cell_id == "ff-pipelined_vgg8_r32_b256_mb64_k10"

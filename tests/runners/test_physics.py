@@ -3,17 +3,16 @@
 import pytest
 import torch
 
+from membench.measure.devices import CpuDevice
+from membench.measure.memtrack import TensorMemoryTracker
+from membench.measure.protocol import prepare_cell
 from membench.schema import Cell
-from membench.memtrack import TensorMemoryTracker
-from membench.protocol import build_runner, make_batch, tracked_peak
 
 
 def tracked(method, arch, res, batch, micro_batch=None):
+    """One tracked step after one warmup step (which materialises the optimizer state)."""
     cell = Cell(method, arch, res, batch, micro_batch=micro_batch, warmup=1, steps=1)
-    runner = build_runner(cell, "cpu")
-    images, labels = make_batch(cell, torch.device("cpu"))
-    runner.step(images, labels)  # materialise optimizer state, as warmup does
-    return tracked_peak(runner, images, labels, 1, TensorMemoryTracker())
+    return prepare_cell(cell, CpuDevice()).tracked(TensorMemoryTracker(), 1)
 
 
 @pytest.fixture(scope="module")

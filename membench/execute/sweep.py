@@ -1,12 +1,13 @@
 """The sweep engine: run a grid's cells isolated, append each result as it finishes, resume.
 
-Executors. Where cells run is an executor's business (``membench.executors``): the local one runs
-them one at a time on this machine, the Ray one (``executor="ray"``, ``membench.ray_executor``)
+Executors. Where cells run is an executor's business (``membench.execute.local``): the local one
+runs them one at a time on this machine, the Ray one (``executor="ray"``,
+``membench.execute.ray_cluster``)
 as Ray tasks on a cluster, several at once. Whatever the executor, this module is the only writer
 of the results folder: it appends each result as the executor yields it.
 
 Isolation. With ``isolation="process"`` (the default) every cell runs in a worker process
-(``membench.worker``), so a CUDA OOM, a segfault, ``os._exit`` or a hang in one cell becomes a row
+(``membench.execute.worker``), so a CUDA OOM, a segfault, ``os._exit`` or a hang in one cell becomes a row
 (``oom``, ``error``, ``timeout``) and the sweep goes on. One worker is reused across cells until a
 cell ends in anything but ``ok`` (or the device budget changes); then it is discarded and the next
 cell gets a fresh one, so a poisoned CUDA context or a fragmented allocator never leaks into the
@@ -16,9 +17,9 @@ gets a fresh worker process.)
 Only the sweep process writes results (``membench.results``), under an exclusive lock on the
 folder; a folder holding another program's CSV is refused before anything runs.
 
-Resume. A cell counts as finished when ``cells.csv`` has a row with the same cell id, device,
-device name (the GPU or CPU model), warmup, steps, seed and device budget (whatever its status,
-except estimates). The device name comes from the first worker's hello, sent before any cell, so
+Resume. A cell counts as finished when ``cells.csv`` has a row with the same settings (every field
+of its ``Cell``), device and device name (the GPU or CPU model), whatever its status (estimates
+count only for estimates). The device name comes from the first worker's hello, sent before any cell, so
 the sweep process never opens a CUDA context; rows measured on another machine stay in the file
 and do not count as finished here. On a Ray cluster every node says hello, and a row measured on
 any device model the cluster holds counts. Rerunning the same sweep skips finished cells;
@@ -33,14 +34,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, SETTING_BY_KEY, SweepConfig, check_executor
-from .devices import Device
-from .executors import Executor, LocalExecutor, Placement, SweepError
-from .results import (
+from ..config import ConfigError, SweepConfig, SweepOptions
+from ..results import (
     append_result, cell_key, check_results_folder, latest_rows, prune_results, results_lock,
     row_key, write_env,
 )
-from .schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from .local import Executor, LocalExecutor, Placement, SweepError
 from .worker import Target
 
 
@@ -72,75 +72,59 @@ class SweepProgress:
 
 def sweep(config: SweepConfig, out_dir: Path, *, redo: bool = False,
           progress: SweepProgress | None = None) -> list[CellResult]:
-    """Run (or, with ``config.estimate``, predict) every cell of a configuration into ``out_dir``,
-    with the configuration's executor. Returns the results of the cells run by this call."""
-    if config.estimate:
-        return estimate_sweep(list(config.cells), config.estimate_kind, out_dir,
-                              isolation=config.isolation, timeout_s=config.timeout_s,
-                              progress=progress)
-    return run_sweep(list(config.cells), config.device, out_dir, isolation=config.isolation,
-                     timeout_s=config.timeout_s, redo=redo, progress=progress,
-                     peak_tflops=config.peak_tflops, executor=config.executor,
-                     ray_address=config.ray_address, cpus_per_cell=config.cpus_per_cell)
+    """Run (or, with ``--estimate``, predict) every cell of a configuration into ``out_dir``,
+    with its options' executor. Returns the results of the cells run by this call."""
+    return run_cells(list(config.cells), config.options, out_dir, redo=redo, progress=progress)
 
 
-def run_sweep(cells: list[Cell], device: Device | str, out_dir: Path, *, isolation: str = "process",
-              timeout_s: float | None = None, redo: bool = False,
-              progress: SweepProgress | None = None, peak_tflops: float | None = None,
-              executor: str = "local", ray_address: str | None = None,
-              cpus_per_cell: int | None = None) -> list[CellResult]:
-    """Measure every unfinished cell on ``device`` (a Device or a spec: ``cpu``, ``cuda:0``,
-    ``auto``), appending each row to ``out_dir`` as it completes.
-
-    ``isolation="process"`` runs cells in worker processes (see the module docstring);
-    ``"none"`` runs them here, for debugging, and cannot enforce ``timeout_s``. Cells already in
-    ``cells.csv`` for this device and device model are skipped unless ``redo``. Returns the
-    results of the cells run by this call, in grid order. ``peak_tflops`` replaces the device's
-    peak (datasheet or calibrated) for MFU. ``executor="ray"`` runs the cells as Ray tasks,
-    several at once (``membench.ray_executor``: ``ray_address``, ``cpus_per_cell``; ``device``
-    is then ``auto``, ``cuda`` or ``cpu``). Raises ConfigError for bad arguments, ResultsError
-    (or SweepLockedError) for a folder it cannot use.
-    """
-    isolation, timeout_s = _checked(isolation, timeout_s)
-    executor = SETTING_BY_KEY["executor"].parse(executor, "executor")
-    check_executor(executor, isolation=isolation, device=str(device), ray_address=ray_address,
-                   cpus_per_cell=cpus_per_cell)
-    methods = sorted({c.method for c in cells})
-    runner: Executor
-    if executor == "ray":
-        from .ray_executor import RayExecutor  # only here: a local sweep never imports Ray
-
-        runner = RayExecutor(str(device), methods, address=ray_address,
-                             cpus_per_cell=cpus_per_cell, timeout_s=timeout_s,
-                             peak_tflops=peak_tflops)
-    else:
-        runner = LocalExecutor(Target(str(device), peak_tflops=peak_tflops), isolation,
-                               timeout_s, methods)
-    return _sweep(cells, runner, out_dir, progress, redo=redo, estimates=False)
+def run_sweep(cells: list[Cell], device: object, out_dir: Path, *, redo: bool = False, progress: SweepProgress | None = None,
+              **options) -> list[CellResult]:
+    """Measure every unfinished cell on ``device`` (``cpu``, ``cuda:0``, ``auto``, or a
+    ``Device``), appending each row to ``out_dir`` as it completes. ``options`` are the other
+    ``SweepOptions`` (``isolation``, ``timeout_s``, ``executor``, ``peak_tflops``, ...); ConfigError
+    for a bad one. See ``run_cells``."""
+    return run_cells(cells, SweepOptions(device=str(device), **options), out_dir, redo=redo,
+                     progress=progress)
 
 
 def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
-                   isolation: str = "process", timeout_s: float | None = None,
-                   progress: SweepProgress | None = None) -> list[CellResult]:
-    """Predict every cell with ``membench.estimate`` for a kind of device (``cuda`` or ``cpu``)
-    and append the rows, replacing earlier estimates of the same cells for the same kind (a
-    ``cuda (estimate)`` row survives a ``cpu`` estimate). ``env.json`` is written only where the
-    folder has none, so an estimate never replaces a measured run's provenance."""
-    isolation, timeout_s = _checked(isolation, timeout_s)
-    runner = LocalExecutor(Target(device_kind, estimate_kind=device_kind), isolation, timeout_s,
-                           sorted({c.method for c in cells}))
-    return _sweep(cells, runner, out_dir, progress, redo=True, estimates=True)
+                   progress: SweepProgress | None = None, **options) -> list[CellResult]:
+    """Predict every cell with ``membench.measure.estimate`` for a kind of device (``cuda`` or
+    ``cpu``); ``options`` as ``run_sweep``'s. See ``run_cells``."""
+    return run_cells(cells, SweepOptions(device=device_kind, estimate=True, **options), out_dir,
+                     progress=progress)
 
 
-def _checked(isolation: str, timeout_s: float | None) -> tuple[str, float | None]:
-    """The isolation and timeout, parsed as the settings are (ConfigError, one line)."""
-    isolation = SETTING_BY_KEY["isolation"].parse(isolation, "isolation")
-    if timeout_s is not None:
-        timeout_s = SETTING_BY_KEY["timeout"].parse(timeout_s, "timeout")
-        if isolation == "none":
-            raise ValueError("a timeout needs isolation='process' (a cell in this process "
-                             "cannot be stopped)")
-    return isolation, timeout_s
+def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: bool = False,
+              progress: SweepProgress | None = None) -> list[CellResult]:
+    """Run (or predict) ``cells`` into ``out_dir`` under ``options``, appending each row as it
+    completes; returns the results of the cells run by this call, in grid order.
+
+    ``isolation="process"`` runs cells in worker processes (see the module docstring);
+    ``"none"`` runs them here, for debugging, and cannot enforce a timeout. Cells already in
+    ``cells.csv`` for this device and device model are skipped unless ``redo``. Estimates are
+    always recomputed, replacing earlier estimates of the same cells for the same kind (a
+    ``cuda (estimate)`` row survives a ``cpu`` estimate), and ``env.json`` is written for them
+    only where the folder has none, so an estimate never replaces a measured run's provenance.
+    ``executor="ray"`` runs the cells as Ray tasks, several at once. Raises ResultsError (or
+    SweepLockedError) for a folder it cannot use, SweepError when no worker can start.
+    """
+    methods = sorted({c.method for c in cells})
+    runner: Executor
+    if options.estimate:
+        target = Target(options.estimate_kind, estimate_kind=options.estimate_kind)
+        runner = LocalExecutor(target, options.isolation, options.timeout_s, methods)
+    elif options.executor == "ray":
+        from .ray_cluster import RayExecutor  # only here: a local sweep never imports Ray
+
+        runner = RayExecutor(options.device, methods, address=options.ray_address,
+                             cpus_per_cell=options.cpus_per_cell, timeout_s=options.timeout_s,
+                             peak_tflops=options.peak_tflops)
+    else:
+        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops),
+                               options.isolation, options.timeout_s, methods)
+    return _sweep(cells, runner, out_dir, progress, redo=redo or options.estimate,
+                  estimates=options.estimate)
 
 
 def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
@@ -203,4 +187,4 @@ def _unfinished(cells: list[Cell], placement: Placement, out_dir: Path, redo: bo
     return [cell for cell in cells if not keys(cell) & done]
 
 
-__all__ = ["SweepError", "SweepProgress", "estimate_sweep", "run_sweep", "sweep"]
+__all__ = ["SweepError", "SweepProgress", "estimate_sweep", "run_cells", "run_sweep", "sweep"]

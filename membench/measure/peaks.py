@@ -35,9 +35,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["PRECISIONS", "GpuPeak", "GPU_PEAKS", "gpu_peak", "known_gpus"]
+__all__ = ["PRECISIONS", "GpuPeak", "GPU_PEAKS", "PeakSpec", "gpu_peak", "known_gpus"]
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PeakSpec:
+    """The peak TFLOP/s a device's cells are held against, where it came from, and for which
+    precision; ``tflops`` None (with a ``note`` saying why) when nothing is known."""
+
+    tflops: float | None
+    source: str = ""
+    precision: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)

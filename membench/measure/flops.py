@@ -1,15 +1,16 @@
 """FLOPs of a training step, and the peak a device could reach: what explains a throughput.
 
-``count_step_flops`` runs one step of the cell's real runner under
-``torch.utils.flop_counter.FlopCounterMode`` on fake tensors (``FakeTensorMode``): nothing is
-computed or allocated, every op's FLOPs come from its shapes. It counts what the step dispatches,
+``step_flops`` runs one step under ``torch.utils.flop_counter.FlopCounterMode``; the protocol
+calls it on one eager step of the cell's real runner on fake tensors (``FakeTensorMode``,
+``protocol.count_step_flops``): nothing is computed or allocated, every op's FLOPs come from its
+shapes. It counts what the step dispatches,
 so recomputation (``bp-ckpt``), ``ff-naive``'s second conv pass, readouts, heads and every
 micro-batch are in; a convolution's input gradient is counted only where autograd asks for it,
 which is why DTG-FF (each layer's input detached) costs about two thirds of BP. Optimizer
 updates and elementwise ops are not counted (FlopCounterMode counts matmuls and convolutions).
 
 The peak a cell is held against (``PeakSpec``): a GPU's dense datasheet figure for the cell's
-precision (``membench.peaks``), a user's ``--peak-tflops``, or on the CPU an *achieved* GEMM rate
+precision (``membench.measure.peaks``), a user's ``--peak-tflops``, or on the CPU an *achieved* GEMM rate
 calibrated at the start of the sweep (``calibrate_cpu_peak``, about a second at the sweep's
 thread count). MFU = achieved TFLOP/s / peak; docs/design.md ("FLOPs and MFU") says what each
 peak means.
@@ -19,15 +20,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .peaks import gpu_peak
-from .protocol import build_runner, make_batch
-from .schema import Cell, CellResult
+from .peaks import PeakSpec, gpu_peak
 
 DATASHEET, USER, GEMM_CALIBRATED = "datasheet", "user", "gemm-calibrated"
 CALIBRATION_SIZES = (512, 1024, 2048)
@@ -36,27 +34,11 @@ CALIBRATION_SIZES = (512, 1024, 2048)
 CALIBRATION_SECONDS = 1.0
 
 
-def count_step_flops(cell: Cell) -> int:
-    """FLOPs of one training step of ``cell``, counted on fake tensors (see the module doc).
-    A compiled cell is counted in eager mode: compiling changes how, not what, it computes."""
-    cell = replace(cell, compile="none")
-    with torch.random.fork_rng(devices=[]), FakeTensorMode():
-        runner = build_runner(cell, "cpu")
-        images, labels = make_batch(cell, torch.device("cpu"))
-        with FlopCounterMode(display=False) as counter:
-            runner.step(images, labels)
+def step_flops(step: Callable[[], object]) -> int:
+    """The FLOPs ``step()`` dispatches (matmuls and convolutions), counted by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        step()
     return int(counter.get_total_flops())
-
-
-@dataclass(frozen=True)
-class PeakSpec:
-    """The peak TFLOP/s a device's cells are held against, where it came from, and for which
-    precision; ``tflops`` None (with a ``note`` saying why) when nothing is known."""
-
-    tflops: float | None
-    source: str = ""
-    precision: str = ""
-    note: str = ""
 
 
 def cuda_precision() -> str:
@@ -116,21 +98,6 @@ def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = No
     return PeakSpec(calibrate_cpu_peak(precision=precision), GEMM_CALIBRATED, precision)
 
 
-def add_flops(result: CellResult, peak: PeakSpec | None = None) -> CellResult:
-    """Fill the peak a result is held against and, unless a tracker pass already counted them
-    (the CPU's, or an estimate's), its FLOPs per step, on fake tensors, outside any timed pass.
-    A runner that cannot run on fake tensors leaves the FLOPs empty."""
-    if result.flops_per_step is None:
-        try:
-            result.flops_per_step = count_step_flops(result.cell)
-        except Exception:  # e.g. a third-party runner that reads a tensor's value with .item()
-            result.flops_per_step = None
-    if peak is not None and peak.tflops is not None:
-        result.peak_tflops, result.peak_source = peak.tflops, peak.source
-        result.peak_precision = peak.precision
-    return result
-
-
 def throughput_bound(flops_per_step: float, batch: int, peak_tflops: float) -> float:
     """imgs/s a step could reach if it ran at the device's peak: peak x batch / FLOPs per step.
     An upper bound, never a prediction: no real step runs at peak."""
@@ -147,9 +114,9 @@ def gpu_peaks(name: str) -> dict[str, PeakSpec]:
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
     """The GPU a name or a device profile (its ``gpu`` key) stands for, with its datasheet peak
     at the precision an fp32 conv net runs at; InputError naming the choices otherwise."""
-    from .errors import InputError
+    from ..errors import InputError
+    from ..profiles import ProfileError, load_profile
     from .peaks import known_gpus
-    from .profiles import ProfileError, load_profile
 
     name = ref
     if gpu_peak(ref) is None:

@@ -1,67 +1,16 @@
-"""Correctness checks for runners (``membench verify``): a runner's numbers are only worth
-measuring if it trains what it claims to train.
-
-The checks, each applicable to any registered runner, third-party ones included:
-
-- ``gradients``: a runner that declares ``same_gradients_as = "bp"`` must leave the same parameter
-  gradients as that reference after one step on the same batch from the same weights (dropout
-  off); with ``same_gradients_with_dropout = True`` also with dropout on (checkpointing must
-  recompute the same masks).
-- ``layer gradients``: a layer-local runner that declares ``same_layer_gradients_as = "ff-naive"``
-  must give each layer's own parameters the reference's first-step gradients (dropout off), also
-  with its batch split into micro-batches when it takes ``--micro-batch``.
-- ``first-step losses``: a runner that declares ``same_first_step_losses_as = "ff-naive"`` must
-  report the same per-layer local losses (``runner.layer_losses``) on the first step.
-- ``learns``: every runner lowers its loss on a small learnable synthetic task within a few dozen
-  steps, in fp32 and in every reduced precision.
-- ``first-step loss (bf16)``, ``(fp16)``: under autocast the first-step loss differs from fp32's
-  (autocast ran) by at most a stated tolerance.
-- ``compiled``: on request (slow on a CPU), compiled and eager first steps agree on loss and
-  gradients within a stated tolerance.
-"""
+"""The checks of ``membench verify`` (see ``membench.verify``), one function per check."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from .runners import Runner, get_runner
-
-GRADIENT_RTOL = 1e-4
-LOSS_RTOL = 1e-5
-LEARN_STEPS = 50
-LEARN_REQUIRED_DROP = 0.1  # the last steps' loss must be at least 10% below the first step's
-# The recipe's lr (2e-4) is kept; the cosine schedule is stretched so it stays near 2e-4 over the
-# short check instead of decaying to 1e-5 within it.
-LEARN_SCHEDULE_STEPS = 100 * LEARN_STEPS
-# A first-step loss in reduced precision must differ from fp32's (else autocast did nothing) by
-# no more than this, relative: bf16 keeps 8 bits of mantissa, fp16 11.
-PRECISION_LOSS_RTOL = {"bf16": 5e-2, "fp16": 1e-2}
-PRECISIONS_CHECKED = tuple(PRECISION_LOSS_RTOL)
-# Compiled against eager: the same math, reordered (fused kernels, other reductions).
-COMPILED_RTOL = 1e-3
-
-
-@dataclass
-class CheckResult:
-    check: str
-    method: str
-    passed: bool
-    detail: str
-    reference: str = ""
-
-
-@dataclass(frozen=True)
-class VerifySetup:
-    """The small cell every check runs on."""
-
-    arch: str = "vgg-d3-w32"
-    res: int = 8
-    batch: int = 8
-    classes: int = 4
-    seed: int = 0
+from ..runners import Runner, get_runner
+from . import (
+    COMPILED_RTOL, GRADIENT_RTOL, LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS, LOSS_RTOL,
+    PRECISION_LOSS_RTOL, CheckResult, VerifySetup,
+)
 
 
 def _build(method: str, setup: VerifySetup, *, dropout: bool, total_steps: int,
@@ -208,40 +157,3 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
-
-
-def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
-           precisions: tuple[str, ...] = PRECISIONS_CHECKED,
-           compile_mode: str | None = None) -> list[CheckResult]:
-    """Run every check that applies to each method, the reduced ``precisions`` against fp32,
-    and (``compile_mode``, slow) compiled against eager; a crashing check is a failed check."""
-    results = []
-    for method in methods:
-        runner_cls = get_runner(method)
-        plan = []
-        if getattr(runner_cls, "same_gradients_as", None):
-            plan.append(lambda m=method, r=runner_cls.same_gradients_as: check_gradients(m, r, setup))
-            if getattr(runner_cls, "same_gradients_with_dropout", False):
-                plan.append(lambda m=method, r=runner_cls.same_gradients_as:
-                            check_gradients(m, r, setup, dropout=True))
-        if getattr(runner_cls, "same_layer_gradients_as", None):
-            reference = runner_cls.same_layer_gradients_as
-            plan.append(lambda m=method, r=reference: check_layer_gradients(m, r, setup))
-            if runner_cls.uses_micro_batch:
-                plan.append(lambda m=method, r=reference:
-                            check_layer_gradients(m, r, setup, micro_batch=setup.batch // 2))
-        if getattr(runner_cls, "same_first_step_losses_as", None):
-            plan.append(lambda m=method, r=runner_cls.same_first_step_losses_as:
-                        check_first_step_losses(m, r, setup))
-        plan.append(lambda m=method: check_learns(m, setup))
-        for precision in precisions:
-            plan.append(lambda m=method, p=precision: check_precision(m, p, setup))
-            plan.append(lambda m=method, p=precision: check_learns(m, setup, precision=p))
-        if compile_mode is not None:
-            plan.append(lambda m=method: check_compiled(m, setup, compile_mode))
-        for run_check in plan:
-            try:
-                results.append(run_check())
-            except Exception as err:  # a runner that crashes fails its check, it does not stop verify
-                results.append(CheckResult("crash", method, False, f"{type(err).__name__}: {err}"))
-    return results

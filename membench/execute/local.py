@@ -7,7 +7,7 @@ never writes a file: the sweep process appends every row itself, so resume, lock
 safety are the sweep's and hold for every executor.
 
 ``LocalExecutor`` runs cells one at a time on this machine, in worker processes
-(``membench.worker``) or in this process. ``membench.ray_executor.RayExecutor`` runs them as Ray
+(``membench.execute.worker``) or in this process. ``membench.execute.ray_cluster.RayExecutor`` runs them as Ray
 tasks on a cluster, several at once; it is imported only when asked for, so a local sweep never
 imports Ray.
 """
@@ -19,9 +19,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from .envinfo import collect_env
-from .flops import PeakSpec
-from .schema import ERROR, OK, TIMEOUT, Cell, CellResult
+from ..measure.peaks import PeakSpec
+from ..schema import ERROR, OK, TIMEOUT, Cell, CellResult
 from .worker import IsolatedWorker, Target, WorkerStartError, open_target
 
 # Called as each cell starts running: (index in the list given to run, the cell).
@@ -94,6 +93,8 @@ class LocalExecutor(Executor):
 
     def provenance(self) -> dict:
         """env.json: the worker's (or this process's) environment and the peak MFU is held to."""
+        from ..envinfo import collect_env  # torch: only where cells run in this process
+
         env = dict(self.env or collect_env())
         if self.peak is not None:
             env["peak"] = asdict(self.peak)

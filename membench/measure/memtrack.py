@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .schema import CATEGORIES, MemoryBreakdown
+from ..schema import CATEGORIES, MemoryBreakdown
 
 class MemoryBudgetExceeded(torch.OutOfMemoryError):
     """Raised by the tracker when live tensor bytes would pass the emulated device budget."""

@@ -4,7 +4,7 @@ Ray schedules; membench only submits. Every cell is one Ray task that asks for `
 CUDA, or ``cpus_per_cell`` CPUs on the CPU (by default all of a node's cores: two CPU cells on
 one node disturb each other's timing). Ray runs as many at once as the cluster has room for.
 
-Inside its task a cell runs exactly as on one machine: in a fresh ``membench.worker``
+Inside its task a cell runs exactly as on one machine: in a fresh ``membench.execute.worker``
 IsolatedWorker process, forked from a forkserver that the Ray worker process starts once, so the
 Ray worker itself never builds a runner or opens CUDA. Every cell gets a fresh worker
 (a Ray worker may be given another GPU for its next task, and an idle CUDA context must not sit
@@ -33,11 +33,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from .envinfo import cluster_env
-from .errors import InputError, one_line
-from .executors import CellStarted, Executor, Placement, SweepError
-from .flops import PeakSpec
-from .schema import ERROR, TIMEOUT, Cell, CellResult, parse_device
+from ..envinfo import cluster_env
+from ..errors import InputError, one_line
+from ..measure.peaks import PeakSpec
+from ..schema import ERROR, TIMEOUT, Cell, CellResult, parse_device
+from .local import CellStarted, Executor, Placement, SweepError
 from .worker import IsolatedWorker, Target, WorkerStartError, failed_result, now
 
 # A local cluster's object store holds a few kilobytes per cell (a row and its step times);
@@ -117,7 +117,7 @@ def _start_worker(setup: TaskSetup, peak: PeakSpec | None,
     the task's GPU) with the sweep's forwarded variables, PYTHONPATHs joined; torch threads as
     many as the task's CPUs, but never more than the node's cores (a cluster may declare more
     CPUs than it has, and oversubscribed threads make a step many times slower)."""
-    from .devices import visible_cpu_count
+    from ..measure.devices import visible_cpu_count
 
     environ = dict(os.environ)
     environ.update({k: v for k, v in setup.environ.items() if k != "PYTHONPATH"})

@@ -1,7 +1,7 @@
 """Where a cell runs: in this process, or in an isolated worker process that can die instead.
 
 A *target* is what runs a cell: a device (``cpu``, ``cuda:0``) measured under the protocol, or a
-kind of device predicted by ``membench.estimate``. ``open_target`` gives the function that runs
+kind of device predicted by ``membench.measure.estimate``. ``open_target`` gives the function that runs
 one cell there; the sweep calls it in-process (``isolation="none"``) or through an
 ``IsolatedWorker``.
 
@@ -16,7 +16,6 @@ hang past the timeout becomes a row (``error``, ``timeout``) and the worker is r
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import multiprocessing
 import os
 import signal
@@ -30,9 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from .errors import error_text
-from .flops import PeakSpec
-from .schema import ERROR, ESTIMATE_DEVICE_NAME, TIMEOUT, Cell, CellResult, estimate_device
+from ..measure.peaks import PeakSpec
+from ..schema import ERROR, TIMEOUT, Cell, CellResult
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
@@ -108,51 +106,34 @@ class OpenTarget:
 def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
     """Open a target here (DeviceError if its device does not exist). ``peak``: one found
     earlier in the sweep, so a CPU is calibrated once per sweep, not once per worker."""
-    from .flops import add_flops
-
     if target.estimate_kind is not None:
-        from .estimate import estimate_cell
-
-        device = estimate_device(target.estimate_kind)
+        from ..measure.estimate import estimate_cell
+        from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
         def estimate(cell: Cell) -> CellResult:
-            try:
-                result = add_flops(estimate_cell(cell, target.estimate_kind))
-            except Exception as err:  # one cell the estimator cannot handle must not end the sweep
-                return failed_result(cell, device, ESTIMATE_DEVICE_NAME, ERROR, error_text(err), now())
+            result = estimate_cell(cell, target.estimate_kind)
             result.host = socket.gethostname()
             return result
 
-        return OpenTarget(device, ESTIMATE_DEVICE_NAME, None, estimate)
+        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, None,
+                          estimate)
 
-    from .devices import resolve_device
-    from .flops import device_peak_spec
-    from .protocol import run_cell
+    from ..measure.devices import resolve_device
+    from ..measure.flops import device_peak_spec
+    from ..measure.protocol import run_cell
 
     device = resolve_device(target.device_spec)
     if peak is None:
         peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
     peaks = {"fp32": peak}  # per cell precision, found when a cell first needs it
 
-    def peak_for(precision: str) -> PeakSpec:
-        if precision not in peaks:
-            peaks[precision] = device_peak_spec(device.kind, device.name(), target.peak_tflops,
-                                                precision)
-        return peaks[precision]
-
     def measure(cell: Cell) -> CellResult:
-        if cell.device_mem_bytes is None:
-            # A budget set by an earlier cell in this process must not constrain this one.
-            total = device.total_memory_bytes()
-            if total:
-                device.set_memory_budget(total)
-        try:
-            result = run_cell(cell, device)
-        finally:
-            gc.collect()  # free what the cell left so the next one starts from the same place
-            device.release_cached_memory()
+        if cell.precision not in peaks:
+            peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
+                                                     target.peak_tflops, cell.precision)
+        result = run_cell(cell, device, peak=peaks[cell.precision])
         result.host = socket.gethostname()
-        return add_flops(result, peak_for(cell.precision))
+        return result
 
     return OpenTarget(str(device), device.name(), peak, measure, device.autocast_precisions())
 
@@ -161,7 +142,7 @@ def failed_result(cell: Cell, device: str, device_name: str, status: str, error:
                   started_at: str, host: str | None = None) -> CellResult:
     """The row of a cell that produced nothing (its worker died, hung or could not run it);
     ``host``: where it ran, when that is not this machine (a Ray node; '' if unknown)."""
-    from .protocol import provenance
+    from ..measure.protocol import provenance
 
     return CellResult(cell, device, device_name, status=status, error=error, started_at=started_at,
                       host=socket.gethostname() if host is None else host, **provenance())
@@ -198,8 +179,8 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
 
     import torch
 
-    from . import runners
-    from .envinfo import collect_env
+    from .. import runners
+    from ..envinfo import collect_env
 
     importlib.invalidate_caches()
     runners.refresh_registry()
@@ -232,14 +213,15 @@ def worker_context() -> multiprocessing.context.BaseContext:
     process would not be). Falls back to spawn where forkserver does not exist.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
-        from . import runners
+        from .. import runners
 
         context = multiprocessing.get_context("forkserver")
         # Built-in runners only: a third-party plugin that touched CUDA at import would poison
         # every worker forked from the server; plugins are imported in each worker instead.
         # torch._dynamo (with sympy) is imported lazily by the first optimizer step: seconds that
         # every fresh worker would otherwise pay inside its first cell.
-        context.set_forkserver_preload(["membench.worker", "membench.protocol", "torch._dynamo",
+        context.set_forkserver_preload(["membench.execute.worker", "membench.measure.protocol",
+                                        "torch._dynamo",
                                         *runners.builtin_runner_modules()])
         return context
     return multiprocessing.get_context("spawn")

@@ -1,9 +1,11 @@
-"""The one narrow device interface: timing a step and reading peak memory, per device kind.
+"""The one narrow device interface: what a cell runs inside, how its steps are timed and where
+its peak memory comes from, per kind of device.
 
-Everything device-specific in membench lives here. ``CpuDevice`` times with ``perf_counter`` and
-has no allocator statistics (the protocol runs the tensor tracker instead); ``CudaDevice`` times
-with CUDA events and reads the caching allocator's peaks and NVML, following PyTorch's documented
-APIs only.
+Everything device-specific in membench lives here (and, for the devices an estimate plans for,
+in ``membench.measure.estimate``). ``CpuDevice`` times with ``perf_counter`` and has no allocator
+statistics, so its peak comes from the tensor tracker's pass, which also enforces a budget;
+``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
+following PyTorch's documented APIs only.
 """
 
 from __future__ import annotations
@@ -12,37 +14,30 @@ import contextlib
 import os
 import platform
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import InputError
-from .schema import DeviceSpecError, parse_device
+from ..errors import InputError, error_text
+from ..schema import OK, Cell, CellResult, DeviceSpecError, parse_device
+from .memtrack import TensorMemoryTracker
+
+if TYPE_CHECKING:  # annotations only: the registry imports every runner
+    from ..runners import Runner
 
 
 class DeviceError(InputError):
     """A device string that names no usable device."""
 
 
-@dataclass
-class AllocatorPeak:
-    """Peak figures read from a device allocator after the measured steps."""
+class Device:
+    """What the protocol (``membench.measure.protocol``) needs from a device, and nothing more.
+    The defaults are a real device's; subclasses override what differs."""
 
-    peak_allocated_bytes: int
-    peak_reserved_bytes: int
-    nvml_used_bytes: int | None
-    source: str = "cuda_allocator"
-
-
-class Device(ABC):
-    """What the protocol needs from a device, and nothing more."""
-
-    kind: str
-    # True where the device has no allocator statistics and peak memory must come from the
-    # tensor tracker's separate pass (see protocol.run_cell).
-    needs_tracker_pass: bool = False
+    kind: str = ""
+    memory_source = "tracker"  # where a tracker pass's peak comes from, in a row
+    finished_status = OK  # a cell that ran to the end
 
     def __init__(self, torch_device: torch.device):
         self.torch_device = torch_device
@@ -50,33 +45,69 @@ class Device(ABC):
     def __str__(self) -> str:
         return str(self.torch_device)
 
-    @abstractmethod
     def name(self) -> str:
         """Human-readable hardware name (GPU model or CPU model)."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def synchronize(self) -> None: ...
+    # -- what a cell runs in -------------------------------------------------------------------
+    def refusal(self, cell: Cell) -> str | None:
+        """Why this device cannot measure ``cell`` at all (the row's error), or None."""
+        return None
 
-    @abstractmethod
-    def time_steps(self, step: Callable[[], object], count: int) -> list[float]:
-        """Run ``step`` ``count`` times; return each step's time in milliseconds."""
+    def session(self) -> contextlib.AbstractContextManager:
+        """The context every step of a cell runs in (nothing, for a real device)."""
+        return contextlib.nullcontext()
 
-    @abstractmethod
-    def reset_peak_memory(self) -> None: ...
+    def adapt(self, runner: Runner) -> None:
+        """Adjust a freshly built runner to this device (nothing, for a real device)."""
 
-    @abstractmethod
-    def read_peak_memory(self) -> AllocatorPeak | None:
-        """Allocator peaks since the last reset, or None where the device has no allocator stats."""
+    def warmup_steps(self, cell: Cell) -> int:
+        return cell.warmup
 
-    @abstractmethod
-    def set_memory_budget(self, budget_bytes: int) -> None:
-        """Emulate a device with only ``budget_bytes`` of memory (enforced where possible)."""
+    def error_text(self, err: BaseException) -> str:
+        """What a row's ``error`` says about an exception raised while measuring."""
+        return error_text(err)
+
+    # -- memory ---------------------------------------------------------------------------------
+    def memory_tracker(self, cell: Cell) -> TensorMemoryTracker | None:
+        """The tensor tracker of the memory pass, or None where the allocator has the peaks."""
+        return None
+
+    def set_memory_budget(self, budget_bytes: int | None) -> None:
+        """Emulate a device with only ``budget_bytes`` of memory, or lift the cap (None)."""
+
+    def check_budget(self, result: CellResult) -> None:
+        """Make a finished result over its budget an oom row, where nothing refused it earlier
+        (nothing, for a device that refuses the allocation itself)."""
+
+    def reset_host_peak(self) -> None:
+        reset_host_peak_rss()
+
+    def reset_peak_memory(self) -> None:
+        """Reset the allocator's peak statistics before the timed pass."""
+
+    def record_peaks(self, result: CellResult) -> None:
+        """Peaks of the timed pass into ``result``: the host's RSS, and the allocator's."""
+        result.host_peak_rss_bytes = host_peak_rss_bytes()
 
     def total_memory_bytes(self) -> int | None:
         return None
 
     def release_cached_memory(self) -> None:
-        """Give memory cached by the device's allocator back, between cells (no-op by default)."""
+        """Give memory cached by the device's allocator back, between cells."""
+
+    # -- time -----------------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (nothing, for a synchronous device)."""
+
+    def time_steps(self, step: Callable[[], object], count: int) -> list[float]:
+        """Run ``step`` ``count`` times; return each step's time in milliseconds."""
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
 
     def autocast_precisions(self) -> tuple[str, ...]:
         """The precisions a cell can run at here: fp32, and what torch can autocast to."""
@@ -97,8 +128,9 @@ def cpu_model_name() -> str:
 
 
 class CpuDevice(Device):
+    """The CPU: ``perf_counter`` timing; peak memory and budgets from the tensor tracker."""
+
     kind = "cpu"
-    needs_tracker_pass = True
 
     def __init__(self):
         super().__init__(torch.device("cpu"))
@@ -106,29 +138,14 @@ class CpuDevice(Device):
     def name(self) -> str:
         return cpu_model_name()
 
-    def synchronize(self) -> None:
-        pass
-
-    def time_steps(self, step, count):
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
-
-    def reset_peak_memory(self) -> None:
-        pass
-
-    def read_peak_memory(self) -> None:
-        return None
-
-    def set_memory_budget(self, budget_bytes: int) -> None:
-        # Enforced by the tensor tracker's pass (see protocol.run_cell), not by an allocator.
-        pass
+    def memory_tracker(self, cell: Cell) -> TensorMemoryTracker:
+        # The tracker enforces the budget: the allocation that would pass it is the CPU's OOM.
+        return TensorMemoryTracker(budget_bytes=cell.device_mem_bytes)
 
 
 class CudaDevice(Device):
+    """One CUDA device: CUDA-event timing, the caching allocator's peaks, NVML."""
+
     kind = "cuda"
 
     def __init__(self, index: int):
@@ -162,18 +179,21 @@ class CudaDevice(Device):
         self.synchronize()
         torch.cuda.reset_peak_memory_stats(self.index)
 
-    def read_peak_memory(self) -> AllocatorPeak:
+    def record_peaks(self, result: CellResult) -> None:
         self.synchronize()
-        return AllocatorPeak(
-            peak_allocated_bytes=torch.cuda.max_memory_allocated(self.index),
-            peak_reserved_bytes=torch.cuda.max_memory_reserved(self.index),
-            nvml_used_bytes=nvml_used_bytes(self.index),
-        )
+        super().record_peaks(result)
+        result.peak_allocated_bytes = torch.cuda.max_memory_allocated(self.index)
+        result.peak_reserved_bytes = torch.cuda.max_memory_reserved(self.index)
+        result.nvml_used_bytes = nvml_used_bytes(self.index)
+        result.memory_source = "cuda_allocator"
 
-    def set_memory_budget(self, budget_bytes: int) -> None:
+    def set_memory_budget(self, budget_bytes: int | None) -> None:
         # The fraction caps what the caching allocator may reserve; the CUDA context and library
         # handles live outside it (docs/sweeps.md says what that means for emulating a card).
         total = self.total_memory_bytes()
+        if budget_bytes is None:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.index)
+            return
         if budget_bytes > total:
             raise DeviceError(
                 f"--device-mem {budget_bytes / 2**30:.2f} GiB is more than this card's "

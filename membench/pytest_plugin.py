@@ -11,14 +11,14 @@ A test of the training step one cares about::
         result = membench_benchmark("bp", arch="vgg8", res=32, batch=64)
         assert result.peak_allocated_bytes < 2 * 2**30
 
-The fixture builds the cell's runner and batch and runs its warmup the protocol's way
-(``prepare_cell``); on the CPU it then runs the tensor tracker's separate pass for peak memory.
-Then ``benchmark.pedantic`` runs one step per round, ``steps`` rounds, the device synchronised in
-each round so a CUDA round's time is real; on CUDA the allocator's peak is reset before the rounds
-and read after them. Peak, imgs/s, device and cell id go into ``benchmark.extra_info``, so into
-pytest-benchmark's JSON. Under ``--benchmark-disable`` pedantic calls its target once, and the
-fixture runs the remaining rounds itself. imgs/s = batch x rounds / the rounds' time, each round
-timed by ``time.perf_counter`` around one step and the synchronize (what pytest-benchmark times).
+The fixture measures the cell under the protocol itself (``membench.measure.protocol.run_cell``:
+FLOPs, warmup, on the CPU the tracker's pass, on CUDA the allocator's peaks), with one change:
+the timed steps are pytest-benchmark's rounds. ``benchmark.pedantic`` runs one step per round,
+``steps`` rounds, the device synchronised in each round so a CUDA round's time is real. Under
+``--benchmark-disable`` pedantic calls its target once, and the fixture runs the remaining rounds
+itself. The result is the protocol's ``CellResult``; its cells.csv row goes into
+``benchmark.extra_info``, so into pytest-benchmark's JSON. A cell that does not run ``ok`` (an
+OOM, a runner error) fails the test with the row's error.
 
 ``check_peak_memory(result, baseline)`` gates the peak against a pytest-benchmark JSON or a
 membench results folder and fails (``MemoryRegression``) with the byte difference; the fixture's
@@ -28,26 +28,26 @@ pytest-benchmark (``--benchmark-compare-fail=median:10%``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from .config import SETTINGS
 from .errors import InputError
-from .schema import CELLS_FILE, Cell, MemoryBreakdown, device_kind, format_size
+from .schema import CELLS_FILE, OK, Cell, CellResult, device_kind
+from .units import format_size
 
 if TYPE_CHECKING:  # for annotations only: it pulls in torch
-    from .devices import Device
+    from .measure.devices import Device
 
-# The cell options the fixture takes besides method, arch, res and batch; anything else a sweep
-# knows (timeout, isolation, estimate, ...) does not apply to one cell measured in this process.
-CELL_OPTIONS = ("micro_batch", "classes", "seed", "warmup", "steps", "device", "device_mem")
+# The settings the fixture takes besides the method: a cell's, and its device; anything else a
+# sweep knows (timeout, isolation, estimate, ...) does not apply to one cell in this process.
+CELL_OPTIONS = tuple(s.key for s in SETTINGS if "fixture" in s.commands and s.key != "method")
 RECORD_JSON_HINT = "pytest --benchmark-enable --benchmark-json=BASELINE.json"
 
 
@@ -106,62 +106,8 @@ class MemoryCheck:
         return "\n".join(lines + list(self.notes))
 
 
-@dataclass(frozen=True)
-class BenchmarkResult:
-    """What ``membench_benchmark`` measured for one cell.
-
-    ``peak_allocated_bytes`` is the allocator's peak over the timed rounds on CUDA
-    (``memory_source`` ``cuda_allocator``) or the tensor tracker's peak over its separate pass on
-    the CPU (``tracker``, with the ``breakdown`` at the peak). ``step_ms`` holds each round's time
-    (one step plus a device synchronize); ``imgs_per_s`` = batch x rounds / their total time.
-    """
-
-    cell: Cell
-    device: str  # 'cpu', 'cuda:0'
-    device_name: str  # the CPU or GPU model
-    peak_allocated_bytes: int
-    memory_source: str
-    step_ms: tuple[float, ...]
-    benchmark_enabled: bool  # False under --benchmark-disable: no pytest-benchmark stats
-    peak_reserved_bytes: int | None = None
-    nvml_used_bytes: int | None = None
-    breakdown: MemoryBreakdown | None = None
-    torch_version: str = ""
-    membench_version: str = ""
-    memory_check: MemoryCheck | None = field(default=None, compare=False)
-
-    @property
-    def cell_id(self) -> str:
-        return self.cell.cell_id
-
-    @property
-    def imgs_per_s(self) -> float:
-        total_s = sum(self.step_ms) / 1e3
-        return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else math.inf
-
-    @property
-    def step_ms_median(self) -> float:
-        return statistics.median(self.step_ms)
-
-    def extra_info(self) -> dict:
-        """What goes into ``benchmark.extra_info`` (JSON-serialisable)."""
-        info = {"cell_id": self.cell_id, **dataclasses.asdict(self.cell),
-                "device": self.device, "device_name": self.device_name,
-                "memory_source": self.memory_source,
-                "peak_allocated_bytes": self.peak_allocated_bytes,
-                "imgs_per_s": self.imgs_per_s, "step_ms_median": self.step_ms_median,
-                "torch_version": self.torch_version, "membench_version": self.membench_version}
-        if self.peak_reserved_bytes is not None:
-            info["peak_reserved_bytes"] = self.peak_reserved_bytes
-        if self.nvml_used_bytes is not None:
-            info["nvml_used_bytes"] = self.nvml_used_bytes
-        if self.breakdown is not None:
-            info.update(self.breakdown.as_columns())
-        return info
-
-
 # -- building and measuring one cell ---------------------------------------------------------
-def make_cell(method: str, *, arch=None, res=None, batch=None, **options) -> tuple[Cell, str]:
+def make_cell(method: str, **options) -> tuple[Cell, str]:
     """The one cell these options name, validated by ``membench.config.build_config`` (one-line
     ConfigError otherwise), and the device spec (``auto`` unless ``device`` is given)."""
     from .config import ConfigError, build_config
@@ -169,67 +115,49 @@ def make_cell(method: str, *, arch=None, res=None, batch=None, **options) -> tup
     unknown = sorted(set(options) - set(CELL_OPTIONS))
     if unknown:
         raise ConfigError(f"membench_benchmark does not take {unknown[0]!r}; cell options: "
-                          f"arch, res, batch, {', '.join(CELL_OPTIONS)}")
-    config = build_config(method=method, arch=arch, res=res, batch=batch, **options)
+                          f"{', '.join(CELL_OPTIONS)}")
+    config = build_config(method=method, **options)
     if len(config.cells) != 1:
         raise ConfigError(f"membench_benchmark measures one cell, but these options make "
                           f"{len(config.cells)} ({', '.join(c.cell_id for c in config.cells)}); "
                           "parametrize the test instead")
-    return config.cells[0], config.device
+    return config.cells[0], config.options.device
 
 
-def measure(benchmark, cell: Cell, device: Device) -> BenchmarkResult:
-    """Measure ``cell`` on ``device`` inside ``benchmark`` (pytest-benchmark's fixture).
+class CellFailed(AssertionError):
+    """The fixture's cell did not run ok (an OOM or a runner error): a test failure."""
 
-    Warmup (the protocol's), then on the CPU the tracker pass, then ``cell.steps`` rounds of one
-    step each through ``benchmark.pedantic``. Errors (an OOM included) propagate.
-    """
-    import torch
 
-    from . import __version__
-    from .protocol import prepare_cell
-
+def measure(benchmark, cell: Cell, device: Device) -> CellResult:
+    """Measure ``cell`` on ``device`` under the protocol, its timed steps ``cell.steps`` rounds
+    of ``benchmark.pedantic`` (pytest-benchmark's fixture), each one step and a synchronize.
+    CellFailed when the cell is not ok."""
     info = benchmark.extra_info  # mutated, never replaced: pytest-benchmark's stats share it
     info.update({"cell_id": cell.cell_id, "device": str(device), "device_name": device.name()})
-    prepared = None
-    try:
-        prepared = prepare_cell(cell, device)
-        peak = breakdown = reserved = nvml_used = None
-        source = ""
-        if device.needs_tracker_pass:
-            tracker = prepared.tracked_memory()
-            peak, breakdown, source = tracker.peak_bytes, tracker.peak_breakdown(), "tracker"
 
-        round_s: list[float] = []
+    def rounds(step, count: int) -> list[float]:
+        round_ms: list[float] = []
 
         def one_round() -> None:
             start = time.perf_counter()
-            prepared.step()
+            step()
             device.synchronize()
-            round_s.append(time.perf_counter() - start)
+            round_ms.append((time.perf_counter() - start) * 1e3)
 
-        device.reset_peak_memory()
-        benchmark.pedantic(one_round, rounds=cell.steps, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(one_round, rounds=count, iterations=1, warmup_rounds=0)
         # Disabled, pytest-benchmark ran the target once: run the rest of the cell's rounds.
-        while len(round_s) < cell.steps:
+        while len(round_ms) < count:
             one_round()
-        allocator = device.read_peak_memory()
-        if allocator is not None:
-            peak, source = allocator.peak_allocated_bytes, allocator.source
-            reserved, nvml_used = allocator.peak_reserved_bytes, allocator.nvml_used_bytes
-    finally:
-        prepared = None  # the runner and batch go before the next test's cell is built
-        if cell.device_mem_bytes is not None and device.total_memory_bytes():
-            device.set_memory_budget(device.total_memory_bytes())  # lift the cap for later tests
-        device.release_cached_memory()
-    result = BenchmarkResult(
-        cell, str(device), device.name(), int(peak), source,
         # --benchmark-cprofile adds a profiled round after the timed ones: not counted.
-        tuple(s * 1e3 for s in round_s[:cell.steps]), benchmark_enabled=not benchmark.disabled,
-        peak_reserved_bytes=reserved, nvml_used_bytes=nvml_used, breakdown=breakdown,
-        torch_version=torch.__version__, membench_version=__version__,
-    )
-    info.update(result.extra_info())
+        return round_ms[:count]
+
+    from .measure.protocol import run_cell
+
+    result = run_cell(cell, device, timer=rounds)
+    info.update({key: value for key, value in result.row().items() if value not in (None, "")})
+    if result.status != OK:
+        raise CellFailed(f"membench_benchmark: {cell.cell_id} on {device}: {result.status}: "
+                         f"{result.error}")
     return result
 
 
@@ -300,7 +228,7 @@ def read_memory_baseline(baseline: str | Path) -> list[_Entry]:
                               "file or a membench results folder")
 
 
-def check_peak_memory(result: BenchmarkResult, baseline: str | Path, *,
+def check_peak_memory(result: CellResult, baseline: str | Path, *,
                       max_increase_pct: float | None = None) -> MemoryCheck:
     """Compare ``result``'s peak with the same cell in ``baseline`` and return the check; raise
     MemoryRegression (an AssertionError, so a pytest failure) with the byte difference when it
@@ -365,30 +293,32 @@ def pytest_addoption(parser) -> None:
 
 
 class MembenchBenchmark:
-    """The ``membench_benchmark`` fixture's value: call it once per test with one cell."""
+    """The ``membench_benchmark`` fixture's value: call it once per test with one cell. After
+    the call, ``result`` is the cell's CellResult and ``memory_check`` the gate's MemoryCheck
+    (None without a baseline)."""
 
     def __init__(self, benchmark, config):
         self.benchmark = benchmark  # pytest-benchmark's fixture (group, extra_info, stats)
         self._config = config
         self._used = False
-        self.result: BenchmarkResult | None = None
+        self.result: CellResult | None = None
+        self.memory_check: MemoryCheck | None = None
 
-    def __call__(self, method: str, *, arch: str | None = None, res: int | None = None,
-                 batch: int | None = None, memory_baseline: str | Path | None = None,
-                 max_mem_increase_pct: float | None = None, **cell_options) -> BenchmarkResult:
-        """Measure one cell (``build_config``'s settings: method, arch, res, batch and
-        micro_batch, classes, seed, warmup, steps, device, device_mem; defaults as in a
-        sweep). With ``memory_baseline`` (or ``--membench-memory-baseline``) the peak is gated
-        by ``check_peak_memory`` after the rounds."""
+    def __call__(self, method: str, *, memory_baseline: str | Path | None = None,
+                 max_mem_increase_pct: float | None = None, **cell_options) -> CellResult:
+        """Measure one cell: ``method`` and any of ``CELL_OPTIONS`` (a cell's settings, and
+        ``device``), as ``build_config`` reads them, defaults as in a sweep. With
+        ``memory_baseline`` (or ``--membench-memory-baseline``) the peak is gated by
+        ``check_peak_memory`` after the rounds."""
         if cell_options.get("device") is None:
             cell_options["device"] = self._config.getoption("membench_device")
-        cell, spec = make_cell(method, arch=arch, res=res, batch=batch, **cell_options)
+        cell, spec = make_cell(method, **cell_options)
         self._use()
         return self._measure(cell, spec, memory_baseline, max_mem_increase_pct)
 
     def cell(self, cell: Cell, device: str | None = None, *,
              memory_baseline: str | Path | None = None,
-             max_mem_increase_pct: float | None = None) -> BenchmarkResult:
+             max_mem_increase_pct: float | None = None) -> CellResult:
         """Measure a ``Cell`` made elsewhere (``expand_grid``, ``membench.gating``)."""
         self._use()
         return self._measure(cell, device or self._config.getoption("membench_device") or "auto",
@@ -401,20 +331,19 @@ class MembenchBenchmark:
         self._used = True
 
     def _measure(self, cell: Cell, spec: str, memory_baseline, max_mem_increase_pct
-                 ) -> BenchmarkResult:
-        from .devices import resolve_device
+                 ) -> CellResult:
+        from .measure.devices import resolve_device
 
         self.result = measure(self.benchmark, cell, resolve_device(spec))
         baseline = memory_baseline or self._config.getoption("membench_memory_baseline")
         if baseline is not None:
             try:
-                check = check_peak_memory(self.result, baseline,
-                                          max_increase_pct=max_mem_increase_pct)
+                self.memory_check = check_peak_memory(self.result, baseline,
+                                                      max_increase_pct=max_mem_increase_pct)
             except MemoryRegression as err:
                 self._record_check(err.check)
                 raise
-            self._record_check(check)
-            self.result = dataclasses.replace(self.result, memory_check=check)
+            self._record_check(self.memory_check)
         return self.result
 
     def _record_check(self, check: MemoryCheck) -> None:
@@ -425,13 +354,13 @@ class MembenchBenchmark:
 @pytest.fixture
 def membench_benchmark(benchmark, request) -> MembenchBenchmark:
     """``membench_benchmark(method, arch=..., res=..., batch=..., **cell_options)``: one
-    membench cell timed by pytest-benchmark; returns a ``BenchmarkResult``. See
-    ``membench.benchmark``."""
+    membench cell timed by pytest-benchmark; returns its ``CellResult``. See
+    ``membench.pytest_plugin``."""
     return MembenchBenchmark(benchmark, request.config)
 
 
 __all__ = [
-    "BenchmarkResult", "MembenchBenchmark", "MemoryBaselineError", "MemoryCheck",
-    "MemoryRegression", "MissingBaselineCell", "check_peak_memory", "make_cell", "measure",
-    "membench_benchmark", "read_memory_baseline",
+    "CellFailed", "MembenchBenchmark", "MemoryBaselineError", "MemoryCheck", "MemoryRegression",
+    "MissingBaselineCell", "check_peak_memory", "make_cell", "measure", "membench_benchmark",
+    "read_memory_baseline",
 ]

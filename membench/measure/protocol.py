@@ -1,0 +1,226 @@
+"""The measurement protocol: one path for every cell, whatever measures it.
+
+``run_cell(cell, device)`` is the only code that runs a cell's steps for a measurement. A
+sweep's worker, ``membench run``, the pytest fixture (with its own ``timer``) and the estimator
+(with an ``EstimateDevice``, whose steps run on fake tensors) all call it, so warmup, the FLOP
+count, the memory pass and timing are written once (docs/design.md, "Measurement protocol"):
+
+1. FLOPs: one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
+   (``count_step_flops``), before any other step of the cell: nothing is computed, no real
+   step ever runs under the counter.
+2. The budget, the runner and one synthetic batch on the device; ``warmup`` steps, not measured.
+3. The memory pass, where the device has no allocator statistics (the CPU, an estimate): a few
+   steps under the tensor tracker, apart from timing. Under a budget the CPU's tracker refuses
+   to go past it, which is the CPU's out-of-memory.
+4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
+   CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from .. import __version__
+from ..errors import error_text, one_line
+from ..runners import Runner, get_runner
+from ..schema import ERROR, OOM, Cell, CellResult
+from .devices import Device
+from .flops import step_flops
+from .memtrack import TensorMemoryTracker, optimizer_state_tensors
+from .peaks import PeakSpec
+
+DEFAULT_TRACKER_STEPS = 2
+# memory_source of a compiled cell on the CPU: its peak is left empty (see measure_memory).
+UNTRACKED_COMPILED = "none (compiled: the tracker cannot see compiled buffers)"
+# (step, count) -> each step's time in ms: the device's own timing, or the pytest fixture's.
+Timer = Callable[[Callable[[], object], int], list[float]]
+
+
+def provenance() -> dict:
+    """What every result records about the software that produced it."""
+    return {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "membench_version": __version__}
+
+
+def new_result(cell: Cell, device: str, device_name: str, **values) -> CellResult:
+    """A result for ``cell`` started now, with this process's provenance."""
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return CellResult(cell, device, device_name, started_at=started_at, **provenance(), **values)
+
+
+def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The protocol's one synthetic batch, made once on the device before timing."""
+    generator = torch.Generator().manual_seed(cell.seed)
+    images = torch.randn(cell.batch, 3, cell.res, cell.res, generator=generator)
+    labels = torch.randint(0, cell.classes, (cell.batch,), generator=generator)
+    images = images.to(device)
+    if cell.memory_format == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device)
+
+
+def build_runner(cell: Cell, device: torch.device | str) -> Runner:
+    """The cell's runner, built with the cell's seed and a schedule as long as the cell.
+
+    The schedule covers warmup, the tracker pass and the measured steps, so no measured step
+    runs past the cosine's end (where CosineAnnealingLR would climb back up).
+    """
+    return get_runner(cell.method)(
+        cell.arch, cell.res, cell.classes, device, seed=cell.seed,
+        total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps, micro_batch=cell.micro_batch,
+        precision=cell.precision, memory_format=cell.memory_format, compile=cell.compile,
+    )
+
+
+def count_step_flops(cell: Cell) -> int:
+    """FLOPs of one training step of ``cell``: one eager step of its runner on fake tensors
+    (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
+    what, it computes."""
+    cell = dataclasses.replace(cell, compile="none")
+    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+        runner = build_runner(cell, "cpu")
+        images, labels = make_batch(cell, torch.device("cpu"))
+        return step_flops(lambda: runner.step(images, labels))
+
+
+@dataclass
+class PreparedCell:
+    """A cell ready to measure: its runner and batch on the device, warmup done."""
+
+    cell: Cell
+    device: Device
+    runner: Runner
+    images: torch.Tensor
+    labels: torch.Tensor
+    first_step_s: float | None = None  # the first warmup step: where torch.compile compiles
+
+    def step(self) -> None:
+        """One training step of the cell (no synchronisation: the device times it)."""
+        self.runner.step(self.images, self.labels)
+
+    def tracked(self, tracker: TensorMemoryTracker, steps: int) -> TensorMemoryTracker:
+        """Run ``steps`` steps under ``tracker``, counting what was live from the start."""
+        runner = self.runner
+        tracker.add_existing("parameters", runner.parameters())
+        tracker.add_existing("parameters", runner.buffers())
+        tracker.add_existing("gradients", [p.grad for p in runner.parameters() if p.grad is not None])
+        for optimizer in runner.optimizers():
+            tracker.add_existing("optimizer_state", optimizer_state_tensors(optimizer))
+        tracker.add_existing("activations", [self.images, self.labels])
+        tracker.reset_peak()
+        with tracker, tracker.watch_gradients(runner.parameters()):
+            for _ in range(steps):
+                self.step()
+        return tracker
+
+
+def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
+    """Step 2 of the protocol: the budget, the runner and batch on the device, warmup."""
+    device.set_memory_budget(cell.device_mem_bytes)
+    runner = build_runner(cell, device.torch_device)
+    device.adapt(runner)
+    images, labels = make_batch(cell, device.torch_device)
+    prepared = PreparedCell(cell, device, runner, images, labels)
+    for index in range(device.warmup_steps(cell)):
+        start = time.perf_counter()
+        prepared.step()
+        if index == 0:
+            device.synchronize()
+            prepared.first_step_s = time.perf_counter() - start
+    device.synchronize()
+    return prepared
+
+
+def measure_memory(prepared: PreparedCell, result: CellResult, tracker_steps: int) -> None:
+    """Step 3: the tracker pass where the device has one, into ``result``."""
+    tracker = prepared.device.memory_tracker(prepared.cell)
+    if tracker is None:
+        return
+    if prepared.cell.compile != "none":
+        # Compiled kernels allocate their buffers outside the dispatcher, where the tracker
+        # cannot see them: no peak rather than a wrong one.
+        result.memory_source = UNTRACKED_COMPILED
+        return
+    prepared.tracked(tracker, max(1, min(tracker_steps, prepared.cell.steps)))
+    result.peak_allocated_bytes = tracker.peak_bytes
+    result.breakdown = tracker.peak_breakdown()
+    result.memory_source = prepared.device.memory_source
+
+
+def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
+             timer: Timer | None = None, tracker_steps: int = DEFAULT_TRACKER_STEPS,
+             count_flops: bool = True) -> CellResult:
+    """Measure one cell under the protocol (the module docstring). Out-of-memory and runner
+    errors become the result's status, never an exception. ``peak``: what MFU is held against;
+    ``timer``: times the steps instead of the device (the pytest fixture's rounds);
+    ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs)."""
+    result = new_result(cell, str(device), device.name(), status=device.finished_status)
+    refusal = device.refusal(cell)
+    if refusal:
+        result.status, result.error = ERROR, refusal
+        return result
+    try:
+        if count_flops:
+            result.flops_per_step = _counted_flops(cell)
+        with device.session():
+            _measure(cell, device, result, timer or device.time_steps, tracker_steps)
+        device.check_budget(result)
+    except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
+        if is_out_of_memory(err):
+            result.status, result.error = OOM, one_line(err)
+        else:
+            result.status, result.error = ERROR, device.error_text(err)
+    finally:
+        gc.collect()  # free what the cell left so the next one starts from the same place
+        device.release_cached_memory()
+    if peak is not None and peak.tflops is not None:
+        result.peak_tflops, result.peak_source = peak.tflops, peak.source
+        result.peak_precision = peak.precision
+    return result
+
+
+def _measure(cell: Cell, device: Device, result: CellResult, timer: Timer,
+             tracker_steps: int) -> None:
+    """Steps 2 to 4 into ``result``; the runner and batch go when this returns."""
+    prepared = prepare_cell(cell, device)
+    if cell.compile != "none":
+        result.compile_s = prepared.first_step_s
+    device.reset_host_peak()
+    measure_memory(prepared, result, tracker_steps)
+    device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
+    result.step_ms = timer(prepared.step, cell.steps)
+    device.record_peaks(result)
+    result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
+
+
+def _counted_flops(cell: Cell) -> int | None:
+    """The cell's FLOPs, or None for a runner that cannot run on fake tensors (a third-party
+    runner that reads a value with ``.item()``): the cell is still measured."""
+    try:
+        return count_step_flops(cell)
+    except Exception:
+        return None
+
+
+# cuBLAS and cuDNN report a failed allocation as a plain RuntimeError with their status name.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` means the device (or the emulated budget) ran out of memory."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES)
+
+
+__all__ = ["DEFAULT_TRACKER_STEPS", "PreparedCell", "Timer", "build_runner", "count_step_flops",
+           "is_out_of_memory", "make_batch", "new_result", "prepare_cell", "run_cell"]
