@@ -267,11 +267,13 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
         try:
             runner.check_cell(settings["arch"], settings["res"], settings["batch"],
                               settings["micro_batch"])
+            if runner.uses_micro_batch and settings["micro_batch"] is None:
+                settings["micro_batch"] = runner.default_micro_batch(settings["batch"])
+            cell = Cell(**settings)
+            runner.check_tooling(cell)
         except RunnerConfigError as err:
             raise ConfigError(str(err)) from None
-        if runner.uses_micro_batch and settings["micro_batch"] is None:
-            settings["micro_batch"] = runner.default_micro_batch(settings["batch"])
-        cells[Cell(**settings)] = None
+        cells[cell] = None
     check_compile(list(cells), estimate)
     return list(cells)
 

@@ -44,6 +44,8 @@ BREAKDOWN_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
 PRECISIONS = ("fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "max-autotune")
+GRADIENT_MODES = ("kept", "released")
+OPTIMIZER_STATE_PLACES = ("device", "host")
 
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
@@ -162,6 +164,14 @@ class Cell:
     compile: str = cell_setting(
         "none", choice(COMPILE_MODES), "torch.compile mode (compiled in the first warmup step).",
         id_part="compile-{}".format, tooling=True)
+    grads: str = cell_setting(
+        "kept", choice(GRADIENT_MODES), "Gradients kept until the optimizer step, or released at "
+        "their update (BP: AdamW stepped per parameter in the backward pass; FF: each layer's "
+        "freed after its step).", id_part="grads-{}".format, tooling=True)
+    optimizer_state: str = cell_setting(
+        "device", choice(OPTIMIZER_STATE_PLACES), "Where AdamW's moments live between updates: on "
+        "the device, or in host memory (pinned on CUDA), copied to the device for each "
+        "parameter's (BP) or layer's (FF) update.", id_part="optim-{}".format, tooling=True)
     device_mem_bytes: int | None = cell_setting(
         None, optional(memory_size), "Emulate a card with this much memory, e.g. 8GiB: past it a "
         "cell is an oom row.", key="device_mem", id_part=lambda value: f"mem{format_bytes(value)}",
@@ -273,6 +283,7 @@ class CellResult:
     host_peak_rss_bytes: int | None = None
     nvml_used_bytes: int | None = None
     offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
+    offloaded_optimizer_bytes: int | None = None  # optimizer state held in host memory
     memory_source: str = ""
     breakdown: MemoryBreakdown | None = field(
         default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")})

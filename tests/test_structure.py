@@ -61,7 +61,8 @@ def test_each_structure_check_fails_on_a_package_made_to_break_it(tmp_path, file
 # without torch, so reading results, the CLI, the pytest plugin and the sweep process stay light.
 NEEDS_TORCH = {
     "membench.archs", "membench.runners.base", "membench.runners.bp", "membench.runners.ff",
-    "membench.runners.saved_tensors", "membench.measure.devices", "membench.measure.memtrack",
+    "membench.runners.saved_tensors", "membench.runners.optim", "membench.measure.devices",
+    "membench.measure.memtrack",
     "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
     "membench.measure.fit", "membench.verify.checks",
 }

@@ -77,6 +77,25 @@ def _allocating_host_memory() -> bool:
     return getattr(_HOST_ALLOCATIONS, "depth", 0) > 0
 
 
+# Storages that live in host memory for as long as they exist (offloaded optimizer state): the
+# tracker never counts them, whenever it meets them (an in-place copy into one, a tensor counted
+# as "existing" at the start of a pass).
+_HOST_STORAGES: weakref.WeakSet = weakref.WeakSet()
+
+
+def host_tensor(like: torch.Tensor, pin: bool = False) -> torch.Tensor:
+    """An empty tensor shaped like ``like`` that lives in host memory (pinned when ``pin``, for
+    asynchronous copies to and from a GPU): allocated outside the tracker's count and marked so
+    that the tracker never counts it later either."""
+    with host_memory():
+        tensor = torch.empty(like.size(), dtype=like.dtype, layout=like.layout, device="cpu",
+                             pin_memory=pin)
+    storage = _tensor_storage(tensor)
+    if storage is not None:
+        _HOST_STORAGES.add(storage)
+    return tensor
+
+
 @dataclass
 class _PeakState:
     current_bytes: int = 0
@@ -131,7 +150,7 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor, category: str | None = None) -> None:
         storage = _tensor_storage(t)
-        if storage is None or _allocating_host_memory():
+        if storage is None or _allocating_host_memory() or storage in _HOST_STORAGES:
             return
         key = id(storage)
         known = self._live.get(key)

@@ -32,7 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from .. import __version__
 from ..errors import error_text, one_line
 from ..runners import Runner, get_runner
-from ..schema import ERROR, OOM, Cell, CellResult
+from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
 from .devices import Device
 from .flops import step_flops
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
@@ -72,13 +72,14 @@ def build_runner(cell: Cell, device: torch.device | str) -> Runner:
     """The cell's runner, built with the cell's seed and a schedule as long as the cell.
 
     The schedule covers warmup, the tracker pass and the measured steps, so no measured step
-    runs past the cosine's end (where CosineAnnealingLR would climb back up).
+    runs past the cosine's end (where CosineAnnealingLR would climb back up). Every tooling
+    setting of the cell is a runner keyword of the same name.
     """
+    tooling = {s.name: getattr(cell, s.name) for s in TOOLING_SETTINGS}
     return get_runner(cell.method)(
         cell.arch, cell.res, cell.classes, device, seed=cell.seed,
         total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps, micro_batch=cell.micro_batch,
-        precision=cell.precision, memory_format=cell.memory_format, compile=cell.compile,
-    )
+        **tooling)
 
 
 def count_step_flops(cell: Cell) -> int:
@@ -200,6 +201,7 @@ def _measure(cell: Cell, device: Device, result: CellResult, timer: Timer,
     result.step_ms = timer(prepared.step, cell.steps)
     device.record_peaks(result)
     result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
+    result.offloaded_optimizer_bytes = getattr(prepared.runner, "offloaded_optimizer_bytes", None)
 
 
 def _counted_flops(cell: Cell) -> int | None:

@@ -19,10 +19,7 @@ from torch import nn
 from ..archs import is_torchvision
 from ..schema import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 
-# The shared recipe (docs/design.md, "Training recipe").
-LEARNING_RATE = 2e-4
-WEIGHT_DECAY = 1e-3
-FINAL_LEARNING_RATE = 1e-5
+# The shared recipe (docs/design.md, "Training recipe"); the optimizer's part is in optim.py.
 PROPAGATION_DROPOUT = 0.1
 
 # Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
@@ -44,7 +41,11 @@ class Runner(ABC):
     ``precision`` (fp32, bf16, fp16) runs forward and loss under ``torch.autocast`` with weights
     and optimizer state in fp32, and fp16 through one ``torch.amp.GradScaler`` for all of the
     runner's optimizers; ``memory_format`` places model and batch contiguous or channels_last;
-    ``compile`` is a ``torch.compile`` mode for the runner's forward region(s).
+    ``compile`` is a ``torch.compile`` mode for the runner's forward region(s). ``grads`` (kept
+    or released at their update) and ``optimizer_state`` (on the device, or in host memory
+    between updates) are the update's tooling (``membench.runners.optim``); a runner that
+    honours them says so (``supports_grad_release``, ``supports_host_optimizer_state``), and
+    ``check_tooling`` refuses what it cannot honour.
     """
 
     name: ClassVar[str] = ""
@@ -57,6 +58,9 @@ class Runner(ABC):
     same_gradients_with_dropout: ClassVar[bool] = False  # ...also with dropout on (same masks)
     same_first_step_losses_as: ClassVar[str | None] = None
     same_layer_gradients_as: ClassVar[str | None] = None  # layer-local: per-layer parameters
+    # The update's tooling this runner honours (docs/design.md, "Standard tooling").
+    supports_grad_release: ClassVar[bool] = False
+    supports_host_optimizer_state: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -72,12 +76,16 @@ class Runner(ABC):
         precision: str = "fp32",
         memory_format: str = "contiguous",
         compile: str = "none",
+        grads: str = "kept",
+        optimizer_state: str = "device",
     ):
         self.arch, self.res, self.classes = arch, res, classes
         self.device = torch.device(device)
         self.seed, self.total_steps, self.micro_batch = seed, total_steps, micro_batch
         self.dropout = dropout
         self.precision, self.memory_format, self.compile_mode = precision, memory_format, compile
+        self.release_grads = grads == "released"
+        self.state_on_host = optimizer_state == "host"
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
@@ -95,6 +103,17 @@ class Runner(ABC):
                     f"micro-batch {mb} does not divide batch {batch} for {cls.name}; choose a "
                     f"divisor of {batch}"
                 )
+
+    @classmethod
+    def check_tooling(cls, cell) -> None:
+        """Raise RunnerConfigError for update tooling this runner cannot honour (``cell``: a
+        ``membench.schema.Cell``); called before any run, after ``check_cell``."""
+        if cell.grads == "released" and not cls.supports_grad_release:
+            raise RunnerConfigError(f"{cls.name} cannot release gradients at their update "
+                                    "(--grads released)")
+        if cell.optimizer_state == "host" and not cls.supports_host_optimizer_state:
+            raise RunnerConfigError(f"{cls.name} cannot keep its optimizer state in host memory "
+                                    "(--optimizer-state host)")
 
     @staticmethod
     def default_micro_batch(batch: int) -> int:
@@ -152,15 +171,6 @@ class Runner(ABC):
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]
-
-
-def adamw_with_cosine(params, total_steps: int):
-    """The shared recipe: AdamW(lr 2e-4, wd 1e-3) with a cosine schedule down to 1e-5."""
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, total_steps), eta_min=FINAL_LEARNING_RATE
-    )
-    return optimizer, schedule
 
 
 def spatial_goodness(z: torch.Tensor) -> torch.Tensor:

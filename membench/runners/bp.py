@@ -1,21 +1,26 @@
 """The backprop family: ``bp``, ``bp-accum``, ``bp-ckpt``, ``bp-sac``, ``bp-offload`` and
 ``bp-deepsup``.
 
-All train end to end with one AdamW and one cosine schedule. ``bp``, ``bp-accum``, ``bp-ckpt``,
-``bp-sac`` and ``bp-offload`` share one model (backbone -> global average pool -> Linear(K)) and
-differ only in how a step spends memory (``saved_tensors`` has the tools); ``bp-deepsup`` is the
-architecture-matched baseline for DTG-FF, with a learned head per conv layer on the very features
-DTG-FF scores.
+All train end to end with AdamW and one cosine schedule, through one step (``BPRunner.step``).
+``bp``, ``bp-accum``, ``bp-ckpt``, ``bp-sac`` and ``bp-offload`` share one model (backbone ->
+global average pool -> Linear(K)) and differ only in how a step spends memory: micro-batches
+(gradient accumulation; every method but ``bp`` and ``bp-deepsup`` takes ``--micro-batch``),
+what forward saves for backward (``saved_tensors`` has the tools), and how the update holds its
+gradients and optimizer state (``optim``); ``bp-deepsup`` is the architecture-matched baseline
+for DTG-FF, with a learned head per conv layer on the very features DTG-FF scores.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..archs import ConvStack, build_conv_stack, build_torchvision, is_torchvision
-from .base import PROPAGATION_DROPOUT, Runner, adamw_with_cosine, spatial_goodness
+from .base import PROPAGATION_DROPOUT, Runner, RunnerConfigError, spatial_goodness
+from .optim import PerParameterAdamW, WholeModelAdamW
 from .saved_tensors import OffloadSavedTensors, checkpoint_torchvision_stages, checkpointed
 
 
@@ -48,11 +53,13 @@ def _without_dropout(model: nn.Module) -> nn.Module:
 
 
 class BPRunner(Runner):
-    """Vanilla end-to-end backprop."""
+    """Vanilla end-to-end backprop; every BP method is this step with its tools switched on."""
 
     name = "bp"
     summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
     needs_conv_stack = False
+    supports_grad_release = True
+    supports_host_optimizer_state = True
     checkpointing: str | None = None  # "full" | "selective" (saved_tensors.CHECKPOINT_POLICIES)
 
     def __init__(self, arch, res, classes, device="cpu", **options):
@@ -63,7 +70,32 @@ class BPRunner(Runner):
             _without_dropout(model)
         self.model = self.place(model)
         self.forward = self.compiled(self.model)  # the model itself without --compile
-        self.optimizer, self.schedule = adamw_with_cosine(self.model.parameters(), self.total_steps)
+        if self.release_grads or self.state_on_host:
+            self.update = PerParameterAdamW(self.model.parameters(), self.total_steps, self.device,
+                                            release=self.release_grads,
+                                            state_on_host=self.state_on_host)
+        else:
+            self.update = WholeModelAdamW(self.model.parameters(), self.total_steps)
+            # The recipe's optimizer and schedule, by the names runners subclassing bp use.
+            self.optimizer, self.schedule = self.update.optimizer, self.update.schedule
+
+    @classmethod
+    def check_tooling(cls, cell) -> None:
+        super().check_tooling(cell)
+        if cell.grads == "released" and cell.micro_batch is not None:
+            raise RunnerConfigError(f"{cls.name} with --micro-batch accumulates gradients over the "
+                                    "micro-batches, so it cannot release them at their update "
+                                    "(--grads released); drop one of the two")
+        if "fp16" == cell.precision and (cell.grads == "released"
+                                         or cell.optimizer_state == "host"):
+            raise RunnerConfigError(f"{cls.name}: fp16's GradScaler steps one optimizer over every "
+                                    "gradient, which per-parameter updates (--grads released, "
+                                    "--optimizer-state host) do not have; use bf16")
+
+    @staticmethod
+    def default_micro_batch(batch: int) -> int | None:
+        """No split unless --micro-batch is given (bp-accum's default is batch/2)."""
+        return None
 
     def build_model(self) -> nn.Module:
         if is_torchvision(self.arch):
@@ -79,21 +111,41 @@ class BPRunner(Runner):
         """The end-to-end training loss of one (micro-)batch."""
         return F.cross_entropy(self.forward(images), labels)
 
+    def saved_tensors(self) -> contextlib.AbstractContextManager:
+        """Where forward's saved tensors go: nowhere special (bp-offload: host memory)."""
+        return contextlib.nullcontext()
+
     def modules(self):
         return [self.model]
 
     def optimizers(self):
-        return [self.optimizer]
+        return self.update.optimizers()
 
     def step(self, images, labels):
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = self.loss(images, labels)
-        self.scaler.scale(loss).backward()  # the scaler passes everything through unless fp16
-        self.scaler.step(self.optimizer)
+        """One end-to-end step: forward, loss and backward over the batch, or over each
+        micro-batch with the loss x 1/n so the gradients accumulate to the batch's; then one
+        AdamW update. With --grads released the update happens inside backward, parameter by
+        parameter, each gradient freed at once (``optim.PerParameterAdamW``)."""
+        parts = (list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
+                 if self.micro_batch else [(images, labels)])
+        self.update.zero_grad()
+        total = torch.zeros((), device=images.device) if len(parts) > 1 else None
+        with self.update.in_backward():
+            for x, y in parts:
+                with self.saved_tensors(), self.autocast():
+                    loss = self.loss(x, y) if total is None else self.loss(x, y) / len(parts)
+                self.scaler.scale(loss).backward()  # the scaler passes everything through unless fp16
+                if total is not None:
+                    total += loss.detach()
+        self.update.step(self.scaler)  # nothing left to do when the backward did it
         self.scaler.update()
-        self.schedule.step()
-        return loss.detach()
+        self.update.schedule_step()
+        return loss.detach() if total is None else total
+
+    @property
+    def offloaded_optimizer_bytes(self) -> int | None:
+        """Optimizer state held in host memory (None unless --optimizer-state host)."""
+        return self.update.host_bytes if self.state_on_host else None
 
 
 class BPAccumRunner(BPRunner):
@@ -104,29 +156,20 @@ class BPAccumRunner(BPRunner):
     uses_micro_batch = True
     same_gradients_as = "bp"
 
-    def step(self, images, labels):
-        micro_batch = self.micro_batch or self.default_micro_batch(images.shape[0])
-        chunks = images.shape[0] // micro_batch
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=images.device)
-        for x, y in zip(images.split(micro_batch), labels.split(micro_batch)):
-            # Mean CE scaled by 1/n sums to the full batch's mean CE, so the gradients match bp.
-            with self.autocast():
-                loss = self.loss(x, y) / chunks
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        return total
+    @staticmethod
+    def default_micro_batch(batch: int) -> int:
+        return batch // 2
 
 
 class BPCheckpointRunner(BPRunner):
-    """The ``bp`` model with activation checkpointing around every conv layer."""
+    """The ``bp`` model with activation checkpointing around every conv layer; with
+    --micro-batch, checkpointing and gradient accumulation together."""
 
     name = "bp-ckpt"
-    summary = "bp with torch.utils.checkpoint (use_reentrant=False) around every conv layer"
+    summary = ("bp with torch.utils.checkpoint (use_reentrant=False) around every conv layer; "
+               "--micro-batch M adds gradient accumulation")
     checkpointing = "full"
+    uses_micro_batch = True
     same_gradients_as = "bp"
     same_gradients_with_dropout = True  # the RNG state is preserved, so dropout recomputes alike
 
@@ -135,15 +178,19 @@ class BPSelectiveCheckpointRunner(BPCheckpointRunner):
     """Selective activation checkpointing: conv and matmul outputs kept, cheap ops recomputed."""
 
     name = "bp-sac"
-    summary = "bp with selective checkpointing: conv/matmul outputs saved, ReLU/LayerNorm/dropout/pool recomputed"
+    summary = ("bp with selective checkpointing: conv/matmul outputs saved, ReLU/LayerNorm/"
+               "dropout/pool recomputed; --micro-batch M adds gradient accumulation")
     checkpointing = "selective"
 
 
 class BPOffloadRunner(BPRunner):
-    """The ``bp`` model with every tensor saved for backward moved to host memory."""
+    """The ``bp`` model with every tensor saved for backward moved to host memory; with
+    --micro-batch, offloading and gradient accumulation together."""
 
     name = "bp-offload"
-    summary = "bp with saved tensors offloaded to host memory (pinned on CUDA) in forward"
+    summary = ("bp with saved tensors offloaded to host memory (pinned on CUDA) in forward; "
+               "--micro-batch M adds gradient accumulation")
+    uses_micro_batch = True
     same_gradients_as = "bp"
     same_gradients_with_dropout = True
 
@@ -151,15 +198,8 @@ class BPOffloadRunner(BPRunner):
         super().__init__(arch, res, classes, device, **options)
         self.offload = OffloadSavedTensors(self.device)
 
-    def step(self, images, labels):
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.offload, self.autocast():  # the hooks go with what forward saves
-            loss = self.loss(images, labels)
-        self.scaler.scale(loss).backward()  # unpacks each saved tensor as backward needs it
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        return loss.detach()
+    def saved_tensors(self):
+        return self.offload  # the hooks go with what forward saves; backward unpacks them
 
     @property
     def offloaded_peak_bytes(self) -> int:

@@ -14,13 +14,16 @@ method and why the two schedules differ in memory.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..archs import ConvStack, build_conv_stack
-from .base import PROPAGATION_DROPOUT, Runner, RunnerConfigError, adamw_with_cosine, spatial_goodness
+from .base import AUTOCAST_DTYPES, PROPAGATION_DROPOUT, Runner, RunnerConfigError, spatial_goodness
+from .optim import HostState, adamw_with_cosine
 
 T_MIN, T_MAX = 0.5, 2.0
 CLIP_NORM = 1.0
@@ -95,13 +98,11 @@ class DTGFF(nn.Module):
         return total
 
 
-def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The batch from its chunks (the one tensor itself when there is one, with no copy)."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
 class _DTGFFRunner(Runner):
-    """Shared construction; subclasses differ only in ``step``."""
+    """Shared construction and updates; subclasses differ only in ``step``."""
+
+    supports_grad_release = True
+    supports_host_optimizer_state = True
 
     @classmethod
     def check_cell(cls, arch, res, batch, micro_batch):
@@ -126,6 +127,9 @@ class _DTGFFRunner(Runner):
         self.classifier_optimizer, self.classifier_schedule = adamw_with_cosine(
             self.model.classifier.parameters(), self.total_steps
         )
+        # --optimizer-state host: each optimizer's moments come to the device for its step only.
+        self.host_state = ({o: HostState(o, self.device) for o in self.optimizers()}
+                           if self.state_on_host else {})
         # Each layer's own region (block, readout and loss), compiled on its own with --compile
         # so the schedule between layers stays as written.
         self.local_loss = [self.compiled(lambda x, y, l=l: self._local_loss(l, x, y))
@@ -148,12 +152,22 @@ class _DTGFFRunner(Runner):
 
     clip_norm = CLIP_NORM  # `membench verify` lifts it to compare gradients before clipping
 
+    def _step(self, optimizer: torch.optim.Optimizer) -> None:
+        """One optimizer's AdamW step (through the fp16 scaler), its moments on the device only
+        for it with --optimizer-state host, its gradients freed right after with --grads
+        released."""
+        host = self.host_state.get(optimizer)
+        with host.on_device() if host is not None else contextlib.nullcontext():
+            self.scaler.step(optimizer)
+        if self.release_grads:
+            optimizer.zero_grad(set_to_none=True)
+
     def _clip_and_step(self, layer: int) -> None:
         """Layer l's update: clip its gradient norm to CLIP_NORM (unscaled first under fp16),
         then its AdamW and cosine step."""
         self.scaler.unscale_(self.layer_optimizers[layer])
         clip_grad_norm_(self.layer_params[layer], self.clip_norm)
-        self.scaler.step(self.layer_optimizers[layer])
+        self._step(self.layer_optimizers[layer])
         self.layer_schedules[layer].step()
 
     def _classifier_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -162,9 +176,16 @@ class _DTGFFRunner(Runner):
             loss = F.cross_entropy(self.model.classifier(features), labels,
                                    label_smoothing=LABEL_SMOOTHING)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.classifier_optimizer)
+        self._step(self.classifier_optimizer)
         self.classifier_schedule.step()
         return loss.detach()
+
+    @property
+    def offloaded_optimizer_bytes(self) -> int | None:
+        """Optimizer state held in host memory (None unless --optimizer-state host)."""
+        if not self.state_on_host:
+            return None
+        return sum(state.host_bytes for state in self.host_state.values())
 
 
 class FFNaiveRunner(_DTGFFRunner):
@@ -235,54 +256,89 @@ class FFPipelinedRunner(_DTGFFRunner):
             classifier step on concat(feature_1 .. feature_{L-1})
 
         With ``--micro-batch M`` each layer's forward, loss and backward run in chunks of M
-        (loss x M/B, the gradient accumulating), then one clip and one step: the same update,
-        one chunk's graph alive at a time.
+        (loss x M/B, the gradient accumulating), and each chunk is propagated as soon as its
+        backward has freed its graph, into the next input and feature of the whole batch: the
+        layer's full-batch output never exists and the boundary is held once. Then one clip and
+        one step: the same update (z is the pre-step weights' either way, and the chunks'
+        dropout masks are drawn in the same order).
         """
         x, features, self.layer_losses = images, [], []
         for layer in self.model.backbone.layers():
-            outputs = self._train_layer(layer, x, labels)  # its chunks' z, detached
-            feature, x = self._propagate(layer, outputs, x)
-            if feature is not None:
-                features.append(feature)
+            boundary = _Boundary(self, layer, batch=x.shape[0])
+            if self.micro_batch and self.micro_batch < x.shape[0]:
+                self._train_in_chunks(layer, x, labels, boundary)
+            else:
+                z = self._train_whole(layer, x, labels)
+                boundary.add(z, 0)  # only after the step, as the paper orders it
+                del z
+            if boundary.feature is not None:
+                features.append(boundary.feature)
+            x = x if boundary.next_input is None else boundary.next_input
+            del boundary
         classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
         self.scaler.update()
         return torch.stack(self.layer_losses).sum() + classifier_loss
 
-    def _train_layer(self, layer, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Forward, local loss and backward of one layer, chunk by chunk (the whole batch
-        without --micro-batch), then its clip and step. Returns each chunk's z, detached: the
-        graph is gone, so only one chunk's graph ever existed."""
-        index, batch = layer.index, x.shape[0]
-        chunk = self.micro_batch or batch
-        self.layer_optimizers[index].zero_grad(set_to_none=True)
-        outputs, losses = [], []
-        for x_part, y_part in zip(x.split(chunk), labels.split(chunk)):
+    def _train_whole(self, layer, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, local loss, backward, clip and step of one layer on the whole batch; its
+        output z, detached (the graph is gone)."""
+        self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
+        with self.autocast():
+            z, loss = self.local_loss[layer.index](x, labels)
+        self.scaler.scale(loss).backward()
+        self._clip_and_step(layer.index)
+        self.layer_losses.append(loss.detach())
+        return z.detach()
+
+    def _train_in_chunks(self, layer, x: torch.Tensor, labels: torch.Tensor,
+                         boundary: _Boundary) -> None:
+        """Forward, local loss, backward and propagation of one layer, one chunk at a time (one
+        chunk's graph ever exists), then its clip and step."""
+        self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
+        losses, start = [], 0
+        for x_part, y_part in zip(x.split(self.micro_batch), labels.split(self.micro_batch)):
             with self.autocast():
-                z_part, loss = self.local_loss[index](x_part, y_part)
-            if chunk != batch:
-                loss = loss * self.loss_share(x_part.shape[0], batch)
+                z_part, loss = self.local_loss[layer.index](x_part, y_part)
+            loss = loss * self.loss_share(x_part.shape[0], x.shape[0])
             self.scaler.scale(loss).backward()
-            outputs.append(z_part.detach())
+            boundary.add(z_part.detach(), start)  # chunk x C_l x H_l x W_l, its graph freed
+            start += x_part.shape[0]
             losses.append(loss.detach())
             del z_part, loss
-        self._clip_and_step(index)
-        self.layer_losses.append(losses[0] if len(losses) == 1 else torch.stack(losses).sum())
-        return outputs
+        self._clip_and_step(layer.index)
+        self.layer_losses.append(torch.stack(losses).sum())
 
-    def _propagate(self, layer, outputs: list[torch.Tensor], x: torch.Tensor
-                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Only after the layer's step: its classifier feature and the next layer's input, both
-        from the detached outputs (computed with the pre-step weights, as in the paper), chunk
-        by chunk, each chunk's output freed as soon as it has been used. The last layer feeds
-        no next input, so ``x`` is returned as it was."""
-        feature_parts, next_parts = [], []
-        while outputs:
-            z = outputs.pop(0)  # chunk x C_l x H_l x W_l
-            if layer.index >= 1:
-                feature_parts.append(z.mean(dim=(2, 3)))  # chunk x C_l
-            if not layer.is_last:
-                with self.autocast():
-                    next_parts.append(self.model.propagate(layer.index, z))
-            del z
-        feature = _joined(feature_parts) if feature_parts else None
-        return feature, (_joined(next_parts) if next_parts else x)
+
+class _Boundary:
+    """What of one layer outlives its step, for the whole batch: the classifier feature (GAP of
+    z: B x C_l, layers 1..L-1) and the next layer's input (the propagation path on z.detach()),
+    filled chunk by chunk into tensors made once for the whole batch (a single whole-batch
+    chunk is kept as it is, with no copy)."""
+
+    def __init__(self, runner: FFPipelinedRunner, layer, batch: int):
+        self.runner, self.layer, self.batch = runner, layer, batch
+        self.feature: torch.Tensor | None = None
+        self.next_input: torch.Tensor | None = None
+
+    def _put(self, whole: torch.Tensor | None, part: torch.Tensor, start: int) -> torch.Tensor:
+        if part.shape[0] == self.batch:
+            return part
+        if whole is None:
+            whole = torch.empty((self.batch, *part.shape[1:]), dtype=part.dtype, device=part.device)
+        whole[start:start + part.shape[0]].copy_(part)
+        return whole
+
+    def add(self, z: torch.Tensor, start: int) -> None:
+        """The feature and next input of batch rows ``start ..`` from their detached ``z``.
+        Under autocast the next input is held in the autocast dtype: the next layer's conv casts
+        its input to it first thing, so holding it so changes no value, and halves the boundary
+        (the propagation path's LayerNorm leaves it in fp32)."""
+        if self.layer.index >= 1:
+            self.feature = self._put(self.feature, z.mean(dim=(2, 3)), start)
+        if not self.layer.is_last:
+            with self.runner.autocast():
+                part = self.runner.model.propagate(self.layer.index, z)
+            dtype = AUTOCAST_DTYPES[self.runner.precision]
+            if dtype is not None and part.dtype != dtype:
+                part = part.to(dtype)
+            self.next_input = self._put(self.next_input, part, start)

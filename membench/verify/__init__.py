@@ -6,10 +6,15 @@ The checks, each applicable to any registered runner, third-party ones included:
 - ``gradients``: a runner that declares ``same_gradients_as = "bp"`` must leave the same parameter
   gradients as that reference after one step on the same batch from the same weights (dropout
   off); with ``same_gradients_with_dropout = True`` also with dropout on (checkpointing must
-  recompute the same masks).
+  recompute the same masks); a runner that takes ``--micro-batch`` but does not split by default
+  (``bp-ckpt``, ``bp-sac``, ``bp-offload``) also with its batch in micro-batches (accumulation).
+- ``updates (grads released)``, ``(optimizer state on host)``, ``(both)``: a runner that
+  supports a tool of the update changes only what memory holds: its weights' change over two
+  steps matches its own without the tool (dropout off).
 - ``layer gradients``: a layer-local runner that declares ``same_layer_gradients_as = "ff-naive"``
   must give each layer's own parameters the reference's first-step gradients (dropout off), also
-  with its batch split into micro-batches when it takes ``--micro-batch``.
+  with its batch split into micro-batches when it takes ``--micro-batch``, and under each reduced
+  precision checked.
 - ``first-step losses``: a runner that declares ``same_first_step_losses_as = "ff-naive"`` must
   report the same per-layer local losses (``runner.layer_losses``) on the first step.
 - ``learns``: every runner lowers its loss on a small learnable synthetic task within a few dozen
@@ -37,6 +42,9 @@ PRECISION_LOSS_RTOL = {"bf16": 5e-2, "fp16": 1e-2}
 PRECISIONS_CHECKED = tuple(PRECISION_LOSS_RTOL)
 # Compiled against eager: the same math, reordered (fused kernels, other reductions).
 COMPILED_RTOL = 1e-3
+# Per-parameter AdamW against the whole-model one: the same arithmetic, single-tensor instead of
+# foreach kernels, so float-rounding apart (relative to the weights' change).
+UPDATE_RTOL = 1e-4
 
 
 @dataclass
@@ -66,8 +74,8 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     and (``compile_mode``, slow) compiled against eager; a crashing check is a failed check."""
     from ..runners import get_runner
     from .checks import (
-        check_compiled, check_first_step_losses, check_gradients, check_layer_gradients,
-        check_learns, check_precision,
+        UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
+        check_layer_gradients, check_learns, check_precision, check_same_updates,
     )
 
     results = []
@@ -79,6 +87,12 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
             if getattr(runner_cls, "same_gradients_with_dropout", False):
                 plan.append(lambda m=method, r=runner_cls.same_gradients_as:
                             check_gradients(m, r, setup, dropout=True))
+            if runner_cls.uses_micro_batch and runner_cls.default_micro_batch(setup.batch) is None:
+                plan.append(lambda m=method, r=runner_cls.same_gradients_as:
+                            check_gradients(m, r, setup, micro_batch=setup.batch // 2))
+        for what, tooling in UPDATE_TOOLING.items():
+            if accepts(runner_cls, setup, **tooling):
+                plan.append(lambda m=method, w=what: check_same_updates(m, setup, w))
         if getattr(runner_cls, "same_layer_gradients_as", None):
             reference = runner_cls.same_layer_gradients_as
             plan.append(lambda m=method, r=reference: check_layer_gradients(m, r, setup))
@@ -90,6 +104,9 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
                         check_first_step_losses(m, r, setup))
         plan.append(lambda m=method: check_learns(m, setup))
         for precision in precisions:
+            if getattr(runner_cls, "same_layer_gradients_as", None):
+                plan.append(lambda m=method, r=runner_cls.same_layer_gradients_as, p=precision:
+                            check_layer_gradients(m, r, setup, precision=p))
             plan.append(lambda m=method, p=precision: check_precision(m, p, setup))
             plan.append(lambda m=method, p=precision: check_learns(m, setup, precision=p))
         if compile_mode is not None:

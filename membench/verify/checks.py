@@ -9,17 +9,19 @@ import torch
 from ..runners import Runner, get_runner
 from . import (
     COMPILED_RTOL, GRADIENT_RTOL, LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS, LOSS_RTOL,
-    PRECISION_LOSS_RTOL, CheckResult, VerifySetup,
+    PRECISION_LOSS_RTOL, UPDATE_RTOL, CheckResult, VerifySetup,
 )
 
 
 def _build(method: str, setup: VerifySetup, *, dropout: bool, total_steps: int,
-           precision: str = "fp32", compile: str = "none") -> Runner:
+           **tooling) -> Runner:
+    """The method's runner for the setup; ``tooling``: runner keywords (precision, compile,
+    grads, optimizer_state)."""
     runner_cls = get_runner(method)
     micro_batch = runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
     return runner_cls(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
                       total_steps=total_steps, micro_batch=micro_batch, dropout=dropout,
-                      precision=precision, compile=compile)
+                      **tooling)
 
 
 def random_batch(setup: VerifySetup) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,11 +46,12 @@ def _gradients(runner: Runner) -> list[torch.Tensor]:
 
 
 def _after_first_step(name: str, setup: VerifySetup, dropout: bool = False,
-                      micro_batch: int | None = None, unclipped: bool = False) -> Runner:
+                      micro_batch: int | None = None, unclipped: bool = False,
+                      **tooling) -> Runner:
     """A runner built from the setup's seed (dropout off unless asked), after one step on the
     random batch; ``micro_batch`` replaces its default split; ``unclipped`` lifts a layer-local
     runner's gradient clipping, which would hide a wrong scale (both sides clipped to norm 1)."""
-    runner = _build(name, setup, dropout=dropout, total_steps=1)
+    runner = _build(name, setup, dropout=dropout, total_steps=1, **tooling)
     if micro_batch is not None:
         runner.micro_batch = micro_batch
     if unclipped:
@@ -67,13 +70,60 @@ def _compare_gradients(check: str, method: str, reference: str, ref: list[torch.
 
 
 def check_gradients(method: str, reference: str, setup: VerifySetup,
-                    dropout: bool = False) -> CheckResult:
+                    dropout: bool = False, micro_batch: int | None = None) -> CheckResult:
     """Same batch, same initial weights: the gradients must match the reference's. Dropout off,
     or (``dropout=True``, for runners that must reproduce the reference's dropout masks, such as
-    checkpointing with the RNG state preserved) on."""
-    ref, got = (_gradients(_after_first_step(name, setup, dropout)) for name in (reference, method))
-    check = "gradients (dropout on)" if dropout else "gradients"
+    checkpointing with the RNG state preserved) on; with ``micro_batch``, when this runner
+    accumulates them over micro-batches of that size."""
+    ref = _gradients(_after_first_step(reference, setup, dropout))
+    got = _gradients(_after_first_step(method, setup, dropout, micro_batch=micro_batch))
+    check = "gradients" + (" (dropout on)" if dropout else "") + (
+        f" (micro-batch {micro_batch})" if micro_batch else "")
     return _compare_gradients(check, method, reference, ref, got)
+
+
+UPDATE_TOOLING = {"grads released": {"grads": "released"},
+                  "optimizer state on host": {"optimizer_state": "host"},
+                  "both": {"grads": "released", "optimizer_state": "host"}}
+
+
+def accepts(runner_cls: type[Runner], setup: VerifySetup, **tooling) -> bool:
+    """Whether the runner takes this tooling on the setup's cell (``check_tooling``), as a sweep
+    would ask before running it."""
+    from ..runners import RunnerConfigError
+    from ..schema import Cell
+
+    micro_batch = runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
+    cell = Cell(runner_cls.name, setup.arch, setup.res, setup.batch, micro_batch, setup.classes,
+                **tooling)
+    try:
+        runner_cls.check_tooling(cell)
+    except RunnerConfigError:
+        return False
+    return True
+
+
+def _weights_after(method: str, setup: VerifySetup, steps: int, **tooling) -> list[torch.Tensor]:
+    runner = _build(method, setup, dropout=False, total_steps=steps, **tooling)
+    for _ in range(steps):
+        runner.step(*random_batch(setup))
+    return [p.detach().clone() for p in runner.parameters()]
+
+
+def check_same_updates(method: str, setup: VerifySetup, what: str, steps: int = 2) -> CheckResult:
+    """A tool of the update (``UPDATE_TOOLING[what]``: gradients released at their update,
+    optimizer state in host memory) changes what memory holds, never the update: the weights'
+    change over ``steps`` steps (two, so the second update reads moments the first one kept)
+    must match the same method's without it, dropout off."""
+    start = [p.detach().clone() for p in _build(method, setup, dropout=False,
+                                               total_steps=steps).parameters()]
+    ref = _weights_after(method, setup, steps)
+    got = _weights_after(method, setup, steps, **UPDATE_TOOLING[what])
+    worst = max(((r - g).abs().max() / (r - s).abs().max().clamp_min(1e-12)).item()
+                for s, r, g in zip(start, ref, got))
+    return CheckResult(f"updates ({what})", method, worst <= UPDATE_RTOL,
+                       f"weight change over {steps} steps: max relative difference {worst:.1e} "
+                       f"(tolerance {UPDATE_RTOL:.0e})", f"{method}, kept on the device")
 
 
 def _layer_gradients(runner: Runner) -> list[torch.Tensor]:
@@ -82,15 +132,19 @@ def _layer_gradients(runner: Runner) -> list[torch.Tensor]:
 
 
 def check_layer_gradients(method: str, reference: str, setup: VerifySetup,
-                          micro_batch: int | None = None) -> CheckResult:
+                          micro_batch: int | None = None, precision: str = "fp32") -> CheckResult:
     """Layer-local training (DTG-FF): each layer's own parameters (conv weight and bias, the
     readout's temperature) must get the reference's first-step gradients, dropout off; with
-    ``micro_batch``, when this runner splits each layer's batch into chunks of that size.
-    Compared before clipping. The classifier head is left out: its features may come from before
-    or after the layers' steps."""
-    ref = _layer_gradients(_after_first_step(reference, setup, unclipped=True))
-    got = _layer_gradients(_after_first_step(method, setup, micro_batch=micro_batch, unclipped=True))
-    check = "layer gradients" + (f" (micro-batch {micro_batch})" if micro_batch else "")
+    ``micro_batch``, when this runner splits each layer's batch into chunks of that size; with
+    a reduced ``precision``, both under autocast (what a layer hands the next must be what the
+    next layer's conv would compute on). Compared before clipping. The classifier head is left
+    out: its features may come from before or after the layers' steps."""
+    ref = _layer_gradients(_after_first_step(reference, setup, unclipped=True,
+                                             precision=precision))
+    got = _layer_gradients(_after_first_step(method, setup, micro_batch=micro_batch,
+                                             unclipped=True, precision=precision))
+    check = "layer gradients" + (f" (micro-batch {micro_batch})" if micro_batch else "") + (
+        f" ({precision})" if precision != "fp32" else "")
     return _compare_gradients(check, method, reference, ref, got)
 
 
