@@ -27,6 +27,7 @@ app.command("verify")(verify.verify_command)
 app.command()(report.report)
 app.command()(compare.compare)
 app.command()(plan.fit)
+app.command("plan")(plan.plan_command)
 
 
 def main() -> None:

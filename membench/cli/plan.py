@@ -1,4 +1,5 @@
-"""``membench fit``: the largest batch of each method that fits a device budget, by estimate."""
+"""``membench fit`` (the largest batch of each method that fits a device budget) and ``membench
+plan`` (the best configuration of each family for one cell on one card), by estimate."""
 
 from __future__ import annotations
 
@@ -128,3 +129,85 @@ def _methods_for(arch: str) -> list[str]:
             continue
         methods.append(name)
     return methods
+
+
+def configuration(cell) -> str:
+    """'bp-ckpt bf16 optim-host mb16': a candidate's method, tooling and micro-batch."""
+    parts = [cell.method, *cell.tooling()]
+    if cell.micro_batch is not None:
+        parts.append(f"mb{cell.micro_batch}")
+    return " ".join(parts)
+
+
+def plan_lines(result, top: int) -> list[str]:
+    """The ranked table of a Plan, and what did not fit."""
+    from ..report.tables import method_family
+
+    lines = [f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "
+             f"{'compute ms':>10s} {'link ms':>9s} {'imgs/s bound':>12s}  bounded by"]
+    ranked = result.ranked
+    for rank, row in enumerate(ranked[:top], start=1):
+        bound = row.bound
+        lines.append(f"{rank:>4}  {configuration(row.cell):44s} "
+                     f"{format_gib(row.result.peak_allocated_bytes):>10s} "
+                     f"{row.result.flops_per_step / 1e12:10.2f} {bound.compute_s * 1e3:10.1f} "
+                     f"{bound.transfer_s * 1e3:9.1f} {bound.imgs_per_s:12,.0f}  {bound.bounded_by}")
+    best = {}
+    for row in ranked:
+        best.setdefault(method_family(row.cell.method), row)
+    lines.append("best of each family: " + "; ".join(
+        f"{family}: {configuration(row.cell)} ({format_gib(row.result.peak_allocated_bytes)}, "
+        f"{row.bound.imgs_per_s:,.0f} imgs/s bound)" for family, row in best.items()) if best
+        else "no configuration fits")
+    over = [row for row in result.rows
+            if not row.fits(result.budget_bytes) and row.result.peak_allocated_bytes]
+    if over:
+        smallest = min(over, key=lambda row: row.result.peak_allocated_bytes)
+        lines.append(f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
+                     f"{format_gib(result.budget_bytes)} (the smallest of them: "
+                     f"{configuration(smallest.cell)}, {format_gib(smallest.result.peak_allocated_bytes)})")
+    for row in result.failed:
+        lines.append(f"could not estimate {configuration(row.cell)}: {row.result.error}")
+    return lines
+
+
+@reports_input_errors
+@setting_options("plan", only=("arch", "res", "batch", "classes", "precision", "device_mem"),
+                 defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"})
+def plan_command(
+    gpu: str = typer.Option(
+        ..., "--gpu", help="The GPU to rank by (a name of the peak table, e.g. 'RTX 4090'), or a "
+        "device profile (laptop-8gb), which also gives the budget."),
+    link_gbps: float = typer.Option(
+        None, "--link-gbps", help="Host<->device bandwidth in GB/s for offloaded bytes. Default: "
+        "31.5 (PCIe 4.0 x16, one direction)."),
+    top: int = typer.Option(20, "--top", help="Print the best N configurations that fit."),
+    settings: dict = None,
+) -> None:
+    """Rank every family's tooling for one cell on one card: the configurations that fit
+    --device-mem, fastest first by a throughput bound (CUDA estimates)."""
+    from ..measure.flops import resolve_gpu
+    from ..measure.plan import DEFAULT_LINK_GBPS, plan
+    from ..profiles import ProfileError, load_profile
+
+    name, peak = resolve_gpu(gpu)
+    if "device_mem" not in settings:
+        try:
+            settings["device_mem"] = load_profile(gpu).settings["device_mem"]
+        except (ProfileError, KeyError):
+            fail("plan needs the budget to fit: --device-mem 8GiB, or a device profile as --gpu")
+    arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
+    batch, classes = _one(settings, "batch"), _one(settings, "classes")
+    link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
+    if not link > 0 or top < 1:
+        fail("--link-gbps must be positive and --top at least 1")
+    typer.echo(f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
+               f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)")
+    typer.echo("bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
+               "host<->device bytes / the link; no real step reaches it")
+    precisions = SETTING_BY_KEY["precision"].parse_axis(settings.get("precision", "fp32,bf16"),
+                                                      "--precision")
+    result = plan(arch, res, batch, budget, name, classes=classes, link_gbps=link,
+                  precisions=precisions)
+    for line in plan_lines(result, top):
+        typer.echo(line)

@@ -16,6 +16,7 @@ from .. import units
 from ..units import format_bytes
 from .batchplot import batch_figure
 from .breakdown import breakdown_figure
+from .crossover import CROSSOVER, crossover_sections
 from .frontier import frontier_figure
 from .layout import PanelKey, device_groups, panel_title, panels
 from .style import method_colors
@@ -62,4 +63,7 @@ def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list
     for label, slug, rows in device_groups(cells):
         for key, panel in panels(rows):
             out += panel_figures(panel, key, label, slug, colors, budgets_bytes)
+    for title, _, _, figure in crossover_sections(cells):
+        out.append(ReportFigure("crossover", CROSSOVER, title,
+                                f"crossover_{units.slug(title)}.png", figure))
     return out

@@ -15,13 +15,15 @@ from ..units import format_size, slug
 from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
+from .crossover import crossover_markdown
 from .paper import PAPER_SOURCE, paper_tables, tooling_tables
 from .tables import best_table, failures_table, panel_table
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 FIGURE_ALT = {"frontier": "memory-throughput frontier",
-              "batch": "memory and throughput against batch", "breakdown": "memory breakdown"}
+              "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
+              "crossover": "peak memory against depth"}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
@@ -141,6 +143,7 @@ def render_report(loaded: LoadedCells, figures: list[ReportFigure],
         by_panel.setdefault((figure.device, figure.panel), []).append(figure)
     for label, _, rows in device_groups(loaded.cells):
         lines += _device_section(label, rows, by_panel)
+    lines += crossover_markdown(loaded.cells, by_panel)
     return "\n".join(lines).rstrip() + "\n"
 
 
