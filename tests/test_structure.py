@@ -63,7 +63,7 @@ NEEDS_TORCH = {
     "membench.archs", "membench.runners.base", "membench.runners.bp", "membench.runners.ff",
     "membench.runners.saved_tensors", "membench.measure.devices", "membench.measure.memtrack",
     "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
-    "membench.measure.fit", "membench.verify.checks",
+    "membench.measure.fit", "membench.measure.phases", "membench.verify.checks",
 }
 
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import compare, inspect, measure, plan, report, verify
+from . import compare, inspect, measure, plan, report, timeline, verify
 
 app = typer.Typer(
     name="membench",
@@ -27,6 +27,7 @@ app.command("verify")(verify.verify_command)
 app.command()(report.report)
 app.command()(compare.compare)
 app.command()(plan.fit)
+app.command()(timeline.timeline)
 
 
 def main() -> None:
