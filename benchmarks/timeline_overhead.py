@@ -2,7 +2,8 @@
 ``--timeline-snapshot``, cell by cell in one run.
 
     python benchmarks/timeline_overhead.py [--arch vgg8] [--res 32] [--batch 64]
-        [--method bp,...] [--warmup 2] [--steps 5] [--device cpu] [--out DIR]
+        [--classes 10] [--method bp,...] [--warmup 2] [--steps 5] [--device cpu]
+        [--estimate] [--out DIR]
 
 For every cell, three one-cell sweeps run back to back (off, timeline, timeline + snapshot, the
 order rotating from cell to cell), so the machine's drift hits all three alike; each is timed from the cell's start to its row on
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--arch", default="vgg8")
     parser.add_argument("--res", default="32")
     parser.add_argument("--batch", default="64")
+    parser.add_argument("--classes", default="10")
     parser.add_argument("--method", default=",".join(BUILTIN_METHODS))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
@@ -53,7 +55,8 @@ def main() -> None:
     parser.add_argument("--estimate", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("results/timeline-overhead"))
     args = parser.parse_args()
-    grid = dict(arch=args.arch, res=args.res, batch=args.batch, method=args.method,
+    grid = dict(arch=args.arch, res=args.res, batch=args.batch, classes=args.classes,
+                method=args.method,
                 warmup=args.warmup, steps=args.steps, device=args.device, estimate=args.estimate)
     folders = {"off": Path(tempfile.mkdtemp()), "timeline": args.out,
                "snapshot": Path(tempfile.mkdtemp())}

@@ -35,7 +35,9 @@ class Unit:
         self.name, self.size = next(((n, s) for n, s in UNITS if largest >= s), ("B", 1))
 
     def __call__(self, value: float) -> str:
-        return f"{value / self.size:,.1f}" if self.size > 1 else f"{value:,.0f}"
+        """Three significant digits (none lost to a fixed decimal: 0.0342 GiB, 622 MiB)."""
+        scaled = value / self.size
+        return f"{scaled:,.0f}" if scaled >= 100 or self.size == 1 else f"{scaled:.3g}"
 
 
 def peak_text(peak: TimelinePeak) -> str:
