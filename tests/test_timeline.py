@@ -106,6 +106,20 @@ def test_phases_show_bp_forward_then_backward_and_ff_pipelined_layer_by_layer():
     modules = {row["module"] for row in ff if row["phase"] == "backward"}
     assert {"backbone.blocks.0.0", "readouts.1"} <= modules  # names from the runner's modules
 
+    # A head's logits are also its model's output: their backward is the head's, not the model's.
+    _, deepsup = recorded("bp-deepsup")
+    modules = {row["module"] for row in deepsup if row["phase"] == "backward"}
+    assert {"heads.0", "heads.2"} <= modules and "DeepSupModel" not in modules
+
+
+def test_the_phase_check_fails_when_a_hook_is_missing(monkeypatch):
+    """Mutation: without the optimizer step hooks ff-pipelined's steps read as 'other'."""
+    from membench.measure.phases import PhaseTracker
+
+    monkeypatch.setattr(PhaseTracker, "_step_started", lambda self, *args: None)
+    result = run_cell(tiny("ff-pipelined"), CpuDevice(), count_flops=False, timeline=True)
+    assert "optimizer" not in {p for p, _ in phases_of(timeline_rows(result.timeline))}
+
 
 def test_checkpoint_recomputation_is_its_own_phase_on_real_and_fake_tensors():
     for device in (CpuDevice(), EstimateDevice("cuda")):
@@ -223,6 +237,7 @@ def test_timeline_files_keep_the_latest_block_and_match_it_to_its_run(tmp_path):
     assert pickle.loads(path.read_bytes())["device_traces"][0]
     frame = read_timelines(tmp_path)
     assert set(frame["started_at"]) == {again.started_at}
+    assert (tmp_path / TIMELINE_FILE).read_text().count(result.started_at) == len(frame)
     assert len(frame) == len(timeline_rows(result.timeline))
     # A block cut short by a crash (a partial last line) is dropped, the complete one kept.
     with open(tmp_path / TIMELINE_FILE, "a") as f:
@@ -233,7 +248,7 @@ def test_timeline_files_keep_the_latest_block_and_match_it_to_its_run(tmp_path):
 def test_a_sweep_writes_timelines_only_when_asked_and_cells_csv_keeps_its_columns(tmp_path):
     plain, timed = tmp_path / "plain", tmp_path / "timed"
     cells = [tiny("bp"), tiny("ff-pipelined")]
-    run_sweep(cells, "cpu", plain, isolation="none")
+    run_sweep(cells[:1], "cpu", plain, isolation="none")
     run_sweep(cells, "cpu", timed, isolation="none", timeline=True)
     assert not (plain / TIMELINE_FILE).exists() and (timed / TIMELINE_FILE).exists()
     assert (plain / "cells.csv").read_text().splitlines()[0] == \

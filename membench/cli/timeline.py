@@ -96,12 +96,13 @@ def _recorded(folder: Path) -> list[tuple[Mapping, pd.DataFrame]]:
     """(cells.csv row, its timeline rows) of the latest run of every cell with a timeline."""
     cells = read_cells(folder, strict=False)
     if not (Path(folder) / TIMELINE_FILE).exists():
-        fail(f"no {TIMELINE_FILE} in {folder}: run `membench sweep --timeline` first")
+        fail(f"no {TIMELINE_FILE} in {folder}: sweep it with --timeline (--redo for cells "
+             "already finished)")
     cells = cells.drop_duplicates(["cell_id", "device"], keep="last")
     found = timelines_of(cells, read_timelines(folder))
     if not found:
         fail(f"the timelines in {folder / TIMELINE_FILE} belong to no run in its cells.csv "
-             "(rerun the cells with --timeline)")
+             "(rerun the cells with --timeline --redo)")
     return [(cells.loc[label], rows) for label, rows in found.items()]
 
 
