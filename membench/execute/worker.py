@@ -54,6 +54,11 @@ class Target:
     timeline: bool = False
     timeline_snapshot: bool = False
 
+    def timeline_options(self) -> dict[str, bool]:
+        """``run_cell``'s (and ``estimate_cell``'s) timeline keywords; none when it is off."""
+        return (dict(timeline=True, timeline_snapshot=self.timeline_snapshot) if self.timeline
+                else {})
+
 
 @dataclass(frozen=True)
 class WorkerSetup:
@@ -114,8 +119,7 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
         def estimate(cell: Cell) -> CellResult:
-            result = estimate_cell(cell, target.estimate_kind, timeline=target.timeline,
-                                   timeline_snapshot=target.timeline_snapshot)
+            result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
             result.host = socket.gethostname()
             return result
 
@@ -135,8 +139,8 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         if cell.precision not in peaks:
             peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
                                                      target.peak_tflops, cell.precision)
-        result = run_cell(cell, device, peak=peaks[cell.precision], timeline=target.timeline,
-                          timeline_snapshot=target.timeline_snapshot)
+        result = run_cell(cell, device, peak=peaks[cell.precision],
+                          **target.timeline_options())
         result.host = socket.gethostname()
         return result
 
