@@ -73,6 +73,14 @@ class SweepOptions:
         None, optional(finite_positive("TFLOP/s (a finite number > 0)")), "The device's peak "
         "TFLOP/s for MFU, replacing the datasheet's (GPU) or the calibrated one (CPU).",
         metavar="TFLOPS")
+    # Memory over time (docs/design.md, "Memory over time"): one more step, after the measured
+    # ones, recorded; it changes nothing a cell measures, so it is no part of a cell.
+    timeline: bool = setting(False, flag, "Record one more step after the measured ones: live "
+                             "memory over time by category and phase (timeline.csv).")
+    timeline_snapshot: bool = setting(
+        False, flag, "With --timeline, also write each cell's PyTorch memory snapshot "
+        "(snapshots/*.pickle) for `python -m torch.cuda._memory_viz` and pytorch.org/memory_viz.",
+        commands=SWEEP)
     # The GPU a device profile stands for (e.g. laptop-8gb): the peak that bounds estimates'
     # throughput in `membench report --gpu PROFILE` and `membench fit --gpu`.
     gpu: str | None = setting(None, optional(name), "The GPU a device profile stands for.",
@@ -81,6 +89,8 @@ class SweepOptions:
     def __post_init__(self) -> None:
         for s in OPTION_SETTINGS:
             object.__setattr__(self, s.name, s.parse(getattr(self, s.name), s.option))
+        if self.timeline_snapshot and not self.timeline:
+            raise ConfigError("--timeline-snapshot needs --timeline")
         if self.timeout_s is not None and self.isolation == "none":
             raise ConfigError("--timeout needs --isolation process: a cell running in this "
                               "process cannot be stopped")

@@ -259,10 +259,10 @@ COLUMNS = "membench.columns"  # field metadata: the columns a composite field st
 class CellResult:
     """One cell's measurement; carries its own configuration and provenance.
 
-    Every field but ``cell``, ``step_ms``, ``breakdown`` and ``recorded`` is one ``cells.csv``
-    column of the same name, typed by its annotation; ``cell`` gives one column per setting;
-    ``step_ms`` (the measured step times, written to ``steps.csv``) gives the derived columns
-    above, ``breakdown`` the four ``*_bytes`` columns. ``CellResult.from_row(row).row() == row``
+    Every field but ``cell``, ``step_ms``, ``breakdown``, ``recorded`` and ``timeline`` is one
+    ``cells.csv`` column of the same name, typed by its annotation; ``cell`` gives one column
+    per setting; ``step_ms`` (the measured step times, written to ``steps.csv``) gives the
+    derived columns above, ``breakdown`` the four ``*_bytes`` columns. ``CellResult.from_row(row).row() == row``
     for every membench row.
     """
 
@@ -293,6 +293,10 @@ class CellResult:
     started_at: str = ""
     recorded: dict[str, float | None] = field(default_factory=dict, repr=False,
                                               metadata={COLUMNS: {}})
+    # With --timeline: one more step's memory over time (a membench.measure.timeline.Timeline),
+    # carried to the sweep process, which writes it to timeline.csv; not a cells.csv column.
+    timeline: object | None = field(default=None, repr=False, compare=False,
+                                    metadata={COLUMNS: {}})
 
     @property
     def cell_id(self) -> str:

@@ -64,7 +64,8 @@ NEEDS_TORCH = {
     "membench.runners.saved_tensors", "membench.runners.optim", "membench.measure.devices",
     "membench.measure.memtrack",
     "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
-    "membench.measure.fit", "membench.measure.plan", "membench.verify.checks",
+    "membench.measure.fit", "membench.measure.phases", "membench.measure.plan",
+    "membench.verify.checks",
 }
 
 

@@ -15,6 +15,7 @@ from ..schema import CellResult
 from .common import comma_list, fail, reports_input_errors
 from .display import default_out_dir, describe, progress_display, summary_table
 from .options import setting_options
+from .timeline import timeline_peak_text
 
 @reports_input_errors
 @setting_options("sweep")
@@ -67,10 +68,14 @@ def run(settings: dict = None) -> None:
     config = build_config(**settings)
     if len(config.cells) != 1:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")
-    opened = open_target(Target(config.options.device, peak_tflops=config.options.peak_tflops))
+    options = config.options
+    opened = open_target(Target(options.device, peak_tflops=options.peak_tflops,
+                                timeline=options.timeline))
     if opened.peak is not None and opened.peak.note:
         typer.echo(f"membench: note: {opened.peak.note}", err=True)
     result = opened.run(config.cells[0])
     typer.echo(describe(result))
+    if result.timeline is not None:
+        typer.echo(f"  timeline    {timeline_peak_text(result.timeline)}")
     if result.status != "ok":
         raise typer.Exit(1)

@@ -238,8 +238,9 @@ class RayExecutor(Executor):
 
     def __init__(self, device_spec: str, methods: list[str], *, address: str | None = None,
                  cpus_per_cell: int | None = None, timeout_s: float | None = None,
-                 peak_tflops: float | None = None):
+                 peak_tflops: float | None = None, timeline: dict | None = None):
         self.ray = require_ray()
+        self.timeline = timeline or {}  # Target's timeline and timeline_snapshot
         self.kind = parse_device(device_spec)[0]
         self.methods, self.address, self.cpus_per_cell = tuple(methods), address, cpus_per_cell
         self.timeout_s, self.peak_tflops = timeout_s, peak_tflops
@@ -276,8 +277,8 @@ class RayExecutor(Executor):
         plan = plan_cluster(self.ray.nodes(), self.kind, self.cpus_per_cell)
         self.kind = plan.kind
         self.options = dict(num_cpus=plan.cpus, num_gpus=1 if plan.kind == "cuda" else 0)
-        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops), self.methods,
-                          forwarded_environ(), plan.cpus)
+        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops, **self.timeline),
+                          self.methods, forwarded_environ(), plan.cpus)
         probe = self._remote(probe_node)
         refs = {node_id: probe.options(**self.options, scheduling_strategy=(
                     NodeAffinitySchedulingStrategy(node_id, soft=False))).remote(setup)

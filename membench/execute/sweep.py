@@ -40,6 +40,7 @@ from ..results import (
     row_key, write_env,
 )
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from ..timelines import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
 from .worker import Target
 
@@ -110,18 +111,19 @@ def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: 
     SweepLockedError) for a folder it cannot use, SweepError when no worker can start.
     """
     methods = sorted({c.method for c in cells})
+    timeline = dict(timeline=options.timeline, timeline_snapshot=options.timeline_snapshot)
     runner: Executor
     if options.estimate:
-        target = Target(options.estimate_kind, estimate_kind=options.estimate_kind)
+        target = Target(options.estimate_kind, estimate_kind=options.estimate_kind, **timeline)
         runner = LocalExecutor(target, options.isolation, options.timeout_s, methods)
     elif options.executor == "ray":
         from .ray_cluster import RayExecutor  # only here: a local sweep never imports Ray
 
         runner = RayExecutor(options.device, methods, address=options.ray_address,
                              cpus_per_cell=options.cpus_per_cell, timeout_s=options.timeout_s,
-                             peak_tflops=options.peak_tflops)
+                             peak_tflops=options.peak_tflops, timeline=timeline)
     else:
-        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops),
+        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops, **timeline),
                                options.isolation, options.timeout_s, methods)
     return _sweep(cells, runner, out_dir, progress, redo=redo or options.estimate,
                   estimates=options.estimate)
@@ -149,6 +151,7 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
             if todo and (not estimates or not (out_dir / ENV_FILE).exists()):
                 write_env(out_dir, executor.provenance())
             for index, result, wall_s in executor.run(todo, progress.cell_started):
+                write_timeline(out_dir, result)  # before the row, which marks the cell done
                 append_result(out_dir, result)
                 results[index] = result
                 progress.cell_finished(index, result, wall_s)

@@ -45,11 +45,19 @@ class WorkerStartError(RuntimeError):
 @dataclass(frozen=True)
 class Target:
     """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind;
-    ``peak_tflops`` is the user's peak for MFU, if given."""
+    ``peak_tflops`` is the user's peak for MFU, if given; ``timeline`` and
+    ``timeline_snapshot`` the sweep's options of the same name (one more step recorded)."""
 
     device_spec: str
     estimate_kind: str | None = None
     peak_tflops: float | None = None
+    timeline: bool = False
+    timeline_snapshot: bool = False
+
+    def timeline_options(self) -> dict[str, bool]:
+        """``run_cell``'s (and ``estimate_cell``'s) timeline keywords; none when it is off."""
+        return (dict(timeline=True, timeline_snapshot=self.timeline_snapshot) if self.timeline
+                else {})
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
         def estimate(cell: Cell) -> CellResult:
-            result = estimate_cell(cell, target.estimate_kind)
+            result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
             result.host = socket.gethostname()
             return result
 
@@ -131,7 +139,8 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         if cell.precision not in peaks:
             peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
                                                      target.peak_tflops, cell.precision)
-        result = run_cell(cell, device, peak=peaks[cell.precision])
+        result = run_cell(cell, device, peak=peaks[cell.precision],
+                          **target.timeline_options())
         result.host = socket.gethostname()
         return result
 

@@ -25,6 +25,7 @@ from .memtrack import TensorMemoryTracker
 
 if TYPE_CHECKING:  # annotations only: the registry imports every runner
     from ..runners import Runner
+    from .timeline import Timeline
 
 
 class DeviceError(InputError):
@@ -95,6 +96,19 @@ class Device:
 
     def release_cached_memory(self) -> None:
         """Give memory cached by the device's allocator back, between cells."""
+
+    def record_timeline(self, prepared, snapshot: bool = False) -> Timeline | None:
+        """One more step of ``prepared`` (a ``protocol.PreparedCell``), its memory recorded over
+        time (docs/design.md, "Memory over time"): here, from the tensor tracker's own events
+        (None where the device has no tracker, or for a compiled cell, whose buffers the
+        tracker cannot see).
+        ``snapshot``: record the Python stacks a snapshot pickle shows."""
+        tracker = self.memory_tracker(prepared.cell)
+        if tracker is None or prepared.cell.compile != "none":
+            return None
+        from .phases import record_tracked_step
+
+        return record_tracked_step(prepared, tracker, self.memory_source, frames=snapshot)
 
     # -- time -----------------------------------------------------------------------------------
     def synchronize(self) -> None:
@@ -206,6 +220,28 @@ class CudaDevice(Device):
 
     def release_cached_memory(self) -> None:
         torch.cuda.empty_cache()
+
+    def record_timeline(self, prepared, snapshot: bool = False) -> Timeline:
+        """The allocator's own history of one more step: ``_record_memory_history`` around it
+        (Python stacks only with ``snapshot``), ``_snapshot()`` once it has run, recording
+        stopped whatever happens; phases from hooks, placed by the history's clock."""
+        from .phases import PhaseMarks, PhaseTracker, storage_categories
+        from .snapshot import timeline_from_cuda
+
+        before = storage_categories(prepared.live_tensors())
+        phases = PhaseTracker(prepared.runner)
+        torch.cuda.memory._record_memory_history(
+            "all", context="all" if snapshot else None, stacks="python", clear_history=True)
+        try:
+            with phases, PhaseMarks(phases) as marks:
+                prepared.step()
+            self.synchronize()
+            history = torch.cuda.memory._snapshot()
+        finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
+        after = storage_categories(prepared.live_tensors())
+        return timeline_from_cuda(history, self.index, (before, after), marks.marks,
+                                  phases.phases, keep_snapshot=snapshot)
 
     def autocast_precisions(self) -> tuple[str, ...]:
         # bf16 needs native support (compute capability 8.0 or later), not emulation.

@@ -132,11 +132,13 @@ class EstimateDevice(Device):
         return []  # an estimate has no time
 
 
-def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = True) -> CellResult:
+def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = True,
+                  **timeline: bool) -> CellResult:
     """Predict ``cell``'s peak allocated memory for a kind of device without allocating it: the
     protocol on an ``EstimateDevice`` (see the module docstring). A runner that fails under fake
-    tensors (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``."""
-    return run_cell(cell, EstimateDevice(device_kind), count_flops=count_flops)
+    tensors (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``.
+    ``timeline`` (``timeline=True``, ``timeline_snapshot``): run_cell's, a fake step's events."""
+    return run_cell(cell, EstimateDevice(device_kind), count_flops=count_flops, **timeline)
 
 
 @contextlib.contextmanager

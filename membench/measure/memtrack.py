@@ -17,6 +17,10 @@ The breakdown classifies each live storage at the moment of the peak as paramete
 optimizer state or activations (everything else: saved activations, temporaries, the input
 batch). Gradients are recognised through ``register_post_accumulate_grad_hook``, optimizer state
 and parameters by being named before the pass starts.
+
+A ``recorder``, when given, is told of every allocation, free and change of category as it
+happens (the memory timeline, docs/design.md "Memory over time"); without one the tracker
+records nothing beyond its peak, so the ordinary pass costs what it did.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..schema import CATEGORIES, MemoryBreakdown
+
+# (action, storage key, bytes, category): action is "alloc", "free" or "category" (a live
+# storage named anew, e.g. an activation that became a parameter's gradient).
+Recorder = Callable[[str, int, int, str], None]
+
 
 class MemoryBudgetExceeded(torch.OutOfMemoryError):
     """Raised by the tracker when live tensor bytes would pass the emulated device budget."""
@@ -120,10 +129,12 @@ class TensorMemoryTracker(TorchDispatchMode):
         self,
         budget_bytes: int | None = None,
         rounding: Callable[[int], int] | None = None,
+        recorder: Recorder | None = None,
     ):
         super().__init__()
         self.budget_bytes = budget_bytes
         self.rounding = rounding or (lambda nbytes: nbytes)
+        self.recorder = recorder
         self._live: dict[int, tuple[_Allocation, weakref.ref]] = {}
         self._state = _PeakState()
 
@@ -157,9 +168,13 @@ class TensorMemoryTracker(TorchDispatchMode):
         if known is not None:
             if category is not None and known[0].category == "activations":
                 known[0].category = category
+                if self.recorder is not None:
+                    self.recorder("category", key, known[0].nbytes, category)
             return
         alloc = _Allocation(self.rounding(storage.nbytes()), category or "activations")
         self._live[key] = (alloc, weakref.ref(storage, lambda _ref, k=key: self._free(k)))
+        if self.recorder is not None:
+            self.recorder("alloc", key, alloc.nbytes, alloc.category)
         state = self._state
         state.current_bytes += alloc.nbytes
         if state.current_bytes > state.peak_bytes:
@@ -175,6 +190,8 @@ class TensorMemoryTracker(TorchDispatchMode):
         entry = self._live.pop(key, None)
         if entry is not None:
             self._state.current_bytes -= entry[0].nbytes
+            if self.recorder is not None:
+                self.recorder("free", key, entry[0].nbytes, entry[0].category)
 
     def add_existing(self, category: str, tensors: Iterable[torch.Tensor]) -> None:
         """Count tensors that were alive before the tracker started, under ``category``."""

@@ -14,6 +14,8 @@ count, the memory pass and timing are written once (docs/design.md, "Measurement
    to go past it, which is the CPU's out-of-memory.
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
+5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
+   (``Device.record_timeline``; docs/design.md, "Memory over time").
 """
 
 from __future__ import annotations
@@ -108,17 +110,27 @@ class PreparedCell:
         """One training step of the cell (no synchronisation: the device times it)."""
         self.runner.step(self.images, self.labels)
 
-    def tracked(self, tracker: TensorMemoryTracker, steps: int) -> TensorMemoryTracker:
-        """Run ``steps`` steps under ``tracker``, counting what was live from the start."""
+    def live_tensors(self) -> list[tuple[str, list[torch.Tensor]]]:
+        """(category, tensors) of everything the cell holds between steps: parameters and
+        buffers, gradients, optimizer state, and the batch (an activation)."""
         runner = self.runner
-        tracker.add_existing("parameters", runner.parameters())
-        tracker.add_existing("parameters", runner.buffers())
-        tracker.add_existing("gradients", [p.grad for p in runner.parameters() if p.grad is not None])
-        for optimizer in runner.optimizers():
-            tracker.add_existing("optimizer_state", optimizer_state_tensors(optimizer))
-        tracker.add_existing("activations", [self.images, self.labels])
+        optimizer_state = [t for optimizer in runner.optimizers()
+                           for t in optimizer_state_tensors(optimizer)]
+        return [("parameters", [*runner.parameters(), *runner.buffers()]),
+                ("gradients", [p.grad for p in runner.parameters() if p.grad is not None]),
+                ("optimizer_state", optimizer_state),
+                ("activations", [self.images, self.labels])]
+
+    def tracked(self, tracker: TensorMemoryTracker, steps: int,
+                during: contextlib.AbstractContextManager | None = None) -> TensorMemoryTracker:
+        """Run ``steps`` steps under ``tracker``, counting what was live from the start;
+        ``during``: a context the steps run in, entered once the tracker counts them (the
+        timeline's recorder)."""
+        for category, tensors in self.live_tensors():
+            tracker.add_existing(category, tensors)
         tracker.reset_peak()
-        with tracker, tracker.watch_gradients(runner.parameters()):
+        with (tracker, tracker.watch_gradients(self.runner.parameters()),
+              during or contextlib.nullcontext()):
             for _ in range(steps):
                 self.step()
         return tracker
@@ -159,11 +171,14 @@ def measure_memory(prepared: PreparedCell, result: CellResult, tracker_steps: in
 
 def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
              timer: Timer | None = None, tracker_steps: int = DEFAULT_TRACKER_STEPS,
-             count_flops: bool = True) -> CellResult:
+             count_flops: bool = True, timeline: bool = False,
+             timeline_snapshot: bool = False) -> CellResult:
     """Measure one cell under the protocol (the module docstring). Out-of-memory and runner
     errors become the result's status, never an exception. ``peak``: what MFU is held against;
     ``timer``: times the steps instead of the device (the pytest fixture's rounds);
-    ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs)."""
+    ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs);
+    ``timeline``: record one more step, after the measured ones, into ``result.timeline``
+    (``timeline_snapshot``: with what a memory snapshot pickle needs)."""
     result = new_result(cell, str(device), device.name(), status=device.finished_status)
     refusal = device.refusal(cell)
     if refusal:
@@ -173,7 +188,8 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
         if count_flops:
             result.flops_per_step = _counted_flops(cell)
         with device.session():
-            _measure(cell, device, result, timer or device.time_steps, tracker_steps)
+            _measure(cell, device, result, timer or device.time_steps, tracker_steps,
+                     (timeline, timeline_snapshot))
         device.check_budget(result)
     except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
         if is_out_of_memory(err):
@@ -190,8 +206,9 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
 
 
 def _measure(cell: Cell, device: Device, result: CellResult, timer: Timer,
-             tracker_steps: int) -> None:
-    """Steps 2 to 4 into ``result``; the runner and batch go when this returns."""
+             tracker_steps: int, timeline: tuple[bool, bool]) -> None:
+    """Steps 2 to 5 into ``result``; the runner and batch go when this returns. ``timeline``:
+    (record one, with what a snapshot needs)."""
     prepared = prepare_cell(cell, device)
     if cell.compile != "none":
         result.compile_s = prepared.first_step_s
@@ -202,6 +219,11 @@ def _measure(cell: Cell, device: Device, result: CellResult, timer: Timer,
     device.record_peaks(result)
     result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
     result.offloaded_optimizer_bytes = getattr(prepared.runner, "offloaded_optimizer_bytes", None)
+    if timeline[0]:  # never inside a timed step, and only once every peak is read
+        start = time.perf_counter()
+        result.timeline = device.record_timeline(prepared, snapshot=timeline[1])
+        if result.timeline is not None:
+            result.timeline.seconds = time.perf_counter() - start
 
 
 def _counted_flops(cell: Cell) -> int | None:

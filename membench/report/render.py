@@ -18,12 +18,14 @@ from .load import LoadedCells, load_cells
 from .crossover import crossover_markdown
 from .paper import PAPER_SOURCE, paper_tables, tooling_tables
 from .tables import best_table, failures_table, panel_table
+from .timeline import timeline_figures
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 FIGURE_ALT = {"frontier": "memory-throughput frontier",
               "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
-              "crossover": "peak memory against depth"}
+              "crossover": "peak memory against depth",
+              "timeline": "memory over one step"}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
@@ -190,7 +192,7 @@ def build_report(inputs: Sequence[Path], out_dir: Path, budgets_bytes: Sequence[
     if gpu is not None:
         add_throughput_bound(loaded, *gpu)
     budgets = sorted({int(b) for b in budgets_bytes})
-    figures = make_figures(loaded.cells, budgets)
+    figures = make_figures(loaded.cells, budgets) + timeline_figures(loaded.cells)
     out_dir = Path(out_dir)
     save_figures(figures, out_dir / FIGURES_DIR)
     report = out_dir / REPORT_FILE
