@@ -73,3 +73,22 @@ def test_the_models_stack_shape_is_the_real_stacks():
     deeper = predicted_peaks("vgg-d8-w16", 32, 64, 8, 10)
     shallow = predicted_peaks("vgg-d4-w16", 32, 64, 8, 10)
     assert deeper["bp"] > shallow["bp"]
+
+
+def test_the_model_agrees_with_the_estimate_of_the_configurations_it_describes(monkeypatch):
+    from membench.measure.estimate import estimate_cell
+    from membench.report import depth_model
+    from membench.schema import Cell
+
+    arch, res, batch, micro = "vgg-d8-w32-p0", 16, 16, 4
+    common = dict(micro_batch=micro, classes=10, warmup=1, steps=1, optimizer_state="host")
+    bp = estimate_cell(Cell("bp-ckpt", arch, res, batch, **common), "cuda", count_flops=False)
+    ff = estimate_cell(Cell("ff-pipelined", arch, res, batch, precision="bf16", grads="released",
+                            **common), "cuda", count_flops=False)
+    predicted = depth_model.predicted_peaks(arch, res, batch, micro, 10)
+    assert predicted["bp"] == pytest.approx(bp.peak_allocated_bytes, rel=0.05)
+    assert predicted["ff"] == pytest.approx(ff.peak_allocated_bytes, rel=0.10)
+    # The check bites: a model that counts an fp32 tensor at 2 bytes a value is off by more.
+    monkeypatch.setattr(depth_model, "FP32", 2)
+    assert depth_model.predicted_peaks(arch, res, batch, micro, 10)["bp"] != pytest.approx(
+        bp.peak_allocated_bytes, rel=0.05)

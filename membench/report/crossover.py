@@ -25,6 +25,10 @@ FAMILY_KEY = ["width", "pools", "res", "batch", "classes", "device", "device_nam
 CARD_BYTES = 8 * GIB  # "the deepest model each family can train on an 8 GiB card"
 MIN_DEPTHS = 3
 ANY = "best"  # the curve of each family's best configuration at any micro-batch
+# Activations held in host memory, not on the device: a device peak that hides what crosses the
+# link every step (membench plan bounds it), and a tool FF is not given here, so the families'
+# curves leave it out and the table shows it beside them.
+OFF_DEVICE_METHODS = ("bp-offload",)
 CROSSOVER = "depth crossover"  # the report section (and figure "device") of these families
 
 
@@ -35,6 +39,7 @@ def depth_families(cells: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
                         pools=parsed["pools"].fillna(""))
     rows = rows[rows["depth"].notna() & rows["kind"].isin(["ok", "estimated"])]
     rows = rows[rows["method"].map(method_family).isin(["bp", "ff"])]
+    rows = rows.assign(off_device=rows["method"].isin(OFF_DEVICE_METHODS))
     groups = []
     for key, group in rows.groupby(FAMILY_KEY, sort=True, dropna=False):
         if group["depth"].nunique() >= MIN_DEPTHS:
@@ -44,7 +49,9 @@ def depth_families(cells: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 def best_by_depth(group: pd.DataFrame) -> pd.DataFrame:
     """Per family, micro-batch (and ``best`` over all of them) and depth: the configuration
-    with the smallest peak (its cell id, peak and FLOPs)."""
+    with the smallest peak (its cell id, peak and FLOPs), activations kept on the device."""
+    if "off_device" in group:
+        group = group[~group["off_device"]]
     group = group.assign(split=group["micro_batch"].fillna(group["batch"]).astype(int))
     group = group.sort_values("peak_allocated_bytes", kind="stable")
     per_split = group.drop_duplicates(["family", "split", "depth"])
@@ -119,7 +126,7 @@ def crossover_figure(best: pd.DataFrame, title: str, predicted: dict[str, list])
 
 
 # The configurations the analytic model describes (depth_model), by their settings.
-MODELLED = {"bp": dict(method="bp-ckpt", precision="bf16", optimizer_state="host", grads="kept"),
+MODELLED = {"bp": dict(method="bp-ckpt", precision="fp32", optimizer_state="host", grads="kept"),
             "ff": dict(method="ff-pipelined", precision="bf16", optimizer_state="host",
                        grads="released")}
 
@@ -169,6 +176,14 @@ def _deepest(best: pd.DataFrame, family: str, split: str, model: list | None) ->
     return f">= {deepest} (model: {beyond:,})" if beyond else f">= {deepest}"
 
 
+def _off_device_peak(group: pd.DataFrame, split: str, depth: int) -> float:
+    """The smallest device peak of the configurations that hold activations on the host."""
+    rows = group[group["off_device"] & (group["depth"] == depth)]
+    if split != ANY:
+        rows = rows[rows["micro_batch"].fillna(rows["batch"]).astype(int).astype(str) == split]
+    return float(rows["peak_allocated_bytes"].min()) if len(rows) else math.nan
+
+
 def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The best-by-depth frame and the markdown table of one depth family."""
     from .depth_model import predicted_crossover
@@ -194,7 +209,8 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
             **{f"{f}_peak": (at_top[f]["peak_allocated_bytes"].iloc[0] if len(at_top[f]) else math.nan)
                for f in at_top},
             **{f"{f}_flops": (at_top[f]["flops_per_step"].iloc[0] if len(at_top[f]) else math.nan)
-               for f in at_top}))
+               for f in at_top},
+            offload_peak=_off_device_peak(group, split, top)))
     frame = pd.DataFrame(lines)
     depth = lambda v: "never in the grid" if v is None or pd.isna(v) else (
         "below from the start" if v == 0 else f"{v:.0f}")
@@ -209,6 +225,7 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".3f"), "r"),
         Column(f"D={top}: TFLOP/step bp / ff",
                lambda r: f"{fmt(r.bp_flops / 1e12, '.2f')} / {fmt(r.ff_flops / 1e12, '.2f')}"),
+        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".3f"), "r"),
     ], list(frame.itertuples(index=False))).markdown()
     return best, table
 
@@ -239,7 +256,10 @@ def crossover_markdown(cells: pd.DataFrame, figures: dict) -> list[str]:
              "grid's depths. The model (docs/design.md, \"The depth crossover\") describes "
              "`bp-ckpt` and `ff-pipelined` in bf16 with each family's update tooling; its D* "
              "is beside the D* of the same configurations in the data. Deepest on 8 GiB: the "
-             "deepest of the grid whose best fits, or past the grid the model's line.", ""]
+             "deepest of the grid whose best fits, or past the grid the model's line. BP with "
+             "its activations offloaded to host memory (`bp-offload`) is left out of the curves "
+             "and shown in the last column: its device peak hides what crosses the link every "
+             "step (`membench plan` bounds that), and FF is not given the same tool.", ""]
     for title, _, table, _ in sections:
         lines += [f"### {title}", ""]
         for figure in figures.get((CROSSOVER, title), []):
