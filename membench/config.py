@@ -211,10 +211,11 @@ def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
 
 # -- expanding a grid ---------------------------------------------------------------------------
 def check_parameter_size(arch: str) -> None:
-    """ConfigError if a conv stack's fp32 weights alone would pass MAX_PARAMETER_BYTES."""
-    from .archs import conv_stack_spec, is_torchvision
+    """ConfigError if a conv stack's fp32 weights alone would pass MAX_PARAMETER_BYTES (the
+    parametric family can name any size; every other arch has the size its author gave it)."""
+    from .archs import conv_stack_spec, is_conv_stack
 
-    if is_torchvision(arch):
+    if not is_conv_stack(arch):
         return
     weight_bytes = conv_stack_spec(arch).conv_parameter_count() * 4
     if weight_bytes > MAX_PARAMETER_BYTES:

@@ -60,7 +60,7 @@ BAD_INPUT = [
     (["--batch", "two"], "--batch takes a whole number"),
     (["--arch", "vgg11", "--res", "16"], "too small"),
     (["--method", "bp-accum", "--batch", "10", "--micro-batch", "3"], "does not divide"),
-    (["--method", "ff-pipelined", "--arch", "tv:resnet18", "--res", "64"], "needs a layer-wise conv stack"),
+    (["--method", "ff-pipelined", "--arch", "tv:resnet18", "--res", "64"], "needs a layer stack"),
     (["--device-mem", "lots"], "memory size"),
     (["--method", "ff-naive", "--batch", "1"], "at least 2"),
 ]

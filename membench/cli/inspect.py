@@ -18,28 +18,50 @@ list_app = typer.Typer(help="List archs, methods or profiles.", no_args_is_help=
 @list_app.command("archs")
 def list_archs(
     res: int = typer.Option(32, help="Input resolution for the per-layer output shapes."),
-    arch: list[str] = typer.Option(None, help="Extra archs to show, e.g. vgg-d10-w256."),
+    arch: list[str] = typer.Option(None, help="Extra archs to show, e.g. vgg-d10-w256, "
+                                   "tv:resnet18, timm:resnet18, mypkg.models:resnet110."),
 ) -> None:
-    """Every conv-stack arch: conv parameter count and per-layer output shapes at --res."""
+    """membench's archs, the plugins' (the membench.archs entry points) and any --arch: kind,
+    parameter count and each local unit's output (C x H x W) at --res."""
     from ..archs import (
-        PARAMETRIC_RULE, ArchError, builtin_arch_names, conv_stack_spec, validate_arch,
+        ArchError, builtin_arch_names, cifar_resnet_spec, conv_stack_spec, plugin_arch_names,
+        probe_arch, resolve_arch, validate_arch,
     )
 
-    names = builtin_arch_names() + list(arch or [])
-    table = Table(title=f"archs at {res}x{res}", caption=f"parametric family: {PARAMETRIC_RULE}; "
-                  "torchvision models as tv:NAME (BP runners only)")
-    table.add_column("arch")
-    table.add_column("conv params", justify="right")
-    table.add_column("layers (C x H x W)")
+    names = list(dict.fromkeys(builtin_arch_names() + plugin_arch_names() + list(arch or [])))
+    table = Table(title=f"archs at {res}x{res}", caption="families: vgg-dD-wW[-pP] (D conv layers "
+                  "of W channels), resnet{6n+2}[-stage] (CIFAR ResNet, a block or a stage per "
+                  "unit); tv:NAME (torchvision), timm:NAME, package.module:callable. Layer "
+                  "stacks run every method, classifiers the BP methods but bp-deepsup")
+    for column, justify in (("arch", "left"), ("kind", "left"), ("params", "right"),
+                            ("units", "right"), ("unit outputs (C x H x W) / logits", "left")):
+        table.add_column(column, justify=justify)
     for name in names:
         try:
-            spec = conv_stack_spec(name)
+            kind = resolve_arch(name).kind
             validate_arch(name, res)
+            if kind == "conv-stack":
+                spec = conv_stack_spec(name)
+                params, shapes = spec.conv_parameter_count(), spec.layer_shapes(res)
+            elif kind == "cifar-resnet":
+                spec = cifar_resnet_spec(name)
+                params, shapes = spec.parameter_count(), spec.layer_shapes(res)
+            else:
+                probe = probe_arch(name, res)
+                params, shapes = probe.parameters, probe.layer_shapes
+                output = "x".join(map(str, probe.output))
         except ArchError as err:
-            fail(str(err))
-        shapes = "  ".join(f"{c}x{h}x{w}" for c, h, w in spec.layer_shapes(res))
-        table.add_row(name, f"{spec.conv_parameter_count():,}", shapes)
-    Console(width=200).print(table)
+            if name in (arch or []):
+                fail(str(err))  # asked for by name: bad input
+            table.add_row(name, "", "", "", f"[red]{err}[/red]")  # listed: say why not here
+            continue
+        if shapes is None:
+            table.add_row(name, f"{kind} (classifier)", f"{params:,}", "-", f"logits {output}")
+            continue
+        text = "  ".join(f"{c}x{h}x{w}" for c, h, w in shapes)
+        table.add_row(name, f"{kind} (layer stack)", f"{params:,}", str(len(shapes)),
+                      text if len(text) <= 120 else text[:117] + "...")
+    Console(width=220).print(table)
 
 
 @list_app.command("methods")

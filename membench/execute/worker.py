@@ -188,11 +188,12 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
 
     import torch
 
-    from .. import runners
+    from .. import archs, runners
     from ..envinfo import collect_env
 
     importlib.invalidate_caches()
     runners.refresh_registry()
+    archs.refresh_registry()
     torch.set_num_threads(setup.threads)
     target = open_target(setup.target, setup.peak)
     for method in setup.methods:

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs import is_torchvision
+from ..archs import is_layer_stack
+from ..archs.conv_stack import PROPAGATION_DROPOUT  # noqa: F401 (its name here before the split)
 from ..schema import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 
-# The shared recipe (docs/design.md, "Training recipe"); the optimizer's part is in optim.py.
-PROPAGATION_DROPOUT = 0.1
+# The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
+# conv stacks' (membench.archs.conv_stack); the optimizer's part is in optim.py.
 
 # Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
 # the settings' choices are membench.schema's.
@@ -50,6 +51,8 @@ class Runner(ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # Whether the runner needs a layer stack (docs/design.md, "Architectures"): the name is
+    # older than the layer-stack contract, which the conv stacks were the first to meet.
     needs_conv_stack: ClassVar[bool] = True
     uses_micro_batch: ClassVar[bool] = False
     # Correctness contracts that `membench verify` checks (see membench/verify/): the name of a
@@ -92,9 +95,10 @@ class Runner(ABC):
     @classmethod
     def check_cell(cls, arch: str, res: int, batch: int, micro_batch: int | None) -> None:
         """Raise RunnerConfigError if this runner cannot run the cell (called before any run)."""
-        if cls.needs_conv_stack and is_torchvision(arch):
+        if cls.needs_conv_stack and not is_layer_stack(arch, res):
             raise RunnerConfigError(
-                f"{cls.name} needs a layer-wise conv stack (vgg8, vgg11, vgg-dD-wW), not {arch}"
+                f"{cls.name} needs a layer stack (vgg8, vgg11, vgg-dD-wW, resnet20 ... resnet110, "
+                f"or a plugin model that is a membench.archs.LayerStack), not {arch}"
             )
         if cls.uses_micro_batch:
             mb = micro_batch if micro_batch is not None else cls.default_micro_batch(batch)

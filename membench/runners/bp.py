@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs import ConvStack, build_conv_stack, build_torchvision, is_torchvision
-from .base import PROPAGATION_DROPOUT, Runner, RunnerConfigError, spatial_goodness
+from ..archs import ArchError, LayerStack, build_arch, without_dropout
+from .base import Runner, RunnerConfigError, spatial_goodness
 from .optim import PerParameterAdamW, WholeModelAdamW
 from .saved_tensors import OffloadSavedTensors, checkpoint_torchvision_stages, checkpointed
 
 
-class ConvStackClassifier(nn.Module):
-    """Backbone -> global average pool -> Linear(K); with a ``checkpointing`` policy ("full" or
-    "selective") around every conv layer (block and propagation path)."""
+class StackClassifier(nn.Module):
+    """A layer stack -> global average pool -> Linear(K); with a ``checkpointing`` policy
+    ("full" or "selective") around every layer (block and propagation path)."""
 
-    def __init__(self, backbone: ConvStack, classes: int, checkpointing: str | None = None):
+    def __init__(self, backbone: LayerStack, classes: int, checkpointing: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.spec.channels[-1], classes)
@@ -45,11 +45,17 @@ class ConvStackClassifier(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def _without_dropout(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    return model
+ConvStackClassifier = StackClassifier  # its name when only the conv stacks were stacks
+
+
+def build_layer_stack(runner: Runner) -> LayerStack:
+    """The runner's arch as a layer stack (what bp-deepsup and DTG-FF train), dropout off
+    unless the runner has it on."""
+    stack = build_arch(runner.arch, runner.classes, dropout=runner.dropout)
+    if not isinstance(stack, LayerStack):
+        raise ArchError(f"{runner.name} needs a layer stack, and {runner.arch} is a "
+                        f"{type(stack).__name__} (docs/design.md, \"Architectures\")")
+    return stack
 
 
 class BPRunner(Runner):
@@ -67,7 +73,7 @@ class BPRunner(Runner):
         torch.manual_seed(self.seed)
         model = self.build_model()
         if not self.dropout:
-            _without_dropout(model)
+            without_dropout(model)
         self.model = self.place(model)
         self.forward = self.compiled(self.model)  # the model itself without --compile
         if self.release_grads or self.state_on_host:
@@ -98,14 +104,14 @@ class BPRunner(Runner):
         return None
 
     def build_model(self) -> nn.Module:
-        if is_torchvision(self.arch):
-            model = build_torchvision(self.arch, self.classes)
-            if self.checkpointing:
-                return checkpoint_torchvision_stages(model, self.checkpointing)
-            return model
-        dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-        return ConvStackClassifier(build_conv_stack(self.arch, dropout), self.classes,
-                                   checkpointing=self.checkpointing)
+        """A layer stack with the GAP + Linear(K) head (checkpointed layer by layer), or the
+        arch's own classifier (checkpointed at its stages)."""
+        model = build_arch(self.arch, self.classes, dropout=self.dropout)
+        if isinstance(model, LayerStack):
+            return StackClassifier(model, self.classes, checkpointing=self.checkpointing)
+        if self.checkpointing:
+            return checkpoint_torchvision_stages(model, self.checkpointing)
+        return model
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The end-to-end training loss of one (micro-)batch."""
@@ -208,9 +214,9 @@ class BPOffloadRunner(BPRunner):
 
 
 class DeepSupModel(nn.Module):
-    """A conv stack with a learned Linear(4*C_l, K) head on each layer's spatial goodness."""
+    """A layer stack with a learned Linear(4*C_l, K) head on each layer's spatial goodness."""
 
-    def __init__(self, backbone: ConvStack, classes: int):
+    def __init__(self, backbone: LayerStack, classes: int):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleList(nn.Linear(4 * c, classes) for c in backbone.spec.channels)
@@ -233,8 +239,7 @@ class BPDeepSupRunner(BPRunner):
     needs_conv_stack = True
 
     def build_model(self) -> nn.Module:
-        dropout = PROPAGATION_DROPOUT if self.dropout else 0.0
-        return DeepSupModel(build_conv_stack(self.arch, dropout), self.classes)
+        return DeepSupModel(build_layer_stack(self), self.classes)
 
     def loss(self, images, labels):
         return sum(F.cross_entropy(logits, labels) for logits in self.forward(images))

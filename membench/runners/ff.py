@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
-from ..archs import ConvStack, build_conv_stack
-from .base import AUTOCAST_DTYPES, PROPAGATION_DROPOUT, Runner, RunnerConfigError, spatial_goodness
+from ..archs import LayerStack
+from .base import AUTOCAST_DTYPES, Runner, RunnerConfigError, spatial_goodness
+from .bp import build_layer_stack
 from .optim import HostState, adamw_with_cosine
 
 T_MIN, T_MAX = 0.5, 2.0
@@ -52,7 +53,7 @@ class GoodnessReadout(nn.Module):
 class DTGFF(nn.Module):
     """Backbone, one readout per layer, and the detached concat classifier."""
 
-    def __init__(self, backbone: ConvStack, classes: int, classifier_dropout: float):
+    def __init__(self, backbone: LayerStack, classes: int, classifier_dropout: float):
         super().__init__()
         self.backbone = backbone
         self.readouts = nn.ModuleList(GoodnessReadout(c, classes) for c in backbone.spec.channels)
@@ -115,7 +116,7 @@ class _DTGFFRunner(Runner):
         super().__init__(arch, res, classes, device, **options)
         torch.manual_seed(self.seed)
         self.model = self.place(DTGFF(
-            build_conv_stack(arch, PROPAGATION_DROPOUT if self.dropout else 0.0),
+            build_layer_stack(self),
             classes,
             CLASSIFIER_DROPOUT if self.dropout else 0.0,
         ))

@@ -20,7 +20,7 @@ def test_torchvision_models_run_under_bp_and_checkpointing_keeps_gradients():
 
 @pytest.mark.parametrize("method", ["bp-deepsup", "ff-naive", "ff-pipelined"])
 def test_layer_local_and_deepsup_runners_refuse_torchvision(method):
-    with pytest.raises(RunnerConfigError, match="conv stack"):
+    with pytest.raises(RunnerConfigError, match="needs a layer stack"):
         get_runner(method).check_cell("tv:resnet50", 224, 32, None)
 
 

@@ -1,0 +1,133 @@
+"""Whether an arch runs at a resolution, found before any cell runs: one forward on fake tensors.
+
+membench knows the shapes of its own archs from their specs; a torchvision, timm or plugin model
+it learns by building it and running one training-mode forward of a batch of two on fake
+tensors (``FakeTensorMode``: nothing is computed or allocated, the same path as the estimate and
+the FLOP count). A model that fails there (an input too small for its pooling, a ViT whose
+patch grid needs 224, a unit whose output breaks the layer-stack contract) is refused up front in
+one line, with the model's own reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..errors import one_line
+from .layers import LayerStack
+from .registry import build_arch, clear_caches, resolve_arch
+from .specs import ArchError, cifar_resnet_spec, conv_stack_spec
+
+# Two samples: a training-mode BatchNorm needs more than one value per channel.
+PROBE_BATCH = 2
+PROBE_CLASSES = 10
+LAYER_STACK_KINDS = ("conv-stack", "cifar-resnet")
+
+
+@dataclass(frozen=True)
+class ArchProbe:
+    """What one fake forward of an arch at ``res`` showed: its kind, parameter count, and
+    either each unit's output (C, H, W) (a layer stack) or the logits' shape (a classifier)."""
+
+    name: str
+    kind: str
+    res: int
+    parameters: int
+    layer_shapes: tuple[tuple[int, int, int], ...] | None
+    output: tuple[int, ...]
+
+    @property
+    def is_layer_stack(self) -> bool:
+        return self.layer_shapes is not None
+
+
+def _walk(stack: LayerStack, x: torch.Tensor, name: str) -> list[tuple[int, int, int]]:
+    """Run every unit, checking the contract's B x C_l x H x W output of each."""
+    shapes = []
+    for layer in stack.layers():
+        z = layer.block(x)
+        if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[0] != x.shape[0] \
+                or z.shape[1] != layer.channels:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ArchError(f"{name}: unit {layer.index} returned {got}, where the layer-stack "
+                            f"contract needs B x {layer.channels} x H x W")
+        shapes.append(tuple(int(s) for s in z.shape[1:]))
+        x = layer.next_input(z)
+    return shapes
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensors() -> Iterator[None]:
+    """FakeTensorMode logs a traceback for an op whose meta kernel fails before it raises; the
+    probe reports that error in one line, so the log would only repeat it as a traceback."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@cache
+def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
+    """Build ``name`` on fake tensors and run one training-mode forward at ``res`` (cached);
+    ArchError, one line with the model's reason, if either fails."""
+    source = resolve_arch(name)
+    with torch.random.fork_rng(devices=[]), _quiet_fake_tensors(), FakeTensorMode():
+        model: nn.Module = build_arch(name, classes).train()
+        parameters = sum(p.numel() for p in model.parameters())
+        images = torch.randn(PROBE_BATCH, 3, res, res)
+        try:
+            if isinstance(model, LayerStack):
+                shapes = _walk(model, images, name)
+                return ArchProbe(name, source.kind, res, parameters, tuple(shapes),
+                                 (PROBE_BATCH, *shapes[-1]))
+            logits = model(images)
+        except ArchError:
+            raise
+        except Exception as err:  # the model's own code: its reason, in one line
+            raise ArchError(f"{name} does not run at resolution {res}: {one_line(err)}") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (PROBE_BATCH, classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ArchError(f"{name} returned {got} for a batch of {PROBE_BATCH} at resolution {res}; "
+                        f"a classifier must return B x num_classes logits ({PROBE_BATCH} x "
+                        f"{classes}), a layer stack must be a membench.archs.LayerStack")
+    return ArchProbe(name, source.kind, res, parameters, None, tuple(logits.shape))
+
+
+def validate_arch(name: str, res: int) -> None:
+    """ArchError unless ``name`` is an arch that runs at ``res``: from its spec for membench's
+    own archs, else from one fake forward (``probe_arch``)."""
+    kind = resolve_arch(name).kind
+    if kind == "conv-stack":
+        conv_stack_spec(name).check_resolution(res)
+    elif kind == "cifar-resnet":
+        cifar_resnet_spec(name).check_resolution(res)
+    else:
+        probe_arch(name, res)
+
+
+def is_layer_stack(name: str, res: int) -> bool:
+    """Whether ``name`` builds a ``LayerStack`` (what the layer-local methods and
+    ``bp-deepsup`` need); torchvision and timm models never do."""
+    kind = resolve_arch(name).kind
+    if kind in LAYER_STACK_KINDS:
+        return True
+    if kind in ("torchvision", "timm"):
+        return False
+    return probe_arch(name, res).is_layer_stack
+
+
+def refresh_registry() -> None:
+    """Forget the entry points, model lists and probes seen so far (a package installed since,
+    a plugin module edited in place)."""
+    clear_caches()
+    probe_arch.cache_clear()

@@ -1,0 +1,246 @@
+"""Where an arch name leads: membench's own archs, torchvision, timm, a plugin package's entry
+point, or an import path (docs/design.md, "Architectures").
+
+Every arch is a *factory*: a callable that takes the class count as ``num_classes`` and returns
+an ``nn.Module``, either a classifier (images -> B x K logits: every BP method but
+``bp-deepsup``) or a ``LayerStack`` (its units in order: every method; the BP methods add the
+global average pool and ``Linear(K)`` head). A name is looked up in this order:
+
+1. ``tv:NAME``: ``torchvision.models.get_model(NAME, weights=None, num_classes=K)``;
+2. ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=K)`` (the optional
+   ``timm`` extra);
+3. membench's own: the conv stacks (``vgg8``, ``vgg11``, ``vgg-dD-wW[-pP]``) and the CIFAR
+   ResNets (``resnet20`` ... ``resnet110``, ``resnet{6n+2}[-stage]``);
+4. a name registered in the ``membench.archs`` entry-point group by an installed package;
+5. ``package.module:callable`` (``mypkg.models:resnet110``), imported from ``sys.path``.
+
+Building (``build_arch``) checks that the factory returned an ``nn.Module``; every error is an
+``ArchError``, one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+
+from ..errors import one_line
+from .specs import (
+    PARAMETRIC_RULE, RESNET_RULE, ArchError, is_cifar_resnet, is_conv_stack,
+)
+
+ENTRY_POINT_GROUP = "membench.archs"
+TORCHVISION_PREFIX = "tv:"
+TIMM_PREFIX = "timm:"
+TIMM_MISSING = "timm is not installed: pip install 'membench[timm]' (or pip install timm)"
+# The kinds of source a name can have (ArchSource.kind).
+KINDS = ("conv-stack", "cifar-resnet", "torchvision", "timm", "entry-point", "import-path")
+
+
+@dataclass(frozen=True)
+class ArchSource:
+    """What an arch name stands for: its ``kind`` (one of ``KINDS``) and its ``factory``
+    (``factory(num_classes=K)`` builds the module)."""
+
+    name: str
+    kind: str
+    factory: Callable[..., object]
+    where: str  # what the factory is, for messages
+
+
+@cache
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def clear_caches() -> None:
+    """Forget the entry points read so far (``probe.refresh_registry`` clears everything)."""
+    _entry_points.cache_clear()
+    torchvision_model_names.cache_clear()
+
+
+def plugin_arch_names() -> list[str]:
+    """The names installed packages register in the ``membench.archs`` group, sorted."""
+    return sorted(_entry_points())
+
+
+def is_torchvision(name: str) -> bool:
+    """Whether ``name`` is a torchvision classifier (``tv:NAME``)."""
+    return name.startswith(TORCHVISION_PREFIX)
+
+
+def is_timm(name: str) -> bool:
+    """Whether ``name`` is a timm model (``timm:NAME``)."""
+    return name.startswith(TIMM_PREFIX)
+
+
+@cache
+def torchvision_model_names() -> list[str]:
+    """Classification models torchvision can build, as ``tv:NAME``."""
+    import torchvision
+
+    return [TORCHVISION_PREFIX + n for n in torchvision.models.list_models(torchvision.models)]
+
+
+def _torchvision(name: str) -> ArchSource:
+    model = name[len(TORCHVISION_PREFIX):]
+    if name not in torchvision_model_names():
+        raise ArchError(f"unknown torchvision model {model!r}; see "
+                        "torchvision.models.list_models(module=torchvision.models)")
+
+    def factory(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+
+    return ArchSource(name, "torchvision", factory, f"torchvision.models.get_model({model!r})")
+
+
+def _timm(name: str) -> ArchSource:
+    model = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError:
+        raise ArchError(f"{name}: {TIMM_MISSING}") from None
+    if not timm.is_model(model):
+        raise ArchError(f"unknown timm model {model!r}; see timm.list_models()")
+
+    def factory(num_classes: int) -> nn.Module:
+        return timm.create_model(model, pretrained=False, num_classes=num_classes)
+
+    return ArchSource(name, "timm", factory, f"timm.create_model({model!r})")
+
+
+def _builtin(name: str) -> ArchSource | None:
+    if is_conv_stack(name) or name.startswith("vgg-d"):
+        from .conv_stack import build_conv_stack
+
+        return ArchSource(name, "conv-stack", lambda num_classes: build_conv_stack(name),
+                          "membench conv stack")
+    if is_cifar_resnet(name):
+        from .resnet import build_cifar_resnet
+
+        return ArchSource(name, "cifar-resnet", lambda num_classes: build_cifar_resnet(name),
+                          "membench CIFAR ResNet")
+    return None
+
+
+def _checked_callable(value: object, name: str, where: str) -> Callable[..., object]:
+    if not callable(value):
+        raise ArchError(f"{where} (for --arch {name}) is an object of type "
+                        f"{type(value).__name__}, not a callable taking num_classes")
+    try:
+        inspect.signature(value).bind(num_classes=10)
+    except TypeError:
+        raise ArchError(f"{where} (for --arch {name}) cannot be called as "
+                        f"{where}(num_classes=K): it must take the class count") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): building will say
+    return value
+
+
+def _entry_point(name: str) -> ArchSource:
+    ep = _entry_points()[name]
+    try:
+        factory = ep.load()
+    except Exception as err:  # a plugin's import may fail in any way; say which, in one line
+        raise ArchError(f"arch {name!r}: entry point {ep.value} does not import: "
+                        f"{one_line(err)}") from None
+    return ArchSource(name, "entry-point", _checked_callable(factory, name, ep.value), ep.value)
+
+
+def _import_path(name: str) -> ArchSource:
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ArchError(f"--arch {name!r}: an import path is package.module:callable")
+    try:
+        value = importlib.import_module(module_name)
+    except Exception as err:  # ImportError, or whatever the module raises while importing
+        raise ArchError(f"--arch {name}: module {module_name!r} does not import: "
+                        f"{one_line(err)}") from None
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise ArchError(f"--arch {name}: module {module_name!r} has no {attribute!r}")
+        value = getattr(value, part)
+    return ArchSource(name, "import-path", _checked_callable(value, name, name), name)
+
+
+def resolve_arch(name: str) -> ArchSource:
+    """What ``name`` stands for (the order of the module docstring); ArchError naming the
+    choices for a name nothing knows."""
+    if is_torchvision(name):
+        return _torchvision(name)
+    if is_timm(name):
+        return _timm(name)
+    builtin = _builtin(name)
+    if builtin is not None:
+        return builtin
+    if name in _entry_points():
+        return _entry_point(name)
+    if ":" in name:
+        return _import_path(name)
+    plugins = plugin_arch_names()
+    raise ArchError(
+        f"unknown arch {name!r}; valid: vgg8, vgg11, {PARAMETRIC_RULE}; resnet20, resnet32, "
+        f"resnet44, resnet56, resnet110 ({RESNET_RULE}); tv:NAME (torchvision), timm:NAME; "
+        + (f"plugins: {', '.join(plugins)}; " if plugins else "")
+        + "or package.module:callable (a factory taking num_classes)")
+
+
+@contextlib.contextmanager
+def fake_safe_init() -> Iterator[None]:
+    """Let a model be built on fake tensors (the estimate, the FLOP count, the probe).
+
+    ``torch.nn.init.trunc_normal_`` draws by rejection: it loops until no value lies outside the
+    bounds (``mask.any()``), a data-dependent branch that fake tensors cannot take
+    (DataDependentOutputException on ``aten._local_scalar_dense``), so every ViT, Swin and
+    MaxViT failed to build. A fake tensor has no values to draw, exactly as a meta tensor,
+    which torch already skips; real tensors go through torch's own code unchanged.
+    """
+    original = torch.nn.init._no_grad_trunc_normal_
+
+    def trunc_normal(tensor, *args, **kwargs):
+        if isinstance(tensor, FakeTensor):
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    torch.nn.init._no_grad_trunc_normal_ = trunc_normal
+    try:
+        yield
+    finally:
+        torch.nn.init._no_grad_trunc_normal_ = original
+
+
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Every dropout of ``model`` set to p = 0 (``membench verify`` compares methods so)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def build_arch(name: str, classes: int, *, dropout: bool = True) -> nn.Module:
+    """A freshly initialised module for ``name`` with ``classes`` outputs (a classifier) or a
+    ``LayerStack``; ``dropout=False`` sets every dropout to 0. ArchError if the name resolves to
+    nothing, the factory fails, or it returns something that is not an ``nn.Module``."""
+    source = resolve_arch(name)
+    try:
+        with fake_safe_init():
+            model = source.factory(num_classes=classes)
+    except ArchError:
+        raise
+    except Exception as err:  # the factory is the user's code: report it, in one line
+        raise ArchError(f"{source.where}(num_classes={classes}) failed for --arch {name}: "
+                        f"{one_line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise ArchError(f"{source.where} (for --arch {name}) returned an object of type "
+                        f"{type(model).__name__}, not a torch.nn.Module")
+    return model if dropout else without_dropout(model)
