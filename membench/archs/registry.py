@@ -30,7 +30,7 @@ from importlib.metadata import entry_points
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from ..errors import one_line
 from .specs import (
@@ -90,6 +90,14 @@ def torchvision_model_names() -> list[str]:
     return [TORCHVISION_PREFIX + n for n in torchvision.models.list_models(torchvision.models)]
 
 
+# Keywords membench gives some torchvision builders. GoogLeNet and Inception v3 return their
+# auxiliary classifiers' logits beside the main ones in training mode; membench's bp trains one
+# cross-entropy of the logits, so the auxiliary heads are left out (init_weights=True is their
+# current default, said explicitly to silence the warning about a future change).
+TORCHVISION_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True},
+                       "inception_v3": {"aux_logits": False, "init_weights": True}}
+
+
 def _torchvision(name: str) -> ArchSource:
     model = name[len(TORCHVISION_PREFIX):]
     if name not in torchvision_model_names():
@@ -99,7 +107,8 @@ def _torchvision(name: str) -> ArchSource:
     def factory(num_classes: int) -> nn.Module:
         import torchvision
 
-        return torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+        return torchvision.models.get_model(model, weights=None, num_classes=num_classes,
+                                            **TORCHVISION_OPTIONS.get(model, {}))
 
     return ArchSource(name, "torchvision", factory, f"torchvision.models.get_model({model!r})")
 
@@ -195,15 +204,28 @@ def resolve_arch(name: str) -> ArchSource:
         + "or package.module:callable (a factory taking num_classes)")
 
 
+def _on_real_tensors(function: Callable) -> Callable:
+    """``function`` with any fake-tensor mode paused: for arithmetic on shapes that a model's
+    constructor happens to do with torch ops and reads back with ``tolist()``."""
+    def run(*args, **kwargs):
+        with unset_fake_temporarily():
+            return function(*args, **kwargs)
+    return run
+
+
 @contextlib.contextmanager
 def fake_safe_init() -> Iterator[None]:
-    """Let a model be built on fake tensors (the estimate, the FLOP count, the probe).
+    """Let a model be built on fake tensors (the estimate, the FLOP count, the probe), where
+    building reads values back (DataDependentOutputException on ``aten._local_scalar_dense``).
 
-    ``torch.nn.init.trunc_normal_`` draws by rejection: it loops until no value lies outside the
-    bounds (``mask.any()``), a data-dependent branch that fake tensors cannot take
-    (DataDependentOutputException on ``aten._local_scalar_dense``), so every ViT, Swin and
-    MaxViT failed to build. A fake tensor has no values to draw, exactly as a meta tensor,
-    which torch already skips; real tensors go through torch's own code unchanged.
+    - ``torch.nn.init.trunc_normal_`` draws by rejection: it loops until no value lies outside
+      the bounds (``mask.any()``), so every ViT, Swin and MaxViT failed to build. A fake tensor
+      has no values to draw, exactly as a meta tensor, which torch already skips.
+    - torchvision's RegNets compute their stage widths and depths with torch ops
+      (``BlockParams.from_init_params``, a few dozen numbers) and read them back; that runs on
+      real tensors, since it only computes the shapes.
+
+    Real tensors go through the libraries' own code unchanged.
     """
     original = torch.nn.init._no_grad_trunc_normal_
 
@@ -212,11 +234,15 @@ def fake_safe_init() -> Iterator[None]:
             return tensor
         return original(tensor, *args, **kwargs)
 
-    torch.nn.init._no_grad_trunc_normal_ = trunc_normal
-    try:
+    with contextlib.ExitStack() as stack:
+        torch.nn.init._no_grad_trunc_normal_ = trunc_normal
+        stack.callback(setattr, torch.nn.init, "_no_grad_trunc_normal_", original)
+        from torchvision.models.regnet import BlockParams
+
+        widths = BlockParams.__dict__["from_init_params"]
+        setattr(BlockParams, "from_init_params", classmethod(_on_real_tensors(widths.__func__)))
+        stack.callback(setattr, BlockParams, "from_init_params", widths)
         yield
-    finally:
-        torch.nn.init._no_grad_trunc_normal_ = original
 
 
 def without_dropout(model: nn.Module) -> nn.Module:

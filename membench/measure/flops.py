@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .peaks import PeakSpec, gpu_peak
 
@@ -34,9 +34,48 @@ CALIBRATION_SIZES = (512, 1024, 2048)
 CALIBRATION_SECONDS = 1.0
 
 
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                       transposed, _output_padding, groups, output_mask, out_shape=None,
+                       **kwargs) -> int:
+    """FLOPs of ``aten.convolution_backward``, grouped convolutions counted right.
+
+    torch's formula (``torch.utils.flop_counter.conv_backward_flop``) counts the weight gradient
+    as one convolution of the input with the output gradient over *all* input and output
+    channels, which is right only for ``groups = 1``: with g groups each output channel sees
+    C_in / g input channels, so it counts g times too much (a depthwise conv of C channels, C
+    times). Its input-gradient term is right (the weight's shape already holds C_in / g). This
+    formula is torch's with the weight-gradient term divided by the groups: per group, a dense
+    convolution of C_in / g to C_out / g channels (docs/design.md, "FLOPs and MFU").
+    """
+    def t(shape):
+        return [shape[1], shape[0], *shape[2:]]
+
+    flops = 0
+    if output_mask[0]:  # grad_input: a transposed convolution of grad_out with the weight
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:  # grad_weight: input with grad_out, batch and channels swapped
+        if transposed:
+            whole = conv_flop_count(t(grad_out_shape), t(x_shape), t(out_shape[1]), False)
+        else:
+            whole = conv_flop_count(t(x_shape), t(grad_out_shape), t(out_shape[1]), False)
+        flops += whole // groups
+    return flops
+
+
+# What FlopCounterMode counts differently from torch's own registry (docs/design.md, "FLOPs and
+# MFU"); every FLOP count of membench goes through it.
+FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flop}
+
+
+def flop_counter(**options) -> FlopCounterMode:
+    """A ``FlopCounterMode`` with membench's corrected formulas (``FLOP_FORMULAS``)."""
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS, **options)
+
+
 def step_flops(step: Callable[[], object]) -> int:
-    """The FLOPs ``step()`` dispatches (matmuls and convolutions), counted by FlopCounterMode."""
-    with FlopCounterMode(display=False) as counter:
+    """The FLOPs ``step()`` dispatches (matmuls and convolutions), counted by FlopCounterMode
+    with grouped convolutions' backward corrected (``conv_backward_flop``)."""
+    with flop_counter() as counter:
         step()
     return int(counter.get_total_flops())
 
