@@ -22,7 +22,7 @@ _EXPORTS = {
     "layers": ("ConvLayer", "Layer", "LayerStack", "LayerStackSpec", "check_contract"),
     "probe": ("ArchProbe", "is_layer_stack", "probe_arch", "refresh_registry", "validate_arch"),
     "registry": ("ENTRY_POINT_GROUP", "TIMM_PREFIX", "TORCHVISION_PREFIX", "ArchSource",
-                 "build_arch", "fake_safe_init", "is_timm", "is_torchvision",
+                 "build_arch", "is_timm", "is_torchvision", "parameters_on_meta",
                  "plugin_arch_names", "resolve_arch", "torchvision_model_names",
                  "without_dropout"),
     "resnet": ("BasicBlock", "CifarResNet", "build_cifar_resnet"),

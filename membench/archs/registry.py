@@ -204,45 +204,56 @@ def resolve_arch(name: str) -> ArchSource:
         + "or package.module:callable (a factory taking num_classes)")
 
 
-def _on_real_tensors(function: Callable) -> Callable:
-    """``function`` with any fake-tensor mode paused: for arithmetic on shapes that a model's
-    constructor happens to do with torch ops and reads back with ``tolist()``."""
-    def run(*args, **kwargs):
-        with unset_fake_temporarily():
-            return function(*args, **kwargs)
-    return run
-
-
 @contextlib.contextmanager
-def fake_safe_init() -> Iterator[None]:
-    """Let a model be built on fake tensors (the estimate, the FLOP count, the probe), where
-    building reads values back (DataDependentOutputException on ``aten._local_scalar_dense``).
+def parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered meanwhile moves to the meta device as it is registered.
 
-    - ``torch.nn.init.trunc_normal_`` draws by rejection: it loops until no value lies outside
-      the bounds (``mask.any()``), so every ViT, Swin and MaxViT failed to build. A fake tensor
-      has no values to draw, exactly as a meta tensor, which torch already skips.
-    - torchvision's RegNets compute their stage widths and depths with torch ops
-      (``BlockParams.from_init_params``, a few dozen numbers) and read them back; that runs on
-      real tensors, since it only computes the shapes.
-
-    Real tensors go through the libraries' own code unchanged.
+    For building a model on fake tensors (the estimate, the FLOP count, the probe): its
+    constructor runs on real tensors, where code that computes shapes with torch ops and reads
+    them back (torchvision's RegNet widths, timm's ``linspace(...).tolist()`` drop-path rates,
+    ``trunc_normal_``'s rejection loop) works as ever, while its weights take no memory and its
+    initialisers do nothing (torch's skip meta tensors). Buffers stay real: they are small, and
+    some are data the forward indexes with (Swin's relative positions).
     """
-    original = torch.nn.init._no_grad_trunc_normal_
+    original = nn.Module.register_parameter
 
-    def trunc_normal(tensor, *args, **kwargs):
-        if isinstance(tensor, FakeTensor):
-            return tensor
-        return original(tensor, *args, **kwargs)
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.detach().to("meta"),
+                                                    requires_grad=param.requires_grad)
 
-    with contextlib.ExitStack() as stack:
-        torch.nn.init._no_grad_trunc_normal_ = trunc_normal
-        stack.callback(setattr, torch.nn.init, "_no_grad_trunc_normal_", original)
-        from torchvision.models.regnet import BlockParams
-
-        widths = BlockParams.__dict__["from_init_params"]
-        setattr(BlockParams, "from_init_params", classmethod(_on_real_tensors(widths.__func__)))
-        stack.callback(setattr, BlockParams, "from_init_params", widths)
+    nn.Module.register_parameter = register
+    try:
         yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _to_fake(model: nn.Module, mode) -> nn.Module:
+    """The meta-parameter ``model`` with every parameter, buffer and tensor attribute a fake
+    tensor of ``mode`` (on the CPU, as if built inside it); shared tensors stay shared."""
+    made: dict[int, torch.Tensor] = {}
+
+    def fake(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in made:
+            if isinstance(tensor, nn.Parameter):
+                with mode:
+                    made[id(tensor)] = nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype),
+                                                    requires_grad=tensor.requires_grad)
+            else:
+                made[id(tensor)] = mode.from_tensor(tensor)
+        return made[id(tensor)]
+
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    table[name] = fake(tensor)
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                setattr(module, name, fake(value))
+    return model
 
 
 def without_dropout(model: nn.Module) -> nn.Module:
@@ -259,8 +270,14 @@ def build_arch(name: str, classes: int, *, dropout: bool = True) -> nn.Module:
     nothing, the factory fails, or it returns something that is not an ``nn.Module``."""
     source = resolve_arch(name)
     try:
-        with fake_safe_init():
-            model = source.factory(num_classes=classes)
+        # Under a fake-tensor mode the constructor runs on real tensors with meta parameters,
+        # then the model becomes fake (``parameters_on_meta``): code that reads values while
+        # building then works, and nothing is allocated.
+        with unset_fake_temporarily() as mode:
+            with parameters_on_meta() if mode is not None else contextlib.nullcontext():
+                model = source.factory(num_classes=classes)
+        if mode is not None and isinstance(model, nn.Module):
+            model = _to_fake(model, mode)
     except ArchError:
         raise
     except Exception as err:  # the factory is the user's code: report it, in one line
