@@ -77,24 +77,61 @@ def _segments(members: list[nn.Module]) -> list[list[nn.Module]]:
     return [members[i:i + size] for i in range(0, len(members), size)]
 
 
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
+    """A Sequential in segments (between pools, else about √n), or each member of a
+    ModuleList on its own (its owner's forward calls them one by one)."""
+    if isinstance(container, nn.ModuleList):
+        for index, member in enumerate(container):
+            container[index] = Checkpointed(member, policy)
+        return container
+    return nn.Sequential(*(Checkpointed(nn.Sequential(*part), policy)
+                           for part in _segments(list(container))))
+
+
+def _largest_block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The Sequential or ModuleList below the top level that holds the most parameters (a
+    ViT's ``encoder.layers``, a MaxViT's ``blocks``), with its dotted name."""
+    best, most = None, 0
+    for name, module in model.named_modules():
+        if name and isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 1:
+            count = sum(p.numel() for p in module.parameters())
+            if count > most:
+                best, most = (name, module), count
+    return best
+
+
 def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.Module:
-    """Checkpoint a torchvision classifier at its stages: ResNet-style ``layerN`` children whole,
-    every other top-level ``Sequential`` with parameters in segments (between pools, else √n).
-    Selective checkpointing keeps conv outputs, which an in-place ReLU would overwrite: those
-    ReLUs are made out-of-place."""
-    if policy == "selective":
-        for module in model.modules():
-            if isinstance(module, nn.ReLU):
-                module.inplace = False
-    for name, child in list(model.named_children()):
-        if not isinstance(child, nn.Sequential) or not any(True for _ in child.parameters()):
-            continue
-        if name.startswith("layer"):
-            setattr(model, name, Checkpointed(child, policy))
-            continue
-        members = list(child)
-        setattr(model, name, nn.Sequential(*(Checkpointed(nn.Sequential(*part), policy)
-                                              for part in _segments(members))))
+    """Checkpoint a classifier (torchvision's, timm's, a plugin's) at its stages: ResNet-style
+    ``layerN`` children whole, every other top-level ``Sequential`` with parameters in segments
+    (between pools, else √n); a model whose top-level Sequentials hold less than half of its
+    parameters (a ViT, whose blocks are ``encoder.layers``) at the Sequential or ModuleList
+    below that holds the most.
+    In-place activations are made out-of-place: one at the start of a segment would modify the
+    input its checkpoint keeps for the recomputation (MobileNet, RegNet), and under selective
+    checkpointing the conv outputs it keeps."""
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
+    stages = [(name, child) for name, child in model.named_children()
+              if isinstance(child, nn.Sequential) and _has_parameters(child)]
+    in_stages = sum(p.numel() for _, child in stages for p in child.parameters())
+    # Top-level Sequentials that hold most of the model are its stages; a small one is a head
+    # (a ViT's ``heads``), and the blocks are deeper.
+    if 2 * in_stages >= sum(p.numel() for p in model.parameters()):
+        for name, child in stages:
+            if name.startswith("layer"):
+                setattr(model, name, Checkpointed(child, policy))
+            else:
+                setattr(model, name, _checkpoint_container(child, policy))
+    elif (found := _largest_block_list(model)) is not None:
+        name, container = found
+        owner_name, _, attribute = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, attribute, _checkpoint_container(container, policy))
     return model
 
 

@@ -1,0 +1,119 @@
+"""Which torchvision classifiers (and a few timm models) membench estimates and measures: the
+table of docs/model-coverage.md.
+
+    python scripts/model_coverage.py [--measure] [--max-measure-params 200e6] [MODEL ...]
+
+For every model of ``torchvision.models.list_models(module=torchvision.models)`` (or the given
+``tv:NAME`` / ``timm:NAME``): the smallest sensible resolution (torchvision's ``min_size``, at
+least 32, raised until the model runs), a bp and a bp-ckpt CUDA estimate at it (batch 2, K=10),
+with ``--measure`` a bp CPU measurement at it (batch 2, one warmup and one timed step; models
+over ``--max-measure-params`` parameters are skipped, their AdamW state alone would fill the
+host's memory), and bp's FLOPs per image at 224 (K=1000) beside three times torchvision's own
+forward figure (``weights.meta["_ops"]``, GFLOPS as torchvision counts them: multiply-adds, so
+membench's FLOPs, two per multiply-add, come to about twice it). Minutes on 2 cores without
+``--measure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from membench.archs import ArchError, probe_arch
+from membench.errors import one_line
+from membench.measure.devices import CpuDevice
+from membench.measure.estimate import estimate_cell
+from membench.measure.protocol import count_step_flops, run_cell
+from membench.schema import Cell
+
+TIMM_MODELS = ["timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224",
+               "timm:efficientnet_b0", "timm:regnety_002"]
+RESOLUTIONS = (32, 64, 128, 224, 299)
+
+
+def torchvision_meta(arch: str) -> tuple[int, float | None]:
+    """(min_size, GFLOPS of one forward) from the model's default weights, (32, None) if none."""
+    if not arch.startswith("tv:"):
+        return 32, None
+    import torchvision
+
+    try:
+        meta = torchvision.models.get_model_weights(arch[3:]).DEFAULT.meta
+    except (ValueError, AttributeError):
+        return 32, None
+    return max(32, meta.get("min_size", (32, 32))[0]), meta.get("_ops")
+
+
+def smallest_resolution(arch: str, start: int) -> tuple[int | None, str]:
+    """The first resolution from ``start`` up where the model runs, and the last refusal."""
+    reason = ""
+    for res in [start, *(r for r in RESOLUTIONS if r > start)]:
+        try:
+            probe_arch(arch, res)
+            return res, ""
+        except ArchError as err:
+            reason = str(err)
+    return None, reason
+
+
+def status(row) -> str:
+    if row.status in ("ok", "estimated"):
+        return f"{row.peak_allocated_bytes / 2**20:,.0f} MiB"
+    return f"{row.status}: {(row.error or '')[:80]}"
+
+
+def cover(arch: str, measure: bool, max_params: float) -> list[str]:
+    min_size, ops = torchvision_meta(arch)
+    res, reason = smallest_resolution(arch, min_size)
+    if res is None:
+        return [arch, "-", f"refused: {reason[:100]}", "", "", "", "", ""]
+    cells = {m: Cell(m, arch, res, 2, classes=10, warmup=1, steps=1) for m in ("bp", "bp-ckpt")}
+    bp, ckpt = (status(estimate_cell(cells[m], "cuda", count_flops=False)) for m in cells)
+    measured = "-"
+    if measure:
+        if probe_arch(arch, res).parameters > max_params:
+            measured = "skipped (size)"
+        else:
+            start = time.perf_counter()
+            row = run_cell(cells["bp"], CpuDevice(), count_flops=False)
+            measured = f"{status(row)} ({time.perf_counter() - start:.0f} s)"
+    try:
+        flops = count_step_flops(Cell("bp", arch, 224, 2, classes=1000)) / 2 / 1e9
+        flops_text = f"{flops:.2f}"
+    except Exception as err:  # a model that does not run at 224 (a fixed input size)
+        flops, flops_text = None, f"- ({one_line(err)[:40]})"
+    reference = f"{3 * ops:.2f}" if ops else "-"
+    ratio = f"{flops / (3 * ops):.2f}" if ops and flops else "-"
+    return [arch, str(res), bp, measured, ckpt, flops_text, reference, ratio]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*")
+    parser.add_argument("--measure", action="store_true", help="also a bp CPU measurement")
+    parser.add_argument("--max-measure-params", type=float, default=200e6)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.models:
+        models = args.models
+    else:
+        import torchvision
+
+        models = ["tv:" + n for n in torchvision.models.list_models(module=torchvision.models)]
+        models += TIMM_MODELS
+    header = ["model", "res", "bp estimate (peak)", "bp CPU measured (peak)",
+              "bp-ckpt estimate (peak)", "bp GFLOP/img at 224", "3x torchvision GFLOPS",
+              "ratio"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for arch in models:
+        print("| " + " | ".join(cover(arch, args.measure, args.max_measure_params)) + " |",
+              flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Estimates of models from elsewhere (torchvision, a plugin's ViT, the CIFAR ResNets) are the
+measurement's to the byte, for the models that read values while they are built."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from membench.archs import registry
+from membench.measure.devices import CpuDevice
+from membench.measure.estimate import estimate_cell
+from membench.measure.protocol import count_step_flops, run_cell
+from membench.schema import Cell
+
+TINY_VIT = "tiny_models:tiny_vit"
+
+
+def cell(method: str, arch: str, res: int = 16) -> Cell:
+    return Cell(method, arch, res, 2, classes=3, warmup=1, steps=1)
+
+
+@pytest.mark.parametrize("method", ["bp", "bp-ckpt"])
+@pytest.mark.parametrize("arch", [TINY_VIT, "resnet20-stage"])
+def test_the_cpu_estimate_is_the_tracked_measurement(arch, method):
+    estimate = estimate_cell(cell(method, arch), "cpu")
+    measured = run_cell(cell(method, arch), CpuDevice())
+    assert estimate.status == "estimated", estimate.error
+    assert measured.status == "ok", measured.error
+    assert estimate.peak_allocated_bytes == measured.peak_allocated_bytes
+    assert estimate.breakdown.as_columns() == measured.breakdown.as_columns()
+
+
+def test_checkpointing_a_vit_recomputes_its_encoder_blocks():
+    """The blocks are ``encoder.layers``, not a top-level Sequential: bp-ckpt finds them (the
+    extra FLOPs are the recomputed forward of the blocks)."""
+    assert count_step_flops(cell("bp-ckpt", TINY_VIT)) > count_step_flops(cell("bp", TINY_VIT))
+
+
+def test_a_vit_estimates_only_because_it_is_built_on_real_tensors(monkeypatch):
+    """trunc_normal_'s rejection loop reads values: built inside the fake mode, as before,
+    the estimate fails as the issue reported (DataDependentOutputException)."""
+    monkeypatch.setattr(registry, "parameters_on_meta", contextlib.nullcontext)
+    monkeypatch.setattr(registry, "unset_fake_temporarily", contextlib.nullcontext)
+    row = estimate_cell(cell("bp", TINY_VIT), "cuda")
+    assert row.status == "error" and "DataDependentOutputException" in row.error
+
+
+@pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])
+def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
+    """An in-place ReLU at the start of a segment would modify the input its checkpoint keeps
+    (RuntimeError in backward); checkpointing makes activations out-of-place."""
+    from membench.verify import VerifySetup
+    from membench.verify.checks import check_gradients
+
+    result = check_gradients(method, "bp", VerifySetup(arch="tiny_models:inplace_net", res=8,
+                                                       batch=2, classes=3))
+    assert result.passed, result.detail

@@ -1,0 +1,36 @@
+"""Small models the tests name by import path (``tiny_models:tiny_vit``), as a user names their
+own: each a factory taking ``num_classes``."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def tiny_vit(num_classes: int) -> VisionTransformer:
+    """torchvision's ViT (trunc_normal_ initialisation, nn.MultiheadAttention), at 16 x 16 in
+    4 x 4 patches, 2 layers of width 16: a step takes milliseconds."""
+    return VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
+                             hidden_dim=16, mlp_dim=32, num_classes=num_classes)
+
+
+class InplaceNet(nn.Module):
+    """Conv and in-place ReLU, four times: checkpointed in segments of three (about √8), so
+    the second segment starts with an in-place ReLU (as MobileNet's classifier starts one with
+    an in-place dropout)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        layers = []
+        for c_in in (3, 8, 8, 8):
+            layers += [nn.Conv2d(c_in, 8, 3, padding=1), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def inplace_net(num_classes: int) -> InplaceNet:
+    """A classifier whose checkpoint segments start in place."""
+    return InplaceNet(num_classes)
