@@ -3,8 +3,11 @@ own: each a factory taking ``num_classes``."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
+
+from membench.archs import LayerStack
 
 
 def tiny_vit(num_classes: int) -> VisionTransformer:
@@ -34,3 +37,39 @@ class InplaceNet(nn.Module):
 def inplace_net(num_classes: int) -> InplaceNet:
     """A classifier whose checkpoint segments start in place."""
     return InplaceNet(num_classes)
+
+
+class _Remember(nn.Module):
+    """conv + ReLU that leaves its output in ``memory``: a map another unit may read."""
+
+    def __init__(self, c_in: int, c_out: int, memory: dict):
+        super().__init__()
+        self.conv, self.memory = nn.Conv2d(c_in, c_out, 3, padding=1), memory
+
+    def forward(self, x):
+        self.memory["z"] = z = torch.relu(self.conv(x))
+        return z
+
+
+class _Recall(nn.Module):
+    """conv + ReLU plus what an earlier unit left in ``memory``: a shortcut across a unit
+    boundary, which the layer-stack contract forbids."""
+
+    def __init__(self, channels: int, memory: dict):
+        super().__init__()
+        self.conv, self.memory = nn.Conv2d(channels, channels, 3, padding=1), memory
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + self.memory["z"]
+
+
+def leaky_stack(num_classes: int) -> LayerStack:
+    """Two units whose second reads the first's output past the boundary."""
+    memory: dict = {}
+    return LayerStack([_Remember(3, 8, memory), _Recall(8, memory)], [8, 8], name="leaky")
+
+
+def plain_stack(num_classes: int) -> LayerStack:
+    """The same two units without the shortcut across the boundary."""
+    return LayerStack([nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+                       nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())], [8, 8])

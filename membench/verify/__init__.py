@@ -15,6 +15,9 @@ The checks, each applicable to any registered runner, third-party ones included:
   must give each layer's own parameters the reference's first-step gradients (dropout off), also
   with its batch split into micro-batches when it takes ``--micro-batch``, and under each reduced
   precision checked.
+- ``layer isolation``: for the same runners, the arch's decomposition keeps gradients apart: a
+  loss on unit l's output, walked as the layer-local methods walk it, reaches unit l's
+  parameters and no other unit's (any ``LayerStack``, a plugin's included).
 - ``first-step losses``: a runner that declares ``same_first_step_losses_as = "ff-naive"`` must
   report the same per-layer local losses (``runner.layer_losses``) on the first step.
 - ``learns``: every runner lowers its loss on a small learnable synthetic task within a few dozen
@@ -75,7 +78,8 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     from ..runners import get_runner
     from .checks import (
         UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
-        check_layer_gradients, check_learns, check_precision, check_same_updates,
+        check_layer_gradients, check_layer_isolation, check_learns, check_precision,
+        check_same_updates,
     )
 
     results = []
@@ -95,6 +99,7 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
                 plan.append(lambda m=method, w=what: check_same_updates(m, setup, w))
         if getattr(runner_cls, "same_layer_gradients_as", None):
             reference = runner_cls.same_layer_gradients_as
+            plan.append(lambda m=method: check_layer_isolation(m, setup))
             plan.append(lambda m=method, r=reference: check_layer_gradients(m, r, setup))
             if runner_cls.uses_micro_batch:
                 plan.append(lambda m=method, r=reference:

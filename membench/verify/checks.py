@@ -211,3 +211,42 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
+
+
+def check_layer_isolation(method: str, setup: VerifySetup) -> CheckResult:
+    """The arch's layer decomposition keeps gradients apart (docs/design.md, "Architectures"):
+    walked as the layer-local methods walk it (each next input from the detached output), a
+    loss on unit l's output must reach unit l's parameters and no other unit's. A block that
+    read a tensor of an earlier unit (a shortcut across a unit boundary, a cached map) fails
+    it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
+    ff-pipelined's. Any decomposition: membench's stacks and a plugin's ``LayerStack`` alike."""
+    from ..archs import LayerStack, build_arch
+
+    torch.manual_seed(setup.seed)
+    stack = build_arch(setup.arch, setup.classes, dropout=False)
+    if not isinstance(stack, LayerStack):
+        return CheckResult("layer isolation", method, False, f"{setup.arch} is not a layer stack")
+    images, _ = random_batch(setup)
+    units = [list(layer.parameters()) for layer in stack.layers()]
+    x, leaks, silent = images, [], []
+    for layer in stack.layers():
+        z = layer.block(x)
+        everything = [p for params in units for p in params]
+        grads = torch.autograd.grad(z.square().mean(), everything, allow_unused=True,
+                                    retain_graph=True)
+        start = 0
+        for index, params in enumerate(units):
+            reached = any(g is not None and bool(g.abs().sum() > 0)
+                          for g in grads[start:start + len(params)])
+            start += len(params)
+            if index != layer.index and reached:
+                leaks.append(f"{layer.index}->{index}")
+            if index == layer.index and params and not reached:
+                silent.append(str(index))
+        x = layer.next_input(z.detach())
+    detail = (f"{len(units)} units; the loss of one reaches another's parameters: "
+              f"{', '.join(leaks)}" if leaks else f"{len(units)} units, each loss reaches its "
+              "own parameters only")
+    if silent:
+        detail += f"; no gradient reaches unit(s) {', '.join(silent)}"
+    return CheckResult("layer isolation", method, not leaks and not silent, detail)
