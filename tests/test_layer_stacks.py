@@ -52,3 +52,10 @@ def test_the_contract_is_checked_when_a_stack_is_built():
         LayerStack([conv, nn.Conv2d(3, 3, 1)], [3, 3], propagate=[nn.BatchNorm2d(3)])
     with pytest.raises(ArchError, match="a channel count per block"):
         LayerStack([conv], [3, 3])
+
+
+def test_batchnorm_archs_are_known_to_depend_on_the_split():
+    from membench.verify.checks import uses_batch_statistics
+
+    assert uses_batch_statistics(setup("resnet20")) and uses_batch_statistics(setup("tv:resnet18"))
+    assert not uses_batch_statistics(setup("vgg-d3-w8"))

@@ -15,6 +15,10 @@ The checks, each applicable to any registered runner, third-party ones included:
   must give each layer's own parameters the reference's first-step gradients (dropout off), also
   with its batch split into micro-batches when it takes ``--micro-batch``, and under each reduced
   precision checked.
+- An arch with BatchNorm (the CIFAR ResNets, most torchvision models) normalises each
+  micro-batch over itself, so a split batch's gradients are not the whole batch's by design:
+  the comparisons of a split batch against the whole one (``bp-accum``'s gradients, the
+  micro-batch variants) are left out for it.
 - ``layer isolation``: for the same runners, the arch's decomposition keeps gradients apart: a
   loss on unit l's output, walked as the layer-local methods walk it, reaches unit l's
   parameters and no other unit's (any ``LayerStack``, a plugin's included).
@@ -79,19 +83,24 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     from .checks import (
         UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
         check_layer_gradients, check_layer_isolation, check_learns, check_precision,
-        check_same_updates,
+        check_same_updates, uses_batch_statistics,
     )
 
     results = []
+    splits_apply = not uses_batch_statistics(setup)
     for method in methods:
         runner_cls = get_runner(method)
         plan = []
-        if getattr(runner_cls, "same_gradients_as", None):
+        # A runner that splits the batch by default is compared split against whole.
+        splits_by_default = (runner_cls.uses_micro_batch
+                             and runner_cls.default_micro_batch(setup.batch) is not None)
+        if getattr(runner_cls, "same_gradients_as", None) and (splits_apply
+                                                               or not splits_by_default):
             plan.append(lambda m=method, r=runner_cls.same_gradients_as: check_gradients(m, r, setup))
             if getattr(runner_cls, "same_gradients_with_dropout", False):
                 plan.append(lambda m=method, r=runner_cls.same_gradients_as:
                             check_gradients(m, r, setup, dropout=True))
-            if runner_cls.uses_micro_batch and runner_cls.default_micro_batch(setup.batch) is None:
+            if runner_cls.uses_micro_batch and not splits_by_default and splits_apply:
                 plan.append(lambda m=method, r=runner_cls.same_gradients_as:
                             check_gradients(m, r, setup, micro_batch=setup.batch // 2))
         for what, tooling in UPDATE_TOOLING.items():
@@ -101,7 +110,7 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
             reference = runner_cls.same_layer_gradients_as
             plan.append(lambda m=method: check_layer_isolation(m, setup))
             plan.append(lambda m=method, r=reference: check_layer_gradients(m, r, setup))
-            if runner_cls.uses_micro_batch:
+            if runner_cls.uses_micro_batch and splits_apply:
                 plan.append(lambda m=method, r=reference:
                             check_layer_gradients(m, r, setup, micro_batch=setup.batch // 2))
         if getattr(runner_cls, "same_first_step_losses_as", None):

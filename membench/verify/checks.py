@@ -24,6 +24,16 @@ def _build(method: str, setup: VerifySetup, *, dropout: bool, total_steps: int,
                       **tooling)
 
 
+def uses_batch_statistics(setup: VerifySetup) -> bool:
+    """Whether the setup's arch normalises over the batch (BatchNorm): its gradients then depend
+    on how the batch is split, so a micro-batched step is not the whole batch's step, by
+    design, and the checks that compare the two do not apply."""
+    from ..archs import build_arch
+
+    model = build_arch(setup.arch, setup.classes)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def random_batch(setup: VerifySetup) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(setup.seed + 1)
     images = torch.randn(setup.batch, 3, setup.res, setup.res, generator=generator)
