@@ -8,9 +8,11 @@ For every model of ``torchvision.models.list_models(module=torchvision.models)``
 least 32, raised until the model runs), a bp and a bp-ckpt CUDA estimate at it (batch 2, K=10),
 with ``--measure`` a bp CPU measurement at it (batch 2, one warmup and one timed step; models
 over ``--max-measure-params`` parameters are skipped, their AdamW state alone would fill the
-host's memory), and bp's FLOPs per image at 224 (K=1000) beside three times torchvision's own
-forward figure (``weights.meta["_ops"]``, GFLOPS as torchvision counts them: multiply-adds, so
-membench's FLOPs, two per multiply-add, come to about twice it). Minutes on 2 cores without
+host's memory), and bp's FLOPs per image (K=1000) beside three times torchvision's own forward
+figure (``weights.meta["_ops"]``, GFLOPS as torchvision counts them: multiply-adds, so
+membench's FLOPs, two per multiply-add, come to about twice it), both at the resolution of that
+figure (the default weights' crop size: 224 for most, 299 for Inception v3, 518 for ViT-H/14's
+SWAG weights; 224 for timm). Minutes on 2 cores without
 ``--measure``.
 """
 
@@ -34,17 +36,19 @@ TIMM_MODELS = ["timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224
 RESOLUTIONS = (32, 64, 128, 224, 299)
 
 
-def torchvision_meta(arch: str) -> tuple[int, float | None]:
-    """(min_size, GFLOPS of one forward) from the model's default weights, (32, None) if none."""
+def torchvision_meta(arch: str) -> tuple[int, float | None, int]:
+    """(min_size, GFLOPS of one forward, the resolution they are counted at: the weights'
+    crop size) from the model's default weights; (32, None, 224) without any."""
     if not arch.startswith("tv:"):
-        return 32, None
+        return 32, None, 224
     import torchvision
 
     try:
-        meta = torchvision.models.get_model_weights(arch[3:]).DEFAULT.meta
+        weights = torchvision.models.get_model_weights(arch[3:]).DEFAULT
     except (ValueError, AttributeError):
-        return 32, None
-    return max(32, meta.get("min_size", (32, 32))[0]), meta.get("_ops")
+        return 32, None, 224
+    crop = getattr(weights.transforms(), "crop_size", [224])[0]
+    return max(32, weights.meta.get("min_size", (32, 32))[0]), weights.meta.get("_ops"), crop
 
 
 def smallest_resolution(arch: str, start: int) -> tuple[int | None, str]:
@@ -66,7 +70,7 @@ def status(row) -> str:
 
 
 def cover(arch: str, measure: bool, max_params: float) -> list[str]:
-    min_size, ops = torchvision_meta(arch)
+    min_size, ops, flops_res = torchvision_meta(arch)
     res, reason = smallest_resolution(arch, min_size)
     if res is None:
         return [arch, "-", f"refused: {reason[:100]}", "", "", "", "", ""]
@@ -81,8 +85,8 @@ def cover(arch: str, measure: bool, max_params: float) -> list[str]:
             row = run_cell(cells["bp"], CpuDevice(), count_flops=False)
             measured = f"{status(row)} ({time.perf_counter() - start:.0f} s)"
     try:
-        flops = count_step_flops(Cell("bp", arch, 224, 2, classes=1000)) / 2 / 1e9
-        flops_text = f"{flops:.2f}"
+        flops = count_step_flops(Cell("bp", arch, flops_res, 2, classes=1000)) / 2 / 1e9
+        flops_text = f"{flops:.2f} ({flops_res})"
     except Exception as err:  # a model that does not run at 224 (a fixed input size)
         flops, flops_text = None, f"- ({one_line(err)[:40]})"
     reference = f"{3 * ops:.2f}" if ops else "-"
@@ -105,7 +109,7 @@ def main() -> None:
         models = ["tv:" + n for n in torchvision.models.list_models(module=torchvision.models)]
         models += TIMM_MODELS
     header = ["model", "res", "bp estimate (peak)", "bp CPU measured (peak)",
-              "bp-ckpt estimate (peak)", "bp GFLOP/img at 224", "3x torchvision GFLOPS",
+              "bp-ckpt estimate (peak)", "bp GFLOP/img (res)", "3x torchvision GFLOPS",
               "ratio"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

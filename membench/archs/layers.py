@@ -13,7 +13,7 @@ of the BP family run the same units end to end (``bp-ckpt`` checkpoints each one
 - ``spec.channels`` holds C_l for every layer (the methods size their heads from it before any
   forward), ``len(stack)`` the number of layers;
 - a block reads nothing but its input: no unit keeps a tensor for another (a shortcut that
-  crossed a unit boundary would carry a gradient across it). ``membench verify``'s layer-gradient
+  crossed a unit boundary would carry a gradient across it). ``membench verify``'s layer-isolation
   check fails on a stack that breaks this (tests/test_layer_stacks.py shows it failing).
 
 Walk a stack with ``layers()``: each ``Layer`` has ``index``, ``block``, ``propagate``,

@@ -250,7 +250,7 @@ def _to_fake(model: nn.Module, mode) -> nn.Module:
             for name, tensor in table.items():
                 if tensor is not None:
                     table[name] = fake(tensor)
-        for name, value in vars(module).items():
+        for name, value in list(vars(module).items()):
             if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
                 setattr(module, name, fake(value))
     return model

@@ -69,7 +69,7 @@ def list_methods() -> None:
     """Every registered runner (built-in and third-party, from the membench.methods group)."""
     table = Table(title="methods")
     table.add_column("method")
-    table.add_column("conv stack only")
+    table.add_column("layer stack only")
     table.add_column("what one step does")
     for name in available_methods():
         runner = get_runner(name)
