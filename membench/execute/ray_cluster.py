@@ -74,13 +74,14 @@ def forwarded_environ() -> dict[str, str]:
 @dataclass(frozen=True)
 class TaskSetup:
     """What every task of a sweep gets: the target, the methods to preload, the forwarded
-    environment, torch threads, and the peak each probed node found (by Ray node id)."""
+    environment, torch threads, and the peaks each probed node found (by Ray node id, then by
+    cell precision)."""
 
     target: Target
     methods: tuple[str, ...]
     environ: dict[str, str]
     threads: int
-    peaks: dict[str, PeakSpec | None] = field(default_factory=dict)
+    peaks: dict[str, dict[str, PeakSpec]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class NodeHello:
     device: str
     device_name: str
     env: dict
-    peak: PeakSpec | None
+    peaks: dict[str, PeakSpec]
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class WorkerFailed:
     error: str
 
 
-def _start_worker(setup: TaskSetup, peak: PeakSpec | None,
+def _start_worker(setup: TaskSetup, peaks: dict[str, PeakSpec] | None,
                   collect_env_info: bool) -> IsolatedWorker:
     """A worker in this Ray task: this process's environment (Ray's CUDA_VISIBLE_DEVICES names
     the task's GPU) with the sweep's forwarded variables, PYTHONPATHs joined; torch threads as
@@ -125,7 +126,7 @@ def _start_worker(setup: TaskSetup, peak: PeakSpec | None,
     if paths:
         environ["PYTHONPATH"] = os.pathsep.join(paths)
     worker = IsolatedWorker(setup.target, list(setup.methods), collect_env_info=collect_env_info,
-                            peak=peak, environ=environ,
+                            peaks=peaks, environ=environ,
                             threads=min(setup.threads, visible_cpu_count()))
     worker.wait_ready()
     return worker
@@ -138,7 +139,7 @@ def probe_node(setup: TaskSetup) -> NodeHello:
     worker = _start_worker(setup, None, collect_env_info=True)
     worker.close()
     return NodeHello(ray.get_runtime_context().get_node_id(), socket.gethostname(),
-                     worker.device, worker.device_name, worker.env or {}, worker.peak)
+                     worker.device, worker.device_name, worker.env or {}, worker.peaks)
 
 
 def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFailed | CellResult]:
@@ -238,11 +239,11 @@ class RayExecutor(Executor):
 
     def __init__(self, device_spec: str, methods: list[str], *, address: str | None = None,
                  cpus_per_cell: int | None = None, timeout_s: float | None = None,
-                 peak_tflops: float | None = None):
+                 peak_tflops: float | None = None, precisions: tuple[str, ...] = ("fp32",)):
         self.ray = require_ray()
         self.kind = parse_device(device_spec)[0]
         self.methods, self.address, self.cpus_per_cell = tuple(methods), address, cpus_per_cell
-        self.timeout_s, self.peak_tflops = timeout_s, peak_tflops
+        self.timeout_s, self.peak_tflops, self.precisions = timeout_s, peak_tflops, precisions
         self.owns_connection = False
         self.nodes: dict[str, NodeHello] = {}
         self.flights: dict = {}  # ObjectRefGenerator -> _Flight
@@ -276,7 +277,8 @@ class RayExecutor(Executor):
         plan = plan_cluster(self.ray.nodes(), self.kind, self.cpus_per_cell)
         self.kind = plan.kind
         self.options = dict(num_cpus=plan.cpus, num_gpus=1 if plan.kind == "cuda" else 0)
-        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops), self.methods,
+        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops,
+                                 precisions=self.precisions), self.methods,
                           forwarded_environ(), plan.cpus)
         probe = self._remote(probe_node)
         refs = {node_id: probe.options(**self.options, scheduling_strategy=(
@@ -290,14 +292,15 @@ class RayExecutor(Executor):
                                  f"{ray_reason(err)}") from None
         hellos = list(self.nodes.values())
         self.setup = TaskSetup(setup.target, setup.methods, setup.environ, setup.threads,
-                               {hello.node_id: hello.peak for hello in hellos})
+                               {hello.node_id: hello.peaks for hello in hellos})
         names = tuple(dict.fromkeys(hello.device_name for hello in hellos))
         notes = list(plan.notes)
         if len(names) > 1:
             notes.append(f"the cluster holds {len(names)} device models ({', '.join(names)}): "
                          "each row names the one its cell ran on; a cell measured on any of "
                          "them counts as finished")
-        notes += sorted({hello.peak.note for hello in hellos if hello.peak and hello.peak.note})
+        notes += sorted({peak.note for hello in hellos for peak in hello.peaks.values()
+                         if peak.note})
         self.placement = Placement(hellos[0].device, names, tuple(notes))
         return self.placement
 
@@ -310,7 +313,8 @@ class RayExecutor(Executor):
         """env.json: every node's environment and peak (``nodes``), the first at the top level."""
         nodes = [{**hello.env, "ray_node_id": hello.node_id, "device": hello.device,
                   "device_name": hello.device_name,
-                  "peak": asdict(hello.peak) if hello.peak else None}
+                  "peak": asdict(hello.peaks["fp32"]) if "fp32" in hello.peaks else None,
+                  "peaks": {p: asdict(peak) for p, peak in hello.peaks.items()}}
                  for hello in self.nodes.values()]
         return cluster_env(nodes, executor="ray", ray_version=self.ray.__version__,
                            ray_address=self.address or "local")
