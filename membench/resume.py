@@ -203,6 +203,8 @@ def results_lock(out_dir: Path) -> Iterator[None]:
             raise write_error(out_dir / LOCK_FILE, err, len(str(os.getpid()))) from None
         yield
     finally:
+        if created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {LOCK_FILE}:
+            _remove_created(created)  # a sweep that wrote nothing leaves nothing, lock included
         handle.close()  # closing the file releases the lock
 
 
@@ -222,7 +224,6 @@ def prepare_results_folder(out_dir: Path) -> None:
     recover(out_dir)
     check_results_folder(out_dir)
     check_rows_name_cells(out_dir)
-
 
 
 def replace_result(out_dir: Path, result: CellResult, drop: Callable[[dict], bool]) -> None:

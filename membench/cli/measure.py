@@ -10,7 +10,7 @@ from rich.console import Console
 from ..config import build_config
 from ..execute.sweep import SweepError, sweep as run_config
 from ..execute.worker import Target, open_target
-from ..errors import InputError
+from ..errors import INTERRUPTED, InputError, Terminated
 from ..resume import grid_rows, read_result_row
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 from .display import default_out_dir, describe, progress_display, summary_table
@@ -47,11 +47,11 @@ def sweep(
         run_config(config, out, redo=redo, progress=progress)
     except SweepError as err:
         fail(str(err), code=1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         progress.stop()
         typer.echo(f"membench: interrupted; finished cells are saved in {out}; rerun the same "
                    "command to resume", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(Terminated.EXIT if isinstance(err, Terminated) else INTERRUPTED) from None
     except InputError:  # a folder it cannot write to (a full disk): one line, bar stopped
         progress.stop()
         raise

@@ -45,6 +45,8 @@ from .worker import IsolatedWorker, Target, WorkerStartError, failed_result, now
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 # How long the sweep process blocks at most between two looks at its deadlines and Ctrl-C.
 POLL_S = 1.0
+# How long the sweep waits for a Ray head's port to answer before it says it cannot reach it.
+CONNECT_TIMEOUT_S = 10.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -169,6 +171,24 @@ def ray_reason(err: BaseException) -> str:
     return _ANSI.sub("", text)
 
 
+def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """RayClusterError (one line) unless ``host:port`` (or ``ray://host:port``) accepts a TCP
+    connection within ``timeout_s``: Ray itself retries an unreachable head for minutes without
+    a word. None (a local cluster) and ``auto`` (Ray finds it) are left to Ray."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RayClusterError(f"cannot reach a Ray cluster at {address}: {reason} (within "
+                              f"{timeout_s:g} s); is a Ray head running there (ray start "
+                              "--head)?") from None
+
+
 # -- the sweep process's side ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClusterPlan:
@@ -255,6 +275,7 @@ class RayExecutor(Executor):
         ray = self.ray
         if ray.is_initialized():
             return
+        check_reachable(self.address)
         try:
             if self.address is None:
                 ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -392,5 +413,5 @@ class RayExecutor(Executor):
             self.owns_connection = False
 
 
-__all__ = ["ClusterPlan", "RayClusterError", "RayExecutor", "forwarded_environ", "plan_cluster",
-           "probe_node", "require_ray", "run_cell_task"]
+__all__ = ["ClusterPlan", "RayClusterError", "RayExecutor", "check_reachable", "forwarded_environ",
+           "plan_cluster", "probe_node", "require_ray", "run_cell_task"]

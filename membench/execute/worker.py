@@ -236,8 +236,26 @@ def worker_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(["membench.execute.worker", "membench.measure.protocol",
                                         "torch._dynamo",
                                         *runners.builtin_runner_modules()])
+        _start_forkserver()
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT ignored, which it keeps across
+    exec and hands to every worker: Ctrl-C reaches the whole process group, and a forkserver
+    importing torch must not print a traceback for it. The sweep process alone acts on Ctrl-C;
+    a worker exits when the sweep process is gone."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
