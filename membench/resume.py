@@ -192,11 +192,9 @@ def results_lock(out_dir: Path) -> Iterator[None]:
                 f"{out_dir} is in use by another sweep (pid {holder}); wait for it to finish or "
                 "choose another --out"
             ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
+        try:  # unbuffered: a failed write must not be tried again when the file closes
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), str(os.getpid()).encode(), 0)
         except OSError as err:  # a full disk: leave nothing behind that this call made
             handle.close()
             _remove_created(created)
