@@ -142,12 +142,10 @@ def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
     assert name == "NVIDIA H200" and peak.precision in ("tf32", "fp32")
     loaded = load_cells([tmp_path / "r"])
     add_throughput_bound(loaded, name, {"fp32": (peak.tflops, peak.precision)})
-    [batch_figure] = [f for f in make_figures(loaded.cells) if f.kind == "batch"]
-    lines = {line.get_gid(): line for ax in batch_figure.figure.axes for line in ax.get_lines()}
-    bound = lines["bound:ff-pipelined"]
+    [figure] = [f for f in make_figures(loaded.cells) if f.kind == "estimates"]
+    bars = {bar.get_gid(): bar for ax in figure.figure.axes for bar in ax.patches if bar.get_gid()}
     flops = {r.cell.batch: r.flops_per_step for r in results if r.cell.method == "ff-pipelined"}
-    assert list(bound.get_xdata()) == [2, 4]
-    assert list(bound.get_ydata()) == pytest.approx(
+    assert [bars[f"bound:ff-pipelined b{b}"].get_width() for b in (2, 4)] == pytest.approx(
         [throughput_bound(flops[b], b, peak.tflops) for b in (2, 4)])
     report = build_report([tmp_path / "r"], tmp_path / "out",
                           gpu=(name, {"fp32": (peak.tflops, peak.precision)}))

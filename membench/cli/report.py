@@ -11,6 +11,18 @@ from ..report import build_report, default_report_dir
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 
 
+def profile_budget(ref: str) -> list[int]:
+    """The memory a device profile names (its ``device_mem``), to draw as a budget; none for a
+    GPU name or a profile without one."""
+    from ..profiles import ProfileError, load_profile
+
+    try:
+        value = load_profile(ref).settings.get("device_mem")
+    except ProfileError:
+        return []
+    return [] if value is None else [memory_size(value, f"profile {ref}: device_mem")]
+
+
 @reports_input_errors
 def report(
     inputs: list[Path] = typer.Argument(
@@ -34,6 +46,7 @@ def report(
         name, _ = resolve_gpu(gpu)
         bound = (name, {precision: (spec.tflops, spec.precision)
                         for precision, spec in gpu_peaks(name).items() if spec.tflops})
+        budgets += profile_budget(gpu)
     out_dir = default_report_dir(inputs) if out is None else out_folder(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")

@@ -21,7 +21,8 @@ from .tables import best_table, failures_table, panel_table
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 FIGURE_ALT = {"frontier": "memory-throughput frontier",
-              "batch": "memory and throughput against batch", "breakdown": "memory breakdown"}
+              "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
+              "estimates": "estimated memory of every configuration"}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
