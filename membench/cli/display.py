@@ -14,7 +14,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..schema import MEASURED_STATUSES, OK, CellResult
+from ..schema import ESTIMATE_DEVICE_NAME, MEASURED_STATUSES, OK, CellResult
 from ..units import format_gib
 from ..execute.sweep import SweepProgress
 
@@ -99,8 +99,14 @@ class CliProgress(SweepProgress):
         self.finished += 1
         return cell_line(self.finished - 1, self.total, result, wall_s, host=len(self.hosts) > 1)
 
+    @property
+    def where(self) -> str:
+        """'cpu (AMD EPYC)'; an estimate's device alone ('cuda (estimate)'): its name says no more."""
+        names = [n for n in self.device_names if n != ESTIMATE_DEVICE_NAME]
+        return f"{self.device} ({', '.join(names)})" if names else self.device
+
     def started_line(self, total, to_run, out_dir) -> str:
-        return (f"membench: {total} cell(s) on {self.device} ({self.device_name}), "
+        return (f"membench: {total} cell(s) on {self.where}, "
                 f"{total - to_run} already finished, {to_run} to run -> {out_dir}")
 
     def stop(self) -> None:

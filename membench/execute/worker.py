@@ -45,12 +45,15 @@ class WorkerStartError(RuntimeError):
 @dataclass(frozen=True)
 class Target:
     """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind;
-    ``peak_tflops`` is the user's peak for MFU, if given; ``timeline`` and
-    ``timeline_snapshot`` the sweep's options of the same name (one more step recorded)."""
+    ``peak_tflops`` is the user's peak for MFU, if given; ``precisions`` the cells' precisions,
+    whose peaks are found (a CPU calibrated) when the target opens, before any cell;
+    ``timeline`` and ``timeline_snapshot`` the sweep's options of the same name (one more step
+    recorded)."""
 
     device_spec: str
     estimate_kind: str | None = None
     peak_tflops: float | None = None
+    precisions: tuple[str, ...] = ("fp32",)
     timeline: bool = False
     timeline_snapshot: bool = False
 
@@ -69,18 +72,18 @@ class WorkerSetup:
     methods: tuple[str, ...]
     environ: dict[str, str] = field(default_factory=dict)
     collect_env: bool = False
-    peak: PeakSpec | None = None  # known from an earlier worker: do not calibrate again
+    peaks: dict[str, PeakSpec] = field(default_factory=dict)  # known already: not calibrated again
 
 
 @dataclass(frozen=True)
 class Hello:
     """A worker's first message: it is ready, on this device (as the worker names it), with the
-    peak its cells are held against."""
+    peaks its cells are held against (by cell precision)."""
 
     device: str
     device_name: str
     env: dict | None
-    peak: PeakSpec | None
+    peaks: dict[str, PeakSpec]
     precisions: tuple[str, ...] = ()  # what torch can autocast to here; () if any
 
 
@@ -101,19 +104,26 @@ def now() -> str:
 # -- running a cell here ------------------------------------------------------------------------
 @dataclass
 class OpenTarget:
-    """A target opened in this process: the device as it names itself, the peak its cells are
-    held against, and ``run(cell)``, which always returns a result (a failure is a row)."""
+    """A target opened in this process: the device as it names itself, the peaks its cells are
+    held against (by cell precision), and ``run(cell)``, which always returns a result (a
+    failure is a row)."""
 
     device: str
     device_name: str
-    peak: PeakSpec | None
+    peaks: dict[str, PeakSpec]
     run: Callable[[Cell], CellResult]
     precisions: tuple[str, ...] = ()  # what torch can autocast to on the device; () if any
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should read once about the peaks (e.g. no peak for this GPU)."""
+        return tuple(dict.fromkeys(peak.note for peak in self.peaks.values() if peak.note))
 
-def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
-    """Open a target here (DeviceError if its device does not exist). ``peak``: one found
-    earlier in the sweep, so a CPU is calibrated once per sweep, not once per worker."""
+
+def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> OpenTarget:
+    """Open a target here (DeviceError if its device does not exist) and find the peak of each
+    of its precisions. ``peaks``: those found earlier in the sweep, so a CPU is calibrated once
+    per sweep and precision, not once per worker."""
     if target.estimate_kind is not None:
         from ..measure.estimate import estimate_cell
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
@@ -123,7 +133,7 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
             result.host = socket.gethostname()
             return result
 
-        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, None,
+        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, {},
                           estimate)
 
     from ..measure.devices import resolve_device
@@ -131,20 +141,24 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
     from ..measure.protocol import run_cell
 
     device = resolve_device(target.device_spec)
-    if peak is None:
-        peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
-    peaks = {"fp32": peak}  # per cell precision, found when a cell first needs it
+    found = dict(peaks or {})
+
+    def peak_for(precision: str) -> PeakSpec:
+        if precision not in found:
+            found[precision] = device_peak_spec(device.kind, device.name(), target.peak_tflops,
+                                                precision)
+        return found[precision]
+
+    for precision in dict.fromkeys(("fp32", *target.precisions)):
+        peak_for(precision)  # before any cell: a calibration never runs inside a cell's time
 
     def measure(cell: Cell) -> CellResult:
-        if cell.precision not in peaks:
-            peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
-                                                     target.peak_tflops, cell.precision)
-        result = run_cell(cell, device, peak=peaks[cell.precision],
+        result = run_cell(cell, device, peak=peak_for(cell.precision),
                           **target.timeline_options())
         result.host = socket.gethostname()
         return result
 
-    return OpenTarget(str(device), device.name(), peak, measure, device.autocast_precisions())
+    return OpenTarget(str(device), device.name(), found, measure, device.autocast_precisions())
 
 
 def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
@@ -194,14 +208,14 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     importlib.invalidate_caches()
     runners.refresh_registry()
     torch.set_num_threads(setup.threads)
-    target = open_target(setup.target, setup.peak)
+    target = open_target(setup.target, setup.peaks)
     for method in setup.methods:
         try:
             runners.get_runner(method)  # import runner modules now, outside any cell's timeout
         except Exception:  # the cell itself will report it
             pass
     conn.send(Hello(target.device, target.device_name,
-                    collect_env() if setup.collect_env else None, target.peak, target.precisions))
+                    collect_env() if setup.collect_env else None, target.peaks, target.precisions))
     while True:
         try:
             message = conn.recv()
@@ -232,8 +246,26 @@ def worker_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(["membench.execute.worker", "membench.measure.protocol",
                                         "torch._dynamo",
                                         *runners.builtin_runner_modules()])
+        _start_forkserver()
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT ignored, which it keeps across
+    exec and hands to every worker: Ctrl-C reaches the whole process group, and a forkserver
+    importing torch must not print a traceback for it. The sweep process alone acts on Ctrl-C;
+    a worker exits when the sweep process is gone."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -256,10 +288,11 @@ class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
     def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False,
-                 peak: PeakSpec | None = None, environ: dict[str, str] | None = None,
+                 peaks: dict[str, PeakSpec] | None = None, environ: dict[str, str] | None = None,
                  threads: int | None = None):
         """A worker for ``target``; by default with this process's environment and torch
-        threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's)."""
+        threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's);
+        ``peaks``: those an earlier worker found."""
         if threads is None:
             import torch
 
@@ -267,7 +300,8 @@ class IsolatedWorker:
         context = worker_context()
         self.conn, child_conn = context.Pipe(duplex=True)
         setup = WorkerSetup(target, threads, tuple(methods),
-                            dict(os.environ if environ is None else environ), collect_env_info, peak)
+                            dict(os.environ if environ is None else environ), collect_env_info,
+                            dict(peaks or {}))
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
         with _without_main_module():
@@ -276,7 +310,7 @@ class IsolatedWorker:
         child_conn.close()
         self.device = self.device_name = ""
         self.env: dict | None = None
-        self.peak: PeakSpec | None = None
+        self.peaks: dict[str, PeakSpec] = {}
         self.budget: int | None = None
         self.cells_run = 0
 
@@ -292,7 +326,7 @@ class IsolatedWorker:
             self.close()
             raise WorkerStartError(f"worker process did not start ({self._exit_text()})")
         self.device, self.device_name, self.env = hello.device, hello.device_name, hello.env
-        self.peak, self.precisions = hello.peak, hello.precisions
+        self.peaks, self.precisions = hello.peaks, hello.precisions
 
     def run(self, cell: Cell, timeout_s: float | None) -> CellResult:
         """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""

@@ -36,7 +36,7 @@ from ..errors import error_text, one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
 from .devices import Device
-from .flops import step_flops
+from .flops import apply_peak, step_flops
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .peaks import PeakSpec
 
@@ -199,9 +199,7 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
     finally:
         gc.collect()  # free what the cell left so the next one starts from the same place
         device.release_cached_memory()
-    if peak is not None and peak.tflops is not None:
-        result.peak_tflops, result.peak_source = peak.tflops, peak.source
-        result.peak_precision = peak.precision
+    apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
     return result
 
 

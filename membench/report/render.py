@@ -25,7 +25,8 @@ FIGURES_DIR = "figures"
 FIGURE_ALT = {"frontier": "memory-throughput frontier",
               "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
               "crossover": "peak memory against depth",
-              "timeline": "memory over one step"}
+              "timeline": "memory over one step",
+              "estimates": "estimated memory of every configuration"}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
