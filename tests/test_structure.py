@@ -65,6 +65,10 @@ NEEDS_TORCH = {
     "membench.measure.memtrack",
     "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
     "membench.measure.fit", "membench.measure.plan", "membench.verify.checks",
+    # Cells on several devices: the runners, a rank's measurement, the fake group, the launcher.
+    "membench.runners.distributed", "membench.runners.bp_parallel", "membench.runners.ff_parallel",
+    "membench.measure.ranks", "membench.measure.fake_ranks", "membench.execute.ranks",
+    "membench.verify.ranks",
 }
 
 

@@ -39,6 +39,7 @@ from ..results import (
     append_result, cell_key, check_results_folder, latest_rows, prune_results, results_lock,
     row_key, write_env,
 )
+from ..ranks import append_ranks
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
 from .local import Executor, LocalExecutor, Placement, SweepError
 from .worker import Target
@@ -149,6 +150,7 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
             if todo and (not estimates or not (out_dir / ENV_FILE).exists()):
                 write_env(out_dir, executor.provenance())
             for index, result, wall_s in executor.run(todo, progress.cell_started):
+                append_ranks(out_dir, result)  # a cell on several devices: each rank's row
                 append_result(out_dir, result)
                 results[index] = result
                 progress.cell_finished(index, result, wall_s)

@@ -20,17 +20,14 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
-import threading
 import time
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, TIMEOUT, Cell, CellResult
+from .children import start_child, without_main_module
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
@@ -79,6 +76,7 @@ class Hello:
 @dataclass(frozen=True)
 class RunCell:
     cell: Cell
+    timeout_s: float | None = None  # the time it has (a cell on several devices bounds its ranks)
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class OpenTarget:
     device: str
     device_name: str
     peak: PeakSpec | None
-    run: Callable[[Cell], CellResult]
+    run: Callable[..., CellResult]  # (cell, timeout_s=None) -> its result
     precisions: tuple[str, ...] = ()  # what torch can autocast to on the device; () if any
 
 
@@ -110,8 +108,13 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         from ..measure.estimate import estimate_cell
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
-        def estimate(cell: Cell) -> CellResult:
-            result = estimate_cell(cell, target.estimate_kind)
+        def estimate(cell: Cell, timeout_s: float | None = None) -> CellResult:
+            if cell.devices > 1:  # every rank, one after another, in a fake process group
+                from ..measure.fake_ranks import estimate_ranks
+
+                result = estimate_ranks(cell, target.estimate_kind)
+            else:
+                result = estimate_cell(cell, target.estimate_kind)
             result.host = socket.gethostname()
             return result
 
@@ -127,11 +130,17 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
         peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
     peaks = {"fp32": peak}  # per cell precision, found when a cell first needs it
 
-    def measure(cell: Cell) -> CellResult:
+    def measure(cell: Cell, timeout_s: float | None = None) -> CellResult:
         if cell.precision not in peaks:
             peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
                                                      target.peak_tflops, cell.precision)
-        result = run_cell(cell, device, peak=peaks[cell.precision])
+        if cell.devices > 1:  # N ranks launched from here (docs/design.md)
+            from .ranks import run_multi_device
+
+            result = run_multi_device(cell, str(device), device.name(), peaks[cell.precision],
+                                      timeout_s)
+        else:
+            result = run_cell(cell, device, peak=peaks[cell.precision])
         result.host = socket.gethostname()
         return result
 
@@ -149,41 +158,14 @@ def failed_result(cell: Cell, device: str, device_name: str, status: str, error:
 
 
 # -- the worker process ---------------------------------------------------------------------------
-def _watch_parent() -> None:
-    """Exit this worker as soon as the sweep process is gone, even in the middle of a cell."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(3)
-
-    threading.Thread(target=watch, name="membench-parent-watch", daemon=True).start()
-
-
 def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     """A worker: say hello, then run each cell received and send its result back."""
-    # Ctrl-C reaches the whole process group; the sweep process decides what happens to cells.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _watch_parent()
-    # A forkserver child inherits the server's environment, not the sweep's current one; the
-    # sweep's PYTHONPATH (plugins) must be importable here even when this worker's starter had
-    # another (a Ray worker that runs cells for a sweep started elsewhere).
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    for entry in reversed(setup.environ.get("PYTHONPATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
-    import importlib
-
+    start_child(setup.environ)
     import torch
 
     from .. import runners
     from ..envinfo import collect_env
 
-    importlib.invalidate_caches()
-    runners.refresh_registry()
     torch.set_num_threads(setup.threads)
     target = open_target(setup.target, setup.peak)
     for method in setup.methods:
@@ -198,7 +180,7 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        result = target.run(message.cell)
+        result = target.run(message.cell, message.timeout_s)
         try:
             conn.send(CellDone(result))
         except (BrokenPipeError, OSError):
@@ -227,22 +209,6 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Hide ``__main__`` while a worker starts, so the worker does not re-import it.
-
-    multiprocessing re-runs the parent's main script in every child; the worker needs nothing
-    from it, and re-running it costs time and breaks scripts without an ``if __name__`` guard.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
@@ -261,7 +227,7 @@ class IsolatedWorker:
                             dict(os.environ if environ is None else environ), collect_env_info, peak)
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
-        with _without_main_module():
+        with without_main_module():
             self.process.start()
         # Only the worker may hold its end: then a dead worker reads as EOF on ours.
         child_conn.close()
@@ -291,7 +257,7 @@ class IsolatedWorker:
         self.budget = cell.device_mem_bytes
         self.cells_run += 1
         try:
-            self.conn.send(RunCell(cell))
+            self.conn.send(RunCell(cell, timeout_s))
         except (BrokenPipeError, OSError):
             return self._failed(cell, started_at, ERROR, self._died_text())
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
