@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import compare, inspect, measure, plan, report, verify
+from . import compare, inspect, measure, plan, report, schedule, verify
 
 app = typer.Typer(
     name="membench",
@@ -28,6 +28,7 @@ app.command()(report.report)
 app.command()(compare.compare)
 app.command()(plan.fit)
 app.command("plan")(plan.plan_command)
+app.command("schedule")(schedule.schedule)
 
 
 def main() -> None:
