@@ -72,44 +72,47 @@ def combine_ranks(results: Sequence[CellResult]) -> CellResult:
 
 @dataclass(frozen=True)
 class RankEnd:
-    """How one rank ended: its result (None if it sent none) and its process's end."""
+    """How one rank ended: its result (None if it sent none), when it sent it (this machine's
+    monotonic clock) and its process's end."""
 
     rank: int
     result: CellResult | None
     exit: str  # "exit code 0", "killed by signal SIGKILL", "stopped: ...", "no result within ..."
     hung: bool = False  # still running at the deadline
+    at: float | None = None
 
 
-# A rank that waited past the process group's timeout for a peer reports an error like this.
-COLLECTIVE_TIMEOUT_MARKS = ("Timed out", "timed out", "Timeout", "DistBackendError")
+# What a rank reports when a peer, not the rank itself, broke a collective: it waited past the
+# process group's timeout, or the peer's connection closed under it (gloo's and NCCL's words).
+COMMUNICATION_MARKS = ("Timed out", "timed out", "Connection closed by peer", "Connection reset",
+                       "DistBackendError", "DistNetworkError", "gloo/transport", "NCCL")
 
 
-def _waited(result: CellResult | None) -> bool:
-    return (result is not None and result.status == ERROR
-            and any(mark in result.error for mark in COLLECTIVE_TIMEOUT_MARKS))
+def _communication(end: RankEnd) -> bool:
+    return any(mark in end.result.error for mark in COMMUNICATION_MARKS)
 
 
 def rank_failure(ends: Sequence[RankEnd]) -> tuple[str, str]:
-    """(status, error) of a cell whose ranks did not all finish: the first rank that failed on
-    its own (an oom or error it reported, or a death), else the ranks that hung (the others
-    timed out waiting for them in a collective), always naming the rank."""
-    own = [e for e in ends if e.result is not None and e.result.status in FAILED_STATUSES
-           and not _waited(e.result)]
-    for status in (OOM, ERROR, TIMEOUT):
-        for end in own:
-            if end.result.status == status:
-                return status, f"rank {end.rank}: {end.result.error}"
+    """(status, error) of a cell whose ranks did not all finish, naming the rank that failed on
+    its own: the first to report an oom or error that is not a peer's broken collective, else
+    one that died without a result, else the ones that hung (the others timed out waiting for
+    them), else the first broken collective."""
+    reported = sorted((e for e in ends if e.result is not None
+                       and e.result.status in FAILED_STATUSES), key=lambda e: e.at or 0.0)
+    own = [e for e in reported if not _communication(e)]
+    if own:
+        return own[0].result.status, f"rank {own[0].rank}: {own[0].result.error}"
     died = [e for e in ends if e.result is None and not e.hung and not e.exit.startswith("stopped")]
     if died:
         return ERROR, f"rank {died[0].rank} failed ({died[0].exit}) before sending its result"
-    hung = [e for e in ends if e.hung or (e.result is None and e.exit.startswith("stopped"))]
-    waited = [e.rank for e in ends if _waited(e.result)]
-    names = ", ".join(str(e.rank) for e in hung) or "none"
-    text = f"rank(s) {names} hung: no result from them"
-    if waited:
-        text += (f"; rank(s) {', '.join(map(str, waited))} timed out waiting for them in a "
-                 f"collective ({ends[waited[0]].result.error[:200]})")
-    return TIMEOUT, text
+    hung = [e.rank for e in ends if e.result is None]
+    if hung:
+        text = f"rank(s) {', '.join(map(str, hung))} hung: no result from them"
+        if reported:
+            text += (f"; rank(s) {', '.join(str(e.rank) for e in reported)} timed out waiting "
+                     f"for them in a collective ({reported[0].result.error[:200]})")
+        return TIMEOUT, text
+    return ERROR, f"rank {reported[0].rank}: {reported[0].result.error}"
 
 
 def rank_rows(result: CellResult) -> list[dict]:

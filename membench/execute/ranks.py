@@ -29,7 +29,8 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 
 import torch
@@ -53,10 +54,13 @@ def rank_context() -> multiprocessing.context.BaseContext:
     from .. import runners
 
     context = multiprocessing.get_context("forkserver")
-    # Takes effect when this process first starts its forkserver; the runner modules import
-    # torch.distributed and pipelining, which a rank would otherwise import in its cell.
-    context.set_forkserver_preload(["membench.measure.ranks", "membench.execute.ranks",
-                                    *runners.builtin_runner_modules()])
+    # Takes effect when this process first starts its forkserver: what every rank would
+    # otherwise import in its cell, seconds each (torch._dynamo comes with the first optimizer
+    # step; pipelining and FSDP2 with their runners).
+    context.set_forkserver_preload([
+        "membench.measure.ranks", "membench.execute.ranks", "torch._dynamo",
+        "torch.distributed.pipelining", "torch.distributed.fsdp", "torch.distributed.device_mesh",
+        *runners.builtin_runner_modules()])
     return context
 
 
@@ -81,10 +85,23 @@ def _rank_main(rank: int, fn: Callable, task, world: int, port: int, writers, th
     except Exception as err:  # a rank that crashes says why before it goes
         _send(writer, ("raised", error_text(err)))
         sys.exit(1)
-    _send(writer, ("done", value, ok))
+    _send(writer, ("done", value, ok, time.monotonic()))
     if not ok:
         sys.exit(1)
     dist.destroy_process_group()
+
+
+@contextmanager
+def _may_have_children() -> Iterator[None]:
+    """Let a daemonic process (a sweep's worker: the sweep never waits for it at exit) start
+    the ranks, which watch it and exit with it instead."""
+    config = multiprocessing.current_process()._config
+    daemon = config.pop("daemon", None)
+    try:
+        yield
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
 
 
 def _send(writer, message: tuple) -> None:
@@ -115,7 +132,7 @@ def launch_ranks(fn: Callable, task, world: int, kind: str, *, timeout_s: float 
     readers, writers = [r for r, _ in pipes], [w for _, w in pipes]
     store = dist.TCPStore(LOOPBACK, 0, world, is_master=True, wait_for_workers=False)
     collective_s = None if timeout_s is None else max(1.0, timeout_s * COLLECTIVE_TIMEOUT_SHARE)
-    with without_main_module():  # a forkserver would import the starter's __main__ again
+    with without_main_module(), _may_have_children():
         processes = torch_mp.start_processes(
             _rank_main, args=(fn, task, world, store.port, writers, threads, collective_s, kind,
                               first_index, dict(os.environ)),
@@ -171,7 +188,7 @@ def _read(open_readers: dict, messages: dict) -> None:
 def _end(rank: int, process, message: tuple | None, hung: bool,
          timeout_s: float | None) -> RankEnd:
     if message is not None and message[0] == "done":
-        return RankEnd(rank, message[1], _exit_text(process))
+        return RankEnd(rank, message[1], _exit_text(process), at=message[3])
     if message is not None:  # it raised before it could send a result
         return RankEnd(rank, None, f"raised {message[1]}")
     if hung and process.exitcode in (None, -signal.SIGKILL):
