@@ -180,6 +180,10 @@ def test_an_estimate_plans_every_rank_on_one_machine():
     assert pp.status == "estimated" and len(pp.ranks) == 4
     peaks = [r.peak_allocated_bytes for r in pp.ranks]
     assert pp.peak_allocated_bytes == peaks[pp.peak_rank] == max(peaks) and len(set(peaks)) > 1
+    # GPipe holds every micro-batch's forward on the first stage, 1F1B at most one per stage.
+    first = {s: estimate_ranks(cell("bp-pp", schedule=s), "cpu").ranks[0].peak_allocated_bytes
+             for s in ("gpipe", "1f1b")}
+    assert first["gpipe"] > first["1f1b"]
     over = estimate_ranks(cell("bp-ddp", device_mem_bytes=4096), "cuda")
     assert over.status == "oom" and over.error.startswith("rank 0: estimated")
     assert over.peak_allocated_bytes == max(r.peak_allocated_bytes for r in over.ranks)

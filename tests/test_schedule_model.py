@@ -19,12 +19,14 @@ cli = CliRunner()
 
 
 def brute_force(costs, stages):
-    """The smallest largest stage over every contiguous split (what balanced_stages must find)."""
+    """The best (largest stage, sum of squares) over every contiguous split: what
+    balanced_stages must find."""
     best = None
     for cuts in itertools.combinations(range(1, len(costs)), stages - 1):
         bounds = [0, *cuts, len(costs)]
-        largest = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
-        best = largest if best is None else min(best, largest)
+        sums = [sum(costs[a:b]) for a, b in zip(bounds, bounds[1:])]
+        key = (max(sums), sum(x * x for x in sums))
+        best = key if best is None else min(best, key)
     return best
 
 
@@ -36,7 +38,8 @@ def test_the_split_is_contiguous_and_its_largest_stage_the_smallest_possible():
         split = balanced_stages(costs, stages)
         assert [i for stage in split for i in stage] == list(range(len(costs)))
         assert all(len(stage) for stage in split)
-        assert max(sum(costs[i] for i in stage) for stage in split) == brute_force(costs, stages)
+        sums = [sum(costs[i] for i in stage) for stage in split]
+        assert (max(sums), sum(x * x for x in sums)) == brute_force(costs, stages)
     with pytest.raises(ValueError):
         balanced_stages([1, 2], 3)
 

@@ -45,31 +45,43 @@ def conv_costs(channels: Sequence[int], sizes: Sequence[int], in_channels: int =
     return costs
 
 
-def balanced_stages(costs: Sequence[float], stages: int) -> list[range]:
-    """Split layers 0..L-1 into ``stages`` contiguous, non-empty runs whose largest summed cost
-    is as small as possible (ties: the earliest split). ValueError unless 1 <= stages <= L."""
-    depth = len(costs)
-    if not 1 <= stages <= depth:
-        raise ValueError(f"cannot split {depth} layer(s) into {stages} stage(s)")
-    prefix = [0.0]
-    for cost in costs:
-        prefix.append(prefix[-1] + cost)
-    # best[k][i]: the smallest largest stage over the first i layers in k stages; cut[k][i]: the
-    # start of the last of those stages.
-    best = [[float("inf")] * (depth + 1) for _ in range(stages + 1)]
-    cut = [[0] * (depth + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
+def _split(prefix: list[float], stages: int, score, allowed) -> list[range]:
+    """The contiguous split of len(prefix) - 1 layers into ``stages`` runs minimising ``score``
+    (an associative fold over the runs' costs), each run's cost ``allowed``."""
+    depth = len(prefix) - 1
+    best = [[None] * (depth + 1) for _ in range(stages + 1)]  # (score, start of the last run)
+    best[0][0] = (0.0, 0)
     for k in range(1, stages + 1):
         for i in range(k, depth + 1):
             for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
+                cost = prefix[i] - prefix[j]
+                if best[k - 1][j] is None or not allowed(cost):
+                    continue
+                value = score(best[k - 1][j][0], cost)
+                if best[k][i] is None or value < best[k][i][0]:
+                    best[k][i] = (value, j)
     bounds, end = [], depth
     for k in range(stages, 0, -1):
-        bounds.append(range(cut[k][end], end))
-        end = cut[k][end]
+        start = best[k][end][1]
+        bounds.append(range(start, end))
+        end = start
     return bounds[::-1]
+
+
+def balanced_stages(costs: Sequence[float], stages: int) -> list[range]:
+    """Split layers 0..L-1 into ``stages`` contiguous, non-empty runs: the largest run's summed
+    cost as small as it can be (the pipeline's pace), then the runs as even as that allows (the
+    least sum of squares: the other stages' memory and work spread out). ValueError unless
+    1 <= stages <= L."""
+    if not 1 <= stages <= len(costs):
+        raise ValueError(f"cannot split {len(costs)} layer(s) into {stages} stage(s)")
+    prefix = [0.0]
+    for cost in costs:
+        prefix.append(prefix[-1] + cost)
+    pace = max(sum(costs[i] for i in run) for run in
+               _split(prefix, stages, max, lambda cost: True))
+    return _split(prefix, stages, lambda total, cost: total + cost * cost,
+                  lambda cost: cost <= pace * (1 + 1e-12))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ class Runner(ABC):
         self.precision, self.memory_format, self.compile_mode = precision, memory_format, compile
         self.release_grads = grads == "released"
         self.state_on_host = optimizer_state == "host"
-        self.devices, self.schedule = devices, schedule
+        # (``schedule``: bp.py's runners name their cosine ``self.schedule``)
+        self.devices, self.pipeline_schedule = devices, schedule
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 

@@ -196,7 +196,7 @@ class BPPipelineRunner(SpansDevices, BPRunner):
         self.clock = BusyClock(self.device)
         self.pipeline: object = None  # built at the first step, when the batch is known
         self.batch = 0
-        self.schedule_class = ScheduleGPipe if self.schedule == "gpipe" else Schedule1F1B
+        self.schedule_class = ScheduleGPipe if self.pipeline_schedule == "gpipe" else Schedule1F1B
 
     def local_batch(self, images, labels):
         """The first stage holds the images, the last the labels, the others neither; every
