@@ -27,7 +27,7 @@ import pandas as pd
 
 from .results import _append_rows, _typed_frame, prepare_for_append, read_cells, read_rows
 from .schema import (
-    BREAKDOWN_COLUMNS, ERROR, FAILED_STATUSES, MEASURED_STATUSES, OOM, TIMEOUT, CellResult,
+    BREAKDOWN_COLUMNS, ERROR, FAILED_STATUSES, MEASURED_STATUSES, TIMEOUT, CellResult,
 )
 
 RANKS_FILE = "ranks.csv"

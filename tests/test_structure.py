@@ -68,7 +68,7 @@ NEEDS_TORCH = {
     # Cells on several devices: the runners, a rank's measurement, the fake group, the launcher.
     "membench.runners.distributed", "membench.runners.bp_parallel", "membench.runners.ff_parallel",
     "membench.measure.ranks", "membench.measure.fake_ranks", "membench.execute.ranks",
-    "membench.verify.ranks",
+    "membench.verify.ranks", "membench.measure.layer_costs",
 }
 
 

@@ -65,3 +65,16 @@ def without_main_module() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+def exit_text(process) -> str:
+    """How a process ended, for a row: 'exit code 7', 'killed by signal SIGKILL'."""
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -41,7 +41,7 @@ from torch.multiprocessing.spawn import ProcessException
 from ..errors import error_text
 from ..ranks import RankEnd, combine_ranks, measured, rank_failure
 from ..schema import ERROR, Cell, CellResult, DeviceSpecError, parse_device
-from .children import start_child, without_main_module
+from .children import exit_text, start_child, without_main_module
 
 LOOPBACK = "127.0.0.1"  # ranks meet on this machine only
 COLLECTIVE_TIMEOUT_SHARE = 1 / 3  # of the deadline: a peer's wait gives up well before it
@@ -110,18 +110,6 @@ def _send(writer, message: tuple) -> None:
     writer.send_bytes(pickle.dumps(message))
 
 
-def _exit_text(process) -> str:
-    code = process.exitcode
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 def launch_ranks(fn: Callable, task, world: int, kind: str, *, timeout_s: float | None = None,
                  first_index: int = 0, threads: int | None = None) -> list[RankEnd]:
     """Run ``fn(rank, world, task)`` on ``world`` ranks (see the module docstring); how each
@@ -188,12 +176,12 @@ def _read(open_readers: dict, messages: dict) -> None:
 def _end(rank: int, process, message: tuple | None, hung: bool,
          timeout_s: float | None) -> RankEnd:
     if message is not None and message[0] == "done":
-        return RankEnd(rank, message[1], _exit_text(process), at=message[3])
+        return RankEnd(rank, message[1], exit_text(process), at=message[3])
     if message is not None:  # it raised before it could send a result
         return RankEnd(rank, None, f"raised {message[1]}")
     if hung and process.exitcode in (None, -signal.SIGKILL):
         return RankEnd(rank, None, f"no result within {timeout_s:g} s", hung=True)
-    text = _exit_text(process)
+    text = exit_text(process)
     if process.exitcode == -signal.SIGTERM:
         text = f"stopped after another rank failed ({text})"
     return RankEnd(rank, None, text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, TIMEOUT, Cell, CellResult
-from .children import start_child, without_main_module
+from .children import exit_text, start_child, without_main_module
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
@@ -281,15 +280,7 @@ class IsolatedWorker:
 
     def _exit_text(self) -> str:
         self.process.join(5)
-        code = self.process.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+        return exit_text(self.process)
 
     def _died_text(self) -> str:
         return f"WorkerDied: worker process ended during the cell ({self._exit_text()})"

@@ -23,7 +23,7 @@ from ..archs import ConvLayer, conv_stack_spec
 from .base import AUTOCAST_DTYPES, RunnerConfigError
 from .bp import BPRunner
 from .distributed import (
-    BusyClock, SpansDevices, data_parallel_check, estimating, group_view, pipeline_check,
+    BusyClock, Pipeline, SpansDevices, data_parallel_check, estimating, group_view,
     pipeline_stages, rank_part,
 )
 from .optim import WholeModelAdamW
@@ -158,26 +158,19 @@ def _timed_stage(clock: BusyClock):
     return TimedStage
 
 
-class BPPipelineRunner(SpansDevices, BPRunner):
+class BPPipelineRunner(Pipeline, BPRunner):
     """``bp`` as a pipeline of contiguous layers, one stage per rank."""
 
     name = "bp-pp"
     summary = ("bp on N devices: torch.distributed.pipelining, a stage of contiguous layers per "
                "rank, --micro-batch M, --schedule gpipe or 1f1b")
     same_gradients_as = "bp"
-    needs_conv_stack = True
-    uses_micro_batch = True
     uses_schedule = True
     default_schedule = "1f1b"
 
-    @staticmethod
-    def default_micro_batch(batch: int) -> int:
-        """Eight micro-batches (at least one sample each) unless --micro-batch is given."""
-        return max(1, batch // 8)
-
     @classmethod
     def check_devices(cls, cell) -> None:
-        pipeline_check(cls.name, cell)
+        super().check_devices(cell)
         chunks = cell.batch // (cell.micro_batch or cell.batch)
         if cell.schedule == "1f1b" and chunks < cell.devices:
             raise RunnerConfigError(f"{cls.name} --schedule 1f1b needs at least as many "

@@ -49,6 +49,22 @@ class SpansDevices:
         """Raise RunnerConfigError for a device count this runner cannot split the cell over."""
 
 
+class Pipeline(SpansDevices):
+    """Mixin for a pipeline across devices: a stage of contiguous layers per rank, the batch in
+    micro-batches (chunks) of ``--micro-batch``, eight of them unless given."""
+
+    uses_micro_batch = True
+    needs_conv_stack = True
+
+    @staticmethod
+    def default_micro_batch(batch: int) -> int:
+        return max(1, batch // 8)
+
+    @classmethod
+    def check_devices(cls, cell) -> None:
+        pipeline_check(cls.name, cell)
+
+
 def data_parallel_check(name: str, cell) -> None:
     """The batch must split evenly over the ranks of a data-parallel runner."""
     if cell.batch % cell.devices:
@@ -127,5 +143,5 @@ class BusyClock:
         return float(sum(self.spans))
 
 
-__all__ = ["BusyClock", "FAKE_BACKEND", "SpansDevices", "data_parallel_check", "estimating",
+__all__ = ["BusyClock", "FAKE_BACKEND", "Pipeline", "SpansDevices", "data_parallel_check", "estimating",
            "group_view", "pipeline_check", "pipeline_stages", "rank_part"]

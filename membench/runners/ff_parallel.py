@@ -22,11 +22,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .base import AUTOCAST_DTYPES
-from .distributed import BusyClock, SpansDevices, group_view, pipeline_check, pipeline_stages
+from .distributed import BusyClock, Pipeline, group_view, pipeline_stages
 from .ff import FFPipelinedRunner, _Boundary
 
 
-class FFPipelineRunner(SpansDevices, FFPipelinedRunner):
+class FFPipelineRunner(Pipeline, FFPipelinedRunner):
     """DTG-FF with a contiguous group of layers per rank and chunks flowing forward only."""
 
     name = "ff-pp"
@@ -34,15 +34,6 @@ class FFPipelineRunner(SpansDevices, FFPipelinedRunner):
                "forward only, each layer's step after its chunks")
     same_layer_gradients_as = "ff-pipelined"
     same_first_step_losses_as = None
-
-    @staticmethod
-    def default_micro_batch(batch: int) -> int:
-        """Eight chunks (at least one sample each) unless --micro-batch is given."""
-        return max(1, batch // 8)
-
-    @classmethod
-    def check_devices(cls, cell) -> None:
-        pipeline_check(cls.name, cell)
 
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)

@@ -8,6 +8,8 @@ CPU with gloo (``membench.execute.ranks``), must leave what one device leaves.
 - ``ff-pp`` (``same_layer_gradients_as = "ff-pipelined"``): each layer's own parameters, on the
   rank that owns it, get ``ff-pipelined``'s first-step gradients with the same micro-batch,
   compared before clipping.
+- ``learns``: on a small learnable task every rank that reports a loss (a data-parallel rank's
+  share, a pipeline's last stage, an ``ff-pp`` rank's own layers) lowers it, as every runner must.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from ..execute.ranks import launch_ranks
 from ..runners import get_runner
 from . import CheckResult, VerifySetup
-from .checks import _after_first_step, _compare_gradients, random_batch
+from . import LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS
+from .checks import _after_first_step, _compare_gradients, _finite, learnable_batch, random_batch
 
 VERIFY_DEVICES = 2
 RANK_TIMEOUT_S = 300.0  # a bound on a broken runner, never a performance threshold
@@ -103,11 +106,44 @@ def check_rank_gradients(method: str, setup: VerifySetup, schedule: str | None =
                               [got[n] for n in names])
 
 
+def _rank_losses(rank: int, world: int, task) -> tuple[list[float], bool]:
+    """One rank: its loss at every step of training on the learnable batch, dropout on."""
+    method, setup, micro_batch = task
+    runner = get_runner(method)(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
+                                total_steps=LEARN_SCHEDULE_STEPS, micro_batch=micro_batch,
+                                devices=world)
+    batch = runner.local_batch(*learnable_batch(setup))
+    return [float(runner.step(*batch)) for _ in range(LEARN_STEPS)], True
+
+
+def check_rank_learns(method: str, setup: VerifySetup,
+                      devices: int = VERIFY_DEVICES) -> CheckResult:
+    """Every rank that reports a loss lowers it by LEARN_REQUIRED_DROP (the last five steps'
+    mean against the first step's), none of them ever non-finite."""
+    runner_cls = get_runner(method)
+    micro_batch = max(1, setup.batch // 4) if runner_cls.uses_micro_batch else None
+    ends = launch_ranks(_rank_losses, (method, setup, micro_batch), devices, "cpu",
+                        timeout_s=RANK_TIMEOUT_S)
+    if any(end.result is None for end in ends):
+        failed = next(end for end in ends if end.result is None)
+        return CheckResult("learns", method, False, f"rank {failed.rank} ended without a result "
+                           f"({failed.exit})")
+    curves = {end.rank: end.result for end in ends if any(end.result)}
+    drops = {rank: (c[0], sum(c[-5:]) / 5) for rank, c in curves.items()}
+    passed = bool(drops) and all(last <= (1 - LEARN_REQUIRED_DROP) * first and
+                                 all(map(_finite, curves[rank]))
+                                 for rank, (first, last) in drops.items())
+    detail = ", ".join(f"rank {rank}: loss {first:.3f} -> {last:.3f}"
+                       for rank, (first, last) in drops.items()) or "no rank reports a loss"
+    return CheckResult("learns", method, passed, f"{detail} over {LEARN_STEPS} steps")
+
+
 def rank_checks(method: str, setup: VerifySetup) -> list[CheckResult]:
     """Every check of a runner that spans devices (each pipeline schedule it takes)."""
     runner_cls = get_runner(method)
     schedules = ("gpipe", "1f1b") if runner_cls.uses_schedule else (None,)
-    return [check_rank_gradients(method, setup, schedule) for schedule in schedules]
+    return [*(check_rank_gradients(method, setup, schedule) for schedule in schedules),
+            check_rank_learns(method, setup)]
 
 
 __all__ = ["VERIFY_DEVICES", "check_rank_gradients", "rank_checks"]
