@@ -279,6 +279,10 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
         runner = runners[settings["method"]]
         if not runner.uses_micro_batch:
             settings["micro_batch"] = None
+        if not runner.spans_devices:  # as micro_batch: one device for a one-device method
+            settings["devices"] = 1
+        if not runner.uses_schedule or settings["schedule"] is None:
+            settings["schedule"] = runner.default_schedule
         try:
             runner.check_cell(settings["arch"], settings["res"], settings["batch"],
                               settings["micro_batch"])

@@ -63,9 +63,14 @@ NEEDS_TORCH = {
     "membench.archs", "membench.runners.base", "membench.runners.bp", "membench.runners.ff",
     "membench.runners.saved_tensors", "membench.runners.optim", "membench.measure.devices",
     "membench.measure.memtrack",
-    "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
+    "membench.measure.flops", "membench.measure.calibrate", "membench.measure.protocol",
+    "membench.measure.estimate",
     "membench.measure.fit", "membench.measure.phases", "membench.measure.plan",
     "membench.verify.checks",
+    # Cells on several devices: the runners, a rank's measurement, the fake group, the launcher.
+    "membench.runners.distributed", "membench.runners.bp_parallel", "membench.runners.ff_parallel",
+    "membench.measure.ranks", "membench.measure.fake_ranks", "membench.execute.ranks",
+    "membench.verify.ranks", "membench.measure.layer_costs",
 }
 
 

@@ -130,8 +130,10 @@ class LocalExecutor(Executor):
             self.worker = self._new_worker()
         result = self.worker.run(cell, self.timeout_s)
         # A measured cell that failed may have poisoned its process (a CUDA OOM, a fragmented
-        # allocator); an estimate over its budget has not, but a crashed or hung one has.
-        if result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK):
+        # allocator); an estimate over its budget has not, but a crashed or hung one has. A
+        # cell on several devices ran in its ranks, whose processes are gone: its worker is fine.
+        poisoned = result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK)
+        if poisoned and not (cell.devices > 1 and self.worker.process.is_alive()):
             self.close()
         return result
 

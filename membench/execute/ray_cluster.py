@@ -272,6 +272,7 @@ class RayExecutor(Executor):
         self.options: dict = {}
         self.placement: Placement | None = None
         self.setup: TaskSetup | None = None
+        self.node_gpus = 0  # the most GPUs one node has: the most devices a cell can span
 
     def _connect(self) -> None:
         ray = self.ray
@@ -298,6 +299,8 @@ class RayExecutor(Executor):
 
         self._connect()
         plan = plan_cluster(self.ray.nodes(), self.kind, self.cpus_per_cell)
+        self.node_gpus = max(int(n["Resources"].get("GPU", 0)) for n in self.ray.nodes()
+                             if n.get("Alive"))
         self.kind = plan.kind
         self.options = dict(num_cpus=plan.cpus, num_gpus=1 if plan.kind == "cuda" else 0)
         setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops,
@@ -332,6 +335,13 @@ class RayExecutor(Executor):
         # holds no CUDA context, so it may serve many tasks (Ray's default for GPU tasks is one).
         return self.ray.remote(max_retries=0, max_calls=0)(function)
 
+    def _cell_options(self, cell: Cell) -> dict:
+        """A cell's task: on CUDA, one GPU per device it spans, on one node (a task is never
+        split across nodes)."""
+        if self.kind == "cuda" and cell.devices > 1:
+            return {**self.options, "num_gpus": cell.devices}
+        return self.options
+
     def provenance(self) -> dict:
         """env.json: every node's environment and peak (``nodes``), the first at the top level."""
         nodes = [{**hello.env, "ray_node_id": hello.node_id, "device": hello.device,
@@ -344,10 +354,16 @@ class RayExecutor(Executor):
 
     def run(self, cells: list[Cell],
             started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
-        task = self._remote(run_cell_task).options(**self.options)
+        task = self._remote(run_cell_task)
         setup = self.ray.put(self.setup)
-        self.flights = {task.remote(cell, setup): _Flight(index, cell)
-                        for index, cell in enumerate(cells)}
+        for index, cell in enumerate(cells):  # a task Ray could never place would wait forever
+            if self.kind == "cuda" and cell.devices > self.node_gpus:
+                yield index, failed_result(cell, self.placement.device, "", ERROR, (
+                    f"--devices {cell.devices}: no node of the Ray cluster has that many GPUs "
+                    f"(largest: {self.node_gpus})"), now(), host=""), 0.0
+        self.flights = {task.options(**self._cell_options(cell)).remote(cell, setup):
+                        _Flight(index, cell) for index, cell in enumerate(cells)
+                        if self.kind != "cuda" or cell.devices <= self.node_gpus}
         while self.flights:
             ready, _ = self.ray.wait(list(self.flights), num_returns=1, timeout=self._wait_s())
             for generator in ready:

@@ -42,6 +42,7 @@ from ..resume import (
     cell_key, latest_rows, prepare_results_folder, prune_results, replace_result, results_lock,
     row_key,
 )
+from ..ranks import append_ranks
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timelines import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
@@ -158,6 +159,7 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
                 write_env(out_dir, executor.provenance())
             for index, result, wall_s in executor.run(todo, progress.cell_started):
                 write_timeline(out_dir, result)  # before the row, which marks the cell done
+                append_ranks(out_dir, result)  # a cell on several devices: each rank's row
                 if redo:  # its earlier rows go only now, with its new row in their place
                     replace_result(out_dir, result, _earlier_rows(result.cell, placement, estimates))
                 else:

@@ -20,17 +20,15 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, TIMEOUT, Cell, CellResult
+from .children import exit_text, start_child, without_main_module
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
@@ -90,6 +88,7 @@ class Hello:
 @dataclass(frozen=True)
 class RunCell:
     cell: Cell
+    timeout_s: float | None = None  # the time it has (a cell on several devices bounds its ranks)
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ class OpenTarget:
     device: str
     device_name: str
     peaks: dict[str, PeakSpec]
-    run: Callable[[Cell], CellResult]
+    run: Callable[..., CellResult]  # (cell, timeout_s=None) -> its result
     precisions: tuple[str, ...] = ()  # what torch can autocast to on the device; () if any
 
     @property
@@ -128,8 +127,13 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
         from ..measure.estimate import estimate_cell
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
-        def estimate(cell: Cell) -> CellResult:
-            result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
+        def estimate(cell: Cell, timeout_s: float | None = None) -> CellResult:
+            if cell.devices > 1:  # every rank, one after another, in a fake process group
+                from ..measure.fake_ranks import estimate_ranks
+
+                result = estimate_ranks(cell, target.estimate_kind)
+            else:
+                result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
             result.host = socket.gethostname()
             return result
 
@@ -152,9 +156,15 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
     for precision in dict.fromkeys(("fp32", *target.precisions)):
         peak_for(precision)  # before any cell: a calibration never runs inside a cell's time
 
-    def measure(cell: Cell) -> CellResult:
-        result = run_cell(cell, device, peak=peak_for(cell.precision),
-                          **target.timeline_options())
+    def measure(cell: Cell, timeout_s: float | None = None) -> CellResult:
+        if cell.devices > 1:  # N ranks launched from here (docs/design.md)
+            from .ranks import run_multi_device
+
+            result = run_multi_device(cell, str(device), device.name(), peak_for(cell.precision),
+                                      timeout_s)
+        else:
+            result = run_cell(cell, device, peak=peak_for(cell.precision),
+                              **target.timeline_options())
         result.host = socket.gethostname()
         return result
 
@@ -172,41 +182,14 @@ def failed_result(cell: Cell, device: str, device_name: str, status: str, error:
 
 
 # -- the worker process ---------------------------------------------------------------------------
-def _watch_parent() -> None:
-    """Exit this worker as soon as the sweep process is gone, even in the middle of a cell."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(3)
-
-    threading.Thread(target=watch, name="membench-parent-watch", daemon=True).start()
-
-
 def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     """A worker: say hello, then run each cell received and send its result back."""
-    # Ctrl-C reaches the whole process group; the sweep process decides what happens to cells.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _watch_parent()
-    # A forkserver child inherits the server's environment, not the sweep's current one; the
-    # sweep's PYTHONPATH (plugins) must be importable here even when this worker's starter had
-    # another (a Ray worker that runs cells for a sweep started elsewhere).
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    for entry in reversed(setup.environ.get("PYTHONPATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
-    import importlib
-
+    start_child(setup.environ)
     import torch
 
     from .. import runners
     from ..envinfo import collect_env
 
-    importlib.invalidate_caches()
-    runners.refresh_registry()
     torch.set_num_threads(setup.threads)
     target = open_target(setup.target, setup.peaks)
     for method in setup.methods:
@@ -221,7 +204,7 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        result = target.run(message.cell)
+        result = target.run(message.cell, message.timeout_s)
         try:
             conn.send(CellDone(result))
         except (BrokenPipeError, OSError):
@@ -268,22 +251,6 @@ def _start_forkserver() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Hide ``__main__`` while a worker starts, so the worker does not re-import it.
-
-    multiprocessing re-runs the parent's main script in every child; the worker needs nothing
-    from it, and re-running it costs time and breaks scripts without an ``if __name__`` guard.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
@@ -304,7 +271,7 @@ class IsolatedWorker:
                             dict(peaks or {}))
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
-        with _without_main_module():
+        with without_main_module():
             self.process.start()
         # Only the worker may hold its end: then a dead worker reads as EOF on ours.
         child_conn.close()
@@ -334,7 +301,7 @@ class IsolatedWorker:
         self.budget = cell.device_mem_bytes
         self.cells_run += 1
         try:
-            self.conn.send(RunCell(cell))
+            self.conn.send(RunCell(cell, timeout_s))
         except (BrokenPipeError, OSError):
             return self._failed(cell, started_at, ERROR, self._died_text())
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -358,15 +325,7 @@ class IsolatedWorker:
 
     def _exit_text(self) -> str:
         self.process.join(5)
-        code = self.process.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+        return exit_text(self.process)
 
     def _died_text(self) -> str:
         return f"WorkerDied: worker process ended during the cell ({self._exit_text()})"

@@ -91,7 +91,7 @@ def count_step_flops(cell: Cell) -> int:
     cell = dataclasses.replace(cell, compile="none")
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
-        images, labels = make_batch(cell, torch.device("cpu"))
+        images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))
         return step_flops(lambda: runner.step(images, labels))
 
 
@@ -141,7 +141,7 @@ def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
     device.set_memory_budget(cell.device_mem_bytes)
     runner = build_runner(cell, device.torch_device)
     device.adapt(runner)
-    images, labels = make_batch(cell, device.torch_device)
+    images, labels = runner.local_batch(*make_batch(cell, device.torch_device))
     prepared = PreparedCell(cell, device, runner, images, labels)
     for index in range(device.warmup_steps(cell)):
         start = time.perf_counter()

@@ -193,7 +193,9 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     first = group.iloc[0]
     family_arch = f"vgg-d1-w{first['width']}{first['pools']}"
     predicted = predictions(group, _splits(best))
-    top = int(group["depth"].max())
+    # The deepest depth both families reached: a family's row alone compares with nothing.
+    both = set(best.loc[best["family"] == "bp", "depth"]) & set(best.loc[best["family"] == "ff", "depth"])
+    top = int(max(both)) if both else int(group["depth"].max())
     lines = []
     for split in _splits(best):
         model_d = (predicted_crossover(family_arch, int(first["res"]), int(first["batch"]),
@@ -221,11 +223,11 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         Column("D*, modelled configurations", lambda r: "" if r.split == ANY else depth(r.modelled), "r"),
         Column("D*, model", lambda r: "" if r.split == ANY else depth(r.model), "r"),
         Column("deepest on 8 GiB: bp / ff", lambda r: f"{r.deepest_bp} / {r.deepest_ff}"),
-        Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".3f"), "r"),
-        Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".3f"), "r"),
+        Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".4g"), "r"),
+        Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".4g"), "r"),
         Column(f"D={top}: TFLOP/step bp / ff",
-               lambda r: f"{fmt(r.bp_flops / 1e12, '.2f')} / {fmt(r.ff_flops / 1e12, '.2f')}"),
-        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".3f"), "r"),
+               lambda r: f"{fmt(r.bp_flops / 1e12, '.3g')} / {fmt(r.ff_flops / 1e12, '.3g')}"),
+        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".4g"), "r"),
     ], list(frame.itertuples(index=False))).markdown()
     return best, table
 

@@ -43,7 +43,7 @@ def builtin_runner_modules() -> list[str]:
 
 
 BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup", "ff-naive",
-                   "ff-pipelined")
+                   "ff-pipelined", "bp-ddp", "bp-fsdp", "bp-pp", "ff-pp")
 
 
 def available_methods() -> list[str]:

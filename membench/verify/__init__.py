@@ -21,6 +21,9 @@ The checks, each applicable to any registered runner, third-party ones included:
   steps, in fp32 and in every reduced precision.
 - ``first-step loss (bf16)``, ``(fp16)``: under autocast the first-step loss differs from fp32's
   (autocast ran) by at most a stated tolerance.
+- ``gradients on 2 ranks``: a runner that spans devices (``bp-ddp``, ``bp-fsdp``, ``bp-pp``
+  under each schedule, ``ff-pp``) leaves its single-device reference's gradients
+  (``membench.verify.ranks``).
 - ``compiled``: on request (slow on a CPU), compiled and eager first steps agree on loss and
   gradients within a stated tolerance.
 """
@@ -81,6 +84,11 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     results = []
     for method in methods:
         runner_cls = get_runner(method)
+        if getattr(runner_cls, "spans_devices", False):  # its checks run on gloo ranks
+            from .ranks import rank_checks
+
+            results += _guarded(lambda m=method: rank_checks(m, setup), method)
+            continue
         plan = []
         if getattr(runner_cls, "same_gradients_as", None):
             plan.append(lambda m=method, r=runner_cls.same_gradients_as: check_gradients(m, r, setup))
@@ -117,3 +125,11 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
             except Exception as err:  # a runner that crashes fails its check, it does not stop verify
                 results.append(CheckResult("crash", method, False, f"{type(err).__name__}: {err}"))
     return results
+
+
+def _guarded(run_checks, method: str) -> list[CheckResult]:
+    """``run_checks()``, or one failed check if it crashes."""
+    try:
+        return run_checks()
+    except Exception as err:
+        return [CheckResult("crash", method, False, f"{type(err).__name__}: {err}")]
