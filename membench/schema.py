@@ -150,9 +150,8 @@ class Cell:
     batch: int = cell_setting(32, whole(1), "Batch size: the images of one optimizer step.",
                               id_part="b{}".format, id_always=True)
     micro_batch: int | None = cell_setting(
-        None, optional(whole(1)), "Micro-batch, for methods that split the batch (bp-accum: "
-        "gradient accumulation, default batch/2; ff-pipelined: each layer in chunks of it).",
-        id_part="mb{}".format)
+        None, optional(whole(1)), "Micro-batch, for methods that split the batch: BP accumulates "
+        "over them (bp-accum: batch/2 by default), FF trains in chunks.", id_part="mb{}".format)
     classes: int = cell_setting(10, whole(1), "Number of classes K.", id_part="k{}".format,
                                 id_always=True)
     # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").

@@ -137,3 +137,19 @@ def test_an_estimate_sweep_names_its_device_once(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 cell(s) on cuda (estimate), 0 already finished" in result.output
     assert "(estimate) (estimate)" not in result.output
+
+
+def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
+    from rich.console import Console
+
+    from membench.cli.display import summary_table
+    from membench.schema import Cell, CellResult
+
+    cells = [Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64),
+             Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64, micro_batch=16,
+                  precision="bf16")]
+    console = Console(record=True, width=200)
+    console.print(summary_table([CellResult(c, "cpu", "x", status="ok") for c in cells], "t"))
+    lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]
+    assert len(lines) == 2 and lines[0] != lines[1]
+    assert "mb16 bf16" in lines[1] and "mb16" not in lines[0]

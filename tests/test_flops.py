@@ -172,3 +172,13 @@ def test_report_and_fit_take_a_gpu_or_a_device_profile_and_refuse_an_unknown_one
     for command in (["fit", "--device-mem", "1GiB", "--gpu", "Voodoo 5"],
                     ["report", str(tmp_path), "--gpu", "Voodoo 5"]):
         assert "unknown GPU 'Voodoo 5'" in usage_error(cli.invoke(app, command))
+
+
+def test_an_fp16_step_counts_the_flops_of_its_bf16_step():
+    # fp16's GradScaler reads a value fake tensors cannot give; its FLOPs are bf16's, not None.
+    from membench.measure.protocol import count_step_flops
+    from membench.schema import Cell
+
+    cells = {p: Cell(method="bp", arch="vgg-d3-w16", res=16, batch=4, precision=p)
+             for p in ("bf16", "fp16")}
+    assert count_step_flops(cells["fp16"]) == count_step_flops(cells["bf16"]) > 0

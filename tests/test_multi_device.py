@@ -192,7 +192,7 @@ def test_an_estimate_plans_every_rank_on_one_machine():
 def test_estimate_sweep_with_devices(tmp_path):
     result = cli.invoke(app, ["sweep", "--estimate", "--method", "bp-fsdp", "--arch", ARCH,
                               "--res", str(RES), "--batch", str(BATCH), "--devices", "4",
-                              "--micro-batch", "2", "--isolation", "none", "--out", str(tmp_path)])
+                              "--isolation", "none", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     ranks = read_ranks(tmp_path)
     assert list(ranks["rank"]) == list(range(4))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from membench.measure.ranks import wire_bytes
 from membench.ranks import RankEnd, append_ranks, combine_ranks, rank_failure, read_ranks
-from membench.results import append_result, prune_results
+from membench.results import append_result
+from membench.resume import prune_results
 from membench.schema import Cell, CellResult, MemoryBreakdown
 
 CELL = Cell(method="bp-pp", arch="vgg-d4-w8", res=8, batch=8, micro_batch=2, devices=2,

@@ -193,7 +193,7 @@ def progress_display(console: Console) -> CliProgress:
 def summary_table(results: list[CellResult], title: str) -> Table:
     """The end-of-sweep table: one line per cell."""
     table = Table(title=title)
-    for name in ("method", "arch", "res", "batch", "status"):
+    for name in ("method", "arch", "res", "batch", "tooling", "status"):
         table.add_column(name)
     for name in ("median ms", "imgs/s", "peak GiB", "GFLOP/step", "MFU"):
         table.add_column(name, justify="right")
@@ -201,12 +201,19 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
         table.add_row(
-            cell.method, cell.arch, str(cell.res), str(cell.batch), result.status,
+            cell.method, cell.arch, str(cell.res), str(cell.batch), _tooling_text(cell),
+            result.status,
             "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
             "-" if peak is None else f"{peak / 2**30:.3f}",
             "-" if flops is None else f"{flops / 1e9:,.1f}", "-" if mfu is None else f"{mfu:.1%}",
         )
     return table
+
+
+def _tooling_text(cell) -> str:
+    """What tells two rows of one method, arch, res and batch apart: 'mb16 bf16', or '-'."""
+    parts = ([f"mb{cell.micro_batch}"] if cell.micro_batch else []) + cell.tooling()
+    return " ".join(parts) or "-"
 
 
 def default_out_dir(profiles: list[str]) -> Path:

@@ -89,6 +89,10 @@ def count_step_flops(cell: Cell) -> int:
     (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
     what, it computes."""
     cell = dataclasses.replace(cell, compile="none")
+    if cell.precision == "fp16":
+        # fp16's GradScaler reads its inf check with .item(), which fake tensors cannot answer;
+        # a bf16 step runs the same convolutions and matmuls (the scaler's ops count no FLOPs).
+        cell = dataclasses.replace(cell, precision="bf16")
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
         images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))

@@ -205,6 +205,7 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         lines.append(dict(
             split=split, measured=crossover_depth(best, split),
             modelled=crossover_depth(modelled, split) if split != ANY else None, model=model_d,
+            has_modelled=set(modelled.loc[modelled["split"] == split, "family"]) == {"bp", "ff"},
             deepest_bp=_deepest(best, "bp", split, predicted.get(f"bp:{split}")),
             deepest_ff=_deepest(best, "ff", split, predicted.get(f"ff:{split}")),
             **{f"{f}_at_top": (at_top[f]["cell_id"].iloc[0] if len(at_top[f]) else "") for f in at_top},
@@ -220,7 +221,8 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         Column("micro-batch", lambda r: "any (each family's best)" if r.split == ANY
                else _split_label(r.split, best)),
         Column("D*, best configurations", lambda r: depth(r.measured), "r"),
-        Column("D*, modelled configurations", lambda r: "" if r.split == ANY else depth(r.modelled), "r"),
+        Column("D*, modelled configurations", lambda r: "" if r.split == ANY else (
+            depth(r.modelled) if r.has_modelled else "not in the results"), "r"),
         Column("D*, model", lambda r: "" if r.split == ANY else depth(r.model), "r"),
         Column("deepest on 8 GiB: bp / ff", lambda r: f"{r.deepest_bp} / {r.deepest_ff}"),
         Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".4g"), "r"),
