@@ -248,7 +248,7 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
     method known, every arch buildable at every resolution, every runner able to run its cell;
     ConfigError on the first problem, before anything runs."""
     from .archs import ArchError, validate_arch
-    from .runners import RunnerConfigError, UnknownMethodError, get_runner
+    from .runners import RunnerConfigError, UnknownMethodError, available_methods, get_runner
 
     unknown = sorted(set(axes) - {s.name for s in CELL_SETTINGS})
     if unknown:
@@ -261,6 +261,11 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
             runners[method] = get_runner(method)
         except UnknownMethodError as err:
             raise ConfigError(str(err)) from None
+    if values["micro_batch"] != (None,) and not any(r.uses_micro_batch for r in runners.values()):
+        takers = ", ".join(m for m in available_methods() if get_runner(m).uses_micro_batch)
+        raise ConfigError(f"--micro-batch applies to methods that split the batch ({takers}); "
+                          f"{', '.join(values['method'])} take"
+                          f"{'s' if len(values['method']) == 1 else ''} none")
     for arch, res in itertools.product(values["arch"], values["res"]):
         try:
             validate_arch(arch, res)
@@ -275,6 +280,10 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
         runner = runners[settings["method"]]
         if not runner.uses_micro_batch:
             settings["micro_batch"] = None
+        if not runner.spans_devices:  # as micro_batch: one device for a one-device method
+            settings["devices"] = 1
+        if not runner.uses_schedule or settings["schedule"] is None:
+            settings["schedule"] = runner.default_schedule
         try:
             runner.check_cell(settings["arch"], settings["res"], settings["batch"],
                               settings["micro_batch"])

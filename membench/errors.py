@@ -31,3 +31,13 @@ def error_text(err: BaseException) -> str:
     """What a results row's ``error`` column says about an exception: the message and where."""
     location = where(err)
     return f"{one_line(err)} | {location}" if location else one_line(err)
+
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be (``membench.cli.main`` installs the handler), so
+    the same code stops a sweep cleanly; the command exits with ``EXIT`` (128 + SIGTERM)."""
+
+    EXIT = 143

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .config import expand_grid
 from .results import append_result, read_cells, write_env
-from .runners import BUILTIN_METHODS
+from .runners import SINGLE_DEVICE_METHODS
 from .units import slug
 
 if TYPE_CHECKING:
@@ -55,10 +55,10 @@ CPU_GATE_TRACKER_STEPS = 1
 
 
 def cpu_gate_cells() -> list[Cell]:
-    """Every built-in method on a tiny arch, and bp and ff-pipelined in bf16: the CPU memory
-    gate's grid."""
+    """Every built-in method of one device on a tiny arch, and bp and ff-pipelined in bf16:
+    the CPU memory gate's grid."""
     grid = dict(arch="vgg-d3-w16", res=16, batch=4, warmup=1, steps=1)
-    return (expand_grid(method=list(BUILTIN_METHODS), **grid)
+    return (expand_grid(method=list(SINGLE_DEVICE_METHODS), **grid)
             + expand_grid(method=["bp", "ff-pipelined"], precision="bf16", **grid))
 
 

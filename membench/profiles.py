@@ -104,4 +104,7 @@ def load_profile(ref: str | Path) -> Profile:
     if grids is not None and (not isinstance(grids, list)
                               or not all(isinstance(table, dict) for table in grids)):
         raise ProfileError(f"profile {name}: grid must be [[grid]] tables")
+    if grids == []:  # would run no cell at all and call that success
+        raise ProfileError(f"profile {name}: grid is empty; give it at least one [[grid]] table "
+                           "or leave the key out")
     return Profile(name, path, description, data, grids)

@@ -1,4 +1,4 @@
-"""Results I/O: crash-safe appends, typed readers, and the upkeep of a results folder.
+"""Results I/O: crash-safe appends and typed readers.
 
 A results folder holds ``cells.csv`` (one row per cell), ``steps.csv`` (one row per measured
 step, long format) and ``env.json`` (provenance); the columns are ``membench.schema``'s. Rows are
@@ -11,39 +11,35 @@ membench header, or that is not text at all, is refused with ``ResultsError`` an
 A file written by an earlier membench (a subset of today's columns) is read with the missing
 columns empty, and the first append upgrades its header in place, atomically, keeping every row.
 
-This module also keeps the folder for the sweep: the exclusive lock, the resume keys, and the
-pruning of rows a rerun replaces (see ``membench.execute.sweep``).
+The folder a sweep keeps (its lock, the resume keys, the rows a rerun replaces) is
+``membench.resume``'s. Every write goes through
+``membench.durable``: an append lands whole or not at all, a rewrite of ``cells.csv`` and
+``steps.csv`` is one transaction, and a full disk is one line (``WriteError``) with every row
+already written still readable.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from .durable import append_text, repair_tail, write_error, write_text
 from .errors import InputError
 from .schema import (
     CELL_COLUMN_TYPES, CELL_COLUMNS, CELLS_FILE, ENV_FILE, IDENTITY_COLUMNS, STEP_COLUMN_TYPES,
-    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, Cell, CellResult, is_estimate_row, parse_value,
+    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, CellResult, is_estimate_row,
 )
 
-LOCK_FILE = ".membench-sweep.lock"
 NUL = b"\0"
 
 
 class ResultsError(InputError):
     """A results folder or CSV that cannot be read, or written to, as membench results."""
-
-
-class SweepLockedError(ResultsError):
-    """Another sweep holds the results folder."""
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -57,7 +53,7 @@ def _complete_text(path: Path) -> str:
         raise ResultsError(f"{path} is not a text CSV file (binary data at byte {data.index(NUL)}); "
                            f"is it a membench {path.name}?")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (a spreadsheet's save) is not a column
     except UnicodeDecodeError as err:
         raise ResultsError(f"{path} is not a UTF-8 CSV file (byte {err.start} cannot be read); "
                            f"is it a membench {path.name}?") from None
@@ -85,7 +81,7 @@ def check_header(path: Path, header: list[str], columns: list[str], required: li
                  for_append: bool = False) -> None:
     """ResultsError unless ``header`` is a membench header: every ``required`` column present
     and, when appending, no column membench does not write."""
-    missing = [c for c in required if c not in header]
+    missing = [c for c in dict.fromkeys(required) if c not in header]
     unknown = [c for c in header if c not in columns]
     if missing or (for_append and unknown):
         what = (f"lacks column(s) {', '.join(missing)}" if missing
@@ -180,29 +176,20 @@ def find_cells_files(paths: list[Path]) -> list[Path]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _repair_tail(path: Path) -> None:
-    """Cut a trailing partial line (a write interrupted by a crash) so appends stay aligned."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        data = f.read()
-        f.truncate(data.rfind(b"\n") + 1)
+def csv_text(columns: list[str], rows: list[Mapping], header: bool) -> str:
+    """Rows as CSV text in ``columns`` (None as empty), with the header line if ``header``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def rewrite_csv(path: Path, header: list[str], rows: list[Mapping]) -> None:
     """Replace a CSV atomically: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(Path(path), csv_text(header, rows, True))
 
 
 def prepare_for_append(path: Path, columns: list[str], required: list[str]) -> None:
@@ -217,18 +204,12 @@ def prepare_for_append(path: Path, columns: list[str], required: list[str]) -> N
 
 
 def _append_rows(path: Path, columns: list[str], rows: list[Mapping]) -> None:
-    _repair_tail(path)
+    try:
+        repair_tail(path)
+    except OSError as err:
+        raise write_error(path, err, 0) from None
     new_file = not path.exists() or path.stat().st_size == 0
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    if new_file:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
+    append_text(path, csv_text(columns, rows, new_file))
 
 
 def check_results_folder(out_dir: Path) -> None:
@@ -239,128 +220,25 @@ def check_results_folder(out_dir: Path) -> None:
     prepare_for_append(out_dir / STEPS_FILE, STEP_COLUMNS, STEP_COLUMNS)
 
 
+def step_rows(result: CellResult) -> list[dict]:
+    """A result's ``steps.csv`` rows: one per measured step."""
+    row = result.row()
+    return [{"cell_id": row["cell_id"], "device": row["device"], "step": i, "step_ms": ms}
+            for i, ms in enumerate(result.step_ms)]
+
+
 def append_result(out_dir: Path, result: CellResult) -> None:
     """Append one finished cell: its steps first, then its row (the row marks completion)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_results_folder(out_dir)
-    row = result.row()
-    steps = [{"cell_id": row["cell_id"], "device": row["device"], "step": i, "step_ms": ms}
-             for i, ms in enumerate(result.step_ms)]
+    steps = step_rows(result)
     if steps:
         _append_rows(out_dir / STEPS_FILE, STEP_COLUMNS, steps)
-    _append_rows(out_dir / CELLS_FILE, CELL_COLUMNS, [row])
+    _append_rows(out_dir / CELLS_FILE, CELL_COLUMNS, [result.row()])
 
 
 def write_env(out_dir: Path, env: dict) -> None:
+    """Write ``env.json`` atomically (WriteError when it cannot be written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ENV_FILE).write_text(json.dumps(env, indent=2) + "\n")
-
-
-# -- the folder a sweep keeps -------------------------------------------------------------------
-def cell_key(cell: Cell, device: str, device_name: str) -> tuple:
-    """What makes two measurements the same: the device, its model and every setting of the
-    cell (the resume key)."""
-    return (str(device), device_name, *cell.settings().values())
-
-
-def row_key(row: Mapping) -> tuple | None:
-    """The resume key of a ``cells.csv`` row (strings as read by csv), or None if its cell's
-    settings do not read."""
-    try:
-        cell = Cell.from_row(row)
-    except (TypeError, ValueError):
-        return None
-    return cell_key(cell, parse_value("device", row.get("device")),
-                    parse_value("device_name", row.get("device_name")))
-
-
-def latest_rows(out_dir: Path, *, estimates: bool = False) -> dict[tuple, dict]:
-    """The latest ``cells.csv`` row per resume key, of measurements (or of estimates)."""
-    latest = {}
-    for row in read_rows(Path(out_dir) / CELLS_FILE)[1]:
-        key = row_key(row)
-        if key is not None and is_estimate_row(row) == estimates:
-            latest[key] = row
-    return latest
-
-
-def grid_rows(out_dir: Path, cells: list[Cell], device: str, device_name: str) -> list[dict]:
-    """The latest ``cells.csv`` row of each cell of the grid on ``device`` (a ``device_name``),
-    in grid order; estimates when ``device`` is an estimate's."""
-    latest = latest_rows(out_dir, estimates=is_estimate_row({"device": device}))
-    keys = [cell_key(cell, device, device_name) for cell in cells]
-    return [latest[key] for key in keys if key in latest]
-
-
-def _step_blocks(rows: list[dict]) -> list[list[dict]]:
-    """``steps.csv`` rows cut into one block per measured cell (a block restarts at step 0)."""
-    blocks: list[list[dict]] = []
-    for row in rows:
-        ident = (row.get("cell_id"), row.get("device"))
-        last = blocks[-1][-1] if blocks else None
-        if last is None or (last.get("cell_id"), last.get("device")) != ident or row.get("step") == "0":
-            blocks.append([])
-        blocks[-1].append(row)
-    return blocks
-
-
-def prune_results(out_dir: Path, drop: Callable[[dict], bool] = lambda row: False) -> int:
-    """Remove the ``cells.csv`` rows ``drop`` selects, their steps, and orphan steps.
-
-    A cell's steps are appended just before its row, so ``steps.csv`` holds one block per row
-    that has step times, in the same order; blocks are matched to rows in order and a block that
-    matches no row (its cell never finished) is an orphan. Call with the folder locked. Returns
-    the number of cells rows removed.
-    """
-    out_dir = Path(out_dir)
-    cells_header, cell_rows = read_rows(out_dir / CELLS_FILE)
-    steps_header, step_rows = read_rows(out_dir / STEPS_FILE)
-    kept_rows = [row for row in cell_rows if not drop(row)]
-
-    timed_rows = [row for row in cell_rows if row.get("step_ms_median") not in ("", None)]
-    dropped_ids = {id(row) for row in cell_rows} - {id(row) for row in kept_rows}
-    kept_steps, next_row = [], 0
-    for block in _step_blocks(step_rows):
-        ident = (block[0].get("cell_id"), block[0].get("device"))
-        match = next((i for i in range(next_row, len(timed_rows))
-                      if (timed_rows[i]["cell_id"], timed_rows[i]["device"]) == ident), None)
-        if match is None:
-            continue  # orphan: its cell never got a row
-        next_row = match + 1
-        if id(timed_rows[match]) not in dropped_ids:
-            kept_steps.extend(block)
-
-    if len(kept_rows) != len(cell_rows):
-        rewrite_csv(out_dir / CELLS_FILE, cells_header, kept_rows)
-    if len(kept_steps) != len(step_rows):
-        rewrite_csv(out_dir / STEPS_FILE, steps_header, kept_steps)
-    return len(cell_rows) - len(kept_rows)
-
-
-@contextmanager
-def results_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the results folder exclusively; SweepLockedError at once if another sweep has it."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")
-    except OSError as err:
-        raise ResultsError(f"cannot use {out_dir} as a results folder: {err.strerror}") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise SweepLockedError(
-                f"{out_dir} is in use by another sweep (pid {holder}); wait for it to finish or "
-                "choose another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()  # closing the file releases the lock
+    write_text(out_dir / ENV_FILE, json.dumps(env, indent=2) + "\n")

@@ -46,6 +46,7 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "max-autotune")
 GRADIENT_MODES = ("kept", "released")
 OPTIMIZER_STATE_PLACES = ("device", "host")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/design.md, "Cells on several devices")
 
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
@@ -150,9 +151,8 @@ class Cell:
     batch: int = cell_setting(32, whole(1), "Batch size: the images of one optimizer step.",
                               id_part="b{}".format, id_always=True)
     micro_batch: int | None = cell_setting(
-        None, optional(whole(1)), "Micro-batch, for methods that split the batch (bp-accum: "
-        "gradient accumulation, default batch/2; ff-pipelined: each layer in chunks of it).",
-        id_part="mb{}".format)
+        None, optional(whole(1)), "Micro-batch, for methods that split the batch: BP accumulates "
+        "over them (bp-accum: batch/2 by default), FF trains in chunks.", id_part="mb{}".format)
     classes: int = cell_setting(10, whole(1), "Number of classes K.", id_part="k{}".format,
                                 id_always=True)
     # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
@@ -173,6 +173,13 @@ class Cell:
         "device", choice(OPTIMIZER_STATE_PLACES), "Where AdamW's moments live between updates: on "
         "the device, or in host memory (pinned on CUDA), copied to the device for each "
         "parameter's (BP) or layer's (FF) update.", id_part="optim-{}".format, tooling=True)
+    devices: int = cell_setting(
+        1, whole(1), "Devices one cell spans: N > 1 runs N ranks of torch.distributed (methods "
+        "that span devices: bp-ddp, bp-fsdp, bp-pp, ff-pp; others run on one).",
+        id_part="dev{}".format, tooling=True)
+    schedule: str | None = cell_setting(
+        None, optional(choice(PIPELINE_SCHEDULES)), "Pipeline schedule of bp-pp (default 1f1b).",
+        id_part=str, tooling=True)
     device_mem_bytes: int | None = cell_setting(
         None, optional(memory_size), "Emulate a card with this much memory, e.g. 8GiB: past it a "
         "cell is an oom row.", key="device_mem", id_part=lambda value: f"mem{format_bytes(value)}",
@@ -286,6 +293,12 @@ class CellResult:
     offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
     offloaded_optimizer_bytes: int | None = None  # optimizer state held in host memory
     memory_source: str = ""
+    # Cells on several devices (docs/design.md): the rank with the peak, the most bytes a rank
+    # sent per step, the ranks' mean idle fraction (pipelines); every rank's own row in `ranks`.
+    peak_rank: int | None = None
+    sent_bytes_per_step: int | None = None
+    idle_fraction: float | None = None
+    ranks: list[CellResult] = field(default_factory=list, repr=False, metadata={COLUMNS: {}})
     breakdown: MemoryBreakdown | None = field(
         default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")})
     torch_version: str = ""
@@ -323,21 +336,10 @@ class CellResult:
         return {"median": statistics.median(ordered), "p10": p10, "p90": p90,
                 "mean": statistics.fmean(ordered)}
 
-    @property
-    def step_ms_median(self) -> float | None:
-        return self.summary_stats()["median"]
-
-    @property
-    def step_ms_p10(self) -> float | None:
-        return self.summary_stats()["p10"]
-
-    @property
-    def step_ms_p90(self) -> float | None:
-        return self.summary_stats()["p90"]
-
-    @property
-    def step_ms_mean(self) -> float | None:
-        return self.summary_stats()["mean"]
+    step_ms_median = property(lambda self: self.summary_stats()["median"])
+    step_ms_p10 = property(lambda self: self.summary_stats()["p10"])
+    step_ms_p90 = property(lambda self: self.summary_stats()["p90"])
+    step_ms_mean = property(lambda self: self.summary_stats()["mean"])
 
     @property
     def imgs_per_s(self) -> float | None:

@@ -29,6 +29,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _every_written_row_has_a_possible_mfu(request):
+    """After each test, every measured CPU row it wrote under tmp_path (in this process or a
+    subprocess) has 0 < MFU <= 1 where it has a peak (helpers.mfu_problems)."""
+    # asked for now, so tmp_path is torn down after this check, not before
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp_path is None:
+        return
+    from helpers import mfu_problems
+    from membench.results import read_rows
+
+    for path in tmp_path.rglob("cells.csv"):
+        try:
+            rows = read_rows(path)[1]
+        except ValueError:  # a test's deliberately broken file
+            continue
+        problems = mfu_problems(rows)
+        assert not problems, f"{path}: {problems}"
+
+
+@pytest.fixture(autouse=True)
 def _few_threads():
     """Tests share 2 cores; pin torch to one thread so parallel work does not oversubscribe."""
     previous = torch.get_num_threads()

@@ -72,3 +72,84 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, command, args, message):
     extra = ["--out", str(tmp_path / "out")] if command == "sweep" else []
     assert message in usage_error(invoke(command, *args, *extra))
     assert not (tmp_path / "out" / "cells.csv").exists()
+
+
+# Every way a command line can be wrong, click's own included, is one line and exit 2.
+PARSER_ERRORS = [
+    (["sweep", "--classes", "abc"], "--classes takes a whole number"),
+    (["sweep", "--warmup", "1.5"], "--warmup takes a whole number"),
+    (["sweep", "--no-such-option"], "No such option: --no-such-option"),
+    (["sweep", "--batch"], "Option '--batch' requires an argument"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["fit"], "fit needs --device-mem"),
+    (["compare"], "Missing argument"),
+    (["report"], "Missing argument 'DIR'"),
+    (["list", "archs", "--bogus"], "No such option: --bogus"),
+    (["sweep", "--redo", "yes"], "unexpected extra argument"),
+    (["sweep", "--method", "bp", "--micro-batch", "16"], "--micro-batch applies to methods that split"),
+    (["sweep", "--out", ""], "--out takes a folder name, got ''"),
+    (["report", ".", "--out", ""], "--out takes a folder name, got ''"),
+]
+
+
+@pytest.mark.parametrize("args,message", PARSER_ERRORS, ids=[" ".join(a) for a, _ in PARSER_ERRORS])
+def test_every_command_line_error_is_one_line_and_exit_2(args, message):
+    assert message in usage_error(invoke(*args))
+
+
+def test_the_check_of_one_line_fails_on_clicks_own_usage_box(monkeypatch):
+    """The check above can fail: typer's standalone error box is several lines."""
+    from membench.cli.app import MembenchGroup
+
+    monkeypatch.setattr(MembenchGroup, "main", lambda self, *a, standalone_mode=True, **k:
+                        super(MembenchGroup, self).main(*a, standalone_mode=standalone_mode, **k))
+    result = invoke("sweep", "--no-such-option")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) > 1
+
+
+def test_micro_batch_for_one_method_that_takes_it_is_kept(tmp_path):
+    from membench.config import build_config
+
+    cells = build_config(method="bp,bp-accum", batch=32, micro_batch=16, arch=TINY_ARCH,
+                         res=TINY_RES).cells
+    assert [(c.method, c.micro_batch) for c in cells] == [("bp", None), ("bp-accum", 16)]
+
+
+def test_a_profile_with_an_empty_grid_is_refused(tmp_path):
+    profile = tmp_path / "empty.toml"
+    profile.write_text('arch = "vgg-d2-w8"\ngrid = []\n')
+    line = usage_error(invoke("sweep", "--profile", str(profile), "--out", str(tmp_path / "o")))
+    assert "profile empty: grid is empty" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unreachable_ray_address_is_one_line_without_waiting(tmp_path):
+    line = usage_error(invoke("sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--device",
+                              "cpu", "--executor", "ray", "--ray-address", "127.0.0.1:1",
+                              "--out", str(tmp_path / "o")))
+    assert "cannot reach a Ray cluster at 127.0.0.1:1" in line
+    assert not (tmp_path / "o").exists()  # no folder, no lock left behind
+
+
+def test_an_estimate_sweep_names_its_device_once(tmp_path):
+    result = invoke("sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
+                    "--estimate", "--isolation", "none", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "1 cell(s) on cuda (estimate), 0 already finished" in result.output
+    assert "(estimate) (estimate)" not in result.output
+
+
+def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
+    from rich.console import Console
+
+    from membench.cli.display import summary_table
+    from membench.schema import Cell, CellResult
+
+    cells = [Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64),
+             Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64, micro_batch=16,
+                  precision="bf16")]
+    console = Console(record=True, width=200)
+    console.print(summary_table([CellResult(c, "cpu", "x", status="ok") for c in cells], "t"))
+    lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]
+    assert len(lines) == 2 and lines[0] != lines[1]
+    assert "mb16 bf16" in lines[1] and "mb16" not in lines[0]

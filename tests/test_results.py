@@ -105,3 +105,21 @@ def one_result(seed: int = 0) -> CellResult:
     return CellResult(Cell("bp", TINY_ARCH, TINY_RES, 2, seed=seed), "cpu", "Test CPU",
                       step_ms=[1.0, 2.0], peak_allocated_bytes=1234, memory_source="tracker",
                       torch_threads=1, torch_version="x", membench_version="y")
+
+
+def test_a_cells_csv_saved_with_a_byte_order_mark_reads_and_takes_rows(tmp_path):
+    append_result(tmp_path, CellResult(Cell("bp", TINY_ARCH, TINY_RES, 2), "cpu", "x"))
+    path = tmp_path / "cells.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a spreadsheet saves UTF-8
+    assert list(read_cells(tmp_path, required=["cell_id", "batch"])["batch"]) == [2]
+    append_result(tmp_path, CellResult(Cell("bp", TINY_ARCH, TINY_RES, 4), "cpu", "x"))
+    assert list(read_cells(tmp_path)["batch"]) == [2, 4]
+    # The check can fail: read as plain UTF-8 the first column is '\ufeffcell_id'.
+    assert read_rows(path)[0][0] == "cell_id" and path.read_text().split(",")[0] != "cell_id"
+
+
+def test_a_missing_column_is_named_once(tmp_path):
+    (tmp_path / "cells.csv").write_text("method,arch,res,batch,device,status\nbp,vgg8,32,2,cpu,ok\n")
+    with pytest.raises(ResultsError) as raised:
+        read_cells(tmp_path, required=["cell_id", "imgs_per_s"])
+    assert "lacks column(s) cell_id, imgs_per_s" in str(raised.value)

@@ -64,9 +64,14 @@ NEEDS_TORCH = {
     "membench.archs.registry", "membench.archs.resnet", "membench.runners.base", "membench.runners.bp", "membench.runners.ff",
     "membench.runners.saved_tensors", "membench.runners.optim", "membench.measure.devices",
     "membench.measure.memtrack",
-    "membench.measure.flops", "membench.measure.protocol", "membench.measure.estimate",
+    "membench.measure.flops", "membench.measure.calibrate", "membench.measure.protocol",
+    "membench.measure.estimate",
     "membench.measure.fit", "membench.measure.phases", "membench.measure.plan",
     "membench.verify.checks",
+    # Cells on several devices: the runners, a rank's measurement, the fake group, the launcher.
+    "membench.runners.distributed", "membench.runners.bp_parallel", "membench.runners.ff_parallel",
+    "membench.measure.ranks", "membench.measure.fake_ranks", "membench.execute.ranks",
+    "membench.verify.ranks", "membench.measure.layer_costs",
 }
 
 
@@ -103,3 +108,19 @@ def test_no_file_points_to_a_spec_outside_the_repository():
                  if OUTSIDE_SPEC.search(path.read_text(encoding="utf-8", errors="replace"))]
     assert offenders == []
     assert OUTSIDE_SPEC.search("see " + "SPEC" + " section 8")  # the pattern can match
+
+
+def pytest_command(text: str) -> str:
+    """The pytest command line in a text (the README's test command, .ci/run)."""
+    [command] = re.findall(r"\.venv/bin/python -m pytest[^\n`]*?(?=\s*$|`)", text, re.MULTILINE)[:1]
+    return command.strip()
+
+
+def test_ci_runs_the_readmes_test_command_with_its_duration_table():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**Run the tests**"):]
+    command = pytest_command(section)
+    assert command == pytest_command((REPO / ".ci" / "run").read_text())
+    assert "--durations=20" in command
+    # The check can fail: a CI script that drops the table is another command.
+    assert pytest_command(".venv/bin/python -m pytest -q\n") != command

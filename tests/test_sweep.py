@@ -25,9 +25,8 @@ from membench.measure.devices import CpuDevice, cpu_model_name
 from membench.schema import Cell
 from membench.schema import CellResult
 from membench.execute.local import Executor, Placement
-from membench.results import (
-    SweepLockedError, append_result, grid_rows, prune_results, results_lock,
-)
+from membench.results import append_result
+from membench.resume import SweepLockedError, grid_rows, prune_results, results_lock
 from membench.execute.sweep import _sweep, estimate_sweep, run_sweep
 
 cli = CliRunner()

@@ -27,7 +27,7 @@ from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import prepare_cell, run_cell
 from membench.measure.snapshot import synthesize_snapshot, timeline_from_cuda
 from membench.measure.timeline import FREE, Phase, find_peak, layer_of, timeline_rows
-from membench.runners import BUILTIN_METHODS
+from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import CATEGORIES, Cell
 from membench.timelines import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
 
@@ -62,7 +62,7 @@ def agrees(result, rows) -> bool:
             and peak.live == {c: getattr(result.breakdown, c) for c in CATEGORIES})
 
 
-@pytest.mark.parametrize("method", BUILTIN_METHODS)
+@pytest.mark.parametrize("method", SINGLE_DEVICE_METHODS)
 def test_the_recorded_step_peaks_exactly_where_the_tracker_pass_does(method):
     result, rows = recorded(method)
     assert agrees(result, rows)

@@ -73,10 +73,10 @@ def test_the_report_keeps_each_tooling_apart_and_names_each_familys_best(tmp_pat
              for p in ("fp32", "bf16")]
     estimate_sweep(cells, "cuda", tmp_path / "r", isolation="none")
     loaded = load_cells([tmp_path / "r"])
-    [batch] = [f for f in make_figures(loaded.cells) if f.kind == "batch"]
-    gids = {line.get_gid() for ax in batch.figure.axes for line in ax.get_lines()}
-    assert {"memory-estimated:bp", "memory-estimated:bp bf16",
-            "memory-estimated:ff-pipelined bf16 mb16"} <= gids
+    [bars] = [f for f in make_figures(loaded.cells) if f.kind == "estimates"]
+    gids = {bar.get_gid() for ax in bars.figure.axes for bar in ax.patches}
+    assert {"estimate:bp b128", "estimate:bp bf16 b128",
+            "estimate:ff-pipelined bf16 b128/mb16"} <= gids
     text = build_report([tmp_path / "r"], tmp_path / "out").read_text()
     assert "| bp bf16 | 128 |" in text and "| ff-pipelined bf16 | 128 | 16 |" in text
     assert "Best configuration of each method family" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
@@ -16,6 +17,19 @@ def fail(message: str, code: int = USAGE_ERROR) -> None:
     """Print a one-line error to stderr and exit (2: bad input, before anything ran)."""
     typer.echo(f"membench: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One line on stderr that the user should read; the command goes on."""
+    typer.echo(f"membench: warning: {message}", err=True)
+
+
+def out_folder(value: str, option: str = "--out") -> Path:
+    """A folder named on the command line; an empty name (``--out ''``) is bad input, not
+    the current directory."""
+    if not value.strip():
+        fail(f"{option} takes a folder name, got {value!r}")
+    return Path(value)
 
 
 def reports_input_errors(command: Callable) -> Callable:

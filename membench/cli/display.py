@@ -14,7 +14,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..schema import MEASURED_STATUSES, OK, CellResult
+from ..schema import ESTIMATE_DEVICE_NAME, MEASURED_STATUSES, OK, CellResult
 from ..units import format_gib
 from ..execute.sweep import SweepProgress
 
@@ -99,8 +99,14 @@ class CliProgress(SweepProgress):
         self.finished += 1
         return cell_line(self.finished - 1, self.total, result, wall_s, host=len(self.hosts) > 1)
 
+    @property
+    def where(self) -> str:
+        """'cpu (AMD EPYC)'; an estimate's device alone ('cuda (estimate)'): its name says no more."""
+        names = [n for n in self.device_names if n != ESTIMATE_DEVICE_NAME]
+        return f"{self.device} ({', '.join(names)})" if names else self.device
+
     def started_line(self, total, to_run, out_dir) -> str:
-        return (f"membench: {total} cell(s) on {self.device} ({self.device_name}), "
+        return (f"membench: {total} cell(s) on {self.where}, "
                 f"{total - to_run} already finished, {to_run} to run -> {out_dir}")
 
     def stop(self) -> None:
@@ -187,7 +193,7 @@ def progress_display(console: Console) -> CliProgress:
 def summary_table(results: list[CellResult], title: str) -> Table:
     """The end-of-sweep table: one line per cell."""
     table = Table(title=title)
-    for name in ("method", "arch", "res", "batch", "status"):
+    for name in ("method", "arch", "res", "batch", "tooling", "status"):
         table.add_column(name)
     for name in ("median ms", "imgs/s", "peak GiB", "GFLOP/step", "MFU"):
         table.add_column(name, justify="right")
@@ -195,12 +201,19 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
         table.add_row(
-            cell.method, cell.arch, str(cell.res), str(cell.batch), result.status,
+            cell.method, cell.arch, str(cell.res), str(cell.batch), _tooling_text(cell),
+            result.status,
             "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
             "-" if peak is None else f"{peak / 2**30:.3f}",
             "-" if flops is None else f"{flops / 1e9:,.1f}", "-" if mfu is None else f"{mfu:.1%}",
         )
     return table
+
+
+def _tooling_text(cell) -> str:
+    """What tells two rows of one method, arch, res and batch apart: 'mb16 bf16', or '-'."""
+    parts = ([f"mb{cell.micro_batch}"] if cell.micro_batch else []) + cell.tooling()
+    return " ".join(parts) or "-"
 
 
 def default_out_dir(profiles: list[str]) -> Path:

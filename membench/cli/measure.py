@@ -10,9 +10,9 @@ from rich.console import Console
 from ..config import build_config
 from ..execute.sweep import SweepError, sweep as run_config
 from ..execute.worker import Target, open_target
-from ..results import grid_rows
-from ..schema import CellResult
-from .common import comma_list, fail, reports_input_errors
+from ..errors import INTERRUPTED, InputError, Terminated
+from ..resume import grid_rows, read_result_row
+from .common import comma_list, fail, out_folder, reports_input_errors, warn
 from .display import default_out_dir, describe, progress_display, summary_table
 from .options import setting_options
 from .timeline import timeline_peak_text
@@ -23,7 +23,7 @@ def sweep(
     profile: list[str] = typer.Option(
         None, "--profile", "-p",
         help="Profile name or .toml path (repeat to combine; later ones win, flags win over all)."),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         None, "--out", help="Results folder. Default: results/PROFILE or results/sweep."),
     redo: bool = typer.Option(False, "--redo", help="Run every cell again, replacing finished rows."),
     settings: dict = None,
@@ -32,7 +32,7 @@ def sweep(
     sweep in --out."""
     profiles = comma_list(profile)
     config = build_config(profiles, **settings)
-    out = out or default_out_dir(profiles)
+    out = default_out_dir(profiles) if out is None else out_folder(out)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file, not a folder")
     options = config.options
@@ -48,12 +48,15 @@ def sweep(
         run_config(config, out, redo=redo, progress=progress)
     except SweepError as err:
         fail(str(err), code=1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         progress.stop()
         typer.echo(f"membench: interrupted; finished cells are saved in {out}; rerun the same "
                    "command to resume", err=True)
-        raise typer.Exit(130) from None
-    rows = [CellResult.from_row(row) for name in progress.device_names
+        raise typer.Exit(Terminated.EXIT if isinstance(err, Terminated) else INTERRUPTED) from None
+    except InputError:  # a folder it cannot write to (a full disk): one line, bar stopped
+        progress.stop()
+        raise
+    rows = [read_result_row(row, out / "cells.csv", warn) for name in progress.device_names
             for row in grid_rows(out, list(config.cells), progress.device, name)]
     where = (f"estimates for {options.estimate_kind}" if options.estimate
              else f"on {progress.device} ({progress.device_name})")
@@ -68,12 +71,14 @@ def run(settings: dict = None) -> None:
     config = build_config(**settings)
     if len(config.cells) != 1:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")
+    [cell] = config.cells
     options = config.options
     opened = open_target(Target(options.device, peak_tflops=options.peak_tflops,
-                                timeline=options.timeline))
-    if opened.peak is not None and opened.peak.note:
-        typer.echo(f"membench: note: {opened.peak.note}", err=True)
-    result = opened.run(config.cells[0])
+                                precisions=(cell.precision,), timeline=options.timeline,
+                                timeline_snapshot=options.timeline_snapshot))
+    for note in opened.notes:
+        typer.echo(f"membench: note: {note}", err=True)
+    result = opened.run(cell)
     typer.echo(describe(result))
     if result.timeline is not None:
         typer.echo(f"  timeline    {timeline_peak_text(result.timeline)}")

@@ -118,16 +118,19 @@ def _splits(method: str) -> bool:
 
 
 def _methods_for(arch: str) -> list[str]:
-    """Every registered method that accepts ``arch`` (torchvision models exclude layer-wise ones)."""
+    """Every registered one-device method that accepts ``arch`` (torchvision models exclude
+    layer-wise ones)."""
     from ..runners import RunnerConfigError
 
     methods = []
     for name in available_methods():
         try:
-            get_runner(name).check_cell(arch, 32, 2, None)
+            runner = get_runner(name)
+            runner.check_cell(arch, 32, 2, None)
         except RunnerConfigError:
             continue
-        methods.append(name)
+        if not runner.spans_devices:  # fit plans one device
+            methods.append(name)
     return methods
 
 

@@ -8,7 +8,19 @@ import typer
 
 from ..schema import memory_size
 from ..report import build_report, default_report_dir
-from .common import comma_list, fail, reports_input_errors
+from .common import comma_list, fail, out_folder, reports_input_errors, warn
+
+
+def profile_budget(ref: str) -> list[int]:
+    """The memory a device profile names (its ``device_mem``), to draw as a budget; none for a
+    GPU name or a profile without one."""
+    from ..profiles import ProfileError, load_profile
+
+    try:
+        value = load_profile(ref).settings.get("device_mem")
+    except ProfileError:
+        return []
+    return [] if value is None else [memory_size(value, f"profile {ref}: device_mem")]
 
 
 @reports_input_errors
@@ -16,7 +28,7 @@ def report(
     inputs: list[Path] = typer.Argument(
         ..., show_default=False, metavar="DIR",
         help="Results folders (searched recursively for cells.csv) or cells.csv files."),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         None, "--out", help="Report folder (default reports/<input folder name>)."),
     budget: list[str] = typer.Option(
         None, "--budget", help="Memory budget to draw on the figures, e.g. 8GiB; repeatable "
@@ -34,12 +46,13 @@ def report(
         name, _ = resolve_gpu(gpu)
         bound = (name, {precision: (spec.tflops, spec.precision)
                         for precision, spec in gpu_peaks(name).items() if spec.tflops})
-    out_dir = out or default_report_dir(inputs)
+        budgets += profile_budget(gpu)
+    out_dir = default_report_dir(inputs) if out is None else out_folder(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")
     try:
         path = build_report(inputs, out_dir, budgets, gpu=bound,
-                            on_warning=lambda text: typer.echo(f"membench: warning: {text}", err=True))
+                            on_warning=warn)
     except OSError as err:
         fail(f"cannot write the report to {out_dir}: {err.strerror or err}")
     typer.echo(f"membench: report in {path}")

@@ -74,35 +74,38 @@ class LocalExecutor(Executor):
         self.worker: IsolatedWorker | None = None
         self.local: Callable[[Cell], CellResult] | None = None
         self.env: dict | None = None
-        self.peak: PeakSpec | None = None
+        self.peaks: dict[str, PeakSpec] = {}  # by cell precision, found by the first worker
 
     def start(self) -> Placement:
         """Open the target (a first worker, which names the device so this process never opens
         a CUDA context)."""
         if self.isolation == "none":
             opened = open_target(self.target)
-            self.local, self.peak = opened.run, opened.peak
+            self.local, self.peaks = opened.run, opened.peaks
             device, name, precisions = opened.device, opened.device_name, opened.precisions
         else:
             self.worker = self._new_worker(collect_env_info=True)
-            self.env, self.peak = self.worker.env, self.worker.peak
+            self.env, self.peaks = self.worker.env, self.worker.peaks
             device, name = self.worker.device, self.worker.device_name
             precisions = self.worker.precisions
-        notes = (self.peak.note,) if self.peak is not None and self.peak.note else ()
+        notes = tuple(dict.fromkeys(peak.note for peak in self.peaks.values() if peak.note))
         return Placement(device, (name,), notes, precisions)
 
     def provenance(self) -> dict:
-        """env.json: the worker's (or this process's) environment and the peak MFU is held to."""
+        """env.json: the worker's (or this process's) environment and the peaks MFU is held
+        to (``peak``: an fp32 cell's; ``peaks``: by cell precision)."""
         from ..envinfo import collect_env  # torch: only where cells run in this process
 
         env = dict(self.env or collect_env())
-        if self.peak is not None:
-            env["peak"] = asdict(self.peak)
+        if "fp32" in self.peaks:
+            env["peak"] = asdict(self.peaks["fp32"])
+        if self.peaks:
+            env["peaks"] = {precision: asdict(peak) for precision, peak in self.peaks.items()}
         return env
 
     def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
         worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info,
-                                peak=self.peak)
+                                peaks=self.peaks)
         try:
             worker.wait_ready()
         except WorkerStartError as err:
@@ -127,8 +130,10 @@ class LocalExecutor(Executor):
             self.worker = self._new_worker()
         result = self.worker.run(cell, self.timeout_s)
         # A measured cell that failed may have poisoned its process (a CUDA OOM, a fragmented
-        # allocator); an estimate over its budget has not, but a crashed or hung one has.
-        if result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK):
+        # allocator); an estimate over its budget has not, but a crashed or hung one has. A
+        # cell on several devices ran in its ranks, whose processes are gone: its worker is fine.
+        poisoned = result.status in (ERROR, TIMEOUT) or (measuring and result.status != OK)
+        if poisoned and not (cell.devices > 1 and self.worker.process.is_alive()):
             self.close()
         return result
 

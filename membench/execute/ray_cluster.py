@@ -45,6 +45,8 @@ from .worker import IsolatedWorker, Target, WorkerStartError, failed_result, now
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 # How long the sweep process blocks at most between two looks at its deadlines and Ctrl-C.
 POLL_S = 1.0
+# How long the sweep waits for a Ray head's port to answer before it says it cannot reach it.
+CONNECT_TIMEOUT_S = 10.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -74,13 +76,14 @@ def forwarded_environ() -> dict[str, str]:
 @dataclass(frozen=True)
 class TaskSetup:
     """What every task of a sweep gets: the target, the methods to preload, the forwarded
-    environment, torch threads, and the peak each probed node found (by Ray node id)."""
+    environment, torch threads, and the peaks each probed node found (by Ray node id, then by
+    cell precision)."""
 
     target: Target
     methods: tuple[str, ...]
     environ: dict[str, str]
     threads: int
-    peaks: dict[str, PeakSpec | None] = field(default_factory=dict)
+    peaks: dict[str, dict[str, PeakSpec]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class NodeHello:
     device: str
     device_name: str
     env: dict
-    peak: PeakSpec | None
+    peaks: dict[str, PeakSpec]
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class WorkerFailed:
     error: str
 
 
-def _start_worker(setup: TaskSetup, peak: PeakSpec | None,
+def _start_worker(setup: TaskSetup, peaks: dict[str, PeakSpec] | None,
                   collect_env_info: bool) -> IsolatedWorker:
     """A worker in this Ray task: this process's environment (Ray's CUDA_VISIBLE_DEVICES names
     the task's GPU) with the sweep's forwarded variables, PYTHONPATHs joined; torch threads as
@@ -125,7 +128,7 @@ def _start_worker(setup: TaskSetup, peak: PeakSpec | None,
     if paths:
         environ["PYTHONPATH"] = os.pathsep.join(paths)
     worker = IsolatedWorker(setup.target, list(setup.methods), collect_env_info=collect_env_info,
-                            peak=peak, environ=environ,
+                            peaks=peaks, environ=environ,
                             threads=min(setup.threads, visible_cpu_count()))
     worker.wait_ready()
     return worker
@@ -138,7 +141,7 @@ def probe_node(setup: TaskSetup) -> NodeHello:
     worker = _start_worker(setup, None, collect_env_info=True)
     worker.close()
     return NodeHello(ray.get_runtime_context().get_node_id(), socket.gethostname(),
-                     worker.device, worker.device_name, worker.env or {}, worker.peak)
+                     worker.device, worker.device_name, worker.env or {}, worker.peaks)
 
 
 def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFailed | CellResult]:
@@ -166,6 +169,24 @@ def ray_reason(err: BaseException) -> str:
     cause = getattr(err, "cause", None)
     text = one_line(cause if isinstance(cause, BaseException) else err)
     return _ANSI.sub("", text)
+
+
+def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """RayClusterError (one line) unless ``host:port`` (or ``ray://host:port``) accepts a TCP
+    connection within ``timeout_s``: Ray itself retries an unreachable head for minutes without
+    a word. None (a local cluster) and ``auto`` (Ray finds it) are left to Ray."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RayClusterError(f"cannot reach a Ray cluster at {address}: {reason} (within "
+                              f"{timeout_s:g} s); is a Ray head running there (ray start "
+                              "--head)?") from None
 
 
 # -- the sweep process's side ---------------------------------------------------------------------
@@ -238,23 +259,26 @@ class RayExecutor(Executor):
 
     def __init__(self, device_spec: str, methods: list[str], *, address: str | None = None,
                  cpus_per_cell: int | None = None, timeout_s: float | None = None,
-                 peak_tflops: float | None = None, timeline: dict | None = None):
+                 peak_tflops: float | None = None, precisions: tuple[str, ...] = ("fp32",),
+                 timeline: dict | None = None):
         self.ray = require_ray()
         self.timeline = timeline or {}  # Target's timeline and timeline_snapshot
         self.kind = parse_device(device_spec)[0]
         self.methods, self.address, self.cpus_per_cell = tuple(methods), address, cpus_per_cell
-        self.timeout_s, self.peak_tflops = timeout_s, peak_tflops
+        self.timeout_s, self.peak_tflops, self.precisions = timeout_s, peak_tflops, precisions
         self.owns_connection = False
         self.nodes: dict[str, NodeHello] = {}
         self.flights: dict = {}  # ObjectRefGenerator -> _Flight
         self.options: dict = {}
         self.placement: Placement | None = None
         self.setup: TaskSetup | None = None
+        self.node_gpus = 0  # the most GPUs one node has: the most devices a cell can span
 
     def _connect(self) -> None:
         ray = self.ray
         if ray.is_initialized():
             return
+        check_reachable(self.address)
         try:
             if self.address is None:
                 ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -275,10 +299,13 @@ class RayExecutor(Executor):
 
         self._connect()
         plan = plan_cluster(self.ray.nodes(), self.kind, self.cpus_per_cell)
+        self.node_gpus = max(int(n["Resources"].get("GPU", 0)) for n in self.ray.nodes()
+                             if n.get("Alive"))
         self.kind = plan.kind
         self.options = dict(num_cpus=plan.cpus, num_gpus=1 if plan.kind == "cuda" else 0)
-        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops, **self.timeline),
-                          self.methods, forwarded_environ(), plan.cpus)
+        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops,
+                                 precisions=self.precisions, **self.timeline), self.methods,
+                          forwarded_environ(), plan.cpus)
         probe = self._remote(probe_node)
         refs = {node_id: probe.options(**self.options, scheduling_strategy=(
                     NodeAffinitySchedulingStrategy(node_id, soft=False))).remote(setup)
@@ -291,14 +318,15 @@ class RayExecutor(Executor):
                                  f"{ray_reason(err)}") from None
         hellos = list(self.nodes.values())
         self.setup = TaskSetup(setup.target, setup.methods, setup.environ, setup.threads,
-                               {hello.node_id: hello.peak for hello in hellos})
+                               {hello.node_id: hello.peaks for hello in hellos})
         names = tuple(dict.fromkeys(hello.device_name for hello in hellos))
         notes = list(plan.notes)
         if len(names) > 1:
             notes.append(f"the cluster holds {len(names)} device models ({', '.join(names)}): "
                          "each row names the one its cell ran on; a cell measured on any of "
                          "them counts as finished")
-        notes += sorted({hello.peak.note for hello in hellos if hello.peak and hello.peak.note})
+        notes += sorted({peak.note for hello in hellos for peak in hello.peaks.values()
+                         if peak.note})
         self.placement = Placement(hellos[0].device, names, tuple(notes))
         return self.placement
 
@@ -307,21 +335,35 @@ class RayExecutor(Executor):
         # holds no CUDA context, so it may serve many tasks (Ray's default for GPU tasks is one).
         return self.ray.remote(max_retries=0, max_calls=0)(function)
 
+    def _cell_options(self, cell: Cell) -> dict:
+        """A cell's task: on CUDA, one GPU per device it spans, on one node (a task is never
+        split across nodes)."""
+        if self.kind == "cuda" and cell.devices > 1:
+            return {**self.options, "num_gpus": cell.devices}
+        return self.options
+
     def provenance(self) -> dict:
         """env.json: every node's environment and peak (``nodes``), the first at the top level."""
         nodes = [{**hello.env, "ray_node_id": hello.node_id, "device": hello.device,
                   "device_name": hello.device_name,
-                  "peak": asdict(hello.peak) if hello.peak else None}
+                  "peak": asdict(hello.peaks["fp32"]) if "fp32" in hello.peaks else None,
+                  "peaks": {p: asdict(peak) for p, peak in hello.peaks.items()}}
                  for hello in self.nodes.values()]
         return cluster_env(nodes, executor="ray", ray_version=self.ray.__version__,
                            ray_address=self.address or "local")
 
     def run(self, cells: list[Cell],
             started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
-        task = self._remote(run_cell_task).options(**self.options)
+        task = self._remote(run_cell_task)
         setup = self.ray.put(self.setup)
-        self.flights = {task.remote(cell, setup): _Flight(index, cell)
-                        for index, cell in enumerate(cells)}
+        for index, cell in enumerate(cells):  # a task Ray could never place would wait forever
+            if self.kind == "cuda" and cell.devices > self.node_gpus:
+                yield index, failed_result(cell, self.placement.device, "", ERROR, (
+                    f"--devices {cell.devices}: no node of the Ray cluster has that many GPUs "
+                    f"(largest: {self.node_gpus})"), now(), host=""), 0.0
+        self.flights = {task.options(**self._cell_options(cell)).remote(cell, setup):
+                        _Flight(index, cell) for index, cell in enumerate(cells)
+                        if self.kind != "cuda" or cell.devices <= self.node_gpus}
         while self.flights:
             ready, _ = self.ray.wait(list(self.flights), num_returns=1, timeout=self._wait_s())
             for generator in ready:
@@ -389,5 +431,5 @@ class RayExecutor(Executor):
             self.owns_connection = False
 
 
-__all__ = ["ClusterPlan", "RayClusterError", "RayExecutor", "forwarded_environ", "plan_cluster",
-           "probe_node", "require_ray", "run_cell_task"]
+__all__ = ["ClusterPlan", "RayClusterError", "RayExecutor", "check_reachable", "forwarded_environ",
+           "plan_cluster", "probe_node", "require_ray", "run_cell_task"]

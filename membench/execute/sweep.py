@@ -23,7 +23,9 @@ count only for estimates). The device name comes from the first worker's hello, 
 the sweep process never opens a CUDA context; rows measured on another machine stay in the file
 and do not count as finished here. On a Ray cluster every node says hello, and a row measured on
 any device model the cluster holds counts. Rerunning the same sweep skips finished cells;
-``redo=True`` drops their rows (this machine's, or this cluster's, only) and runs them again.
+``redo=True`` runs them again and replaces their rows (this machine's, or this cluster's, only),
+each at the moment its new row exists and in one transaction with its steps, so an interrupted
+redo keeps every row it has not replaced yet (``membench.resume.replace_result``).
 Before running, ``steps.csv`` rows that belong to no row of ``cells.csv`` (a sweep killed between
 the two appends) are removed, so a rerun cell never has its steps twice. Estimates are cheap and
 deterministic, so they are always recomputed, replacing earlier estimate rows of the same cells
@@ -35,10 +37,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError, SweepConfig, SweepOptions
-from ..results import (
-    append_result, cell_key, check_results_folder, latest_rows, prune_results, results_lock,
-    row_key, write_env,
+from ..results import append_result, write_env
+from ..resume import (
+    cell_key, latest_rows, prepare_results_folder, prune_results, replace_result, results_lock,
+    row_key,
 )
+from ..ranks import append_ranks
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timelines import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
@@ -112,6 +116,7 @@ def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: 
     """
     methods = sorted({c.method for c in cells})
     timeline = dict(timeline=options.timeline, timeline_snapshot=options.timeline_snapshot)
+    precisions = tuple(sorted({c.precision for c in cells}))  # each one's peak, once per sweep
     runner: Executor
     if options.estimate:
         target = Target(options.estimate_kind, estimate_kind=options.estimate_kind, **timeline)
@@ -121,9 +126,11 @@ def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: 
 
         runner = RayExecutor(options.device, methods, address=options.ray_address,
                              cpus_per_cell=options.cpus_per_cell, timeout_s=options.timeout_s,
-                             peak_tflops=options.peak_tflops, timeline=timeline)
+                             peak_tflops=options.peak_tflops, precisions=precisions,
+                             timeline=timeline)
     else:
-        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops, **timeline),
+        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops,
+                                      precisions=precisions, **timeline),
                                options.isolation, options.timeout_s, methods)
     return _sweep(cells, runner, out_dir, progress, redo=redo or options.estimate,
                   estimates=options.estimate)
@@ -138,7 +145,7 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
     out_dir = Path(out_dir)
     results: dict[int, CellResult] = {}
     with results_lock(out_dir):
-        check_results_folder(out_dir)
+        prepare_results_folder(out_dir)
         try:
             placement = executor.start()
             _check_precisions(cells, placement)
@@ -152,7 +159,11 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
                 write_env(out_dir, executor.provenance())
             for index, result, wall_s in executor.run(todo, progress.cell_started):
                 write_timeline(out_dir, result)  # before the row, which marks the cell done
-                append_result(out_dir, result)
+                append_ranks(out_dir, result)  # a cell on several devices: each rank's row
+                if redo:  # its earlier rows go only now, with its new row in their place
+                    replace_result(out_dir, result, _earlier_rows(result.cell, placement, estimates))
+                else:
+                    append_result(out_dir, result)
                 results[index] = result
                 progress.cell_finished(index, result, wall_s)
         finally:
@@ -173,21 +184,27 @@ def _check_precisions(cells: list[Cell], placement: Placement) -> None:
                               f"here: {', '.join(placement.precisions)}")
 
 
+def _keys(cell: Cell, placement: Placement) -> set[tuple]:
+    return {cell_key(cell, placement.device, name) for name in placement.device_names}
+
+
+def _earlier_rows(cell: Cell, placement: Placement, estimates: bool):
+    """Selects the rows a redone ``cell`` replaces: its rows of the same kind (measured or
+    estimated) on one of the placement's device models."""
+    keys = _keys(cell, placement)
+    return lambda row: row_key(row) in keys and is_estimate_row(row) == estimates
+
+
 def _unfinished(cells: list[Cell], placement: Placement, out_dir: Path, redo: bool,
                 estimates: bool) -> list[Cell]:
-    """The cells to run: prune orphan steps (and, with ``redo``, the grid's rows on these
-    device models), then drop every cell with a row on one of the placement's device models."""
-    def keys(cell: Cell) -> set[tuple]:
-        return {cell_key(cell, placement.device, name) for name in placement.device_names}
-
-    grid_keys = set().union(*map(keys, cells)) if cells else set()
+    """The cells to run: prune orphan steps, then, unless ``redo``, drop every cell with a row
+    on one of the placement's device models (with ``redo`` every row stays until its cell's
+    new row replaces it)."""
+    prune_results(out_dir)  # orphan steps only
     if redo:
-        prune_results(out_dir, lambda row: row_key(row) in grid_keys
-                      and is_estimate_row(row) == estimates)
-    else:
-        prune_results(out_dir)  # orphan steps only
+        return list(cells)
     done = set(latest_rows(out_dir, estimates=estimates))
-    return [cell for cell in cells if not keys(cell) & done]
+    return [cell for cell in cells if not _keys(cell, placement) & done]
 
 
 __all__ = ["SweepError", "SweepProgress", "estimate_sweep", "run_cells", "run_sweep", "sweep"]

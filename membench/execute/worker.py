@@ -20,17 +20,15 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, TIMEOUT, Cell, CellResult
+from .children import exit_text, start_child, without_main_module
 
 # Importing torch in a fresh interpreter can take many seconds on a loaded machine; a worker that
 # has not said hello by then is broken, not slow.
@@ -45,12 +43,15 @@ class WorkerStartError(RuntimeError):
 @dataclass(frozen=True)
 class Target:
     """What runs the cells: a device spec, or (``estimate_kind`` set) the estimator for a kind;
-    ``peak_tflops`` is the user's peak for MFU, if given; ``timeline`` and
-    ``timeline_snapshot`` the sweep's options of the same name (one more step recorded)."""
+    ``peak_tflops`` is the user's peak for MFU, if given; ``precisions`` the cells' precisions,
+    whose peaks are found (a CPU calibrated) when the target opens, before any cell;
+    ``timeline`` and ``timeline_snapshot`` the sweep's options of the same name (one more step
+    recorded)."""
 
     device_spec: str
     estimate_kind: str | None = None
     peak_tflops: float | None = None
+    precisions: tuple[str, ...] = ("fp32",)
     timeline: bool = False
     timeline_snapshot: bool = False
 
@@ -69,24 +70,25 @@ class WorkerSetup:
     methods: tuple[str, ...]
     environ: dict[str, str] = field(default_factory=dict)
     collect_env: bool = False
-    peak: PeakSpec | None = None  # known from an earlier worker: do not calibrate again
+    peaks: dict[str, PeakSpec] = field(default_factory=dict)  # known already: not calibrated again
 
 
 @dataclass(frozen=True)
 class Hello:
     """A worker's first message: it is ready, on this device (as the worker names it), with the
-    peak its cells are held against."""
+    peaks its cells are held against (by cell precision)."""
 
     device: str
     device_name: str
     env: dict | None
-    peak: PeakSpec | None
+    peaks: dict[str, PeakSpec]
     precisions: tuple[str, ...] = ()  # what torch can autocast to here; () if any
 
 
 @dataclass(frozen=True)
 class RunCell:
     cell: Cell
+    timeout_s: float | None = None  # the time it has (a cell on several devices bounds its ranks)
 
 
 @dataclass(frozen=True)
@@ -101,29 +103,41 @@ def now() -> str:
 # -- running a cell here ------------------------------------------------------------------------
 @dataclass
 class OpenTarget:
-    """A target opened in this process: the device as it names itself, the peak its cells are
-    held against, and ``run(cell)``, which always returns a result (a failure is a row)."""
+    """A target opened in this process: the device as it names itself, the peaks its cells are
+    held against (by cell precision), and ``run(cell)``, which always returns a result (a
+    failure is a row)."""
 
     device: str
     device_name: str
-    peak: PeakSpec | None
-    run: Callable[[Cell], CellResult]
+    peaks: dict[str, PeakSpec]
+    run: Callable[..., CellResult]  # (cell, timeout_s=None) -> its result
     precisions: tuple[str, ...] = ()  # what torch can autocast to on the device; () if any
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should read once about the peaks (e.g. no peak for this GPU)."""
+        return tuple(dict.fromkeys(peak.note for peak in self.peaks.values() if peak.note))
 
-def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
-    """Open a target here (DeviceError if its device does not exist). ``peak``: one found
-    earlier in the sweep, so a CPU is calibrated once per sweep, not once per worker."""
+
+def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> OpenTarget:
+    """Open a target here (DeviceError if its device does not exist) and find the peak of each
+    of its precisions. ``peaks``: those found earlier in the sweep, so a CPU is calibrated once
+    per sweep and precision, not once per worker."""
     if target.estimate_kind is not None:
         from ..measure.estimate import estimate_cell
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
-        def estimate(cell: Cell) -> CellResult:
-            result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
+        def estimate(cell: Cell, timeout_s: float | None = None) -> CellResult:
+            if cell.devices > 1:  # every rank, one after another, in a fake process group
+                from ..measure.fake_ranks import estimate_ranks
+
+                result = estimate_ranks(cell, target.estimate_kind)
+            else:
+                result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
             result.host = socket.gethostname()
             return result
 
-        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, None,
+        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, {},
                           estimate)
 
     from ..measure.devices import resolve_device
@@ -131,20 +145,30 @@ def open_target(target: Target, peak: PeakSpec | None = None) -> OpenTarget:
     from ..measure.protocol import run_cell
 
     device = resolve_device(target.device_spec)
-    if peak is None:
-        peak = device_peak_spec(device.kind, device.name(), target.peak_tflops)
-    peaks = {"fp32": peak}  # per cell precision, found when a cell first needs it
+    found = dict(peaks or {})
 
-    def measure(cell: Cell) -> CellResult:
-        if cell.precision not in peaks:
-            peaks[cell.precision] = device_peak_spec(device.kind, device.name(),
-                                                     target.peak_tflops, cell.precision)
-        result = run_cell(cell, device, peak=peaks[cell.precision],
-                          **target.timeline_options())
+    def peak_for(precision: str) -> PeakSpec:
+        if precision not in found:
+            found[precision] = device_peak_spec(device.kind, device.name(), target.peak_tflops,
+                                                precision)
+        return found[precision]
+
+    for precision in dict.fromkeys(("fp32", *target.precisions)):
+        peak_for(precision)  # before any cell: a calibration never runs inside a cell's time
+
+    def measure(cell: Cell, timeout_s: float | None = None) -> CellResult:
+        if cell.devices > 1:  # N ranks launched from here (docs/design.md)
+            from .ranks import run_multi_device
+
+            result = run_multi_device(cell, str(device), device.name(), peak_for(cell.precision),
+                                      timeout_s)
+        else:
+            result = run_cell(cell, device, peak=peak_for(cell.precision),
+                              **target.timeline_options())
         result.host = socket.gethostname()
         return result
 
-    return OpenTarget(str(device), device.name(), peak, measure, device.autocast_precisions())
+    return OpenTarget(str(device), device.name(), found, measure, device.autocast_precisions())
 
 
 def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
@@ -158,57 +182,29 @@ def failed_result(cell: Cell, device: str, device_name: str, status: str, error:
 
 
 # -- the worker process ---------------------------------------------------------------------------
-def _watch_parent() -> None:
-    """Exit this worker as soon as the sweep process is gone, even in the middle of a cell."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(3)
-
-    threading.Thread(target=watch, name="membench-parent-watch", daemon=True).start()
-
-
 def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
     """A worker: say hello, then run each cell received and send its result back."""
-    # Ctrl-C reaches the whole process group; the sweep process decides what happens to cells.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _watch_parent()
-    # A forkserver child inherits the server's environment, not the sweep's current one; the
-    # sweep's PYTHONPATH (plugins) must be importable here even when this worker's starter had
-    # another (a Ray worker that runs cells for a sweep started elsewhere).
-    os.environ.clear()
-    os.environ.update(setup.environ)
-    for entry in reversed(setup.environ.get("PYTHONPATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
-    import importlib
-
+    start_child(setup.environ)
     import torch
 
-    from .. import archs, runners
+    from .. import runners
     from ..envinfo import collect_env
 
-    importlib.invalidate_caches()
-    runners.refresh_registry()
-    archs.refresh_registry()
     torch.set_num_threads(setup.threads)
-    target = open_target(setup.target, setup.peak)
+    target = open_target(setup.target, setup.peaks)
     for method in setup.methods:
         try:
             runners.get_runner(method)  # import runner modules now, outside any cell's timeout
         except Exception:  # the cell itself will report it
             pass
     conn.send(Hello(target.device, target.device_name,
-                    collect_env() if setup.collect_env else None, target.peak, target.precisions))
+                    collect_env() if setup.collect_env else None, target.peaks, target.precisions))
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        result = target.run(message.cell)
+        result = target.run(message.cell, message.timeout_s)
         try:
             conn.send(CellDone(result))
         except (BrokenPipeError, OSError):
@@ -233,34 +229,37 @@ def worker_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(["membench.execute.worker", "membench.measure.protocol",
                                         "torch._dynamo",
                                         *runners.builtin_runner_modules()])
+        _start_forkserver()
         return context
     return multiprocessing.get_context("spawn")
 
 
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Hide ``__main__`` while a worker starts, so the worker does not re-import it.
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT ignored, which it keeps across
+    exec and hands to every worker: Ctrl-C reaches the whole process group, and a forkserver
+    importing torch must not print a traceback for it. The sweep process alone acts on Ctrl-C;
+    a worker exits when the sweep process is gone."""
+    from multiprocessing import forkserver
 
-    multiprocessing re-runs the parent's main script in every child; the worker needs nothing
-    from it, and re-running it costs time and breaks scripts without an ``if __name__`` guard.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        yield
+        forkserver.ensure_running()
     finally:
-        if main is not None:
-            sys.modules["__main__"] = main
+        signal.signal(signal.SIGINT, previous)
 
 
 class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
     def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False,
-                 peak: PeakSpec | None = None, environ: dict[str, str] | None = None,
+                 peaks: dict[str, PeakSpec] | None = None, environ: dict[str, str] | None = None,
                  threads: int | None = None):
         """A worker for ``target``; by default with this process's environment and torch
-        threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's)."""
+        threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's);
+        ``peaks``: those an earlier worker found."""
         if threads is None:
             import torch
 
@@ -268,16 +267,17 @@ class IsolatedWorker:
         context = worker_context()
         self.conn, child_conn = context.Pipe(duplex=True)
         setup = WorkerSetup(target, threads, tuple(methods),
-                            dict(os.environ if environ is None else environ), collect_env_info, peak)
+                            dict(os.environ if environ is None else environ), collect_env_info,
+                            dict(peaks or {}))
         self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
                                        name="membench-worker", daemon=True)
-        with _without_main_module():
+        with without_main_module():
             self.process.start()
         # Only the worker may hold its end: then a dead worker reads as EOF on ours.
         child_conn.close()
         self.device = self.device_name = ""
         self.env: dict | None = None
-        self.peak: PeakSpec | None = None
+        self.peaks: dict[str, PeakSpec] = {}
         self.budget: int | None = None
         self.cells_run = 0
 
@@ -293,7 +293,7 @@ class IsolatedWorker:
             self.close()
             raise WorkerStartError(f"worker process did not start ({self._exit_text()})")
         self.device, self.device_name, self.env = hello.device, hello.device_name, hello.env
-        self.peak, self.precisions = hello.peak, hello.precisions
+        self.peaks, self.precisions = hello.peaks, hello.precisions
 
     def run(self, cell: Cell, timeout_s: float | None) -> CellResult:
         """Run ``cell`` in the worker; a crash, a hang past ``timeout_s`` or EOF becomes a row."""
@@ -301,7 +301,7 @@ class IsolatedWorker:
         self.budget = cell.device_mem_bytes
         self.cells_run += 1
         try:
-            self.conn.send(RunCell(cell))
+            self.conn.send(RunCell(cell, timeout_s))
         except (BrokenPipeError, OSError):
             return self._failed(cell, started_at, ERROR, self._died_text())
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -325,15 +325,7 @@ class IsolatedWorker:
 
     def _exit_text(self) -> str:
         self.process.join(5)
-        code = self.process.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
+        return exit_text(self.process)
 
     def _died_text(self) -> str:
         return f"WorkerDied: worker process ended during the cell ({self._exit_text()})"

@@ -10,28 +10,29 @@ which is why DTG-FF (each layer's input detached) costs about two thirds of BP. 
 updates and elementwise ops are not counted (FlopCounterMode counts matmuls and convolutions).
 
 The peak a cell is held against (``PeakSpec``): a GPU's dense datasheet figure for the cell's
-precision (``membench.measure.peaks``), a user's ``--peak-tflops``, or on the CPU an *achieved* GEMM rate
-calibrated at the start of the sweep (``calibrate_cpu_peak``, about a second at the sweep's
-thread count). MFU = achieved TFLOP/s / peak; docs/design.md ("FLOPs and MFU") says what each
-peak means.
+precision (``membench.measure.peaks``), a user's ``--peak-tflops``, or on the CPU the best GEMM or
+convolution rate calibrated at the start of the sweep (``membench.measure.calibrate``, about two
+seconds per precision on any CPU). MFU = achieved TFLOP/s / peak, never above 1: a step that ran
+faster than its peak has no defensible one, and its MFU is left empty (``apply_peak``);
+docs/design.md ("FLOPs and MFU") says what each peak means.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from ..schema import PRECISIONS
+from .calibrate import cpu_peak
 from .peaks import PeakSpec, gpu_peak
 
-DATASHEET, USER, GEMM_CALIBRATED = "datasheet", "user", "gemm-calibrated"
-CALIBRATION_SIZES = (512, 1024, 2048)
-# How long the CPU's GEMM calibration runs, once per sweep; MEMBENCH_CALIBRATION_S changes it
-# (membench's own tests shorten it).
-CALIBRATION_SECONDS = 1.0
+if TYPE_CHECKING:
+    from ..schema import CellResult
+
+DATASHEET, USER = "datasheet", "user"
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
@@ -96,45 +97,34 @@ def gpu_peak_spec(device_name: str, precision: str) -> PeakSpec:
     return PeakSpec(value, DATASHEET, precision)
 
 
-CALIBRATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def calibrate_cpu_peak(seconds: float | None = None, precision: str = "fp32") -> float:
-    """An achievable fp32 TFLOP/s of this CPU at torch's current thread count: the best rate of
-    square GEMMs (``CALIBRATION_SIZES``) over about ``seconds`` (default CALIBRATION_SECONDS or
-    $MEMBENCH_CALIBRATION_S). Achievable, not theoretical: a well-blocked GEMM, the CPU's best
-    case for dense math."""
-    if seconds is None:
-        seconds = float(os.environ.get("MEMBENCH_CALIBRATION_S", CALIBRATION_SECONDS))
-    best = 0.0
-    per_size = seconds / len(CALIBRATION_SIZES)
-    dtype = CALIBRATION_DTYPES[precision]
-    for size in CALIBRATION_SIZES:
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        torch.mm(a, b)  # first call: allocation and kernel selection
-        deadline = time.perf_counter() + per_size
-        while True:
-            start = time.perf_counter()
-            torch.mm(a, b)
-            elapsed = time.perf_counter() - start
-            best = max(best, 2 * size**3 / elapsed / 1e12)
-            if time.perf_counter() > deadline:
-                break
-    return best
-
-
 def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = None,
                      precision: str = "fp32") -> PeakSpec:
     """The peak for cells of ``precision`` on a measured device: the user's, else the
-    datasheet's (CUDA; fp32 cells count at TF32 while cuDNN may use it) or a GEMM rate
-    calibrated at that precision (CPU)."""
+    datasheet's (CUDA; fp32 cells count at TF32 while cuDNN may use it) or the CPU's calibrated
+    one (``membench.measure.calibrate.cpu_peak``)."""
     if kind == "cuda" and precision == "fp32":
         precision = cuda_precision()
     if user_tflops is not None:
         return PeakSpec(user_tflops, USER, precision)
     if kind == "cuda":
         return gpu_peak_spec(device_name, precision)
-    return PeakSpec(calibrate_cpu_peak(precision=precision), GEMM_CALIBRATED, precision)
+    return cpu_peak(precision)
+
+
+def apply_peak(result: CellResult, peak: PeakSpec | None) -> None:
+    """Hold ``result`` against ``peak`` (its ``peak_*`` columns, hence its MFU). A step that
+    ran faster than the peak shows the peak is not one (a calibration the machine's load
+    disturbed, a wrong ``--peak-tflops``): MFU is left empty and ``peak_source`` says why, so
+    no row ever claims more than 100 %."""
+    if peak is None or peak.tflops is None:
+        return
+    achieved = result.achieved_tflops
+    if achieved is not None and achieved > peak.tflops:
+        result.peak_source = (f"none: this step ran at {achieved:.3g} TFLOP/s, above the "
+                              f"{peak.source} peak of {peak.tflops:.3g} ({peak.precision})")
+        return
+    result.peak_tflops, result.peak_source = peak.tflops, peak.source
+    result.peak_precision = peak.precision
 
 
 def throughput_bound(flops_per_step: float, batch: int, peak_tflops: float) -> float:
@@ -147,7 +137,7 @@ def gpu_peaks(name: str) -> dict[str, PeakSpec]:
     """A GPU's datasheet peak for cells of each precision (fp32 cells count at TF32 while
     cuDNN may use it)."""
     return {precision: gpu_peak_spec(name, cuda_precision() if precision == "fp32" else precision)
-            for precision in CALIBRATION_DTYPES}
+            for precision in PRECISIONS}
 
 
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:

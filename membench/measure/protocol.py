@@ -36,7 +36,7 @@ from ..errors import error_text, one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
 from .devices import Device
-from .flops import step_flops
+from .flops import apply_peak, step_flops
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .peaks import PeakSpec
 
@@ -89,9 +89,13 @@ def count_step_flops(cell: Cell) -> int:
     (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
     what, it computes."""
     cell = dataclasses.replace(cell, compile="none")
+    if cell.precision == "fp16":
+        # fp16's GradScaler reads its inf check with .item(), which fake tensors cannot answer;
+        # a bf16 step runs the same convolutions and matmuls (the scaler's ops count no FLOPs).
+        cell = dataclasses.replace(cell, precision="bf16")
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
-        images, labels = make_batch(cell, torch.device("cpu"))
+        images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))
         return step_flops(lambda: runner.step(images, labels))
 
 
@@ -141,7 +145,7 @@ def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
     device.set_memory_budget(cell.device_mem_bytes)
     runner = build_runner(cell, device.torch_device)
     device.adapt(runner)
-    images, labels = make_batch(cell, device.torch_device)
+    images, labels = runner.local_batch(*make_batch(cell, device.torch_device))
     prepared = PreparedCell(cell, device, runner, images, labels)
     for index in range(device.warmup_steps(cell)):
         start = time.perf_counter()
@@ -199,9 +203,7 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
     finally:
         gc.collect()  # free what the cell left so the next one starts from the same place
         device.release_cached_memory()
-    if peak is not None and peak.tflops is not None:
-        result.peak_tflops, result.peak_source = peak.tflops, peak.source
-        result.peak_precision = peak.precision
+    apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
     return result
 
 

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..units import GIB
-from .layout import batch_label
+from .layout import batch_label, tooled_method
 from .style import BREAKDOWN, method_sort_key, new_figure, side_legend
 
 # Beyond this many bars the labels are written on one line and slanted.
@@ -49,8 +49,9 @@ def breakdown_figure(panel: pd.DataFrame, *, title: str = "") -> Figure | None:
         return None
     crowded = len(rows) > CROWDED_BARS
     separator = " " if crowded else "\n"
-    names = [f"{r['method']}{separator}{batch_label(r)}" + (f"{separator}(est.)" if r["is_estimate"]
-                                                          else "") for _, r in rows.iterrows()]
+    names = [separator.join([tooled_method(r), batch_label(r)] + (["(est.)"] if r["is_estimate"]
+                                                                 else []))
+             for _, r in rows.iterrows()]
     figure = new_figure(min(14.0, max(6.5, (0.38 if crowded else 0.55) * len(rows) + 3)), 4.8)
     ax = figure.add_subplot()
     # a gap between batch sizes groups the bars of one batch together

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..units import GIB
 from .markdown import Column, Table
@@ -119,10 +120,22 @@ def crossover_figure(best: pd.DataFrame, title: str, predicted: dict[str, list])
                         gid=f"model-{family}:{split}")
     ax.set(xscale="log", yscale="log", xlabel="depth D (conv layers)", ylabel="peak (GiB)",
            title=title)
+    # The grid's own depths and plain numbers: "2×10⁰" says less than "2".
+    depths = sorted(int(d) for d in best["depth"].unique())
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
     ax.grid(True, which="both", alpha=0.3)
     model = ax.plot([], [], ":", color="grey", label="analytic model (dotted)")[0]
     side_legend(ax, [*handles, model])
     return figure
+
+
+def _minor_label(value: float, _position) -> str:
+    """Label the 2s, 3s and 5s between the decades of a log axis, nothing else."""
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa) in (2, 3, 5) else ""
 
 
 # The configurations the analytic model describes (depth_model), by their settings.
@@ -193,7 +206,9 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     first = group.iloc[0]
     family_arch = f"vgg-d1-w{first['width']}{first['pools']}"
     predicted = predictions(group, _splits(best))
-    top = int(group["depth"].max())
+    # The deepest depth both families reached: a family's row alone compares with nothing.
+    both = set(best.loc[best["family"] == "bp", "depth"]) & set(best.loc[best["family"] == "ff", "depth"])
+    top = int(max(both)) if both else int(group["depth"].max())
     lines = []
     for split in _splits(best):
         model_d = (predicted_crossover(family_arch, int(first["res"]), int(first["batch"]),
@@ -203,6 +218,7 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         lines.append(dict(
             split=split, measured=crossover_depth(best, split),
             modelled=crossover_depth(modelled, split) if split != ANY else None, model=model_d,
+            has_modelled=set(modelled.loc[modelled["split"] == split, "family"]) == {"bp", "ff"},
             deepest_bp=_deepest(best, "bp", split, predicted.get(f"bp:{split}")),
             deepest_ff=_deepest(best, "ff", split, predicted.get(f"ff:{split}")),
             **{f"{f}_at_top": (at_top[f]["cell_id"].iloc[0] if len(at_top[f]) else "") for f in at_top},
@@ -218,14 +234,16 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         Column("micro-batch", lambda r: "any (each family's best)" if r.split == ANY
                else _split_label(r.split, best)),
         Column("D*, best configurations", lambda r: depth(r.measured), "r"),
-        Column("D*, modelled configurations", lambda r: "" if r.split == ANY else depth(r.modelled), "r"),
-        Column("D*, model", lambda r: "" if r.split == ANY else depth(r.model), "r"),
+        Column("D*, modelled configurations", lambda r: "" if r.split == ANY else (
+            depth(r.modelled) if r.has_modelled else "not in the results"), "r"),
+        Column("D*, model", lambda r: "" if r.split == ANY else (
+            "none to 4096" if r.model is None else depth(r.model)), "r"),
         Column("deepest on 8 GiB: bp / ff", lambda r: f"{r.deepest_bp} / {r.deepest_ff}"),
-        Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".3f"), "r"),
-        Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".3f"), "r"),
+        Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".4g"), "r"),
+        Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".4g"), "r"),
         Column(f"D={top}: TFLOP/step bp / ff",
-               lambda r: f"{fmt(r.bp_flops / 1e12, '.2f')} / {fmt(r.ff_flops / 1e12, '.2f')}"),
-        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".3f"), "r"),
+               lambda r: f"{fmt(r.bp_flops / 1e12, '.3g')} / {fmt(r.ff_flops / 1e12, '.3g')}"),
+        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".4g"), "r"),
     ], list(frame.itertuples(index=False))).markdown()
     return best, table
 
@@ -254,8 +272,10 @@ def crossover_markdown(cells: pd.DataFrame, figures: dict) -> list[str]:
              "or offload; FF: each layer in chunks of it) and over all of them. D* is the "
              "depth at which FF's best falls below BP's, interpolated in log depth between the "
              "grid's depths. The model (docs/design.md, \"The depth crossover\") describes "
-             "`bp-ckpt` and `ff-pipelined` in bf16 with each family's update tooling; its D* "
-             "is beside the D* of the same configurations in the data. Deepest on 8 GiB: the "
+             "`bp-ckpt --micro-batch m` in fp32 (optimizer state on the host) and "
+             "`ff-pipelined --micro-batch m` in bf16 (gradients released, optimizer state on "
+             "the host); its D* (searched up to D = 4096) is beside the D* of the same "
+             "configurations in the data. Deepest on 8 GiB: the "
              "deepest of the grid whose best fits, or past the grid the model's line. BP with "
              "its activations offloaded to host memory (`bp-offload`) is left out of the curves "
              "and shown in the last column: its device peak hides what crosses the link every "

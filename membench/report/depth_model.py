@@ -131,9 +131,26 @@ def predicted_crossover(family_arch: str, res: int, batch: int, micro_batch: int
     if not match:
         return None
     pools = f"-p{match['pools']}" if match["pools"] is not None else ""
-    for depth in range(1, max_depth + 1):
+
+    def ff_below(depth: int) -> bool:
         peaks = predicted_peaks(f"vgg-d{depth}-w{match['width']}{pools}", res, batch,
                                 micro_batch, classes)
-        if peaks["ff"] < peaks["bp"]:
-            return depth
-    return None
+        return peaks["ff"] < peaks["bp"]
+
+    # Every depth up to 64, then doubling, and the first bracket that flips bisected: each
+    # prediction walks every layer, so a scan of every depth to 4096 would take seconds.
+    probes = [*range(1, min(64, max_depth) + 1)]
+    while probes[-1] < max_depth:
+        probes.append(min(2 * probes[-1], max_depth))
+    below = None
+    for depth in probes:
+        if ff_below(depth):
+            below = depth
+            break
+        above = depth
+    if below is None:
+        return None
+    while below - above > 1 and below > 64:
+        middle = (above + below) // 2
+        above, below = (above, middle) if ff_below(middle) else (middle, below)
+    return below

@@ -17,6 +17,7 @@ from ..units import format_bytes
 from .batchplot import batch_figure
 from .breakdown import breakdown_figure
 from .crossover import CROSSOVER, crossover_sections
+from .estimates import estimates_figure
 from .frontier import frontier_figure
 from .layout import PanelKey, device_groups, panel_title, panels
 from .style import method_colors
@@ -26,7 +27,7 @@ from .style import method_colors
 class ReportFigure:
     """One figure of a report: what it shows, for which device, and where it is saved."""
 
-    kind: str  # frontier | batch | breakdown
+    kind: str  # frontier | batch | estimates | breakdown
     device: str  # the device label
     panel: str  # 'vgg8, 32x32, K=10'
     filename: str
@@ -40,14 +41,22 @@ def figure_stem(slug: str, key: PanelKey) -> str:
     return stem + ("" if pd.isna(budget) else f"_mem{format_bytes(int(budget))}")
 
 
+def _estimates_only(panel: pd.DataFrame) -> bool:
+    """Whether a panel's plotted rows are all estimates (no measured cell, no measured OOM)."""
+    return bool((panel["kind"] == "estimated").any() and not panel["kind"].isin(["ok", "oom"]).any())
+
+
 def panel_figures(panel: pd.DataFrame, key: PanelKey, label: str, slug: str,
                   colors: dict[str, str], budgets_bytes: Sequence[int]) -> list[ReportFigure]:
     """The frontier, batch and breakdown figures of one panel, leaving out those with nothing
     to plot."""
     title = f"{panel_title(*key)} \u2014 {label}"
+    # Estimates only: nothing was timed, so the memory of every configuration as bars instead
+    # of a batch figure with an empty throughput plot.
+    by_batch = ("estimates", estimates_figure) if _estimates_only(panel) else ("batch", batch_figure)
     drawn = (
         ("frontier", frontier_figure(panel, colors=colors, budgets_bytes=budgets_bytes, title=title)),
-        ("batch", batch_figure(panel, colors=colors, budgets_bytes=budgets_bytes, title=title)),
+        (by_batch[0], by_batch[1](panel, colors=colors, budgets_bytes=budgets_bytes, title=title)),
         ("breakdown", breakdown_figure(panel, title=f"memory at the peak \u2014 {title}")),
     )
     stem = figure_stem(slug, key)

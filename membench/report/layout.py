@@ -38,6 +38,17 @@ def batch_label(row) -> str:
     return label
 
 
+def tooled_method(row) -> str:
+    """'bp bf16': the method and its tooling not at the defaults ('bp' without any)."""
+    tooling = row.get("tooling") or ""
+    return f"{row['method']} {tooling}" if tooling else str(row["method"])
+
+
+def configuration_label(row) -> str:
+    """'bp bf16 b128', 'bp-accum b128/mb64': what one bar or point of a figure is."""
+    return f"{tooled_method(row)} {batch_label(row)}"
+
+
 def _is_estimate_device(device: str) -> bool:
     return is_estimate_row({"device": device})
 

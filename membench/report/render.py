@@ -16,6 +16,7 @@ from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
 from .crossover import crossover_markdown
+from .devices import multi_device_markdown
 from .paper import PAPER_SOURCE, paper_tables, tooling_tables
 from .tables import best_table, failures_table, panel_table
 from .timeline import timeline_figures
@@ -25,7 +26,8 @@ FIGURES_DIR = "figures"
 FIGURE_ALT = {"frontier": "memory-throughput frontier",
               "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
               "crossover": "peak memory against depth",
-              "timeline": "memory over one step"}
+              "timeline": "memory over one step",
+              "estimates": "estimated memory of every configuration"}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
@@ -146,6 +148,7 @@ def render_report(loaded: LoadedCells, figures: list[ReportFigure],
     for label, _, rows in device_groups(loaded.cells):
         lines += _device_section(label, rows, by_panel)
     lines += crossover_markdown(loaded.cells, by_panel)
+    lines += multi_device_markdown(loaded.cells)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "membench.methods"
 
-__all__ = ["ENTRY_POINT_GROUP", "BUILTIN_METHODS", "Runner", "RunnerConfigError",
-           "UnknownMethodError", "available_methods", "builtin_runner_modules", "get_runner",
+__all__ = ["ENTRY_POINT_GROUP", "BUILTIN_METHODS", "MULTI_DEVICE_METHODS", "SINGLE_DEVICE_METHODS",
+           "Runner", "RunnerConfigError", "UnknownMethodError", "available_methods", "builtin_runner_modules", "get_runner",
            "refresh_registry"]
 
 
@@ -42,8 +42,12 @@ def builtin_runner_modules() -> list[str]:
                    if ep.value.startswith("membench.")})
 
 
-BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup", "ff-naive",
-                   "ff-pipelined")
+# The built-ins that train on one device, and those that run only as a cell on several
+# (``--devices N``, docs/design.md "Cells on several devices").
+SINGLE_DEVICE_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup",
+                         "ff-naive", "ff-pipelined")
+MULTI_DEVICE_METHODS = ("bp-ddp", "bp-fsdp", "bp-pp", "ff-pp")
+BUILTIN_METHODS = SINGLE_DEVICE_METHODS + MULTI_DEVICE_METHODS
 
 
 def available_methods() -> list[str]:

@@ -64,6 +64,11 @@ class Runner(ABC):
     # The update's tooling this runner honours (docs/design.md, "Standard tooling").
     supports_grad_release: ClassVar[bool] = False
     supports_host_optimizer_state: ClassVar[bool] = False
+    # Cells on several devices (docs/design.md): a runner that spans ``devices`` ranks of
+    # torch.distributed (one instance per rank), and one that takes a pipeline ``schedule``.
+    spans_devices: ClassVar[bool] = False
+    uses_schedule: ClassVar[bool] = False
+    default_schedule: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -81,6 +86,8 @@ class Runner(ABC):
         compile: str = "none",
         grads: str = "kept",
         optimizer_state: str = "device",
+        devices: int = 1,
+        schedule: str | None = None,
     ):
         self.arch, self.res, self.classes = arch, res, classes
         self.device = torch.device(device)
@@ -89,6 +96,8 @@ class Runner(ABC):
         self.precision, self.memory_format, self.compile_mode = precision, memory_format, compile
         self.release_grads = grads == "released"
         self.state_on_host = optimizer_state == "host"
+        # (``schedule``: bp.py's runners name their cosine ``self.schedule``)
+        self.devices, self.pipeline_schedule = devices, schedule
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
@@ -123,6 +132,12 @@ class Runner(ABC):
     def default_micro_batch(batch: int) -> int:
         """The micro-batch a splitting runner uses when none is given: half the batch."""
         return batch // 2
+
+    def local_batch(self, images: torch.Tensor, labels: torch.Tensor):
+        """What of the cell's batch this runner holds: all of it on one device; a rank of a
+        runner that spans devices keeps only its own part (its shard, or none of the images
+        past a pipeline's first stage)."""
+        return images, labels
 
     @abstractmethod
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

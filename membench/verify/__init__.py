@@ -28,6 +28,9 @@ The checks, each applicable to any registered runner, third-party ones included:
   steps, in fp32 and in every reduced precision.
 - ``first-step loss (bf16)``, ``(fp16)``: under autocast the first-step loss differs from fp32's
   (autocast ran) by at most a stated tolerance.
+- ``gradients on 2 ranks``: a runner that spans devices (``bp-ddp``, ``bp-fsdp``, ``bp-pp``
+  under each schedule, ``ff-pp``) leaves its single-device reference's gradients
+  (``membench.verify.ranks``).
 - ``compiled``: on request (slow on a CPU), compiled and eager first steps agree on loss and
   gradients within a stated tolerance.
 """
@@ -90,6 +93,11 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     splits_apply = not uses_batch_statistics(setup)
     for method in methods:
         runner_cls = get_runner(method)
+        if getattr(runner_cls, "spans_devices", False):  # its checks run on gloo ranks
+            from .ranks import rank_checks
+
+            results += _guarded(lambda m=method: rank_checks(m, setup), method)
+            continue
         plan = []
         # A runner that splits the batch by default is compared split against whole.
         splits_by_default = (runner_cls.uses_micro_batch
@@ -131,3 +139,11 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
             except Exception as err:  # a runner that crashes fails its check, it does not stop verify
                 results.append(CheckResult("crash", method, False, f"{type(err).__name__}: {err}"))
     return results
+
+
+def _guarded(run_checks, method: str) -> list[CheckResult]:
+    """``run_checks()``, or one failed check if it crashes."""
+    try:
+        return run_checks()
+    except Exception as err:
+        return [CheckResult("crash", method, False, f"{type(err).__name__}: {err}")]
