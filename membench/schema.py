@@ -143,9 +143,8 @@ class Cell:
 
     method: str = cell_setting("bp", name, "Training method (`membench list methods`).",
                                id_part=str, id_always=True)
-    arch: str = cell_setting("vgg8", name, "Architecture: vgg8, vgg11, vgg-dD-wW, resnet20 ... "
-                             "resnet110, tv:NAME, timm:NAME, a membench.archs plugin or "
-                             "package.module:callable (`membench list archs`).", id_part=str, id_always=True)
+    arch: str = cell_setting("vgg8", name, "Architecture: vgg8, vgg11, vgg-dD-wW, resnet20..110, "
+                             "tv:NAME, timm:NAME, a plugin's or pkg.mod:factory (`membench list archs`).", id_part=str, id_always=True)
     res: int = cell_setting(32, whole(1), "Input resolution (square).", id_part="r{}".format,
                             id_always=True)
     batch: int = cell_setting(32, whole(1), "Batch size: the images of one optimizer step.",
