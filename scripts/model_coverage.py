@@ -11,8 +11,9 @@ over ``--max-measure-params`` parameters are skipped, their AdamW state alone wo
 host's memory), and bp's FLOPs per image (K=1000) beside three times torchvision's own forward
 figure (``weights.meta["_ops"]``, GFLOPS as torchvision counts them: multiply-adds, so
 membench's FLOPs, two per multiply-add, come to about twice it), both at the resolution of that
-figure (the default weights' crop size: 224 for most, 299 for Inception v3, 518 for ViT-H/14's
-SWAG weights; 224 for timm). Minutes on 2 cores without
+figure (the default weights' crop size: 224 for most, 299 for Inception v3; 224 for timm; where
+the model built without weights does not take that size, ViT-H/14 whose SWAG weights are at 518,
+at its own resolution and without a ratio). Minutes on 2 cores without
 ``--measure``.
 """
 
@@ -25,7 +26,6 @@ import time
 import torch
 
 from membench.archs import ArchError, probe_arch
-from membench.errors import one_line
 from membench.measure.devices import CpuDevice
 from membench.measure.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
@@ -54,7 +54,9 @@ def torchvision_meta(arch: str) -> tuple[int, float | None, int]:
 def smallest_resolution(arch: str, start: int) -> tuple[int | None, str]:
     """The first resolution from ``start`` up where the model runs, and the last refusal."""
     reason = ""
-    for res in [start, *(r for r in RESOLUTIONS if r > start)]:
+    # From the smallest: a builder without weights may take another size than the weights'
+    # (torchvision's ViT-H/14 builds for 224, its SWAG weights' min_size is 518).
+    for res in sorted({start, *RESOLUTIONS}):
         try:
             probe_arch(arch, res)
             return res, ""
@@ -87,8 +89,9 @@ def cover(arch: str, measure: bool, max_params: float) -> list[str]:
     try:
         flops = count_step_flops(Cell("bp", arch, flops_res, 2, classes=1000)) / 2 / 1e9
         flops_text = f"{flops:.2f} ({flops_res})"
-    except Exception as err:  # a model that does not run at 224 (a fixed input size)
-        flops, flops_text = None, f"- ({one_line(err)[:40]})"
+    except Exception:  # built without weights for another size: counted there, no ratio
+        flops, ops = count_step_flops(Cell("bp", arch, res, 2, classes=1000)) / 2 / 1e9, None
+        flops_text = f"{flops:.2f} ({res}; torchvision's figure is at {flops_res})"
     reference = f"{3 * ops:.2f}" if ops else "-"
     ratio = f"{flops / (3 * ops):.2f}" if ops and flops else "-"
     return [arch, str(res), bp, measured, ckpt, flops_text, reference, ratio]
