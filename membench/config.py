@@ -128,6 +128,9 @@ class SweepConfig:
             axes = {f.name: getattr(grid, f.name) for f in fields(grid)}
             cells.update(dict.fromkeys(expand_grid(estimate=self.options.estimate, **axes)))
         object.__setattr__(self, "cells", tuple(cells))
+        if self.options.timeline and any(cell.devices > 1 for cell in cells):
+            raise ConfigError("--timeline records one device's step; a cell on several devices "
+                              "(--devices 2 or more) has none: drop one of them")
 
 
 def check_executor(options: SweepOptions) -> None:

@@ -93,6 +93,7 @@ def test_loading_the_plugin_does_not_import_torch():
 
 
 # -- the user-style suite ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_user_suite_json_carries_membench_figures(user_json):
     benchmarks = json.loads(user_json.read_text())["benchmarks"]
     infos = {b["extra_info"]["cell_id"]: b for b in benchmarks}
@@ -110,6 +111,7 @@ def test_user_suite_json_carries_membench_figures(user_json):
         run_cell(BP_CELL, CpuDevice()).peak_allocated_bytes
 
 
+@pytest.mark.slow
 def test_memory_baseline_option_fails_the_grown_cell(user_json, tmp_path):
     """--membench-memory-baseline gates every cell: against a baseline whose bp peak is 4 KiB
     lower, bp fails with the byte difference and the other cells pass."""

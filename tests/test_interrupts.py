@@ -62,7 +62,8 @@ def assert_one_line(sweep: subprocess.Popen) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("module", "where"), [("torch", "sweep"), ("torch._dynamo", "forkserver")])
+@pytest.mark.parametrize(("module", "where"), [
+    ("torch", "sweep"), pytest.param("torch._dynamo", "forkserver", marks=pytest.mark.slow)])
 def test_ctrl_c_while_importing_is_one_line(tmp_path, module, where):
     sweep = start_sweep(tmp_path, MEMBENCH_TEST_INTERRUPT_AT=module, MEMBENCH_TEST_INTERRUPT_IN=where)
     assert_one_line(sweep)

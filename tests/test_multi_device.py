@@ -114,6 +114,7 @@ def test_a_cell_the_ranks_cannot_split_is_one_line_and_exit_2(tmp_path, args, ne
 
 
 # -- measured on gloo ranks -------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_method_on_two_ranks_is_a_row_with_its_ranks(tmp_path):
     methods = ["bp-ddp", "bp-fsdp", "bp-pp", "ff-pp"]
     results = run_sweep([cell(m) for m in methods], "cpu", tmp_path, isolation="none")
@@ -166,6 +167,7 @@ def test_broken_ranks_become_rows_that_name_the_rank_and_leave_no_process(tmp_pa
     assert len(started) >= 8 and not any(alive(pid) for pid in started)
 
 
+@pytest.mark.slow
 def test_a_worker_runs_the_ranks_and_survives_a_failed_cell(tmp_path, monkeypatch):
     install_fake_runners(tmp_path / "site", monkeypatch, BROKEN_RANKS, BROKEN_NAMES)
     monkeypatch.setenv("MEMBENCH_TEST_PIDS", str(tmp_path))
@@ -175,6 +177,7 @@ def test_a_worker_runs_the_ranks_and_survives_a_failed_cell(tmp_path, monkeypatc
 
 
 # -- estimated in a fake process group ---------------------------------------------------------
+@pytest.mark.slow
 def test_an_estimate_plans_every_rank_on_one_machine():
     pp = estimate_ranks(cell("bp-pp", devices=4), "cuda")
     assert pp.status == "estimated" and len(pp.ranks) == 4

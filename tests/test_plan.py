@@ -59,6 +59,7 @@ def test_a_plan_ranks_what_fits_fastest_first():
     assert tight.ranked and {row.result.peak_allocated_bytes for row in tight.ranked} == {smallest}
 
 
+@pytest.mark.slow
 def test_the_plan_command_prints_the_ranking_and_each_familys_best():
     run = CliRunner().invoke(app, ["plan", "--arch", ARCH, "--res", str(RES), "--batch", "4",
                                    "--precision", "fp32", "--device-mem", "1GiB", "--gpu", "H200",

@@ -98,6 +98,7 @@ class Recorder(SweepProgress):
         self.running -= 1
 
 
+@pytest.mark.slow
 def test_local_and_ray_give_the_same_cells_and_tracker_peaks(cluster, tmp_path):
     cells = [tiny(method, batch=batch) for method in ("bp", "ff-pipelined") for batch in (2, 4)]
     local = run_sweep(cells, "cpu", tmp_path / "local")
@@ -120,6 +121,7 @@ def test_local_and_ray_give_the_same_cells_and_tracker_peaks(cluster, tmp_path):
     assert ray_sweep(cells, tmp_path / "local") == []  # same device model: local rows count
 
 
+@pytest.mark.slow
 def test_cells_run_at_the_same_time(cluster, tmp_path, monkeypatch):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     barrier = tmp_path / "barrier"
@@ -133,6 +135,7 @@ def test_cells_run_at_the_same_time(cluster, tmp_path, monkeypatch):
     assert progress.most == 2
 
 
+@pytest.mark.slow
 def test_raising_self_killing_and_host_killing_runners_give_error_rows(cluster, tmp_path,
                                                                        monkeypatch):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
@@ -146,6 +149,7 @@ def test_raising_self_killing_and_host_killing_runners_give_error_rows(cluster, 
     assert sorted(r["status"] for r in rows(tmp_path / "out")) == ["error"] * 3 + ["ok"]
 
 
+@pytest.mark.slow
 def test_cuda_on_a_cluster_without_a_gpu_is_one_line_and_exit_2(cluster, tmp_path):
     out = tmp_path / "out"
     result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",

@@ -375,6 +375,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, extra, needl
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_local_sweep_never_imports_ray(tmp_path):
     code = ("import sys; from membench.cli import app; from membench.execute.sweep import run_sweep; "
             "from membench.schema import Cell; "

@@ -322,3 +322,13 @@ def test_cuda_records_the_allocators_own_history_and_stops_recording():
     before = len(torch.cuda.memory._snapshot()["device_traces"][device.index])
     torch.ones(1024, device="cuda")
     assert len(torch.cuda.memory._snapshot()["device_traces"][device.index]) == before
+
+
+def test_a_timeline_of_a_cell_on_several_devices_is_refused_in_one_line():
+    from membench.config import build_config
+    from membench.settings import ConfigError
+
+    build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2")  # fine alone
+    with pytest.raises(ConfigError, match="--timeline records one device's step"):
+        build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2",
+                     timeline=True)

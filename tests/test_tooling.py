@@ -64,6 +64,7 @@ def test_a_compiled_cpu_cell_has_no_peak_but_its_compile_time_and_flops(monkeypa
     assert result.flops_per_step == count_step_flops(eager) and result.imgs_per_s
 
 
+@pytest.mark.slow
 def test_the_report_keeps_each_tooling_apart_and_names_each_familys_best(tmp_path):
     from membench.report import build_report, load_cells, make_figures
 
