@@ -37,3 +37,14 @@ def mfu_problems(rows) -> list[str]:
         elif peak is None and mfu is not None:
             problems.append(f"{name}: MFU {mfu!r} without a peak")
     return problems
+
+
+def install_example(tmp_path, monkeypatch, example, distribution: str, entry_points: str) -> None:
+    """What `pip install examples/<example>` would leave on sys.path: the package folder plus a
+    dist-info folder carrying its entry points (``entry_points``: the entry_points.txt text)."""
+    dist = tmp_path / f"{distribution.replace('-', '_')}-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(example))

@@ -9,21 +9,16 @@ from typer.testing import CliRunner
 from membench import archs
 from membench.cli import app
 from membench.verify import VerifySetup, verify
+from helpers import install_example
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "membench-models"
 
 
 @pytest.fixture
 def example_installed(tmp_path, monkeypatch):
-    # What `pip install examples/membench-models` would leave on sys.path: the package plus a
-    # dist-info folder carrying its entry points.
-    dist = tmp_path / "membench_models-0.1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: membench-models\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text("[membench.archs]\nplain-net = membench_models:plain_net\n"
-                                           "plain-stack = membench_models:plain_stack\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.syspath_prepend(str(EXAMPLE))
+    install_example(tmp_path, monkeypatch, EXAMPLE, "membench-models",
+                    "[membench.archs]\nplain-net = membench_models:plain_net\n"
+                    "plain-stack = membench_models:plain_stack\n")
     archs.refresh_registry()
     yield
     archs.refresh_registry()

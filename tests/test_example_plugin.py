@@ -6,20 +6,15 @@ import pytest
 
 from membench import runners
 from membench.verify import verify
+from helpers import install_example
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "membench-sgd"
 
 
 @pytest.fixture
 def example_installed(tmp_path, monkeypatch):
-    # What `pip install examples/membench-sgd` would leave on sys.path: the package plus a
-    # dist-info folder carrying its entry points.
-    dist = tmp_path / "membench_sgd-0.1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: membench-sgd\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text("[membench.methods]\nbp-sgd = membench_sgd:SGDRunner\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.syspath_prepend(str(EXAMPLE))
+    install_example(tmp_path, monkeypatch, EXAMPLE, "membench-sgd",
+                    "[membench.methods]\nbp-sgd = membench_sgd:SGDRunner\n")
     runners._entry_points.cache_clear()
     yield
     runners._entry_points.cache_clear()
