@@ -16,12 +16,12 @@ from pathlib import Path
 from membench.config import expand_grid
 from membench.measure.devices import resolve_device
 from membench.results import read_cells
-from membench.runners import BUILTIN_METHODS, get_runner
+from membench.runners import SINGLE_DEVICE_METHODS
 from membench.execute.sweep import run_sweep
 
 # The one-device runners (those that span devices need --devices N: README, "Cells on several
 # devices").
-METHODS = [m for m in BUILTIN_METHODS if not get_runner(m).spans_devices]
+METHODS = list(SINGLE_DEVICE_METHODS)
 # Paper Sec. 6.2 (docs/design.md#paper-reference-figures), VGG8 at 32x32, batch 256: ratios to bp.
 PAPER_RATIOS_VGG8_32 = {
     "ff-pipelined": {"imgs_per_s": 1726 / 1586, "peak": 1.535 / 1.589},

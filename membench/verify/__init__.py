@@ -83,14 +83,10 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     """Run every check that applies to each method, the reduced ``precisions`` against fp32,
     and (``compile_mode``, slow) compiled against eager; a crashing check is a failed check."""
     from ..runners import get_runner
-    from .checks import (
-        UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
-        check_layer_gradients, check_layer_isolation, check_learns, check_precision,
-        check_same_updates, uses_batch_statistics,
-    )
+    from .checks import uses_batch_statistics
 
     results = []
-    splits_apply = not uses_batch_statistics(setup)
+    splits_apply = not uses_batch_statistics(setup)  # builds the arch once, not per method
     for method in methods:
         runner_cls = get_runner(method)
         if getattr(runner_cls, "spans_devices", False):  # its checks run on gloo ranks
@@ -98,47 +94,57 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
 
             results += _guarded(lambda m=method: rank_checks(m, setup), method)
             continue
-        plan = []
-        # A runner that splits the batch by default is compared split against whole.
-        splits_by_default = (runner_cls.uses_micro_batch
-                             and runner_cls.default_micro_batch(setup.batch) is not None)
-        if getattr(runner_cls, "same_gradients_as", None) and (splits_apply
-                                                               or not splits_by_default):
-            plan.append(lambda m=method, r=runner_cls.same_gradients_as: check_gradients(m, r, setup))
-            if getattr(runner_cls, "same_gradients_with_dropout", False):
-                plan.append(lambda m=method, r=runner_cls.same_gradients_as:
-                            check_gradients(m, r, setup, dropout=True))
-            if runner_cls.uses_micro_batch and not splits_by_default and splits_apply:
-                plan.append(lambda m=method, r=runner_cls.same_gradients_as:
-                            check_gradients(m, r, setup, micro_batch=setup.batch // 2))
-        for what, tooling in UPDATE_TOOLING.items():
-            if accepts(runner_cls, setup, **tooling):
-                plan.append(lambda m=method, w=what: check_same_updates(m, setup, w))
-        if getattr(runner_cls, "same_layer_gradients_as", None):
-            reference = runner_cls.same_layer_gradients_as
-            plan.append(lambda m=method: check_layer_isolation(m, setup))
-            plan.append(lambda m=method, r=reference: check_layer_gradients(m, r, setup))
-            if runner_cls.uses_micro_batch and splits_apply:
-                plan.append(lambda m=method, r=reference:
-                            check_layer_gradients(m, r, setup, micro_batch=setup.batch // 2))
-        if getattr(runner_cls, "same_first_step_losses_as", None):
-            plan.append(lambda m=method, r=runner_cls.same_first_step_losses_as:
-                        check_first_step_losses(m, r, setup))
-        plan.append(lambda m=method: check_learns(m, setup))
-        for precision in precisions:
-            if getattr(runner_cls, "same_layer_gradients_as", None):
-                plan.append(lambda m=method, r=runner_cls.same_layer_gradients_as, p=precision:
-                            check_layer_gradients(m, r, setup, precision=p))
-            plan.append(lambda m=method, p=precision: check_precision(m, p, setup))
-            plan.append(lambda m=method, p=precision: check_learns(m, setup, precision=p))
-        if compile_mode is not None:
-            plan.append(lambda m=method: check_compiled(m, setup, compile_mode))
-        for run_check in plan:
-            try:
-                results.append(run_check())
-            except Exception as err:  # a runner that crashes fails its check, it does not stop verify
-                results.append(CheckResult("crash", method, False, f"{type(err).__name__}: {err}"))
+        for run_check in _checks_of(method, runner_cls, setup, precisions, compile_mode,
+                                    splits_apply):
+            results += _guarded(lambda: [run_check()], method)
     return results
+
+
+def _checks_of(method: str, runner_cls, setup: VerifySetup, precisions: tuple[str, ...],
+               compile_mode: str | None, splits_apply: bool) -> list:
+    """The checks that apply to one single-device method, as calls to run in order;
+    ``splits_apply``: whether a micro-batched step can equal the whole batch's (no BatchNorm)."""
+    from .checks import (
+        UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
+        check_layer_gradients, check_layer_isolation, check_learns, check_precision,
+        check_same_updates,
+    )
+
+    plan = []
+    # A runner that splits the batch by default is compared split against whole.
+    splits_by_default = (runner_cls.uses_micro_batch
+                         and runner_cls.default_micro_batch(setup.batch) is not None)
+    reference = getattr(runner_cls, "same_gradients_as", None)
+    if reference and (splits_apply or not splits_by_default):
+        plan.append(lambda: check_gradients(method, reference, setup))
+        if getattr(runner_cls, "same_gradients_with_dropout", False):
+            plan.append(lambda: check_gradients(method, reference, setup, dropout=True))
+        if runner_cls.uses_micro_batch and not splits_by_default and splits_apply:
+            plan.append(lambda: check_gradients(method, reference, setup,
+                                                micro_batch=setup.batch // 2))
+    for what, tooling in UPDATE_TOOLING.items():
+        if accepts(runner_cls, setup, **tooling):
+            plan.append(lambda w=what: check_same_updates(method, setup, w))
+    layer_reference = getattr(runner_cls, "same_layer_gradients_as", None)
+    if layer_reference:
+        plan.append(lambda: check_layer_isolation(method, setup))
+        plan.append(lambda: check_layer_gradients(method, layer_reference, setup))
+        if runner_cls.uses_micro_batch and splits_apply:
+            plan.append(lambda: check_layer_gradients(method, layer_reference, setup,
+                                                      micro_batch=setup.batch // 2))
+    loss_reference = getattr(runner_cls, "same_first_step_losses_as", None)
+    if loss_reference:
+        plan.append(lambda: check_first_step_losses(method, loss_reference, setup))
+    plan.append(lambda: check_learns(method, setup))
+    for precision in precisions:
+        if layer_reference:
+            plan.append(lambda p=precision: check_layer_gradients(method, layer_reference, setup,
+                                                                  precision=p))
+        plan.append(lambda p=precision: check_precision(method, p, setup))
+        plan.append(lambda p=precision: check_learns(method, setup, precision=p))
+    if compile_mode is not None:
+        plan.append(lambda: check_compiled(method, setup, compile_mode))
+    return plan
 
 
 def _guarded(run_checks, method: str) -> list[CheckResult]:
