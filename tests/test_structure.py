@@ -110,17 +110,20 @@ def test_no_file_points_to_a_spec_outside_the_repository():
     assert OUTSIDE_SPEC.search("see " + "SPEC" + " section 8")  # the pattern can match
 
 
-def pytest_command(text: str) -> str:
-    """The pytest command line in a text (the README's test command, .ci/run)."""
-    [command] = re.findall(r"\.venv/bin/python -m pytest[^\n`]*?(?=\s*$|`)", text, re.MULTILINE)[:1]
-    return command.strip()
+PYTEST_LINE = re.compile(r"\.venv/bin/python -m pytest[^\n`]*?(?=\s*$|`)", re.MULTILINE)
+
+
+def pytest_commands(text: str) -> list[str]:
+    """The pytest command lines in a text (the README's test command, .ci/run), in order."""
+    return [command.strip() for command in PYTEST_LINE.findall(text)]
 
 
 def test_ci_runs_the_readmes_test_command_with_its_duration_table():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("**Run the tests**"):]
-    command = pytest_command(section)
-    assert command == pytest_command((REPO / ".ci" / "run").read_text())
+    command = pytest_commands(readme[readme.index("**Run the tests**"):])[0]
+    # CI runs the README's command and nothing else: no second, private pytest run.
+    assert pytest_commands((REPO / ".ci" / "run").read_text()) == [command]
     assert "--durations=20" in command
-    # The check can fail: a CI script that drops the table is another command.
-    assert pytest_command(".venv/bin/python -m pytest -q\n") != command
+    # The check can fail: a CI script that drops the table, or adds a run, is another script.
+    assert pytest_commands(".venv/bin/python -m pytest -q\n") != [command]
+    assert pytest_commands(f"{command}\n.venv/bin/python -m pytest -q -m slow\n") != [command]
