@@ -152,4 +152,4 @@ def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
     console.print(summary_table([CellResult(c, "cpu", "x", status="ok") for c in cells], "t"))
     lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]
     assert len(lines) == 2 and lines[0] != lines[1]
-    assert "mb16 bf16" in lines[1] and "mb16" not in lines[0]
+    assert "bf16 mb16" in lines[1] and "mb16" not in lines[0]

@@ -201,7 +201,7 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
         table.add_row(
-            cell.method, cell.arch, str(cell.res), str(cell.batch), _tooling_text(cell),
+            cell.method, cell.arch, str(cell.res), str(cell.batch), " ".join(tooling_parts(cell)) or "-",
             result.status,
             "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
             "-" if peak is None else f"{peak / 2**30:.3f}",
@@ -210,10 +210,9 @@ def summary_table(results: list[CellResult], title: str) -> Table:
     return table
 
 
-def _tooling_text(cell) -> str:
-    """What tells two rows of one method, arch, res and batch apart: 'mb16 bf16', or '-'."""
-    parts = ([f"mb{cell.micro_batch}"] if cell.micro_batch else []) + cell.tooling()
-    return " ".join(parts) or "-"
+def tooling_parts(cell) -> list[str]:
+    """What tells cells of one method, arch, res and batch apart: ['bf16', 'optim-host', 'mb16']."""
+    return [*cell.tooling(), *([f"mb{cell.micro_batch}"] if cell.micro_batch is not None else [])]
 
 
 def default_out_dir(profiles: list[str]) -> Path:

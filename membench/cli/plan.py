@@ -13,6 +13,7 @@ from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
 from ..units import format_gib
 from .common import fail, reports_input_errors
+from .display import tooling_parts
 from .options import setting_options
 
 if TYPE_CHECKING:
@@ -136,10 +137,7 @@ def _methods_for(arch: str) -> list[str]:
 
 def configuration(cell) -> str:
     """'bp-ckpt bf16 optim-host mb16': a candidate's method, tooling and micro-batch."""
-    parts = [cell.method, *cell.tooling()]
-    if cell.micro_batch is not None:
-        parts.append(f"mb{cell.micro_batch}")
-    return " ".join(parts)
+    return " ".join([cell.method, *tooling_parts(cell)])
 
 
 def plan_lines(result, top: int) -> list[str]:
