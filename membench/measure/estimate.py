@@ -51,7 +51,7 @@ from ..schema import (
 )
 from .devices import Device
 from .memtrack import TensorMemoryTracker, cuda_allocated_size
-from .protocol import run_cell
+from .protocol import run_cell, skip_inf_checks
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
@@ -105,7 +105,7 @@ class EstimateDevice(Device):
     def adapt(self, runner) -> None:
         if self.kind == "cuda":
             _use_foreach_optimizers(runner)
-        _skip_inf_checks(runner)
+        skip_inf_checks(runner)
 
     def warmup_steps(self, cell: Cell) -> int:
         return min(cell.warmup, FAKE_WARMUP_STEPS)
@@ -202,16 +202,6 @@ def _cuda_autocast_float32() -> Iterator[None]:
     finally:
         for owner, name, function in originals:
             setattr(owner, name, function)
-
-
-def _skip_inf_checks(runner) -> None:
-    """fp16's GradScaler asks the host whether a gradient overflowed (``.item()``), which fake
-    tensors cannot answer; an estimate assumes none did and steps the optimizer, as a real run
-    does on all but the rare overflowing step. The scaler's own tensors are a few scalars."""
-    scaler = getattr(runner, "scaler", None)
-    if scaler is not None and scaler.is_enabled():
-        scaler._maybe_opt_step = (lambda optimizer, optimizer_state, *args, **kwargs:
-                                  optimizer.step(*args, **kwargs))
 
 
 def _use_foreach_optimizers(runner) -> None:

@@ -89,14 +89,22 @@ def count_step_flops(cell: Cell) -> int:
     (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
     what, it computes."""
     cell = dataclasses.replace(cell, compile="none")
-    if cell.precision == "fp16":
-        # fp16's GradScaler reads its inf check with .item(), which fake tensors cannot answer;
-        # a bf16 step runs the same convolutions and matmuls (the scaler's ops count no FLOPs).
-        cell = dataclasses.replace(cell, precision="bf16")
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
+        skip_inf_checks(runner)
         images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))
         return step_flops(lambda: runner.step(images, labels))
+
+
+def skip_inf_checks(runner) -> None:
+    """fp16's GradScaler asks the host whether a gradient overflowed (``.item()``), which fake
+    tensors cannot answer; a fake step (the FLOP count, an estimate) assumes none did and steps
+    the optimizer, as a real run does on all but the rare overflowing step. The scaler's own
+    tensors are a few scalars."""
+    scaler = getattr(runner, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        scaler._maybe_opt_step = (lambda optimizer, optimizer_state, *args, **kwargs:
+                                  optimizer.step(*args, **kwargs))
 
 
 @dataclass
