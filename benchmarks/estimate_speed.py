@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from membench.measure.estimate import estimate_cell
+from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
 ARCH, RES, CLASSES = "vgg11", 224, 100

@@ -16,7 +16,7 @@ import torch
 
 from membench.config import build_config
 from membench.measure.devices import CpuDevice
-from membench.measure.estimate import estimate_cell
+from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import run_cell
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from membench.config import build_config
 from membench.execute.sweep import SweepProgress, run_cells
 from membench.runners import BUILTIN_METHODS
-from membench.timelines import TIMELINE_FILE, snapshot_path, write_timeline
+from membench.timeline.files import TIMELINE_FILE, snapshot_path, write_timeline
 
 
 class CellClock(SweepProgress):

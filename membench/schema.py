@@ -306,7 +306,7 @@ class CellResult:
     started_at: str = ""
     recorded: dict[str, float | None] = field(default_factory=dict, repr=False,
                                               metadata={COLUMNS: {}})
-    # With --timeline: one more step's memory over time (a membench.measure.timeline.Timeline),
+    # With --timeline: one more step's memory over time (a membench.timeline.events.Timeline),
     # carried to the sweep process, which writes it to timeline.csv; not a cells.csv column.
     timeline: object | None = field(default=None, repr=False, compare=False,
                                     metadata={COLUMNS: {}})

@@ -95,6 +95,27 @@ def import_cycles(root: Path = PACKAGE) -> list[list[str]]:
     return cycles
 
 
+def shared_module_names(root: Path = PACKAGE, allowed: str = "cli") -> dict[str, list[str]]:
+    """Module file names (``__init__`` aside) that more than one module outside the ``allowed``
+    subpackage has, with the modules that share each: a name should say which concept it holds."""
+    by_name: dict[str, list[str]] = {}
+    for name, path in modules(root).items():
+        inside = name.split(".")[1:2] == [allowed]
+        if path.name != "__init__.py" and not inside:
+            by_name.setdefault(path.stem, []).append(name)
+    return {stem: names for stem, names in by_name.items() if len(names) > 1}
+
+
+def imports_between(graph: dict[str, set[str]], lower: list[str], upper: list[str]) -> list[str]:
+    """``a -> b`` for every module ``a`` under a prefix in ``lower`` that imports a module ``b``
+    under a prefix in ``upper``: an arrow from a lower floor up to a higher one."""
+    def under(name: str, prefixes: list[str]) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() if under(a, lower)
+                  for b in deps if under(b, upper))
+
+
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE
     counts = line_counts(root)

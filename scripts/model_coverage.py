@@ -27,7 +27,7 @@ import torch
 
 from membench.archs import ArchError, probe_arch
 from membench.measure.devices import CpuDevice
-from membench.measure.estimate import estimate_cell
+from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
 from membench.schema import Cell
 

@@ -83,7 +83,7 @@ def sample_rows() -> list[dict]:
                                  breakdown=(4 * MIB, 1 * MIB, 2 * MIB, (2 + batch // 8) * MIB)))
     rows.append(cell_row("bp", 128, status="oom", device_mem_bytes=64 * MIB,
                          error="OutOfMemoryError: tracked peak would pass the 64 MiB budget"))
-    # as membench.measure.estimate writes them: a device kind, not a device
+    # as membench.planning.estimate writes them: a device kind, not a device
     rows.append(cell_row("ff-pipelined", 128, status="estimated", peak_bytes=25 * MIB,
                          device="cpu (estimate)", device_name="estimate",
                          breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 18 * MIB)))

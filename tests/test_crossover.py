@@ -78,7 +78,7 @@ def test_the_models_stack_shape_is_the_real_stacks():
 
 
 def test_the_model_agrees_with_the_estimate_of_the_configurations_it_describes(monkeypatch):
-    from membench.measure.estimate import estimate_cell
+    from membench.planning.estimate import estimate_cell
     from membench.report import depth_model
     from membench.schema import Cell
 

@@ -13,8 +13,8 @@ from helpers import usage_error
 from membench.cli import app
 from membench.measure.devices import CpuDevice, host_peak_rss_bytes, reset_host_peak_rss
 from membench.config import ConfigError
-from membench.measure.estimate import EstimateDevice, estimate_cell
-from membench.measure.fit import fit_batch
+from membench.planning.estimate import EstimateDevice, estimate_cell
+from membench.planning.fit import fit_batch
 from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import run_cell
 from membench.schema import Cell

@@ -119,7 +119,7 @@ def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp
 @pytest.mark.parametrize("method", ["bp", "bp-accum", "bp-ckpt", "ff-naive", "ff-pipelined"])
 def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(method):
     from membench.measure.devices import CpuDevice
-    from membench.measure.estimate import estimate_cell
+    from membench.planning.estimate import estimate_cell
     from membench.measure.protocol import run_cell
 
     cell = Cell(method, ARCH, RES, BATCH, 2 if method == "bp-accum" else None, warmup=1, steps=1)

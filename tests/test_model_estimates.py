@@ -9,7 +9,7 @@ import pytest
 
 from membench.archs import registry
 from membench.measure.devices import CpuDevice
-from membench.measure.estimate import estimate_cell
+from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
 from membench.schema import Cell
 

@@ -15,11 +15,11 @@ from fake_runners import install_fake_runners
 from helpers import usage_error
 from membench.cli import app
 from membench.config import expand_grid
-from membench.execute.ranks import run_multi_device
+from membench.multidevice.launch import run_multi_device
 from membench.execute.sweep import run_sweep
-from membench.measure.fake_ranks import estimate_ranks
-from membench.ranks import RANKS_FILE, read_ranks
-from membench.report.devices import multi_device_markdown
+from membench.multidevice.fake_group import estimate_ranks
+from membench.multidevice.rows import RANKS_FILE, read_ranks
+from membench.report.multi_device import multi_device_markdown
 from membench.report.load import load_cells
 from membench.schema import Cell
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from membench.runners.bp_parallel import BPDDPRunner
+from membench.multidevice.bp_runners import BPDDPRunner
 
 
 class _OnRankOne(BPDDPRunner):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from helpers import usage_error
 from membench.cli import app
-from membench.measure.plan import (
+from membench.planning.plan import (
     ThroughputBound, candidate_cells, plan, throughput_bound, transfer_bytes,
 )
 from membench.schema import Cell, CellResult

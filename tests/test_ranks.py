@@ -1,10 +1,10 @@
-"""A cell on several devices as one row (membench.ranks): combining the ranks, naming the rank
+"""A cell on several devices as one row (membench.multidevice.rows): combining the ranks, naming the rank
 that failed, ranks.csv beside cells.csv; and what a rank's c10d ops send."""
 
 from __future__ import annotations
 
-from membench.measure.ranks import wire_bytes
-from membench.ranks import RankEnd, append_ranks, combine_ranks, rank_failure, read_ranks
+from membench.multidevice.rank_device import wire_bytes
+from membench.multidevice.rows import RankEnd, append_ranks, combine_ranks, rank_failure, read_ranks
 from membench.results import append_result
 from membench.resume import prune_results
 from membench.schema import Cell, CellResult, MemoryBreakdown

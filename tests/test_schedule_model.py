@@ -1,4 +1,4 @@
-"""The schedule model (membench.measure.schedule_model): the pipeline split, each schedule's step
+"""The schedule model (membench.multidevice.schedule_model): the pipeline split, each schedule's step
 and bubble, and `membench schedule`, which states it is a model."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 
 from helpers import usage_error
 from membench.cli import app
-from membench.measure.schedule_model import (
-    balanced_stages, conv_costs, forward_only, gpipe, one_f_one_b,
-)
+from membench.multidevice.schedule_model import forward_only, gpipe, one_f_one_b
+from membench.multidevice.split import balanced_stages, conv_costs
 
 cli = CliRunner()
 

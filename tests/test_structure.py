@@ -57,6 +57,37 @@ def test_each_structure_check_fails_on_a_package_made_to_break_it(tmp_path, file
     assert any(needle in problem for problem in problems(root)), problems(root)
 
 
+def test_no_two_modules_outside_cli_share_a_name(tmp_path):
+    # A command's module (cli/plan.py) may mirror the library module it calls (planning/plan.py).
+    assert metrics.shared_module_names(metrics.PACKAGE) == {}
+    root = _write(tmp_path / "pkg", {"__init__.py": "", "a/__init__.py": "", "a/ranks.py": "",
+                                     "b/__init__.py": "", "b/ranks.py": "", "cli/__init__.py": "",
+                                     "cli/a.py": ""})
+    assert metrics.shared_module_names(root) == {"ranks": ["pkg.a.ranks", "pkg.b.ranks"]}
+
+
+# What a runner is made of, below what measures, predicts, runs or reports it: the thing measured
+# never depends on its measurement (docs/design.md, "Package map").
+RUNNER_MODULES = ["membench.runners", "membench.multidevice.spanning",
+                  "membench.multidevice.bp_runners", "membench.multidevice.ff_runner",
+                  "membench.multidevice.split"]
+ABOVE_RUNNERS = ["membench.measure", "membench.planning", "membench.timeline", "membench.execute",
+                 "membench.report", "membench.verify", "membench.cli", "membench.multidevice.launch",
+                 "membench.multidevice.rank_device", "membench.multidevice.fake_group",
+                 "membench.multidevice.rows", "membench.multidevice.schedule_model"]
+
+
+def test_runners_import_nothing_from_measurement(tmp_path):
+    graph = metrics.import_graph(metrics.PACKAGE)
+    assert metrics.imports_between(graph, RUNNER_MODULES, ABOVE_RUNNERS) == []
+    # The check sees an arrow up, at module level or inside a function.
+    root = _write(tmp_path / "membench", {
+        "__init__.py": "", "measure/__init__.py": "", "measure/memtrack.py": "",
+        "runners/__init__.py": "", "runners/optim.py": "def f():\n    from ..measure import memtrack\n"})
+    assert "membench.runners.optim -> membench.measure.memtrack" in metrics.imports_between(
+        metrics.import_graph(root), RUNNER_MODULES, ABOVE_RUNNERS)
+
+
 # The modules that compute with tensors; every other module (a new one included) must import
 # without torch, so reading results, the CLI, the pytest plugin and the sweep process stay light.
 NEEDS_TORCH = {
@@ -65,13 +96,14 @@ NEEDS_TORCH = {
     "membench.runners.saved_tensors", "membench.runners.optim", "membench.measure.devices",
     "membench.measure.memtrack",
     "membench.measure.flops", "membench.measure.calibrate", "membench.measure.protocol",
-    "membench.measure.estimate",
-    "membench.measure.fit", "membench.measure.phases", "membench.measure.plan",
+    "membench.planning.estimate",
+    "membench.planning.fit", "membench.timeline.phases", "membench.planning.plan",
     "membench.verify.checks",
     # Cells on several devices: the runners, a rank's measurement, the fake group, the launcher.
-    "membench.runners.distributed", "membench.runners.bp_parallel", "membench.runners.ff_parallel",
-    "membench.measure.ranks", "membench.measure.fake_ranks", "membench.execute.ranks",
-    "membench.verify.ranks", "membench.measure.layer_costs",
+    "membench.multidevice.spanning", "membench.multidevice.bp_runners", "membench.multidevice.ff_runner",
+    "membench.multidevice.rank_device", "membench.multidevice.fake_group", "membench.multidevice.launch",
+    "membench.verify.across_devices", "membench.planning.layer_costs",
+    "membench.runners.host_memory",
 }
 
 

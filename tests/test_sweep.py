@@ -303,7 +303,7 @@ def _fake_estimator(monkeypatch, calls: list) -> None:
                           peak_allocated_bytes=12345, memory_source="estimate")
 
     # Patched in this process only, so the tests that use it run estimates with isolation none.
-    monkeypatch.setitem(sys.modules, "membench.measure.estimate", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "membench.planning.estimate", types.SimpleNamespace(
         estimate_cell=estimate_cell))
 
 

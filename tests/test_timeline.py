@@ -22,14 +22,14 @@ from membench.cli import app
 from membench.config import ConfigError, SweepOptions
 from membench.execute.sweep import run_sweep
 from membench.measure.devices import CpuDevice
-from membench.measure.estimate import EstimateDevice
+from membench.planning.estimate import EstimateDevice
 from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import prepare_cell, run_cell
-from membench.measure.snapshot import synthesize_snapshot, timeline_from_cuda
-from membench.measure.timeline import FREE, Phase, find_peak, layer_of, timeline_rows
+from membench.timeline.snapshot import synthesize_snapshot, timeline_from_cuda
+from membench.timeline.events import FREE, Phase, find_peak, layer_of, timeline_rows
 from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import CATEGORIES, Cell
-from membench.timelines import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
+from membench.timeline.files import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
 
 cli = CliRunner()
 
@@ -114,7 +114,7 @@ def test_phases_show_bp_forward_then_backward_and_ff_pipelined_layer_by_layer():
 
 def test_the_phase_check_fails_when_a_hook_is_missing(monkeypatch):
     """Mutation: without the optimizer step hooks ff-pipelined's steps read as 'other'."""
-    from membench.measure.phases import PhaseTracker
+    from membench.timeline.phases import PhaseTracker
 
     monkeypatch.setattr(PhaseTracker, "_step_started", lambda self, *args: None)
     result = run_cell(tiny("ff-pipelined"), CpuDevice(), count_flops=False, timeline=True)
@@ -133,7 +133,7 @@ def test_checkpoint_recomputation_is_its_own_phase_on_real_and_fake_tensors():
 
 
 def test_torch_module_tracker_would_change_the_peak_it_observes():
-    """Why membench has its own module hooks (membench/measure/phases.py): ModuleTracker's
+    """Why membench has its own module hooks (membench/timeline/phases.py): ModuleTracker's
     multi-grad hooks keep a checkpointed graph alive past its use."""
     from torch.utils.module_tracker import ModuleTracker
 
@@ -279,7 +279,7 @@ def test_a_sweep_writes_timelines_only_when_asked_and_cells_csv_keeps_its_column
 
 
 def test_the_report_figure_shares_its_y_axis_and_marks_each_peak():
-    from membench.report.timeline import timeline_figure
+    from membench.timeline.figure import timeline_figure
     import pandas as pd
 
     entries = [(method, pd.DataFrame(recorded(method)[1])) for method in ("bp", "ff-pipelined")]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from helpers import usage_error
 from membench.archs import ArchError, build_arch, probe_arch, validate_arch
 from membench.cli import app
-from membench.measure.estimate import estimate_cell
+from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
 

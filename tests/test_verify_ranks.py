@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fake_runners import install_fake_runners
 from membench.verify import VerifySetup, verify
-from membench.verify.ranks import check_rank_gradients, check_rank_learns
+from membench.verify.across_devices import check_rank_gradients, check_rank_learns
 
 MUTANTS = '''
-from membench.runners.bp_parallel import BPDDPRunner, BPFSDPRunner, BPPipelineRunner
-from membench.runners.ff_parallel import FFPipelineRunner
+from membench.multidevice.bp_runners import BPDDPRunner, BPFSDPRunner, BPPipelineRunner
+from membench.multidevice.ff_runner import FFPipelineRunner
 
 
 def _first_share(runner, images, labels):

@@ -17,7 +17,7 @@ from .display import tooling_parts
 from .options import setting_options
 
 if TYPE_CHECKING:
-    from ..measure.fit import FitResult
+    from ..planning.fit import FitResult
 
 # fit plans one arch at one resolution: the paper's ImageNet-sized cell unless told otherwise.
 FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can run the arch"}
@@ -38,7 +38,7 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
     bound = ""
     if peak_tflops is not None:
-        from ..measure.fit import fit_cell
+        from ..planning.fit import fit_cell
         from ..measure.flops import throughput_bound
         from ..measure.protocol import count_step_flops
 
@@ -74,7 +74,7 @@ def fit(
         fail("fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
-    from ..measure.fit import FitError, check_fit_input, fit_batch
+    from ..planning.fit import FitError, check_fit_input, fit_batch
     from ..measure.flops import resolve_gpu
 
     peak = resolve_gpu(gpu) if gpu is not None else None
@@ -188,7 +188,7 @@ def plan_command(
     """Rank every family's tooling for one cell on one card: the configurations that fit
     --device-mem, fastest first by a throughput bound (CUDA estimates)."""
     from ..measure.flops import resolve_gpu
-    from ..measure.plan import DEFAULT_LINK_GBPS, plan
+    from ..planning.plan import DEFAULT_LINK_GBPS, plan
     from ..profiles import ProfileError, load_profile
 
     name, peak = resolve_gpu(gpu)

@@ -1,5 +1,5 @@
 """``membench schedule``: the schedule model's step time of each pipeline on N devices, from one
-device's per-layer costs (``membench.measure.schedule_model``; docs/design.md, "Cells on several
+device's per-layer costs (``membench.multidevice.schedule_model``; docs/design.md, "Cells on several
 devices")."""
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def schedule(
     """Model the step time of GPipe, 1F1B and DTG-FF's forward-only pipeline on N devices from
     one device's per-layer forward and backward costs (a model, not a measurement)."""
     from ..archs import ArchError, conv_stack_spec, validate_arch
-    from ..measure.layer_costs import SOURCES, layer_costs
-    from ..measure.schedule_model import pipeline_times
+    from ..planning.layer_costs import SOURCES, layer_costs
+    from ..multidevice.schedule_model import pipeline_times
 
     arch, res, batch = (_value(settings, key) for key in ("arch", "res", "batch"))
     micro_batch, classes, precision = (_value(settings, k) for k in ("micro_batch", "classes",

@@ -3,7 +3,7 @@
 Reads a results folder's ``cells.csv`` and ``timeline.csv`` (written by ``membench sweep
 --timeline``) and prints, per cell, the peak of its recorded step: how far through the step,
 in which phase, layer and module, and what was alive by category. ``--cell`` shows one cell's
-step phase by phase. The text comes from ``membench.measure.timeline``'s rows, the same ones the
+step phase by phase. The text comes from ``membench.timeline.events``'s rows, the same ones the
 report's figure draws.
 """
 
@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..measure.timeline import Timeline, TimelinePeak, find_peak, timeline_rows, where
+from ..timeline.events import Timeline, TimelinePeak, find_peak, timeline_rows, where
 from ..results import read_cells
 from ..schema import CATEGORIES
-from ..timelines import TIMELINE_FILE, read_timelines, timelines_of
+from ..timeline.files import TIMELINE_FILE, read_timelines, timelines_of
 from .common import fail, reports_input_errors
 
 SHORT = {"parameters": "params", "gradients": "grads", "optimizer_state": "optim",

@@ -1,6 +1,6 @@
 """What every process membench starts from a forkserver does first: a worker
 (``membench.execute.worker``) or a rank of a cell on several devices
-(``membench.execute.ranks``). Neither imports the other through here, and this module imports
+(``membench.multidevice.launch``). Neither imports the other through here, and this module imports
 no torch."""
 
 from __future__ import annotations

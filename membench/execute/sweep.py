@@ -42,9 +42,9 @@ from ..resume import (
     cell_key, latest_rows, prepare_results_folder, prune_results, replace_result, results_lock,
     row_key,
 )
-from ..ranks import append_ranks
+from ..multidevice.rows import append_ranks
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
-from ..timelines import write_timeline
+from ..timeline.files import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
 from .worker import Target
 
@@ -94,7 +94,7 @@ def run_sweep(cells: list[Cell], device: object, out_dir: Path, *, redo: bool = 
 
 def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
                    progress: SweepProgress | None = None, **options) -> list[CellResult]:
-    """Predict every cell with ``membench.measure.estimate`` for a kind of device (``cuda`` or
+    """Predict every cell with ``membench.planning.estimate`` for a kind of device (``cuda`` or
     ``cpu``); ``options`` as ``run_sweep``'s. See ``run_cells``."""
     return run_cells(cells, SweepOptions(device=device_kind, estimate=True, **options), out_dir,
                      progress=progress)

@@ -1,7 +1,7 @@
 """Where a cell runs: in this process, or in an isolated worker process that can die instead.
 
 A *target* is what runs a cell: a device (``cpu``, ``cuda:0``) measured under the protocol, or a
-kind of device predicted by ``membench.measure.estimate``. ``open_target`` gives the function that runs
+kind of device predicted by ``membench.planning.estimate``. ``open_target`` gives the function that runs
 one cell there; the sweep calls it in-process (``isolation="none"``) or through an
 ``IsolatedWorker``.
 
@@ -124,12 +124,12 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
     of its precisions. ``peaks``: those found earlier in the sweep, so a CPU is calibrated once
     per sweep and precision, not once per worker."""
     if target.estimate_kind is not None:
-        from ..measure.estimate import estimate_cell
+        from ..planning.estimate import estimate_cell
         from ..schema import ESTIMATE_DEVICE_NAME, estimate_device
 
         def estimate(cell: Cell, timeout_s: float | None = None) -> CellResult:
             if cell.devices > 1:  # every rank, one after another, in a fake process group
-                from ..measure.fake_ranks import estimate_ranks
+                from ..multidevice.fake_group import estimate_ranks
 
                 result = estimate_ranks(cell, target.estimate_kind)
             else:
@@ -158,7 +158,7 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
 
     def measure(cell: Cell, timeout_s: float | None = None) -> CellResult:
         if cell.devices > 1:  # N ranks launched from here (docs/design.md)
-            from .ranks import run_multi_device
+            from ..multidevice.launch import run_multi_device
 
             result = run_multi_device(cell, str(device), device.name(), peak_for(cell.precision),
                                       timeout_s)

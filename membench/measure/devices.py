@@ -2,7 +2,7 @@
 its peak memory comes from, per kind of device.
 
 Everything device-specific in membench lives here (and, for the devices an estimate plans for,
-in ``membench.measure.estimate``). ``CpuDevice`` times with ``perf_counter`` and has no allocator
+in ``membench.planning.estimate``). ``CpuDevice`` times with ``perf_counter`` and has no allocator
 statistics, so its peak comes from the tensor tracker's pass, which also enforces a budget;
 ``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
 following PyTorch's documented APIs only.
@@ -25,7 +25,7 @@ from .memtrack import TensorMemoryTracker
 
 if TYPE_CHECKING:  # annotations only: the registry imports every runner
     from ..runners import Runner
-    from .timeline import Timeline
+    from ..timeline.events import Timeline
 
 
 class DeviceError(InputError):
@@ -106,7 +106,7 @@ class Device:
         tracker = self.memory_tracker(prepared.cell)
         if tracker is None or prepared.cell.compile != "none":
             return None
-        from .phases import record_tracked_step
+        from ..timeline.phases import record_tracked_step
 
         return record_tracked_step(prepared, tracker, self.memory_source, frames=snapshot)
 
@@ -225,8 +225,8 @@ class CudaDevice(Device):
         """The allocator's own history of one more step: ``_record_memory_history`` around it
         (Python stacks only with ``snapshot``), ``_snapshot()`` once it has run, recording
         stopped whatever happens; phases from hooks, placed by the history's clock."""
-        from .phases import PhaseMarks, PhaseTracker, storage_categories
-        from .snapshot import timeline_from_cuda
+        from ..timeline.phases import PhaseMarks, PhaseTracker, storage_categories
+        from ..timeline.snapshot import timeline_from_cuda
 
         before = storage_categories(prepared.live_tensors())
         phases = PhaseTracker(prepared.runner)

@@ -35,6 +35,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..runners.host_memory import is_host_allocation, is_host_storage, tensor_storage
 from ..schema import CATEGORIES, MemoryBreakdown
 
 # (action, storage key, bytes, category): action is "alloc", "free" or "category" (a live
@@ -52,13 +53,6 @@ class _Allocation:
     category: str = "activations"
 
 
-def _tensor_storage(t: torch.Tensor):
-    try:
-        return t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse, nested and other storage-less tensors
-        return None
-
-
 def cuda_allocated_size(nbytes: int) -> int:
     """Bytes the CUDA caching allocator reports as allocated for a request of ``nbytes``.
 
@@ -66,43 +60,6 @@ def cuda_allocated_size(nbytes: int) -> int:
     c10/cuda/CUDACachingAllocator.cpp); ``max_memory_allocated`` sums those block sizes.
     """
     return 0 if nbytes == 0 else ((nbytes + 511) // 512) * 512
-
-
-_HOST_ALLOCATIONS = threading.local()
-
-
-@contextmanager
-def host_memory() -> Iterator[None]:
-    """Storages allocated inside are host memory, not the device's: the tracker leaves them out
-    of its count (how offloading is measured on a CPU, where both are the same memory)."""
-    _HOST_ALLOCATIONS.depth = getattr(_HOST_ALLOCATIONS, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _HOST_ALLOCATIONS.depth -= 1
-
-
-def _allocating_host_memory() -> bool:
-    return getattr(_HOST_ALLOCATIONS, "depth", 0) > 0
-
-
-# Storages that live in host memory for as long as they exist (offloaded optimizer state): the
-# tracker never counts them, whenever it meets them (an in-place copy into one, a tensor counted
-# as "existing" at the start of a pass).
-_HOST_STORAGES: weakref.WeakSet = weakref.WeakSet()
-
-
-def host_tensor(like: torch.Tensor, pin: bool = False) -> torch.Tensor:
-    """An empty tensor shaped like ``like`` that lives in host memory (pinned when ``pin``, for
-    asynchronous copies to and from a GPU): allocated outside the tracker's count and marked so
-    that the tracker never counts it later either."""
-    with host_memory():
-        tensor = torch.empty(like.size(), dtype=like.dtype, layout=like.layout, device="cpu",
-                             pin_memory=pin)
-    storage = _tensor_storage(tensor)
-    if storage is not None:
-        _HOST_STORAGES.add(storage)
-    return tensor
 
 
 @dataclass
@@ -160,8 +117,8 @@ class TensorMemoryTracker(TorchDispatchMode):
         return breakdown
 
     def _track(self, t: torch.Tensor, category: str | None = None) -> None:
-        storage = _tensor_storage(t)
-        if storage is None or _allocating_host_memory() or storage in _HOST_STORAGES:
+        storage = tensor_storage(t)
+        if storage is None or is_host_allocation() or is_host_storage(storage):
             return
         key = id(storage)
         known = self._live.get(key)

@@ -16,10 +16,10 @@ from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
 from .crossover import crossover_markdown
-from .devices import multi_device_markdown
+from .multi_device import multi_device_markdown
 from .paper import PAPER_SOURCE, paper_tables, tooling_tables
 from .tables import best_table, failures_table, panel_table
-from .timeline import timeline_figures
+from ..timeline.figure import timeline_figures
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"

@@ -170,7 +170,7 @@ class Runner(ABC):
 
         Modules are built on the CPU (so a seed gives the same weights on every device) and moved
         only when the device differs: ``Module.to`` on a model built under ``FakeTensorMode``
-        fails even when nothing would move, and ``membench.measure.estimate`` builds runners that way.
+        fails even when nothing would move, and ``membench.planning.estimate`` builds runners that way.
         """
         if self.device != torch.device("cpu"):
             module = module.to(self.device)

@@ -10,7 +10,7 @@ tooling"):
   CUDA), are copied to the device for one parameter's (or one layer's) update and copied back
   after it, so the device holds the moments of one update at a time. On the CPU, where host and
   device are one memory, the host copies are kept out of the tracker's count, as offloaded
-  activations are (``memtrack.host_tensor``).
+  activations are (``host_memory.host_tensor``).
 
 Both change what memory holds, never the update: ``membench verify`` compares the weights after
 two steps with and without them.
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..measure.memtrack import host_memory, host_tensor
+from .host_memory import host_memory, host_tensor
 
 LEARNING_RATE = 2e-4
 WEIGHT_DECAY = 1e-3

@@ -11,7 +11,7 @@
 - ``OffloadSavedTensors``: saved-tensor hooks that move every tensor saved for backward to host
   memory (pinned on CUDA) and back when backward needs it, as
   ``torch.autograd.graph.save_on_cpu`` does, counting the bytes offloaded. On the CPU, where host
-  and device are the same memory, the copies are allocated under ``memtrack.host_memory()`` so
+  and device are the same memory, the copies are allocated under ``host_memory.host_memory()`` so
   the tracker reports the device peak a GPU would see; unpacking makes a device copy, as on a GPU.
 """
 
@@ -27,7 +27,7 @@ from torch.utils.checkpoint import (
     CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn,
 )
 
-from ..measure.memtrack import host_memory
+from .host_memory import host_memory
 
 CHECKPOINT_POLICIES = ("full", "selective")
 # Kept by selective checkpointing: what is expensive to recompute.

@@ -30,7 +30,7 @@ The checks, each applicable to any registered runner, third-party ones included:
   (autocast ran) by at most a stated tolerance.
 - ``gradients on 2 ranks``: a runner that spans devices (``bp-ddp``, ``bp-fsdp``, ``bp-pp``
   under each schedule, ``ff-pp``) leaves its single-device reference's gradients
-  (``membench.verify.ranks``).
+  (``membench.verify.across_devices``).
 - ``compiled``: on request (slow on a CPU), compiled and eager first steps agree on loss and
   gradients within a stated tolerance.
 """
@@ -90,7 +90,7 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
     for method in methods:
         runner_cls = get_runner(method)
         if getattr(runner_cls, "spans_devices", False):  # its checks run on gloo ranks
-            from .ranks import rank_checks
+            from .across_devices import rank_checks
 
             results += _guarded(lambda m=method: rank_checks(m, setup), method)
             continue

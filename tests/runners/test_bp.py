@@ -33,7 +33,7 @@ def test_accumulation_micro_batch_must_divide_the_batch():
 
 # -- selective checkpointing, offloading, torchvision stages ------------------------------------
 def _cuda_estimate(method: str, arch: str, res: int, batch: int) -> int:
-    from membench.measure.estimate import estimate_cell
+    from membench.planning.estimate import estimate_cell
     from membench.schema import Cell
 
     result = estimate_cell(Cell(method, arch, res, batch, warmup=1, steps=1), "cuda")

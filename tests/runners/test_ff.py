@@ -146,7 +146,7 @@ def test_both_inference_paths_classify_held_out_samples_only_after_training():
 
 def test_micro_batched_ff_holds_one_chunks_graph_and_keeps_the_cell_id_without_it():
     from membench.config import expand_grid
-    from membench.measure.estimate import estimate_cell
+    from membench.planning.estimate import estimate_cell
     from membench.schema import Cell
 
     whole, split = (estimate_cell(Cell("ff-pipelined", "vgg-d4-w64", 32, 64, mb, warmup=1, steps=1),

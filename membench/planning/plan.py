@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, expand_grid
 from ..schema import ESTIMATED, Cell, CellResult
 from .estimate import estimate_cell
-from .flops import gpu_peaks
+from ..measure.flops import gpu_peaks
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
 DEFAULT_LINK_GBPS = 31.5

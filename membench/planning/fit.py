@@ -1,6 +1,6 @@
 """``membench fit``: the largest batch of a method that fits a device budget, by estimate.
 
-``fit_batch`` searches ``estimate_cell``'s predictions (``membench.measure.estimate``): peak
+``fit_batch`` searches ``estimate_cell``'s predictions (``membench.planning.estimate``): peak
 memory is close to affine in the batch, so a search interpolates on the estimates and takes
 about five of them instead of twenty.
 """

@@ -38,8 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .memtrack import TensorMemoryTracker
-from .timeline import ALLOC, FREE, Frame, Phase, Timeline, layer_of
+from ..measure.memtrack import TensorMemoryTracker
+from .events import ALLOC, FREE, Frame, Phase, Timeline, layer_of
 
 # The tracker's and the recorder's own frames, left out of an allocation's stack.
 _OWN_FILES = (str(Path(__file__).with_name("memtrack.py")), __file__)

@@ -23,8 +23,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..archs import conv_stack_spec
 from ..runners import get_runner
-from .flops import step_flops
-from .schedule_model import LayerCosts, conv_costs
+from ..measure.flops import step_flops
+from ..multidevice.schedule_model import LayerCosts
+from ..multidevice.split import conv_costs
 
 SOURCES = ("flops", "cpu")
 REPEATS = 5

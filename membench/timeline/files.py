@@ -3,7 +3,7 @@
 A sweep run with ``--timeline`` writes each cell's recorded step as it finishes, before the
 cell's row (the row marks the cell complete, docs/sweeps.md):
 
-- ``timeline.csv``: one row per event (``membench.measure.timeline.TIMELINE_COLUMNS``), a block
+- ``timeline.csv``: one row per event (``membench.timeline.events.TIMELINE_COLUMNS``), a block
   of rows per cell that starts at event 0, appended and flushed like ``steps.csv``. A cell run
   again appends a new block; readers keep the latest block of each cell and device, and match
   it to the cell's row by ``started_at``, so a block left by an interrupted or superseded run
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .measure.snapshot import synthesize_snapshot
-from .measure.timeline import TIMELINE_COLUMN_TYPES, TIMELINE_COLUMNS, timeline_rows
-from .results import _append_rows, _typed_frame, check_header, prepare_for_append, read_rows
-from .schema import CellResult
+from .snapshot import synthesize_snapshot
+from .events import TIMELINE_COLUMN_TYPES, TIMELINE_COLUMNS, timeline_rows
+from ..results import _append_rows, _typed_frame, check_header, prepare_for_append, read_rows
+from ..schema import CellResult
 
 TIMELINE_FILE = "timeline.csv"
 SNAPSHOTS_DIR = "snapshots"

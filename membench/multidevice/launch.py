@@ -17,7 +17,7 @@ A deadline (``timeout_s``) bounds the ranks: every process group gets a third of
 collective timeout, so a rank blocked on a peer that hung gives up and says so, and at the
 deadline every rank still running is killed. Each rank also exits as soon as this process is
 gone. ``run_multi_device`` is the measured cell: every rank measures itself under the protocol
-(``membench.measure.ranks``) and ``membench.ranks`` makes the row, naming a failed rank.
+(``membench.multidevice.rank_device``) and ``membench.multidevice.rows`` makes the row, naming a failed rank.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import torch.multiprocessing as torch_mp
 from torch.multiprocessing.spawn import ProcessException
 
 from ..errors import error_text
-from ..ranks import RankEnd, combine_ranks, measured, rank_failure
+from .rows import RankEnd, combine_ranks, measured, rank_failure
 from ..schema import ERROR, Cell, CellResult, DeviceSpecError, parse_device
-from .children import exit_text, start_child, without_main_module
+from ..execute.children import exit_text, start_child, without_main_module
 
 LOOPBACK = "127.0.0.1"  # ranks meet on this machine only
 COLLECTIVE_TIMEOUT_SHARE = 1 / 3  # of the deadline: a peer's wait gives up well before it
@@ -58,7 +58,7 @@ def rank_context() -> multiprocessing.context.BaseContext:
     # otherwise import in its cell, seconds each (torch._dynamo comes with the first optimizer
     # step; pipelining and FSDP2 with their runners).
     context.set_forkserver_preload([
-        "membench.measure.ranks", "membench.execute.ranks", "torch._dynamo",
+        "membench.multidevice.rank_device", "membench.multidevice.launch", "torch._dynamo",
         "torch.distributed.pipelining", "torch.distributed.fsdp", "torch.distributed.device_mesh",
         *runners.builtin_runner_modules()])
     return context
@@ -201,11 +201,11 @@ def gpu_shortage(kind: str, first_index: int, devices: int) -> str | None:
 def run_multi_device(cell: Cell, device: str, device_name: str, peak=None,
                      timeout_s: float | None = None) -> CellResult:
     """Measure a cell on ``cell.devices`` ranks from ``device`` (``cpu``, ``cuda:N``): its row
-    (``membench.ranks``); ``peak`` is one device's (the row's is N times it); ``timeout_s`` the
+    (``membench.multidevice.rows``); ``peak`` is one device's (the row's is N times it); ``timeout_s`` the
     time the cell has."""
-    from ..measure.fake_ranks import rank_flops
+    from .fake_group import rank_flops
     from ..measure.protocol import new_result
-    from ..measure.ranks import RankTask, measure_rank
+    from .rank_device import RankTask, measure_rank
 
     start = time.monotonic()
     try:

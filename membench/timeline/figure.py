@@ -18,12 +18,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..measure.timeline import PHASES, find_peak, phase_spans
-from ..timelines import read_timelines, timelines_of
+from .events import PHASES, find_peak, phase_spans
+from .files import read_timelines, timelines_of
 from ..units import GIB
-from .figures import ReportFigure, figure_stem
-from .layout import device_groups, panel_title, panels
-from .style import BREAKDOWN, method_sort_key, new_figure
+from ..report.figures import ReportFigure, figure_stem
+from ..report.layout import device_groups, panel_title, panels
+from ..report.style import BREAKDOWN, method_sort_key, new_figure
 
 PHASE_COLORS = {"forward": "#d6e6f5", "backward": "#fbe0cc", "recompute": "#f6eeb4",
                 "optimizer": "#dcefd5", "other": "#ececec"}

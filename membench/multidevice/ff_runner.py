@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .base import AUTOCAST_DTYPES
-from .distributed import BusyClock, Pipeline, group_view, pipeline_stages
-from .ff import FFPipelinedRunner, _Boundary
+from ..runners.base import AUTOCAST_DTYPES
+from .spanning import BusyClock, Pipeline, group_view, pipeline_stages
+from ..runners.ff import FFPipelinedRunner, _Boundary
 
 
 class FFPipelineRunner(Pipeline, FFPipelinedRunner):

@@ -25,9 +25,9 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 from ..schema import OK, Cell, CellResult
-from .devices import CpuDevice, CudaDevice, Device
-from .memtrack import TensorMemoryTracker
-from .protocol import DEFAULT_TRACKER_STEPS, run_cell
+from ..measure.devices import CpuDevice, CudaDevice, Device
+from ..measure.memtrack import TensorMemoryTracker
+from ..measure.protocol import DEFAULT_TRACKER_STEPS, run_cell
 
 
 def _tensor_bytes(value) -> int:

@@ -20,13 +20,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..archs import ConvLayer, conv_stack_spec
-from .base import AUTOCAST_DTYPES, RunnerConfigError
-from .bp import BPRunner
-from .distributed import (
+from ..runners.base import AUTOCAST_DTYPES, RunnerConfigError
+from ..runners.bp import BPRunner
+from .spanning import (
     BusyClock, Pipeline, SpansDevices, data_parallel_check, estimating, group_view,
     pipeline_stages, rank_part,
 )
-from .optim import WholeModelAdamW
+from ..runners.optim import WholeModelAdamW
 
 
 class _DataParallel(SpansDevices, BPRunner):

@@ -1,6 +1,6 @@
 """A cell on several devices as one row, and ``ranks.csv``: every rank's own measurement.
 
-A cell with ``devices`` N > 1 runs N ranks (``membench.execute.ranks``); each rank measures
+A cell with ``devices`` N > 1 runs N ranks (``membench.multidevice.launch``); each rank measures
 itself under the protocol and returns its own ``CellResult``. ``combine_ranks`` makes the cell's
 row from them (docs/design.md, "Cells on several devices"):
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import _append_rows, _typed_frame, prepare_for_append, read_cells, read_rows
-from .schema import (
+from ..results import _append_rows, _typed_frame, prepare_for_append, read_cells, read_rows
+from ..schema import (
     BREAKDOWN_COLUMNS, ERROR, FAILED_STATUSES, MEASURED_STATUSES, TIMEOUT, CellResult,
 )
 

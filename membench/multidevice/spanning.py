@@ -1,8 +1,8 @@
 """What every runner that spans devices shares (docs/design.md, "Cells on several devices").
 
 A runner that spans devices is built once per rank of ``torch.distributed``, inside a process
-group the cell's launcher made (``membench.execute.ranks``), or a fake one an estimate made
-(``membench.measure.fake_ranks``); each rank's instance trains its part. This module holds the
+group the cell's launcher made (``membench.multidevice.launch``), or a fake one an estimate made
+(``membench.multidevice.fake_group``); each rank's instance trains its part. This module holds the
 refusals they share, the rank's view of the group, the split of a conv stack into pipeline
 stages, and the clock that measures how much of a step a rank spends computing (the rest of a
 pipeline's step is idle: its bubble, and waiting for its neighbours).
@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..archs import conv_stack_spec, is_conv_stack
-from ..measure.schedule_model import balanced_stages, conv_costs
-from .base import Runner, RunnerConfigError
+from .split import balanced_stages, conv_costs
+from ..runners.base import Runner, RunnerConfigError
 
 FAKE_BACKEND = "fake"  # the backend of torch.testing's fake process group (estimates)
 

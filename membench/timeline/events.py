@@ -5,7 +5,7 @@ began (``baseline``), then every allocation and free in order, each with its cat
 the phase of the step it happened in (forward, backward, recomputation, the optimizer step or
 other work outside modules; the conv layer and module where known). It comes from the tensor
 tracker's events on the CPU and for estimates, or from the CUDA allocator's history
-(``membench.measure.snapshot``), and travels from the worker to the sweep process inside the
+(``membench.timeline.snapshot``), and travels from the worker to the sweep process inside the
 cell's result.
 
 ``timeline_rows`` turns it into the rows of ``timeline.csv`` (one per event, with the live bytes

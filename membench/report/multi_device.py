@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..ranks import read_ranks
+from ..multidevice.rows import read_ranks
 from ..units import GIB
 from .markdown import Column, Table
 from .tables import fmt
@@ -68,8 +68,8 @@ def _device_peak_tflops(row) -> float | None:
 def model_lines(rows: pd.DataFrame) -> list[str]:
     """The schedule model beside each pipeline row (GPipe or 1F1B for bp-pp as its schedule,
     the forward-only pipeline for ff-pp), with the measured step where there is one."""
-    from ..measure.layer_costs import layer_costs
-    from ..measure.schedule_model import pipeline_times
+    from ..planning.layer_costs import layer_costs
+    from ..multidevice.schedule_model import pipeline_times
 
     pipelines = rows[rows["method"].isin(list(PIPELINES))]
     out = []

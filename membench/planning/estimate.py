@@ -4,7 +4,7 @@
 ``EstimateDevice``: the device whose every step runs inside ``FakeTensorMode`` with the tensor
 tracker on top. Every op computes only shapes, dtypes and aliasing, so nothing is allocated or
 computed, and the tracker counts exactly the storages a real run would create at the dispatch
-level. ``membench.measure.fit`` searches those estimates for the largest batch that fits a
+level. ``membench.planning.fit`` searches those estimates for the largest batch that fits a
 device budget.
 
 Fake CUDA tensors cannot run a backward pass on a machine without a GPU (the autograd engine
@@ -49,9 +49,9 @@ from ..schema import (
     ESTIMATE_DEVICE_NAME, ESTIMATE_KINDS, ESTIMATE_SOURCE, ESTIMATED, OOM, Cell, CellResult,
     estimate_device,
 )
-from .devices import Device
-from .memtrack import TensorMemoryTracker, cuda_allocated_size
-from .protocol import run_cell, skip_inf_checks
+from ..measure.devices import Device
+from ..measure.memtrack import TensorMemoryTracker, cuda_allocated_size
+from ..measure.protocol import run_cell, skip_inf_checks
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 
-from .timeline import ALLOC, FREE, Phase, Timeline
+from .events import ALLOC, FREE, Phase, Timeline
 
 ALIGNMENT = 512  # the CUDA caching allocator's smallest block (memtrack.cuda_allocated_size)
 BASE_ADDRESS = 0x7F0000000000  # where made-up addresses start: looks like a device address

@@ -1,5 +1,5 @@
 """The checks of ``membench verify`` for runners that span devices: their ranks, launched on the
-CPU with gloo (``membench.execute.ranks``), must leave what one device leaves.
+CPU with gloo (``membench.multidevice.launch``), must leave what one device leaves.
 
 - ``bp-ddp``, ``bp-fsdp``, ``bp-pp`` (``same_gradients_as = "bp"``): after one step on the same
   batch from the same weights (dropout off), every parameter's gradient, wherever it lives (on
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..execute.ranks import launch_ranks
+from ..multidevice.launch import launch_ranks
 from ..runners import get_runner
 from . import CheckResult, VerifySetup
 from . import LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS
