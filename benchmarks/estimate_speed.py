@@ -39,7 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device-kind", default="cuda", choices=("cuda", "cpu"))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device kind {args.device_kind}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device kind "
+        f"{args.device_kind}"
+    )
     total_start = time.perf_counter()
     for cell in paper_d7_cells():
         start = time.perf_counter()

@@ -16,8 +16,8 @@ import torch
 
 from membench.config import build_config
 from membench.measure.devices import CpuDevice
-from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import run_cell
+from membench.planning.estimate import estimate_cell
 
 
 def timed(function) -> float:
@@ -33,12 +33,14 @@ def side_by_side(cells, measure, label: str, repeats: int) -> None:
     for cell in cells:
         without, with_count = [], []
         for _ in range(repeats):  # interleaved, so drift on a shared machine hits both sides
-            without.append(timed(lambda: measure(cell, False)))
-            with_count.append(timed(lambda: measure(cell, True)))
+            without.append(timed(lambda cell=cell: measure(cell, False)))
+            with_count.append(timed(lambda cell=cell: measure(cell, True)))
         a, b = min(without), min(with_count)
         total_without, total_with = total_without + a, total_with + b
         print(f"{cell.cell_id:42s}{a:10.3f}{b:10.3f}{b / a - 1:8.1%}")
-    print(f"{'all':42s}{total_without:10.3f}{total_with:10.3f}{total_with / total_without - 1:8.1%}\n")
+    print(
+        f"{'all':42s}{total_without:10.3f}{total_with:10.3f}{total_with / total_without - 1:8.1%}\n"
+    )
 
 
 def main() -> None:
@@ -50,11 +52,19 @@ def main() -> None:
     device = CpuDevice()
     measured = build_config([args.profile]).cells
     run_cell(measured[0], device)  # pay torch's lazy first-use imports before timing anything
-    side_by_side(measured, lambda cell, count: run_cell(cell, device, count_flops=count),
-                 f"{args.profile} (run_cell)", args.repeats)
+    side_by_side(
+        measured,
+        lambda cell, count: run_cell(cell, device, count_flops=count),
+        f"{args.profile} (run_cell)",
+        args.repeats,
+    )
     estimated = build_config([args.estimate_profile]).cells
-    side_by_side(estimated, lambda cell, count: estimate_cell(cell, "cuda", count_flops=count),
-                 f"{args.estimate_profile} (estimate_cell, cuda)", args.repeats)
+    side_by_side(
+        estimated,
+        lambda cell, count: estimate_cell(cell, "cuda", count_flops=count),
+        f"{args.estimate_profile} (estimate_cell, cuda)",
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,14 @@ from membench.measure import flops
 from membench.measure.protocol import count_step_flops
 from membench.schema import Cell
 
-MODELS = ["tv:mobilenet_v3_large", "tv:efficientnet_b0", "tv:resnext50_32x4d",
-          "tv:regnet_y_400mf", "tv:convnext_tiny", "tv:resnet50"]
+MODELS = [
+    "tv:mobilenet_v3_large",
+    "tv:efficientnet_b0",
+    "tv:resnext50_32x4d",
+    "tv:regnet_y_400mf",
+    "tv:convnext_tiny",
+    "tv:resnet50",
+]
 
 
 def forward_flops(arch: str, res: int, batch: int) -> int:
@@ -51,14 +57,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
     print(f"bp, batch {args.batch}, {args.res}x{args.res}, K=1000; GFLOP per image")
-    print(f"{'model':26s}{'forward':>9s}{'3x fwd':>9s}{'stock step':>12s}{'ratio':>7s}"
-          f"{'corrected':>11s}{'ratio':>7s}")
+    print(
+        f"{'model':26s}{'forward':>9s}{'3x fwd':>9s}{'stock step':>12s}{'ratio':>7s}"
+        f"{'corrected':>11s}{'ratio':>7s}"
+    )
     for arch in args.models:
         forward = forward_flops(arch, args.res, args.batch) / args.batch / 1e9
         stock = step_flops(arch, args.res, args.batch, corrected=False) / args.batch / 1e9
         fixed = step_flops(arch, args.res, args.batch, corrected=True) / args.batch / 1e9
-        print(f"{arch:26s}{forward:9.3f}{3 * forward:9.3f}{stock:12.3f}{stock / forward:7.2f}"
-              f"{fixed:11.3f}{fixed / forward:7.2f}")
+        print(
+            f"{arch:26s}{forward:9.3f}{3 * forward:9.3f}{stock:12.3f}{stock / forward:7.2f}"
+            f"{fixed:11.3f}{fixed / forward:7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import torch
 import torch.utils.benchmark as tbench
 
 from membench.measure.devices import resolve_device
-from membench.schema import Cell
 from membench.measure.protocol import build_runner, make_batch, run_cell
+from membench.schema import Cell
 
 
 def main() -> None:
@@ -47,16 +47,24 @@ def main() -> None:
     for _ in range(args.rounds):
         ours.extend(device.time_steps(step, args.steps))
         # blocked_autorange synchronizes CUDA itself; its median is per-run time in seconds.
-        measurement = timer.blocked_autorange(min_run_time=max(0.2, statistics.median(ours) * args.steps / 1e3))
+        measurement = timer.blocked_autorange(
+            min_run_time=max(0.2, statistics.median(ours) * args.steps / 1e3)
+        )
         theirs.extend(t * 1e3 for t in measurement.times)
 
     full = run_cell(cell, device)  # the whole protocol, own runner, for reference
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    print(f"cell: {cell.cell_id} on {device} ({device.name()}), torch threads {torch.get_num_threads()}")
+    print(
+        f"cell: {cell.cell_id} on {device} ({device.name()}), torch threads "
+        f"{torch.get_num_threads()}"
+    )
     print(f"membench Device.time_steps median  {ours_median:9.3f} ms  ({len(ours)} steps)")
     print(f"torch.utils.benchmark.Timer median {theirs_median:9.3f} ms  ({len(theirs)} blocks)")
     print(f"ratio membench / Timer             {ours_median / theirs_median:9.3f}")
-    print(f"membench run_cell median           {full.summary_stats()['median']:9.3f} ms  (full protocol)")
+    print(
+        f"membench run_cell median           {full.summary_stats()['median']:9.3f} ms  (full "
+        "protocol)"
+    )
 
 
 if __name__ == "__main__":

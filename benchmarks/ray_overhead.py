@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_runners import install_misbehaving_runners  # noqa: E402
 
+from membench.execute.sweep import SweepProgress, run_sweep  # noqa: E402
 from membench.measure.devices import visible_cpu_count  # noqa: E402
 from membench.schema import Cell  # noqa: E402
-from membench.execute.sweep import SweepProgress, run_sweep  # noqa: E402
 
 
 class Packing(SweepProgress):
@@ -53,8 +53,11 @@ class Packing(SweepProgress):
 
     def text(self, slots: int) -> str:
         span = self.last - self.first
-        return (f"cells phase {span:.2f} s, the cells' own wall times / slots {self.cell_s / slots:.2f} s: "
-                f"packing {self.cell_s / slots / span:.0%}")
+        return (
+            f"cells phase {span:.2f} s, the cells' own wall times / slots "
+            f"{self.cell_s / slots:.2f} s: "
+            f"packing {self.cell_s / slots / span:.0%}"
+        )
 
 
 def timed(function) -> float:
@@ -78,20 +81,31 @@ def main() -> None:
     args = parser.parse_args()
     threads = min(args.slots, visible_cpu_count())  # what a one-slot Ray cell gets
     torch.set_num_threads(threads)
-    cells = [Cell("bp", args.arch, args.res, 2, warmup=1, steps=2, seed=i) for i in range(args.cells)]
-    sleepers = [Cell("test-sleep", args.arch, args.res, 2, warmup=1, steps=2, seed=i)
-                for i in range(args.sleepers)]
+    cells = [
+        Cell("bp", args.arch, args.res, 2, warmup=1, steps=2, seed=i) for i in range(args.cells)
+    ]
+    sleepers = [
+        Cell("test-sleep", args.arch, args.res, 2, warmup=1, steps=2, seed=i)
+        for i in range(args.sleepers)
+    ]
 
     def ray_sweep(grid, out, cpus, progress=None):
-        return lambda: run_sweep(grid, "cpu", out, executor="ray", cpus_per_cell=cpus,
-                                 progress=progress)
+        return lambda: run_sweep(
+            grid, "cpu", out, executor="ray", cpus_per_cell=cpus, progress=progress
+        )
 
     with pytest.MonkeyPatch.context() as patch:
         install_misbehaving_runners(folder(), patch)
         patch.setenv("MEMBENCH_TEST_SLEEP_S", str(args.sleep))
-        init = timed(lambda: ray.init(num_cpus=args.slots, include_dashboard=False,
-                                      log_to_driver=False, object_store_memory=256 * 2**20,
-                                      logging_level=logging.WARNING))
+        init = timed(
+            lambda: ray.init(
+                num_cpus=args.slots,
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=256 * 2**20,
+                logging_level=logging.WARNING,
+            )
+        )
         first = timed(ray_sweep(cells[:1], folder(), args.slots))
         run_sweep(cells[:1], "cpu", folder())  # this process's forkserver starts: not a cell's cost
         local = timed(lambda: run_sweep(cells, "cpu", folder()))
@@ -106,21 +120,29 @@ def main() -> None:
         ray.shutdown()
 
     n, ideal = len(cells), args.sleepers / args.slots * args.sleep
-    print(f"ray {ray.__version__}, {visible_cpu_count()} core(s), a local cluster of "
-          f"{args.slots} CPU slot(s); cells: bp {args.arch} r{args.res} b2, warmup 1, steps 2")
+    print(
+        f"ray {ray.__version__}, {visible_cpu_count()} core(s), a local cluster of "
+        f"{args.slots} CPU slot(s); cells: bp {args.arch} r{args.res} b2, warmup 1, steps 2"
+    )
     print(f"ray.init (local cluster start):                       {init:6.2f} s")
     print(f"first ray sweep of 1 cell (probe, first Ray worker):  {first:6.2f} s")
     print(f"warm ray sweep with nothing to run (probe only):      {nothing:6.2f} s")
-    print(f"{n} cells, one at a time, {threads} thread(s): local {local:.2f} s "
-          f"({local / n * 1e3:.0f} ms/cell), ray {on_ray:.2f} s ({on_ray / n * 1e3:.0f} ms/cell); "
-          f"ray overhead {(on_ray - local) / n * 1e3:+.0f} ms/cell with the sweep's probe, "
-          f"{(on_ray - nothing - local) / n * 1e3:+.0f} ms/cell without it")
+    print(
+        f"{n} cells, one at a time, {threads} thread(s): local {local:.2f} s "
+        f"({local / n * 1e3:.0f} ms/cell), ray {on_ray:.2f} s ({on_ray / n * 1e3:.0f} ms/cell); "
+        f"ray overhead {(on_ray - local) / n * 1e3:+.0f} ms/cell with the sweep's probe, "
+        f"{(on_ray - nothing - local) / n * 1e3:+.0f} ms/cell without it"
+    )
     for label, wall in (("cold", cold), ("warm", warm)):
-        print(f"{args.sleepers} cells sleeping {args.sleep:g} s on {args.slots} slots, {label}: "
-              f"{wall:.2f} s; ideal {ideal:.2f} s; ratio {wall / ideal:.2f}; "
-              f"{packing[label].text(args.slots)}")
-    print(f"the same {args.sleepers} cells without the sleep (their protocol's CPU work and the "
-          f"probe), warm: {no_sleep:.2f} s")
+        print(
+            f"{args.sleepers} cells sleeping {args.sleep:g} s on {args.slots} slots, {label}: "
+            f"{wall:.2f} s; ideal {ideal:.2f} s; ratio {wall / ideal:.2f}; "
+            f"{packing[label].text(args.slots)}"
+        )
+    print(
+        f"the same {args.sleepers} cells without the sleep (their protocol's CPU work and the "
+        f"probe), warm: {no_sleep:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from membench.config import expand_grid
+from membench.execute.sweep import run_sweep
 from membench.measure.devices import resolve_device
 from membench.results import read_cells
 from membench.runners import SINGLE_DEVICE_METHODS
-from membench.execute.sweep import run_sweep
 
 # The one-device runners (those that span devices need --devices N: README, "Cells on several
 # devices").
@@ -40,22 +40,39 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/side-by-side"))
     args = parser.parse_args()
 
-    cells = expand_grid(method=METHODS, arch=args.arch, res=args.res, batch=args.batch,
-                        warmup=args.warmup, steps=args.steps)
+    cells = expand_grid(
+        method=METHODS,
+        arch=args.arch,
+        res=args.res,
+        batch=args.batch,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
     run_sweep(cells, resolve_device(args.device), args.out)
     frame = read_cells(args.out)
-    frame = frame[frame["batch"] == args.batch].drop_duplicates("method", keep="last").set_index("method")
+    frame = (
+        frame[frame["batch"] == args.batch]
+        .drop_duplicates("method", keep="last")
+        .set_index("method")
+    )
     bp = frame.loc["bp"]
-    print(f"{args.arch} res {args.res} batch {args.batch} on {bp['device']} ({bp['device_name']}), "
-          f"memory source {bp['memory_source']}")
-    print(f"{'method':14s} {'imgs/s':>8s} {'x bp':>6s} {'peak GiB':>9s} {'x bp':>6s}   paper x bp (tput, mem)")
+    print(
+        f"{args.arch} res {args.res} batch {args.batch} on {bp['device']} ({bp['device_name']}), "
+        f"memory source {bp['memory_source']}"
+    )
+    print(
+        f"{'method':14s} {'imgs/s':>8s} {'x bp':>6s} {'peak GiB':>9s} {'x bp':>6s}   paper x bp "
+        "(tput, mem)"
+    )
     for method in METHODS:
         row = frame.loc[method]
         paper = PAPER_RATIOS_VGG8_32.get(method)
         paper_text = f"{paper['imgs_per_s']:.2f}, {paper['peak']:.2f}" if paper else ""
-        print(f"{method:14s} {row['imgs_per_s']:8.1f} {row['imgs_per_s'] / bp['imgs_per_s']:6.2f} "
-              f"{row['peak_allocated_bytes'] / 2**30:9.3f} "
-              f"{row['peak_allocated_bytes'] / bp['peak_allocated_bytes']:6.2f}   {paper_text}")
+        print(
+            f"{method:14s} {row['imgs_per_s']:8.1f} {row['imgs_per_s'] / bp['imgs_per_s']:6.2f} "
+            f"{row['peak_allocated_bytes'] / 2**30:9.3f} "
+            f"{row['peak_allocated_bytes'] / bp['peak_allocated_bytes']:6.2f}   {paper_text}"
+        )
 
 
 if __name__ == "__main__":

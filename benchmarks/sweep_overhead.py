@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from membench.schema import Cell
 from membench.execute.sweep import run_sweep
 from membench.execute.worker import IsolatedWorker, Target
+from membench.schema import Cell
 
 
 def timed(function) -> float:
@@ -36,7 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # Distinct seeds make distinct cells, so resume never skips one.
-    cells = [Cell("bp", args.arch, args.res, 2, warmup=1, steps=2, seed=i) for i in range(args.cells)]
+    cells = [
+        Cell("bp", args.arch, args.res, 2, warmup=1, steps=2, seed=i) for i in range(args.cells)
+    ]
     # Both sides pay torch's lazy first-step imports up front, so neither is charged for them.
     run_sweep(cells[:1], "cpu", Path(tempfile.mkdtemp()), isolation="none")
 
@@ -46,22 +48,30 @@ def main() -> None:
 
     fresh = []
     for _ in range(3):
+
         def start_and_stop() -> None:
             worker = IsolatedWorker(Target("cpu"), ["bp"])
             worker.wait_ready()
             worker.close()
+
         fresh.append(timed(start_and_stop))
 
     n = len(cells)
-    print(f"{n} cells of bp {args.arch} r{args.res} b2, warmup 1, steps 2, {args.threads} thread(s)")
+    print(
+        f"{n} cells of bp {args.arch} r{args.res} b2, warmup 1, steps 2, {args.threads} thread(s)"
+    )
     print(f"{'':34}{'in-process':>12}{'isolated':>12}")
     print(f"{'sweep wall time (s)':34}{in_process:12.3f}{isolated:12.3f}")
     print(f"{'per cell (ms)':34}{in_process / n * 1e3:12.1f}{isolated / n * 1e3:12.1f}")
-    print(f"isolation overhead per cell: {(isolated - in_process) / n * 1e3:.1f} ms "
-          f"(includes one worker start per sweep)")
+    print(
+        f"isolation overhead per cell: {(isolated - in_process) / n * 1e3:.1f} ms "
+        f"(includes one worker start per sweep)"
+    )
     print(f"first worker of a process (forkserver start + imports): {first_start:.2f} s")
-    print(f"fresh worker after a failed cell (start + stop): "
-          f"{min(fresh) * 1e3:.0f} ms best, {sum(fresh) / len(fresh) * 1e3:.0f} ms mean of 3")
+    print(
+        f"fresh worker after a failed cell (start + stop): "
+        f"{min(fresh) * 1e3:.0f} ms best, {sum(fresh) / len(fresh) * 1e3:.0f} ms mean of 3"
+    )
 
 
 if __name__ == "__main__":

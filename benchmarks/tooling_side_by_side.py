@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
-from membench.schema import Cell
 from membench.execute.worker import Target, open_target
+from membench.schema import Cell
 
 
 def main() -> None:
@@ -34,24 +34,35 @@ def main() -> None:
         results = [run(c) for _ in range(args.repeats)]
         return max(results, key=lambda r: r.imgs_per_s or 0)
 
-    print(f"{args.arch}, {args.res}x{args.res}, batch {args.batch}, {args.steps} steps, "
-          f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
+    print(
+        f"{args.arch}, {args.res}x{args.res}, batch {args.batch}, {args.steps} steps, "
+        f"{torch.get_num_threads()} thread(s), best of {args.repeats}"
+    )
     for method in ("bp", "ff-pipelined"):
         fp32, bf16 = best(cell(method)), best(cell(method, precision="bf16"))
-        print(f"{method:13s} bf16/fp32: peak {bf16.peak_allocated_bytes / fp32.peak_allocated_bytes:.3f}"
-              f" ({bf16.peak_allocated_bytes:,} / {fp32.peak_allocated_bytes:,} B), imgs/s "
-              f"{bf16.imgs_per_s / fp32.imgs_per_s:.3f} ({bf16.imgs_per_s:.0f} / {fp32.imgs_per_s:.0f})")
+        print(
+            f"{method:13s} bf16/fp32: peak "
+            f"{bf16.peak_allocated_bytes / fp32.peak_allocated_bytes:.3f}"
+            f" ({bf16.peak_allocated_bytes:,} / {fp32.peak_allocated_bytes:,} B), imgs/s "
+            f"{bf16.imgs_per_s / fp32.imgs_per_s:.3f} ({bf16.imgs_per_s:.0f} / "
+            f"{fp32.imgs_per_s:.0f})"
+        )
     sac, ckpt, bp = best(cell("bp-sac")), best(cell("bp-ckpt")), best(cell("bp"))
-    print(f"bp-sac/bp-ckpt imgs/s {sac.imgs_per_s / ckpt.imgs_per_s:.3f}, peak "
-          f"{sac.peak_allocated_bytes / ckpt.peak_allocated_bytes:.3f}; bp-sac/bp imgs/s "
-          f"{sac.imgs_per_s / bp.imgs_per_s:.3f}, peak {sac.peak_allocated_bytes / bp.peak_allocated_bytes:.3f}")
+    print(
+        f"bp-sac/bp-ckpt imgs/s {sac.imgs_per_s / ckpt.imgs_per_s:.3f}, peak "
+        f"{sac.peak_allocated_bytes / ckpt.peak_allocated_bytes:.3f}; bp-sac/bp imgs/s "
+        f"{sac.imgs_per_s / bp.imgs_per_s:.3f}, peak "
+        f"{sac.peak_allocated_bytes / bp.peak_allocated_bytes:.3f}"
+    )
     for method in ("bp", "ff-pipelined"):
         eager = best(cell(method))
         compiled = run(cell(method, compile="default"))  # the first run compiles...
         again = best(cell(method, compile="default"))  # ...later runs hit the cache
-        print(f"{method:13s} compiled/eager imgs/s {again.imgs_per_s / eager.imgs_per_s:.3f} "
-              f"({again.imgs_per_s:.0f} / {eager.imgs_per_s:.0f}); compile_s first run "
-              f"{compiled.compile_s:.1f} s, cached {again.compile_s:.1f} s; status {again.status}")
+        print(
+            f"{method:13s} compiled/eager imgs/s {again.imgs_per_s / eager.imgs_per_s:.3f} "
+            f"({again.imgs_per_s:.0f} / {eager.imgs_per_s:.0f}); compile_s first run "
+            f"{compiled.compile_s:.1f} s, cached {again.compile_s:.1f} s; status {again.status}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,11 @@ from scipy import stats
 from .errors import InputError
 from .results import ResultsError, read_cells, read_steps
 from .schema import (
-    BREAKDOWN_COLUMNS, COMPARED_SETTINGS, FAILED_STATUSES, IDENTITY_COLUMNS, MEASURED_STATUSES,
+    BREAKDOWN_COLUMNS,
+    COMPARED_SETTINGS,
+    FAILED_STATUSES,
+    IDENTITY_COLUMNS,
+    MEASURED_STATUSES,
     device_kind,
 )
 from .units import format_size
@@ -149,15 +153,22 @@ def mann_whitney_greater(baseline: np.ndarray, new: np.ndarray) -> float:
 
 
 def bootstrap_median_ratio_ci(
-    baseline: np.ndarray, new: np.ndarray, confidence: float = CONFIDENCE,
-    samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+    baseline: np.ndarray,
+    new: np.ndarray,
+    confidence: float = CONFIDENCE,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of median(new) / median(baseline), each side resampled on its own;
     a fixed seed makes it reproducible."""
     result = stats.bootstrap(
         (np.asarray(new, float), np.asarray(baseline, float)),
-        lambda new, base, axis: np.median(new, axis=axis) / np.median(base, axis=axis), paired=False,
-        vectorized=True, n_resamples=samples, confidence_level=confidence, method="percentile",
+        lambda new, base, axis: np.median(new, axis=axis) / np.median(base, axis=axis),
+        paired=False,
+        vectorized=True,
+        n_resamples=samples,
+        confidence_level=confidence,
+        method="percentile",
         random_state=np.random.default_rng(seed),
     )
     low, high = result.confidence_interval
@@ -165,16 +176,24 @@ def bootstrap_median_ratio_ci(
 
 
 def judge_timing(
-    baseline_ms: np.ndarray, new_ms: np.ndarray, max_tput_drop_pct: float, alpha: float = DEFAULT_ALPHA,
+    baseline_ms: np.ndarray,
+    new_ms: np.ndarray,
+    max_tput_drop_pct: float,
+    alpha: float = DEFAULT_ALPHA,
 ) -> TimingVerdict:
-    """Regressed only if NEW is significantly slower and its throughput drop exceeds the threshold."""
+    """Regressed only if NEW is significantly slower and its throughput drop exceeds the
+    threshold."""
     baseline_ms, new_ms = np.asarray(baseline_ms, float), np.asarray(new_ms, float)
     ratio = float(np.median(new_ms) / np.median(baseline_ms))
     change_pct = (1 / ratio - 1) * 100
     p_value = mann_whitney_greater(baseline_ms, new_ms)
     verdict = TimingVerdict(
-        "mann-whitney", change_pct, p_value, bootstrap_median_ratio_ci(baseline_ms, new_ms),
-        len(baseline_ms), len(new_ms),
+        "mann-whitney",
+        change_pct,
+        p_value,
+        bootstrap_median_ratio_ci(baseline_ms, new_ms),
+        len(baseline_ms),
+        len(new_ms),
     )
     verdict.regressed = p_value < alpha and -change_pct > max_tput_drop_pct
     if -change_pct > max_tput_drop_pct and not verdict.regressed:
@@ -201,8 +220,10 @@ def _load(path: Path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     cells["config_key"] = [_config_key(row) for row in cells.to_dict("records")]
     # steps.csv is keyed by (cell_id, device) only: two rows of one cell on one device (another
     # seed, warmup or step count, or a rerun) would pool their step times.
-    for key, what in ((["cell_id", "device"], "cell_id and device"),
-                      (["config_key", "memory_source"], "configuration and device")):
+    for key, what in (
+        (["cell_id", "device"], "cell_id and device"),
+        (["config_key", "memory_source"], "configuration and device"),
+    ):
         duplicated = cells.duplicated(key, keep=False)
         if duplicated.any():
             first = cells.loc[duplicated].iloc[0]
@@ -222,10 +243,15 @@ def _config_key(row: dict) -> tuple:
         return value
 
     return tuple(norm(row[c]) for c in COMPARED_SETTINGS) + (
-        row["device_kind"], bool(row["is_estimate"]), row["device_match"])
+        row["device_kind"],
+        bool(row["is_estimate"]),
+        row["device_match"],
+    )
 
 
-def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[list[tuple[dict, dict]], list[dict], list[dict]]:
+def _pair(
+    base: pd.DataFrame, new: pd.DataFrame
+) -> tuple[list[tuple[dict, dict]], list[dict], list[dict]]:
     """Match rows on configuration, device and memory source.
 
     A failed row (oom/error/timeout) has no memory source, so it is matched to the other side's
@@ -247,8 +273,10 @@ def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[list[tuple[dict, dict]
     only_in_baseline = []
     for row in unmatched_base:
         candidates = [
-            i for i, r in enumerate(new_rows)
-            if i not in used_new and r["config_key"] == row["config_key"]
+            i
+            for i, r in enumerate(new_rows)
+            if i not in used_new
+            and r["config_key"] == row["config_key"]
             and (not r["memory_source"] or not row["memory_source"])
         ]
         if len(candidates) == 1:
@@ -285,16 +313,27 @@ def can_reach_alpha(n_baseline: int, n_new: int, alpha: float) -> bool:
 
 
 def _compare_pair(
-    base: dict, new: dict, base_steps: pd.DataFrame, new_steps: pd.DataFrame,
-    max_mem_increase_pct: float | None, max_tput_drop_pct: float | None, alpha: float,
+    base: dict,
+    new: dict,
+    base_steps: pd.DataFrame,
+    new_steps: pd.DataFrame,
+    max_mem_increase_pct: float | None,
+    max_tput_drop_pct: float | None,
+    alpha: float,
 ) -> CellChange:
     change = CellChange(
-        str(new["cell_id"]), str(new["device"]), str(new["device_name"]),
-        new["memory_source"] or base["memory_source"], base["status"], new["status"],
+        str(new["cell_id"]),
+        str(new["device"]),
+        str(new["device_name"]),
+        new["memory_source"] or base["memory_source"],
+        base["status"],
+        new["status"],
     )
     base_ok, new_ok = (row["status"] in MEASURED_STATUSES for row in (base, new))
     if base_ok and new["status"] in FAILED_STATUSES:
-        change.reasons.append(f"was {base['status']}, now {new['status']}: {str(new.get('error', ''))[:120]}")
+        change.reasons.append(
+            f"was {base['status']}, now {new['status']}: {str(new.get('error', ''))[:120]}"
+        )
         return change
     if not base_ok and new_ok:
         change.notes.append(f"was {base['status']}, now {new['status']}")
@@ -304,8 +343,11 @@ def _compare_pair(
         return change
 
     source = change.memory_source
-    threshold = (max_mem_increase_pct if max_mem_increase_pct is not None
-                 else DEFAULT_MEM_INCREASE_PCT.get(source, FALLBACK_MEM_INCREASE_PCT))
+    threshold = (
+        max_mem_increase_pct
+        if max_mem_increase_pct is not None
+        else DEFAULT_MEM_INCREASE_PCT.get(source, FALLBACK_MEM_INCREASE_PCT)
+    )
     change.mem_threshold_pct = threshold
     change.peak_baseline = _as_int(base["peak_allocated_bytes"])
     change.peak_new = _as_int(new["peak_allocated_bytes"])
@@ -318,22 +360,27 @@ def _compare_pair(
             change.mem_change_pct = pct
         if pct > threshold:
             change.reasons.append(
-                f"{column} {int(old):,} -> {int(now):,} B ({format_size(old)} -> {format_size(now)},"
+                f"{column} {int(old):,} -> {int(now):,} B ({format_size(old)} -> "
+                f"{format_size(now)},"
                 f" +{pct:.2f}%, allowed {threshold:g}%, {source})"
             )
 
     if max_tput_drop_pct is None or base["is_estimate"] or new["is_estimate"]:
         return change
     if base["device_kind"] == "cpu" and base["device_name"] != new["device_name"]:
-        change.timing = TimingVerdict("not compared", note="different CPU models; timing not comparable")
+        change.timing = TimingVerdict(
+            "not compared", note="different CPU models; timing not comparable"
+        )
         return change
     base_ms, new_ms = _step_times(base_steps, base), _step_times(new_steps, new)
     if min(len(base_ms), len(new_ms)) >= MIN_STEPS_FOR_TEST and can_reach_alpha(
-            len(base_ms), len(new_ms), alpha):
+        len(base_ms), len(new_ms), alpha
+    ):
         change.timing = judge_timing(base_ms, new_ms, max_tput_drop_pct, alpha)
     else:
-        change.timing = _judge_imgs_per_s(base, new, max_tput_drop_pct, len(base_ms), len(new_ms),
-                                          alpha)
+        change.timing = _judge_imgs_per_s(
+            base, new, max_tput_drop_pct, len(base_ms), len(new_ms), alpha
+        )
     if change.timing.regressed:
         t = change.timing
         detail = f", p={t.p_value:.2g}" if t.p_value is not None else " (imgs_per_s, no noise test)"
@@ -343,20 +390,34 @@ def _compare_pair(
     return change
 
 
-def _judge_imgs_per_s(base: dict, new: dict, max_tput_drop_pct: float, n_base: int, n_new: int,
-                      alpha: float = DEFAULT_ALPHA) -> TimingVerdict:
+def _judge_imgs_per_s(
+    base: dict,
+    new: dict,
+    max_tput_drop_pct: float,
+    n_base: int,
+    n_new: int,
+    alpha: float = DEFAULT_ALPHA,
+) -> TimingVerdict:
     old, now = _number(base.get("imgs_per_s")), _number(new.get("imgs_per_s"))
     if min(n_base, n_new) < MIN_STEPS_FOR_TEST:
         why = f"too few per-step times ({n_base} vs {n_new})"
     else:
-        why = (f"{n_base} vs {n_new} step times cannot reach p < {alpha:g} (smallest p "
-               f"1/{math.comb(n_base + n_new, n_new)})")
+        why = (
+            f"{n_base} vs {n_new} step times cannot reach p < {alpha:g} (smallest p "
+            f"1/{math.comb(n_base + n_new, n_new)})"
+        )
     note = f"{why}; compared imgs_per_s without a noise test"
     if old is None or now is None or old <= 0:
         return TimingVerdict("not compared", note="no throughput figure on one side")
     change_pct = (now / old - 1) * 100
-    return TimingVerdict("imgs_per_s", change_pct, n_baseline=n_base, n_new=n_new,
-                         regressed=-change_pct > max_tput_drop_pct, note=note)
+    return TimingVerdict(
+        "imgs_per_s",
+        change_pct,
+        n_baseline=n_base,
+        n_new=n_new,
+        regressed=-change_pct > max_tput_drop_pct,
+        note=note,
+    )
 
 
 def _as_int(value) -> int | None:
@@ -369,8 +430,12 @@ def _describe(row: dict) -> dict:
 
 
 def compare_results(
-    baseline: Path, new: Path, max_mem_increase_pct: float | None = None,
-    max_tput_drop_pct: float | None = DEFAULT_TPUT_DROP_PCT, *, alpha: float = DEFAULT_ALPHA,
+    baseline: Path,
+    new: Path,
+    max_mem_increase_pct: float | None = None,
+    max_tput_drop_pct: float | None = DEFAULT_TPUT_DROP_PCT,
+    *,
+    alpha: float = DEFAULT_ALPHA,
     allow_missing: bool = False,
 ) -> Comparison:
     """Compare two results (folders or cells.csv files); see the module docstring for the rules.
@@ -380,8 +445,10 @@ def compare_results(
     gating off (memory-only gate). ``allow_missing`` lets baseline cells absent from NEW pass.
     Raises CompareError on bad input.
     """
-    for name, value in (("max memory increase", max_mem_increase_pct),
-                        ("max throughput drop", max_tput_drop_pct)):
+    for name, value in (
+        ("max memory increase", max_mem_increase_pct),
+        ("max throughput drop", max_tput_drop_pct),
+    ):
         if value is not None and (not math.isfinite(value) or value < 0):
             raise CompareError(f"{name} must be a percentage of 0 or more, got {value}")
     if not 0 < alpha < 1:
@@ -393,22 +460,35 @@ def compare_results(
         _compare_pair(b, n, base_steps, new_steps, max_mem_increase_pct, max_tput_drop_pct, alpha)
         for b, n in pairs
     ]
-    comparison = Comparison(Path(baseline), Path(new), rows, [_describe(r) for r in only_base],
-                            [_describe(r) for r in only_new], allow_missing)
+    comparison = Comparison(
+        Path(baseline),
+        Path(new),
+        rows,
+        [_describe(r) for r in only_base],
+        [_describe(r) for r in only_new],
+        allow_missing,
+    )
     if not pairs and len(base_cells) and len(new_cells):
         comparison.notes.append(
-            "no cell matched: baseline ran on " + _devices(base_cells) + ", new on " + _devices(new_cells)
+            "no cell matched: baseline ran on "
+            + _devices(base_cells)
+            + ", new on "
+            + _devices(new_cells)
             + " (GPU cells match only on the same GPU model)"
         )
-    base_torch, new_torch = (set(cells["torch_version"]) - {""} for cells in (base_cells, new_cells))
+    base_torch, new_torch = (
+        set(cells["torch_version"]) - {""} for cells in (base_cells, new_cells)
+    )
     if base_torch and new_torch and base_torch != new_torch:
         comparison.notes.append(
-            f"torch differs (baseline {', '.join(sorted(base_torch))}, new {', '.join(sorted(new_torch))});"
+            f"torch differs (baseline {', '.join(sorted(base_torch))}, new "
+            f"{', '.join(sorted(new_torch))});"
             " memory figures can move with torch itself"
         )
     if max_tput_drop_pct is not None and (base_steps.empty or new_steps.empty):
-        comparison.notes.append("no steps.csv on one side: throughput compared from imgs_per_s, "
-                                "without a noise test")
+        comparison.notes.append(
+            "no steps.csv on one side: throughput compared from imgs_per_s, without a noise test"
+        )
     return comparison
 
 

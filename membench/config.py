@@ -27,7 +27,15 @@ from pathlib import Path
 from .profiles import load_profile
 from .schema import CELL_SETTINGS, Cell, device
 from .settings import (
-    ConfigError, choice, finite_positive, flag, name, optional, setting, settings_of, whole,
+    ConfigError,
+    choice,
+    finite_positive,
+    flag,
+    name,
+    optional,
+    setting,
+    settings_of,
+    whole,
 )
 from .units import format_size
 
@@ -47,44 +55,82 @@ class SweepOptions:
     checked (and normalised) by their settings' parsers on construction; ConfigError (one
     line) for a bad value or a combination that cannot work."""
 
-    device: str = setting("auto", device, "Device: auto (cuda when present), cpu, cuda or cuda:N.",
-                          commands=("sweep", "run", "fixture"))
+    device: str = setting(
+        "auto",
+        device,
+        "Device: auto (cuda when present), cpu, cuda or cuda:N.",
+        commands=("sweep", "run", "fixture"),
+    )
     timeout_s: float | None = setting(
-        None, optional(finite_positive("seconds (a finite number > 0)")), "Seconds one cell may "
-        "take before it is killed and recorded as timeout.", key="timeout", commands=SWEEP,
-        metavar="SECONDS")
-    isolation: str = setting("process", choice(ISOLATION_CHOICES), "process (each cell in a "
-                             "worker process) or none (in this process, for debugging).",
-                             commands=SWEEP)
+        None,
+        optional(finite_positive("seconds (a finite number > 0)")),
+        "Seconds one cell may take before it is killed and recorded as timeout.",
+        key="timeout",
+        commands=SWEEP,
+        metavar="SECONDS",
+    )
+    isolation: str = setting(
+        "process",
+        choice(ISOLATION_CHOICES),
+        "process (each cell in a worker process) or none (in this process, for debugging).",
+        commands=SWEEP,
+    )
     # Where the cells run: on this machine, or one Ray task per cell on a Ray cluster
     # (docs/scale-out.md); the next two apply to the ray executor only.
-    executor: str = setting("local", choice(EXECUTOR_CHOICES), "local (this machine, one cell at "
-                            "a time) or ray (one Ray task per cell; docs/scale-out.md).",
-                            commands=SWEEP)
-    ray_address: str | None = setting(None, optional(name), "Join the Ray cluster at ADDRESS "
-                                      "(host:port, or auto); none starts one here.",
-                                      commands=SWEEP, metavar="ADDRESS")
-    cpus_per_cell: int | None = setting(None, optional(whole(1)), "CPUs a Ray task asks for; none: "
-                                        "a node's cores on the CPU, 1 on CUDA.",
-                                        commands=SWEEP)
-    estimate: bool = setting(False, flag, "Predict each cell on fake tensors instead of running "
-                             "it (CUDA unless --device cpu; docs/estimate.md).", commands=SWEEP)
+    executor: str = setting(
+        "local",
+        choice(EXECUTOR_CHOICES),
+        "local (this machine, one cell at "
+        "a time) or ray (one Ray task per cell; docs/scale-out.md).",
+        commands=SWEEP,
+    )
+    ray_address: str | None = setting(
+        None,
+        optional(name),
+        "Join the Ray cluster at ADDRESS (host:port, or auto); none starts one here.",
+        commands=SWEEP,
+        metavar="ADDRESS",
+    )
+    cpus_per_cell: int | None = setting(
+        None,
+        optional(whole(1)),
+        "CPUs a Ray task asks for; none: a node's cores on the CPU, 1 on CUDA.",
+        commands=SWEEP,
+    )
+    estimate: bool = setting(
+        False,
+        flag,
+        "Predict each cell on fake tensors instead of running "
+        "it (CUDA unless --device cpu; docs/estimate.md).",
+        commands=SWEEP,
+    )
     peak_tflops: float | None = setting(
-        None, optional(finite_positive("TFLOP/s (a finite number > 0)")), "The device's peak "
+        None,
+        optional(finite_positive("TFLOP/s (a finite number > 0)")),
+        "The device's peak "
         "TFLOP/s for MFU, replacing the datasheet's (GPU) or the calibrated one (CPU).",
-        metavar="TFLOPS")
+        metavar="TFLOPS",
+    )
     # Memory over time (docs/design.md, "Memory over time"): one more step, after the measured
     # ones, recorded; it changes nothing a cell measures, so it is no part of a cell.
-    timeline: bool = setting(False, flag, "Record one more step after the measured ones: live "
-                             "memory over time by category and phase (timeline.csv).")
+    timeline: bool = setting(
+        False,
+        flag,
+        "Record one more step after the measured ones: live "
+        "memory over time by category and phase (timeline.csv).",
+    )
     timeline_snapshot: bool = setting(
-        False, flag, "With --timeline, also write each cell's PyTorch memory snapshot "
+        False,
+        flag,
+        "With --timeline, also write each cell's PyTorch memory snapshot "
         "(snapshots/*.pickle) for `python -m torch.cuda._memory_viz` and pytorch.org/memory_viz.",
-        commands=SWEEP)
+        commands=SWEEP,
+    )
     # The GPU a device profile stands for (e.g. laptop-8gb): the peak that bounds estimates'
     # throughput in `membench report --gpu PROFILE` and `membench fit --gpu`.
-    gpu: str | None = setting(None, optional(name), "The GPU a device profile stands for.",
-                              commands=())
+    gpu: str | None = setting(
+        None, optional(name), "The GPU a device profile stands for.", commands=()
+    )
 
     def __post_init__(self) -> None:
         for s in OPTION_SETTINGS:
@@ -92,8 +138,10 @@ class SweepOptions:
         if self.timeline_snapshot and not self.timeline:
             raise ConfigError("--timeline-snapshot needs --timeline")
         if self.timeout_s is not None and self.isolation == "none":
-            raise ConfigError("--timeout needs --isolation process: a cell running in this "
-                              "process cannot be stopped")
+            raise ConfigError(
+                "--timeout needs --isolation process: a cell running in this "
+                "process cannot be stopped"
+            )
         check_executor(self)
 
     @property
@@ -108,8 +156,9 @@ SETTING_BY_KEY = {s.key: s for s in SETTINGS}
 PROFILE_KEYS = sorted([*SETTING_BY_KEY, "description", "grid"])
 
 # One cross product: a tuple of values per cell setting, generated from Cell's declarations.
-Grid = make_dataclass("Grid", [(s.name, tuple, field(default=(s.default,))) for s in CELL_SETTINGS],
-                      frozen=True)
+Grid = make_dataclass(
+    "Grid", [(s.name, tuple, field(default=(s.default,))) for s in CELL_SETTINGS], frozen=True
+)
 Grid.__doc__ = "One cross product of grid axes: a tuple of values per setting of a Cell."
 
 
@@ -129,8 +178,10 @@ class SweepConfig:
             cells.update(dict.fromkeys(expand_grid(estimate=self.options.estimate, **axes)))
         object.__setattr__(self, "cells", tuple(cells))
         if self.options.timeline and any(cell.devices > 1 for cell in cells):
-            raise ConfigError("--timeline records one device's step; a cell on several devices "
-                              "(--devices 2 or more) has none: drop one of them")
+            raise ConfigError(
+                "--timeline records one device's step; a cell on several devices "
+                "(--devices 2 or more) has none: drop one of them"
+            )
 
 
 def check_executor(options: SweepOptions) -> None:
@@ -139,14 +190,18 @@ def check_executor(options: SweepOptions) -> None:
     from .schema import DeviceSpecError, parse_device
 
     if options.executor != "ray":
-        for value, option in ((options.ray_address, "--ray-address"),
-                              (options.cpus_per_cell, "--cpus-per-cell")):
+        for value, option in (
+            (options.ray_address, "--ray-address"),
+            (options.cpus_per_cell, "--cpus-per-cell"),
+        ):
             if value is not None:
                 raise ConfigError(f"{option} needs --executor ray")
         return
     if options.isolation == "none":
-        raise ConfigError("--executor ray runs every cell in a worker process on the cluster; "
-                          "--isolation none cannot apply")
+        raise ConfigError(
+            "--executor ray runs every cell in a worker process on the cluster; "
+            "--isolation none cannot apply"
+        )
     if options.estimate:
         raise ConfigError("--estimate predicts cells on this machine; drop --executor ray")
     try:
@@ -154,9 +209,11 @@ def check_executor(options: SweepOptions) -> None:
     except DeviceSpecError as err:
         raise ConfigError(str(err)) from None
     if index is not None:
-        raise ConfigError(f"--device {options.device} names one GPU of this machine; with "
-                          "--executor ray Ray gives each cell its GPU: use --device cuda, cpu "
-                          "or auto")
+        raise ConfigError(
+            f"--device {options.device} names one GPU of this machine; with "
+            "--executor ray Ray gives each cell its GPU: use --device cuda, cpu "
+            "or auto"
+        )
 
 
 def _label(key: str, source: str | None) -> str:
@@ -171,15 +228,18 @@ def _profile_values(profiles: tuple[str, ...], raw: dict) -> list[tuple[dict, st
         profile = load_profile(ref)
         for key, value in profile.settings.items():
             if key not in SETTING_BY_KEY:
-                raise ConfigError(f"profile {profile.name}: unknown key {key!r}; valid: "
-                                  f"{', '.join(PROFILE_KEYS)}")
+                raise ConfigError(
+                    f"profile {profile.name}: unknown key {key!r}; valid: {', '.join(PROFILE_KEYS)}"
+                )
             raw[key] = (value, profile.name)
         if profile.grids is not None:
             for table in profile.grids:
                 extra = sorted(set(table) - cell_keys)
                 if extra:
-                    raise ConfigError(f"profile {profile.name}: unknown key {extra[0]!r} in "
-                                      f"[[grid]]; valid: {', '.join(sorted(cell_keys))}")
+                    raise ConfigError(
+                        f"profile {profile.name}: unknown key {extra[0]!r} in "
+                        f"[[grid]]; valid: {', '.join(sorted(cell_keys))}"
+                    )
             grid_tables = [(table, profile.name) for table in profile.grids]
     return grid_tables
 
@@ -198,8 +258,9 @@ def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
     given = {key: value for key, value in values.items() if value is not None}
     raw.update({key: (value, None) for key, value in given.items()})
 
-    options = SweepOptions(**{s.name: s.parse(raw[s.key][0], _label(s.key, raw[s.key][1]))
-                              for s in OPTION_SETTINGS})
+    options = SweepOptions(
+        **{s.name: s.parse(raw[s.key][0], _label(s.key, raw[s.key][1])) for s in OPTION_SETTINGS}
+    )
     grids = []
     for table, source in grid_tables:
         axes = {}
@@ -222,26 +283,77 @@ def check_parameter_size(arch: str) -> None:
         return
     weight_bytes = conv_stack_spec(arch).conv_parameter_count() * 4
     if weight_bytes > MAX_PARAMETER_BYTES:
-        raise ConfigError(f"{arch} would have {weight_bytes / 2**40:,.1f} TiB of fp32 conv weights "
-                          f"alone, more than {format_size(MAX_PARAMETER_BYTES)}: refused before "
-                          "building it")
+        raise ConfigError(
+            f"{arch} would have {weight_bytes / 2**40:,.1f} TiB of fp32 conv weights "
+            f"alone, more than {format_size(MAX_PARAMETER_BYTES)}: refused before "
+            "building it"
+        )
 
 
 def check_compile(cells: Sequence[Cell], estimate: bool) -> None:
     """ConfigError for a compiled cell that would compile inside a timed step or be estimated."""
     compiled = [cell for cell in cells if cell.compile != "none"]
     if compiled and estimate:
-        raise ConfigError("an estimate of a compiled cell is refused: torch.compile's buffers are "
-                          "allocated where fake tensors cannot see them; drop --compile or "
-                          "--estimate")
+        raise ConfigError(
+            "an estimate of a compiled cell is refused: torch.compile's buffers are "
+            "allocated where fake tensors cannot see them; drop --compile or "
+            "--estimate"
+        )
     if any(cell.warmup < 1 for cell in compiled):
-        raise ConfigError("--compile needs --warmup 1 or more: compilation must happen in warmup, "
-                          "never in a timed step")
+        raise ConfigError(
+            "--compile needs --warmup 1 or more: compilation must happen in warmup, "
+            "never in a timed step"
+        )
 
 
 def _axis_values(setting_name: str, values: Mapping[str, object]) -> tuple:
     s = next(s for s in CELL_SETTINGS if s.name == setting_name)
     return s.parse_axis(values.get(s.name, s.default), s.option)
+
+
+def _runners_of(values: dict) -> dict:
+    """The runner class of each method of the grid; ConfigError for an unknown method or a
+    micro-batch that no method of the grid takes."""
+    from .runners import UnknownMethodError, available_methods, get_runner
+
+    runners = {}
+    for method in values["method"]:
+        try:
+            runners[method] = get_runner(method)
+        except UnknownMethodError as err:
+            raise ConfigError(str(err)) from None
+    if values["micro_batch"] != (None,) and not any(r.uses_micro_batch for r in runners.values()):
+        takers = ", ".join(m for m in available_methods() if get_runner(m).uses_micro_batch)
+        raise ConfigError(
+            f"--micro-batch applies to methods that split the batch ({takers}); "
+            f"{', '.join(values['method'])} take"
+            f"{'s' if len(values['method']) == 1 else ''} none"
+        )
+    return runners
+
+
+def _cell_of(runner, settings: dict) -> Cell:
+    """One combination of the grid as the runner's cell: what it does not take reset to the
+    default, its own defaults filled in; ConfigError where the runner cannot run it."""
+    from .runners import RunnerConfigError
+
+    if not runner.uses_micro_batch:
+        settings["micro_batch"] = None
+    if not runner.spans_devices:  # as micro_batch: one device for a one-device method
+        settings["devices"] = 1
+    if not runner.uses_schedule or settings["schedule"] is None:
+        settings["schedule"] = runner.default_schedule
+    try:
+        runner.check_cell(
+            settings["arch"], settings["res"], settings["batch"], settings["micro_batch"]
+        )
+        if runner.uses_micro_batch and settings["micro_batch"] is None:
+            settings["micro_batch"] = runner.default_micro_batch(settings["batch"])
+        cell = Cell(**settings)
+        runner.check_tooling(cell)
+    except RunnerConfigError as err:
+        raise ConfigError(str(err)) from None
+    return cell
 
 
 def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
@@ -251,24 +363,15 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
     method known, every arch buildable at every resolution, every runner able to run its cell;
     ConfigError on the first problem, before anything runs."""
     from .archs import ArchError, validate_arch
-    from .runners import RunnerConfigError, UnknownMethodError, available_methods, get_runner
 
     unknown = sorted(set(axes) - {s.name for s in CELL_SETTINGS})
     if unknown:
-        raise ConfigError(f"unknown cell setting {unknown[0]!r}; valid: "
-                          f"{', '.join(s.name for s in CELL_SETTINGS)}")
+        raise ConfigError(
+            f"unknown cell setting {unknown[0]!r}; valid: "
+            f"{', '.join(s.name for s in CELL_SETTINGS)}"
+        )
     values = {s.name: _axis_values(s.name, axes) for s in CELL_SETTINGS}
-    runners = {}
-    for method in values["method"]:
-        try:
-            runners[method] = get_runner(method)
-        except UnknownMethodError as err:
-            raise ConfigError(str(err)) from None
-    if values["micro_batch"] != (None,) and not any(r.uses_micro_batch for r in runners.values()):
-        takers = ", ".join(m for m in available_methods() if get_runner(m).uses_micro_batch)
-        raise ConfigError(f"--micro-batch applies to methods that split the batch ({takers}); "
-                          f"{', '.join(values['method'])} take"
-                          f"{'s' if len(values['method']) == 1 else ''} none")
+    runners = _runners_of(values)
     for arch, res in itertools.product(values["arch"], values["res"]):
         try:
             validate_arch(arch, res)
@@ -280,26 +383,18 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
     order = [*SWEEP_ORDER, *(key for key in values if key not in SWEEP_ORDER)]
     for combination in itertools.product(*(values[key] for key in order)):
         settings = dict(zip(order, combination))
-        runner = runners[settings["method"]]
-        if not runner.uses_micro_batch:
-            settings["micro_batch"] = None
-        if not runner.spans_devices:  # as micro_batch: one device for a one-device method
-            settings["devices"] = 1
-        if not runner.uses_schedule or settings["schedule"] is None:
-            settings["schedule"] = runner.default_schedule
-        try:
-            runner.check_cell(settings["arch"], settings["res"], settings["batch"],
-                              settings["micro_batch"])
-            if runner.uses_micro_batch and settings["micro_batch"] is None:
-                settings["micro_batch"] = runner.default_micro_batch(settings["batch"])
-            cell = Cell(**settings)
-            runner.check_tooling(cell)
-        except RunnerConfigError as err:
-            raise ConfigError(str(err)) from None
-        cells[cell] = None
+        cells[_cell_of(runners[settings["method"]], settings)] = None
     check_compile(list(cells), estimate)
     return list(cells)
 
 
-__all__ = ["ConfigError", "Grid", "SETTINGS", "SweepConfig", "SweepOptions", "build_config",
-           "check_executor", "expand_grid"]
+__all__ = [
+    "ConfigError",
+    "Grid",
+    "SETTINGS",
+    "SweepConfig",
+    "SweepOptions",
+    "build_config",
+    "check_executor",
+    "expand_grid",
+]

@@ -50,9 +50,11 @@ def write_error(path: Path, err: OSError, needed: int) -> WriteError:
     except OSError:
         free = "unknown"
     reason = err.strerror or type(err).__name__
-    return WriteError(f"cannot write {Path(path).name} in {folder}: {reason} (the write needed "
-                      f"{format_size(needed)}, {free} free there); rows already written are "
-                      "kept: free some space and rerun the same command to resume")
+    return WriteError(
+        f"cannot write {Path(path).name} in {folder}: {reason} (the write needed "
+        f"{format_size(needed)}, {free} free there); rows already written are "
+        "kept: free some space and rerun the same command to resume"
+    )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -180,8 +182,11 @@ def signals_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     # a handler installed outside Python (getsignal None) cannot be put back: left alone
-    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None}
+    previous = {
+        sig: signal.signal(sig, lambda number, frame: caught.append(number))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not None
+    }
     try:
         yield
     finally:
@@ -191,5 +196,13 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
-__all__ = ["JOURNAL", "WriteError", "append_text", "recover", "repair_tail", "rewrite_files",
-           "signals_deferred", "write_text"]
+__all__ = [
+    "JOURNAL",
+    "WriteError",
+    "append_text",
+    "recover",
+    "repair_tail",
+    "rewrite_files",
+    "signals_deferred",
+    "write_text",
+]

@@ -20,8 +20,11 @@ def git_sha() -> str | None:
     """The commit of the membench source tree, when it is a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -51,7 +54,9 @@ def collect_env() -> dict:
         "python": platform.python_version(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
         "cuda_available": torch.cuda.is_available(),
         "gpus": [],
         "driver_version": None,
@@ -62,19 +67,21 @@ def collect_env() -> dict:
         "hostname": socket.gethostname(),
         # Which of the machine's GPUs this process sees (Ray gives each cell one of them).
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
         info["driver_version"] = _driver_version()
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            info["gpus"].append({
-                "index": index,
-                "name": props.name,
-                "total_memory_bytes": props.total_memory,
-                "capability": f"{props.major}.{props.minor}",
-                "nvml_used_bytes": nvml_used_bytes(index),
-            })
+            info["gpus"].append(
+                {
+                    "index": index,
+                    "name": props.name,
+                    "total_memory_bytes": props.total_memory,
+                    "capability": f"{props.major}.{props.minor}",
+                    "nvml_used_bytes": nvml_used_bytes(index),
+                }
+            )
     return info
 
 

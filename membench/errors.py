@@ -18,7 +18,7 @@ def one_line(err: BaseException, limit: int = 800) -> str:
     """The error on one line; a long one keeps its head and its tail, where CUDA's OOM message
     says how much was allowed and allocated."""
     text = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-(limit // 2 - 5):]}"
+    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-(limit // 2 - 5) :]}"
 
 
 def where(err: BaseException) -> str:

@@ -10,13 +10,11 @@ wheel as in a checkout.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
-
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import expand_grid
@@ -39,7 +37,8 @@ RECORD_GPU_COMMAND = "python scripts/record_baseline.py --gpu"
 # The GPU gate's switches, read from the environment (the workflow sets them):
 # MEMBENCH_REQUIRE_GPU=1 makes a missing CUDA (tests/conftest.py) and a missing baseline for the
 # GPU model (committed_gpu_baseline, in tests/test_gpu_perf.py) failures instead of skips;
-# MEMBENCH_GPU_BASELINES moves the folder of committed GPU baselines (default membench/baselines/gpu);
+# MEMBENCH_GPU_BASELINES moves the folder of committed GPU baselines (default
+# membench/baselines/gpu);
 # MEMBENCH_NEW_GPU_BASELINE_DIR is where a run without a baseline saves its measurement as one.
 REQUIRE_GPU_ENV = "MEMBENCH_REQUIRE_GPU"
 GPU_BASELINES_ENV = "MEMBENCH_GPU_BASELINES"
@@ -58,16 +57,18 @@ def cpu_gate_cells() -> list[Cell]:
     """Every built-in method of one device on a tiny arch, and bp and ff-pipelined in bf16:
     the CPU memory gate's grid."""
     grid = dict(arch="vgg-d3-w16", res=16, batch=4, warmup=1, steps=1)
-    return (expand_grid(method=list(SINGLE_DEVICE_METHODS), **grid)
-            + expand_grid(method=["bp", "ff-pipelined"], precision="bf16", **grid))
+    return expand_grid(method=list(SINGLE_DEVICE_METHODS), **grid) + expand_grid(
+        method=["bp", "ff-pipelined"], precision="bf16", **grid
+    )
 
 
 def gpu_perf_cells() -> list[Cell]:
     """The GPU perf gate's grid: VGG8 at 32x32, batch 64, the five methods the paper timed, and
     bp in bf16 (autocast, as trained in practice)."""
     grid = dict(arch="vgg8", res=32, batch=64, warmup=3, steps=10)
-    return (expand_grid(method=GPU_PERF_METHODS, **grid)
-            + expand_grid(method="bp", precision="bf16", **grid))
+    return expand_grid(method=GPU_PERF_METHODS, **grid) + expand_grid(
+        method="bp", precision="bf16", **grid
+    )
 
 
 def gpu_baseline_dir(device_name: str, root: Path = GPU_BASELINES_DIR) -> Path:
@@ -82,7 +83,8 @@ def gpu_required() -> bool:
 
 
 def gpu_baselines_root() -> Path:
-    """The folder of committed GPU baselines: ``MEMBENCH_GPU_BASELINES`` or membench/baselines/gpu."""
+    """The folder of committed GPU baselines: ``MEMBENCH_GPU_BASELINES`` or
+    membench/baselines/gpu."""
     return Path(os.environ.get(GPU_BASELINES_ENV) or GPU_BASELINES_DIR)
 
 
@@ -120,12 +122,14 @@ def save_gpu_recording(measured: Path, root: Path) -> Path:
             if (measured / name).is_file():
                 shutil.copy2(measured / name, folder / name)
 
-    return replace_folder(lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill,
-                          parent=root)
+    return replace_folder(
+        lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill, parent=root
+    )
 
 
-def committed_gpu_baseline(measured: Path, root: Path | None = None,
-                           save_to: Path | None = None) -> Path:
+def committed_gpu_baseline(
+    measured: Path, root: Path | None = None, save_to: Path | None = None
+) -> Path:
     """The committed baseline for the GPU model ``measured`` (a results folder of the GPU gate's
     grid) ran on, under ``root`` (default ``gpu_baselines_root()``).
 
@@ -139,9 +143,11 @@ def committed_gpu_baseline(measured: Path, root: Path | None = None,
     folder = gpu_baseline_dir(name, root)
     if (folder / CELLS_FILE).is_file():
         return folder
-    lines = [f"no GPU baseline for {name!r} at {_shown(folder)}, so memory and throughput were "
-             f"not compared. Record one on this machine with `{RECORD_GPU_COMMAND}` and commit "
-             f"{_shown(folder)}/."]
+    lines = [
+        f"no GPU baseline for {name!r} at {_shown(folder)}, so memory and throughput were "
+        f"not compared. Record one on this machine with `{RECORD_GPU_COMMAND}` and commit "
+        f"{_shown(folder)}/."
+    ]
     saved = None
     if save_to is not None:
         try:
@@ -149,8 +155,10 @@ def committed_gpu_baseline(measured: Path, root: Path | None = None,
         except BaselineError as err:
             lines.append(f"This run's measurement is not a usable baseline ({err}).")
         else:
-            lines.append(f"This run's measurement of the same grid was saved as a baseline to "
-                         f"{_shown(saved)}: copy it to {_shown(folder)}/ and commit it.")
+            lines.append(
+                f"This run's measurement of the same grid was saved as a baseline to "
+                f"{_shown(saved)}: copy it to {_shown(folder)}/ and commit it."
+            )
     raise MissingGpuBaseline(" ".join(lines), saved)
 
 
@@ -183,15 +191,20 @@ def check_baseline(folder: Path) -> int:
         raise BaselineError("the recording has no cells; not a usable baseline")
     bad = cells[cells["status"] != "ok"]
     if len(bad):
-        raise BaselineError(f"{len(bad)} cell(s) did not run ok: {', '.join(bad['cell_id'])}; "
-                            "not a usable baseline")
+        raise BaselineError(
+            f"{len(bad)} cell(s) did not run ok: {', '.join(bad['cell_id'])}; not a usable baseline"
+        )
     if not compare_results(folder, folder).passed:
         raise BaselineError("the new recording does not pass against itself")
     return len(cells)
 
 
-def replace_folder(target: Path | Callable[[Path], Path], fill: Callable[[Path], object], *,
-                   parent: Path | None = None) -> Path:
+def replace_folder(
+    target: Path | Callable[[Path], Path],
+    fill: Callable[[Path], object],
+    *,
+    parent: Path | None = None,
+) -> Path:
     """Build a folder with ``fill(tmp_dir)``, check it, and only then swap it in for ``target``.
 
     Results files are appended to, so recording into an existing baseline would duplicate rows;
@@ -236,13 +249,16 @@ def measured_device_name(folder: Path) -> str:
     """The ``device_name`` of a results folder's rows (one device per folder)."""
     names = sorted({str(name) for name in read_cells(folder)["device_name"].dropna()})
     if len(names) != 1:
-        raise BaselineError(f"{folder} holds rows of {len(names)} device models, not one: "
-                            f"{', '.join(names) or 'none'}")
+        raise BaselineError(
+            f"{folder} holds rows of {len(names)} device models, not one: "
+            f"{', '.join(names) or 'none'}"
+        )
     return names[0]
 
 
-def record_gpu_baseline(device: Device, target: Path | None = None,
-                        root: Path = GPU_BASELINES_DIR) -> Path:
+def record_gpu_baseline(
+    device: Device, target: Path | None = None, root: Path = GPU_BASELINES_DIR
+) -> Path:
     """Sweep the GPU perf grid on ``device`` and write it as that GPU model's baseline folder.
 
     Without ``target`` the folder is ``root/<gpu-slug>``, named after the ``device_name`` the
@@ -256,5 +272,6 @@ def record_gpu_baseline(device: Device, target: Path | None = None,
 
     if target is not None:
         return replace_folder(target, fill)
-    return replace_folder(lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill,
-                          parent=root)
+    return replace_folder(
+        lambda folder: gpu_baseline_dir(measured_device_name(folder), root), fill, parent=root
+    )

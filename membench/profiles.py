@@ -78,7 +78,9 @@ def find_profile(ref: str) -> Path:
         return path
     profiles = available_profiles()
     if ref not in profiles:
-        valid = ", ".join(profiles) or f"none found (looked in ./profiles and {PACKAGE_PROFILES_DIR})"
+        valid = (
+            ", ".join(profiles) or f"none found (looked in ./profiles and {PACKAGE_PROFILES_DIR})"
+        )
         raise ProfileError(f"unknown profile {ref!r}; valid: {valid}")
     return profiles[ref]
 
@@ -93,18 +95,22 @@ def load_profile(ref: str | Path) -> Profile:
     except OSError as err:
         raise ProfileError(f"cannot read profile {path}: {err.strerror}") from None
     except UnicodeDecodeError as err:
-        raise ProfileError(f"profile {path} is not UTF-8 text (byte {err.start} cannot be read); "
-                           "save it as UTF-8") from None
+        raise ProfileError(
+            f"profile {path} is not UTF-8 text (byte {err.start} cannot be read); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ProfileError(f"profile {path} is not valid TOML: {err}") from None
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise ProfileError(f"profile {name}: description takes a string, got {description!r}")
     grids = data.pop("grid", None)
-    if grids is not None and (not isinstance(grids, list)
-                              or not all(isinstance(table, dict) for table in grids)):
+    if grids is not None and (
+        not isinstance(grids, list) or not all(isinstance(table, dict) for table in grids)
+    ):
         raise ProfileError(f"profile {name}: grid must be [[grid]] tables")
     if grids == []:  # would run no cell at all and call that success
-        raise ProfileError(f"profile {name}: grid is empty; give it at least one [[grid]] table "
-                           "or leave the key out")
+        raise ProfileError(
+            f"profile {name}: grid is empty; give it at least one [[grid]] table "
+            "or leave the key out"
+        )
     return Profile(name, path, description, data, grids)

@@ -98,11 +98,16 @@ class MemoryCheck:
         pct = 100 * diff / self.baseline_bytes if self.baseline_bytes else math.inf
         change = "grew" if diff > 0 else "shrank" if diff < 0 else "is unchanged"
         amount = f" by {abs(diff)} B ({format_size(abs(diff))}, {pct:+.3f}%)" if diff else ""
-        allowed = ("exact" if self.allowed_increase_pct == 0
-                   else f"{self.allowed_increase_pct:g}% = {self.allowed_bytes} B")
-        lines = [f"{self.cell_id} ({self.memory_source}): peak_allocated_bytes {change}{amount}: "
-                 f"{self.baseline_bytes:,} B in {self.baseline} -> {self.measured_bytes:,} B now; "
-                 f"allowed increase: {allowed}"]
+        allowed = (
+            "exact"
+            if self.allowed_increase_pct == 0
+            else f"{self.allowed_increase_pct:g}% = {self.allowed_bytes} B"
+        )
+        lines = [
+            f"{self.cell_id} ({self.memory_source}): peak_allocated_bytes {change}{amount}: "
+            f"{self.baseline_bytes:,} B in {self.baseline} -> {self.measured_bytes:,} B now; "
+            f"allowed increase: {allowed}"
+        ]
         return "\n".join(lines + list(self.notes))
 
 
@@ -114,13 +119,17 @@ def make_cell(method: str, **options) -> tuple[Cell, str]:
 
     unknown = sorted(set(options) - set(CELL_OPTIONS))
     if unknown:
-        raise ConfigError(f"membench_benchmark does not take {unknown[0]!r}; cell options: "
-                          f"{', '.join(CELL_OPTIONS)}")
+        raise ConfigError(
+            f"membench_benchmark does not take {unknown[0]!r}; cell options: "
+            f"{', '.join(CELL_OPTIONS)}"
+        )
     config = build_config(method=method, **options)
     if len(config.cells) != 1:
-        raise ConfigError(f"membench_benchmark measures one cell, but these options make "
-                          f"{len(config.cells)} ({', '.join(c.cell_id for c in config.cells)}); "
-                          "parametrize the test instead")
+        raise ConfigError(
+            f"membench_benchmark measures one cell, but these options make "
+            f"{len(config.cells)} ({', '.join(c.cell_id for c in config.cells)}); "
+            "parametrize the test instead"
+        )
     return config.cells[0], config.options.device
 
 
@@ -156,8 +165,9 @@ def measure(benchmark, cell: Cell, device: Device) -> CellResult:
     result = run_cell(cell, device, timer=rounds)
     info.update({key: value for key, value in result.row().items() if value not in (None, "")})
     if result.status != OK:
-        raise CellFailed(f"membench_benchmark: {cell.cell_id} on {device}: {result.status}: "
-                         f"{result.error}")
+        raise CellFailed(
+            f"membench_benchmark: {cell.cell_id} on {device}: {result.status}: {result.error}"
+        )
     return result
 
 
@@ -189,11 +199,17 @@ def _json_entries(path: Path) -> list[_Entry]:
         if not isinstance(info, dict) or "cell_id" not in info:
             continue  # a benchmark that is not membench's
         peak = info.get("peak_allocated_bytes")
-        entries.append(_Entry(
-            f"{path} [{bench.get('fullname') or bench.get('name')}]", str(info["cell_id"]),
-            str(info.get("device", "")), str(info.get("device_name", "")),
-            str(info.get("memory_source", "")), int(peak) if peak is not None else None,
-            torch_version=str(info.get("torch_version", ""))))
+        entries.append(
+            _Entry(
+                f"{path} [{bench.get('fullname') or bench.get('name')}]",
+                str(info["cell_id"]),
+                str(info.get("device", "")),
+                str(info.get("device_name", "")),
+                str(info.get("memory_source", "")),
+                int(peak) if peak is not None else None,
+                torch_version=str(info.get("torch_version", "")),
+            )
+        )
     return entries
 
 
@@ -206,11 +222,18 @@ def _folder_entries(path: Path) -> list[_Entry]:
         if row["is_estimate"]:
             continue  # a prediction never gates a measurement
         peak = row["peak_allocated_bytes"]
-        entries.append(_Entry(
-            f"{file} [{row['cell_id']} on {row['device']}]", str(row["cell_id"]), str(row["device"]),
-            str(row["device_name"]), str(row["memory_source"] or ""),
-            None if peak is None or peak != peak else int(peak), str(row["status"]),
-            str(row["torch_version"] or "")))
+        entries.append(
+            _Entry(
+                f"{file} [{row['cell_id']} on {row['device']}]",
+                str(row["cell_id"]),
+                str(row["device"]),
+                str(row["device_name"]),
+                str(row["memory_source"] or ""),
+                None if peak is None or peak != peak else int(peak),
+                str(row["status"]),
+                str(row["torch_version"] or ""),
+            )
+        )
     return entries
 
 
@@ -218,18 +241,22 @@ def read_memory_baseline(baseline: str | Path) -> list[_Entry]:
     """Every membench measurement in a pytest-benchmark JSON file, or in a membench results
     folder (or its ``cells.csv``). MemoryBaselineError for anything else."""
     path = Path(baseline)
-    if (path.is_dir() and (path / CELLS_FILE).is_file()) or (path.name == CELLS_FILE
-                                                              and path.is_file()):
+    if (path.is_dir() and (path / CELLS_FILE).is_file()) or (
+        path.name == CELLS_FILE and path.is_file()
+    ):
         return _folder_entries(path)
     if path.is_file():
         return _json_entries(path)
     what = "folder without a cells.csv" if path.is_dir() else "path that does not exist"
-    raise MemoryBaselineError(f"memory baseline {path} is a {what}; give a pytest-benchmark JSON "
-                              "file or a membench results folder")
+    raise MemoryBaselineError(
+        f"memory baseline {path} is a {what}; give a pytest-benchmark JSON "
+        "file or a membench results folder"
+    )
 
 
-def check_peak_memory(result: CellResult, baseline: str | Path, *,
-                      max_increase_pct: float | None = None) -> MemoryCheck:
+def check_peak_memory(
+    result: CellResult, baseline: str | Path, *, max_increase_pct: float | None = None
+) -> MemoryCheck:
     """Compare ``result``'s peak with the same cell in ``baseline`` and return the check; raise
     MemoryRegression (an AssertionError, so a pytest failure) with the byte difference when it
     grew by more than allowed, and MissingBaselineCell when the baseline has no such cell.
@@ -244,37 +271,63 @@ def check_peak_memory(result: CellResult, baseline: str | Path, *,
     if max_increase_pct is not None and not max_increase_pct >= 0:
         raise MemoryBaselineError(f"max_increase_pct must be >= 0, got {max_increase_pct!r}")
     kind = device_kind(result.device)
-    same_cell = [e for e in read_memory_baseline(baseline)
-                 if e.cell_id == result.cell_id and device_kind(e.device) == kind]
-    usable = [e for e in same_cell if e.status == "ok" and e.peak_allocated_bytes is not None
-              and e.memory_source == result.memory_source
-              and (kind != "cuda" or e.device_name == result.device_name)]
+    same_cell = [
+        e
+        for e in read_memory_baseline(baseline)
+        if e.cell_id == result.cell_id and device_kind(e.device) == kind
+    ]
+    usable = [
+        e
+        for e in same_cell
+        if e.status == "ok"
+        and e.peak_allocated_bytes is not None
+        and e.memory_source == result.memory_source
+        and (kind != "cuda" or e.device_name == result.device_name)
+    ]
     if not usable:
-        seen = "; ".join(f"{e.device} ({e.device_name}, {e.memory_source or e.status})"
-                         for e in same_cell)
+        seen = "; ".join(
+            f"{e.device} ({e.device_name}, {e.memory_source or e.status})" for e in same_cell
+        )
         raise MissingBaselineCell(
             f"no {result.memory_source} measurement of {result.cell_id} on {kind}"
             f"{f' ({result.device_name})' if kind == 'cuda' else ''} in {baseline}"
             f"{f'; it has this cell only on: {seen}' if seen else ''}. Record the baseline with "
-            f"this cell (e.g. `{RECORD_JSON_HINT}`) and commit it")
+            f"this cell (e.g. `{RECORD_JSON_HINT}`) and commit it"
+        )
     peaks = sorted({e.peak_allocated_bytes for e in usable})
     if len(peaks) > 1:
         raise MemoryBaselineError(
             f"{baseline} holds {len(usable)} measurements of {result.cell_id} on {kind} with "
-            f"different peaks ({', '.join(map(str, peaks))} B); keep one run per baseline")
+            f"different peaks ({', '.join(map(str, peaks))} B); keep one run per baseline"
+        )
     entry = usable[0]
-    pct = (max_increase_pct if max_increase_pct is not None
-           else DEFAULT_MEM_INCREASE_PCT.get(result.memory_source, FALLBACK_MEM_INCREASE_PCT))
+    pct = (
+        max_increase_pct
+        if max_increase_pct is not None
+        else DEFAULT_MEM_INCREASE_PCT.get(result.memory_source, FALLBACK_MEM_INCREASE_PCT)
+    )
     notes = ()
     if entry.torch_version and result.torch_version and entry.torch_version != result.torch_version:
-        notes = (f"note: the baseline ran torch {entry.torch_version}, this run torch "
-                 f"{result.torch_version}; memory figures can move with torch itself",)
-    check = MemoryCheck(result.cell_id, result.memory_source, entry.where,
-                        int(entry.peak_allocated_bytes), result.peak_allocated_bytes, float(pct),
-                        notes)
+        notes = (
+            f"note: the baseline ran torch {entry.torch_version}, this run torch "
+            f"{result.torch_version}; memory figures can move with torch itself",
+        )
+    check = MemoryCheck(
+        result.cell_id,
+        result.memory_source,
+        entry.where,
+        int(entry.peak_allocated_bytes),
+        result.peak_allocated_bytes,
+        float(pct),
+        notes,
+    )
     if not check.passed:
-        raise MemoryRegression("membench memory gate: " + check.describe()
-                               + "\nif the change is intended, re-record the baseline", check)
+        raise MemoryRegression(
+            "membench memory gate: "
+            + check.describe()
+            + "\nif the change is intended, re-record the baseline",
+            check,
+        )
     return check
 
 
@@ -282,14 +335,20 @@ def check_peak_memory(result: CellResult, baseline: str | Path, *,
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("membench", "membench (membench_benchmark fixture)")
     group.addoption(
-        "--membench-device", default=None, metavar="DEVICE",
+        "--membench-device",
+        default=None,
+        metavar="DEVICE",
         help="device for membench_benchmark cells that do not name one: auto (default: cuda if "
-             "available, else cpu), cpu, cuda, cuda:N")
+        "available, else cpu), cpu, cuda, cuda:N",
+    )
     group.addoption(
-        "--membench-memory-baseline", default=None, metavar="PATH",
+        "--membench-memory-baseline",
+        default=None,
+        metavar="PATH",
         help="gate every membench_benchmark cell's peak memory against this pytest-benchmark "
-             "JSON or membench results folder (exact for the CPU tracker, 1%% on CUDA); a cell "
-             "missing from it fails")
+        "JSON or membench results folder (exact for the CPU tracker, 1%% on CUDA); a cell "
+        "missing from it fails",
+    )
 
 
 class MembenchBenchmark:
@@ -304,8 +363,14 @@ class MembenchBenchmark:
         self.result: CellResult | None = None
         self.memory_check: MemoryCheck | None = None
 
-    def __call__(self, method: str, *, memory_baseline: str | Path | None = None,
-                 max_mem_increase_pct: float | None = None, **cell_options) -> CellResult:
+    def __call__(
+        self,
+        method: str,
+        *,
+        memory_baseline: str | Path | None = None,
+        max_mem_increase_pct: float | None = None,
+        **cell_options,
+    ) -> CellResult:
         """Measure one cell: ``method`` and any of ``CELL_OPTIONS`` (a cell's settings, and
         ``device``), as ``build_config`` reads them, defaults as in a sweep. With
         ``memory_baseline`` (or ``--membench-memory-baseline``) the peak is gated by
@@ -316,30 +381,41 @@ class MembenchBenchmark:
         self._use()
         return self._measure(cell, spec, memory_baseline, max_mem_increase_pct)
 
-    def cell(self, cell: Cell, device: str | None = None, *,
-             memory_baseline: str | Path | None = None,
-             max_mem_increase_pct: float | None = None) -> CellResult:
+    def cell(
+        self,
+        cell: Cell,
+        device: str | None = None,
+        *,
+        memory_baseline: str | Path | None = None,
+        max_mem_increase_pct: float | None = None,
+    ) -> CellResult:
         """Measure a ``Cell`` made elsewhere (``expand_grid``, ``membench.gating``)."""
         self._use()
-        return self._measure(cell, device or self._config.getoption("membench_device") or "auto",
-                             memory_baseline, max_mem_increase_pct)
+        return self._measure(
+            cell,
+            device or self._config.getoption("membench_device") or "auto",
+            memory_baseline,
+            max_mem_increase_pct,
+        )
 
     def _use(self) -> None:
         if self._used:
-            raise RuntimeError("membench_benchmark measures one cell per test (pytest-benchmark "
-                               "times one thing per test); parametrize the test for more cells")
+            raise RuntimeError(
+                "membench_benchmark measures one cell per test (pytest-benchmark "
+                "times one thing per test); parametrize the test for more cells"
+            )
         self._used = True
 
-    def _measure(self, cell: Cell, spec: str, memory_baseline, max_mem_increase_pct
-                 ) -> CellResult:
+    def _measure(self, cell: Cell, spec: str, memory_baseline, max_mem_increase_pct) -> CellResult:
         from .measure.devices import resolve_device
 
         self.result = measure(self.benchmark, cell, resolve_device(spec))
         baseline = memory_baseline or self._config.getoption("membench_memory_baseline")
         if baseline is not None:
             try:
-                self.memory_check = check_peak_memory(self.result, baseline,
-                                                      max_increase_pct=max_mem_increase_pct)
+                self.memory_check = check_peak_memory(
+                    self.result, baseline, max_increase_pct=max_mem_increase_pct
+                )
             except MemoryRegression as err:
                 self._record_check(err.check)
                 raise
@@ -347,8 +423,12 @@ class MembenchBenchmark:
         return self.result
 
     def _record_check(self, check: MemoryCheck) -> None:
-        self.benchmark.extra_info.update({"memory_baseline_bytes": check.baseline_bytes,
-                                          "memory_difference_bytes": check.difference_bytes})
+        self.benchmark.extra_info.update(
+            {
+                "memory_baseline_bytes": check.baseline_bytes,
+                "memory_difference_bytes": check.difference_bytes,
+            }
+        )
 
 
 @pytest.fixture
@@ -360,7 +440,15 @@ def membench_benchmark(benchmark, request) -> MembenchBenchmark:
 
 
 __all__ = [
-    "CellFailed", "MembenchBenchmark", "MemoryBaselineError", "MemoryCheck", "MemoryRegression",
-    "MissingBaselineCell", "check_peak_memory", "make_cell", "measure", "membench_benchmark",
+    "CellFailed",
+    "MembenchBenchmark",
+    "MemoryBaselineError",
+    "MemoryCheck",
+    "MemoryRegression",
+    "MissingBaselineCell",
+    "check_peak_memory",
+    "make_cell",
+    "measure",
+    "membench_benchmark",
     "read_memory_baseline",
 ]

@@ -31,8 +31,17 @@ import pandas as pd
 from .durable import append_text, repair_tail, write_error, write_text
 from .errors import InputError
 from .schema import (
-    CELL_COLUMN_TYPES, CELL_COLUMNS, CELLS_FILE, ENV_FILE, IDENTITY_COLUMNS, STEP_COLUMN_TYPES,
-    SETTING_DEFAULTS, STEP_COLUMNS, STEPS_FILE, CellResult, is_estimate_row,
+    CELL_COLUMN_TYPES,
+    CELL_COLUMNS,
+    CELLS_FILE,
+    ENV_FILE,
+    IDENTITY_COLUMNS,
+    SETTING_DEFAULTS,
+    STEP_COLUMN_TYPES,
+    STEP_COLUMNS,
+    STEPS_FILE,
+    CellResult,
+    is_estimate_row,
 )
 
 NUL = b"\0"
@@ -50,13 +59,17 @@ def _complete_text(path: Path) -> str:
     except OSError as err:
         raise ResultsError(f"cannot read {path}: {err.strerror}") from None
     if NUL in data:
-        raise ResultsError(f"{path} is not a text CSV file (binary data at byte {data.index(NUL)}); "
-                           f"is it a membench {path.name}?")
+        raise ResultsError(
+            f"{path} is not a text CSV file (binary data at byte {data.index(NUL)}); "
+            f"is it a membench {path.name}?"
+        )
     try:
         text = data.decode("utf-8-sig")  # a byte-order mark (a spreadsheet's save) is not a column
     except UnicodeDecodeError as err:
-        raise ResultsError(f"{path} is not a UTF-8 CSV file (byte {err.start} cannot be read); "
-                           f"is it a membench {path.name}?") from None
+        raise ResultsError(
+            f"{path} is not a UTF-8 CSV file (byte {err.start} cannot be read); "
+            f"is it a membench {path.name}?"
+        ) from None
     return text if not text or text.endswith("\n") else text[: text.rfind("\n") + 1]
 
 
@@ -71,21 +84,32 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
     rows = []
     for row in reader:
         if None in row:
-            raise ResultsError(f"{path} line {reader.line_num} has more fields than its header; "
-                               f"is it a membench {path.name}?")
+            raise ResultsError(
+                f"{path} line {reader.line_num} has more fields than its header; "
+                f"is it a membench {path.name}?"
+            )
         rows.append({key: "" if value is None else value for key, value in row.items()})
     return list(reader.fieldnames or []), rows
 
 
-def check_header(path: Path, header: list[str], columns: list[str], required: list[str], *,
-                 for_append: bool = False) -> None:
+def check_header(
+    path: Path,
+    header: list[str],
+    columns: list[str],
+    required: list[str],
+    *,
+    for_append: bool = False,
+) -> None:
     """ResultsError unless ``header`` is a membench header: every ``required`` column present
     and, when appending, no column membench does not write."""
     missing = [c for c in dict.fromkeys(required) if c not in header]
     unknown = [c for c in header if c not in columns]
     if missing or (for_append and unknown):
-        what = (f"lacks column(s) {', '.join(missing)}" if missing
-                else f"has column(s) membench does not write: {', '.join(unknown)}")
+        what = (
+            f"lacks column(s) {', '.join(missing)}"
+            if missing
+            else f"has column(s) membench does not write: {', '.join(unknown)}"
+        )
         action = "; not appending to it, choose another --out" if for_append else ""
         raise ResultsError(f"{path} is not a membench {path.name}: it {what}{action}")
 
@@ -96,7 +120,7 @@ def _typed_frame(path: Path, rows: list[dict], types: dict[str, str], strict: bo
     not a number in a numeric column is a ResultsError; otherwise it reads as missing."""
     frame = pd.DataFrame(rows, dtype=object)
     for column, kind in types.items():
-        text = (frame[column] if column in frame else pd.Series([""] * len(frame), dtype=object))
+        text = frame[column] if column in frame else pd.Series([""] * len(frame), dtype=object)
         text = text.fillna("").astype(str).str.strip()
         if kind == "str":
             frame[column] = text
@@ -106,8 +130,10 @@ def _typed_frame(path: Path, rows: list[dict], types: dict[str, str], strict: bo
         if strict and bad.any():
             first = bad.idxmax()
             label = frame.at[first, "cell_id"] if "cell_id" in frame else first
-            raise ResultsError(f"{path}: {column} {text[first]!r} of cell {label} is not a number "
-                               f"({int(bad.sum())} such value(s))")
+            raise ResultsError(
+                f"{path}: {column} {text[first]!r} of cell {label} is not a number "
+                f"({int(bad.sum())} such value(s))"
+            )
         if kind == "int" and values.notna().all():
             values = values.astype("int64")
         frame[column] = values.astype("int64" if values.dtype == "int64" else float)
@@ -119,7 +145,9 @@ def _cells_file(path: Path) -> Path:
     path = Path(path)
     file = path / CELLS_FILE if path.is_dir() else path
     if not file.exists():
-        raise ResultsError(f"no {CELLS_FILE} in {path}" if path.is_dir() else f"{path} does not exist")
+        raise ResultsError(
+            f"no {CELLS_FILE} in {path}" if path.is_dir() else f"{path} does not exist"
+        )
     return file
 
 
@@ -223,8 +251,10 @@ def check_results_folder(out_dir: Path) -> None:
 def step_rows(result: CellResult) -> list[dict]:
     """A result's ``steps.csv`` rows: one per measured step."""
     row = result.row()
-    return [{"cell_id": row["cell_id"], "device": row["device"], "step": i, "step_ms": ms}
-            for i, ms in enumerate(result.step_ms)]
+    return [
+        {"cell_id": row["cell_id"], "device": row["device"], "step": i, "step_ms": ms}
+        for i, ms in enumerate(result.step_ms)
+    ]
 
 
 def append_result(out_dir: Path, result: CellResult) -> None:

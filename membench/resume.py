@@ -19,11 +19,23 @@ from pathlib import Path
 
 from .durable import recover, rewrite_files, write_error
 from .results import (
-    ResultsError, append_result, check_results_folder, csv_text, read_rows, step_rows,
+    ResultsError,
+    append_result,
+    check_results_folder,
+    csv_text,
+    read_rows,
+    step_rows,
 )
 from .schema import (
-    CELL_COLUMNS, CELL_SETTINGS, CELLS_FILE, STEP_COLUMNS, STEPS_FILE, Cell, CellResult,
-    is_estimate_row, parse_value,
+    CELL_COLUMNS,
+    CELL_SETTINGS,
+    CELLS_FILE,
+    STEP_COLUMNS,
+    STEPS_FILE,
+    Cell,
+    CellResult,
+    is_estimate_row,
+    parse_value,
 )
 
 LOCK_FILE = ".membench-sweep.lock"
@@ -54,8 +66,11 @@ def row_cell(row: Mapping) -> Cell:
 def row_key(row: Mapping) -> tuple:
     """The resume key of a ``cells.csv`` row (strings as read by csv); ValueError for a row
     whose settings do not read (``check_rows_name_cells`` refuses such a folder first)."""
-    return cell_key(row_cell(row), parse_value("device", row.get("device")),
-                    parse_value("device_name", row.get("device_name")))
+    return cell_key(
+        row_cell(row),
+        parse_value("device", row.get("device")),
+        parse_value("device_name", row.get("device_name")),
+    )
 
 
 def check_rows_name_cells(out_dir: Path) -> None:
@@ -100,8 +115,11 @@ def read_result_row(row: Mapping, source: Path, warn: Callable[[str], None]) -> 
             parse_value(column, row.get(column))
         except ValueError:
             bad[column] = row.get(column)
-    warn(f"{source}: cell {row.get('cell_id')}: " + ", ".join(
-        f"{column} {value!r}" for column, value in bad.items()) + " not a number; read as empty")
+    warn(
+        f"{source}: cell {row.get('cell_id')}: "
+        + ", ".join(f"{column} {value!r}" for column, value in bad.items())
+        + " not a number; read as empty"
+    )
     return CellResult.from_row({**row, **dict.fromkeys(bad, "")})
 
 
@@ -119,7 +137,11 @@ def _step_blocks(rows: list[dict]) -> list[list[dict]]:
     for row in rows:
         ident = (row.get("cell_id"), row.get("device"))
         last = blocks[-1][-1] if blocks else None
-        if last is None or (last.get("cell_id"), last.get("device")) != ident or row.get("step") == "0":
+        if (
+            last is None
+            or (last.get("cell_id"), last.get("device")) != ident
+            or row.get("step") == "0"
+        ):
             blocks.append([])
         blocks[-1].append(row)
     return blocks
@@ -142,8 +164,14 @@ def _pruned(out_dir: Path, drop: Callable[[dict], bool]) -> tuple[list[dict], li
     kept_steps, next_row = [], 0
     for block in _step_blocks(step_rows):
         ident = (block[0].get("cell_id"), block[0].get("device"))
-        match = next((i for i in range(next_row, len(timed_rows))
-                      if (timed_rows[i]["cell_id"], timed_rows[i]["device"]) == ident), None)
+        match = next(
+            (
+                i
+                for i in range(next_row, len(timed_rows))
+                if (timed_rows[i]["cell_id"], timed_rows[i]["device"]) == ident
+            ),
+            None,
+        )
         if match is None:
             continue  # orphan: its cell never got a row
         next_row = match + 1
@@ -234,7 +262,10 @@ def replace_result(out_dir: Path, result: CellResult, drop: Callable[[dict], boo
         append_result(out_dir, result)
         return
     kept_rows, kept_steps, _ = _pruned(out_dir, drop)
-    rewrite_files(out_dir, {
-        CELLS_FILE: csv_text(CELL_COLUMNS, [*kept_rows, result.row()], True),
-        STEPS_FILE: csv_text(STEP_COLUMNS, [*kept_steps, *step_rows(result)], True),
-    })
+    rewrite_files(
+        out_dir,
+        {
+            CELLS_FILE: csv_text(CELL_COLUMNS, [*kept_rows, result.row()], True),
+            STEPS_FILE: csv_text(STEP_COLUMNS, [*kept_steps, *step_rows(result)], True),
+        },
+    )

@@ -67,7 +67,9 @@ def is_estimate_row(row: Mapping) -> bool:
     estimate's (``'cuda (estimate)'``) or its memory came from the estimator. The one place that
     decides it; readers put the answer in an ``is_estimate`` column."""
     device = str(row.get("device") or "").strip()
-    return device.endswith(ESTIMATE_SUFFIX) or str(row.get("memory_source") or "") == ESTIMATE_SOURCE
+    return (
+        device.endswith(ESTIMATE_SUFFIX) or str(row.get("memory_source") or "") == ESTIMATE_SOURCE
+    )
 
 
 # -- devices --------------------------------------------------------------------------------------
@@ -89,7 +91,8 @@ def parse_device(spec: str) -> tuple[str, int | None]:
 
 
 def device_kind(device: str) -> str:
-    """The kind of a row's device: 'cpu', 'cuda:0' and 'cuda (estimate)' -> 'cpu', 'cuda', 'cuda'."""
+    """The kind of a row's device: 'cpu', 'cuda:0' and 'cuda (estimate)' -> 'cpu', 'cuda',
+    'cuda'."""
     return str(device).strip().removesuffix(ESTIMATE_SUFFIX).split(":")[0]
 
 
@@ -141,52 +144,105 @@ class Cell:
     so the ids of earlier runs stay what they were.
     """
 
-    method: str = cell_setting("bp", name, "Training method (`membench list methods`).",
-                               id_part=str, id_always=True)
-    arch: str = cell_setting("vgg8", name, "Architecture: vgg8, vgg11, vgg-dD-wW, resnet20..110, "
-                             "tv:NAME, timm:NAME, a plugin's or pkg.mod:factory (`membench list archs`).", id_part=str, id_always=True)
-    res: int = cell_setting(32, whole(1), "Input resolution (square).", id_part="r{}".format,
-                            id_always=True)
-    batch: int = cell_setting(32, whole(1), "Batch size: the images of one optimizer step.",
-                              id_part="b{}".format, id_always=True)
+    method: str = cell_setting(
+        "bp", name, "Training method (`membench list methods`).", id_part=str, id_always=True
+    )
+    arch: str = cell_setting(
+        "vgg8",
+        name,
+        "Architecture: vgg8, vgg11, vgg-dD-wW, resnet20..110, "
+        "tv:NAME, timm:NAME, a plugin's or pkg.mod:factory (`membench list archs`).",
+        id_part=str,
+        id_always=True,
+    )
+    res: int = cell_setting(
+        32, whole(1), "Input resolution (square).", id_part="r{}".format, id_always=True
+    )
+    batch: int = cell_setting(
+        32,
+        whole(1),
+        "Batch size: the images of one optimizer step.",
+        id_part="b{}".format,
+        id_always=True,
+    )
     micro_batch: int | None = cell_setting(
-        None, optional(whole(1)), "Micro-batch, for methods that split the batch: BP accumulates "
-        "over them (bp-accum: batch/2 by default), FF trains in chunks.", id_part="mb{}".format)
-    classes: int = cell_setting(10, whole(1), "Number of classes K.", id_part="k{}".format,
-                                id_always=True)
+        None,
+        optional(whole(1)),
+        "Micro-batch, for methods that split the batch: BP accumulates "
+        "over them (bp-accum: batch/2 by default), FF trains in chunks.",
+        id_part="mb{}".format,
+    )
+    classes: int = cell_setting(
+        10, whole(1), "Number of classes K.", id_part="k{}".format, id_always=True
+    )
     # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
     precision: str = cell_setting(
-        "fp32", choice(PRECISIONS), "Autocast precision (weights and optimizer state stay fp32; "
-        "fp16 with a GradScaler).", id_part=str, tooling=True)
+        "fp32",
+        choice(PRECISIONS),
+        "Autocast precision (weights and optimizer state stay fp32; fp16 with a GradScaler).",
+        id_part=str,
+        tooling=True,
+    )
     memory_format: str = cell_setting(
-        "contiguous", choice(MEMORY_FORMATS), "Memory format of the conv weights and the batch.",
-        id_part=lambda value: value.replace("_", "-"), tooling=True)
+        "contiguous",
+        choice(MEMORY_FORMATS),
+        "Memory format of the conv weights and the batch.",
+        id_part=lambda value: value.replace("_", "-"),
+        tooling=True,
+    )
     compile: str = cell_setting(
-        "none", choice(COMPILE_MODES), "torch.compile mode (compiled in the first warmup step).",
-        id_part="compile-{}".format, tooling=True)
+        "none",
+        choice(COMPILE_MODES),
+        "torch.compile mode (compiled in the first warmup step).",
+        id_part="compile-{}".format,
+        tooling=True,
+    )
     grads: str = cell_setting(
-        "kept", choice(GRADIENT_MODES), "Gradients kept until the optimizer step, or released at "
+        "kept",
+        choice(GRADIENT_MODES),
+        "Gradients kept until the optimizer step, or released at "
         "their update (BP: AdamW stepped per parameter in the backward pass; FF: each layer's "
-        "freed after its step).", id_part="grads-{}".format, tooling=True)
+        "freed after its step).",
+        id_part="grads-{}".format,
+        tooling=True,
+    )
     optimizer_state: str = cell_setting(
-        "device", choice(OPTIMIZER_STATE_PLACES), "Where AdamW's moments live between updates: on "
+        "device",
+        choice(OPTIMIZER_STATE_PLACES),
+        "Where AdamW's moments live between updates: on "
         "the device, or in host memory (pinned on CUDA), copied to the device for each "
-        "parameter's (BP) or layer's (FF) update.", id_part="optim-{}".format, tooling=True)
+        "parameter's (BP) or layer's (FF) update.",
+        id_part="optim-{}".format,
+        tooling=True,
+    )
     devices: int = cell_setting(
-        1, whole(1), "Devices one cell spans: N > 1 runs N ranks of torch.distributed (methods "
+        1,
+        whole(1),
+        "Devices one cell spans: N > 1 runs N ranks of torch.distributed (methods "
         "that span devices: bp-ddp, bp-fsdp, bp-pp, ff-pp; others run on one).",
-        id_part="dev{}".format, tooling=True)
+        id_part="dev{}".format,
+        tooling=True,
+    )
     schedule: str | None = cell_setting(
-        None, optional(choice(PIPELINE_SCHEDULES)), "Pipeline schedule of bp-pp (default 1f1b).",
-        id_part=str, tooling=True)
+        None,
+        optional(choice(PIPELINE_SCHEDULES)),
+        "Pipeline schedule of bp-pp (default 1f1b).",
+        id_part=str,
+        tooling=True,
+    )
     device_mem_bytes: int | None = cell_setting(
-        None, optional(memory_size), "Emulate a card with this much memory, e.g. 8GiB: past it a "
-        "cell is an oom row.", key="device_mem", id_part=lambda value: f"mem{format_bytes(value)}",
-        metavar="SIZE")
+        None,
+        optional(memory_size),
+        "Emulate a card with this much memory, e.g. 8GiB: past it a cell is an oom row.",
+        key="device_mem",
+        id_part=lambda value: f"mem{format_bytes(value)}",
+        metavar="SIZE",
+    )
     # The protocol's own settings: part of what a measurement is, not of the configuration
     # compared across runs.
-    seed: int = cell_setting(0, whole(0), "Seed of the weights and the synthetic batch.",
-                             compare=False)
+    seed: int = cell_setting(
+        0, whole(0), "Seed of the weights and the synthetic batch.", compare=False
+    )
     warmup: int = cell_setting(5, whole(0), "Warmup steps, not measured.", compare=False)
     steps: int = cell_setting(20, whole(1), "Measured steps.", compare=False)
 
@@ -257,8 +313,12 @@ class MemoryBreakdown:
 TIMING_STATS = ("median", "p10", "p90", "mean")
 # Columns computed from a result's step times (and FLOPs and peak): properties of CellResult of
 # the same name. A result read back from cells.csv has no step times; it keeps these as recorded.
-DERIVED_COLUMN_TYPES = {**{f"step_ms_{stat}": "float" for stat in TIMING_STATS},
-                        "imgs_per_s": "float", "achieved_tflops": "float", "mfu": "float"}
+DERIVED_COLUMN_TYPES = {
+    **{f"step_ms_{stat}": "float" for stat in TIMING_STATS},
+    "imgs_per_s": "float",
+    "achieved_tflops": "float",
+    "mfu": "float",
+}
 COLUMNS = "membench.columns"  # field metadata: the columns a composite field stands for
 
 
@@ -269,7 +329,8 @@ class CellResult:
     Every field but ``cell``, ``step_ms``, ``breakdown``, ``recorded`` and ``timeline`` is one
     ``cells.csv`` column of the same name, typed by its annotation; ``cell`` gives one column
     per setting; ``step_ms`` (the measured step times, written to ``steps.csv``) gives the
-    derived columns above, ``breakdown`` the four ``*_bytes`` columns. ``CellResult.from_row(row).row() == row``
+    derived columns above, ``breakdown`` the four ``*_bytes`` columns.
+    ``CellResult.from_row(row).row() == row``
     for every membench row.
     """
 
@@ -299,17 +360,18 @@ class CellResult:
     idle_fraction: float | None = None
     ranks: list[CellResult] = field(default_factory=list, repr=False, metadata={COLUMNS: {}})
     breakdown: MemoryBreakdown | None = field(
-        default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")})
+        default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")}
+    )
     torch_version: str = ""
     membench_version: str = ""
     torch_threads: int = 0
     started_at: str = ""
-    recorded: dict[str, float | None] = field(default_factory=dict, repr=False,
-                                              metadata={COLUMNS: {}})
+    recorded: dict[str, float | None] = field(
+        default_factory=dict, repr=False, metadata={COLUMNS: {}}
+    )
     # With --timeline: one more step's memory over time (a membench.timeline.events.Timeline),
     # carried to the sweep process, which writes it to timeline.csv; not a cells.csv column.
-    timeline: object | None = field(default=None, repr=False, compare=False,
-                                    metadata={COLUMNS: {}})
+    timeline: object | None = field(default=None, repr=False, compare=False, metadata={COLUMNS: {}})
 
     @property
     def cell_id(self) -> str:
@@ -332,8 +394,12 @@ class CellResult:
             p10, p90 = deciles[0], deciles[-1]
         else:
             p10 = p90 = ordered[0]
-        return {"median": statistics.median(ordered), "p10": p10, "p90": p90,
-                "mean": statistics.fmean(ordered)}
+        return {
+            "median": statistics.median(ordered),
+            "p10": p10,
+            "p90": p90,
+            "mean": statistics.fmean(ordered),
+        }
 
     step_ms_median = property(lambda self: self.summary_stats()["median"])
     step_ms_p10 = property(lambda self: self.summary_stats()["p10"])
@@ -397,8 +463,12 @@ class CellResult:
         breakdown = None
         if all(values[c] is not None for c in BREAKDOWN_COLUMNS):
             breakdown = MemoryBreakdown(*(values[c] for c in BREAKDOWN_COLUMNS))
-        return cls(Cell.from_row(values), breakdown=breakdown,
-                   recorded={c: values[c] for c in DERIVED_COLUMN_TYPES}, **plain)
+        return cls(
+            Cell.from_row(values),
+            breakdown=breakdown,
+            recorded={c: values[c] for c in DERIVED_COLUMN_TYPES},
+            **plain,
+        )
 
 
 # -- columns ------------------------------------------------------------------------------------
@@ -427,11 +497,18 @@ CELL_COLUMNS = list(CELL_COLUMN_TYPES)
 # A file without these is not a membench cells.csv (an older membench always wrote them).
 IDENTITY_COLUMNS = ["cell_id", *IDENTITY_SETTINGS, "device", "status"]
 # Settings an earlier membench did not record were at their defaults; readers fill them in.
-SETTING_DEFAULTS = {s.name: s.default for s in CELL_SETTINGS
-                    if s.default is not None and s.name not in IDENTITY_SETTINGS}
+SETTING_DEFAULTS = {
+    s.name: s.default
+    for s in CELL_SETTINGS
+    if s.default is not None and s.name not in IDENTITY_SETTINGS
+}
 
-STEP_COLUMN_TYPES: dict[str, str] = {"cell_id": "str", "device": "str", "step": "int",
-                                     "step_ms": "float"}
+STEP_COLUMN_TYPES: dict[str, str] = {
+    "cell_id": "str",
+    "device": "str",
+    "step": "int",
+    "step_ms": "float",
+}
 STEP_COLUMNS = list(STEP_COLUMN_TYPES)
 
 

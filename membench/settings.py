@@ -66,8 +66,11 @@ class Setting:
     def parse_axis(self, value, label: str) -> tuple:
         """A grid axis: a comma string, a list or one value -> a non-empty tuple of values,
         each read by ``parse``, duplicates dropped."""
-        items = value if isinstance(value, (list, tuple)) else (
-            value.split(",") if isinstance(value, str) else [value])
+        items = (
+            value
+            if isinstance(value, (list, tuple))
+            else (value.split(",") if isinstance(value, str) else [value])
+        )
         items = [i.strip() if isinstance(i, str) else i for i in items]
         items = [i for i in items if not (isinstance(i, str) and not i)]
         if not items:
@@ -75,13 +78,32 @@ class Setting:
         return tuple(dict.fromkeys(self.parse(item, label) for item in items))
 
 
-def setting(default: object, parse: Parser, help: str, *, key: str = "",
-            id_part: Callable[[object], str] | None = None, id_always: bool = False,
-            compare: bool = True, tooling: bool = False,
-            commands: Sequence[str] = ("sweep", "run"), metavar: str = "") -> Field:
+def setting(
+    default: object,
+    parse: Parser,
+    help: str,
+    *,
+    key: str = "",
+    id_part: Callable[[object], str] | None = None,
+    id_always: bool = False,
+    compare: bool = True,
+    tooling: bool = False,
+    commands: Sequence[str] = ("sweep", "run"),
+    metavar: str = "",
+) -> Field:
     """Declare a dataclass field as a setting (see the module docstring)."""
-    spec = dict(key=key, parse=parse, default=default, help=help, id_part=id_part,
-                id_always=id_always, compare=compare, tooling=tooling, commands=tuple(commands), metavar=metavar)
+    spec = dict(
+        key=key,
+        parse=parse,
+        default=default,
+        help=help,
+        id_part=id_part,
+        id_always=id_always,
+        compare=compare,
+        tooling=tooling,
+        commands=tuple(commands),
+        metavar=metavar,
+    )
     return field(default=default, metadata={SETTING: spec})
 
 
@@ -107,6 +129,7 @@ def name(value, label: str) -> str:
 
 def whole(minimum: int) -> Parser:
     """A whole number of at least ``minimum`` (text of one, too: the command line's)."""
+
     def parse(value, label: str) -> int:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
@@ -115,31 +138,40 @@ def whole(minimum: int) -> Parser:
         if value < minimum:
             raise ConfigError(f"{label} must be at least {minimum}, got {value}")
         return value
+
     return parse
 
 
 def finite_positive(what: str) -> Parser:
     """A number > 0 (TOML and the command line both accept inf and nan: never usable here)."""
+
     def parse(value, label: str) -> float:
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or value <= 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ConfigError(f"{label} takes {what}, got {value!r}")
         return float(value)
+
     return parse
 
 
 def choice(options: Sequence[str]) -> Parser:
     """One of ``options``."""
+
     def parse(value, label: str) -> str:
         text = value.strip() if isinstance(value, str) else value
         if text not in options:
             raise ConfigError(f"{label} takes {', '.join(options)}, got {value!r}")
         return text
+
     return parse
 
 
@@ -157,5 +189,16 @@ def optional(parse: Parser) -> Parser:
     return lambda value, label: None if value is None else parse(value, label)
 
 
-__all__ = ["ConfigError", "SETTING", "Setting", "choice", "finite_positive", "flag", "name",
-           "optional", "setting", "settings_of", "whole"]
+__all__ = [
+    "ConfigError",
+    "SETTING",
+    "Setting",
+    "choice",
+    "finite_positive",
+    "flag",
+    "name",
+    "optional",
+    "setting",
+    "settings_of",
+    "whole",
+]

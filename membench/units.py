@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import re
 
-BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 GIB = 2**30
 _BINARY_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
@@ -47,8 +57,6 @@ def format_gib(value_bytes: float | None, digits: int = 3) -> str:
     if value_bytes is None or value_bytes != value_bytes:
         return "-"
     return f"{value_bytes / GIB:.{digits}f} GiB"
-
-
 
 
 def slug(name: str, empty: str = "unknown") -> str:

@@ -27,12 +27,17 @@ import torch
 
 from membench.archs import ArchError, probe_arch
 from membench.measure.devices import CpuDevice
-from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
+from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
-TIMM_MODELS = ["timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224",
-               "timm:efficientnet_b0", "timm:regnety_002"]
+TIMM_MODELS = [
+    "timm:resnet18",
+    "timm:convnext_atto",
+    "timm:vit_tiny_patch16_224",
+    "timm:efficientnet_b0",
+    "timm:regnety_002",
+]
 RESOLUTIONS = (32, 64, 128, 224, 299)
 
 
@@ -111,14 +116,22 @@ def main() -> None:
 
         models = ["tv:" + n for n in torchvision.models.list_models(module=torchvision.models)]
         models += TIMM_MODELS
-    header = ["model", "res", "bp estimate (peak)", "bp CPU measured (peak)",
-              "bp-ckpt estimate (peak)", "bp GFLOP/img (res)", "3x torchvision GFLOPS",
-              "ratio"]
+    header = [
+        "model",
+        "res",
+        "bp estimate (peak)",
+        "bp CPU measured (peak)",
+        "bp-ckpt estimate (peak)",
+        "bp GFLOP/img (res)",
+        "3x torchvision GFLOPS",
+        "ratio",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for arch in models:
-        print("| " + " | ".join(cover(arch, args.measure, args.max_measure_params)) + " |",
-              flush=True)
+        print(
+            "| " + " | ".join(cover(arch, args.measure, args.max_measure_params)) + " |", flush=True
+        )
     sys.stdout.flush()
 
 

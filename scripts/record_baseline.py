@@ -2,7 +2,8 @@
 """Record a regression-gate baseline from the grids in membench.gating.
 
     python scripts/record_baseline.py --cpu   # membench/baselines/cpu: the CPU tracker memory gate
-    python scripts/record_baseline.py --gpu   # membench/baselines/gpu/<gpu-model>: the GPU perf gate
+    python scripts/record_baseline.py --gpu   # membench/baselines/gpu/<gpu-model>: the GPU perf
+    gate
 
 The folder is replaced as a whole, only once the new measurement has finished, every cell ran ok
 and it passes against itself; otherwise the old one is left as it was (exit 1). Commit it.
@@ -15,19 +16,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from membench.measure.devices import CudaDevice, DeviceError, resolve_device
-from membench.gating import (
-    CPU_BASELINE_DIR, BaselineError, gpu_baselines_root, record_cpu_baseline, record_gpu_baseline,
-)
-from membench.results import read_cells
 from membench.execute.sweep import SweepError
+from membench.gating import (
+    CPU_BASELINE_DIR,
+    BaselineError,
+    gpu_baselines_root,
+    record_cpu_baseline,
+    record_gpu_baseline,
+)
+from membench.measure.devices import CudaDevice, DeviceError, resolve_device
+from membench.results import read_cells
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--cpu", action="store_true", help="record membench/baselines/cpu (tracker memory)")
-    which.add_argument("--gpu", action="store_true", help="record membench/baselines/gpu/<gpu model>")
+    which.add_argument(
+        "--cpu", action="store_true", help="record membench/baselines/cpu (tracker memory)"
+    )
+    which.add_argument(
+        "--gpu", action="store_true", help="record membench/baselines/gpu/<gpu model>"
+    )
     parser.add_argument("--device", default="cuda", help="CUDA device for --gpu (default cuda)")
     parser.add_argument("--out", type=Path, help="write here instead of the committed location")
     args = parser.parse_args(argv)
@@ -51,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BaselineError as err:
         # Checked before the swap: the committed baseline is untouched.
-        print(f"record_baseline: error: {err}; the existing baseline was left unchanged",
-              file=sys.stderr)
+        print(
+            f"record_baseline: error: {err}; the existing baseline was left unchanged",
+            file=sys.stderr,
+        )
         return 1
-    print(f"record_baseline: wrote {len(read_cells(folder))} cell(s) to {folder}; commit it "
-          f"(git add {folder})")
+    print(
+        f"record_baseline: wrote {len(read_cells(folder))} cell(s) to {folder}; commit it "
+        f"(git add {folder})"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Shared test setup: GPU tests are skipped without CUDA; tiny cells keep the suite fast on 2 cores."""
+"""Shared test setup: GPU tests are skipped without CUDA; tiny cells keep the suite fast on 2
+cores."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _every_written_row_has_a_possible_mfu(request):
     if tmp_path is None:
         return
     from helpers import mfu_problems
+
     from membench.results import read_rows
 
     for path in tmp_path.rglob("cells.csv"):

@@ -103,10 +103,15 @@ class BarrierRunner(BPRunner):
             time.sleep(0.05)
         return super().step(images, labels)
 '''
-MISBEHAVING_NAMES = {"test-slow": "SlowRunner", "test-raise": "RaisingRunner",
-                     "test-selfkill": "SelfKillingRunner", "test-exit": "ExitingRunner",
-                     "test-killhost": "HostKillingRunner", "test-sleep": "SleepingRunner",
-                     "test-barrier": "BarrierRunner"}
+MISBEHAVING_NAMES = {
+    "test-slow": "SlowRunner",
+    "test-raise": "RaisingRunner",
+    "test-selfkill": "SelfKillingRunner",
+    "test-exit": "ExitingRunner",
+    "test-killhost": "HostKillingRunner",
+    "test-sleep": "SleepingRunner",
+    "test-barrier": "BarrierRunner",
+}
 
 
 def install_fake_runners(tmp_path: Path, monkeypatch, source: str, names: dict[str, str]) -> Path:
@@ -123,7 +128,8 @@ def install_fake_runners(tmp_path: Path, monkeypatch, source: str, names: dict[s
     dist_info.mkdir(parents=True)
     (site / f"{module}.py").write_text(source)
     (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: fake-runners-{token}\nVersion: 0.0\n")
+        f"Metadata-Version: 2.1\nName: fake-runners-{token}\nVersion: 0.0\n"
+    )
     lines = [f"{method} = {module}:{cls}" for method, cls in names.items()]
     (dist_info / "entry_points.txt").write_text("[membench.methods]\n" + "\n".join(lines) + "\n")
 

@@ -27,7 +27,10 @@ def mfu_problems(rows) -> list[str]:
     for row in rows:
         if is_estimate_row(row) or not str(row.get("device", "")).startswith("cpu"):
             continue
-        if row.get("status") != "ok" or parse_value("flops_per_step", row.get("flops_per_step")) is None:
+        if (
+            row.get("status") != "ok"
+            or parse_value("flops_per_step", row.get("flops_per_step")) is None
+        ):
             continue
         mfu = parse_value("mfu", row.get("mfu"))
         peak = parse_value("peak_tflops", row.get("peak_tflops"))

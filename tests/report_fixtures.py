@@ -45,22 +45,42 @@ def cell_row(
     if timed and imgs_per_s is None:
         imgs_per_s = 10.0 * batch
     step_ms = 1000.0 * batch / imgs_per_s if timed else None
-    parts = [f"{method}", arch, f"r{res}", f"b{batch}"] + ([f"mb{micro_batch}"] if micro_batch else [])
+    parts = [f"{method}", arch, f"r{res}", f"b{batch}"] + (
+        [f"mb{micro_batch}"] if micro_batch else []
+    )
     row = dict.fromkeys(CELL_COLUMNS, "")
-    row.update({
-        "cell_id": "_".join(parts + [f"k{classes}"]), "method": method, "arch": arch, "res": res,
-        "batch": batch, "micro_batch": micro_batch if micro_batch is not None else "",
-        "classes": classes, "seed": 0, "device": device, "device_name": device_name,
-        "device_mem_bytes": device_mem_bytes if device_mem_bytes is not None else "",
-        "status": status, "error": error, "warmup": 1, "steps": steps,
-        "step_ms_median": step_ms or "", "step_ms_p10": step_ms or "", "step_ms_p90": step_ms or "",
-        "step_ms_mean": step_ms or "", "imgs_per_s": imgs_per_s if timed else "",
-        "peak_allocated_bytes": peak_bytes if peak_bytes is not None else "",
-        "memory_source": "estimate" if estimated else (
-            "" if not timed else "tracker" if device == "cpu" else "cuda_allocator"),
-        "torch_version": "2.5.0", "membench_version": "0.1.0", "torch_threads": 1,
-        "started_at": started_at,
-    })
+    row.update(
+        {
+            "cell_id": "_".join(parts + [f"k{classes}"]),
+            "method": method,
+            "arch": arch,
+            "res": res,
+            "batch": batch,
+            "micro_batch": micro_batch if micro_batch is not None else "",
+            "classes": classes,
+            "seed": 0,
+            "device": device,
+            "device_name": device_name,
+            "device_mem_bytes": device_mem_bytes if device_mem_bytes is not None else "",
+            "status": status,
+            "error": error,
+            "warmup": 1,
+            "steps": steps,
+            "step_ms_median": step_ms or "",
+            "step_ms_p10": step_ms or "",
+            "step_ms_p90": step_ms or "",
+            "step_ms_mean": step_ms or "",
+            "imgs_per_s": imgs_per_s if timed else "",
+            "peak_allocated_bytes": peak_bytes if peak_bytes is not None else "",
+            "memory_source": "estimate"
+            if estimated
+            else ("" if not timed else "tracker" if device == "cpu" else "cuda_allocator"),
+            "torch_version": "2.5.0",
+            "membench_version": "0.1.0",
+            "torch_threads": 1,
+            "started_at": started_at,
+        }
+    )
     if memory_source is not None:
         row["memory_source"] = memory_source
     if breakdown is not None:
@@ -75,18 +95,49 @@ def sample_rows() -> list[dict]:
     rows = []
     for device, name, scale in (("cpu", "Test CPU", 1), ("cuda:0", "Test GPU", 20)):
         for batch in (32, 64):
-            rows.append(cell_row("bp", batch, device=device, device_name=name,
-                                 peak_bytes=(10 + batch // 4) * MIB, imgs_per_s=scale * 3.0 * batch,
-                                 breakdown=(4 * MIB, 4 * MIB, 2 * MIB, batch // 4 * MIB)))
-            rows.append(cell_row("ff-pipelined", batch, device=device, device_name=name,
-                                 peak_bytes=(9 + batch // 8) * MIB, imgs_per_s=scale * 3.5 * batch,
-                                 breakdown=(4 * MIB, 1 * MIB, 2 * MIB, (2 + batch // 8) * MIB)))
-    rows.append(cell_row("bp", 128, status="oom", device_mem_bytes=64 * MIB,
-                         error="OutOfMemoryError: tracked peak would pass the 64 MiB budget"))
+            rows.append(
+                cell_row(
+                    "bp",
+                    batch,
+                    device=device,
+                    device_name=name,
+                    peak_bytes=(10 + batch // 4) * MIB,
+                    imgs_per_s=scale * 3.0 * batch,
+                    breakdown=(4 * MIB, 4 * MIB, 2 * MIB, batch // 4 * MIB),
+                )
+            )
+            rows.append(
+                cell_row(
+                    "ff-pipelined",
+                    batch,
+                    device=device,
+                    device_name=name,
+                    peak_bytes=(9 + batch // 8) * MIB,
+                    imgs_per_s=scale * 3.5 * batch,
+                    breakdown=(4 * MIB, 1 * MIB, 2 * MIB, (2 + batch // 8) * MIB),
+                )
+            )
+    rows.append(
+        cell_row(
+            "bp",
+            128,
+            status="oom",
+            device_mem_bytes=64 * MIB,
+            error="OutOfMemoryError: tracked peak would pass the 64 MiB budget",
+        )
+    )
     # as membench.planning.estimate writes them: a device kind, not a device
-    rows.append(cell_row("ff-pipelined", 128, status="estimated", peak_bytes=25 * MIB,
-                         device="cpu (estimate)", device_name="estimate",
-                         breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 18 * MIB)))
+    rows.append(
+        cell_row(
+            "ff-pipelined",
+            128,
+            status="estimated",
+            peak_bytes=25 * MIB,
+            device="cpu (estimate)",
+            device_name="estimate",
+            breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 18 * MIB),
+        )
+    )
     return rows
 
 
@@ -107,8 +158,14 @@ def write_results(folder: Path, rows: list[dict], *, columns: list[str] | None =
         for row in rows:
             if row.get("status") == "ok" and row.get("step_ms_median") not in ("", None):
                 for step in range(int(row["steps"])):
-                    writer.writerow({"cell_id": row["cell_id"], "device": row["device"],
-                                     "step": step, "step_ms": row["step_ms_median"]})
+                    writer.writerow(
+                        {
+                            "cell_id": row["cell_id"],
+                            "device": row["device"],
+                            "step": step,
+                            "step_ms": row["step_ms_median"],
+                        }
+                    )
     return cells_file
 
 
@@ -125,26 +182,61 @@ def golden_rows() -> dict[str, list[dict]]:
         cell_row("bp-accum", 128, micro_batch=64, peak_bytes=30 * MIB, imgs_per_s=300.0),
         cell_row("bp-accum", 128, micro_batch=32, peak_bytes=24 * MIB, imgs_per_s=260.0),
         cell_row("my-method", 64, peak_bytes=15 * MIB, imgs_per_s=150.0),
-        cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0,
-                 breakdown=(4 * MIB, 4 * MIB, 2 * MIB, 90 * MIB)),
-        cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0,
-                 breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 83 * MIB)),
+        cell_row(
+            "bp",
+            256,
+            peak_bytes=100 * MIB,
+            imgs_per_s=1000.0,
+            breakdown=(4 * MIB, 4 * MIB, 2 * MIB, 90 * MIB),
+        ),
+        cell_row(
+            "ff-pipelined",
+            256,
+            peak_bytes=90 * MIB,
+            imgs_per_s=1200.0,
+            breakdown=(4 * MIB, 1 * MIB, 2 * MIB, 83 * MIB),
+        ),
         cell_row("ff-naive", 256, status="error", error="RuntimeError: boom | at layer 3"),
         cell_row("bp-ckpt", 64, status="timeout", error="cell took longer than 600 s; " * 8),
         {**cell_row("bp", 512), "batch": "", "cell_id": "bp_vgg8_r32_b?_k10"},  # unusable
     ]
     gpu = [
-        cell_row("bp", 128, device="cuda:0", device_name="Test GPU", status="oom",
-                 error="torch.OutOfMemoryError: CUDA out of memory"),
+        cell_row(
+            "bp",
+            128,
+            device="cuda:0",
+            device_name="Test GPU",
+            status="oom",
+            error="torch.OutOfMemoryError: CUDA out of memory",
+        ),
     ]
-    estimate = dict(device="cuda (estimate)", device_name="estimate", memory_source="estimate",
-                    arch="vgg11", res=224, classes=100)
+    estimate = dict(
+        device="cuda (estimate)",
+        device_name="estimate",
+        memory_source="estimate",
+        arch="vgg11",
+        res=224,
+        classes=100,
+    )
     estimates = [
-        cell_row("bp", 128, status="oom", peak_bytes=9 * 2**30, device_mem_bytes=8 * 2**30,
-                 error="estimated 9.000 GiB > budget 8.000 GiB", **estimate),
-        cell_row("bp-ckpt", 128, status="estimated", peak_bytes=7 * 2**30,
-                 device_mem_bytes=8 * 2**30, breakdown=(MIB, MIB, 2 * MIB, 7 * 2**30 - 4 * MIB),
-                 **estimate),
+        cell_row(
+            "bp",
+            128,
+            status="oom",
+            peak_bytes=9 * 2**30,
+            device_mem_bytes=8 * 2**30,
+            error="estimated 9.000 GiB > budget 8.000 GiB",
+            **estimate,
+        ),
+        cell_row(
+            "bp-ckpt",
+            128,
+            status="estimated",
+            peak_bytes=7 * 2**30,
+            device_mem_bytes=8 * 2**30,
+            breakdown=(MIB, MIB, 2 * MIB, 7 * 2**30 - 4 * MIB),
+            **estimate,
+        ),
     ]
     return {"sweep-a": sample_rows() + gpu, "sweep-b": cpu, "estimate-vgg11": estimates}
 
@@ -154,5 +246,9 @@ def write_golden_results(root: Path) -> None:
     memory beside sweep-a. Run once; the golden test reads the committed files, not this."""
     for name, rows in golden_rows().items():
         write_results(Path(root) / name, rows)
-    (Path(root) / "sweep-a" / "env.json").write_text(json.dumps(
-        {"gpus": [{"index": 0, "name": "Test GPU", "total_memory_bytes": 80 * MIB}]}, indent=2) + "\n")
+    (Path(root) / "sweep-a" / "env.json").write_text(
+        json.dumps(
+            {"gpus": [{"index": 0, "name": "Test GPU", "total_memory_bytes": 80 * MIB}]}, indent=2
+        )
+        + "\n"
+    )

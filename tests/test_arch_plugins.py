@@ -8,9 +8,9 @@ import csv
 import textwrap
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench import archs
 from membench.archs import ArchError, LayerStack, build_arch, is_layer_stack, validate_arch
 from membench.cli import app
@@ -21,7 +21,7 @@ from membench.schema import Cell
 
 cli = CliRunner()
 MODULE = "membench_test_models"
-SOURCE = textwrap.dedent('''
+SOURCE = textwrap.dedent("""
     from torch import nn
     from membench.archs import LayerStack
 
@@ -47,7 +47,7 @@ SOURCE = textwrap.dedent('''
         return nn.Sequential(nn.Conv2d(3, 2, 7), nn.Flatten(), nn.Linear(2 * 10 * 10, num_classes))
 
     NOT_CALLABLE = 3
-''')
+""")
 
 
 @pytest.fixture
@@ -58,10 +58,12 @@ def plugin(tmp_path, monkeypatch):
     (tmp_path / "broken_models.py").write_text("raise RuntimeError('cannot load weights')\n")
     dist = tmp_path / "membench_test_models-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: membench-test-models\n"
-                                   "Version: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[membench.archs]\ntiny-net = {MODULE}:tiny\n"
-                                           f"tiny-stack = {MODULE}:tiny_stack\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: membench-test-models\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        f"[membench.archs]\ntiny-net = {MODULE}:tiny\ntiny-stack = {MODULE}:tiny_stack\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     archs.refresh_registry()
@@ -88,8 +90,15 @@ def test_entry_points_are_listed_and_measured_like_builtins(plugin):
 
 
 def test_a_layer_stack_plugin_trains_layer_locally_and_a_classifier_is_refused(plugin):
-    cells = expand_grid(method=["ff-pipelined", "bp-deepsup"], arch=f"{plugin}:tiny_stack",
-                        res=16, batch=2, classes=3, warmup=0, steps=1)
+    cells = expand_grid(
+        method=["ff-pipelined", "bp-deepsup"],
+        arch=f"{plugin}:tiny_stack",
+        res=16,
+        batch=2,
+        classes=3,
+        warmup=0,
+        steps=1,
+    )
     rows = [run_cell(cell, CpuDevice()) for cell in cells]
     assert [row.status for row in rows] == ["ok", "ok"], [row.error for row in rows]
     with pytest.raises(ConfigError, match="needs a layer stack"):
@@ -98,39 +107,69 @@ def test_a_layer_stack_plugin_trains_layer_locally_and_a_classifier_is_refused(p
 
 def test_a_profile_names_a_plugin_arch(plugin, tmp_path):
     profile = tmp_path / "mine.toml"
-    profile.write_text(f'description = "my model"\narch = "{plugin}:tiny"\nres = 16\n'
-                       "batch = [2, 4]\nmethod = [\"bp\", \"bp-ckpt\"]\n")
+    profile.write_text(
+        f'description = "my model"\narch = "{plugin}:tiny"\nres = 16\n'
+        'batch = [2, 4]\nmethod = ["bp", "bp-ckpt"]\n'
+    )
     cells = build_config([str(profile)]).cells
     assert {(c.arch, c.batch) for c in cells} == {(f"{plugin}:tiny", 2), (f"{plugin}:tiny", 4)}
 
 
 @pytest.mark.slow  # a forkserver worker: seconds
 def test_a_sweep_of_a_plugin_runs_in_workers(plugin, tmp_path):
-    result = cli.invoke(app, ["sweep", "--arch", f"{plugin}:tiny", "--method", "bp", "--res",
-                              "16", "--batch", "2", "--classes", "3", "--warmup", "0",
-                              "--steps", "1", "--out", str(tmp_path / "out")])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            f"{plugin}:tiny",
+            "--method",
+            "bp",
+            "--res",
+            "16",
+            "--batch",
+            "2",
+            "--classes",
+            "3",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     with open(tmp_path / "out" / "cells.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["arch"], row["status"]) for row in rows] == [(f"{plugin}:tiny", "ok")]
 
 
-@pytest.mark.parametrize(("arch", "needle"), [
-    ("no_such_module_xyz:f", "module 'no_such_module_xyz' does not import: ModuleNotFoundError"),
-    ("broken_models:f", "does not import: RuntimeError: cannot load weights"),
-    (f"{MODULE}:missing", f"module '{MODULE}' has no 'missing'"),
-    (f"{MODULE}:NOT_CALLABLE", "is an object of type int, not a callable"),
-    (f"{MODULE}:no_classes", "cannot be called as"),
-    (f"{MODULE}:not_a_module", "returned an object of type int, not a torch.nn.Module"),
-    (f"{MODULE}:big_kernel", "does not run at resolution 4: RuntimeError"),
-    (f"{MODULE}:wrong_channels", "unit 0 returned (2, 4, 4, 4), where the layer-stack contract "
-                                 "needs B x 5 x H x W"),
-    ("tv:vit_b_16", "does not run at resolution 4: AssertionError: Wrong image height!"),
-    ("resnet50", "tv:resnet50"),  # torchvision's depths stay torchvision's
-])
+@pytest.mark.parametrize(
+    ("arch", "needle"),
+    [
+        (
+            "no_such_module_xyz:f",
+            "module 'no_such_module_xyz' does not import: ModuleNotFoundError",
+        ),
+        ("broken_models:f", "does not import: RuntimeError: cannot load weights"),
+        (f"{MODULE}:missing", f"module '{MODULE}' has no 'missing'"),
+        (f"{MODULE}:NOT_CALLABLE", "is an object of type int, not a callable"),
+        (f"{MODULE}:no_classes", "cannot be called as"),
+        (f"{MODULE}:not_a_module", "returned an object of type int, not a torch.nn.Module"),
+        (f"{MODULE}:big_kernel", "does not run at resolution 4: RuntimeError"),
+        (
+            f"{MODULE}:wrong_channels",
+            "unit 0 returned (2, 4, 4, 4), where the layer-stack contract needs B x 5 x H x W",
+        ),
+        ("tv:vit_b_16", "does not run at resolution 4: AssertionError: Wrong image height!"),
+        ("resnet50", "tv:resnet50"),  # torchvision's depths stay torchvision's
+    ],
+)
 def test_every_bad_arch_is_one_line_and_exit_2(plugin, arch, needle):
     with pytest.raises(ArchError, match="."):
         validate_arch(arch, 4)
-    line = usage_error(cli.invoke(app, ["sweep", "--arch", arch, "--res", "4", "--batch", "2",
-                                        "--out", "unused"]))
+    line = usage_error(
+        cli.invoke(app, ["sweep", "--arch", arch, "--res", "4", "--batch", "2", "--out", "unused"])
+    )
     assert needle in line, line

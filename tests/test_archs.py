@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from membench.archs import (
-    ArchError, build_conv_stack, conv_stack_spec, minimum_resolution, parametric_spec, validate_arch,
+    ArchError,
+    build_conv_stack,
+    conv_stack_spec,
+    minimum_resolution,
+    parametric_spec,
+    validate_arch,
 )
 
 
@@ -12,8 +17,15 @@ def test_vgg8_matches_spec():
     assert spec.pool_after == {1, 3, 4, 5}
     # The channel list gives ~9.15M conv parameters (the paper's "5.5M" does not follow from it).
     assert spec.conv_parameter_count() == 9_148_416
-    assert spec.layer_shapes(32) == [(128, 32, 32), (256, 32, 32), (256, 16, 16), (512, 16, 16),
-                                     (512, 8, 8), (512, 4, 4), (512, 2, 2)]
+    assert spec.layer_shapes(32) == [
+        (128, 32, 32),
+        (256, 32, 32),
+        (256, 16, 16),
+        (512, 16, 16),
+        (512, 8, 8),
+        (512, 4, 4),
+        (512, 2, 2),
+    ]
 
 
 def test_vgg11_matches_spec():
@@ -44,7 +56,9 @@ def test_layers_walk_the_stack_with_no_propagation_after_the_last_layer():
     with pytest.raises(IndexError):
         stack.layer(8)
     # The layers only refer to the stack's modules: the same state_dict keys as ever.
-    assert list(stack.state_dict()) == [f"blocks.{i}.0.{p}" for i in range(8) for p in ("weight", "bias")]
+    assert list(stack.state_dict()) == [
+        f"blocks.{i}.0.{p}" for i in range(8) for p in ("weight", "bias")
+    ]
 
     x = torch.randn(2, 3, 32, 32)
     by_layer = x
@@ -62,7 +76,9 @@ def test_parametric_naming_rule():
     assert parametric_spec("vgg-d4-w64-p1").pool_after == {1}
     assert parametric_spec("vgg-d6-w8-p0").pool_after == set()
     # Same width and pools: a shallower member is a prefix of a deeper one.
-    assert parametric_spec("vgg-d8-w32").spatial_sizes(32)[:4] == parametric_spec("vgg-d4-w32").spatial_sizes(32)
+    assert parametric_spec("vgg-d8-w32").spatial_sizes(32)[:4] == parametric_spec(
+        "vgg-d4-w32"
+    ).spatial_sizes(32)
 
 
 @pytest.mark.parametrize("name", ["vgg8", "vgg11", "vgg-d6-w16"])
@@ -93,8 +109,15 @@ def test_cell_ids_keep_budgets_apart():
     from membench.schema import Cell
     from membench.units import format_bytes, parse_bytes
 
-    assert format_bytes(8 * 2**30) == "8GiB" and format_bytes(1536) == "1.5KiB" and format_bytes(1000) == "1000B"
+    assert (
+        format_bytes(8 * 2**30) == "8GiB"
+        and format_bytes(1536) == "1.5KiB"
+        and format_bytes(1000) == "1000B"
+    )
     assert parse_bytes(format_bytes(12 * 2**30)) == 12 * 2**30
-    plain, budget = Cell("bp", "vgg8", 32, 64), Cell("bp", "vgg8", 32, 64, device_mem_bytes=8 * 2**30)
+    plain, budget = (
+        Cell("bp", "vgg8", 32, 64),
+        Cell("bp", "vgg8", 32, 64, device_mem_bytes=8 * 2**30),
+    )
     assert plain.cell_id == "bp_vgg8_r32_b64_k10"
     assert budget.cell_id == "bp_vgg8_r32_b64_k10_mem8GiB"

@@ -19,12 +19,16 @@ import pytest
 import torch
 
 import membench.pytest_plugin
-from membench.pytest_plugin import (
-    CellFailed, MemoryBaselineError, MemoryRegression, MissingBaselineCell, check_peak_memory,
-)
 from membench.config import ConfigError
 from membench.measure.devices import CpuDevice
 from membench.measure.protocol import run_cell
+from membench.pytest_plugin import (
+    CellFailed,
+    MemoryBaselineError,
+    MemoryRegression,
+    MissingBaselineCell,
+    check_peak_memory,
+)
 from membench.results import append_result
 from membench.runners import get_runner
 from membench.schema import Cell, CellResult
@@ -34,8 +38,11 @@ EXAMPLE = ROOT / "examples" / "pytest-benchmark"
 # The example's bp cell (examples/pytest-benchmark/test_hot_steps.py).
 BP = dict(arch="vgg-d2-w8", res=8, batch=2, warmup=1, steps=3)
 BP_CELL = Cell("bp", **BP)
-EXAMPLE_CELLS = {"bp_vgg-d2-w8_r8_b2_k10", "ff-pipelined_vgg-d2-w8_r8_b2_k10",
-                 "bp-accum_vgg-d2-w8_r8_b2_mb1_k10"}
+EXAMPLE_CELLS = {
+    "bp_vgg-d2-w8_r8_b2_k10",
+    "ff-pipelined_vgg-d2-w8_r8_b2_k10",
+    "bp-accum_vgg-d2-w8_r8_b2_mb1_k10",
+}
 
 
 def run_user_suite(folder: Path, *args: str) -> subprocess.CompletedProcess:
@@ -46,9 +53,23 @@ def run_user_suite(folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MEMBENCH_REQUIRE_GPU", None)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--membench-device", "cpu",
-         "--benchmark-enable", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--membench-device",
+            "cpu",
+            "--benchmark-enable",
+            *args,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +99,20 @@ def bp_step_holding_4kib(monkeypatch) -> None:
 # -- the plugin --------------------------------------------------------------------------------
 def test_plugin_is_registered_under_pytest11(request):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["entry-points"]["pytest11"] == {"membench": "membench.pytest_plugin"}
+    assert pyproject["project"]["entry-points"]["pytest11"] == {
+        "membench": "membench.pytest_plugin"
+    }
     # Loaded through that entry point: only an entry point registers it under this name.
     assert request.config.pluginmanager.get_plugin("membench") is membench.pytest_plugin
 
 
 def test_loading_the_plugin_does_not_import_torch():
     # Every pytest run in an environment with membench loads the plugin.
-    code = ("import sys, membench.pytest_plugin; "
-            "heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'membench.measure.protocol') "
-            "if m in sys.modules); print(heavy); sys.exit(bool(heavy))")
+    code = (
+        "import sys, membench.pytest_plugin; "
+        "heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'membench.measure.protocol') "
+        "if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -98,7 +123,7 @@ def test_user_suite_json_carries_membench_figures(user_json):
     benchmarks = json.loads(user_json.read_text())["benchmarks"]
     infos = {b["extra_info"]["cell_id"]: b for b in benchmarks}
     assert set(infos) == EXAMPLE_CELLS
-    for cell_id, bench in infos.items():
+    for bench in infos.values():
         info = bench["extra_info"]
         assert info["peak_allocated_bytes"] > 0
         assert info["imgs_per_s"] > 0
@@ -107,8 +132,10 @@ def test_user_suite_json_carries_membench_figures(user_json):
         # One step per round, as many rounds as the cell's steps.
         assert (bench["stats"]["rounds"], bench["stats"]["iterations"]) == (3, 1)
     # The JSON's peak is the protocol's (run_cell's tracker pass on the same cell).
-    assert infos[BP_CELL.cell_id]["extra_info"]["peak_allocated_bytes"] == \
-        run_cell(BP_CELL, CpuDevice()).peak_allocated_bytes
+    assert (
+        infos[BP_CELL.cell_id]["extra_info"]["peak_allocated_bytes"]
+        == run_cell(BP_CELL, CpuDevice()).peak_allocated_bytes
+    )
 
 
 @pytest.mark.slow
@@ -196,41 +223,70 @@ def test_fixture_measures_once_per_test(membench_benchmark):
 
 # -- matching in the memory gate (no torch needed) -----------------------------------------------
 def result_on(device: str, device_name: str, source: str, peak: int) -> CellResult:
-    return CellResult(BP_CELL, device, device_name, step_ms=[1.0, 1.0, 1.0],
-                      peak_allocated_bytes=peak, memory_source=source)
+    return CellResult(
+        BP_CELL,
+        device,
+        device_name,
+        step_ms=[1.0, 1.0, 1.0],
+        peak_allocated_bytes=peak,
+        memory_source=source,
+    )
 
 
 def write_json(path: Path, *infos: dict) -> Path:
-    path.write_text(json.dumps({"benchmarks": [
-        {"name": f"test_{i}", "fullname": f"t.py::test_{i}", "extra_info": info}
-        for i, info in enumerate(infos)] + [{"name": "not_membench", "extra_info": {}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmarks": [
+                    {"name": f"test_{i}", "fullname": f"t.py::test_{i}", "extra_info": info}
+                    for i, info in enumerate(infos)
+                ]
+                + [{"name": "not_membench", "extra_info": {}}]
+            }
+        )
+    )
     return path
 
 
 def info(device: str, device_name: str, source: str, peak: int) -> dict:
-    return {"cell_id": BP_CELL.cell_id, "device": device, "device_name": device_name,
-            "memory_source": source, "peak_allocated_bytes": peak}
+    return {
+        "cell_id": BP_CELL.cell_id,
+        "device": device,
+        "device_name": device_name,
+        "memory_source": source,
+        "peak_allocated_bytes": peak,
+    }
 
 
 def test_gate_matches_device_kind_and_gpu_model(tmp_path):
-    baseline = write_json(tmp_path / "b.json", info("cpu", "Some CPU", "tracker", 1000),
-                          info("cuda:0", "NVIDIA H200", "cuda_allocator", 100_000))
+    baseline = write_json(
+        tmp_path / "b.json",
+        info("cpu", "Some CPU", "tracker", 1000),
+        info("cuda:0", "NVIDIA H200", "cuda_allocator", 100_000),
+    )
     # CPU cells match across CPU models; the tracker is exact.
     assert check_peak_memory(result_on("cpu", "Other CPU", "tracker", 1000), baseline).passed
     with pytest.raises(MemoryRegression, match="grew by 1 B"):
         check_peak_memory(result_on("cpu", "Other CPU", "tracker", 1001), baseline)
     # CUDA cells match on the GPU model (cuda:1 is the same kind), 1 % allowed by default.
-    check = check_peak_memory(result_on("cuda:1", "NVIDIA H200", "cuda_allocator", 101_000), baseline)
+    check = check_peak_memory(
+        result_on("cuda:1", "NVIDIA H200", "cuda_allocator", 101_000), baseline
+    )
     assert (check.difference_bytes, check.allowed_bytes) == (1000, 1000)
     with pytest.raises(MemoryRegression, match="grew by 1001 B"):
         check_peak_memory(result_on("cuda:0", "NVIDIA H200", "cuda_allocator", 101_001), baseline)
     with pytest.raises(MemoryRegression):
-        check_peak_memory(result_on("cuda:0", "NVIDIA H200", "cuda_allocator", 100_001), baseline,
-                          max_increase_pct=0)
+        check_peak_memory(
+            result_on("cuda:0", "NVIDIA H200", "cuda_allocator", 100_001),
+            baseline,
+            max_increase_pct=0,
+        )
     with pytest.raises(MissingBaselineCell, match="only on: cuda:0 \\(NVIDIA H200"):
         check_peak_memory(result_on("cuda:0", "NVIDIA A100", "cuda_allocator", 1), baseline)
     # A decrease passes.
-    assert check_peak_memory(result_on("cpu", "x", "tracker", 10), baseline).difference_bytes == -990
+    assert (
+        check_peak_memory(result_on("cpu", "x", "tracker", 10), baseline).difference_bytes == -990
+    )
 
 
 def test_gate_refuses_a_bad_or_ambiguous_baseline(tmp_path):
@@ -242,8 +298,9 @@ def test_gate_refuses_a_bad_or_ambiguous_baseline(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(MemoryBaselineError, match="cannot read"):
         check_peak_memory(result, tmp_path / "junk.json")
-    two = write_json(tmp_path / "two.json", info("cpu", "a", "tracker", 1000),
-                     info("cpu", "b", "tracker", 1200))
+    two = write_json(
+        tmp_path / "two.json", info("cpu", "a", "tracker", 1000), info("cpu", "b", "tracker", 1200)
+    )
     with pytest.raises(MemoryBaselineError, match="different peaks"):
         check_peak_memory(result, two)
     with pytest.raises(MissingBaselineCell, match="pytest --benchmark-enable --benchmark-json"):

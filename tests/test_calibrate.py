@@ -6,9 +6,9 @@ may well have native bf16."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY_ARCH, TINY_RES
 from helpers import mfu_problems
+
 from membench.execute.sweep import run_sweep
 from membench.measure import calibrate
 from membench.measure.calibrate import CONV_CALIBRATED, cpu_peak, probe_rate
@@ -31,6 +31,7 @@ class SlowCpu:
         dtypes = {dtype: name for name, dtype in calibrate.CALIBRATION_DTYPES.items()}
         monkeypatch.setattr(calibrate, "clock", lambda: real_clock() + self.offset)
         for kind, (build, sizes, growth) in real_probes.items():
+
             def slowed(size, dtype, kind=kind, build=build):
                 call, flops = build(size, dtype)
                 rate = slow.get((kind, dtypes[dtype]))
@@ -41,7 +42,9 @@ class SlowCpu:
                     call()
                     self.offset += flops / rate
                     self.calls.append((kind, size))
+
                 return slow_call, flops
+
             monkeypatch.setitem(calibrate.PROBES, kind, (slowed, sizes, growth))
 
 
@@ -67,8 +70,10 @@ def test_a_probe_is_bounded_by_its_budget_however_slow_the_arithmetic(monkeypatc
 def test_a_reduced_precision_is_held_against_its_best_route(monkeypatch):
     fp32 = cpu_peak("fp32", seconds=0.2)
     assert fp32.precision == "fp32" and fp32.source in calibrate.CALIBRATED_SOURCES
-    SlowCpu(monkeypatch, {("gemm", "bf16"): SLOW_BF16_FLOPS_PER_S,
-                          ("conv", "bf16"): SLOW_BF16_FLOPS_PER_S})
+    SlowCpu(
+        monkeypatch,
+        {("gemm", "bf16"): SLOW_BF16_FLOPS_PER_S, ("conv", "bf16"): SLOW_BF16_FLOPS_PER_S},
+    )
     bf16 = cpu_peak("bf16", seconds=0.2)
     # no native bf16: computing in fp32 is faster, so the fp32 rate is the ceiling
     assert (bf16.tflops, bf16.source, bf16.precision) == (fp32.tflops, fp32.source, "fp32")
@@ -76,8 +81,10 @@ def test_a_reduced_precision_is_held_against_its_best_route(monkeypatch):
 
 
 def test_a_fast_convolution_sets_the_peak_where_the_gemm_is_slow(monkeypatch):
-    SlowCpu(monkeypatch, {("gemm", "bf16"): SLOW_BF16_FLOPS_PER_S,
-                          ("gemm", "fp32"): SLOW_BF16_FLOPS_PER_S})
+    SlowCpu(
+        monkeypatch,
+        {("gemm", "bf16"): SLOW_BF16_FLOPS_PER_S, ("gemm", "fp32"): SLOW_BF16_FLOPS_PER_S},
+    )
     peak = cpu_peak("bf16", seconds=0.2)
     assert peak.source == CONV_CALIBRATED and peak.tflops * 1e12 > SLOW_BF16_FLOPS_PER_S
 
@@ -95,8 +102,10 @@ def test_no_probe_that_runs_means_no_peak_and_a_note(monkeypatch):
 def test_bf16_cells_on_a_cpu_with_slow_bf16_have_an_mfu_between_0_and_1(tmp_path, monkeypatch):
     slow = 1e7  # a bf16 GEMM at 10 MFLOP/s: a tiny cell's step runs faster than that
     SlowCpu(monkeypatch, {("gemm", "bf16"): slow})
-    cells = [Cell(method, TINY_ARCH, TINY_RES, 4, precision="bf16", warmup=1, steps=2)
-             for method in ("bp", "ff-pipelined")]
+    cells = [
+        Cell(method, TINY_ARCH, TINY_RES, 4, precision="bf16", warmup=1, steps=2)
+        for method in ("bp", "ff-pipelined")
+    ]
     results = run_sweep(cells, "cpu", tmp_path, isolation="none")
     assert all(0 < r.mfu <= 1 for r in results)
     assert mfu_problems(read_rows(tmp_path / "cells.csv")[1]) == []
@@ -112,8 +121,15 @@ def test_a_step_faster_than_its_peak_gets_no_mfu_and_says_why():
     assert fast.peak_source.startswith("none: this step ran at 10 TFLOP/s")
     assert mfu_problems([fast.row()]) == []  # empty, and explained
     # The check can fail: the same row held against that peak as is would claim 500 %.
-    claimed = CellResult(cell, "cpu", "x", step_ms=[1.0, 1.0], flops_per_step=10**10,
-                         peak_tflops=2.0, peak_source="gemm-calibrated")
+    claimed = CellResult(
+        cell,
+        "cpu",
+        "x",
+        step_ms=[1.0, 1.0],
+        flops_per_step=10**10,
+        peak_tflops=2.0,
+        peak_source="gemm-calibrated",
+    )
     assert claimed.mfu == pytest.approx(5.0)
     assert mfu_problems([claimed.row()]) != []
     slow = CellResult(cell, "cpu", "x", step_ms=[1.0, 1.0], flops_per_step=10**9)
@@ -123,8 +139,15 @@ def test_a_step_faster_than_its_peak_gets_no_mfu_and_says_why():
 
 def test_the_row_check_of_every_test_finds_a_missing_or_impossible_mfu():
     cell = Cell("bp", TINY_ARCH, TINY_RES, 2)
-    good = CellResult(cell, "cpu", "x", step_ms=[1.0], flops_per_step=10**9, peak_tflops=2.0,
-                      peak_source="gemm-calibrated").row()
+    good = CellResult(
+        cell,
+        "cpu",
+        "x",
+        step_ms=[1.0],
+        flops_per_step=10**9,
+        peak_tflops=2.0,
+        peak_source="gemm-calibrated",
+    ).row()
     assert mfu_problems([good]) == []
     assert mfu_problems([{**good, "mfu": ""}])  # a peak but no MFU
     assert mfu_problems([{**good, "mfu": "0"}])

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from membench.archs import (
-    CIFAR_RESNETS, ArchError, build_arch, build_cifar_resnet, cifar_resnet_spec, validate_arch,
+    CIFAR_RESNETS,
+    ArchError,
+    build_arch,
+    build_cifar_resnet,
+    cifar_resnet_spec,
+    validate_arch,
 )
 from membench.measure.devices import CpuDevice
 from membench.measure.protocol import run_cell
@@ -19,8 +24,13 @@ from membench.schema import Cell
 
 # He et al. 2016, Table 6: 0.27M parameters for ResNet-20 ... 1.7M for ResNet-110 (with the
 # 64 x 10 classifier).
-PAPER_PARAMETERS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6,
-                    "resnet56": 0.85e6, "resnet110": 1.7e6}
+PAPER_PARAMETERS = {
+    "resnet20": 0.27e6,
+    "resnet32": 0.46e6,
+    "resnet44": 0.66e6,
+    "resnet56": 0.85e6,
+    "resnet110": 1.7e6,
+}
 
 
 @pytest.mark.parametrize("name", CIFAR_RESNETS)
@@ -28,7 +38,7 @@ def test_the_papers_depths_and_parameter_counts(name):
     spec = cifar_resnet_spec(name)
     model = build_cifar_resnet(name)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) + 1 == spec.depth == int(name[len("resnet"):])  # + the classifier
+    assert len(convs) + 1 == spec.depth == int(name[len("resnet") :])  # + the classifier
     counted = sum(p.numel() for p in model.parameters())
     assert counted == spec.parameter_count()
     assert counted + 64 * 10 + 10 == pytest.approx(PAPER_PARAMETERS[name], rel=0.02)
@@ -37,7 +47,9 @@ def test_the_papers_depths_and_parameter_counts(name):
 def test_units_are_blocks_or_stages_with_the_stem_in_the_first():
     blocks, stages = build_cifar_resnet("resnet20"), build_cifar_resnet("resnet20-stage")
     assert len(blocks) == 9 and len(stages) == 3
-    assert blocks.spec.layer_shapes(32) == [(16, 32, 32)] * 3 + [(32, 16, 16)] * 3 + [(64, 8, 8)] * 3
+    assert (
+        blocks.spec.layer_shapes(32) == [(16, 32, 32)] * 3 + [(32, 16, 16)] * 3 + [(64, 8, 8)] * 3
+    )
     assert stages.spec.layer_shapes(32) == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
@@ -47,7 +59,9 @@ def test_units_are_blocks_or_stages_with_the_stem_in_the_first():
             out = layer(out)
             assert tuple(out.shape[1:]) == shape
     # Same weights, same function: cutting into stages changes the units, not the network.
-    stages.load_state_dict({k: v for k, v in zip(stages.state_dict(), blocks.state_dict().values())})
+    stages.load_state_dict(
+        {k: v for k, v in zip(stages.state_dict(), blocks.state_dict().values())}
+    )
     torch.testing.assert_close(blocks.eval()(x), stages.eval()(x))
 
 
@@ -71,10 +85,15 @@ def test_bp_trains_the_papers_classifier():
     assert row.breakdown.parameters == held  # parameters and BatchNorm statistics
 
 
-@pytest.mark.parametrize(("name", "needle"), [
-    ("resnet50", "tv:resnet50"), ("resnet18", "tv:resnet18"), ("resnet21", "6n+2"),
-    ("resnet2", "6n+2"),
-])
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("resnet50", "tv:resnet50"),
+        ("resnet18", "tv:resnet18"),
+        ("resnet21", "6n+2"),
+        ("resnet2", "6n+2"),
+    ],
+)
 def test_names_torchvision_uses_or_no_cifar_depth_are_refused(name, needle):
     with pytest.raises(ArchError, match=re.escape(needle)):
         validate_arch(name, 32)

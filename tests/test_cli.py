@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench.cli import app
 
 cli = CliRunner()
@@ -38,14 +38,35 @@ def test_list_methods_shows_every_builtin_runner():
 
 def test_env_json_has_provenance():
     info = json.loads(invoke("env", "--json").output)
-    for key in ("membench_version", "git_sha", "python", "torch_version", "cuda_version", "cpu_model",
-                "torch_threads", "hostname"):
+    for key in (
+        "membench_version",
+        "git_sha",
+        "python",
+        "torch_version",
+        "cuda_version",
+        "cpu_model",
+        "torch_threads",
+        "hostname",
+    ):
         assert key in info
 
 
 def test_run_prints_a_summary():
-    result = invoke("run", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
-                    "--warmup", "1", "--steps", "3", "--device", "cpu")
+    result = invoke(
+        "run",
+        "--arch",
+        TINY_ARCH,
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "imgs/s" in result.output and "GiB" in result.output and "tracker" in result.output
 
@@ -86,7 +107,10 @@ PARSER_ERRORS = [
     (["report"], "Missing argument 'DIR'"),
     (["list", "archs", "--bogus"], "No such option: --bogus"),
     (["sweep", "--redo", "yes"], "unexpected extra argument"),
-    (["sweep", "--method", "bp", "--micro-batch", "16"], "--micro-batch applies to methods that split"),
+    (
+        ["sweep", "--method", "bp", "--micro-batch", "16"],
+        "--micro-batch applies to methods that split",
+    ),
     (["sweep", "--out", ""], "--out takes a folder name, got ''"),
     (["report", ".", "--out", ""], "--out takes a folder name, got ''"),
 ]
@@ -101,8 +125,13 @@ def test_the_check_of_one_line_fails_on_clicks_own_usage_box(monkeypatch):
     """The check above can fail: typer's standalone error box is several lines."""
     from membench.cli.app import MembenchGroup
 
-    monkeypatch.setattr(MembenchGroup, "main", lambda self, *a, standalone_mode=True, **k:
-                        super(MembenchGroup, self).main(*a, standalone_mode=standalone_mode, **k))
+    monkeypatch.setattr(
+        MembenchGroup,
+        "main",
+        lambda self, *a, standalone_mode=True, **k: super(MembenchGroup, self).main(
+            *a, standalone_mode=standalone_mode, **k
+        ),
+    )
     result = invoke("sweep", "--no-such-option")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) > 1
 
@@ -110,8 +139,9 @@ def test_the_check_of_one_line_fails_on_clicks_own_usage_box(monkeypatch):
 def test_micro_batch_for_one_method_that_takes_it_is_kept(tmp_path):
     from membench.config import build_config
 
-    cells = build_config(method="bp,bp-accum", batch=32, micro_batch=16, arch=TINY_ARCH,
-                         res=TINY_RES).cells
+    cells = build_config(
+        method="bp,bp-accum", batch=32, micro_batch=16, arch=TINY_ARCH, res=TINY_RES
+    ).cells
     assert [(c.method, c.micro_batch) for c in cells] == [("bp", None), ("bp-accum", 16)]
 
 
@@ -124,16 +154,42 @@ def test_a_profile_with_an_empty_grid_is_refused(tmp_path):
 
 
 def test_an_unreachable_ray_address_is_one_line_without_waiting(tmp_path):
-    line = usage_error(invoke("sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--device",
-                              "cpu", "--executor", "ray", "--ray-address", "127.0.0.1:1",
-                              "--out", str(tmp_path / "o")))
+    line = usage_error(
+        invoke(
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--device",
+            "cpu",
+            "--executor",
+            "ray",
+            "--ray-address",
+            "127.0.0.1:1",
+            "--out",
+            str(tmp_path / "o"),
+        )
+    )
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in line
     assert not (tmp_path / "o").exists()  # no folder, no lock left behind
 
 
 def test_an_estimate_sweep_names_its_device_once(tmp_path):
-    result = invoke("sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
-                    "--estimate", "--isolation", "none", "--out", str(tmp_path / "o"))
+    result = invoke(
+        "sweep",
+        "--arch",
+        TINY_ARCH,
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2",
+        "--estimate",
+        "--isolation",
+        "none",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert result.exit_code == 0, result.output
     assert "1 cell(s) on cuda (estimate), 0 already finished" in result.output
     assert "(estimate) (estimate)" not in result.output
@@ -145,9 +201,10 @@ def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
     from membench.cli.display import summary_table
     from membench.schema import Cell, CellResult
 
-    cells = [Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64),
-             Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64, micro_batch=16,
-                  precision="bf16")]
+    cells = [
+        Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64),
+        Cell(method="bp-ckpt", arch="vgg8", res=32, batch=64, micro_batch=16, precision="bf16"),
+    ]
     console = Console(record=True, width=200)
     console.print(summary_table([CellResult(c, "cpu", "x", status="ok") for c in cells], "t"))
     lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import usage_error
 from report_fixtures import MIB, sample_rows
 from report_fixtures import cell_row as report_cell_row
 from report_fixtures import write_results as write_report_results
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.cli import app
 from membench.compare import (
     CompareError,
@@ -37,11 +37,27 @@ def cell_row(method: str, **overrides) -> dict:
     """A complete ok cells.csv row on the CPU with the tracker as memory source."""
     row = dict.fromkeys(CELL_COLUMNS, "")
     row.update(
-        cell_id=f"{method}_vgg-d3-w8_r8_b4_k10", method=method, arch="vgg-d3-w8", res=8, batch=4,
-        micro_batch="", classes=10, seed=0, device="cpu", device_name="Test CPU", status="ok",
-        warmup=1, steps=STEPS, imgs_per_s=4 / BASE_MS * 1e3, peak_allocated_bytes=PEAKS[method],
-        memory_source="tracker", parameters_bytes=1000, gradients_bytes=1000,
-        optimizer_state_bytes=2000, activations_bytes=PEAKS[method] - 4000, torch_version="2.x",
+        cell_id=f"{method}_vgg-d3-w8_r8_b4_k10",
+        method=method,
+        arch="vgg-d3-w8",
+        res=8,
+        batch=4,
+        micro_batch="",
+        classes=10,
+        seed=0,
+        device="cpu",
+        device_name="Test CPU",
+        status="ok",
+        warmup=1,
+        steps=STEPS,
+        imgs_per_s=4 / BASE_MS * 1e3,
+        peak_allocated_bytes=PEAKS[method],
+        memory_source="tracker",
+        parameters_bytes=1000,
+        gradients_bytes=1000,
+        optimizer_state_bytes=2000,
+        activations_bytes=PEAKS[method] - 4000,
+        torch_version="2.x",
     )
     row.update(overrides)
     return row
@@ -55,14 +71,17 @@ def noisy_steps(seed: int, scale: float = 1.0, n: int = STEPS, noise: float = 0.
     return times
 
 
-def write_results(folder: Path, rows: list[dict], steps: dict[str, np.ndarray] | None = None) -> Path:
+def write_results(
+    folder: Path, rows: list[dict], steps: dict[str, np.ndarray] | None = None
+) -> Path:
     """Write a results folder: cells.csv and, if given, steps.csv keyed by cell_id."""
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=CELL_COLUMNS).to_csv(folder / "cells.csv", index=False)
     if steps is not None:
         long = [
             {"cell_id": cell_id, "device": "cpu", "step": i, "step_ms": ms}
-            for cell_id, times in steps.items() for i, ms in enumerate(times)
+            for cell_id, times in steps.items()
+            for i, ms in enumerate(times)
         ]
         pd.DataFrame(long, columns=STEP_COLUMNS).to_csv(folder / "steps.csv", index=False)
     return folder
@@ -74,8 +93,10 @@ def run_pair(tmp_path, new_rows=None, new_scale=None, seeds=(1, 2), new_steps=Tr
     base_steps = {r["cell_id"]: noisy_steps(seeds[0] + i) for i, r in enumerate(base_rows)}
     new_rows = new_rows if new_rows is not None else [cell_row(m) for m in METHODS]
     scale = new_scale or {}
-    steps = {r["cell_id"]: noisy_steps(seeds[1] + 100 + i, scale.get(r["method"], 1.0))
-             for i, r in enumerate(new_rows)}
+    steps = {
+        r["cell_id"]: noisy_steps(seeds[1] + 100 + i, scale.get(r["method"], 1.0))
+        for i, r in enumerate(new_rows)
+    }
     base = write_results(tmp_path / "base", base_rows, base_steps)
     new = write_results(tmp_path / "new", new_rows, steps if new_steps else None)
     return base, new
@@ -118,8 +139,16 @@ def test_tracker_gates_one_byte_but_allocator_allows_noise(tmp_path):
     assert len(regressions) == 1 and "activations_bytes" in regressions[0].reasons[0]
 
     def allocator(peak_factor):
-        return [cell_row(m, device="cuda:0", device_name="GPU X", memory_source="cuda_allocator",
-                         peak_allocated_bytes=int(PEAKS[m] * peak_factor)) for m in METHODS]
+        return [
+            cell_row(
+                m,
+                device="cuda:0",
+                device_name="GPU X",
+                memory_source="cuda_allocator",
+                peak_allocated_bytes=int(PEAKS[m] * peak_factor),
+            )
+            for m in METHODS
+        ]
 
     base = write_results(tmp_path / "gpu_base", allocator(1.0))
     assert compare_results(base, write_results(tmp_path / "gpu_small", allocator(1.005))).passed
@@ -163,8 +192,13 @@ def test_speedup_never_fails(tmp_path):
 
 def test_ok_to_oom_is_a_regression(tmp_path):
     rows = [cell_row(m) for m in METHODS]
-    rows[0].update(status="oom", error="OutOfMemoryError: budget", memory_source="",
-                   peak_allocated_bytes="", imgs_per_s="")
+    rows[0].update(
+        status="oom",
+        error="OutOfMemoryError: budget",
+        memory_source="",
+        peak_allocated_bytes="",
+        imgs_per_s="",
+    )
     base, new = run_pair(tmp_path, new_rows=rows)
     comparison = compare_results(base, new)
     assert not comparison.only_in_baseline and not comparison.only_in_new
@@ -172,7 +206,9 @@ def test_ok_to_oom_is_a_regression(tmp_path):
 
 
 def test_missing_and_extra_cells_are_listed(tmp_path):
-    rows = [cell_row(m) for m in METHODS[:2]] + [cell_row("bp", batch=8, cell_id="bp_vgg-d3-w8_r8_b8_k10")]
+    rows = [cell_row(m) for m in METHODS[:2]] + [
+        cell_row("bp", batch=8, cell_id="bp_vgg-d3-w8_r8_b8_k10")
+    ]
     base, new = run_pair(tmp_path, new_rows=rows)
     comparison = compare_results(base, new)
     assert [c["method"] for c in comparison.only_in_baseline] == ["bp-ckpt"]
@@ -180,7 +216,10 @@ def test_missing_and_extra_cells_are_listed(tmp_path):
     assert not comparison.regressions and not comparison.passed
     result = cli(base, new)
     assert result.exit_code == 1
-    assert "MISSING in new: bp-ckpt" in result.output and "only in new: bp_vgg-d3-w8_r8_b8" in result.output
+    assert (
+        "MISSING in new: bp-ckpt" in result.output
+        and "only in new: bp_vgg-d3-w8_r8_b8" in result.output
+    )
     assert cli(base, new, "--allow-missing").exit_code == 0
     # Cells only in NEW are new coverage, not a failure.
     assert compare_results(new, base, allow_missing=True).passed
@@ -197,8 +236,11 @@ def test_gpu_models_do_not_match_but_cpu_models_do(tmp_path):
     assert any("no cell matched" in note for note in comparison.notes)
 
     base, _ = run_pair(tmp_path)
-    other_cpu = write_results(tmp_path / "other_cpu", on("cpu", "Other CPU", "tracker"),
-                              {cell_row(m)["cell_id"]: noisy_steps(7, 2.0) for m in METHODS})
+    other_cpu = write_results(
+        tmp_path / "other_cpu",
+        on("cpu", "Other CPU", "tracker"),
+        {cell_row(m)["cell_id"]: noisy_steps(7, 2.0) for m in METHODS},
+    )
     comparison = compare_results(base, other_cpu)
     assert comparison.passed and len(comparison.rows) == len(METHODS)
     assert all(r.timing.method == "not compared" for r in comparison.rows)
@@ -215,18 +257,23 @@ def test_without_steps_falls_back_to_imgs_per_s(tmp_path):
     assert result.exit_code == 1 and "without a noise test" in result.output
 
 
-@pytest.mark.parametrize("args", [
-    ["{tmp}/nowhere", "{base}"],
-    ["{base}", "{tmp}/nowhere/cells.csv"],
-    ["{base}", "{bad}"],
-    ["{base}", "{base}", "--max-mem-increase", "-1"],
-    ["{base}", "{base}", "--max-tput-drop", "-5"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{tmp}/nowhere", "{base}"],
+        ["{base}", "{tmp}/nowhere/cells.csv"],
+        ["{base}", "{bad}"],
+        ["{base}", "{base}", "--max-mem-increase", "-1"],
+        ["{base}", "{base}", "--max-tput-drop", "-5"],
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args):
     base, _ = run_pair(tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "cells.csv").write_text("cell_id,method,arch,res,batch,device,status\nx,bp,vgg8,32,4,cpu,ok\n")
+    (bad / "cells.csv").write_text(
+        "cell_id,method,arch,res,batch,device,status\nx,bp,vgg8,32,4,cpu,ok\n"
+    )
     usage_error(cli(*[a.format(tmp=tmp_path, base=base, bad=bad) for a in args]))
 
 
@@ -277,7 +324,9 @@ def test_mann_whitney_exact_p_values():
     # Untied noise at 8 + 8 (12 870 splits, still exact).
     rng = np.random.default_rng(3)
     baseline, new = rng.normal(100, 5, 8), rng.normal(103, 5, 8)
-    assert mann_whitney_greater(baseline, new) == pytest.approx(brute_force_p(baseline, new), rel=1e-12)
+    assert mann_whitney_greater(baseline, new) == pytest.approx(
+        brute_force_p(baseline, new), rel=1e-12
+    )
 
 
 def test_mann_whitney_normal_approximation_beyond_the_exact_limit():
@@ -309,8 +358,11 @@ def test_older_file_without_optional_columns_compares(tmp_path):
     # An earlier membench wrote no breakdown, budget or torch_version columns: they read as empty,
     # so nothing is gated on them and no "torch differs" note appears.
     base, new = run_pair(tmp_path)
-    older = [c for c in CELL_COLUMNS
-             if c not in [*BREAKDOWN_COLUMNS, "device_mem_bytes", "torch_version"]]
+    older = [
+        c
+        for c in CELL_COLUMNS
+        if c not in [*BREAKDOWN_COLUMNS, "device_mem_bytes", "torch_version"]
+    ]
     cells = pd.read_csv(base / "cells.csv", dtype=str, keep_default_na=False)
     cells[older].to_csv(base / "cells.csv", index=False)
     comparison = compare_results(base, new)
@@ -336,15 +388,25 @@ def test_too_few_steps_for_alpha_fall_back_to_imgs_per_s(tmp_path, n_steps):
     rows = [cell_row(m, steps=n_steps) for m in METHODS]
     new_rows = [cell_row(m, steps=n_steps) for m in METHODS]
     new_rows[0]["imgs_per_s"] /= 1.3
-    base = write_results(tmp_path / "base", rows,
-                         {r["cell_id"]: noisy_steps(i, n=n_steps) for i, r in enumerate(rows)})
-    new = write_results(tmp_path / "new", new_rows,
-                        {r["cell_id"]: noisy_steps(50 + i, 1.3 if i == 0 else 1.0, n=n_steps)
-                         for i, r in enumerate(new_rows)})
+    base = write_results(
+        tmp_path / "base",
+        rows,
+        {r["cell_id"]: noisy_steps(i, n=n_steps) for i, r in enumerate(rows)},
+    )
+    new = write_results(
+        tmp_path / "new",
+        new_rows,
+        {
+            r["cell_id"]: noisy_steps(50 + i, 1.3 if i == 0 else 1.0, n=n_steps)
+            for i, r in enumerate(new_rows)
+        },
+    )
     comparison = compare_results(base, new)
     assert [r.cell_id.split("_")[0] for r in comparison.regressions] == ["bp"]
     timing = comparison.regressions[0].timing
-    assert timing.method == "imgs_per_s" and timing.tput_change_pct == pytest.approx(-100 * 0.3 / 1.3)
+    assert timing.method == "imgs_per_s" and timing.tput_change_pct == pytest.approx(
+        -100 * 0.3 / 1.3
+    )
     assert (timing.n_baseline, timing.n_new) == (n_steps, n_steps)
     result = cli(base, new)
     assert result.exit_code == 1 and "without a noise test" in result.output
@@ -370,7 +432,9 @@ def test_two_runs_of_one_cell_on_one_device_are_refused(tmp_path):
         compare_results(twice, base)
 
 
-@pytest.mark.parametrize("column", ["peak_allocated_bytes", "imgs_per_s", "activations_bytes", "batch"])
+@pytest.mark.parametrize(
+    "column", ["peak_allocated_bytes", "imgs_per_s", "activations_bytes", "batch"]
+)
 def test_non_numeric_cell_value_is_bad_input(tmp_path, column):
     base, new = run_pair(tmp_path)
     cells = pd.read_csv(new / "cells.csv", dtype=str, keep_default_na=False)
@@ -397,8 +461,15 @@ def test_estimate_rows_compare_without_errors(tmp_path):
     estimate = {"device": "cuda (estimate)", "device_name": "estimate", "memory_source": "estimate"}
     rows = sample_rows() + [
         report_cell_row("bp", 32, status="estimated", peak_bytes=9 * MIB, **estimate),
-        report_cell_row("bp", 64, status="oom", peak_bytes=90 * MIB, device_mem_bytes=64 * MIB,
-                        error="estimated 0.088 GiB > budget 0.062 GiB", **estimate),
+        report_cell_row(
+            "bp",
+            64,
+            status="oom",
+            peak_bytes=90 * MIB,
+            device_mem_bytes=64 * MIB,
+            error="estimated 0.088 GiB > budget 0.062 GiB",
+            **estimate,
+        ),
     ]
     base = write_report_results(tmp_path / "base", rows).parent
     comparison = compare_results(base, base)
@@ -414,16 +485,22 @@ def test_estimate_rows_compare_without_errors(tmp_path):
     new = write_report_results(tmp_path / "new", bigger).parent
     comparison = compare_results(base, new)
     assert [(r.device, r.cell_id) for r in comparison.regressions] == [
-        ("cuda (estimate)", rows[-2]["cell_id"])]
+        ("cuda (estimate)", rows[-2]["cell_id"])
+    ]
     assert cli(base, new).exit_code == 1
     # An estimate never stands in for a measurement of the same cell, nor the other way round.
     measured = [r for r in rows if not r["device"].endswith("(estimate)")]
-    comparison = compare_results(base, write_report_results(tmp_path / "measured", measured).parent,
-                                 allow_missing=True)
+    comparison = compare_results(
+        base, write_report_results(tmp_path / "measured", measured).parent, allow_missing=True
+    )
     assert comparison.passed
-    assert {c["device"] for c in comparison.only_in_baseline} == {"cpu (estimate)", "cuda (estimate)"}
+    assert {c["device"] for c in comparison.only_in_baseline} == {
+        "cpu (estimate)",
+        "cuda (estimate)",
+    }
 
 
 def test_device_kind():
-    assert [device_kind(d) for d in ("cpu", "cuda:0", "cuda", "cuda (estimate)", "cpu (estimate)")] \
-        == ["cpu", "cuda", "cuda", "cuda", "cpu"]
+    assert [
+        device_kind(d) for d in ("cpu", "cuda:0", "cuda", "cuda (estimate)", "cpu (estimate)")
+    ] == ["cpu", "cuda", "cuda", "cuda", "cpu"]

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.cli import app
 from membench.config import MAX_PARAMETER_BYTES, ConfigError, build_config, expand_grid
 
@@ -44,14 +44,17 @@ def test_the_configuration_is_frozen_and_typed():
         config.steps = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("values", "needle"), [
-    ({"batch": "0"}, "--batch must be at least 1, got 0"),
-    ({"timeout": float("inf")}, "--timeout takes seconds"),
-    ({"isolation": "none", "timeout": 5}, "--timeout needs --isolation process"),
-    ({"device": "tpu"}, "unknown device 'tpu'"),
-    ({"colour": "red"}, "unknown setting 'colour'"),
-    ({"method": "bp-accum", "batch": "10", "micro_batch": "3"}, "does not divide"),
-])
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"batch": "0"}, "--batch must be at least 1, got 0"),
+        ({"timeout": float("inf")}, "--timeout takes seconds"),
+        ({"isolation": "none", "timeout": 5}, "--timeout needs --isolation process"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"method": "bp-accum", "batch": "10", "micro_batch": "3"}, "does not divide"),
+    ],
+)
 def test_every_bad_value_is_one_line_naming_the_setting(values, needle):
     with pytest.raises(ConfigError) as err:
         build_config(**values)
@@ -73,7 +76,18 @@ def test_a_cell_whose_weights_alone_pass_one_tib_is_refused_before_anything_is_b
     # just under the limit is allowed: a 1-layer stack of 3 -> W channels has 27W + W params
     width = MAX_PARAMETER_BYTES // 4 // 28
     expand_grid(method=["bp"], arch=[f"vgg-d1-w{width}"], res=[2], batch=[1])
-    result = CliRunner().invoke(app, ["sweep", "--estimate", "--arch", "vgg-d99999-w99999",
-                                      "--res", "224", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--estimate",
+            "--arch",
+            "vgg-d99999-w99999",
+            "--res",
+            "224",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert "refused before building it" in usage_error(result)
     assert not (tmp_path / "out").exists()

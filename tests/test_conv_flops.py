@@ -45,8 +45,12 @@ def counted(conv: nn.Module, input_grad: bool, counter: FlopCounterMode) -> dict
         out = conv(x)
         out.sum().backward()
     counts = counter.get_flop_counts()["Global"]
-    return {"x": x, "out": out, "forward": counts[aten.convolution],
-            "backward": counts[aten.convolution_backward]}
+    return {
+        "x": x,
+        "out": out,
+        "forward": counts[aten.convolution],
+        "backward": counts[aten.convolution_backward],
+    }
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -67,8 +71,12 @@ def test_a_grouped_conv_counts_what_its_groups_count_as_dense_convs(kind):
     whole = counted(conv, True, flop_counter())["backward"]
     # The same convolution, group by group, as dense ones: torch's own formula is right there.
     dense_type = type(conv)
-    options = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                   dilation=conv.dilation)
+    options = dict(
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+    )
     part = dense_type(conv.in_channels // g, conv.out_channels // g, **options)
     per_group = counted_dense(part, conv.in_channels // g)
     assert whole == g * per_group

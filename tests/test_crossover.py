@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from report_fixtures import MIB, cell_row, write_results
 
 from membench.report import build_report, load_cells
 from membench.report.crossover import crossover_depth, crossover_sections
 from membench.report.depth_model import predicted_peaks, stack_shape
-from report_fixtures import MIB, cell_row, write_results
 
 # BP's best grows with depth, FF's stays flat: FF falls below BP between D = 8 and D = 16.
 BP_PEAKS = {4: 10, 8: 20, 16: 40}
@@ -21,12 +21,16 @@ def depth_rows(ff_peaks=FF_PEAKS) -> list[dict]:
     rows = []
     for depth in BP_PEAKS:
         arch = f"vgg-d{depth}-w8"
-        common = dict(arch=arch, res=16, device="cuda (estimate)", device_name="estimate",
-                      status="estimated")
-        rows.append(cell_row("bp-ckpt", 8, micro_batch=2, peak_bytes=BP_PEAKS[depth] * MIB, **common))
+        common = dict(
+            arch=arch, res=16, device="cuda (estimate)", device_name="estimate", status="estimated"
+        )
+        rows.append(
+            cell_row("bp-ckpt", 8, micro_batch=2, peak_bytes=BP_PEAKS[depth] * MIB, **common)
+        )
         rows.append(cell_row("bp", 8, peak_bytes=3 * BP_PEAKS[depth] * MIB, **common))
-        rows.append(cell_row("ff-pipelined", 8, micro_batch=2, peak_bytes=ff_peaks[depth] * MIB,
-                             **common))
+        rows.append(
+            cell_row("ff-pipelined", 8, micro_batch=2, peak_bytes=ff_peaks[depth] * MIB, **common)
+        )
     return rows
 
 
@@ -85,12 +89,16 @@ def test_the_model_agrees_with_the_estimate_of_the_configurations_it_describes(m
     arch, res, batch, micro = "vgg-d8-w32-p0", 16, 16, 4
     common = dict(micro_batch=micro, classes=10, warmup=1, steps=1, optimizer_state="host")
     bp = estimate_cell(Cell("bp-ckpt", arch, res, batch, **common), "cuda", count_flops=False)
-    ff = estimate_cell(Cell("ff-pipelined", arch, res, batch, precision="bf16", grads="released",
-                            **common), "cuda", count_flops=False)
+    ff = estimate_cell(
+        Cell("ff-pipelined", arch, res, batch, precision="bf16", grads="released", **common),
+        "cuda",
+        count_flops=False,
+    )
     predicted = depth_model.predicted_peaks(arch, res, batch, micro, 10)
     assert predicted["bp"] == pytest.approx(bp.peak_allocated_bytes, rel=0.05)
     assert predicted["ff"] == pytest.approx(ff.peak_allocated_bytes, rel=0.10)
     # The check bites: a model that counts an fp32 tensor at 2 bytes a value is off by more.
     monkeypatch.setattr(depth_model, "FP32", 2)
     assert depth_model.predicted_peaks(arch, res, batch, micro, 10)["bp"] != pytest.approx(
-        bp.peak_allocated_bytes, rel=0.05)
+        bp.peak_allocated_bytes, rel=0.05
+    )

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_ARCH, TINY_RES
+from helpers import usage_error
 from torch._subclasses.fake_tensor import FakeTensorMode
 from typer.testing import CliRunner
 
-from conftest import TINY_ARCH, TINY_RES
-from helpers import usage_error
 from membench.cli import app
-from membench.measure.devices import CpuDevice, host_peak_rss_bytes, reset_host_peak_rss
 from membench.config import ConfigError
-from membench.planning.estimate import EstimateDevice, estimate_cell
-from membench.planning.fit import fit_batch
+from membench.measure.devices import CpuDevice, host_peak_rss_bytes, reset_host_peak_rss
 from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import run_cell
+from membench.planning.estimate import EstimateDevice, estimate_cell
+from membench.planning.fit import fit_batch
 from membench.schema import Cell
 
 
@@ -25,6 +25,7 @@ class UnroundedEstimate(EstimateDevice):
 
     def memory_tracker(self, cell):
         return TensorMemoryTracker()
+
 
 BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")
 SMALL_CELLS = ((TINY_ARCH, TINY_RES, 4), ("vgg-d3-w16", 16, 2))
@@ -59,7 +60,13 @@ def test_estimated_row_is_kept_apart_from_measured_rows():
     assert row["device"] == "cuda (estimate)" and row["device_name"] == "estimate"
     assert row["step_ms_median"] is None and row["imgs_per_s"] is None
     assert row["peak_allocated_bytes"] == sum(
-        row[c] for c in ("parameters_bytes", "gradients_bytes", "optimizer_state_bytes", "activations_bytes")
+        row[c]
+        for c in (
+            "parameters_bytes",
+            "gradients_bytes",
+            "optimizer_state_bytes",
+            "activations_bytes",
+        )
     )
 
 
@@ -121,7 +128,9 @@ def test_unknown_device_kind_is_refused():
 
 
 def _estimate(method, batch, micro_batch=None):
-    return estimate_cell(Cell(method, TINY_ARCH, TINY_RES, batch, micro_batch), "cpu").peak_allocated_bytes
+    return estimate_cell(
+        Cell(method, TINY_ARCH, TINY_RES, batch, micro_batch), "cpu"
+    ).peak_allocated_bytes
 
 
 def test_fit_returns_the_largest_batch_under_the_budget():
@@ -135,11 +144,16 @@ def test_fit_returns_the_largest_batch_under_the_budget():
 
 def test_fit_for_bp_accum_steps_over_multiples_of_the_micro_batch():
     budget = _estimate("bp-accum", 24, 4) + 1
-    result = fit_batch("bp-accum", TINY_ARCH, TINY_RES, budget, device_kind="cpu",
-                       max_batch=512, micro_batch=4)
+    result = fit_batch(
+        "bp-accum", TINY_ARCH, TINY_RES, budget, device_kind="cpu", max_batch=512, micro_batch=4
+    )
     assert result.micro_batch == 4 and result.batch % 4 == 0
     assert result.next_batch == result.batch + 4
-    assert _estimate("bp-accum", result.batch, 4) <= budget < _estimate("bp-accum", result.next_batch, 4)
+    assert (
+        _estimate("bp-accum", result.batch, 4)
+        <= budget
+        < _estimate("bp-accum", result.next_batch, 4)
+    )
 
 
 def test_fit_starts_at_two_when_batchnorm_refuses_one_sample_and_caps_at_max_batch():
@@ -163,25 +177,43 @@ cli = CliRunner()
 
 
 def test_fit_cli_prints_a_line_per_method():
-    result = cli.invoke(app, ["fit", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--device-mem",
-                              "256KiB", "--method", "bp,bp-accum", "--device-kind", "cpu",
-                              "--max-batch", "32"])
+    result = cli.invoke(
+        app,
+        [
+            "fit",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--device-mem",
+            "256KiB",
+            "--method",
+            "bp,bp-accum",
+            "--device-kind",
+            "cpu",
+            "--max-batch",
+            "32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any(line.startswith("bp ") for line in lines)
     assert any(line.startswith("bp-accum") and "micro" in line for line in lines)
 
 
-@pytest.mark.parametrize("args", [
-    ["--arch", "nope", "--device-mem", "8GiB"],
-    ["--device-mem", "8XB"],
-    ["--device-mem", "8GiB", "--method", "nope"],
-    ["--device-mem", "8GiB", "--method", "bp", "--micro-batch", "4"],
-    ["--device-mem", "8GiB", "--method", "bp", "--max-batch", "0"],
-    ["--device-mem", "8GiB", "--res", "4"],
-    ["--device-mem", "8GiB", "--device-kind", "tpu"],
-    ["--arch", "tv:resnet18", "--device-mem", "8GiB", "--method", "ff-naive"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--arch", "nope", "--device-mem", "8GiB"],
+        ["--device-mem", "8XB"],
+        ["--device-mem", "8GiB", "--method", "nope"],
+        ["--device-mem", "8GiB", "--method", "bp", "--micro-batch", "4"],
+        ["--device-mem", "8GiB", "--method", "bp", "--max-batch", "0"],
+        ["--device-mem", "8GiB", "--res", "4"],
+        ["--device-mem", "8GiB", "--device-kind", "tpu"],
+        ["--arch", "tv:resnet18", "--device-mem", "8GiB", "--method", "ff-naive"],
+    ],
+)
 def test_fit_cli_bad_input_exits_2_with_one_line(args):
     result = cli.invoke(app, ["fit", *args])
     usage_error(result)

@@ -3,18 +3,23 @@
 from pathlib import Path
 
 import pytest
+from helpers import install_example
 
 from membench import runners
 from membench.verify import verify
-from helpers import install_example
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "membench-sgd"
 
 
 @pytest.fixture
 def example_installed(tmp_path, monkeypatch):
-    install_example(tmp_path, monkeypatch, EXAMPLE, "membench-sgd",
-                    "[membench.methods]\nbp-sgd = membench_sgd:SGDRunner\n")
+    install_example(
+        tmp_path,
+        monkeypatch,
+        EXAMPLE,
+        "membench-sgd",
+        "[membench.methods]\nbp-sgd = membench_sgd:SGDRunner\n",
+    )
     runners._entry_points.cache_clear()
     yield
     runners._entry_points.cache_clear()

@@ -11,14 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench import durable
 from membench.cli import app
 from membench.execute.local import Executor, Placement
@@ -64,18 +63,24 @@ def state(out: Path) -> dict[str, tuple[float, list[float]]]:
     ids = [row["cell_id"] for row in rows]
     assert sorted(ids) == sorted(cell.cell_id for cell in CELLS), ids  # none lost, none twice
     steps = read(out / "steps.csv")
-    return {row["cell_id"]: (float(row["step_ms_median"]),
-                             [float(s["step_ms"]) for s in steps if s["cell_id"] == row["cell_id"]])
-            for row in rows}
+    return {
+        row["cell_id"]: (
+            float(row["step_ms_median"]),
+            [float(s["step_ms"]) for s in steps if s["cell_id"] == row["cell_id"]],
+        )
+        for row in rows
+    }
 
 
 def _hook_operations(on_operation) -> Canned:
     """Call ``on_operation(name, path)`` before every durable operation (a synced write, a
     rename, a directory sync) and every cell of a redo; the redo's executor."""
+
     def hooked(name, function):
         def call(*args, **kwargs):
             on_operation(name, Path(args[0]).name)
             return function(*args, **kwargs)
+
         return call
 
     durable._write_synced = hooked("write", durable._write_synced)
@@ -115,8 +120,9 @@ def _redo_child(out: Path, stage: int, signum: int) -> None:
 
 
 def run_child(out: Path, stage: int, signum: int) -> int:
-    child = multiprocessing.get_context("fork").Process(target=_redo_child,
-                                                         args=(out, stage, signum))
+    child = multiprocessing.get_context("fork").Process(
+        target=_redo_child, args=(out, stage, signum)
+    )
     child.start()
     child.join()
     return child.exitcode
@@ -146,7 +152,10 @@ def test_a_redo_killed_at_any_stage_loses_no_row(tmp_path, monkeypatch):
         assert code == -signal.SIGKILL
         recover(out)  # what the next sweep does first
         cells = state(out)
-        assert all(steps == [median] * 2 for median, steps in cells.values()), (stages[stage - 1], cells)
+        assert all(steps == [median] * 2 for median, steps in cells.values()), (
+            stages[stage - 1],
+            cells,
+        )
         outcomes.append(sorted(median for median, _ in cells.values()))
         _sweep(CELLS, Canned(NEW), out, None, redo=True, estimates=False)
         assert all(steps == [NEW] * 2 for _, steps in state(out).values())
@@ -212,9 +221,25 @@ def test_a_failed_append_leaves_the_file_as_it_was_and_says_what_it_needed(tmp_p
 
 def test_a_full_disk_mid_sweep_is_one_line_and_a_rerun_resumes(tmp_path, monkeypatch):
     out, cli = tmp_path / "out", CliRunner()
-    args = ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2,4",
-            "--warmup", "1", "--steps", "2", "--device", "cpu", "--isolation", "none",
-            "--out", str(out)]
+    args = [
+        "sweep",
+        "--arch",
+        TINY_ARCH,
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2,4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--isolation",
+        "none",
+        "--out",
+        str(out),
+    ]
     real, synced = os.fsync, []
 
     def full_after_one_cell(fd):  # the disk fills up while the second cell's steps are written
@@ -239,8 +264,9 @@ def tiny_disk(tmp_path):
     """A real 200 KiB tmpfs (root only; skipped where mounting is not permitted)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -259,8 +285,21 @@ def fill(disk: Path, leave_bytes: int) -> Path:
 
 def test_sweeping_into_a_real_full_disk(tiny_disk):
     cli = CliRunner()
-    base = ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--warmup", "1", "--steps",
-            "2", "--device", "cpu", "--isolation", "none"]
+    base = [
+        "sweep",
+        "--arch",
+        TINY_ARCH,
+        "--res",
+        str(TINY_RES),
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--isolation",
+        "none",
+    ]
     filler = fill(tiny_disk, 0)
     fresh = tiny_disk / "fresh"
     line = usage_error(cli.invoke(app, [*base, "--batch", "2", "--out", str(fresh)]))
@@ -274,7 +313,9 @@ def test_sweeping_into_a_real_full_disk(tiny_disk):
     line = usage_error(cli.invoke(app, [*base, "--batch", "2,4,6", "--out", str(out)]))
     assert f"in {out}" in line and "No space left on device" in line
     assert (out / "cells.csv").read_bytes() == before  # still there, still readable
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == durable.JOURNAL]
+    assert not [
+        p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == durable.JOURNAL
+    ]
     filler.unlink()
     again = cli.invoke(app, [*base, "--batch", "2,4,6", "--out", str(out)])
     assert again.exit_code == 0 and "1 already finished, 2 to run" in again.output
@@ -293,8 +334,25 @@ def _edit(out: Path, column: str, value: str) -> None:
 
 
 def _sweep_args(out: Path) -> list[str]:
-    return ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2", "--warmup",
-            "1", "--steps", "2", "--device", "cpu", "--isolation", "none", "--out", str(out)]
+    return [
+        "sweep",
+        "--arch",
+        TINY_ARCH,
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--isolation",
+        "none",
+        "--out",
+        str(out),
+    ]
 
 
 def test_text_in_a_numeric_column_neither_reruns_nor_duplicates_a_cell(tmp_path, monkeypatch):

@@ -69,8 +69,16 @@ def test_every_micro_batch_is_counted():
 
 def test_achieved_tflops_and_mfu_follow_from_the_row():
     cell = Cell("bp", ARCH, RES, BATCH)
-    result = CellResult(cell, "cpu", "x", step_ms=[2.0, 2.0, 2.0], flops_per_step=4 * 10**9,
-                        peak_tflops=4.0, peak_source=USER, peak_precision="fp32")
+    result = CellResult(
+        cell,
+        "cpu",
+        "x",
+        step_ms=[2.0, 2.0, 2.0],
+        flops_per_step=4 * 10**9,
+        peak_tflops=4.0,
+        peak_source=USER,
+        peak_precision="fp32",
+    )
     assert result.achieved_tflops == pytest.approx(2.0)  # 4 GFLOP in 2 ms
     assert result.mfu == pytest.approx(0.5)
     again = CellResult.from_row(result.row())
@@ -80,8 +88,9 @@ def test_achieved_tflops_and_mfu_follow_from_the_row():
 
 
 def test_cpu_calibration_gives_an_mfu_strictly_between_0_and_1(tmp_path):
-    [result] = run_sweep([Cell("bp", "vgg-d2-w32", 16, 8, warmup=1, steps=3)], "cpu", tmp_path,
-                         isolation="none")
+    [result] = run_sweep(
+        [Cell("bp", "vgg-d2-w32", 16, 8, warmup=1, steps=3)], "cpu", tmp_path, isolation="none"
+    )
     assert result.peak_source in CALIBRATED_SOURCES and result.peak_tflops > 0
     assert 0 < result.mfu < 1
 
@@ -94,8 +103,8 @@ def test_the_peak_comes_from_the_user_the_datasheet_or_the_cpu_and_an_unknown_gp
 
 
 def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp_path, monkeypatch):
-    from membench.measure import flops
     from membench.execute.sweep import SweepProgress
+    from membench.measure import flops
 
     class Notes(SweepProgress):
         def __init__(self):
@@ -104,9 +113,15 @@ def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp
         def note(self, text):
             self.notes.append(text)
 
-    monkeypatch.setattr(flops, "device_peak_spec", lambda kind, name, user=None, precision="fp32":
-                        flops.PeakSpec(user, USER, precision) if user
-                        else flops.PeakSpec(None, note="no peak for this device"))
+    monkeypatch.setattr(
+        flops,
+        "device_peak_spec",
+        lambda kind, name, user=None, precision="fp32": (
+            flops.PeakSpec(user, USER, precision)
+            if user
+            else flops.PeakSpec(None, note="no peak for this device")
+        ),
+    )
     cells = [Cell("bp", ARCH, RES, b, warmup=0, steps=2) for b in (2, 4)]
     progress = Notes()
     results = run_sweep(cells, "cpu", tmp_path / "a", isolation="none", progress=progress)
@@ -119,8 +134,8 @@ def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp
 @pytest.mark.parametrize("method", ["bp", "bp-accum", "bp-ckpt", "ff-naive", "ff-pipelined"])
 def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(method):
     from membench.measure.devices import CpuDevice
-    from membench.planning.estimate import estimate_cell
     from membench.measure.protocol import run_cell
+    from membench.planning.estimate import estimate_cell
 
     cell = Cell(method, ARCH, RES, BATCH, 2 if method == "bp-accum" else None, warmup=1, steps=1)
     expected = count_step_flops(cell)
@@ -130,13 +145,16 @@ def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(met
 
 # -- bounds for estimates: the report and fit --------------------------------------------------
 def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
+    from membench.execute.sweep import estimate_sweep
     from membench.measure.flops import resolve_gpu
     from membench.report import build_report, load_cells, make_figures
     from membench.report.render import add_throughput_bound
-    from membench.execute.sweep import estimate_sweep
 
-    cells = [Cell(m, ARCH, RES, b, classes=CLASSES, warmup=1, steps=1)
-             for m in ("bp", "ff-pipelined") for b in (2, 4)]
+    cells = [
+        Cell(m, ARCH, RES, b, classes=CLASSES, warmup=1, steps=1)
+        for m in ("bp", "ff-pipelined")
+        for b in (2, 4)
+    ]
     results = estimate_sweep(cells, "cuda", tmp_path / "r", isolation="none")
     name, peak = resolve_gpu("H200")
     assert name == "NVIDIA H200" and peak.precision in ("tf32", "fp32")
@@ -146,31 +164,52 @@ def test_a_report_with_a_gpu_bounds_the_throughput_of_estimates(tmp_path):
     bars = {bar.get_gid(): bar for ax in figure.figure.axes for bar in ax.patches if bar.get_gid()}
     flops = {r.cell.batch: r.flops_per_step for r in results if r.cell.method == "ff-pipelined"}
     assert [bars[f"bound:ff-pipelined b{b}"].get_width() for b in (2, 4)] == pytest.approx(
-        [throughput_bound(flops[b], b, peak.tflops) for b in (2, 4)])
-    report = build_report([tmp_path / "r"], tmp_path / "out",
-                          gpu=(name, {"fp32": (peak.tflops, peak.precision)}))
+        [throughput_bound(flops[b], b, peak.tflops) for b in (2, 4)]
+    )
+    report = build_report(
+        [tmp_path / "r"], tmp_path / "out", gpu=(name, {"fp32": (peak.tflops, peak.precision)})
+    )
     text = report.read_text()
     assert "imgs/s bound" in text and "FLOPs \u00f7 bp" in text and "NVIDIA H200" in text
 
 
 def test_report_and_fit_take_a_gpu_or_a_device_profile_and_refuse_an_unknown_one(tmp_path):
+    from helpers import usage_error
     from typer.testing import CliRunner
 
-    from helpers import usage_error
     from membench.cli import app
     from membench.measure.flops import resolve_gpu
 
     assert resolve_gpu("laptop-8gb")[0] == "NVIDIA GeForce RTX 4060 Laptop GPU"
     cli = CliRunner()
-    fit = cli.invoke(app, ["fit", "--arch", "vgg-d2-w8", "--res", "8", "--device-mem", "4MiB",
-                           "--method", "bp", "--max-batch", "8", "--gpu", "RTX 4090"])
+    fit = cli.invoke(
+        app,
+        [
+            "fit",
+            "--arch",
+            "vgg-d2-w8",
+            "--res",
+            "8",
+            "--device-mem",
+            "4MiB",
+            "--method",
+            "bp",
+            "--max-batch",
+            "8",
+            "--gpu",
+            "RTX 4090",
+        ],
+    )
     assert fit.exit_code == 0, fit.output
     assert "imgs/s bound" in fit.output and "NVIDIA GeForce RTX 4090" in fit.output
-    expected = throughput_bound(count_step_flops(Cell("bp", "vgg-d2-w8", 8, 8)), 8,
-                                resolve_gpu("RTX 4090")[1].tflops)
+    expected = throughput_bound(
+        count_step_flops(Cell("bp", "vgg-d2-w8", 8, 8)), 8, resolve_gpu("RTX 4090")[1].tflops
+    )
     assert f"{expected:,.0f}" in fit.output
-    for command in (["fit", "--device-mem", "1GiB", "--gpu", "Voodoo 5"],
-                    ["report", str(tmp_path), "--gpu", "Voodoo 5"]):
+    for command in (
+        ["fit", "--device-mem", "1GiB", "--gpu", "Voodoo 5"],
+        ["report", str(tmp_path), "--gpu", "Voodoo 5"],
+    ):
         assert "unknown GPU 'Voodoo 5'" in usage_error(cli.invoke(app, command))
 
 
@@ -179,6 +218,8 @@ def test_an_fp16_step_counts_the_flops_of_its_bf16_step():
     from membench.measure.protocol import count_step_flops
     from membench.schema import Cell
 
-    cells = {p: Cell(method="bp", arch="vgg-d3-w16", res=16, batch=4, precision=p)
-             for p in ("bf16", "fp16")}
+    cells = {
+        p: Cell(method="bp", arch="vgg-d3-w16", res=16, batch=4, precision=p)
+        for p in ("bf16", "fp16")
+    }
     assert count_step_flops(cells["fp16"]) == count_step_flops(cells["bf16"]) > 0

@@ -17,16 +17,26 @@ from __future__ import annotations
 
 import pytest
 
-from membench.pytest_plugin import check_peak_memory
 from membench.compare import compare_results
-from membench.measure.devices import resolve_device
-from membench.gating import (
-    GPU_BASELINES_ENV, NEW_GPU_BASELINE_ENV, RECORD_GPU_COMMAND, REQUIRE_GPU_ENV,
-    MissingGpuBaseline, committed_gpu_baseline, cpu_gate_cells, gpu_baseline_dir, gpu_perf_cells,
-    gpu_required, measure_cpu_gate, measured_device_name, new_gpu_baseline_dir,
-)
-from membench.results import read_cells
 from membench.execute.sweep import run_sweep
+from membench.gating import (
+    GPU_BASELINES_ENV,
+    NEW_GPU_BASELINE_ENV,
+    RECORD_GPU_COMMAND,
+    REQUIRE_GPU_ENV,
+    MissingGpuBaseline,
+    committed_gpu_baseline,
+    cpu_gate_cells,
+    gpu_baseline_dir,
+    gpu_perf_cells,
+    gpu_required,
+    measure_cpu_gate,
+    measured_device_name,
+    new_gpu_baseline_dir,
+)
+from membench.measure.devices import resolve_device
+from membench.pytest_plugin import check_peak_memory
+from membench.results import read_cells
 
 gpu = pytest.mark.gpu
 
@@ -71,8 +81,11 @@ def test_gpu_memory_and_throughput_within_thresholds(measured):
     comparison = compare_results(baseline, measured)
     reasons = [f"{r.cell_id}: {reason}" for r in comparison.regressions for reason in r.reasons]
     reasons += [f"missing: {c['cell_id']}" for c in comparison.only_in_baseline]
-    assert comparison.passed, "\n".join(reasons + comparison.notes + [
-        f"if intended, re-record with `{RECORD_GPU_COMMAND}` and commit it"])
+    assert comparison.passed, "\n".join(
+        reasons
+        + comparison.notes
+        + [f"if intended, re-record with `{RECORD_GPU_COMMAND}` and commit it"]
+    )
     assert len(comparison.rows) == len(gpu_perf_cells())
 
 

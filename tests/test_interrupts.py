@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_runners import install_misbehaving_runners
 from test_sweep import WAIT_S, process_gone, wait_for
 
 # Installed as sitecustomize in every interpreter of the test's process group: sends Ctrl-C to
 # the group when $MEMBENCH_TEST_INTERRUPT_AT is imported by the sweep process ("sweep") or by the
 # forkserver ("forkserver", the process that imported multiprocessing.forkserver to serve).
-HOOK = '''
+HOOK = """
 import importlib.abc, os, signal, sys
 
 class _CtrlC(importlib.abc.MetaPathFinder):
@@ -33,9 +32,22 @@ class _CtrlC(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, _CtrlC())
-'''
-SWEEP = ["sweep", "--arch", "vgg-d2-w8", "--res", "8", "--batch", "2", "--warmup", "1",
-         "--steps", "2", "--device", "cpu"]
+"""
+SWEEP = [
+    "sweep",
+    "--arch",
+    "vgg-d2-w8",
+    "--res",
+    "8",
+    "--batch",
+    "2",
+    "--warmup",
+    "1",
+    "--steps",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def start_sweep(tmp_path: Path, *extra: str, **environ: str) -> subprocess.Popen:
@@ -44,10 +56,22 @@ def start_sweep(tmp_path: Path, *extra: str, **environ: str) -> subprocess.Popen
     (hook / "sitecustomize.py").write_text(HOOK)
     env = {**os.environ, **environ}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-c", "from membench.cli import main; main()",
-                             *SWEEP, "--out", str(tmp_path / "out"), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from membench.cli import main; main()",
+            *SWEEP,
+            "--out",
+            str(tmp_path / "out"),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def assert_one_line(sweep: subprocess.Popen) -> str:
@@ -62,10 +86,14 @@ def assert_one_line(sweep: subprocess.Popen) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("module", "where"), [
-    ("torch", "sweep"), pytest.param("torch._dynamo", "forkserver", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("module", "where"),
+    [("torch", "sweep"), pytest.param("torch._dynamo", "forkserver", marks=pytest.mark.slow)],
+)
 def test_ctrl_c_while_importing_is_one_line(tmp_path, module, where):
-    sweep = start_sweep(tmp_path, MEMBENCH_TEST_INTERRUPT_AT=module, MEMBENCH_TEST_INTERRUPT_IN=where)
+    sweep = start_sweep(
+        tmp_path, MEMBENCH_TEST_INTERRUPT_AT=module, MEMBENCH_TEST_INTERRUPT_IN=where
+    )
     assert_one_line(sweep)
     assert not (tmp_path / "out" / "cells.csv").exists()
 
@@ -82,7 +110,9 @@ def test_ctrl_c_in_the_middle_of_a_cell_is_one_line_and_the_worker_goes(tmp_path
     line = assert_one_line(sweep)
     assert "finished cells are saved" in line
     wait_for(lambda: process_gone(int(pid_file.read_text())), "the worker to exit")
-    assert [row.split(",")[1] for row in (tmp_path / "out" / "cells.csv").read_text().splitlines()[1:]] == ["bp"]
+    assert [
+        row.split(",")[1] for row in (tmp_path / "out" / "cells.csv").read_text().splitlines()[1:]
+    ] == ["bp"]
 
 
 def forkserver_ignores_sigint(tmp_path: Path, start: str) -> bool:
@@ -92,23 +122,36 @@ def forkserver_ignores_sigint(tmp_path: Path, start: str) -> bool:
     marker = tmp_path / f"preloading-{start}"
     (tmp_path / "blocking_preload.py").write_text(
         "import os, pathlib, time\n"
-        "pathlib.Path(os.environ['MEMBENCH_TEST_MARKER']).touch()\ntime.sleep(60)\n")
-    code = ("import multiprocessing.forkserver as f, sys\n"
-            "from membench.execute.worker import _start_forkserver\n"
-            "f.set_forkserver_preload(['blocking_preload'])\n"
-            f"{start}()\n"
-            "print(f._forkserver._forkserver_pid, flush=True)\n"
-            "sys.stdin.read()\n")
-    env = {**os.environ, "MEMBENCH_TEST_MARKER": str(marker), "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, env=env) as parent:
+        "pathlib.Path(os.environ['MEMBENCH_TEST_MARKER']).touch()\ntime.sleep(60)\n"
+    )
+    code = (
+        "import multiprocessing.forkserver as f, sys\n"
+        "from membench.execute.worker import _start_forkserver\n"
+        "f.set_forkserver_preload(['blocking_preload'])\n"
+        f"{start}()\n"
+        "print(f._forkserver._forkserver_pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = {
+        **os.environ,
+        "MEMBENCH_TEST_MARKER": str(marker),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as parent:
         pid = int(parent.stdout.readline())
         wait_for(marker.exists, "the forkserver to preload")
         status = Path(f"/proc/{pid}/status").read_text()
         os.kill(pid, signal.SIGKILL)
         parent.stdin.close()
-    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    ignored = int(
+        next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16
+    )
     return bool(ignored & (1 << (signal.SIGINT - 1)))
 
 

@@ -16,8 +16,9 @@ def setup(arch: str) -> VerifySetup:
     return VerifySetup(arch=arch, res=8, batch=4, classes=3)
 
 
-@pytest.mark.parametrize("arch", ["vgg-d3-w8", "resnet20", "resnet20-stage",
-                                  "tiny_models:plain_stack"])
+@pytest.mark.parametrize(
+    "arch", ["vgg-d3-w8", "resnet20", "resnet20-stage", "tiny_models:plain_stack"]
+)
 def test_every_decomposition_keeps_its_units_apart(arch):
     result = check_layer_isolation("ff-pipelined", setup(arch))
     assert result.passed, result.detail

@@ -14,12 +14,17 @@ import torch
 
 from membench.compare import compare_results
 from membench.gating import (
-    CPU_BASELINE_DIR, RECORD_CPU_COMMAND, BaselineError, cpu_gate_cells, measure_cpu_gate,
-    measured_device_name, replace_folder,
+    CPU_BASELINE_DIR,
+    RECORD_CPU_COMMAND,
+    BaselineError,
+    cpu_gate_cells,
+    measure_cpu_gate,
+    measured_device_name,
+    replace_folder,
 )
-from membench.schema import CellResult
 from membench.results import append_result, read_cells
 from membench.runners import get_runner
+from membench.schema import CellResult
 
 
 def _explain(comparison) -> str:
@@ -27,7 +32,10 @@ def _explain(comparison) -> str:
     lines += [f"missing in this run: {c['cell_id']}" for c in comparison.only_in_baseline]
     lines += [f"not in the baseline: {c['cell_id']}" for c in comparison.only_in_new]
     lines += comparison.notes
-    lines.append(f"if the change is intended, re-record with `{RECORD_CPU_COMMAND}` and commit membench/baselines/cpu")
+    lines.append(
+        f"if the change is intended, re-record with `{RECORD_CPU_COMMAND}` and commit "
+        "membench/baselines/cpu"
+    )
     return "\n".join(lines)
 
 
@@ -43,12 +51,15 @@ def measured(tmp_path_factory):
 
 def test_cpu_memory_matches_baseline(measured):
     assert (CPU_BASELINE_DIR / "cells.csv").exists(), (
-        f"no CPU memory baseline; record it with `{RECORD_CPU_COMMAND}` and commit membench/baselines/cpu")
+        f"no CPU memory baseline; record it with `{RECORD_CPU_COMMAND}` and commit "
+        "membench/baselines/cpu"
+    )
     cells = read_cells(measured)
     assert list(cells["status"]) == ["ok"] * len(cpu_gate_cells()), cells["error"].tolist()
     assert set(cells["memory_source"]) == {"tracker"}
-    comparison = compare_results(CPU_BASELINE_DIR, measured, max_mem_increase_pct=0.0,
-                                 max_tput_drop_pct=None)
+    comparison = compare_results(
+        CPU_BASELINE_DIR, measured, max_mem_increase_pct=0.0, max_tput_drop_pct=None
+    )
     assert comparison.passed, _explain(comparison)
     # Every cell gated, none silently skipped: the baseline and the grid have not drifted apart.
     assert not comparison.only_in_new, _explain(comparison)
@@ -70,9 +81,12 @@ def test_gate_catches_a_hungrier_runner(measured, tmp_path, monkeypatch):
     monkeypatch.setattr(bp_runner, "step", hungrier_step)
     bp_cells = [c for c in cpu_gate_cells() if c.method == "bp"]
     hungrier = measure_cpu_gate(tmp_path / "hungrier", bp_cells)
-    comparison = compare_results(measured, hungrier, max_mem_increase_pct=0.0,
-                                 max_tput_drop_pct=None, allow_missing=True)
-    assert [r.cell_id for r in comparison.regressions] == [c.cell_id for c in bp_cells]  # fp32, bf16
+    comparison = compare_results(
+        measured, hungrier, max_mem_increase_pct=0.0, max_tput_drop_pct=None, allow_missing=True
+    )
+    assert [r.cell_id for r in comparison.regressions] == [
+        c.cell_id for c in bp_cells
+    ]  # fp32, bf16
     assert all(r.peak_new - r.peak_baseline == 4096 for r in comparison.regressions)
 
 
@@ -85,8 +99,16 @@ def test_a_failed_recording_never_replaces_the_baseline(tmp_path):
 
     def failed_recording(folder):
         measure_cpu_gate(folder, [cell])
-        append_result(folder, CellResult(dataclasses.replace(cell, batch=8), "cpu",
-                                         "Test CPU", status="oom", error="OutOfMemoryError: x"))
+        append_result(
+            folder,
+            CellResult(
+                dataclasses.replace(cell, batch=8),
+                "cpu",
+                "Test CPU",
+                status="oom",
+                error="OutOfMemoryError: x",
+            ),
+        )
 
     with pytest.raises(BaselineError, match="1 cell\\(s\\) did not run ok"):
         replace_folder(target, failed_recording)

@@ -36,7 +36,9 @@ def test_breakdown_classifies_parameters_gradients_optimizer_state():
     optimizer.zero_grad(set_to_none=True)
     tracker = TensorMemoryTracker()
     tracker.add_existing("parameters", model.parameters())
-    tracker.add_existing("optimizer_state", [t for s in optimizer.state.values() for t in s.values()])
+    tracker.add_existing(
+        "optimizer_state", [t for s in optimizer.state.values() for t in s.values()]
+    )
     with tracker, tracker.watch_gradients(model.parameters()):
         model(x).sum().backward()
     breakdown = tracker.peak_breakdown()

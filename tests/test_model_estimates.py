@@ -9,8 +9,8 @@ import pytest
 
 from membench.archs import registry
 from membench.measure.devices import CpuDevice
-from membench.planning.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
+from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
 TINY_VIT = "tiny_models:tiny_vit"
@@ -53,6 +53,7 @@ def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
     from membench.verify import VerifySetup
     from membench.verify.checks import check_gradients
 
-    result = check_gradients(method, "bp", VerifySetup(arch="tiny_models:inplace_net", res=8,
-                                                       batch=2, classes=3))
+    result = check_gradients(
+        method, "bp", VerifySetup(arch="tiny_models:inplace_net", res=8, batch=2, classes=3)
+    )
     assert result.passed, result.detail

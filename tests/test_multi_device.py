@@ -5,22 +5,21 @@ group (docs/design.md, "Cells on several devices"). Every cell is tiny and spans
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from fake_runners import install_fake_runners
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench.cli import app
 from membench.config import expand_grid
-from membench.multidevice.launch import run_multi_device
 from membench.execute.sweep import run_sweep
 from membench.multidevice.fake_group import estimate_ranks
+from membench.multidevice.launch import run_multi_device
 from membench.multidevice.rows import RANKS_FILE, read_ranks
-from membench.report.multi_device import multi_device_markdown
 from membench.report.load import load_cells
+from membench.report.multi_device import multi_device_markdown
 from membench.schema import Cell
 
 cli = CliRunner()
@@ -28,9 +27,17 @@ ARCH, RES, BATCH = "vgg-d4-w8", 8, 8
 
 
 def cell(method: str, **overrides) -> Cell:
-    settings = dict(method=method, arch=ARCH, res=RES, batch=BATCH, devices=2, warmup=1, steps=2,
-                    micro_batch=2 if method in ("bp-pp", "ff-pp") else None,
-                    schedule="1f1b" if method == "bp-pp" else None)
+    settings = dict(
+        method=method,
+        arch=ARCH,
+        res=RES,
+        batch=BATCH,
+        devices=2,
+        warmup=1,
+        steps=2,
+        micro_batch=2 if method in ("bp-pp", "ff-pp") else None,
+        schedule="1f1b" if method == "bp-pp" else None,
+    )
     return Cell(**{**settings, **overrides})
 
 
@@ -76,8 +83,12 @@ class HangingRank(_OnRankOne):
         while True:
             time.sleep(0.05)
 '''
-BROKEN_NAMES = {"test-rank-raise": "RaisingRank", "test-rank-oom": "OOMRank",
-                "test-rank-exit": "ExitingRank", "test-rank-hang": "HangingRank"}
+BROKEN_NAMES = {
+    "test-rank-raise": "RaisingRank",
+    "test-rank-oom": "OOMRank",
+    "test-rank-exit": "ExitingRank",
+    "test-rank-hang": "HangingRank",
+}
 
 
 def alive(pid: int) -> bool:
@@ -90,26 +101,55 @@ def alive(pid: int) -> bool:
 
 # -- the setting ------------------------------------------------------------------------------
 def test_devices_is_a_grid_axis_that_one_device_methods_collapse():
-    cells = expand_grid(method=["bp", "bp-ddp", "bp-pp"], arch=ARCH, res=RES, batch=BATCH,
-                        devices=[2, 4], micro_batch=2)
+    cells = expand_grid(
+        method=["bp", "bp-ddp", "bp-pp"],
+        arch=ARCH,
+        res=RES,
+        batch=BATCH,
+        devices=[2, 4],
+        micro_batch=2,
+    )
     ids = sorted(c.cell_id for c in cells)
-    assert ids == ["bp-ddp_vgg-d4-w8_r8_b8_k10_dev2", "bp-ddp_vgg-d4-w8_r8_b8_k10_dev4",
-                   "bp-pp_vgg-d4-w8_r8_b8_mb2_k10_dev2_1f1b",
-                   "bp-pp_vgg-d4-w8_r8_b8_mb2_k10_dev4_1f1b", "bp_vgg-d4-w8_r8_b8_k10"]
+    assert ids == [
+        "bp-ddp_vgg-d4-w8_r8_b8_k10_dev2",
+        "bp-ddp_vgg-d4-w8_r8_b8_k10_dev4",
+        "bp-pp_vgg-d4-w8_r8_b8_mb2_k10_dev2_1f1b",
+        "bp-pp_vgg-d4-w8_r8_b8_mb2_k10_dev4_1f1b",
+        "bp_vgg-d4-w8_r8_b8_k10",
+    ]
     assert all(c.schedule is None for c in cells if c.method != "bp-pp")
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--method", "bp-ddp", "--devices", "1"], "--devices 2 or more"),
-    (["--method", "bp-ddp", "--devices", "3"], "does not split over 3 devices"),
-    (["--method", "bp-pp", "--devices", "2", "--micro-batch", "8"], "at least as many micro"),
-    (["--method", "ff-pp", "--devices", "5"], "fewer than the 5 pipeline stages"),
-    (["--method", "bp-fsdp", "--devices", "2", "--precision", "fp16"], "use bf16"),
-    (["--method", "bp-pp", "--devices", "2", "--schedule", "zb"], "--schedule takes gpipe, 1f1b"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--method", "bp-ddp", "--devices", "1"], "--devices 2 or more"),
+        (["--method", "bp-ddp", "--devices", "3"], "does not split over 3 devices"),
+        (["--method", "bp-pp", "--devices", "2", "--micro-batch", "8"], "at least as many micro"),
+        (["--method", "ff-pp", "--devices", "5"], "fewer than the 5 pipeline stages"),
+        (["--method", "bp-fsdp", "--devices", "2", "--precision", "fp16"], "use bf16"),
+        (
+            ["--method", "bp-pp", "--devices", "2", "--schedule", "zb"],
+            "--schedule takes gpipe, 1f1b",
+        ),
+    ],
+)
 def test_a_cell_the_ranks_cannot_split_is_one_line_and_exit_2(tmp_path, args, needle):
-    result = cli.invoke(app, ["sweep", "--arch", ARCH, "--res", str(RES), "--batch", str(BATCH),
-                              "--out", str(tmp_path), *args])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            ARCH,
+            "--res",
+            str(RES),
+            "--batch",
+            str(BATCH),
+            "--out",
+            str(tmp_path),
+            *args,
+        ],
+    )
     assert needle in usage_error(result)
 
 
@@ -154,8 +194,7 @@ def test_broken_ranks_become_rows_that_name_the_rank_and_leave_no_process(tmp_pa
     pids.mkdir()
     monkeypatch.setenv("MEMBENCH_TEST_PIDS", str(pids))
     names = ["test-rank-raise", "test-rank-oom", "test-rank-exit"]
-    results = run_sweep([cell(name) for name in names], "cpu", tmp_path / "out",
-                        isolation="none")
+    results = run_sweep([cell(name) for name in names], "cpu", tmp_path / "out", isolation="none")
     assert [r.status for r in results] == ["error", "oom", "error"]
     assert results[0].error.startswith("rank 1: RuntimeError: deliberate failure")
     assert results[1].error.startswith("rank 1: OutOfMemoryError: deliberate out of memory")
@@ -184,8 +223,10 @@ def test_an_estimate_plans_every_rank_on_one_machine():
     peaks = [r.peak_allocated_bytes for r in pp.ranks]
     assert pp.peak_allocated_bytes == peaks[pp.peak_rank] == max(peaks) and len(set(peaks)) > 1
     # GPipe holds every micro-batch's forward on the first stage, 1F1B at most one per stage.
-    first = {s: estimate_ranks(cell("bp-pp", schedule=s), "cpu").ranks[0].peak_allocated_bytes
-             for s in ("gpipe", "1f1b")}
+    first = {
+        s: estimate_ranks(cell("bp-pp", schedule=s), "cpu").ranks[0].peak_allocated_bytes
+        for s in ("gpipe", "1f1b")
+    }
     assert first["gpipe"] > first["1f1b"]
     over = estimate_ranks(cell("bp-ddp", device_mem_bytes=4096), "cuda")
     assert over.status == "oom" and over.error.startswith("rank 0: estimated")
@@ -193,9 +234,27 @@ def test_an_estimate_plans_every_rank_on_one_machine():
 
 
 def test_estimate_sweep_with_devices(tmp_path):
-    result = cli.invoke(app, ["sweep", "--estimate", "--method", "bp-fsdp", "--arch", ARCH,
-                              "--res", str(RES), "--batch", str(BATCH), "--devices", "4",
-                              "--isolation", "none", "--out", str(tmp_path)])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--estimate",
+            "--method",
+            "bp-fsdp",
+            "--arch",
+            ARCH,
+            "--res",
+            str(RES),
+            "--batch",
+            str(BATCH),
+            "--devices",
+            "4",
+            "--isolation",
+            "none",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ranks = read_ranks(tmp_path)
     assert list(ranks["rank"]) == list(range(4))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.cli import app
 from membench.planning.plan import (
-    ThroughputBound, candidate_cells, plan, throughput_bound, transfer_bytes,
+    ThroughputBound,
+    candidate_cells,
+    plan,
+    throughput_bound,
+    transfer_bytes,
 )
 from membench.schema import Cell, CellResult
 
@@ -24,15 +28,21 @@ def test_the_candidates_cover_each_familys_tooling_and_nothing_a_runner_refuses(
     assert "bp-ckpt_vgg-d2-w8_r8_b8_mb4_k10_bf16_optim-host" in ids  # accumulation + ckpt
     assert "bp_vgg-d2-w8_r8_b8_k10_bf16_grads-released_optim-host" in ids
     assert "ff-pipelined_vgg-d2-w8_r8_b8_mb4_k10_bf16_grads-released_optim-host" in ids
-    assert not any(c.grads == "released" and c.micro_batch and c.method.startswith("bp")
-                   for c in cells)  # accumulation keeps its gradients
+    assert not any(
+        c.grads == "released" and c.micro_batch and c.method.startswith("bp") for c in cells
+    )  # accumulation keeps its gradients
     assert len(ids) == len(cells)
 
 
 def result(method="bp-offload", micro_batch=4, offloaded=10**9, optimizer=10**9, flops=10**12):
-    return CellResult(Cell(method, ARCH, RES, BATCH, micro_batch), "cuda (estimate)", "estimate",
-                      offloaded_bytes=offloaded, offloaded_optimizer_bytes=optimizer,
-                      flops_per_step=flops)
+    return CellResult(
+        Cell(method, ARCH, RES, BATCH, micro_batch),
+        "cuda (estimate)",
+        "estimate",
+        offloaded_bytes=offloaded,
+        offloaded_optimizer_bytes=optimizer,
+        flops_per_step=flops,
+    )
 
 
 def test_the_bound_adds_compute_and_link_time_and_names_the_larger():
@@ -48,8 +58,11 @@ def test_the_bound_adds_compute_and_link_time_and_names_the_larger():
 
 def test_a_plan_ranks_what_fits_fastest_first():
     everything = plan(ARCH, RES, 4, 2**40, "H200", precisions=FP32)  # 4: no micro-batches
-    assert len(everything.ranked) == len(everything.rows) == len(candidate_cells(
-        ARCH, RES, 4, precisions=FP32))
+    assert (
+        len(everything.ranked)
+        == len(everything.rows)
+        == len(candidate_cells(ARCH, RES, 4, precisions=FP32))
+    )
     speeds = [row.bound.imgs_per_s for row in everything.ranked]
     assert speeds == sorted(speeds, reverse=True)
     # FF skips the input gradients: it bounds faster than every BP at the same precision.
@@ -61,19 +74,42 @@ def test_a_plan_ranks_what_fits_fastest_first():
 
 @pytest.mark.slow
 def test_the_plan_command_prints_the_ranking_and_each_familys_best():
-    run = CliRunner().invoke(app, ["plan", "--arch", ARCH, "--res", str(RES), "--batch", "4",
-                                   "--precision", "fp32", "--device-mem", "1GiB", "--gpu", "H200",
-                                   "--top", "3"])
+    run = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--arch",
+            ARCH,
+            "--res",
+            str(RES),
+            "--batch",
+            "4",
+            "--precision",
+            "fp32",
+            "--device-mem",
+            "1GiB",
+            "--gpu",
+            "H200",
+            "--top",
+            "3",
+        ],
+    )
     assert run.exit_code == 0, run.output
     assert "best of each family: ff: ff-pipelined" in run.output and "; bp: bp" in run.output
     assert "   1  ff-pipelined" in run.output and "   4  " not in run.output
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--device-mem", "1GiB", "--gpu", "no-such-gpu"], "unknown GPU"),
-    (["--gpu", "H200"], "plan needs the budget"),
-    (["--device-mem", "1GiB", "--gpu", "H200", "--link-gbps", "0"], "--link-gbps must be positive"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--device-mem", "1GiB", "--gpu", "no-such-gpu"], "unknown GPU"),
+        (["--gpu", "H200"], "plan needs the budget"),
+        (
+            ["--device-mem", "1GiB", "--gpu", "H200", "--link-gbps", "0"],
+            "--link-gbps must be positive",
+        ),
+    ],
+)
 def test_bad_plan_input_is_one_line(args, needle):
     run = CliRunner().invoke(app, ["plan", "--arch", ARCH, "--res", str(RES), *args])
     assert needle in usage_error(run)

@@ -4,9 +4,9 @@ to right, flags win, and every bad value is a one-line error (exit 2 from the CL
 from __future__ import annotations
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.cli import app
 from membench.config import build_config
 from membench.errors import InputError
@@ -38,11 +38,13 @@ def test_device_profile_combines_and_explicit_flags_win():
     assert build_config(["paper-d7", "paper-vgg8-32"]).options.timeout_s == 900
 
 
-def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(tmp_path, monkeypatch):
+def test_profiles_are_found_from_another_directory_and_cwd_profiles_come_first(
+    tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     assert "quick" in available_profiles()
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "quick.toml").write_text('batch = [3]\n')
+    (tmp_path / "profiles" / "quick.toml").write_text("batch = [3]\n")
     assert find_profile("quick") == tmp_path / "profiles" / "quick.toml"
     assert load_profile("quick").settings == {"batch": [3]}
 
@@ -59,7 +61,7 @@ BAD_PROFILES = [
     ('device_mem = "lots"\n', "device_mem"),
     ('isolation = "thread"\n', "isolation takes process, none"),
     ("batch = [\n", "not valid TOML"),
-    ('[[grid]]\nwidth = 3\n', "unknown key 'width' in [[grid]]"),
+    ("[[grid]]\nwidth = 3\n", "unknown key 'width' in [[grid]]"),
 ]
 
 
@@ -71,7 +73,8 @@ def test_bad_profiles_give_one_line_errors(tmp_path, text, needle):
         build_config([str(path)])
     assert needle in str(err.value) and "\n" not in str(err.value)
     assert needle in usage_error(
-        CliRunner().invoke(app, ["sweep", "--profile", str(path), "--out", str(tmp_path / "o")]))
+        CliRunner().invoke(app, ["sweep", "--profile", str(path), "--out", str(tmp_path / "o")])
+    )
 
 
 def test_unknown_profile_names_the_valid_ones():
@@ -87,7 +90,8 @@ def test_list_profiles_shows_the_shipped_ones():
 
 
 def test_a_profile_that_is_not_utf8_is_a_one_line_error_and_list_profiles_survives_it(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "profiles").mkdir()
     path = tmp_path / "profiles" / "latin1.toml"

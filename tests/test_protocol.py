@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import TINY_ARCH, TINY_RES
+
 from membench.measure.devices import CpuDevice
 from membench.measure.protocol import build_runner, make_batch, run_cell
 from membench.schema import Cell
@@ -59,8 +59,9 @@ def test_tracker_peak_covers_the_persistent_state_and_grows_with_batch():
         assert result.status == "ok", result.error
         assert result.memory_source == "tracker"
         b = result.breakdown
-        param_bytes = sum(p.numel() * p.element_size()
-                          for p in build_runner(result.cell, "cpu").parameters())
+        param_bytes = sum(
+            p.numel() * p.element_size() for p in build_runner(result.cell, "cpu").parameters()
+        )
         assert b.parameters >= param_bytes
         assert result.peak_allocated_bytes >= b.parameters + b.gradients + b.optimizer_state
         assert b.optimizer_state >= 2 * param_bytes  # AdamW's two moments
@@ -85,7 +86,10 @@ def test_budget_turns_into_an_oom_status():
 
 def test_synthetic_batch_is_deterministic_per_seed():
     cell = Cell("bp", TINY_ARCH, TINY_RES, batch=3, classes=5)
-    (x1, y1), (x2, y2) = make_batch(cell, torch.device("cpu")), make_batch(cell, torch.device("cpu"))
+    (x1, y1), (x2, y2) = (
+        make_batch(cell, torch.device("cpu")),
+        make_batch(cell, torch.device("cpu")),
+    )
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.shape == (3, 3, TINY_RES, TINY_RES) and int(y1.max()) < 5
 
@@ -94,7 +98,9 @@ def test_allocator_failures_reported_as_runtime_errors_count_as_oom():
     from membench.measure.protocol import is_out_of_memory
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
-    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert is_out_of_memory(
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
+    )
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
@@ -112,7 +118,11 @@ def test_cuda_cell_reads_the_allocator_peaks():
 def test_a_long_error_keeps_its_head_and_tail():
     from membench.errors import one_line
 
-    message = "CUDA out of memory. " + "Process 123 has 1 GiB in use. " * 60 + "Of the allocated memory 7.5 GiB is allocated by PyTorch"
+    message = (
+        "CUDA out of memory. "
+        + "Process 123 has 1 GiB in use. " * 60
+        + "Of the allocated memory 7.5 GiB is allocated by PyTorch"
+    )
     line = one_line(torch.OutOfMemoryError(message))
     assert len(line) <= 800 and "\n" not in line
     assert line.startswith("OutOfMemoryError: CUDA out of memory.")

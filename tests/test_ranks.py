@@ -1,4 +1,5 @@
-"""A cell on several devices as one row (membench.multidevice.rows): combining the ranks, naming the rank
+"""A cell on several devices as one row (membench.multidevice.rows): combining the ranks, naming
+the rank
 that failed, ranks.csv beside cells.csv; and what a rank's c10d ops send."""
 
 from __future__ import annotations
@@ -9,18 +10,30 @@ from membench.results import append_result
 from membench.resume import prune_results
 from membench.schema import Cell, CellResult, MemoryBreakdown
 
-CELL = Cell(method="bp-pp", arch="vgg-d4-w8", res=8, batch=8, micro_batch=2, devices=2,
-            schedule="1f1b")
+CELL = Cell(
+    method="bp-pp", arch="vgg-d4-w8", res=8, batch=8, micro_batch=2, devices=2, schedule="1f1b"
+)
 
 
 def rank(peak, steps, status="estimated", error="", **values) -> CellResult:
-    return CellResult(CELL, "cpu", "cpu", status=status, error=error, peak_allocated_bytes=peak,
-                      step_ms=steps, breakdown=MemoryBreakdown(peak, 0, 0, 0), **values)
+    return CellResult(
+        CELL,
+        "cpu",
+        "cpu",
+        status=status,
+        error=error,
+        peak_allocated_bytes=peak,
+        step_ms=steps,
+        breakdown=MemoryBreakdown(peak, 0, 0, 0),
+        **values,
+    )
 
 
 def test_the_row_is_the_largest_rank_the_slowest_steps_and_the_cells_totals():
-    ranks = [rank(10, [1.0, 5.0], flops_per_step=3, sent_bytes_per_step=7, idle_fraction=0.2),
-             rank(30, [2.0, 4.0], flops_per_step=4, sent_bytes_per_step=9, idle_fraction=0.4)]
+    ranks = [
+        rank(10, [1.0, 5.0], flops_per_step=3, sent_bytes_per_step=7, idle_fraction=0.2),
+        rank(30, [2.0, 4.0], flops_per_step=4, sent_bytes_per_step=9, idle_fraction=0.4),
+    ]
     row = combine_ranks(ranks)
     assert (row.peak_allocated_bytes, row.peak_rank, row.breakdown.parameters) == (30, 1, 30)
     assert row.step_ms == [2.0, 5.0] and row.imgs_per_s == 8 * 2 / 0.007
@@ -29,18 +42,26 @@ def test_the_row_is_the_largest_rank_the_slowest_steps_and_the_cells_totals():
 
 
 def test_the_failed_rank_is_named_not_the_one_its_failure_broke():
-    peer = rank(None, [], "error", "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection "
-                "closed by peer")
+    peer = rank(
+        None,
+        [],
+        "error",
+        "RuntimeError: [gloo/transport/tcp/pair.cc:561] Connection closed by peer",
+    )
     own = rank(None, [], "oom", "OutOfMemoryError: no room")
-    assert rank_failure([RankEnd(0, peer, "exit code 1", at=2.0),
-                         RankEnd(1, own, "exit code 1", at=1.0)]) == ("oom", "rank 1: "
-                                                                      "OutOfMemoryError: no room")
-    assert rank_failure([RankEnd(0, peer, "exit code 1", at=2.0),
-                         RankEnd(1, None, "killed by signal SIGKILL")])[1] == (
-        "rank 1 failed (killed by signal SIGKILL) before sending its result")
+    assert rank_failure(
+        [RankEnd(0, peer, "exit code 1", at=2.0), RankEnd(1, own, "exit code 1", at=1.0)]
+    ) == ("oom", "rank 1: OutOfMemoryError: no room")
+    assert rank_failure(
+        [RankEnd(0, peer, "exit code 1", at=2.0), RankEnd(1, None, "killed by signal SIGKILL")]
+    )[1] == ("rank 1 failed (killed by signal SIGKILL) before sending its result")
     waited = rank(None, [], "error", "RuntimeError: Timed out waiting 2000ms for recv")
-    status, text = rank_failure([RankEnd(0, waited, "exit code 1", at=1.0),
-                                 RankEnd(1, None, "no result within 6 s", hung=True)])
+    status, text = rank_failure(
+        [
+            RankEnd(0, waited, "exit code 1", at=1.0),
+            RankEnd(1, None, "no result within 6 s", hung=True),
+        ]
+    )
     assert status == "timeout" and text.startswith("rank(s) 1 hung")
     assert "rank(s) 0 timed out waiting for them" in text
 

@@ -14,16 +14,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from helpers import usage_error
-from membench.cli import app
-from membench.measure.devices import cpu_model_name
-from membench.measure.calibrate import CALIBRATED_SOURCES
-from membench.execute.sweep import SweepProgress, run_sweep
 from test_sweep import process_gone, rows, sweep_killed_in_its_slow_cell, tiny, wait_for
+from typer.testing import CliRunner
+
+from membench.cli import app
+from membench.execute.sweep import SweepProgress, run_sweep
+from membench.measure.calibrate import CALIBRATED_SOURCES
+from membench.measure.devices import cpu_model_name
 
 ray = pytest.importorskip("ray")
 from membench.execute.ray_cluster import RayClusterError, plan_cluster  # noqa: E402
@@ -34,13 +34,23 @@ cli = CliRunner()
 def node(name: str, cpus: int, gpus: int = 0, alive: bool = True) -> dict:
     """A node as ``ray.nodes()`` lists it (the keys membench reads)."""
     resources = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
-    return {"NodeID": f"id-{name}", "Alive": alive, "NodeManagerHostname": name,
-            "NodeManagerAddress": "10.0.0.1", "Resources": resources}
+    return {
+        "NodeID": f"id-{name}",
+        "Alive": alive,
+        "NodeManagerHostname": name,
+        "NodeManagerAddress": "10.0.0.1",
+        "Resources": resources,
+    }
 
 
 # -- planning, without a cluster --------------------------------------------------------------
 def test_a_gpu_cluster_runs_one_cell_per_gpu_on_the_nodes_that_have_gpus():
-    nodes = [node("g1", 64, 8), node("g2", 64, 8), node("cpu1", 128), node("g3", 64, 8, alive=False)]
+    nodes = [
+        node("g1", 64, 8),
+        node("g2", 64, 8),
+        node("cpu1", 128),
+        node("g3", 64, 8, alive=False),
+    ]
     plan = plan_cluster(nodes, "auto", None)
     assert (plan.kind, plan.cpus, sorted(plan.nodes.values())) == ("cuda", 1, ["g1", "g2"])
     assert "run up to 16 cell(s) at a time, each with one GPU and 1 CPU(s)" in plan.notes[0]
@@ -57,10 +67,13 @@ def test_a_cpu_cell_asks_for_a_whole_node_unless_told_otherwise():
     assert "2 node(s) (big, small) run up to 3 cell(s) at a time" in plan.notes[0]
 
 
-@pytest.mark.parametrize(("kind", "cpus", "needle"), [
-    ("cuda", None, "the Ray cluster has no GPU"),
-    ("cpu", 16, "no node of the Ray cluster has 16 CPU(s) for a cell (largest: 8)"),
-])
+@pytest.mark.parametrize(
+    ("kind", "cpus", "needle"),
+    [
+        ("cuda", None, "the Ray cluster has no GPU"),
+        ("cpu", 16, "no node of the Ray cluster has 16 CPU(s) for a cell (largest: 8)"),
+    ],
+)
 def test_a_cluster_that_cannot_run_a_cell_is_one_line_of_bad_input(kind, cpus, needle):
     with pytest.raises(RayClusterError, match=re.escape(needle)):
         plan_cluster([node("big", 8)], kind, cpus)
@@ -72,8 +85,14 @@ def test_a_cluster_that_cannot_run_a_cell_is_one_line_of_bad_input(kind, cpus, n
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster for this module; yields its address, for sweeps in other processes."""
-    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 2**20, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=4,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=128 * 2**20,
+        logging_level=logging.WARNING,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -112,7 +131,8 @@ def test_local_and_ray_give_the_same_cells_and_tracker_peaks(cluster, tmp_path):
     written = rows(tmp_path / "ray")
     assert sorted(r["cell_id"] for r in written) == sorted(cell.cell_id for cell in cells)
     assert {(r["device"], r["device_name"], r["host"]) for r in written} == {
-        ("cpu", cpu_model_name(), socket.gethostname())}
+        ("cpu", cpu_model_name(), socket.gethostname())
+    }
     env = json.loads((tmp_path / "ray" / "env.json").read_text())
     assert env["executor"] == "ray" and env["ray_version"] == ray.__version__
     assert [node["hostname"] for node in env["nodes"]] == [socket.gethostname()]
@@ -129,15 +149,17 @@ def test_cells_run_at_the_same_time(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBENCH_TEST_BARRIER", str(barrier))
     monkeypatch.setenv("MEMBENCH_TEST_BARRIER_N", "2")
     progress = Recorder()
-    results = ray_sweep([tiny("test-barrier", seed=seed) for seed in (0, 1)], tmp_path / "out",
-                        progress=progress)
+    results = ray_sweep(
+        [tiny("test-barrier", seed=seed) for seed in (0, 1)], tmp_path / "out", progress=progress
+    )
     assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
     assert progress.most == 2
 
 
 @pytest.mark.slow
-def test_raising_self_killing_and_host_killing_runners_give_error_rows(cluster, tmp_path,
-                                                                       monkeypatch):
+def test_raising_self_killing_and_host_killing_runners_give_error_rows(
+    cluster, tmp_path, monkeypatch
+):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     cells = [tiny("test-raise"), tiny("test-selfkill"), tiny("test-killhost"), tiny("bp")]
     results = ray_sweep(cells, tmp_path / "out")
@@ -152,8 +174,24 @@ def test_raising_self_killing_and_host_killing_runners_give_error_rows(cluster, 
 @pytest.mark.slow
 def test_cuda_on_a_cluster_without_a_gpu_is_one_line_and_exit_2(cluster, tmp_path):
     out = tmp_path / "out"
-    result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
-                              "--device", "cuda", "--executor", "ray", "--out", str(out)])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--device",
+            "cuda",
+            "--executor",
+            "ray",
+            "--out",
+            str(out),
+        ],
+    )
     assert "--device cuda: the Ray cluster has no GPU" in usage_error(result)
     assert not (out / "cells.csv").exists()
 
@@ -172,11 +210,13 @@ def test_a_hung_cell_is_cancelled_and_becomes_a_timeout_row(cluster, tmp_path, m
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_sweep_then_a_rerun_loses_and_duplicates_nothing(cluster, tmp_path,
-                                                                        monkeypatch):
+def test_sigkill_of_the_sweep_then_a_rerun_loses_and_duplicates_nothing(
+    cluster, tmp_path, monkeypatch
+):
     # A cell asks for all 4 CPUs of the node: one cell at a time, in grid order.
     args, out, hang, pid_file = sweep_killed_in_its_slow_cell(
-        tmp_path, monkeypatch, "--executor", "ray", "--ray-address", cluster)
+        tmp_path, monkeypatch, "--executor", "ray", "--ray-address", cluster
+    )
     before = rows(out)
     assert "test-slow" not in [r["method"] for r in before]
     # Ray ends the tasks of a driver that died: the hung cell's worker goes, writing nothing.
@@ -193,6 +233,8 @@ def test_sigkill_of_the_sweep_then_a_rerun_loses_and_duplicates_nothing(cluster,
     assert sorted(r["method"] for r in after) == ["bp", "ff-naive", "test-slow"]
     assert all(r["status"] == "ok" for r in after)
     steps = rows(out, "steps.csv")
-    assert sorted(r["cell_id"] for r in steps) == sorted(r["cell_id"] for r in after for _ in range(2))
+    assert sorted(r["cell_id"] for r in steps) == sorted(
+        r["cell_id"] for r in after for _ in range(2)
+    )
     again = cli.invoke(app, args)
     assert "3 already finished, 0 to run" in again.output and len(rows(out)) == 3

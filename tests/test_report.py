@@ -18,19 +18,31 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import usage_error
+from report_fixtures import MIB, cell_row, sample_rows, write_results
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.report import (
-    GIB, PAPER_SOURCE, Column, Table, budgets_for, build_report, default_report_dir, load_cells,
-    make_figures, markdown_table, oom_position, panel_table, pareto_front, render_report,
+    GIB,
+    PAPER_SOURCE,
+    Column,
+    Table,
+    budgets_for,
+    build_report,
+    default_report_dir,
+    load_cells,
+    make_figures,
+    markdown_table,
+    oom_position,
+    panel_table,
+    pareto_front,
+    render_report,
 )
-from report_fixtures import MIB, cell_row, sample_rows, write_results
 
 cli = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GOLDEN = Path(__file__).parent / "golden" / "report"
-GOLDEN_NOW = dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+GOLDEN_NOW = dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.UTC)
 
 
 def invoke(args: list[str]):
@@ -57,7 +69,8 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
-    """The sample results' figures, made once (with an 8 GiB --budget) for the tests that read them."""
+    """The sample results' figures, made once (with an 8 GiB --budget) for the tests that read
+    them."""
     folder = tmp_path_factory.mktemp("figures")
     write_results(folder, sample_rows())
     return make_figures(load_cells([folder]).cells, budgets_bytes=[8 * GIB])
@@ -76,12 +89,15 @@ def test_report_writes_markdown_and_every_linked_figure(built):
     report = built
     text = report.read_text()
     assert report.name == "report.md"
-    linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    linked = [
+        line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")
+    ]
     assert len(linked) == 6  # frontier, batch and breakdown, for each of two devices
     for relative in linked:
         assert (report.parent / relative).read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in (report.parent / "figures").iterdir()) == sorted(
-        Path(r).name for r in linked)
+        Path(r).name for r in linked
+    )
 
 
 def test_frontier_plots_the_csv_values(figures):
@@ -122,8 +138,13 @@ def test_cpu_and_gpu_rows_are_in_separate_figures(figures):
     batch = lines_by_gid(figure_of(figures, "batch", "cuda:0").figure)
     assert list(batch["throughput:ff-pipelined"].get_ydata()) == pytest.approx([2240.0, 4480.0])
     breakdown = figure_of(figures, "breakdown", "cpu").figure
-    assert breakdown.bar_labels == ["bp b32", "ff-pipelined b32", "bp b64", "ff-pipelined b64",
-                                    "ff-pipelined b128 (est.)"]
+    assert breakdown.bar_labels == [
+        "bp b32",
+        "ff-pipelined b32",
+        "bp b64",
+        "ff-pipelined b64",
+        "ff-pipelined b128 (est.)",
+    ]
 
 
 def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(built):
@@ -131,7 +152,10 @@ def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(built):
     cpu, gpu = text.split("## cuda:0 (Test GPU)")
     assert "## cpu (Test CPU)" in cpu
     # ff-pipelined b32: 13 MiB / 18 MiB of bp, 112 / 96 imgs/s
-    assert "| ff-pipelined | 32 |  | ok | 0.013 |  | 112.0 | 285.7 | 0.722× | 1.167× | tracker |" in cpu
+    assert (
+        "| ff-pipelined | 32 |  | ok | 0.013 |  | 112.0 | 285.7 | 0.722× | 1.167× | tracker |"
+        in cpu
+    )
     assert "| ff-pipelined | 128 |  | estimated |  | 0.024 |" in cpu
     assert "| bp | 128 | 0.062 | oom |" in cpu
     assert "| ff-pipelined | 32 | ok | 0.013 | 2,240.0 |" in gpu
@@ -139,8 +163,10 @@ def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(built):
 
 
 def test_repeated_cell_shows_the_latest_run(tmp_path):
-    rows = [cell_row("bp", 32, peak_bytes=10 * MIB, started_at="2025-01-02T00:00:00+00:00"),
-            cell_row("bp", 32, peak_bytes=30 * MIB, started_at="2025-01-01T00:00:00+00:00")]
+    rows = [
+        cell_row("bp", 32, peak_bytes=10 * MIB, started_at="2025-01-02T00:00:00+00:00"),
+        cell_row("bp", 32, peak_bytes=30 * MIB, started_at="2025-01-01T00:00:00+00:00"),
+    ]
     write_results(tmp_path / "a", rows[:1])
     write_results(tmp_path / "b", rows[1:])
     loaded = load_cells([tmp_path])
@@ -151,8 +177,10 @@ def test_repeated_cell_shows_the_latest_run(tmp_path):
 
 
 def test_paper_operating_point_gets_the_papers_ratios_beside_ours(tmp_path):
-    rows = [cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0),
-            cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0)]
+    rows = [
+        cell_row("bp", 256, peak_bytes=100 * MIB, imgs_per_s=1000.0),
+        cell_row("ff-pipelined", 256, peak_bytes=90 * MIB, imgs_per_s=1200.0),
+    ]
     write_results(tmp_path / "r", rows)
     text = render_report(load_cells([tmp_path / "r"]), figures=[])
     assert "Beside the paper" in text and "arXiv:2606.06539" in text
@@ -182,7 +210,9 @@ def test_cli_writes_the_report(tmp_path):
     assert "Budgets asked for with `--budget`: 8 GiB." in (out / "report.md").read_text()
     # no breakdown columns in this row, so no (empty) breakdown figure
     assert sorted(p.name.split("_")[0] for p in (out / "figures").glob("*.png")) == [
-        "batch", "frontier"]
+        "batch",
+        "frontier",
+    ]
 
 
 def one_line_error(args) -> str:
@@ -197,8 +227,11 @@ def test_cli_missing_and_empty_folders_are_one_line_errors(tmp_path):
 
 
 def test_cli_csv_missing_columns_is_a_one_line_error(tmp_path):
-    write_results(tmp_path / "r", sample_rows(),
-                  columns=["cell_id", "method", "arch", "res", "batch", "device", "status"])
+    write_results(
+        tmp_path / "r",
+        sample_rows(),
+        columns=["cell_id", "method", "arch", "res", "batch", "device", "status"],
+    )
     assert "peak_allocated_bytes" in one_line_error([str(tmp_path / "r")])
     write_results(tmp_path / "h", [])
     assert "no result rows" in one_line_error([str(tmp_path / "h")])
@@ -209,8 +242,10 @@ def test_cli_bad_budget_is_a_one_line_error(results):
 
 
 def test_all_failed_rows_give_a_report_that_says_so(tmp_path):
-    rows = [cell_row("bp", 32, status="oom", device_mem_bytes=MIB, error="OutOfMemoryError: x"),
-            cell_row("ff-pipelined", 32, status="error", error="RuntimeError: boom | at f.py:1")]
+    rows = [
+        cell_row("bp", 32, status="oom", device_mem_bytes=MIB, error="OutOfMemoryError: x"),
+        cell_row("ff-pipelined", 32, status="error", error="RuntimeError: boom | at f.py:1"),
+    ]
     write_results(tmp_path / "r", rows)
     result = invoke(["report", str(tmp_path / "r"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -222,11 +257,21 @@ def test_all_failed_rows_give_a_report_that_says_so(tmp_path):
 
 
 def test_cuda_oom_without_a_budget_is_placed_at_the_cards_memory(tmp_path):
-    rows = [cell_row("bp", 32, device="cuda:1", device_name="Test GPU", peak_bytes=10 * MIB),
-            cell_row("bp", 64, device="cuda:1", device_name="Test GPU", status="oom")]
+    rows = [
+        cell_row("bp", 32, device="cuda:1", device_name="Test GPU", peak_bytes=10 * MIB),
+        cell_row("bp", 64, device="cuda:1", device_name="Test GPU", status="oom"),
+    ]
     write_results(tmp_path / "r", rows)
-    (tmp_path / "r" / "env.json").write_text(json.dumps({"gpus": [
-        {"index": 0, "total_memory_bytes": 8 * GIB}, {"index": 1, "total_memory_bytes": 40 * MIB}]}))
+    (tmp_path / "r" / "env.json").write_text(
+        json.dumps(
+            {
+                "gpus": [
+                    {"index": 0, "total_memory_bytes": 8 * GIB},
+                    {"index": 1, "total_memory_bytes": 40 * MIB},
+                ]
+            }
+        )
+    )
     cells = load_cells([tmp_path / "r"]).cells
     oom = cells[cells["status"] == "oom"].iloc[0]
     assert oom_position(oom, budgets_for(cells)) == 40 * MIB
@@ -235,10 +280,19 @@ def test_cuda_oom_without_a_budget_is_placed_at_the_cards_memory(tmp_path):
 
 def test_estimates_join_the_measured_device_of_their_kind(tmp_path):
     estimate = dict(device="cuda (estimate)", device_name="estimate", memory_source="estimate")
-    rows = [cell_row("bp", 32, device="cuda:0", device_name="GPU A", peak_bytes=10 * MIB),
-            cell_row("bp", 32, status="estimated", peak_bytes=9 * MIB, **estimate),
-            cell_row("bp", 64, status="oom", peak_bytes=90 * MIB, device_mem_bytes=64 * MIB,
-                     error="estimated 0.088 GiB > budget 0.062 GiB", **estimate)]
+    rows = [
+        cell_row("bp", 32, device="cuda:0", device_name="GPU A", peak_bytes=10 * MIB),
+        cell_row("bp", 32, status="estimated", peak_bytes=9 * MIB, **estimate),
+        cell_row(
+            "bp",
+            64,
+            status="oom",
+            peak_bytes=90 * MIB,
+            device_mem_bytes=64 * MIB,
+            error="estimated 0.088 GiB > budget 0.062 GiB",
+            **estimate,
+        ),
+    ]
     write_results(tmp_path / "r", rows)
     loaded = load_cells([tmp_path / "r"])
     assert list(loaded.cells["kind"]) == ["ok", "estimated", "estimated"]
@@ -254,7 +308,11 @@ def test_table_of_columns_renders_markdown_with_escaped_cells():
     columns = [Column("name", lambda r: r["name"]), Column("size", lambda r: r["size"], "r")]
     table = Table(columns, [{"name": "a|b", "size": 3}, {"name": "two\nlines", "size": 1.5}])
     assert table.markdown().splitlines() == [
-        "| name | size |", "| --- | ---: |", "| a\\|b | 3 |", "| two lines | 1.5 |"]
+        "| name | size |",
+        "| --- | ---: |",
+        "| a\\|b | 3 |",
+        "| two lines | 1.5 |",
+    ]
     assert table.markdown() == markdown_table(["name", "size"], table.cells(), ["l", "r"])
 
 
@@ -264,20 +322,41 @@ def test_column_refuses_an_unknown_alignment():
 
 
 def test_panel_table_has_optional_columns_only_when_present(tmp_path):
-    write_results(tmp_path / "plain", [cell_row("bp", 32, peak_bytes=10 * MIB),
-                                       cell_row("ff-pipelined", 32, peak_bytes=8 * MIB)])
+    write_results(
+        tmp_path / "plain",
+        [cell_row("bp", 32, peak_bytes=10 * MIB), cell_row("ff-pipelined", 32, peak_bytes=8 * MIB)],
+    )
     plain = panel_table(load_cells([tmp_path / "plain"]).cells).splitlines()[0]
-    assert plain == ("| method | batch | status | peak (GiB) | imgs/s | step ms (median) | "
-                     "memory ÷ bp | imgs/s ÷ bp | memory from |")
-    write_results(tmp_path / "rich", [
-        cell_row("bp-accum", 64, micro_batch=32, peak_bytes=10 * MIB, device_mem_bytes=64 * MIB),
-        cell_row("bp", 64, status="estimated", peak_bytes=9 * MIB, device="cpu (estimate)",
-                 device_name="estimate")])
+    assert plain == (
+        "| method | batch | status | peak (GiB) | imgs/s | step ms (median) | "
+        "memory ÷ bp | imgs/s ÷ bp | memory from |"
+    )
+    write_results(
+        tmp_path / "rich",
+        [
+            cell_row(
+                "bp-accum", 64, micro_batch=32, peak_bytes=10 * MIB, device_mem_bytes=64 * MIB
+            ),
+            cell_row(
+                "bp",
+                64,
+                status="estimated",
+                peak_bytes=9 * MIB,
+                device="cpu (estimate)",
+                device_name="estimate",
+            ),
+        ],
+    )
     rich = panel_table(load_cells([tmp_path / "rich"]).cells).splitlines()
-    assert rich[0] == ("| method | batch | micro-batch | budget (GiB) | status | peak (GiB) | "
-                       "estimated peak (GiB) | imgs/s | step ms (median) | memory ÷ bp | "
-                       "imgs/s ÷ bp | memory from |")
-    assert rich[1] == "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    assert rich[0] == (
+        "| method | batch | micro-batch | budget (GiB) | status | peak (GiB) | "
+        "estimated peak (GiB) | imgs/s | step ms (median) | memory ÷ bp | "
+        "imgs/s ÷ bp | memory from |"
+    )
+    assert (
+        rich[1]
+        == "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
     assert rich[2].startswith("| bp | 64 |  |  | estimated |  | 0.009 |")
     assert rich[3].startswith("| bp-accum | 64 | 32 | 0.062 | ok | 0.010 |  |")
 
@@ -285,9 +364,17 @@ def test_panel_table_has_optional_columns_only_when_present(tmp_path):
 def test_estimate_is_the_readers_decision(tmp_path):
     """A row is an estimate by its device or memory source (membench.schema.is_estimate_row),
     whatever its status says."""
-    rows = [cell_row("bp", 32, peak_bytes=10 * MIB),
-            cell_row("bp", 32, status="oom", peak_bytes=90 * MIB, memory_source="estimate",
-                     device_mem_bytes=64 * MIB)]
+    rows = [
+        cell_row("bp", 32, peak_bytes=10 * MIB),
+        cell_row(
+            "bp",
+            32,
+            status="oom",
+            peak_bytes=90 * MIB,
+            memory_source="estimate",
+            device_mem_bytes=64 * MIB,
+        ),
+    ]
     write_results(tmp_path / "r", rows)
     cells = load_cells([tmp_path / "r"]).cells
     assert list(cells["is_estimate"]) == [False, True]

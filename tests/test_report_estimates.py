@@ -4,22 +4,37 @@ an empty throughput plot, and every bar names its tooling."""
 
 from __future__ import annotations
 
+from report_fixtures import MIB, cell_row, write_results
+
 from membench.report import load_cells, make_figures
 from membench.report.render import add_throughput_bound
-from report_fixtures import MIB, cell_row, write_results
 
 EST = dict(device="cuda (estimate)", device_name="estimate", arch="vgg11", res=224, classes=100)
 
 
 def estimate_rows(budget: int | None = None) -> list[dict]:
     rows = []
-    for method, precision, batch, mb, peak in (("bp", "fp32", 128, None, 900), ("bp", "bf16", 128, None, 500),
-                                               ("bp-accum", "bf16", 128, 16, 80), ("ff-pipelined", "fp32", 64, None, 400)):
-        row = cell_row(method, batch, status="oom" if budget and peak * MIB > budget else "estimated",
-                       peak_bytes=peak * MIB, micro_batch=mb, device_mem_bytes=budget,
-                       breakdown=(MIB, MIB, 2 * MIB, (peak - 4) * MIB), **EST)
-        row.update(precision=precision, flops_per_step=10**12 * batch,
-                   cell_id=row["cell_id"] + ("" if precision == "fp32" else "_bf16"))
+    for method, precision, batch, mb, peak in (
+        ("bp", "fp32", 128, None, 900),
+        ("bp", "bf16", 128, None, 500),
+        ("bp-accum", "bf16", 128, 16, 80),
+        ("ff-pipelined", "fp32", 64, None, 400),
+    ):
+        row = cell_row(
+            method,
+            batch,
+            status="oom" if budget and peak * MIB > budget else "estimated",
+            peak_bytes=peak * MIB,
+            micro_batch=mb,
+            device_mem_bytes=budget,
+            breakdown=(MIB, MIB, 2 * MIB, (peak - 4) * MIB),
+            **EST,
+        )
+        row.update(
+            precision=precision,
+            flops_per_step=10**12 * batch,
+            cell_id=row["cell_id"] + ("" if precision == "fp32" else "_bf16"),
+        )
         rows.append(row)
     return rows
 
@@ -28,8 +43,9 @@ def figures_of(tmp_path, rows, gpu_tflops=None):
     write_results(tmp_path / "r", rows)
     loaded = load_cells([tmp_path / "r"])
     if gpu_tflops:
-        add_throughput_bound(loaded, "Test GPU", {"fp32": (gpu_tflops, "tf32"),
-                                                  "bf16": (2 * gpu_tflops, "bf16")})
+        add_throughput_bound(
+            loaded, "Test GPU", {"fp32": (gpu_tflops, "tf32"), "bf16": (2 * gpu_tflops, "bf16")}
+        )
     return {f.kind: f for f in make_figures(loaded.cells)}
 
 
@@ -37,8 +53,12 @@ def test_an_estimate_only_panel_is_sorted_bars_with_the_budget_and_no_empty_plot
     figures = figures_of(tmp_path, estimate_rows(budget=600 * MIB))
     assert "batch" not in figures and "frontier" not in figures  # nothing timed to plot
     figure = figures["estimates"].figure
-    assert figure.bar_labels == ["bp-accum bf16 b128/mb16", "ff-pipelined b64", "bp bf16 b128",
-                                 "bp b128"]  # smallest peak first, tooling in every label
+    assert figure.bar_labels == [
+        "bp-accum bf16 b128/mb16",
+        "ff-pipelined b64",
+        "bp bf16 b128",
+        "bp b128",
+    ]  # smallest peak first, tooling in every label
     [ax] = figure.axes[:1]
     assert len(figure.axes) == 1  # no throughput axes without a GPU to bound it
     budget = [line for line in ax.get_lines() if line.get_gid() == f"budget:{600 * MIB}"]
@@ -47,8 +67,12 @@ def test_an_estimate_only_panel_is_sorted_bars_with_the_budget_and_no_empty_plot
     assert bars["estimate:bp b128"].get_hatch() == "xx"  # over its budget, still drawn
     assert bars["estimate:bp bf16 b128"].get_hatch() is None
     legend = ax.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["bp", "bp-accum", "ff-pipelined",
-                                                          "over its budget"]  # one per method
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "bp",
+        "bp-accum",
+        "ff-pipelined",
+        "over its budget",
+    ]  # one per method
     figure.draw_without_rendering()
     assert legend.get_window_extent().x1 <= figure.bbox.x1  # inside the image
 

@@ -1,22 +1,29 @@
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench.cli import app
 from membench.config import expand_grid
+from membench.execute.sweep import run_sweep
 from membench.measure.devices import CpuDevice
 from membench.results import (
-    ResultsError, append_result, read_cells, read_results, read_rows, read_steps, rewrite_csv,
+    ResultsError,
+    append_result,
+    read_cells,
+    read_results,
+    read_rows,
+    read_steps,
+    rewrite_csv,
 )
 from membench.schema import CELL_COLUMNS, STEP_COLUMNS, Cell, CellResult
-from membench.execute.sweep import run_sweep
 
 
 def test_sweep_writes_the_schema_and_one_step_row_per_measured_step(tmp_path):
-    cells = expand_grid(method=["bp", "ff-pipelined"], arch=TINY_ARCH, res=TINY_RES, batch=[2, 4],
-                        warmup=1, steps=3)
+    cells = expand_grid(
+        method=["bp", "ff-pipelined"], arch=TINY_ARCH, res=TINY_RES, batch=[2, 4], warmup=1, steps=3
+    )
     run_sweep(cells, CpuDevice(), tmp_path)
     frame = read_cells(tmp_path)
     assert list(frame.columns)[: len(CELL_COLUMNS)] == CELL_COLUMNS
@@ -44,10 +51,28 @@ FOREIGN_CSV = b"cell_id,method\nabc,sgd\n"
 
 def test_a_sweep_refuses_to_append_to_another_programs_csv_and_leaves_it_untouched(tmp_path):
     (tmp_path / "cells.csv").write_bytes(FOREIGN_CSV)
-    result = CliRunner().invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),
-                                      "--batch", "2", "--steps", "1", "--warmup", "0",
-                                      "--device", "cpu", "--isolation", "none",
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--isolation",
+            "none",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert "not a membench cells.csv" in usage_error(result)
     assert (tmp_path / "cells.csv").read_bytes() == FOREIGN_CSV
     assert not (tmp_path / "steps.csv").exists()
@@ -62,9 +87,24 @@ def test_a_binary_cells_csv_is_one_line_for_every_reader_and_the_sweep(tmp_path,
     with pytest.raises(ResultsError) as err:
         read_cells(tmp_path)
     assert "\n" not in str(err.value)
-    result = CliRunner().invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),
-                                      "--batch", "2", "--device", "cpu", "--isolation", "none",
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--isolation",
+            "none",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert "is not a" in usage_error(result)
     assert (tmp_path / "cells.csv").read_bytes() == garbage
 
@@ -83,28 +123,40 @@ def test_an_earlier_membench_folder_is_read_and_its_header_upgraded_in_place(tmp
     assert header == CELL_COLUMNS
     assert len(upgraded) == 2
     assert upgraded[0]["torch_threads"] == "" and upgraded[1]["torch_threads"] != ""
-    assert {k: v for k, v in upgraded[0].items() if k in old_columns} == \
-        {k: v for k, v in rows[0].items() if k in old_columns}
+    assert {k: v for k, v in upgraded[0].items() if k in old_columns} == {
+        k: v for k, v in rows[0].items() if k in old_columns
+    }
 
 
 def test_from_row_is_the_inverse_of_row(tmp_path):
-    cells = expand_grid(method=["bp", "bp-accum"], arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=0,
-                        steps=2)
+    cells = expand_grid(
+        method=["bp", "bp-accum"], arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=0, steps=2
+    )
     results = run_sweep(cells, CpuDevice(), tmp_path, isolation="none")
     for original, read_back in zip(results, read_results(tmp_path)):
         assert CellResult.from_row(original.row()).row() == original.row()
         assert read_back.cell == original.cell and read_back.breakdown == original.breakdown
         assert read_back.row()["peak_allocated_bytes"] == original.row()["peak_allocated_bytes"]
-        assert read_back.summary_stats()["median"] == pytest.approx(original.summary_stats()["median"])
+        assert read_back.summary_stats()["median"] == pytest.approx(
+            original.summary_stats()["median"]
+        )
     # a value that does not fit its column is an error, not a silent NaN
     with pytest.raises(ValueError):
         CellResult.from_row({**results[0].row(), "batch": "four"})
 
 
 def one_result(seed: int = 0) -> CellResult:
-    return CellResult(Cell("bp", TINY_ARCH, TINY_RES, 2, seed=seed), "cpu", "Test CPU",
-                      step_ms=[1.0, 2.0], peak_allocated_bytes=1234, memory_source="tracker",
-                      torch_threads=1, torch_version="x", membench_version="y")
+    return CellResult(
+        Cell("bp", TINY_ARCH, TINY_RES, 2, seed=seed),
+        "cpu",
+        "Test CPU",
+        step_ms=[1.0, 2.0],
+        peak_allocated_bytes=1234,
+        memory_source="tracker",
+        torch_threads=1,
+        torch_version="x",
+        membench_version="y",
+    )
 
 
 def test_a_cells_csv_saved_with_a_byte_order_mark_reads_and_takes_rows(tmp_path):
@@ -119,7 +171,9 @@ def test_a_cells_csv_saved_with_a_byte_order_mark_reads_and_takes_rows(tmp_path)
 
 
 def test_a_missing_column_is_named_once(tmp_path):
-    (tmp_path / "cells.csv").write_text("method,arch,res,batch,device,status\nbp,vgg8,32,2,cpu,ok\n")
+    (tmp_path / "cells.csv").write_text(
+        "method,arch,res,batch,device,status\nbp,vgg8,32,2,cpu,ok\n"
+    )
     with pytest.raises(ResultsError) as raised:
         read_cells(tmp_path, required=["cell_id", "imgs_per_s"])
     assert "lacks column(s) cell_id, imgs_per_s" in str(raised.value)

@@ -1,4 +1,5 @@
-"""The schedule model (membench.multidevice.schedule_model): the pipeline split, each schedule's step
+"""The schedule model (membench.multidevice.schedule_model): the pipeline split, each schedule's
+step
 and bubble, and `membench schedule`, which states it is a model."""
 
 from __future__ import annotations
@@ -7,9 +8,9 @@ import itertools
 import random
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.cli import app
 from membench.multidevice.schedule_model import forward_only, gpipe, one_f_one_b
 from membench.multidevice.split import balanced_stages, conv_costs
@@ -67,14 +68,46 @@ def test_the_slowest_stage_sets_the_steady_state():
 
 
 def test_membench_schedule_prints_a_model_for_each_device_count():
-    result = cli.invoke(app, ["schedule", "--arch", "vgg-d4-w8", "--res", "8", "--batch", "8",
-                              "--micro-batch", "2", "--classes", "4", "--devices", "2,4",
-                              "--gpu", "H200"])
+    result = cli.invoke(
+        app,
+        [
+            "schedule",
+            "--arch",
+            "vgg-d4-w8",
+            "--res",
+            "8",
+            "--batch",
+            "8",
+            "--micro-batch",
+            "2",
+            "--classes",
+            "4",
+            "--devices",
+            "2,4",
+            "--gpu",
+            "H200",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "(a model)" in result.output and "assumptions:" in result.output
     for n in (2, 4):
         assert f"N={n} ff-pp / bp-pp:" in result.output
         assert f"N={n} 1f1b" in result.output and " ms " in result.output
     assert "--devices takes 2 to 4" in usage_error(
-        cli.invoke(app, ["schedule", "--arch", "vgg-d4-w8", "--res", "8", "--batch", "8",
-                         "--micro-batch", "2", "--devices", "5"]))
+        cli.invoke(
+            app,
+            [
+                "schedule",
+                "--arch",
+                "vgg-d4-w8",
+                "--res",
+                "8",
+                "--batch",
+                "8",
+                "--micro-batch",
+                "2",
+                "--devices",
+                "5",
+            ],
+        )
+    )

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from membench.schema import (
-    CELL_COLUMNS, Cell, CellResult, DeviceSpecError, cuda_index, device_kind, estimate_device,
-    is_estimate_row, parse_device,
+    CELL_COLUMNS,
+    Cell,
+    CellResult,
+    DeviceSpecError,
+    cuda_index,
+    device_kind,
+    estimate_device,
+    is_estimate_row,
+    parse_device,
 )
 from membench.units import format_bytes, format_size, parse_bytes
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ({"device": "cuda (estimate)", "memory_source": "estimate", "status": "estimated"}, True),
-    ({"device": "cpu (estimate)", "memory_source": "", "status": "error"}, True),  # failed estimate
-    ({"device": "cuda:0", "memory_source": "cuda_allocator", "status": "ok"}, False),
-    ({"device": "cpu", "memory_source": "tracker", "status": "oom"}, False),
-    ({"device": "cpu", "memory_source": "", "status": "error"}, False),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"device": "cuda (estimate)", "memory_source": "estimate", "status": "estimated"}, True),
+        (
+            {"device": "cpu (estimate)", "memory_source": "", "status": "error"},
+            True,
+        ),  # failed estimate
+        ({"device": "cuda:0", "memory_source": "cuda_allocator", "status": "ok"}, False),
+        ({"device": "cpu", "memory_source": "tracker", "status": "oom"}, False),
+        ({"device": "cpu", "memory_source": "", "status": "error"}, False),
+    ],
+)
 def test_what_makes_a_row_an_estimate(row, expected):
     assert is_estimate_row(row) is expected
 
@@ -37,7 +49,12 @@ def test_device_strings():
         with pytest.raises(DeviceSpecError, match="valid: auto, cpu, cuda, cuda:N"):
             parse_device(bad)
     assert [device_kind(d) for d in ("cpu", "cuda:3", "cuda (estimate)")] == ["cpu", "cuda", "cuda"]
-    assert [cuda_index(d) for d in ("cuda", "cuda:2", "cpu", "cuda (estimate)")] == [0, 2, None, None]
+    assert [cuda_index(d) for d in ("cuda", "cuda:2", "cpu", "cuda (estimate)")] == [
+        0,
+        2,
+        None,
+        None,
+    ]
 
 
 def test_byte_spellings():

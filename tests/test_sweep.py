@@ -15,19 +15,18 @@ import types
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench.cli import app
-from membench.measure.devices import CpuDevice, cpu_model_name
-from membench.schema import Cell
-from membench.schema import CellResult
 from membench.execute.local import Executor, Placement
+from membench.execute.sweep import _sweep, estimate_sweep, run_sweep
+from membench.measure.devices import CpuDevice, cpu_model_name
 from membench.results import append_result
 from membench.resume import SweepLockedError, grid_rows, prune_results, results_lock
-from membench.execute.sweep import _sweep, estimate_sweep, run_sweep
+from membench.schema import Cell, CellResult
 
 cli = CliRunner()
 WAIT_S = 120  # generous bound on waiting for another process; never a performance threshold
@@ -100,10 +99,13 @@ def test_timeout_bounds_an_estimate_as_it_bounds_a_measurement(tmp_path, monkeyp
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     monkeypatch.delenv("MEMBENCH_TEST_HANG", raising=False)  # test-slow hangs, on fake tensors too
     # generous: the bp estimate after the killed one must finish well inside it on a busy machine
-    results = estimate_sweep([tiny("test-slow"), tiny("bp")], "cuda", tmp_path / "out",
-                             timeout_s=10)
-    assert [(r.status, r.device) for r in results] == [("timeout", "cuda (estimate)"),
-                                                       ("estimated", "cuda (estimate)")]
+    results = estimate_sweep(
+        [tiny("test-slow"), tiny("bp")], "cuda", tmp_path / "out", timeout_s=10
+    )
+    assert [(r.status, r.device) for r in results] == [
+        ("timeout", "cuda (estimate)"),
+        ("estimated", "cuda (estimate)"),
+    ]
     assert [r["status"] for r in rows(tmp_path / "out")] == ["timeout", "estimated"]
 
 
@@ -131,18 +133,37 @@ def sweep_killed_in_its_slow_cell(tmp_path: Path, monkeypatch, *extra: str):
     hang.touch()
     monkeypatch.setenv("MEMBENCH_TEST_HANG", str(hang))
     monkeypatch.setenv("MEMBENCH_TEST_PID_FILE", str(pid_file))
-    args = ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2",
-            "--method", "bp,test-slow,ff-naive", "--warmup", "1", "--steps", "2",
-            "--device", "cpu", "--out", str(out), *extra]
-    sweep = subprocess.Popen([sys.executable, "-c", "from membench.cli import main; main()", *args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "sweep",
+        "--arch",
+        "vgg-d2-w8",
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2",
+        "--method",
+        "bp,test-slow,ff-naive",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", "from membench.cli import main; main()", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(pid_file.exists, "the slow cell to start")
     finally:
         sweep.send_signal(signal.SIGKILL)
         sweep.wait()
     return args, out, hang, pid_file
-
 
 
 @pytest.mark.slow
@@ -162,7 +183,9 @@ def test_resume_after_sigkill_loses_nothing_and_reruns_the_killed_cell(tmp_path,
     assert after[0] == before[0]  # the finished cell was neither rerun nor rewritten
     assert all(r["status"] == "ok" for r in after)
     steps = rows(out, "steps.csv")
-    assert sorted(r["cell_id"] for r in steps) == sorted(r["cell_id"] for r in after for _ in range(2))
+    assert sorted(r["cell_id"] for r in steps) == sorted(
+        r["cell_id"] for r in after for _ in range(2)
+    )
 
 
 def test_orphan_steps_are_dropped_and_redo_replaces_rows(tmp_path):
@@ -213,7 +236,10 @@ def test_rows_measured_on_another_machine_do_not_count_as_finished(tmp_path, mon
     results = run_sweep(cells, "cpu", tmp_path)
     assert [(r.status, r.device_name) for r in results] == [("ok", here)]
     after = rows(tmp_path)
-    assert after[0] == reference[0] and [r["device_name"] for r in after] == ["Reference CPU 9000", here]
+    assert after[0] == reference[0] and [r["device_name"] for r in after] == [
+        "Reference CPU 9000",
+        here,
+    ]
     assert run_sweep(cells, "cpu", tmp_path) == []  # measured here now: finished
     assert [r["device_name"] for r in grid_rows(tmp_path, cells, "cpu", here)] == [here]
 
@@ -250,15 +276,33 @@ def test_a_row_measured_on_any_model_of_the_cluster_counts_as_finished(tmp_path)
     results = _sweep(cells, TwoModels(), tmp_path, None, redo=True, estimates=False)
     assert [r.cell for r in results] == cells  # --redo: every cell again, on this cluster
     assert sorted((r["batch"], r["device_name"]) for r in rows(tmp_path)) == [
-        ("2", "Model B"), ("4", "Another CPU"), ("4", "Model B"), ("6", "Model B")]
+        ("2", "Model B"),
+        ("4", "Another CPU"),
+        ("4", "Model B"),
+        ("6", "Model B"),
+    ]
 
 
 def test_a_second_sweep_on_a_locked_folder_fails_with_exit_2(tmp_path):
     with results_lock(tmp_path):
         with pytest.raises(SweepLockedError, match="in use by another sweep"):
             run_sweep([tiny()], "cpu", tmp_path)
-        result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES),
-                                  "--batch", "2", "--device", "cpu", "--out", str(tmp_path)])
+        result = cli.invoke(
+            app,
+            [
+                "sweep",
+                "--arch",
+                TINY_ARCH,
+                "--res",
+                str(TINY_RES),
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+            ],
+        )
     assert "in use by another sweep" in usage_error(result)
     assert not (tmp_path / "cells.csv").exists()
 
@@ -266,9 +310,25 @@ def test_a_second_sweep_on_a_locked_folder_fails_with_exit_2(tmp_path):
 # -- the command line -----------------------------------------------------------------------
 def test_sweep_cli_prints_one_line_per_cell_a_summary_and_where_results_went(tmp_path):
     out = tmp_path / "out"
-    args = ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2,4",
-            "--warmup", "1", "--steps", "2", "--device", "cpu", "--isolation", "none",
-            "--out", str(out)]
+    args = [
+        "sweep",
+        "--arch",
+        "vgg-d2-w8",
+        "--res",
+        str(TINY_RES),
+        "--batch",
+        "2,4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--isolation",
+        "none",
+        "--out",
+        str(out),
+    ]
     result = cli.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "[1/2] bp_vgg-d2-w8_r8_b2_k10 ok" in result.output
@@ -286,9 +346,28 @@ def test_a_value_error_after_cells_ran_is_not_reported_as_bad_input(tmp_path, mo
         raise ValueError("a bug after the sweep")
 
     monkeypatch.setattr("membench.cli.measure.grid_rows", broken_summary)
-    result = cli.invoke(app, ["sweep", "--arch", "vgg-d2-w8", "--res", str(TINY_RES), "--batch", "2",
-                              "--warmup", "1", "--steps", "1", "--device", "cpu",
-                              "--isolation", "none", "--out", str(tmp_path)])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            "vgg-d2-w8",
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--isolation",
+            "none",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code != 2 and isinstance(result.exception, ValueError)
     assert len(rows(tmp_path)) == 1
 
@@ -299,19 +378,40 @@ def _fake_estimator(monkeypatch, calls: list) -> None:
 
     def estimate_cell(cell, device_kind):
         calls.append(device_kind)
-        return CellResult(cell, estimate_device(device_kind), "estimate", status="estimated",
-                          peak_allocated_bytes=12345, memory_source="estimate")
+        return CellResult(
+            cell,
+            estimate_device(device_kind),
+            "estimate",
+            status="estimated",
+            peak_allocated_bytes=12345,
+            memory_source="estimate",
+        )
 
     # Patched in this process only, so the tests that use it run estimates with isolation none.
-    monkeypatch.setitem(sys.modules, "membench.planning.estimate", types.SimpleNamespace(
-        estimate_cell=estimate_cell))
+    monkeypatch.setitem(
+        sys.modules,
+        "membench.planning.estimate",
+        types.SimpleNamespace(estimate_cell=estimate_cell),
+    )
 
 
 def test_estimate_flag_appends_estimate_rows_without_running(tmp_path, monkeypatch):
     calls = []
     _fake_estimator(monkeypatch, calls)
-    args = ["sweep", "--arch", "vgg8", "--res", "32", "--batch", "64,128", "--estimate",
-            "--isolation", "none", "--out", str(tmp_path)]
+    args = [
+        "sweep",
+        "--arch",
+        "vgg8",
+        "--res",
+        "32",
+        "--batch",
+        "64,128",
+        "--estimate",
+        "--isolation",
+        "none",
+        "--out",
+        str(tmp_path),
+    ]
     assert cli.invoke(app, args).exit_code == 0
     assert cli.invoke(app, [*args, "--device", "cpu"]).exit_code == 0
     assert calls == ["cuda", "cuda", "cpu", "cpu"]
@@ -321,7 +421,8 @@ def test_estimate_flag_appends_estimate_rows_without_running(tmp_path, monkeypat
     assert cli.invoke(app, args).exit_code == 0  # recomputed: the cuda rows are replaced
     written = rows(tmp_path)
     assert sorted((r["device"], r["batch"]) for r in written) == sorted(
-        (f"{kind} (estimate)", batch) for kind in ("cuda", "cpu") for batch in ("64", "128"))
+        (f"{kind} (estimate)", batch) for kind in ("cuda", "cpu") for batch in ("64", "128")
+    )
     assert written[0]["peak_allocated_bytes"] == "12345"
 
 
@@ -369,18 +470,35 @@ BAD_INPUT = [
 def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, extra, needle):
     out = tmp_path / "out"
     # Later copies of an option win, so ``extra`` overrides these valid defaults.
-    result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
-                              "--device", "cpu", *extra, "--out", str(out)])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            *extra,
+            "--out",
+            str(out),
+        ],
+    )
     assert needle in usage_error(result)
     assert not out.exists()
 
 
 @pytest.mark.slow
 def test_a_local_sweep_never_imports_ray(tmp_path):
-    code = ("import sys; from membench.cli import app; from membench.execute.sweep import run_sweep; "
-            "from membench.schema import Cell; "
-            f"run_sweep([Cell('bp', 'vgg-d2-w8', {TINY_RES}, 2, warmup=1, steps=1)], 'cpu', "
-            f"{str(tmp_path)!r}); print('ray' in sys.modules)")
+    code = (
+        "import sys; from membench.cli import app; from membench.execute.sweep import run_sweep; "
+        "from membench.schema import Cell; "
+        f"run_sweep([Cell('bp', 'vgg-d2-w8', {TINY_RES}, 2, warmup=1, steps=1)], 'cpu', "
+        f"{str(tmp_path)!r}); print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert [r["status"] for r in rows(tmp_path)] == ["ok"]
@@ -389,7 +507,23 @@ def test_a_local_sweep_never_imports_ray(tmp_path):
 def test_the_ray_executor_without_ray_installed_is_one_line_and_exit_2(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     out = tmp_path / "out"
-    result = cli.invoke(app, ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "2",
-                              "--device", "cpu", "--executor", "ray", "--out", str(out)])
+    result = cli.invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--executor",
+            "ray",
+            "--out",
+            str(out),
+        ],
+    )
     assert "pip install 'membench[ray]'" in usage_error(result)
     assert not out.exists()

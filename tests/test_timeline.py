@@ -14,43 +14,49 @@ import re
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import TINY_ARCH, TINY_RES
 from helpers import usage_error
+from typer.testing import CliRunner
+
 from membench.cli import app
 from membench.config import ConfigError, SweepOptions
 from membench.execute.sweep import run_sweep
 from membench.measure.devices import CpuDevice
-from membench.planning.estimate import EstimateDevice
 from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import prepare_cell, run_cell
-from membench.timeline.snapshot import synthesize_snapshot, timeline_from_cuda
-from membench.timeline.events import FREE, Phase, find_peak, layer_of, timeline_rows
+from membench.planning.estimate import EstimateDevice
 from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import CATEGORIES, Cell
+from membench.timeline.events import FREE, Phase, find_peak, layer_of, timeline_rows
 from membench.timeline.files import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
+from membench.timeline.snapshot import synthesize_snapshot, timeline_from_cuda
 
 cli = CliRunner()
 
 
 def tiny(method: str, **overrides) -> Cell:
-    return Cell(**{**dict(method=method, arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=1,
-                          steps=1), **overrides})
+    return Cell(
+        **{
+            **dict(method=method, arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=1, steps=1),
+            **overrides,
+        }
+    )
 
 
 def recorded(method: str, device=None, timeline_snapshot: bool = True):
     """A tiny cell's result with its recorded step, and the step's rows (each cell is run once
     per test session: the tests only read them)."""
-    return _recorded(method, "estimate" if isinstance(device, EstimateDevice) else "cpu",
-                     timeline_snapshot)
+    return _recorded(
+        method, "estimate" if isinstance(device, EstimateDevice) else "cpu", timeline_snapshot
+    )
 
 
 @functools.cache
 def _recorded(method: str, kind: str, timeline_snapshot: bool):
     device = EstimateDevice("cuda") if kind == "estimate" else CpuDevice()
-    result = run_cell(tiny(method), device, count_flops=False, timeline=True,
-                      timeline_snapshot=timeline_snapshot)
+    result = run_cell(
+        tiny(method), device, count_flops=False, timeline=True, timeline_snapshot=timeline_snapshot
+    )
     assert result.status in ("ok", "estimated"), result.error
     return result, timeline_rows(result.timeline)
 
@@ -58,8 +64,9 @@ def _recorded(method: str, kind: str, timeline_snapshot: bool):
 def agrees(result, rows) -> bool:
     """The recorded step peaks where the tracker pass did, with the same breakdown."""
     peak = find_peak(rows)
-    return (peak.total_bytes == result.peak_allocated_bytes
-            and peak.live == {c: getattr(result.breakdown, c) for c in CATEGORIES})
+    return peak.total_bytes == result.peak_allocated_bytes and peak.live == {
+        c: getattr(result.breakdown, c) for c in CATEGORIES
+    }
 
 
 @pytest.mark.parametrize("method", SINGLE_DEVICE_METHODS)
@@ -70,7 +77,9 @@ def test_the_recorded_step_peaks_exactly_where_the_tracker_pass_does(method):
     # Mutation: one free left out of the events (here: the first) and the agreement breaks.
     events = result.timeline.events
     first_free = next(i for i, e in enumerate(events) if e[0] == FREE)
-    mutated = dataclasses.replace(result.timeline, events=events[:first_free] + events[first_free + 1:])
+    mutated = dataclasses.replace(
+        result.timeline, events=events[:first_free] + events[first_free + 1 :]
+    )
     assert not agrees(result, timeline_rows(mutated))
 
 
@@ -101,8 +110,16 @@ def test_phases_show_bp_forward_then_backward_and_ff_pipelined_layer_by_layer():
 
     _, ff = recorded("ff-pipelined")
     layered = [(p, l) for p, l in phases_of(ff) if p in ("backward", "optimizer")]
-    assert layered == [("backward", 0), ("optimizer", 0), ("backward", 1), ("optimizer", 1),
-                       ("backward", 2), ("optimizer", 2), ("backward", 2), ("optimizer", None)]
+    assert layered == [
+        ("backward", 0),
+        ("optimizer", 0),
+        ("backward", 1),
+        ("optimizer", 1),
+        ("backward", 2),
+        ("optimizer", 2),
+        ("backward", 2),
+        ("optimizer", None),
+    ]
     modules = {row["module"] for row in ff if row["phase"] == "backward"}
     assert {"backbone.blocks.0.0", "readouts.1"} <= modules  # names from the runner's modules
 
@@ -128,8 +145,11 @@ def test_checkpoint_recomputation_is_its_own_phase_on_real_and_fake_tensors():
         recomputed = [layer for phase, layer in runs if phase == "recompute"]
         assert recomputed[:1] == [2] and 0 in recomputed, runs
         # after each recomputation the backward of the same layer follows
-        assert all(runs[i + 1] == ("backward", layer) for i, (phase, layer) in enumerate(runs)
-                   if phase == "recompute" and runs[i + 1][0] != "recompute")
+        assert all(
+            runs[i + 1] == ("backward", layer)
+            for i, (phase, layer) in enumerate(runs)
+            if phase == "recompute" and runs[i + 1][0] != "recompute"
+        )
 
 
 def test_torch_module_tracker_would_change_the_peak_it_observes():
@@ -155,7 +175,10 @@ def test_the_tracker_records_only_when_given_a_recorder():
         y = x * 2
         del x
     assert [(action, nbytes) for action, _, nbytes, _ in events] == [
-        ("alloc", 1024), ("alloc", 1024), ("free", 1024)]
+        ("alloc", 1024),
+        ("alloc", 1024),
+        ("free", 1024),
+    ]
     del y
     quiet = TensorMemoryTracker()
     assert quiet.recorder is None
@@ -202,10 +225,25 @@ def cuda_snapshot() -> dict:
         {"action": "alloc", "addr": 0x1000, "size": 512, "time_us": 210},
         {"action": "free_completed", "addr": 0x3000, "size": 2048, "time_us": 220},
     ]
-    block = lambda address, size: {"address": address, "size": size, "requested_size": size,
-                                   "state": "active_allocated", "frames": []}
-    segments = [{"device": 0, "address": 0x1000, "total_size": 1536, "stream": 0,
-                 "blocks": [block(0x1000, 512), block(0x1200, 1024)]}]
+
+    def block(address, size):
+        return {
+            "address": address,
+            "size": size,
+            "requested_size": size,
+            "state": "active_allocated",
+            "frames": [],
+        }
+
+    segments = [
+        {
+            "device": 0,
+            "address": 0x1000,
+            "total_size": 1536,
+            "stream": 0,
+            "blocks": [block(0x1000, 512), block(0x1200, 1024)],
+        }
+    ]
     return {"segments": segments, "device_traces": [trace]}
 
 
@@ -213,13 +251,15 @@ def test_a_cuda_history_becomes_a_timeline_by_clock_and_data_pointer():
     phases = [Phase("forward", 0, "backbone.blocks.0.0"), Phase("backward", 0, "")]
     before = {0x1000: "gradients", 0x1200: "parameters"}
     after = {0x1000: "gradients", 0x1200: "parameters"}
-    timeline = timeline_from_cuda(cuda_snapshot(), 0, (before, after), [(100, 0), (200, 1)],
-                                  phases)
+    timeline = timeline_from_cuda(cuda_snapshot(), 0, (before, after), [(100, 0), (200, 1)], phases)
     rows = timeline_rows(timeline)
     assert sorted(timeline.baseline) == [(0x1000, 512, "gradients"), (0x1200, 1024, "parameters")]
     assert [(r["action"], r["category"], r["phase"]) for r in rows[1:]] == [
-        ("free", "gradients", "forward"), ("alloc", "activations", "forward"),
-        ("alloc", "gradients", "backward"), ("free", "activations", "backward")]
+        ("free", "gradients", "forward"),
+        ("alloc", "activations", "forward"),
+        ("alloc", "gradients", "backward"),
+        ("free", "activations", "backward"),
+    ]
     assert find_peak(rows).total_bytes == 512 + 1024 + 2048
     assert rows[-1]["gradients_bytes"] == 512 and rows[-1]["total_bytes"] == 1536
     # Mutation: without the marks' clock every entry falls before the first phase.
@@ -251,8 +291,9 @@ def test_a_sweep_writes_timelines_only_when_asked_and_cells_csv_keeps_its_column
     run_sweep(cells[:1], "cpu", plain, isolation="none")
     run_sweep(cells, "cpu", timed, isolation="none", timeline=True)
     assert not (plain / TIMELINE_FILE).exists() and (timed / TIMELINE_FILE).exists()
-    assert (plain / "cells.csv").read_text().splitlines()[0] == \
-        (timed / "cells.csv").read_text().splitlines()[0]
+    assert (plain / "cells.csv").read_text().splitlines()[0] == (
+        timed / "cells.csv"
+    ).read_text().splitlines()[0]
     assert not (timed / "snapshots").exists()
     assert set(read_timelines(timed)["cell_id"]) == {c.cell_id for c in cells}
     with pytest.raises(ConfigError, match="--timeline-snapshot needs --timeline"):
@@ -263,24 +304,28 @@ def test_a_sweep_writes_timelines_only_when_asked_and_cells_csv_keeps_its_column
     assert all(c.cell_id in listing.output for c in cells) and "backward of layer" in listing.output
     one = cli.invoke(app, ["timeline", str(timed), "--cell", cells[1].cell_id])
     assert one.exit_code == 0 and "phase by phase" in one.output and "optimizer" in one.output
-    assert "no timeline for it" in usage_error(cli.invoke(app, ["timeline", str(timed), "--cell",
-                                                                  "nope"]))
+    assert "no timeline for it" in usage_error(
+        cli.invoke(app, ["timeline", str(timed), "--cell", "nope"])
+    )
     assert "no timeline.csv" in usage_error(cli.invoke(app, ["timeline", str(plain)]))
     assert "does not exist" in usage_error(cli.invoke(app, ["timeline", str(tmp_path / "none")]))
-    assert "needs --timeline" in usage_error(cli.invoke(app, [
-        "sweep", "--timeline-snapshot", "--out", str(tmp_path / "x")]))
+    assert "needs --timeline" in usage_error(
+        cli.invoke(app, ["sweep", "--timeline-snapshot", "--out", str(tmp_path / "x")])
+    )
 
     from membench.report import build_report
 
     report = build_report([timed], tmp_path / "report")
     figure = "timeline_cpu-amd-epyc" if "EPYC" in report.read_text() else "timeline_"
-    assert re.search(rf"!\[memory over one step[^]]*\]\(figures/{figure}[^)]*_b4\.png\)",
-                     report.read_text())
+    assert re.search(
+        rf"!\[memory over one step[^]]*\]\(figures/{figure}[^)]*_b4\.png\)", report.read_text()
+    )
 
 
 def test_the_report_figure_shares_its_y_axis_and_marks_each_peak():
-    from membench.timeline.figure import timeline_figure
     import pandas as pd
+
+    from membench.timeline.figure import timeline_figure
 
     entries = [(method, pd.DataFrame(recorded(method)[1])) for method in ("bp", "ff-pipelined")]
     figure = timeline_figure(entries, title="t")
@@ -296,9 +341,27 @@ def test_the_report_figure_shares_its_y_axis_and_marks_each_peak():
 
 
 def test_run_prints_where_its_recorded_step_peaks():
-    out = cli.invoke(app, ["run", "--method", "bp", "--arch", TINY_ARCH, "--res", str(TINY_RES),
-                           "--batch", "2", "--warmup", "1", "--steps", "1", "--device", "cpu",
-                           "--timeline"])
+    out = cli.invoke(
+        app,
+        [
+            "run",
+            "--method",
+            "bp",
+            "--arch",
+            TINY_ARCH,
+            "--res",
+            str(TINY_RES),
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--timeline",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert re.search(r"timeline +peak .* of the step, (backward|other|forward)", out.output)
 
@@ -308,8 +371,9 @@ def test_cuda_records_the_allocators_own_history_and_stops_recording():
     from membench.measure.devices import resolve_device
 
     device = resolve_device("cuda")
-    result = run_cell(tiny("bp", batch=8), device, count_flops=False, timeline=True,
-                      timeline_snapshot=True)
+    result = run_cell(
+        tiny("bp", batch=8), device, count_flops=False, timeline=True, timeline_snapshot=True
+    )
     assert result.status == "ok", result.error
     timeline = result.timeline
     assert timeline.source == "cuda_allocator" and timeline.snapshot["device_traces"]
@@ -330,5 +394,4 @@ def test_a_timeline_of_a_cell_on_several_devices_is_refused_in_one_line():
 
     build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2")  # fine alone
     with pytest.raises(ConfigError, match="--timeline records one device's step"):
-        build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2",
-                     timeline=True)
+        build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2", timeline=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench.archs import ArchError, build_arch, probe_arch, validate_arch
 from membench.cli import app
 from membench.planning.estimate import estimate_cell

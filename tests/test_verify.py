@@ -6,9 +6,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers import usage_error
 from typer.testing import CliRunner
 
-from helpers import usage_error
 from membench import runners
 from membench.cli import app
 from membench.verify import VerifySetup, verify
@@ -73,7 +73,8 @@ def by_check(results):
 def test_builtin_runners_pass_every_check():
     results = by_check(verify(list(runners.BUILTIN_METHODS), SMALL, precisions=()))
     assert all(result.passed for result in results.values()), [
-        (key, r.detail) for key, r in results.items() if not r.passed]
+        (key, r.detail) for key, r in results.items() if not r.passed
+    ]
     for method in ("bp-accum", "bp-ckpt", "bp-sac", "bp-offload"):
         assert (method, "gradients") in results
     for method in ("bp-ckpt", "bp-sac", "bp-offload"):
@@ -96,7 +97,9 @@ def test_broken_third_party_runners_fail_and_a_good_one_passes(third_party):
 
 def test_cli_exit_codes(third_party):
     cli = CliRunner()
-    failing = cli.invoke(app, ["verify", "--method", "never-learns", "--arch", "vgg-d3-w8", "--res", "8"])
+    failing = cli.invoke(
+        app, ["verify", "--method", "never-learns", "--arch", "vgg-d3-w8", "--res", "8"]
+    )
     assert failing.exit_code == 1
     assert "FAIL" in failing.output
     assert "unknown method" in usage_error(cli.invoke(app, ["verify", "--method", "nope"]))
@@ -112,7 +115,9 @@ def test_the_layer_gradient_check_catches_gradients_leaking_across_layers(monkey
 
     assert failed_checks(["ff-pipelined"]) == set()
     # drop the no_grad/detach between layers: later losses now reach earlier layers
-    monkeypatch.setattr(DTGFF, "propagate", lambda self, layer, z: self.backbone.layer(layer).next_input(z))
+    monkeypatch.setattr(
+        DTGFF, "propagate", lambda self, layer, z: self.backbone.layer(layer).next_input(z)
+    )
     failed = failed_checks(["ff-pipelined"])
     assert ("ff-pipelined", "layer gradients") in failed or ("ff-pipelined", "crash") in failed
 
@@ -130,8 +135,9 @@ def test_the_dropout_check_catches_a_checkpoint_that_forgets_the_rng_state(monke
     from membench.runners import saved_tensors
 
     original = saved_tensors.checkpoint
-    monkeypatch.setattr(saved_tensors, "checkpoint",
-                        lambda *a, **k: original(*a, preserve_rng_state=False, **k))
+    monkeypatch.setattr(
+        saved_tensors, "checkpoint", lambda *a, **k: original(*a, preserve_rng_state=False, **k)
+    )
     failed = failed_checks(["bp-ckpt"])
     assert failed == {("bp-ckpt", "gradients (dropout on)")}  # dropout off it still matches
 
@@ -139,8 +145,11 @@ def test_the_dropout_check_catches_a_checkpoint_that_forgets_the_rng_state(monke
 def test_the_offload_check_catches_a_saved_tensor_that_comes_back_wrong(monkeypatch):
     from membench.runners.saved_tensors import OffloadSavedTensors
 
-    monkeypatch.setattr(OffloadSavedTensors, "_unpack", lambda self, packed: packed * 1.01
-                        if packed.is_floating_point() else packed.clone())
+    monkeypatch.setattr(
+        OffloadSavedTensors,
+        "_unpack",
+        lambda self, packed: packed * 1.01 if packed.is_floating_point() else packed.clone(),
+    )
     assert ("bp-offload", "gradients") in failed_checks(["bp-offload"])
 
 
@@ -163,12 +172,18 @@ def test_the_compiled_check_catches_a_compiled_region_that_computes_something_el
     from membench.verify.checks import check_compiled
 
     # stands in for torch.compile (which takes tens of seconds on a CPU): the same function...
-    monkeypatch.setattr(Runner, "compiled", lambda self, fn: fn if self.compile_mode == "none"
-                        else (lambda *args: fn(*args)))
+    monkeypatch.setattr(
+        Runner,
+        "compiled",
+        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args)),
+    )
     assert check_compiled("bp", SMALL).passed
     # ...and one whose compiled region returns slightly different logits
-    monkeypatch.setattr(Runner, "compiled", lambda self, fn: fn if self.compile_mode == "none"
-                        else (lambda *args: fn(*args) * 1.01))
+    monkeypatch.setattr(
+        Runner,
+        "compiled",
+        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args) * 1.01),
+    )
     assert not check_compiled("bp", SMALL).passed
 
 

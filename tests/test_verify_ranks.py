@@ -4,6 +4,7 @@ single-device reference's gradients, and each check fails on a runner with a sma
 from __future__ import annotations
 
 from fake_runners import install_fake_runners
+
 from membench.verify import VerifySetup, verify
 from membench.verify.across_devices import check_rank_gradients, check_rank_learns
 
@@ -53,13 +54,18 @@ class WholeShareFF(FFPipelineRunner):
     def loss_share(chunk, batch):
         return 1.0
 '''
-GRADIENT_MUTANTS = {"mutant-ddp": "OneShareDDP", "mutant-fsdp": "OneShareFSDP",
-                    "mutant-pp": "DoubledLossPipeline", "mutant-ff-pp": "WholeShareFF"}
+GRADIENT_MUTANTS = {
+    "mutant-ddp": "OneShareDDP",
+    "mutant-fsdp": "OneShareFSDP",
+    "mutant-pp": "DoubledLossPipeline",
+    "mutant-ff-pp": "WholeShareFF",
+}
 MUTANT_NAMES = {**GRADIENT_MUTANTS, "mutant-frozen-ddp": "FrozenDDP"}
 
 
 def test_each_multi_device_runner_leaves_its_references_gradients_and_mutants_do_not(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     install_fake_runners(tmp_path, monkeypatch, MUTANTS, MUTANT_NAMES)
     results = verify(["bp-ddp", "bp-fsdp", "bp-pp", "ff-pp"])
     by_method: dict[str, list] = {}
@@ -68,12 +74,17 @@ def test_each_multi_device_runner_leaves_its_references_gradients_and_mutants_do
     for method in ("bp-ddp", "bp-fsdp", "bp-pp", "ff-pp"):
         assert by_method[method] and all(r.passed for r in by_method[method]), by_method[method]
         assert by_method[method][-1].check == "learns"
-    assert [r.check for r in by_method["bp-pp"]] == ["gradients on 2 ranks (gpipe)",
-                                                     "gradients on 2 ranks (1f1b)", "learns"]
+    assert [r.check for r in by_method["bp-pp"]] == [
+        "gradients on 2 ranks (gpipe)",
+        "gradients on 2 ranks (1f1b)",
+        "learns",
+    ]
     assert by_method["ff-pp"][0].reference == "ff-pipelined"
     for mutant in GRADIENT_MUTANTS:
-        checks = [check_rank_gradients(mutant, VerifySetup(), schedule)
-                  for schedule in (("gpipe", "1f1b") if mutant == "mutant-pp" else (None,))]
+        checks = [
+            check_rank_gradients(mutant, VerifySetup(), schedule)
+            for schedule in (("gpipe", "1f1b") if mutant == "mutant-pp" else (None,))
+        ]
         assert not any(r.passed for r in checks), checks
         assert all("max relative difference" in r.detail for r in checks), checks
     assert check_rank_gradients("mutant-frozen-ddp", VerifySetup()).passed

@@ -13,8 +13,15 @@ from membench.archs import LayerStack
 def tiny_vit(num_classes: int) -> VisionTransformer:
     """torchvision's ViT (trunc_normal_ initialisation, nn.MultiheadAttention), at 16 x 16 in
     4 x 4 patches, 2 layers of width 16: a step takes milliseconds."""
-    return VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
-                             hidden_dim=16, mlp_dim=32, num_classes=num_classes)
+    return VisionTransformer(
+        image_size=16,
+        patch_size=4,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=num_classes,
+    )
 
 
 class InplaceNet(nn.Module):
@@ -71,5 +78,10 @@ def leaky_stack(num_classes: int) -> LayerStack:
 
 def plain_stack(num_classes: int) -> LayerStack:
     """The same two units without the shortcut across the boundary."""
-    return LayerStack([nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
-                       nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())], [8, 8])
+    return LayerStack(
+        [
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        ],
+        [8, 8],
+    )

@@ -20,6 +20,7 @@ def test_training_step(membench_benchmark, method):
 
 
 def test_gradient_accumulation_step(membench_benchmark):
-    result = membench_benchmark("bp-accum", arch="vgg-d2-w8", res=8, batch=2, micro_batch=1,
-                                warmup=1, steps=3)
+    result = membench_benchmark(
+        "bp-accum", arch="vgg-d2-w8", res=8, batch=2, micro_batch=1, warmup=1, steps=3
+    )
     assert result.imgs_per_s > 0

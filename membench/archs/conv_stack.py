@@ -49,9 +49,7 @@ class ConvStack(LayerStack):
     def __init__(self, spec: ConvStackSpec, dropout: float = PROPAGATION_DROPOUT):
         blocks, propagate, c_in = [], [], spec.in_channels
         for layer, c_out in enumerate(spec.channels):
-            blocks.append(
-                nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=1, padding=1), nn.ReLU())
-            )
+            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=1, padding=1), nn.ReLU()))
             if layer < spec.depth - 1:
                 path = [ChannelLayerNorm(c_out), nn.Dropout(dropout)]
                 if layer in spec.pool_after:

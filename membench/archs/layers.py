@@ -82,16 +82,23 @@ class LayerStack(nn.Module):
     l + 1 (the identity unless given). Walk it with ``layers()``; the two ModuleLists are the
     storage (and the state_dict keys). See the module docstring for the contract."""
 
-    def __init__(self, blocks: Sequence[nn.Module], channels: Sequence[int],
-                 propagate: Sequence[nn.Module] | None = None, name: str = "layer-stack"):
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        channels: Sequence[int],
+        propagate: Sequence[nn.Module] | None = None,
+        name: str = "layer-stack",
+    ):
         super().__init__()
         blocks, channels = list(blocks), tuple(int(c) for c in channels)
         if propagate is None:
             propagate = [nn.Identity() for _ in blocks[1:]]
         if not blocks or len(channels) != len(blocks) or len(propagate) != len(blocks) - 1:
-            raise ArchError(f"{name}: a layer stack needs at least one block, a channel count per "
-                            f"block and a path between each two (got {len(blocks)} blocks, "
-                            f"{len(channels)} channel counts, {len(propagate)} paths)")
+            raise ArchError(
+                f"{name}: a layer stack needs at least one block, a channel count per "
+                f"block and a path between each two (got {len(blocks)} blocks, "
+                f"{len(channels)} channel counts, {len(propagate)} paths)"
+            )
         self.blocks = nn.ModuleList(blocks)
         self.propagate = nn.ModuleList(propagate)
         self.spec = LayerStackSpec(name, channels)
@@ -104,8 +111,12 @@ class LayerStack(nn.Module):
         """Layer ``index`` (0-based; negative counts from the end)."""
         index = range(len(self.blocks))[index]  # IndexError past either end
         last = index == len(self.blocks) - 1
-        return Layer(index, self.blocks[index], None if last else self.propagate[index],
-                     self.spec.channels[index])
+        return Layer(
+            index,
+            self.blocks[index],
+            None if last else self.propagate[index],
+            self.spec.channels[index],
+        )
 
     def layers(self) -> list[Layer]:
         """Every layer, first to last."""
@@ -125,9 +136,13 @@ def check_contract(stack: LayerStack) -> None:
     for index, block in enumerate(stack.blocks):
         for parameter in block.parameters():
             if owner.setdefault(id(parameter), index) != index:
-                raise ArchError(f"{stack.spec.name}: blocks {owner[id(parameter)]} and {index} "
-                                "share a parameter; each layer must own its parameters alone")
+                raise ArchError(
+                    f"{stack.spec.name}: blocks {owner[id(parameter)]} and {index} "
+                    "share a parameter; each layer must own its parameters alone"
+                )
     for index, path in enumerate(stack.propagate):
         if any(True for _ in path.parameters()):
-            raise ArchError(f"{stack.spec.name}: the path after layer {index} has parameters; "
-                            "put them in a block (nothing would train them in DTG-FF)")
+            raise ArchError(
+                f"{stack.spec.name}: the path after layer {index} has parameters; "
+                "put them in a block (nothing would train them in DTG-FF)"
+            )

@@ -53,11 +53,17 @@ def _walk(stack: LayerStack, x: torch.Tensor, name: str) -> list[tuple[int, int,
     shapes = []
     for layer in stack.layers():
         z = layer.block(x)
-        if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[0] != x.shape[0] \
-                or z.shape[1] != layer.channels:
+        if (
+            not isinstance(z, torch.Tensor)
+            or z.dim() != 4
+            or z.shape[0] != x.shape[0]
+            or z.shape[1] != layer.channels
+        ):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ArchError(f"{name}: unit {layer.index} returned {got}, where the layer-stack "
-                            f"contract needs B x {layer.channels} x H x W")
+            raise ArchError(
+                f"{name}: unit {layer.index} returned {got}, where the layer-stack "
+                f"contract needs B x {layer.channels} x H x W"
+            )
         shapes.append(tuple(int(s) for s in z.shape[1:]))
         x = layer.next_input(z)
     return shapes
@@ -88,8 +94,9 @@ def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
         try:
             if isinstance(model, LayerStack):
                 shapes = _walk(model, images, name)
-                return ArchProbe(name, source.kind, res, parameters, tuple(shapes),
-                                 (PROBE_BATCH, *shapes[-1]))
+                return ArchProbe(
+                    name, source.kind, res, parameters, tuple(shapes), (PROBE_BATCH, *shapes[-1])
+                )
             logits = model(images)
         except ArchError:
             raise
@@ -97,9 +104,11 @@ def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
             raise ArchError(f"{name} does not run at resolution {res}: {one_line(err)}") from None
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (PROBE_BATCH, classes):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ArchError(f"{name} returned {got} for a batch of {PROBE_BATCH} at resolution {res}; "
-                        f"a classifier must return B x num_classes logits ({PROBE_BATCH} x "
-                        f"{classes}), a layer stack must be a membench.archs.LayerStack")
+        raise ArchError(
+            f"{name} returned {got} for a batch of {PROBE_BATCH} at resolution {res}; "
+            f"a classifier must return B x num_classes logits ({PROBE_BATCH} x "
+            f"{classes}), a layer stack must be a membench.archs.LayerStack"
+        )
     return ArchProbe(name, source.kind, res, parameters, None, tuple(logits.shape))
 
 

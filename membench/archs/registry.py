@@ -34,7 +34,11 @@ from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from ..errors import one_line
 from .specs import (
-    PARAMETRIC_RULE, RESNET_RULE, ArchError, is_cifar_resnet, is_conv_stack,
+    PARAMETRIC_RULE,
+    RESNET_RULE,
+    ArchError,
+    is_cifar_resnet,
+    is_conv_stack,
 )
 
 ENTRY_POINT_GROUP = "membench.archs"
@@ -94,27 +98,32 @@ def torchvision_model_names() -> list[str]:
 # auxiliary classifiers' logits beside the main ones in training mode; membench's bp trains one
 # cross-entropy of the logits, so the auxiliary heads are left out (init_weights=True is their
 # current default, said explicitly to silence the warning about a future change).
-TORCHVISION_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True},
-                       "inception_v3": {"aux_logits": False, "init_weights": True}}
+TORCHVISION_OPTIONS = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 
 
 def _torchvision(name: str) -> ArchSource:
-    model = name[len(TORCHVISION_PREFIX):]
+    model = name[len(TORCHVISION_PREFIX) :]
     if name not in torchvision_model_names():
-        raise ArchError(f"unknown torchvision model {model!r}; see "
-                        "torchvision.models.list_models(module=torchvision.models)")
+        raise ArchError(
+            f"unknown torchvision model {model!r}; see "
+            "torchvision.models.list_models(module=torchvision.models)"
+        )
 
     def factory(num_classes: int) -> nn.Module:
         import torchvision
 
-        return torchvision.models.get_model(model, weights=None, num_classes=num_classes,
-                                            **TORCHVISION_OPTIONS.get(model, {}))
+        return torchvision.models.get_model(
+            model, weights=None, num_classes=num_classes, **TORCHVISION_OPTIONS.get(model, {})
+        )
 
     return ArchSource(name, "torchvision", factory, f"torchvision.models.get_model({model!r})")
 
 
 def _timm(name: str) -> ArchSource:
-    model = name[len(TIMM_PREFIX):]
+    model = name[len(TIMM_PREFIX) :]
     try:
         import timm
     except ImportError:
@@ -132,25 +141,34 @@ def _builtin(name: str) -> ArchSource | None:
     if is_conv_stack(name) or name.startswith("vgg-d"):
         from .conv_stack import build_conv_stack
 
-        return ArchSource(name, "conv-stack", lambda num_classes: build_conv_stack(name),
-                          "membench conv stack")
+        return ArchSource(
+            name, "conv-stack", lambda num_classes: build_conv_stack(name), "membench conv stack"
+        )
     if is_cifar_resnet(name):
         from .resnet import build_cifar_resnet
 
-        return ArchSource(name, "cifar-resnet", lambda num_classes: build_cifar_resnet(name),
-                          "membench CIFAR ResNet")
+        return ArchSource(
+            name,
+            "cifar-resnet",
+            lambda num_classes: build_cifar_resnet(name),
+            "membench CIFAR ResNet",
+        )
     return None
 
 
 def _checked_callable(value: object, name: str, where: str) -> Callable[..., object]:
     if not callable(value):
-        raise ArchError(f"{where} (for --arch {name}) is an object of type "
-                        f"{type(value).__name__}, not a callable taking num_classes")
+        raise ArchError(
+            f"{where} (for --arch {name}) is an object of type "
+            f"{type(value).__name__}, not a callable taking num_classes"
+        )
     try:
         inspect.signature(value).bind(num_classes=10)
     except TypeError:
-        raise ArchError(f"{where} (for --arch {name}) cannot be called as "
-                        f"{where}(num_classes=K): it must take the class count") from None
+        raise ArchError(
+            f"{where} (for --arch {name}) cannot be called as "
+            f"{where}(num_classes=K): it must take the class count"
+        ) from None
     except ValueError:
         pass  # no signature to check (a builtin): building will say
     return value
@@ -161,8 +179,9 @@ def _entry_point(name: str) -> ArchSource:
     try:
         factory = ep.load()
     except Exception as err:  # a plugin's import may fail in any way; say which, in one line
-        raise ArchError(f"arch {name!r}: entry point {ep.value} does not import: "
-                        f"{one_line(err)}") from None
+        raise ArchError(
+            f"arch {name!r}: entry point {ep.value} does not import: {one_line(err)}"
+        ) from None
     return ArchSource(name, "entry-point", _checked_callable(factory, name, ep.value), ep.value)
 
 
@@ -173,8 +192,9 @@ def _import_path(name: str) -> ArchSource:
     try:
         value = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or whatever the module raises while importing
-        raise ArchError(f"--arch {name}: module {module_name!r} does not import: "
-                        f"{one_line(err)}") from None
+        raise ArchError(
+            f"--arch {name}: module {module_name!r} does not import: {one_line(err)}"
+        ) from None
     for part in attribute.split("."):
         if not hasattr(value, part):
             raise ArchError(f"--arch {name}: module {module_name!r} has no {attribute!r}")
@@ -201,7 +221,8 @@ def resolve_arch(name: str) -> ArchSource:
         f"unknown arch {name!r}; valid: vgg8, vgg11, {PARAMETRIC_RULE}; resnet20, resnet32, "
         f"resnet44, resnet56, resnet110 ({RESNET_RULE}); tv:NAME (torchvision), timm:NAME; "
         + (f"plugins: {', '.join(plugins)}; " if plugins else "")
-        + "or package.module:callable (a factory taking num_classes)")
+        + "or package.module:callable (a factory taking num_classes)"
+    )
 
 
 @contextlib.contextmanager
@@ -220,8 +241,9 @@ def parameters_on_meta() -> Iterator[None]:
     def register(module, name, param):
         original(module, name, param)
         if param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.detach().to("meta"),
-                                                    requires_grad=param.requires_grad)
+            module._parameters[name] = nn.Parameter(
+                param.detach().to("meta"), requires_grad=param.requires_grad
+            )
 
     nn.Module.register_parameter = register
     try:
@@ -239,8 +261,10 @@ def _to_fake(model: nn.Module, mode) -> nn.Module:
         if id(tensor) not in made:
             if isinstance(tensor, nn.Parameter):
                 with mode:
-                    made[id(tensor)] = nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype),
-                                                    requires_grad=tensor.requires_grad)
+                    made[id(tensor)] = nn.Parameter(
+                        torch.empty(tensor.shape, dtype=tensor.dtype),
+                        requires_grad=tensor.requires_grad,
+                    )
             else:
                 made[id(tensor)] = mode.from_tensor(tensor)
         return made[id(tensor)]
@@ -281,9 +305,12 @@ def build_arch(name: str, classes: int, *, dropout: bool = True) -> nn.Module:
     except ArchError:
         raise
     except Exception as err:  # the factory is the user's code: report it, in one line
-        raise ArchError(f"{source.where}(num_classes={classes}) failed for --arch {name}: "
-                        f"{one_line(err)}") from None
+        raise ArchError(
+            f"{source.where}(num_classes={classes}) failed for --arch {name}: {one_line(err)}"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ArchError(f"{source.where} (for --arch {name}) returned an object of type "
-                        f"{type(model).__name__}, not a torch.nn.Module")
+        raise ArchError(
+            f"{source.where} (for --arch {name}) returned an object of type "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
     return model if dropout else without_dropout(model)

@@ -41,7 +41,7 @@ class BasicBlock(nn.Module):
         (half before, half after, as the reference implementations do)."""
         if self.stride == 1 and self.pad == 0:
             return x
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +50,11 @@ class BasicBlock(nn.Module):
 
 
 def _stem() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, RESNET_WIDTHS[0], 3, padding=1, bias=False),
-                         nn.BatchNorm2d(RESNET_WIDTHS[0]), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(3, RESNET_WIDTHS[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(RESNET_WIDTHS[0]),
+        nn.ReLU(),
+    )
 
 
 class CifarResNet(LayerStack):

@@ -25,8 +25,10 @@ PARAMETRIC_RULE = (
     "for the first P of them (default P=3)"
 )
 RESNET_PATTERN = re.compile(r"^resnet(?P<depth>\d+)(?P<stage>-stage)?$")
-RESNET_RULE = ("resnet{6n+2}[-stage]: He et al.'s CIFAR ResNet (resnet20, 32, 44, 56, 110), "
-               "one block per local unit, or one stage with -stage")
+RESNET_RULE = (
+    "resnet{6n+2}[-stage]: He et al.'s CIFAR ResNet (resnet20, 32, 44, 56, 110), "
+    "one block per local unit, or one stage with -stage"
+)
 RESNET_WIDTHS = (16, 32, 64)
 # torchvision's ImageNet ResNets: 50 and 152 are also 6n+2, but a bare resnet50 meaning a
 # CIFAR ResNet-50 would be a trap, so those depths stay tv:'s.
@@ -122,8 +124,9 @@ def conv_stack_spec(name: str) -> ConvStackSpec:
         return BUILTIN_ARCHS[name]
     if name.startswith("vgg-d"):
         return parametric_spec(name)
-    raise ArchError(f"{name!r} is not a conv stack; valid: {', '.join(BUILTIN_ARCHS)}, "
-                    f"{PARAMETRIC_RULE}")
+    raise ArchError(
+        f"{name!r} is not a conv stack; valid: {', '.join(BUILTIN_ARCHS)}, {PARAMETRIC_RULE}"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,10 @@ class CifarResNetSpec:
         """ArchError unless the last stage sees at least a 2x2 map (inputs of 5x5 and up), as
         for the conv stacks: DTG-FF's spatial goodness then has a distinct value per quadrant."""
         if self.spatial_sizes(res)[-1] < 2:
-            raise ArchError(f"resolution {res} is too small for {self.name}: its last stage would "
-                            "see a map smaller than 2x2 (smallest valid resolution: 5)")
+            raise ArchError(
+                f"resolution {res} is too small for {self.name}: its last stage would "
+                "see a map smaller than 2x2 (smallest valid resolution: 5)"
+            )
 
     def parameter_count(self) -> int:
         """Conv weights and BatchNorm scales and shifts (the convs have no bias; the option-A
@@ -182,12 +187,16 @@ def cifar_resnet_spec(name: str) -> CifarResNetSpec:
         raise ArchError(f"not a CIFAR ResNet name: {name!r} ({RESNET_RULE})")
     depth = int(match["depth"])
     if f"resnet{depth}" in TORCHVISION_RESNETS:
-        raise ArchError(f"{name}: torchvision's ImageNet ResNet is tv:resnet{depth}; membench's "
-                        "CIFAR ResNets are resnet20, resnet32, resnet44, resnet56, resnet110 "
-                        "(6n+2 layers; depths torchvision uses are left to it)")
+        raise ArchError(
+            f"{name}: torchvision's ImageNet ResNet is tv:resnet{depth}; membench's "
+            "CIFAR ResNets are resnet20, resnet32, resnet44, resnet56, resnet110 "
+            "(6n+2 layers; depths torchvision uses are left to it)"
+        )
     if depth < 8 or (depth - 2) % 6:
-        raise ArchError(f"{name}: a CIFAR ResNet has 6n+2 layers (20, 32, 44, 56, 110, ...), not "
-                        f"{depth}; torchvision's ImageNet ResNets are tv:resnet18, tv:resnet50, ...")
+        raise ArchError(
+            f"{name}: a CIFAR ResNet has 6n+2 layers (20, 32, 44, 56, 110, ...), not "
+            f"{depth}; torchvision's ImageNet ResNets are tv:resnet18, tv:resnet50, ..."
+        )
     return CifarResNetSpec(name, (depth - 2) // 6, "stage" if match["stage"] else "block")
 
 

@@ -79,7 +79,6 @@ class MembenchGroup(TyperGroup):
         return code
 
 
-
 app = typer.Typer(
     name="membench",
     help="Measure what training methods cost in peak memory and throughput.",

@@ -34,12 +34,14 @@ def out_folder(value: str, option: str = "--out") -> Path:
 
 def reports_input_errors(command: Callable) -> Callable:
     """Turn an InputError raised by the library into ``fail``: one line on stderr, exit 2."""
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except InputError as err:
             fail(str(err))
+
     return wrapper
 
 

@@ -26,20 +26,47 @@ def _pct(value: float | None) -> str:
 def render(comparison: Comparison, console: Console) -> None:
     """Print the table of matched cells, the unmatched cells and the verdict."""
     table = Table(title=f"{comparison.baseline} -> {comparison.new}", show_lines=False)
-    for column in ("cell", "device", "status", "peak base", "peak new", "mem",
-                   "tput", "p", "median ratio CI", "verdict"):
-        table.add_column(column, justify="right" if column not in ("cell", "device", "verdict") else "left")
+    for column in (
+        "cell",
+        "device",
+        "status",
+        "peak base",
+        "peak new",
+        "mem",
+        "tput",
+        "p",
+        "median ratio CI",
+        "verdict",
+    ):
+        table.add_column(
+            column, justify="right" if column not in ("cell", "device", "verdict") else "left"
+        )
     for row in comparison.rows:
         timing = row.timing
         ci = f"{timing.ratio_ci[0]:.3f}-{timing.ratio_ci[1]:.3f}" if timing.ratio_ci else "-"
-        p = f"{timing.p_value:.2g}" if timing.p_value is not None else (
-            "n/a" if timing.method == "imgs_per_s" else "-")
+        p = (
+            f"{timing.p_value:.2g}"
+            if timing.p_value is not None
+            else ("n/a" if timing.method == "imgs_per_s" else "-")
+        )
         verdict = "[red]REGRESSED[/red]" if row.regressed else "ok"
-        status = row.status_new if row.status_baseline == row.status_new else (
-            f"{row.status_baseline}->{row.status_new}")
-        table.add_row(row.cell_id, f"{row.device} {row.memory_source}".strip(), status,
-                      _size(row.peak_baseline), _size(row.peak_new), _pct(row.mem_change_pct),
-                      _pct(timing.tput_change_pct), p, ci, verdict)
+        status = (
+            row.status_new
+            if row.status_baseline == row.status_new
+            else (f"{row.status_baseline}->{row.status_new}")
+        )
+        table.add_row(
+            row.cell_id,
+            f"{row.device} {row.memory_source}".strip(),
+            status,
+            _size(row.peak_baseline),
+            _size(row.peak_new),
+            _pct(row.mem_change_pct),
+            _pct(timing.tput_change_pct),
+            p,
+            ci,
+            verdict,
+        )
     console.print(table)
 
     for row in comparison.regressions:
@@ -50,16 +77,24 @@ def render(comparison: Comparison, console: Console) -> None:
             console.print(f"note {row.cell_id}: {note}", markup=False)
     missing_label = "MISSING" if not comparison.allow_missing else "missing (allowed)"
     for cell in comparison.only_in_baseline:
-        console.print(f"{missing_label} in new: {cell['cell_id']} ({cell['device']}, "
-                      f"{cell['device_name']}, {cell['status']})", markup=False)
+        console.print(
+            f"{missing_label} in new: {cell['cell_id']} ({cell['device']}, "
+            f"{cell['device_name']}, {cell['status']})",
+            markup=False,
+        )
     for cell in comparison.only_in_new:
-        console.print(f"only in new: {cell['cell_id']} ({cell['device']}, {cell['device_name']}, "
-                      f"{cell['status']})", markup=False)
+        console.print(
+            f"only in new: {cell['cell_id']} ({cell['device']}, {cell['device_name']}, "
+            f"{cell['status']})",
+            markup=False,
+        )
     for note in comparison.notes:
         console.print(f"note: {note}", markup=False)
     regressions, missing = len(comparison.regressions), len(comparison.only_in_baseline)
-    summary = (f"{len(comparison.rows)} matched, {regressions} regressed, {missing} missing in new, "
-               f"{len(comparison.only_in_new)} only in new")
+    summary = (
+        f"{len(comparison.rows)} matched, {regressions} regressed, {missing} missing in new, "
+        f"{len(comparison.only_in_new)} only in new"
+    )
     console.print(("PASS: " if comparison.passed else "FAIL: ") + summary, markup=False)
 
 
@@ -68,21 +103,35 @@ def compare(
     baseline: Path = typer.Argument(..., help="Baseline results folder or cells.csv."),
     new: Path = typer.Argument(..., help="New results folder or cells.csv."),
     max_mem_increase: float = typer.Option(
-        None, "--max-mem-increase", metavar="PCT",
+        None,
+        "--max-mem-increase",
+        metavar="PCT",
         help="Allowed peak-memory increase in percent; default 0 for tracker/estimate, 1 for the "
-             "CUDA allocator."),
+        "CUDA allocator.",
+    ),
     max_tput_drop: float = typer.Option(
-        DEFAULT_TPUT_DROP_PCT, "--max-tput-drop", metavar="PCT",
-        help="Allowed throughput drop in percent; fails only if also significant against step noise."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Significance level of the timing test."),
+        DEFAULT_TPUT_DROP_PCT,
+        "--max-tput-drop",
+        metavar="PCT",
+        help="Allowed throughput drop in percent; fails only if also significant against step "
+        "noise.",
+    ),
+    alpha: float = typer.Option(
+        DEFAULT_ALPHA, "--alpha", help="Significance level of the timing test."
+    ),
     ignore_timing: bool = typer.Option(False, "--ignore-timing", help="Gate memory only."),
     allow_missing: bool = typer.Option(
-        False, "--allow-missing", help="Do not fail when a baseline cell is absent from NEW."),
+        False, "--allow-missing", help="Do not fail when a baseline cell is absent from NEW."
+    ),
 ) -> None:
     """Compare NEW against BASELINE cell by cell; exit 1 if any cell regressed past a threshold."""
     comparison = compare_results(
-        baseline, new, max_mem_increase, None if ignore_timing else max_tput_drop,
-        alpha=alpha, allow_missing=allow_missing,
+        baseline,
+        new,
+        max_mem_increase,
+        None if ignore_timing else max_tput_drop,
+        alpha=alpha,
+        allow_missing=allow_missing,
     )
     console = Console(width=None if Console().is_terminal else 160)
     render(comparison, console)

@@ -9,14 +9,19 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
+from ..execute.sweep import SweepProgress
 from ..schema import ESTIMATE_DEVICE_NAME, MEASURED_STATUSES, OK, CellResult
 from ..units import format_gib
-from ..execute.sweep import SweepProgress
 
 
 def describe(result: CellResult) -> str:
@@ -36,8 +41,10 @@ def describe(result: CellResult) -> str:
         f"(source: {result.memory_source})",
     ]
     if result.breakdown:
-        parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 2**20:.1f} MiB"
-                          for k, v in result.breakdown.as_columns().items())
+        parts = ", ".join(
+            f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 2**20:.1f} MiB"
+            for k, v in result.breakdown.as_columns().items()
+        )
         lines.append(f"  breakdown   {parts}")
     if result.host_peak_rss_bytes:
         lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
@@ -45,15 +52,17 @@ def describe(result: CellResult) -> str:
 
 
 def flops_text(result: CellResult) -> str:
-    """"1,470 GFLOP per step, 0.35 TFLOP/s achieved, MFU 12.3% of 2.9 TFLOP/s (...)"."""
+    """ "1,470 GFLOP per step, 0.35 TFLOP/s achieved, MFU 12.3% of 2.9 TFLOP/s (...)"."""
     if result.flops_per_step is None:
         return "FLOPs not counted (the runner cannot run on fake tensors)"
     parts = [f"{result.flops_per_step / 1e9:,.3g} GFLOP per step"]
     if result.achieved_tflops is not None:
         parts.append(f"{result.achieved_tflops:.3g} TFLOP/s achieved")
     if result.mfu is not None:
-        parts.append(f"MFU {result.mfu:.1%} of {result.peak_tflops:.3g} TFLOP/s "
-                     f"({result.peak_source}, {result.peak_precision})")
+        parts.append(
+            f"MFU {result.mfu:.1%} of {result.peak_tflops:.3g} TFLOP/s "
+            f"({result.peak_source}, {result.peak_precision})"
+        )
     return ", ".join(parts)
 
 
@@ -101,13 +110,16 @@ class CliProgress(SweepProgress):
 
     @property
     def where(self) -> str:
-        """'cpu (AMD EPYC)'; an estimate's device alone ('cuda (estimate)'): its name says no more."""
+        """'cpu (AMD EPYC)'; an estimate's device alone ('cuda (estimate)'): its name says no
+        more."""
         names = [n for n in self.device_names if n != ESTIMATE_DEVICE_NAME]
         return f"{self.device} ({', '.join(names)})" if names else self.device
 
     def started_line(self, total, to_run, out_dir) -> str:
-        return (f"membench: {total} cell(s) on {self.where}, "
-                f"{total - to_run} already finished, {to_run} to run -> {out_dir}")
+        return (
+            f"membench: {total} cell(s) on {self.where}, "
+            f"{total - to_run} already finished, {to_run} to run -> {out_dir}"
+        )
 
     def stop(self) -> None:
         """End the display early (Ctrl-C)."""
@@ -135,12 +147,20 @@ class RichProgress(CliProgress):
     def __init__(self, console: Console):
         super().__init__()
         self.console = console
-        self.running = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                TimeElapsedColumn(), console=console)  # never started: listed below
+        self.running = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        )  # never started: listed below
         self.progress = _BarAndRunning(
-            self.running, SpinnerColumn(), TextColumn("{task.fields[current]}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"),
-            TimeRemainingColumn(), console=console,
+            self.running,
+            SpinnerColumn(),
+            TextColumn("{task.fields[current]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=console,
         )
         self.task = None
         self.cells: dict[int, object] = {}  # index of a running cell -> its spinner line
@@ -156,8 +176,9 @@ class RichProgress(CliProgress):
         self.progress.update(self.task, current=f"{len(self.cells)} running")
 
     def cell_finished(self, index, result, wall_s):
-        self.progress.console.print(self.finished_line(result, wall_s), markup=False,
-                                    highlight=False)
+        self.progress.console.print(
+            self.finished_line(result, wall_s), markup=False, highlight=False
+        )
         if index in self.cells:
             self.running.remove_task(self.cells.pop(index))
         self.progress.update(self.task, current=f"{len(self.cells)} running")
@@ -201,11 +222,17 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
         table.add_row(
-            cell.method, cell.arch, str(cell.res), str(cell.batch), " ".join(tooling_parts(cell)) or "-",
+            cell.method,
+            cell.arch,
+            str(cell.res),
+            str(cell.batch),
+            " ".join(tooling_parts(cell)) or "-",
             result.status,
-            "-" if median is None else f"{median:.1f}", "-" if imgs is None else f"{imgs:.0f}",
+            "-" if median is None else f"{median:.1f}",
+            "-" if imgs is None else f"{imgs:.0f}",
             "-" if peak is None else f"{peak / 2**30:.3f}",
-            "-" if flops is None else f"{flops / 1e9:,.1f}", "-" if mfu is None else f"{mfu:.1%}",
+            "-" if flops is None else f"{flops / 1e9:,.1f}",
+            "-" if mfu is None else f"{mfu:.1%}",
         )
     return table
 

@@ -18,23 +18,40 @@ list_app = typer.Typer(help="List archs, methods or profiles.", no_args_is_help=
 @list_app.command("archs")
 def list_archs(
     res: int = typer.Option(32, help="Input resolution for the per-layer output shapes."),
-    arch: list[str] = typer.Option(None, help="Extra archs to show, e.g. vgg-d10-w256, "
-                                   "tv:resnet18, timm:resnet18, mypkg.models:resnet110."),
+    arch: list[str] = typer.Option(
+        None,
+        help="Extra archs to show, e.g. vgg-d10-w256, "
+        "tv:resnet18, timm:resnet18, mypkg.models:resnet110.",
+    ),
 ) -> None:
     """membench's archs, the plugins' (the membench.archs entry points) and any --arch: kind,
     parameter count and each local unit's output (C x H x W) at --res."""
     from ..archs import (
-        ArchError, builtin_arch_names, cifar_resnet_spec, conv_stack_spec, plugin_arch_names,
-        probe_arch, resolve_arch, validate_arch,
+        ArchError,
+        builtin_arch_names,
+        cifar_resnet_spec,
+        conv_stack_spec,
+        plugin_arch_names,
+        probe_arch,
+        resolve_arch,
+        validate_arch,
     )
 
     names = list(dict.fromkeys(builtin_arch_names() + plugin_arch_names() + list(arch or [])))
-    table = Table(title=f"archs at {res}x{res}", caption="families: vgg-dD-wW[-pP] (D conv layers "
-                  "of W channels), resnet{6n+2}[-stage] (CIFAR ResNet, a block or a stage per "
-                  "unit); tv:NAME (torchvision), timm:NAME, package.module:callable. Layer "
-                  "stacks run every method, classifiers the BP methods but bp-deepsup")
-    for column, justify in (("arch", "left"), ("kind", "left"), ("params", "right"),
-                            ("units", "right"), ("unit outputs (C x H x W) / logits", "left")):
+    table = Table(
+        title=f"archs at {res}x{res}",
+        caption="families: vgg-dD-wW[-pP] (D conv layers "
+        "of W channels), resnet{6n+2}[-stage] (CIFAR ResNet, a block or a stage per "
+        "unit); tv:NAME (torchvision), timm:NAME, package.module:callable. Layer "
+        "stacks run every method, classifiers the BP methods but bp-deepsup",
+    )
+    for column, justify in (
+        ("arch", "left"),
+        ("kind", "left"),
+        ("params", "right"),
+        ("units", "right"),
+        ("unit outputs (C x H x W) / logits", "left"),
+    ):
         table.add_column(column, justify=justify)
     for name in names:
         try:
@@ -59,8 +76,13 @@ def list_archs(
             table.add_row(name, f"{kind} (classifier)", f"{params:,}", "-", f"logits {output}")
             continue
         text = "  ".join(f"{c}x{h}x{w}" for c, h, w in shapes)
-        table.add_row(name, f"{kind} (layer stack)", f"{params:,}", str(len(shapes)),
-                      text if len(text) <= 120 else text[:117] + "...")
+        table.add_row(
+            name,
+            f"{kind} (layer stack)",
+            f"{params:,}",
+            str(len(shapes)),
+            text if len(text) <= 120 else text[:117] + "...",
+        )
     Console(width=220).print(table)
 
 
@@ -80,8 +102,11 @@ def list_methods() -> None:
 @list_app.command("profiles")
 def list_profiles() -> None:
     """Every profile `--profile NAME` finds (./profiles, then the membench checkout's)."""
-    table = Table(title="profiles", caption="combine with --profile A --profile B: later ones "
-                  "override earlier ones key by key; command-line flags override all")
+    table = Table(
+        title="profiles",
+        caption="combine with --profile A --profile B: later ones "
+        "override earlier ones key by key; command-line flags override all",
+    )
     for column in ("profile", "description", "settings", "file"):
         table.add_column(column)
     for name, path in available_profiles().items():
@@ -107,8 +132,10 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print env.json exact
     for key, value in info.items():
         if key == "gpus":
             for gpu in value:
-                typer.echo(f"gpu[{gpu['index']}]: {gpu['name']}, "
-                           f"{gpu['total_memory_bytes'] / 2**30:.1f} GiB, capability {gpu['capability']}")
+                typer.echo(
+                    f"gpu[{gpu['index']}]: {gpu['name']}, "
+                    f"{gpu['total_memory_bytes'] / 2**30:.1f} GiB, capability {gpu['capability']}"
+                )
             if not value:
                 typer.echo("gpus: none")
         else:

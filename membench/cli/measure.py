@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
 from ..config import build_config
-from ..execute.sweep import SweepError, sweep as run_config
-from ..execute.worker import Target, open_target
 from ..errors import INTERRUPTED, InputError, Terminated
+from ..execute.sweep import SweepError
+from ..execute.sweep import sweep as run_config
+from ..execute.worker import Target, open_target
 from ..resume import grid_rows, read_result_row
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 from .display import default_out_dir, describe, progress_display, summary_table
 from .options import setting_options
 from .timeline import timeline_peak_text
 
+
 @reports_input_errors
 @setting_options("sweep")
 def sweep(
     profile: list[str] = typer.Option(
-        None, "--profile", "-p",
-        help="Profile name or .toml path (repeat to combine; later ones win, flags win over all)."),
+        None,
+        "--profile",
+        "-p",
+        help="Profile name or .toml path (repeat to combine; later ones win, flags win over all).",
+    ),
     out: str = typer.Option(
-        None, "--out", help="Results folder. Default: results/PROFILE or results/sweep."),
-    redo: bool = typer.Option(False, "--redo", help="Run every cell again, replacing finished rows."),
+        None, "--out", help="Results folder. Default: results/PROFILE or results/sweep."
+    ),
+    redo: bool = typer.Option(
+        False, "--redo", help="Run every cell again, replacing finished rows."
+    ),
     settings: dict = None,
 ) -> None:
     """Measure every cell of the grid (arch x res x batch x method x ...); resumes an interrupted
@@ -39,7 +45,6 @@ def sweep(
     if not options.estimate and options.executor == "local":
         from ..measure.devices import resolve_device
 
-
         resolve_device(options.device)  # a device this machine lacks is bad input, before any cell
 
     console = Console(width=max(Console().width, 100))
@@ -50,16 +55,25 @@ def sweep(
         fail(str(err), code=1)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         progress.stop()
-        typer.echo(f"membench: interrupted; finished cells are saved in {out}; rerun the same "
-                   "command to resume", err=True)
+        typer.echo(
+            f"membench: interrupted; finished cells are saved in {out}; rerun the same "
+            "command to resume",
+            err=True,
+        )
         raise typer.Exit(Terminated.EXIT if isinstance(err, Terminated) else INTERRUPTED) from None
     except InputError:  # a folder it cannot write to (a full disk): one line, bar stopped
         progress.stop()
         raise
-    rows = [read_result_row(row, out / "cells.csv", warn) for name in progress.device_names
-            for row in grid_rows(out, list(config.cells), progress.device, name)]
-    where = (f"estimates for {options.estimate_kind}" if options.estimate
-             else f"on {progress.device} ({progress.device_name})")
+    rows = [
+        read_result_row(row, out / "cells.csv", warn)
+        for name in progress.device_names
+        for row in grid_rows(out, list(config.cells), progress.device, name)
+    ]
+    where = (
+        f"estimates for {options.estimate_kind}"
+        if options.estimate
+        else f"on {progress.device} ({progress.device_name})"
+    )
     console.print(summary_table(rows, f"{len(rows)} cell(s) {where}"))
     typer.echo(f"membench: results in {out}")
 
@@ -73,9 +87,15 @@ def run(settings: dict = None) -> None:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")
     [cell] = config.cells
     options = config.options
-    opened = open_target(Target(options.device, peak_tflops=options.peak_tflops,
-                                precisions=(cell.precision,), timeline=options.timeline,
-                                timeline_snapshot=options.timeline_snapshot))
+    opened = open_target(
+        Target(
+            options.device,
+            peak_tflops=options.peak_tflops,
+            precisions=(cell.precision,),
+            timeline=options.timeline,
+            timeline_snapshot=options.timeline_snapshot,
+        )
+    )
     for note in opened.notes:
         typer.echo(f"membench: note: {note}", err=True)
     result = opened.run(cell)

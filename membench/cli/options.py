@@ -39,15 +39,18 @@ def _parameter(s: Setting, default: object) -> inspect.Parameter:
     if s.parse is flag:
         option, annotation = typer.Option(None, s.option, help=option_help(s, default)), bool
     else:
-        option = typer.Option(None, s.option, help=option_help(s, default),
-                              metavar=s.metavar or s.key.upper())
+        option = typer.Option(
+            None, s.option, help=option_help(s, default), metavar=s.metavar or s.key.upper()
+        )
         annotation = str
-    return inspect.Parameter(s.key, inspect.Parameter.KEYWORD_ONLY, default=option,
-                             annotation=annotation)
+    return inspect.Parameter(
+        s.key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+    )
 
 
-def setting_options(command: str, *, only: Sequence[str] | None = None,
-                    defaults: Mapping[str, object] | None = None) -> Callable:
+def setting_options(
+    command: str, *, only: Sequence[str] | None = None, defaults: Mapping[str, object] | None = None
+) -> Callable:
     """Decorator: add an option per setting of ``command`` (those declaring it, or the keys in
     ``only``); ``defaults`` replaces a setting's default in the help (a command whose own
     defaults differ, e.g. ``fit``). The command gets them as ``settings``: key -> raw value, for
@@ -58,8 +61,11 @@ def setting_options(command: str, *, only: Sequence[str] | None = None,
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
         hints = typing.get_type_hints(function)  # the command module's names, resolved there
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in signature.parameters.values() if p.name != "settings"]
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != "settings"
+        ]
 
         @functools.wraps(function)
         def wrapper(**kwargs):

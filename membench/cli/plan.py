@@ -3,9 +3,9 @@ plan`` (the best configuration of each family for one cell on one card), by esti
 
 from __future__ import annotations
 
-import typer
-
 from typing import TYPE_CHECKING
+
+import typer
 
 from ..config import SETTING_BY_KEY
 from ..runners import available_methods, get_runner
@@ -38,12 +38,15 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
     bound = ""
     if peak_tflops is not None:
-        from ..planning.fit import fit_cell
         from ..measure.flops import throughput_bound
         from ..measure.protocol import count_step_flops
+        from ..planning.fit import fit_cell
 
-        imgs = None if fit.batch is None else throughput_bound(
-            count_step_flops(fit_cell(fit)), fit.batch, peak_tflops)
+        imgs = (
+            None
+            if fit.batch is None
+            else throughput_bound(count_step_flops(fit_cell(fit)), fit.batch, peak_tflops)
+        )
         bound = f" {'-' if imgs is None else f'{imgs:,.0f}':>13s}"
     return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}{bound}   {beyond}"
 
@@ -57,16 +60,22 @@ def _one(settings: dict, key: str):
 
 
 @reports_input_errors
-@setting_options("fit", only=("arch", "res", "method", "micro_batch", "classes", "device_mem",
-                              "seed"), defaults=FIT_DEFAULTS)
+@setting_options(
+    "fit",
+    only=("arch", "res", "method", "micro_batch", "classes", "device_mem", "seed"),
+    defaults=FIT_DEFAULTS,
+)
 def fit(
     max_batch: int = typer.Option(4096, "--max-batch", help="Largest batch to consider."),
     device_kind: str = typer.Option(
         "cuda", "--device-kind", help="cuda (allocator rounding, CUDA kernels) or cpu."
     ),
     gpu: str = typer.Option(
-        None, "--gpu", help="A GPU or device profile (laptop-8gb): also print each largest "
-        "batch's imgs/s bound at that GPU's datasheet peak."),
+        None,
+        "--gpu",
+        help="A GPU or device profile (laptop-8gb): also print each largest "
+        "batch's imgs/s bound at that GPU's datasheet peak.",
+    ),
     settings: dict = None,
 ) -> None:
     """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
@@ -74,36 +83,59 @@ def fit(
         fail("fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
-    from ..planning.fit import FitError, check_fit_input, fit_batch
     from ..measure.flops import resolve_gpu
+    from ..planning.fit import FitError, check_fit_input, fit_batch
 
     peak = resolve_gpu(gpu) if gpu is not None else None
     if device_kind not in ESTIMATE_KINDS:
         fail(f"unknown --device-kind {device_kind!r}; valid: {', '.join(ESTIMATE_KINDS)}")
-    methods = (list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
-               if "method" in settings else _methods_for(arch))
+    methods = (
+        list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
+        if "method" in settings
+        else _methods_for(arch)
+    )
     if not methods:
         raise ConfigError("--method needs at least one value")
     if micro_batch is not None and not any(_splits(m) for m in methods):
         fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
     for name in methods:  # every input error before the first (slow) estimate
-        check_fit_input(name, arch, res, budget, classes, device_kind, max_batch,
-                        micro_batch if _splits(name) else None)
+        check_fit_input(
+            name,
+            arch,
+            res,
+            budget,
+            classes,
+            device_kind,
+            max_batch,
+            micro_batch if _splits(name) else None,
+        )
 
     typer.echo(
         f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
         f"({device_kind} estimate, max batch {max_batch})"
     )
     if peak is not None:
-        typer.echo(f"imgs/s bound: {peak[0]} at {peak[1].tflops:g} TFLOP/s ({peak[1].precision}), "
-                   "peak x batch / FLOPs per step; no real step reaches it")
-    typer.echo(f"{'method':14s} {'largest batch':>18s} {'peak':>12s}"
-               + (f" {'imgs/s bound':>13s}" if peak is not None else "") + "   next batch")
+        typer.echo(
+            f"imgs/s bound: {peak[0]} at {peak[1].tflops:g} TFLOP/s ({peak[1].precision}), "
+            "peak x batch / FLOPs per step; no real step reaches it"
+        )
+    typer.echo(
+        f"{'method':14s} {'largest batch':>18s} {'peak':>12s}"
+        + (f" {'imgs/s bound':>13s}" if peak is not None else "")
+        + "   next batch"
+    )
     for name in methods:
         try:
             result = fit_batch(
-                name, arch, res, budget, classes=classes, device_kind=device_kind,
-                max_batch=max_batch, micro_batch=micro_batch if _splits(name) else None, seed=seed,
+                name,
+                arch,
+                res,
+                budget,
+                classes=classes,
+                device_kind=device_kind,
+                max_batch=max_batch,
+                micro_batch=micro_batch if _splits(name) else None,
+                seed=seed,
             )
         except FitError as err:
             typer.echo(f"{name:14s} {'error':>18s}   {err}")
@@ -144,44 +176,68 @@ def plan_lines(result, top: int) -> list[str]:
     """The ranked table of a Plan, and what did not fit."""
     from ..report.tables import method_family
 
-    lines = [f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "
-             f"{'compute ms':>10s} {'link ms':>9s} {'imgs/s bound':>12s}  bounded by"]
+    lines = [
+        f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "
+        f"{'compute ms':>10s} {'link ms':>9s} {'imgs/s bound':>12s}  bounded by"
+    ]
     ranked = result.ranked
     for rank, row in enumerate(ranked[:top], start=1):
         bound = row.bound
-        lines.append(f"{rank:>4}  {configuration(row.cell):44s} "
-                     f"{format_gib(row.result.peak_allocated_bytes):>10s} "
-                     f"{row.result.flops_per_step / 1e12:10.2f} {bound.compute_s * 1e3:10.1f} "
-                     f"{bound.transfer_s * 1e3:9.1f} {bound.imgs_per_s:12,.0f}  {bound.bounded_by}")
+        lines.append(
+            f"{rank:>4}  {configuration(row.cell):44s} "
+            f"{format_gib(row.result.peak_allocated_bytes):>10s} "
+            f"{row.result.flops_per_step / 1e12:10.2f} {bound.compute_s * 1e3:10.1f} "
+            f"{bound.transfer_s * 1e3:9.1f} {bound.imgs_per_s:12,.0f}  {bound.bounded_by}"
+        )
     best = {}
     for row in ranked:
         best.setdefault(method_family(row.cell.method), row)
-    lines.append("best of each family: " + "; ".join(
-        f"{family}: {configuration(row.cell)} ({format_gib(row.result.peak_allocated_bytes)}, "
-        f"{row.bound.imgs_per_s:,.0f} imgs/s bound)" for family, row in best.items()) if best
-        else "no configuration fits")
-    over = [row for row in result.rows
-            if not row.fits(result.budget_bytes) and row.result.peak_allocated_bytes]
+    lines.append(
+        "best of each family: "
+        + "; ".join(
+            f"{family}: {configuration(row.cell)} ({format_gib(row.result.peak_allocated_bytes)}, "
+            f"{row.bound.imgs_per_s:,.0f} imgs/s bound)"
+            for family, row in best.items()
+        )
+        if best
+        else "no configuration fits"
+    )
+    over = [
+        row
+        for row in result.rows
+        if not row.fits(result.budget_bytes) and row.result.peak_allocated_bytes
+    ]
     if over:
         smallest = min(over, key=lambda row: row.result.peak_allocated_bytes)
-        lines.append(f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
-                     f"{format_gib(result.budget_bytes)} (the smallest of them: "
-                     f"{configuration(smallest.cell)}, {format_gib(smallest.result.peak_allocated_bytes)})")
+        lines.append(
+            f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
+            f"{format_gib(result.budget_bytes)} (the smallest of them: "
+            f"{configuration(smallest.cell)}, {format_gib(smallest.result.peak_allocated_bytes)})"
+        )
     for row in result.failed:
         lines.append(f"could not estimate {configuration(row.cell)}: {row.result.error}")
     return lines
 
 
 @reports_input_errors
-@setting_options("plan", only=("arch", "res", "batch", "classes", "precision", "device_mem"),
-                 defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"})
+@setting_options(
+    "plan",
+    only=("arch", "res", "batch", "classes", "precision", "device_mem"),
+    defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"},
+)
 def plan_command(
     gpu: str = typer.Option(
-        ..., "--gpu", help="The GPU to rank by (a name of the peak table, e.g. 'RTX 4090'), or a "
-        "device profile (laptop-8gb), which also gives the budget."),
+        ...,
+        "--gpu",
+        help="The GPU to rank by (a name of the peak table, e.g. 'RTX 4090'), or a "
+        "device profile (laptop-8gb), which also gives the budget.",
+    ),
     link_gbps: float = typer.Option(
-        None, "--link-gbps", help="Host<->device bandwidth in GB/s for offloaded bytes. Default: "
-        "31.5 (PCIe 4.0 x16, one direction)."),
+        None,
+        "--link-gbps",
+        help="Host<->device bandwidth in GB/s for offloaded bytes. Default: "
+        "31.5 (PCIe 4.0 x16, one direction).",
+    ),
     top: int = typer.Option(20, "--top", help="Print the best N configurations that fit."),
     settings: dict = None,
 ) -> None:
@@ -202,13 +258,19 @@ def plan_command(
     link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
     if not link > 0 or top < 1:
         fail("--link-gbps must be positive and --top at least 1")
-    typer.echo(f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
-               f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)")
-    typer.echo("bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
-               "host<->device bytes / the link; no real step reaches it")
-    precisions = SETTING_BY_KEY["precision"].parse_axis(settings.get("precision", "fp32,bf16"),
-                                                      "--precision")
-    result = plan(arch, res, batch, budget, name, classes=classes, link_gbps=link,
-                  precisions=precisions)
+    typer.echo(
+        f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
+        f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)"
+    )
+    typer.echo(
+        "bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
+        "host<->device bytes / the link; no real step reaches it"
+    )
+    precisions = SETTING_BY_KEY["precision"].parse_axis(
+        settings.get("precision", "fp32,bf16"), "--precision"
+    )
+    result = plan(
+        arch, res, batch, budget, name, classes=classes, link_gbps=link, precisions=precisions
+    )
     for line in plan_lines(result, top):
         typer.echo(line)

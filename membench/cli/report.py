@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..schema import memory_size
 from ..report import build_report, default_report_dir
+from ..schema import memory_size
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 
 
@@ -26,16 +26,26 @@ def profile_budget(ref: str) -> list[int]:
 @reports_input_errors
 def report(
     inputs: list[Path] = typer.Argument(
-        ..., show_default=False, metavar="DIR",
-        help="Results folders (searched recursively for cells.csv) or cells.csv files."),
+        ...,
+        show_default=False,
+        metavar="DIR",
+        help="Results folders (searched recursively for cells.csv) or cells.csv files.",
+    ),
     out: str = typer.Option(
-        None, "--out", help="Report folder (default reports/<input folder name>)."),
+        None, "--out", help="Report folder (default reports/<input folder name>)."
+    ),
     budget: list[str] = typer.Option(
-        None, "--budget", help="Memory budget to draw on the figures, e.g. 8GiB; repeatable "
-        "or a comma list. Budgets in the data (--device-mem) are drawn anyway."),
+        None,
+        "--budget",
+        help="Memory budget to draw on the figures, e.g. 8GiB; repeatable "
+        "or a comma list. Budgets in the data (--device-mem) are drawn anyway.",
+    ),
     gpu: str = typer.Option(
-        None, "--gpu", help="A GPU (e.g. 'RTX 4090', 'H200') or a device profile with a gpu key "
-        "(laptop-8gb): bound the imgs/s of estimates by its datasheet peak."),
+        None,
+        "--gpu",
+        help="A GPU (e.g. 'RTX 4090', 'H200') or a device profile with a gpu key "
+        "(laptop-8gb): bound the imgs/s of estimates by its datasheet peak.",
+    ),
 ) -> None:
     """Write a Markdown report with frontier, batch and breakdown figures for the given results."""
     budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
@@ -44,15 +54,20 @@ def report(
         from ..measure.flops import gpu_peaks, resolve_gpu
 
         name, _ = resolve_gpu(gpu)
-        bound = (name, {precision: (spec.tflops, spec.precision)
-                        for precision, spec in gpu_peaks(name).items() if spec.tflops})
+        bound = (
+            name,
+            {
+                precision: (spec.tflops, spec.precision)
+                for precision, spec in gpu_peaks(name).items()
+                if spec.tflops
+            },
+        )
         budgets += profile_budget(gpu)
     out_dir = default_report_dir(inputs) if out is None else out_folder(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")
     try:
-        path = build_report(inputs, out_dir, budgets, gpu=bound,
-                            on_warning=warn)
+        path = build_report(inputs, out_dir, budgets, gpu=bound, on_warning=warn)
     except OSError as err:
         fail(f"cannot write the report to {out_dir}: {err.strerror or err}")
     typer.echo(f"membench: report in {path}")

@@ -11,8 +11,14 @@ from ..settings import ConfigError
 from .common import fail, reports_input_errors
 from .options import setting_options
 
-SCHEDULE_DEFAULTS = {"arch": "vgg-d32-w256", "res": 64, "batch": 128, "micro_batch": 16,
-                     "classes": 100, "devices": "2,4,8"}
+SCHEDULE_DEFAULTS = {
+    "arch": "vgg-d32-w256",
+    "res": 64,
+    "batch": 128,
+    "micro_batch": 16,
+    "classes": 100,
+    "devices": "2,4,8",
+}
 
 
 def _value(settings: dict, key: str):
@@ -24,9 +30,12 @@ def _value(settings: dict, key: str):
 def _model_lines(times: dict, devices: int, unit: str, per_ms: float | None) -> list[str]:
     lines = []
     for name, modelled in times.items():
-        step = (f"{modelled.step:10.3f} ms" if unit == "ms" else
-                f"{modelled.step / 1e9:10.1f} GFLOP" + (
-                    f" = {modelled.step / per_ms:8.3f} ms" if per_ms else ""))
+        step = (
+            f"{modelled.step:10.3f} ms"
+            if unit == "ms"
+            else f"{modelled.step / 1e9:10.1f} GFLOP"
+            + (f" = {modelled.step / per_ms:8.3f} ms" if per_ms else "")
+        )
         lines.append(f"  N={devices} {name:16s} step {step}   bubble {modelled.bubble:6.1%}")
     ff, one, gpipe = (times[k].step for k in ("ff-forward-only", "1f1b", "gpipe"))
     lines.append(f"  N={devices} ff-pp / bp-pp: {ff / one:.3f} (1f1b), {ff / gpipe:.3f} (gpipe)")
@@ -34,24 +43,35 @@ def _model_lines(times: dict, devices: int, unit: str, per_ms: float | None) -> 
 
 
 @reports_input_errors
-@setting_options("schedule", only=("arch", "res", "batch", "micro_batch", "classes", "devices",
-                                   "precision"), defaults=SCHEDULE_DEFAULTS)
+@setting_options(
+    "schedule",
+    only=("arch", "res", "batch", "micro_batch", "classes", "devices", "precision"),
+    defaults=SCHEDULE_DEFAULTS,
+)
 def schedule(
-    source: str = typer.Option("flops", "--source", help="flops (counted on fake tensors; "
-                               "time with --gpu) or cpu (each piece measured on this CPU)."),
-    gpu: str = typer.Option(None, "--gpu", help="A GPU or device profile: FLOPs ÷ its datasheet "
-                            "peak for the cell's precision."),
+    source: str = typer.Option(
+        "flops",
+        "--source",
+        help="flops (counted on fake tensors; "
+        "time with --gpu) or cpu (each piece measured on this CPU).",
+    ),
+    gpu: str = typer.Option(
+        None,
+        "--gpu",
+        help="A GPU or device profile: FLOPs ÷ its datasheet peak for the cell's precision.",
+    ),
     settings: dict = None,
 ) -> None:
     """Model the step time of GPipe, 1F1B and DTG-FF's forward-only pipeline on N devices from
     one device's per-layer forward and backward costs (a model, not a measurement)."""
     from ..archs import ArchError, conv_stack_spec, validate_arch
-    from ..planning.layer_costs import SOURCES, layer_costs
     from ..multidevice.schedule_model import pipeline_times
+    from ..planning.layer_costs import SOURCES, layer_costs
 
     arch, res, batch = (_value(settings, key) for key in ("arch", "res", "batch"))
-    micro_batch, classes, precision = (_value(settings, k) for k in ("micro_batch", "classes",
-                                                                     "precision"))
+    micro_batch, classes, precision = (
+        _value(settings, k) for k in ("micro_batch", "classes", "precision")
+    )
     devices = SETTING_BY_KEY["devices"].parse_axis(settings.get("devices", "2,4,8"), "--devices")
     if source not in SOURCES:
         fail(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
@@ -73,13 +93,20 @@ def schedule(
         per_ms = None if peak.tflops is None else peak.tflops * 1e9  # FLOPs per ms
     costs = layer_costs(arch, res, batch, micro_batch, classes, precision, source)
     chunks = batch // micro_batch
-    typer.echo(f"membench schedule (a model): {arch} at {res}x{res}, batch {batch} in {chunks} "
-               f"micro-batches of {micro_batch}, K={classes}, {precision}, per-layer costs: "
-               + ("measured on this CPU" if source == "cpu" else "FLOPs" + (
-                   f" ÷ {gpu}'s datasheet peak" if per_ms else "")))
+    typer.echo(
+        f"membench schedule (a model): {arch} at {res}x{res}, batch {batch} in {chunks} "
+        f"micro-batches of {micro_batch}, K={classes}, {precision}, per-layer costs: "
+        + (
+            "measured on this CPU"
+            if source == "cpu"
+            else "FLOPs" + (f" ÷ {gpu}'s datasheet peak" if per_ms else "")
+        )
+    )
     for n in devices:
         for line in _model_lines(pipeline_times(costs, n, chunks), n, costs.unit, per_ms):
             typer.echo(line)
-    typer.echo("assumptions: stages of contiguous layers balanced by conv cost (the runners' "
-               "split); every piece at the same rate; communication overlapped; optimizer "
-               "steps left out (docs/design.md, 'Cells on several devices')")
+    typer.echo(
+        "assumptions: stages of contiguous layers balanced by conv cost (the runners' "
+        "split); every piece at the same rate; communication overlapped; optimizer "
+        "steps left out (docs/design.md, 'Cells on several devices')"
+    )

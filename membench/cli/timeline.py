@@ -17,14 +17,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..timeline.events import Timeline, TimelinePeak, find_peak, timeline_rows, where
 from ..results import read_cells
 from ..schema import CATEGORIES
+from ..timeline.events import Timeline, TimelinePeak, find_peak, timeline_rows, where
 from ..timeline.files import TIMELINE_FILE, read_timelines, timelines_of
 from .common import fail, reports_input_errors
 
-SHORT = {"parameters": "params", "gradients": "grads", "optimizer_state": "optim",
-         "activations": "activations"}
+SHORT = {
+    "parameters": "params",
+    "gradients": "grads",
+    "optimizer_state": "optim",
+    "activations": "activations",
+}
 UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
@@ -44,8 +48,10 @@ def peak_text(peak: TimelinePeak) -> str:
     """'peak 512.3 MiB at 41% of the step, backward of layer 6 (...); alive (MiB): ...'"""
     unit = Unit(peak.total_bytes)
     alive = ", ".join(f"{c.replace('_', ' ')} {unit(peak.live[c])}" for c in CATEGORIES)
-    return (f"peak {unit(peak.total_bytes)} {unit.name} at {peak.progress:.0%} of the step, "
-            f"{where(peak)}; alive ({unit.name}): {alive}")
+    return (
+        f"peak {unit(peak.total_bytes)} {unit.name} at {peak.progress:.0%} of the step, "
+        f"{where(peak)}; alive ({unit.name}): {alive}"
+    )
 
 
 def timeline_peak_text(timeline: Timeline) -> str:
@@ -55,8 +61,10 @@ def timeline_peak_text(timeline: Timeline) -> str:
 
 def _peaks_table(found: Sequence[tuple[Mapping, TimelinePeak]], devices: bool) -> Table:
     unit = Unit(max(peak.total_bytes for _, peak in found))
-    table = Table(title=f"Where each cell's recorded step peaks ({unit.name}; at: how far "
-                  "through the step)", title_justify="left")
+    table = Table(
+        title=f"Where each cell's recorded step peaks ({unit.name}; at: how far through the step)",
+        title_justify="left",
+    )
     table.add_column("cell")
     if devices:
         table.add_column("device")
@@ -67,8 +75,13 @@ def _peaks_table(found: Sequence[tuple[Mapping, TimelinePeak]], devices: bool) -
         table.add_column(SHORT[category], justify="right")
     for row, peak in found:
         cells = [row["cell_id"]] + ([row["device"]] if devices else [])
-        table.add_row(*cells, unit(peak.total_bytes), f"{peak.progress:.0%}", where(peak),
-                      *(unit(peak.live[c]) for c in CATEGORIES))
+        table.add_row(
+            *cells,
+            unit(peak.total_bytes),
+            f"{peak.progress:.0%}",
+            where(peak),
+            *(unit(peak.live[c]) for c in CATEGORIES),
+        )
     return table
 
 
@@ -76,8 +89,9 @@ def phase_table(rows: pd.DataFrame) -> Table:
     """One step phase by phase: per (phase, layer) in order of first appearance, the most
     bytes live there and what they were, and how many events it had."""
     unit = Unit(rows["total_bytes"].max())
-    table = Table(title=f"{len(rows) - 1} events, phase by phase ({unit.name})",
-                  title_justify="left")
+    table = Table(
+        title=f"{len(rows) - 1} events, phase by phase ({unit.name})", title_justify="left"
+    )
     for name in ("phase", "layer", "events", "most live"):
         table.add_column(name, justify="left" if name == "phase" else "right")
     for category in CATEGORIES:
@@ -87,8 +101,13 @@ def phase_table(rows: pd.DataFrame) -> Table:
     for _, part in steps.groupby(keys, sort=False):
         top = part.loc[part["total_bytes"].idxmax()]
         layer = "" if pd.isna(top["layer"]) else str(int(top["layer"]))
-        table.add_row(top["phase"], layer, str(len(part)), unit(top["total_bytes"]),
-                      *(unit(top[f"{c}_bytes"]) for c in CATEGORIES))
+        table.add_row(
+            top["phase"],
+            layer,
+            str(len(part)),
+            unit(top["total_bytes"]),
+            *(unit(top[f"{c}_bytes"]) for c in CATEGORIES),
+        )
     return table
 
 
@@ -96,22 +115,31 @@ def _recorded(folder: Path) -> list[tuple[Mapping, pd.DataFrame]]:
     """(cells.csv row, its timeline rows) of the latest run of every cell with a timeline."""
     cells = read_cells(folder, strict=False)
     if not (Path(folder) / TIMELINE_FILE).exists():
-        fail(f"no {TIMELINE_FILE} in {folder}: sweep it with --timeline (--redo for cells "
-             "already finished)")
+        fail(
+            f"no {TIMELINE_FILE} in {folder}: sweep it with --timeline (--redo for cells "
+            "already finished)"
+        )
     cells = cells.drop_duplicates(["cell_id", "device"], keep="last")
     found = timelines_of(cells, read_timelines(folder))
     if not found:
-        fail(f"the timelines in {folder / TIMELINE_FILE} belong to no run in its cells.csv "
-             "(rerun the cells with --timeline --redo)")
+        fail(
+            f"the timelines in {folder / TIMELINE_FILE} belong to no run in its cells.csv "
+            "(rerun the cells with --timeline --redo)"
+        )
     return [(cells.loc[label], rows) for label, rows in found.items()]
 
 
 @reports_input_errors
 def timeline(
-    folder: Path = typer.Argument(..., show_default=False, metavar="DIR",
-                                  help="A results folder written by `membench sweep --timeline`."),
-    cell: str = typer.Option(None, "--cell", metavar="ID",
-                             help="Show this cell's step phase by phase."),
+    folder: Path = typer.Argument(
+        ...,
+        show_default=False,
+        metavar="DIR",
+        help="A results folder written by `membench sweep --timeline`.",
+    ),
+    cell: str = typer.Option(
+        None, "--cell", metavar="ID", help="Show this cell's step phase by phase."
+    ),
 ) -> None:
     """Print where each cell's recorded step peaks: phase, layer and what is alive."""
     recorded = _recorded(folder)
@@ -123,9 +151,13 @@ def timeline(
     chosen = [(row, rows) for row, rows in recorded if row["cell_id"] == cell]
     if not chosen:
         known = ", ".join(row["cell_id"] for row, _ in recorded[:6])
-        fail(f"--cell {cell}: no timeline for it in {folder}; cells with one: {known}"
-             + (", ..." if len(recorded) > 6 else ""))
+        fail(
+            f"--cell {cell}: no timeline for it in {folder}; cells with one: {known}"
+            + (", ..." if len(recorded) > 6 else "")
+        )
     for row, rows in chosen:
-        console.print(f"{row['cell_id']} on {row['device']}: "
-                      f"{peak_text(find_peak(rows.to_dict('records')))}", highlight=False)
+        console.print(
+            f"{row['cell_id']} on {row['device']}: {peak_text(find_peak(rows.to_dict('records')))}",
+            highlight=False,
+        )
         console.print(phase_table(rows))

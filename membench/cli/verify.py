@@ -14,16 +14,25 @@ from .common import comma_list, fail, reports_input_errors
 
 @reports_input_errors
 def verify_command(
-    method: str = typer.Option(None, "--method", help="Method(s), comma list; default: all registered."),
+    method: str = typer.Option(
+        None, "--method", help="Method(s), comma list; default: all registered."
+    ),
     arch: str = typer.Option(VerifySetup.arch, "--arch", help="Conv-stack arch the checks run on."),
     res: int = typer.Option(VerifySetup.res, "--res", help="Input resolution."),
-    batch: int = typer.Option(VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."),
+    batch: int = typer.Option(
+        VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."
+    ),
     precision: str = typer.Option(
-        ",".join(PRECISIONS_CHECKED), "--precision",
-        help="Reduced precisions checked against fp32, comma list ('' for none)."),
+        ",".join(PRECISIONS_CHECKED),
+        "--precision",
+        help="Reduced precisions checked against fp32, comma list ('' for none).",
+    ),
     compile: str = typer.Option(
-        None, "--compile", help="Also check compiled against eager at this torch.compile mode "
-        "(default, max-autotune); tens of seconds per method on a CPU."),
+        None,
+        "--compile",
+        help="Also check compiled against eager at this torch.compile mode "
+        "(default, max-autotune); tens of seconds per method on a CPU.",
+    ),
 ) -> None:
     """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
     methods = comma_list([method]) if method is not None else available_methods()

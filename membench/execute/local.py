@@ -7,7 +7,8 @@ never writes a file: the sweep process appends every row itself, so resume, lock
 safety are the sweep's and hold for every executor.
 
 ``LocalExecutor`` runs cells one at a time on this machine, in worker processes
-(``membench.execute.worker``) or in this process. ``membench.execute.ray_cluster.RayExecutor`` runs them as Ray
+(``membench.execute.worker``) or in this process. ``membench.execute.ray_cluster.RayExecutor`` runs
+them as Ray
 tasks on a cluster, several at once; it is imported only when asked for, so a local sweep never
 imports Ray.
 """
@@ -54,7 +55,9 @@ class Executor(ABC):
         """What env.json records about where the cells run."""
 
     @abstractmethod
-    def run(self, cells: list[Cell], started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
+    def run(
+        self, cells: list[Cell], started: CellStarted
+    ) -> Iterator[tuple[int, CellResult, float]]:
         """Run ``cells``; yield ``(index, result, wall_s)`` as each finishes, in any order. A
         failure is a result (an ``error``, ``oom`` or ``timeout`` row), never an exception."""
 
@@ -67,10 +70,13 @@ class LocalExecutor(Executor):
     """Cells one at a time on this machine: in worker processes (``isolation="process"``),
     replacing a worker after a cell that is not ok, or in this process (``"none"``)."""
 
-    def __init__(self, target: Target, isolation: str, timeout_s: float | None,
-                 methods: list[str]):
-        self.target, self.isolation, self.timeout_s, self.methods = (target, isolation, timeout_s,
-                                                                     methods)
+    def __init__(self, target: Target, isolation: str, timeout_s: float | None, methods: list[str]):
+        self.target, self.isolation, self.timeout_s, self.methods = (
+            target,
+            isolation,
+            timeout_s,
+            methods,
+        )
         self.worker: IsolatedWorker | None = None
         self.local: Callable[[Cell], CellResult] | None = None
         self.env: dict | None = None
@@ -104,15 +110,18 @@ class LocalExecutor(Executor):
         return env
 
     def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
-        worker = IsolatedWorker(self.target, self.methods, collect_env_info=collect_env_info,
-                                peaks=self.peaks)
+        worker = IsolatedWorker(
+            self.target, self.methods, collect_env_info=collect_env_info, peaks=self.peaks
+        )
         try:
             worker.wait_ready()
         except WorkerStartError as err:
             raise SweepError(str(err)) from None
         return worker
 
-    def run(self, cells: list[Cell], started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
+    def run(
+        self, cells: list[Cell], started: CellStarted
+    ) -> Iterator[tuple[int, CellResult, float]]:
         for index, cell in enumerate(cells):
             started(index, cell)
             start = time.perf_counter()
@@ -123,8 +132,12 @@ class LocalExecutor(Executor):
         if self.local is not None:
             return self.local(cell)
         measuring = self.target.estimate_kind is None
-        if (self.worker is not None and self.worker.cells_run and measuring
-                and self.worker.budget != cell.device_mem_bytes):
+        if (
+            self.worker is not None
+            and self.worker.cells_run
+            and measuring
+            and self.worker.budget != cell.device_mem_bytes
+        ):
             self.close()  # a CUDA memory fraction cannot be raised back reliably in-process
         if self.worker is None:
             self.worker = self._new_worker()

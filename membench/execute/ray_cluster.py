@@ -68,8 +68,11 @@ def forwarded_environ() -> dict[str, str]:
     """What the sweep's environment passes to every cell on the cluster: membench's settings
     (``MEMBENCH_*``) and the PYTHONPATH a plugin runner may live on. Nothing else: a node keeps
     its own PATH, CUDA and Ray variables."""
-    return {key: value for key, value in os.environ.items()
-            if key.startswith("MEMBENCH_") or key == "PYTHONPATH"}
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key.startswith("MEMBENCH_") or key == "PYTHONPATH"
+    }
 
 
 # -- what runs on the cluster ------------------------------------------------------------------
@@ -114,8 +117,9 @@ class WorkerFailed:
     error: str
 
 
-def _start_worker(setup: TaskSetup, peaks: dict[str, PeakSpec] | None,
-                  collect_env_info: bool) -> IsolatedWorker:
+def _start_worker(
+    setup: TaskSetup, peaks: dict[str, PeakSpec] | None, collect_env_info: bool
+) -> IsolatedWorker:
     """A worker in this Ray task: this process's environment (Ray's CUDA_VISIBLE_DEVICES names
     the task's GPU) with the sweep's forwarded variables, PYTHONPATHs joined; torch threads as
     many as the task's CPUs, but never more than the node's cores (a cluster may declare more
@@ -127,9 +131,14 @@ def _start_worker(setup: TaskSetup, peaks: dict[str, PeakSpec] | None,
     paths = [p for p in (setup.environ.get("PYTHONPATH"), os.environ.get("PYTHONPATH")) if p]
     if paths:
         environ["PYTHONPATH"] = os.pathsep.join(paths)
-    worker = IsolatedWorker(setup.target, list(setup.methods), collect_env_info=collect_env_info,
-                            peaks=peaks, environ=environ,
-                            threads=min(setup.threads, visible_cpu_count()))
+    worker = IsolatedWorker(
+        setup.target,
+        list(setup.methods),
+        collect_env_info=collect_env_info,
+        peaks=peaks,
+        environ=environ,
+        threads=min(setup.threads, visible_cpu_count()),
+    )
     worker.wait_ready()
     return worker
 
@@ -140,8 +149,14 @@ def probe_node(setup: TaskSetup) -> NodeHello:
 
     worker = _start_worker(setup, None, collect_env_info=True)
     worker.close()
-    return NodeHello(ray.get_runtime_context().get_node_id(), socket.gethostname(),
-                     worker.device, worker.device_name, worker.env or {}, worker.peaks)
+    return NodeHello(
+        ray.get_runtime_context().get_node_id(),
+        socket.gethostname(),
+        worker.device,
+        worker.device_name,
+        worker.env or {},
+        worker.peaks,
+    )
 
 
 def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFailed | CellResult]:
@@ -184,9 +199,11 @@ def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise RayClusterError(f"cannot reach a Ray cluster at {address}: {reason} (within "
-                              f"{timeout_s:g} s); is a Ray head running there (ray start "
-                              "--head)?") from None
+        raise RayClusterError(
+            f"cannot reach a Ray cluster at {address}: {reason} (within "
+            f"{timeout_s:g} s); is a Ray head running there (ray start "
+            "--head)?"
+        ) from None
 
 
 # -- the sweep process's side ---------------------------------------------------------------------
@@ -217,19 +234,32 @@ def plan_cluster(nodes: list[dict], kind: str, cpus_per_cell: int | None) -> Clu
     able = [node for node in alive if kind == "cpu" or gpus[node["NodeID"]]]
     fit = [node for node in able if cpus[node["NodeID"]] >= max(need, 1)]
     if not fit:
-        raise RayClusterError(f"no node of the Ray cluster has {need} CPU(s) for a cell "
-                              f"(largest: {max(cpus.values(), default=0)}); lower --cpus-per-cell")
-    slots = sum(min(cpus[node["NodeID"]] // need, gpus[node["NodeID"]] if kind == "cuda"
-                    else cpus[node["NodeID"]]) for node in fit)
-    hosts = {node["NodeID"]: node.get("NodeManagerHostname") or node["NodeManagerAddress"]
-             for node in fit}
+        raise RayClusterError(
+            f"no node of the Ray cluster has {need} CPU(s) for a cell "
+            f"(largest: {max(cpus.values(), default=0)}); lower --cpus-per-cell"
+        )
+    slots = sum(
+        min(
+            cpus[node["NodeID"]] // need,
+            gpus[node["NodeID"]] if kind == "cuda" else cpus[node["NodeID"]],
+        )
+        for node in fit
+    )
+    hosts = {
+        node["NodeID"]: node.get("NodeManagerHostname") or node["NodeManagerAddress"]
+        for node in fit
+    }
     names = sorted(set(hosts.values()))
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    notes = [f"Ray: {len(fit)} node(s) ({shown}) run up to {slots} cell(s) at a time, each with "
-             f"{'one GPU and ' if kind == 'cuda' else ''}{need} CPU(s)"]
+    notes = [
+        f"Ray: {len(fit)} node(s) ({shown}) run up to {slots} cell(s) at a time, each with "
+        f"{'one GPU and ' if kind == 'cuda' else ''}{need} CPU(s)"
+    ]
     if len(able) > len(fit):
-        notes.append(f"{len(able) - len(fit)} smaller node(s) of the cluster run no cell: a cell "
-                     f"asks for {need} CPU(s); set --cpus-per-cell to use them")
+        notes.append(
+            f"{len(able) - len(fit)} smaller node(s) of the cluster run no cell: a cell "
+            f"asks for {need} CPU(s); set --cpus-per-cell to use them"
+        )
     return ClusterPlan(kind, need, hosts, tuple(notes))
 
 
@@ -257,10 +287,18 @@ class RayExecutor(Executor):
     open.
     """
 
-    def __init__(self, device_spec: str, methods: list[str], *, address: str | None = None,
-                 cpus_per_cell: int | None = None, timeout_s: float | None = None,
-                 peak_tflops: float | None = None, precisions: tuple[str, ...] = ("fp32",),
-                 timeline: dict | None = None):
+    def __init__(
+        self,
+        device_spec: str,
+        methods: list[str],
+        *,
+        address: str | None = None,
+        cpus_per_cell: int | None = None,
+        timeout_s: float | None = None,
+        peak_tflops: float | None = None,
+        precisions: tuple[str, ...] = ("fp32",),
+        timeline: dict | None = None,
+    ):
         self.ray = require_ray()
         self.timeline = timeline or {}  # Target's timeline and timeline_snapshot
         self.kind = parse_device(device_spec)[0]
@@ -281,15 +319,20 @@ class RayExecutor(Executor):
         check_reachable(self.address)
         try:
             if self.address is None:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                         logging_level=logging.WARNING)
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    logging_level=logging.WARNING,
+                )
             else:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"at {self.address}" if self.address else "on this machine"
-            raise RayClusterError(f"cannot start or reach a Ray cluster {where}: "
-                                  f"{ray_reason(err)}") from None
+            raise RayClusterError(
+                f"cannot start or reach a Ray cluster {where}: {ray_reason(err)}"
+            ) from None
         self.owns_connection = True
 
     def start(self) -> Placement:
@@ -299,34 +342,53 @@ class RayExecutor(Executor):
 
         self._connect()
         plan = plan_cluster(self.ray.nodes(), self.kind, self.cpus_per_cell)
-        self.node_gpus = max(int(n["Resources"].get("GPU", 0)) for n in self.ray.nodes()
-                             if n.get("Alive"))
+        self.node_gpus = max(
+            int(n["Resources"].get("GPU", 0)) for n in self.ray.nodes() if n.get("Alive")
+        )
         self.kind = plan.kind
         self.options = dict(num_cpus=plan.cpus, num_gpus=1 if plan.kind == "cuda" else 0)
-        setup = TaskSetup(Target(plan.kind, peak_tflops=self.peak_tflops,
-                                 precisions=self.precisions, **self.timeline), self.methods,
-                          forwarded_environ(), plan.cpus)
+        setup = TaskSetup(
+            Target(
+                plan.kind, peak_tflops=self.peak_tflops, precisions=self.precisions, **self.timeline
+            ),
+            self.methods,
+            forwarded_environ(),
+            plan.cpus,
+        )
         probe = self._remote(probe_node)
-        refs = {node_id: probe.options(**self.options, scheduling_strategy=(
-                    NodeAffinitySchedulingStrategy(node_id, soft=False))).remote(setup)
-                for node_id in plan.nodes}
+        refs = {
+            node_id: probe.options(
+                **self.options,
+                scheduling_strategy=(NodeAffinitySchedulingStrategy(node_id, soft=False)),
+            ).remote(setup)
+            for node_id in plan.nodes
+        }
         for node_id, ref in refs.items():
             try:
                 self.nodes[node_id] = self.ray.get(ref)
             except self.ray.exceptions.RayError as err:
-                raise SweepError(f"a worker cannot start on Ray node {plan.nodes[node_id]}: "
-                                 f"{ray_reason(err)}") from None
+                raise SweepError(
+                    f"a worker cannot start on Ray node {plan.nodes[node_id]}: {ray_reason(err)}"
+                ) from None
         hellos = list(self.nodes.values())
-        self.setup = TaskSetup(setup.target, setup.methods, setup.environ, setup.threads,
-                               {hello.node_id: hello.peaks for hello in hellos})
+        self.setup = TaskSetup(
+            setup.target,
+            setup.methods,
+            setup.environ,
+            setup.threads,
+            {hello.node_id: hello.peaks for hello in hellos},
+        )
         names = tuple(dict.fromkeys(hello.device_name for hello in hellos))
         notes = list(plan.notes)
         if len(names) > 1:
-            notes.append(f"the cluster holds {len(names)} device models ({', '.join(names)}): "
-                         "each row names the one its cell ran on; a cell measured on any of "
-                         "them counts as finished")
-        notes += sorted({peak.note for hello in hellos for peak in hello.peaks.values()
-                         if peak.note})
+            notes.append(
+                f"the cluster holds {len(names)} device models ({', '.join(names)}): "
+                "each row names the one its cell ran on; a cell measured on any of "
+                "them counts as finished"
+            )
+        notes += sorted(
+            {peak.note for hello in hellos for peak in hello.peaks.values() if peak.note}
+        )
         self.placement = Placement(hellos[0].device, names, tuple(notes))
         return self.placement
 
@@ -344,26 +406,53 @@ class RayExecutor(Executor):
 
     def provenance(self) -> dict:
         """env.json: every node's environment and peak (``nodes``), the first at the top level."""
-        nodes = [{**hello.env, "ray_node_id": hello.node_id, "device": hello.device,
-                  "device_name": hello.device_name,
-                  "peak": asdict(hello.peaks["fp32"]) if "fp32" in hello.peaks else None,
-                  "peaks": {p: asdict(peak) for p, peak in hello.peaks.items()}}
-                 for hello in self.nodes.values()]
-        return cluster_env(nodes, executor="ray", ray_version=self.ray.__version__,
-                           ray_address=self.address or "local")
+        nodes = [
+            {
+                **hello.env,
+                "ray_node_id": hello.node_id,
+                "device": hello.device,
+                "device_name": hello.device_name,
+                "peak": asdict(hello.peaks["fp32"]) if "fp32" in hello.peaks else None,
+                "peaks": {p: asdict(peak) for p, peak in hello.peaks.items()},
+            }
+            for hello in self.nodes.values()
+        ]
+        return cluster_env(
+            nodes,
+            executor="ray",
+            ray_version=self.ray.__version__,
+            ray_address=self.address or "local",
+        )
 
-    def run(self, cells: list[Cell],
-            started: CellStarted) -> Iterator[tuple[int, CellResult, float]]:
+    def run(
+        self, cells: list[Cell], started: CellStarted
+    ) -> Iterator[tuple[int, CellResult, float]]:
         task = self._remote(run_cell_task)
         setup = self.ray.put(self.setup)
         for index, cell in enumerate(cells):  # a task Ray could never place would wait forever
             if self.kind == "cuda" and cell.devices > self.node_gpus:
-                yield index, failed_result(cell, self.placement.device, "", ERROR, (
-                    f"--devices {cell.devices}: no node of the Ray cluster has that many GPUs "
-                    f"(largest: {self.node_gpus})"), now(), host=""), 0.0
-        self.flights = {task.options(**self._cell_options(cell)).remote(cell, setup):
-                        _Flight(index, cell) for index, cell in enumerate(cells)
-                        if self.kind != "cuda" or cell.devices <= self.node_gpus}
+                yield (
+                    index,
+                    failed_result(
+                        cell,
+                        self.placement.device,
+                        "",
+                        ERROR,
+                        (
+                            f"--devices {cell.devices}: no node of the Ray cluster has that "
+                            "many GPUs "
+                            f"(largest: {self.node_gpus})"
+                        ),
+                        now(),
+                        host="",
+                    ),
+                    0.0,
+                )
+        self.flights = {
+            task.options(**self._cell_options(cell)).remote(cell, setup): _Flight(index, cell)
+            for index, cell in enumerate(cells)
+            if self.kind != "cuda" or cell.devices <= self.node_gpus
+        }
         while self.flights:
             ready, _ = self.ray.wait(list(self.flights), num_returns=1, timeout=self._wait_s())
             for generator in ready:
@@ -373,8 +462,11 @@ class RayExecutor(Executor):
             yield from self._expired()
 
     def _wait_s(self) -> float:
-        deadlines = [flight.started + self.timeout_s for flight in self.flights.values()
-                     if flight.started is not None and self.timeout_s is not None]
+        deadlines = [
+            flight.started + self.timeout_s
+            for flight in self.flights.values()
+            if flight.started is not None and self.timeout_s is not None
+        ]
         return max(0.0, min([POLL_S, *(d - time.monotonic() for d in deadlines)]))
 
     def _receive(self, generator, started: CellStarted) -> tuple[int, CellResult, float] | None:
@@ -405,17 +497,30 @@ class RayExecutor(Executor):
                 continue  # not late, or its answer is in: the next round reads it
             self.ray.cancel(generator, force=True)
             del self.flights[generator]
-            yield flight.index, self._failed(
-                flight, TIMEOUT, f"no result within {self.timeout_s:g} s (--timeout); Ray task "
-                "cancelled"), flight.wall_s()
+            yield (
+                flight.index,
+                self._failed(
+                    flight,
+                    TIMEOUT,
+                    f"no result within {self.timeout_s:g} s (--timeout); Ray task cancelled",
+                ),
+                flight.wall_s(),
+            )
 
     def _failed(self, flight: _Flight, status: str, error: str) -> CellResult:
         """The row of a cell that produced nothing, named after the node it ran on (if known)."""
         hello = self.nodes.get(flight.node_id)
         names = self.placement.device_names
         name = hello.device_name if hello else (names[0] if len(names) == 1 else "")
-        return failed_result(flight.cell, self.placement.device, name, status, error,
-                             flight.started_at or now(), host=flight.host)
+        return failed_result(
+            flight.cell,
+            self.placement.device,
+            name,
+            status,
+            error,
+            flight.started_at or now(),
+            host=flight.host,
+        )
 
     def close(self) -> None:
         """Cancel every task still queued or running, then leave the cluster (a local one this
@@ -431,5 +536,14 @@ class RayExecutor(Executor):
             self.owns_connection = False
 
 
-__all__ = ["ClusterPlan", "RayClusterError", "RayExecutor", "check_reachable", "forwarded_environ",
-           "plan_cluster", "probe_node", "require_ray", "run_cell_task"]
+__all__ = [
+    "ClusterPlan",
+    "RayClusterError",
+    "RayExecutor",
+    "check_reachable",
+    "forwarded_environ",
+    "plan_cluster",
+    "probe_node",
+    "require_ray",
+    "run_cell_task",
+]

@@ -7,7 +7,8 @@ as Ray tasks on a cluster, several at once. Whatever the executor, this module i
 of the results folder: it appends each result as the executor yields it.
 
 Isolation. With ``isolation="process"`` (the default) every cell runs in a worker process
-(``membench.execute.worker``), so a CUDA OOM, a segfault, ``os._exit`` or a hang in one cell becomes a row
+(``membench.execute.worker``), so a CUDA OOM, a segfault, ``os._exit`` or a hang in one cell
+becomes a row
 (``oom``, ``error``, ``timeout``) and the sweep goes on. One worker is reused across cells until a
 cell ends in anything but ``ok`` (or the device budget changes); then it is discarded and the next
 cell gets a fresh one, so a poisoned CUDA context or a fragmented allocator never leaks into the
@@ -19,7 +20,8 @@ folder; a folder holding another program's CSV is refused before anything runs.
 
 Resume. A cell counts as finished when ``cells.csv`` has a row with the same settings (every field
 of its ``Cell``), device and device name (the GPU or CPU model), whatever its status (estimates
-count only for estimates). The device name comes from the first worker's hello, sent before any cell, so
+count only for estimates). The device name comes from the first worker's hello, sent before any
+cell, so
 the sweep process never opens a CUDA context; rows measured on another machine stay in the file
 and do not count as finished here. On a Ray cluster every node says hello, and a row measured on
 any device model the cluster holds counts. Rerunning the same sweep skips finished cells;
@@ -37,12 +39,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError, SweepConfig, SweepOptions
+from ..multidevice.rows import append_ranks
 from ..results import append_result, write_env
 from ..resume import (
-    cell_key, latest_rows, prepare_results_folder, prune_results, replace_result, results_lock,
+    cell_key,
+    latest_rows,
+    prepare_results_folder,
+    prune_results,
+    replace_result,
+    results_lock,
     row_key,
 )
-from ..multidevice.rows import append_ranks
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timeline.files import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
@@ -75,33 +82,58 @@ class SweepProgress:
         """Every cell to run has a row."""
 
 
-def sweep(config: SweepConfig, out_dir: Path, *, redo: bool = False,
-          progress: SweepProgress | None = None) -> list[CellResult]:
+def sweep(
+    config: SweepConfig, out_dir: Path, *, redo: bool = False, progress: SweepProgress | None = None
+) -> list[CellResult]:
     """Run (or, with ``--estimate``, predict) every cell of a configuration into ``out_dir``,
     with its options' executor. Returns the results of the cells run by this call."""
     return run_cells(list(config.cells), config.options, out_dir, redo=redo, progress=progress)
 
 
-def run_sweep(cells: list[Cell], device: object, out_dir: Path, *, redo: bool = False, progress: SweepProgress | None = None,
-              **options) -> list[CellResult]:
+def run_sweep(
+    cells: list[Cell],
+    device: object,
+    out_dir: Path,
+    *,
+    redo: bool = False,
+    progress: SweepProgress | None = None,
+    **options,
+) -> list[CellResult]:
     """Measure every unfinished cell on ``device`` (``cpu``, ``cuda:0``, ``auto``, or a
     ``Device``), appending each row to ``out_dir`` as it completes. ``options`` are the other
     ``SweepOptions`` (``isolation``, ``timeout_s``, ``executor``, ``peak_tflops``, ...); ConfigError
     for a bad one. See ``run_cells``."""
-    return run_cells(cells, SweepOptions(device=str(device), **options), out_dir, redo=redo,
-                     progress=progress)
+    return run_cells(
+        cells, SweepOptions(device=str(device), **options), out_dir, redo=redo, progress=progress
+    )
 
 
-def estimate_sweep(cells: list[Cell], device_kind: str, out_dir: Path, *,
-                   progress: SweepProgress | None = None, **options) -> list[CellResult]:
+def estimate_sweep(
+    cells: list[Cell],
+    device_kind: str,
+    out_dir: Path,
+    *,
+    progress: SweepProgress | None = None,
+    **options,
+) -> list[CellResult]:
     """Predict every cell with ``membench.planning.estimate`` for a kind of device (``cuda`` or
     ``cpu``); ``options`` as ``run_sweep``'s. See ``run_cells``."""
-    return run_cells(cells, SweepOptions(device=device_kind, estimate=True, **options), out_dir,
-                     progress=progress)
+    return run_cells(
+        cells,
+        SweepOptions(device=device_kind, estimate=True, **options),
+        out_dir,
+        progress=progress,
+    )
 
 
-def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: bool = False,
-              progress: SweepProgress | None = None) -> list[CellResult]:
+def run_cells(
+    cells: list[Cell],
+    options: SweepOptions,
+    out_dir: Path,
+    *,
+    redo: bool = False,
+    progress: SweepProgress | None = None,
+) -> list[CellResult]:
     """Run (or predict) ``cells`` into ``out_dir`` under ``options``, appending each row as it
     completes; returns the results of the cells run by this call, in grid order.
 
@@ -124,20 +156,38 @@ def run_cells(cells: list[Cell], options: SweepOptions, out_dir: Path, *, redo: 
     elif options.executor == "ray":
         from .ray_cluster import RayExecutor  # only here: a local sweep never imports Ray
 
-        runner = RayExecutor(options.device, methods, address=options.ray_address,
-                             cpus_per_cell=options.cpus_per_cell, timeout_s=options.timeout_s,
-                             peak_tflops=options.peak_tflops, precisions=precisions,
-                             timeline=timeline)
+        runner = RayExecutor(
+            options.device,
+            methods,
+            address=options.ray_address,
+            cpus_per_cell=options.cpus_per_cell,
+            timeout_s=options.timeout_s,
+            peak_tflops=options.peak_tflops,
+            precisions=precisions,
+            timeline=timeline,
+        )
     else:
-        runner = LocalExecutor(Target(options.device, peak_tflops=options.peak_tflops,
-                                      precisions=precisions, **timeline),
-                               options.isolation, options.timeout_s, methods)
-    return _sweep(cells, runner, out_dir, progress, redo=redo or options.estimate,
-                  estimates=options.estimate)
+        runner = LocalExecutor(
+            Target(
+                options.device, peak_tflops=options.peak_tflops, precisions=precisions, **timeline
+            ),
+            options.isolation,
+            options.timeout_s,
+            methods,
+        )
+    return _sweep(
+        cells, runner, out_dir, progress, redo=redo or options.estimate, estimates=options.estimate
+    )
 
 
-def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
-           progress: SweepProgress | None, redo: bool, estimates: bool) -> list[CellResult]:
+def _sweep(
+    cells: list[Cell],
+    executor: Executor,
+    out_dir: Path,
+    progress: SweepProgress | None,
+    redo: bool,
+    estimates: bool,
+) -> list[CellResult]:
     """The one sweep loop: lock, name the device, prune, skip what is done, run the rest and
     append each row as it comes. ``redo`` replaces the grid's earlier rows of the same kind
     (measured or estimated)."""
@@ -161,7 +211,9 @@ def _sweep(cells: list[Cell], executor: Executor, out_dir: Path,
                 write_timeline(out_dir, result)  # before the row, which marks the cell done
                 append_ranks(out_dir, result)  # a cell on several devices: each rank's row
                 if redo:  # its earlier rows go only now, with its new row in their place
-                    replace_result(out_dir, result, _earlier_rows(result.cell, placement, estimates))
+                    replace_result(
+                        out_dir, result, _earlier_rows(result.cell, placement, estimates)
+                    )
                 else:
                     append_result(out_dir, result)
                 results[index] = result
@@ -179,9 +231,11 @@ def _check_precisions(cells: list[Cell], placement: Placement) -> None:
         return
     for cell in cells:
         if cell.precision not in placement.precisions:
-            raise ConfigError(f"--precision {cell.precision}: torch cannot autocast to it on "
-                              f"{placement.device} ({', '.join(placement.device_names)}); valid "
-                              f"here: {', '.join(placement.precisions)}")
+            raise ConfigError(
+                f"--precision {cell.precision}: torch cannot autocast to it on "
+                f"{placement.device} ({', '.join(placement.device_names)}); valid "
+                f"here: {', '.join(placement.precisions)}"
+            )
 
 
 def _keys(cell: Cell, placement: Placement) -> set[tuple]:
@@ -195,8 +249,9 @@ def _earlier_rows(cell: Cell, placement: Placement, estimates: bool):
     return lambda row: row_key(row) in keys and is_estimate_row(row) == estimates
 
 
-def _unfinished(cells: list[Cell], placement: Placement, out_dir: Path, redo: bool,
-                estimates: bool) -> list[Cell]:
+def _unfinished(
+    cells: list[Cell], placement: Placement, out_dir: Path, redo: bool, estimates: bool
+) -> list[Cell]:
     """The cells to run: prune orphan steps, then, unless ``redo``, drop every cell with a row
     on one of the placement's device models (with ``redo`` every row stays until its cell's
     new row replaces it)."""

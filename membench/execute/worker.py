@@ -1,7 +1,8 @@
 """Where a cell runs: in this process, or in an isolated worker process that can die instead.
 
 A *target* is what runs a cell: a device (``cpu``, ``cuda:0``) measured under the protocol, or a
-kind of device predicted by ``membench.planning.estimate``. ``open_target`` gives the function that runs
+kind of device predicted by ``membench.planning.estimate``. ``open_target`` gives the function that
+runs
 one cell there; the sweep calls it in-process (``isolation="none"``) or through an
 ``IsolatedWorker``.
 
@@ -57,8 +58,9 @@ class Target:
 
     def timeline_options(self) -> dict[str, bool]:
         """``run_cell``'s (and ``estimate_cell``'s) timeline keywords; none when it is off."""
-        return (dict(timeline=True, timeline_snapshot=self.timeline_snapshot) if self.timeline
-                else {})
+        return (
+            dict(timeline=True, timeline_snapshot=self.timeline_snapshot) if self.timeline else {}
+        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class CellDone:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # -- running a cell here ------------------------------------------------------------------------
@@ -137,8 +139,7 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
             result.host = socket.gethostname()
             return result
 
-        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, {},
-                          estimate)
+        return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, {}, estimate)
 
     from ..measure.devices import resolve_device
     from ..measure.flops import device_peak_spec
@@ -149,8 +150,9 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
 
     def peak_for(precision: str) -> PeakSpec:
         if precision not in found:
-            found[precision] = device_peak_spec(device.kind, device.name(), target.peak_tflops,
-                                                precision)
+            found[precision] = device_peak_spec(
+                device.kind, device.name(), target.peak_tflops, precision
+            )
         return found[precision]
 
     for precision in dict.fromkeys(("fp32", *target.precisions)):
@@ -160,25 +162,42 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
         if cell.devices > 1:  # N ranks launched from here (docs/design.md)
             from ..multidevice.launch import run_multi_device
 
-            result = run_multi_device(cell, str(device), device.name(), peak_for(cell.precision),
-                                      timeout_s)
+            result = run_multi_device(
+                cell, str(device), device.name(), peak_for(cell.precision), timeout_s
+            )
         else:
-            result = run_cell(cell, device, peak=peak_for(cell.precision),
-                              **target.timeline_options())
+            result = run_cell(
+                cell, device, peak=peak_for(cell.precision), **target.timeline_options()
+            )
         result.host = socket.gethostname()
         return result
 
     return OpenTarget(str(device), device.name(), found, measure, device.autocast_precisions())
 
 
-def failed_result(cell: Cell, device: str, device_name: str, status: str, error: str,
-                  started_at: str, host: str | None = None) -> CellResult:
+def failed_result(
+    cell: Cell,
+    device: str,
+    device_name: str,
+    status: str,
+    error: str,
+    started_at: str,
+    host: str | None = None,
+) -> CellResult:
     """The row of a cell that produced nothing (its worker died, hung or could not run it);
     ``host``: where it ran, when that is not this machine (a Ray node; '' if unknown)."""
     from ..measure.protocol import provenance
 
-    return CellResult(cell, device, device_name, status=status, error=error, started_at=started_at,
-                      host=socket.gethostname() if host is None else host, **provenance())
+    return CellResult(
+        cell,
+        device,
+        device_name,
+        status=status,
+        error=error,
+        started_at=started_at,
+        host=socket.gethostname() if host is None else host,
+        **provenance(),
+    )
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -197,8 +216,15 @@ def _worker_loop(conn: Connection, setup: WorkerSetup) -> None:
             runners.get_runner(method)  # import runner modules now, outside any cell's timeout
         except Exception:  # the cell itself will report it
             pass
-    conn.send(Hello(target.device, target.device_name,
-                    collect_env() if setup.collect_env else None, target.peaks, target.precisions))
+    conn.send(
+        Hello(
+            target.device,
+            target.device_name,
+            collect_env() if setup.collect_env else None,
+            target.peaks,
+            target.precisions,
+        )
+    )
     while True:
         try:
             message = conn.recv()
@@ -226,9 +252,14 @@ def worker_context() -> multiprocessing.context.BaseContext:
         # every worker forked from the server; plugins are imported in each worker instead.
         # torch._dynamo (with sympy) is imported lazily by the first optimizer step: seconds that
         # every fresh worker would otherwise pay inside its first cell.
-        context.set_forkserver_preload(["membench.execute.worker", "membench.measure.protocol",
-                                        "torch._dynamo",
-                                        *runners.builtin_runner_modules()])
+        context.set_forkserver_preload(
+            [
+                "membench.execute.worker",
+                "membench.measure.protocol",
+                "torch._dynamo",
+                *runners.builtin_runner_modules(),
+            ]
+        )
         _start_forkserver()
         return context
     return multiprocessing.get_context("spawn")
@@ -254,9 +285,16 @@ def _start_forkserver() -> None:
 class IsolatedWorker:
     """One worker process and its pipe; ``run`` gives a CellResult whatever the worker does."""
 
-    def __init__(self, target: Target, methods: list[str], *, collect_env_info: bool = False,
-                 peaks: dict[str, PeakSpec] | None = None, environ: dict[str, str] | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        target: Target,
+        methods: list[str],
+        *,
+        collect_env_info: bool = False,
+        peaks: dict[str, PeakSpec] | None = None,
+        environ: dict[str, str] | None = None,
+        threads: int | None = None,
+    ):
         """A worker for ``target``; by default with this process's environment and torch
         threads, or with ``environ`` and ``threads`` (a Ray task passes the sweep's);
         ``peaks``: those an earlier worker found."""
@@ -266,11 +304,17 @@ class IsolatedWorker:
             threads = torch.get_num_threads()
         context = worker_context()
         self.conn, child_conn = context.Pipe(duplex=True)
-        setup = WorkerSetup(target, threads, tuple(methods),
-                            dict(os.environ if environ is None else environ), collect_env_info,
-                            dict(peaks or {}))
-        self.process = context.Process(target=_worker_loop, args=(child_conn, setup),
-                                       name="membench-worker", daemon=True)
+        setup = WorkerSetup(
+            target,
+            threads,
+            tuple(methods),
+            dict(os.environ if environ is None else environ),
+            collect_env_info,
+            dict(peaks or {}),
+        )
+        self.process = context.Process(
+            target=_worker_loop, args=(child_conn, setup), name="membench-worker", daemon=True
+        )
         with without_main_module():
             self.process.start()
         # Only the worker may hold its end: then a dead worker reads as EOF on ours.
@@ -317,8 +361,12 @@ class IsolatedWorker:
                 return self._failed(cell, started_at, ERROR, self._died_text())
             if deadline is not None and time.monotonic() >= deadline:
                 self.close()
-                return self._failed(cell, started_at, TIMEOUT,
-                                    f"no result within {timeout_s:g} s (--timeout); worker killed")
+                return self._failed(
+                    cell,
+                    started_at,
+                    TIMEOUT,
+                    f"no result within {timeout_s:g} s (--timeout); worker killed",
+                )
 
     def _failed(self, cell: Cell, started_at: str, status: str, error: str) -> CellResult:
         return failed_result(cell, self.device, self.device_name, status, error, started_at)

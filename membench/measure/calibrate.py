@@ -122,14 +122,28 @@ def cpu_peak(precision: str = "fp32", seconds: float | None = None) -> PeakSpec:
     budget = calibration_seconds() if seconds is None else seconds
     threads = torch.get_num_threads()
     routes = [precision] if precision == "fp32" else [precision, "fp32"]
-    found = [(rate, kind, route) for route in routes
-             for kind, rate in _rates(route, threads, budget).items()]
+    found = [
+        (rate, kind, route)
+        for route in routes
+        for kind, rate in _rates(route, threads, budget).items()
+    ]
     rate, kind, route = max(found)
     if rate <= 0:
-        return PeakSpec(None, note=f"no GEMM or convolution ran at {precision} on this CPU; MFU "
-                                   "left empty: pass --peak-tflops to set one")
+        return PeakSpec(
+            None,
+            note=f"no GEMM or convolution ran at {precision} on this CPU; MFU "
+            "left empty: pass --peak-tflops to set one",
+        )
     return PeakSpec(rate / 1e12, f"{kind}-calibrated", route)
 
 
-__all__ = ["CALIBRATED_SOURCES", "CALIBRATION_SECONDS", "CONV_CALIBRATED", "GEMM_CALIBRATED",
-           "PROBES", "calibration_seconds", "cpu_peak", "probe_rate"]
+__all__ = [
+    "CALIBRATED_SOURCES",
+    "CALIBRATION_SECONDS",
+    "CONV_CALIBRATED",
+    "GEMM_CALIBRATED",
+    "PROBES",
+    "calibration_seconds",
+    "cpu_peak",
+    "probe_rate",
+]

@@ -231,7 +231,8 @@ class CudaDevice(Device):
         before = storage_categories(prepared.live_tensors())
         phases = PhaseTracker(prepared.runner)
         torch.cuda.memory._record_memory_history(
-            "all", context="all" if snapshot else None, stacks="python", clear_history=True)
+            "all", context="all" if snapshot else None, stacks="python", clear_history=True
+        )
         try:
             with phases, PhaseMarks(phases) as marks:
                 prepared.step()
@@ -240,8 +241,9 @@ class CudaDevice(Device):
         finally:
             torch.cuda.memory._record_memory_history(enabled=None)
         after = storage_categories(prepared.live_tensors())
-        return timeline_from_cuda(history, self.index, (before, after), marks.marks,
-                                  phases.phases, keep_snapshot=snapshot)
+        return timeline_from_cuda(
+            history, self.index, (before, after), marks.marks, phases.phases, keep_snapshot=snapshot
+        )
 
     def autocast_precisions(self) -> tuple[str, ...]:
         # bf16 needs native support (compute capability 8.0 or later), not emulation.
@@ -293,11 +295,14 @@ def resolve_device(spec: str) -> Device:
         return CpuDevice()
     spec = spec.strip().lower()
     if not torch.cuda.is_available():
-        raise DeviceError(f"device {spec!r} asked for, but CUDA is not available here; valid: auto, cpu")
+        raise DeviceError(
+            f"device {spec!r} asked for, but CUDA is not available here; valid: auto, cpu"
+        )
     index = index or 0
     if index >= torch.cuda.device_count():
         raise DeviceError(
-            f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA "
+            "device(s)"
         )
     return CudaDevice(index)
 

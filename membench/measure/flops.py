@@ -35,9 +35,21 @@ if TYPE_CHECKING:
 DATASHEET, USER = "datasheet", "user"
 
 
-def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
-                       transposed, _output_padding, groups, output_mask, out_shape=None,
-                       **kwargs) -> int:
+def conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """FLOPs of ``aten.convolution_backward``, grouped convolutions counted right.
 
     torch's formula (``torch.utils.flop_counter.conv_backward_flop``) counts the weight gradient
@@ -48,6 +60,7 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
     formula is torch's with the weight-gradient term divided by the groups: per group, a dense
     convolution of C_in / g to C_out / g channels (docs/design.md, "FLOPs and MFU").
     """
+
     def t(shape):
         return [shape[1], shape[0], *shape[2:]]
 
@@ -92,13 +105,17 @@ def gpu_peak_spec(device_name: str, precision: str) -> PeakSpec:
     entry = gpu_peak(device_name)
     value = entry.tflops(precision) if entry is not None else None
     if value is None:
-        return PeakSpec(None, note=f"no datasheet peak for {device_name!r} ({precision}); MFU left "
-                                   "empty: pass --peak-tflops to set one")
+        return PeakSpec(
+            None,
+            note=f"no datasheet peak for {device_name!r} ({precision}); MFU left "
+            "empty: pass --peak-tflops to set one",
+        )
     return PeakSpec(value, DATASHEET, precision)
 
 
-def device_peak_spec(kind: str, device_name: str, user_tflops: float | None = None,
-                     precision: str = "fp32") -> PeakSpec:
+def device_peak_spec(
+    kind: str, device_name: str, user_tflops: float | None = None, precision: str = "fp32"
+) -> PeakSpec:
     """The peak for cells of ``precision`` on a measured device: the user's, else the
     datasheet's (CUDA; fp32 cells count at TF32 while cuDNN may use it) or the CPU's calibrated
     one (``membench.measure.calibrate.cpu_peak``)."""
@@ -120,8 +137,10 @@ def apply_peak(result: CellResult, peak: PeakSpec | None) -> None:
         return
     achieved = result.achieved_tflops
     if achieved is not None and achieved > peak.tflops:
-        result.peak_source = (f"none: this step ran at {achieved:.3g} TFLOP/s, above the "
-                              f"{peak.source} peak of {peak.tflops:.3g} ({peak.precision})")
+        result.peak_source = (
+            f"none: this step ran at {achieved:.3g} TFLOP/s, above the "
+            f"{peak.source} peak of {peak.tflops:.3g} ({peak.precision})"
+        )
         return
     result.peak_tflops, result.peak_source = peak.tflops, peak.source
     result.peak_precision = peak.precision
@@ -136,8 +155,10 @@ def throughput_bound(flops_per_step: float, batch: int, peak_tflops: float) -> f
 def gpu_peaks(name: str) -> dict[str, PeakSpec]:
     """A GPU's datasheet peak for cells of each precision (fp32 cells count at TF32 while
     cuDNN may use it)."""
-    return {precision: gpu_peak_spec(name, cuda_precision() if precision == "fp32" else precision)
-            for precision in PRECISIONS}
+    return {
+        precision: gpu_peak_spec(name, cuda_precision() if precision == "fp32" else precision)
+        for precision in PRECISIONS
+    }
 
 
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
@@ -155,8 +176,10 @@ def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
             pass
     spec = gpu_peak_spec(name, cuda_precision())
     if spec.tflops is None:
-        raise InputError(f"unknown GPU {ref!r}: neither a GPU of the peak table nor a device "
-                         f"profile with a gpu key; known GPUs: {', '.join(known_gpus())}")
+        raise InputError(
+            f"unknown GPU {ref!r}: neither a GPU of the peak table nor a device "
+            f"profile with a gpu key; known GPUs: {', '.join(known_gpus())}"
+        )
     entry = gpu_peak(name)
     canonical = next((known for known in known_gpus() if gpu_peak(known) is entry), name)
     return canonical, spec

@@ -25,10 +25,8 @@ records nothing beyond its peak, so the ordinary pass costs what it did.
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -158,7 +156,7 @@ class TensorMemoryTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._track(t, category)
 
-    def watch_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> "_GradientWatch":
+    def watch_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> _GradientWatch:
         """Context manager: classify each parameter's ``.grad`` storage as a gradient."""
         return _GradientWatch(self, list(parameters))
 
@@ -175,7 +173,7 @@ class _GradientWatch:
     def __init__(self, tracker: TensorMemoryTracker, parameters: list[torch.nn.Parameter]):
         self.tracker, self.parameters, self.handles = tracker, parameters, []
 
-    def __enter__(self) -> "_GradientWatch":
+    def __enter__(self) -> _GradientWatch:
         for p in self.parameters:
             if p.requires_grad:
                 self.handles.append(p.register_post_accumulate_grad_hook(self._mark))
@@ -193,4 +191,9 @@ class _GradientWatch:
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """Every tensor an optimizer keeps between steps (AdamW's moments and step counts)."""
-    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return [
+        v
+        for state in optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor)
+    ]

@@ -32,7 +32,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .. import __version__
-from ..errors import error_text, one_line
+from ..errors import one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
 from .devices import Device
@@ -49,13 +49,16 @@ Timer = Callable[[Callable[[], object], int], list[float]]
 
 def provenance() -> dict:
     """What every result records about the software that produced it."""
-    return {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-            "membench_version": __version__}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "membench_version": __version__,
+    }
 
 
 def new_result(cell: Cell, device: str, device_name: str, **values) -> CellResult:
     """A result for ``cell`` started now, with this process's provenance."""
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return CellResult(cell, device, device_name, started_at=started_at, **provenance(), **values)
 
 
@@ -79,9 +82,15 @@ def build_runner(cell: Cell, device: torch.device | str) -> Runner:
     """
     tooling = {s.name: getattr(cell, s.name) for s in TOOLING_SETTINGS}
     return get_runner(cell.method)(
-        cell.arch, cell.res, cell.classes, device, seed=cell.seed,
-        total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps, micro_batch=cell.micro_batch,
-        **tooling)
+        cell.arch,
+        cell.res,
+        cell.classes,
+        device,
+        seed=cell.seed,
+        total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps,
+        micro_batch=cell.micro_batch,
+        **tooling,
+    )
 
 
 def count_step_flops(cell: Cell) -> int:
@@ -103,8 +112,9 @@ def skip_inf_checks(runner) -> None:
     tensors are a few scalars."""
     scaler = getattr(runner, "scaler", None)
     if scaler is not None and scaler.is_enabled():
-        scaler._maybe_opt_step = (lambda optimizer, optimizer_state, *args, **kwargs:
-                                  optimizer.step(*args, **kwargs))
+        scaler._maybe_opt_step = lambda optimizer, optimizer_state, *args, **kwargs: optimizer.step(
+            *args, **kwargs
+        )
 
 
 @dataclass
@@ -126,23 +136,33 @@ class PreparedCell:
         """(category, tensors) of everything the cell holds between steps: parameters and
         buffers, gradients, optimizer state, and the batch (an activation)."""
         runner = self.runner
-        optimizer_state = [t for optimizer in runner.optimizers()
-                           for t in optimizer_state_tensors(optimizer)]
-        return [("parameters", [*runner.parameters(), *runner.buffers()]),
-                ("gradients", [p.grad for p in runner.parameters() if p.grad is not None]),
-                ("optimizer_state", optimizer_state),
-                ("activations", [self.images, self.labels])]
+        optimizer_state = [
+            t for optimizer in runner.optimizers() for t in optimizer_state_tensors(optimizer)
+        ]
+        return [
+            ("parameters", [*runner.parameters(), *runner.buffers()]),
+            ("gradients", [p.grad for p in runner.parameters() if p.grad is not None]),
+            ("optimizer_state", optimizer_state),
+            ("activations", [self.images, self.labels]),
+        ]
 
-    def tracked(self, tracker: TensorMemoryTracker, steps: int,
-                during: contextlib.AbstractContextManager | None = None) -> TensorMemoryTracker:
+    def tracked(
+        self,
+        tracker: TensorMemoryTracker,
+        steps: int,
+        during: contextlib.AbstractContextManager | None = None,
+    ) -> TensorMemoryTracker:
         """Run ``steps`` steps under ``tracker``, counting what was live from the start;
         ``during``: a context the steps run in, entered once the tracker counts them (the
         timeline's recorder)."""
         for category, tensors in self.live_tensors():
             tracker.add_existing(category, tensors)
         tracker.reset_peak()
-        with (tracker, tracker.watch_gradients(self.runner.parameters()),
-              during or contextlib.nullcontext()):
+        with (
+            tracker,
+            tracker.watch_gradients(self.runner.parameters()),
+            during or contextlib.nullcontext(),
+        ):
             for _ in range(steps):
                 self.step()
         return tracker
@@ -181,10 +201,17 @@ def measure_memory(prepared: PreparedCell, result: CellResult, tracker_steps: in
     result.memory_source = prepared.device.memory_source
 
 
-def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
-             timer: Timer | None = None, tracker_steps: int = DEFAULT_TRACKER_STEPS,
-             count_flops: bool = True, timeline: bool = False,
-             timeline_snapshot: bool = False) -> CellResult:
+def run_cell(
+    cell: Cell,
+    device: Device,
+    *,
+    peak: PeakSpec | None = None,
+    timer: Timer | None = None,
+    tracker_steps: int = DEFAULT_TRACKER_STEPS,
+    count_flops: bool = True,
+    timeline: bool = False,
+    timeline_snapshot: bool = False,
+) -> CellResult:
     """Measure one cell under the protocol (the module docstring). Out-of-memory and runner
     errors become the result's status, never an exception. ``peak``: what MFU is held against;
     ``timer``: times the steps instead of the device (the pytest fixture's rounds);
@@ -200,8 +227,14 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
         if count_flops:
             result.flops_per_step = _counted_flops(cell)
         with device.session():
-            _measure(cell, device, result, timer or device.time_steps, tracker_steps,
-                     (timeline, timeline_snapshot))
+            _measure(
+                cell,
+                device,
+                result,
+                timer or device.time_steps,
+                tracker_steps,
+                (timeline, timeline_snapshot),
+            )
         device.check_budget(result)
     except Exception as err:  # an OOM or a runner bug must become a row, not end the sweep
         if is_out_of_memory(err):
@@ -215,8 +248,14 @@ def run_cell(cell: Cell, device: Device, *, peak: PeakSpec | None = None,
     return result
 
 
-def _measure(cell: Cell, device: Device, result: CellResult, timer: Timer,
-             tracker_steps: int, timeline: tuple[bool, bool]) -> None:
+def _measure(
+    cell: Cell,
+    device: Device,
+    result: CellResult,
+    timer: Timer,
+    tracker_steps: int,
+    timeline: tuple[bool, bool],
+) -> None:
     """Steps 2 to 5 into ``result``; the runner and batch go when this returns. ``timeline``:
     (record one, with what a snapshot needs)."""
     prepared = prepare_cell(cell, device)
@@ -256,5 +295,15 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES)
 
 
-__all__ = ["DEFAULT_TRACKER_STEPS", "PreparedCell", "Timer", "build_runner", "count_step_flops",
-           "is_out_of_memory", "make_batch", "new_result", "prepare_cell", "run_cell"]
+__all__ = [
+    "DEFAULT_TRACKER_STEPS",
+    "PreparedCell",
+    "Timer",
+    "build_runner",
+    "count_step_flops",
+    "is_out_of_memory",
+    "make_batch",
+    "new_result",
+    "prepare_cell",
+    "run_cell",
+]

@@ -22,11 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 from ..archs import ConvLayer, conv_stack_spec
 from ..runners.base import AUTOCAST_DTYPES, RunnerConfigError
 from ..runners.bp import BPRunner
-from .spanning import (
-    BusyClock, Pipeline, SpansDevices, data_parallel_check, estimating, group_view,
-    pipeline_stages, rank_part,
-)
 from ..runners.optim import WholeModelAdamW
+from .spanning import (
+    BusyClock,
+    Pipeline,
+    SpansDevices,
+    data_parallel_check,
+    estimating,
+    group_view,
+    pipeline_stages,
+    rank_part,
+)
 
 
 class _DataParallel(SpansDevices, BPRunner):
@@ -85,8 +91,9 @@ class BPDDPRunner(_DataParallel):
         # first step (a broadcast it reads back): an estimate keeps the first order, whose
         # buckets hold the same gradient bytes (docs/design.md, "Cells on several devices").
         fake = estimating()
-        self.ddp = DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True,
-                                           init_sync=not fake)
+        self.ddp = DistributedDataParallel(
+            self.model, device_ids=ids, gradient_as_bucket_view=True, init_sync=not fake
+        )
         if fake:
             self.ddp.register_comm_hook(None, _completed_allreduce)
             self.ddp.reducer = _FirstBucketOrder(self.ddp.reducer)
@@ -124,9 +131,15 @@ class PipelineStageModule(nn.Module):
     def __init__(self, model: nn.Module, layers: range, runner: BPRunner):
         super().__init__()
         backbone, depth = model.backbone, len(model.backbone)
-        self.layers = [ConvLayer(i, backbone.blocks[i],
-                                 backbone.propagate[i] if i < depth - 1 else None,
-                                 backbone.spec.channels[i]) for i in layers]
+        self.layers = [
+            ConvLayer(
+                i,
+                backbone.blocks[i],
+                backbone.propagate[i] if i < depth - 1 else None,
+                backbone.spec.channels[i],
+            )
+            for i in layers
+        ]
         self.blocks = nn.ModuleList(layer.block for layer in self.layers)
         self.head = model.head if layers.stop == depth else None
         self.runner = runner
@@ -162,8 +175,10 @@ class BPPipelineRunner(Pipeline, BPRunner):
     """``bp`` as a pipeline of contiguous layers, one stage per rank."""
 
     name = "bp-pp"
-    summary = ("bp on N devices: torch.distributed.pipelining, a stage of contiguous layers per "
-               "rank, --micro-batch M, --schedule gpipe or 1f1b")
+    summary = (
+        "bp on N devices: torch.distributed.pipelining, a stage of contiguous layers per "
+        "rank, --micro-batch M, --schedule gpipe or 1f1b"
+    )
     same_gradients_as = "bp"
     uses_schedule = True
     default_schedule = "1f1b"
@@ -173,9 +188,11 @@ class BPPipelineRunner(Pipeline, BPRunner):
         super().check_devices(cell)
         chunks = cell.batch // (cell.micro_batch or cell.batch)
         if cell.schedule == "1f1b" and chunks < cell.devices:
-            raise RunnerConfigError(f"{cls.name} --schedule 1f1b needs at least as many "
-                                    f"micro-batches as stages: {chunks} < {cell.devices}; lower "
-                                    "--micro-batch")
+            raise RunnerConfigError(
+                f"{cls.name} --schedule 1f1b needs at least as many "
+                f"micro-batches as stages: {chunks} < {cell.devices}; lower "
+                "--micro-batch"
+            )
 
     def __init__(self, arch, res, classes, device="cpu", **options):
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
@@ -195,8 +212,10 @@ class BPPipelineRunner(Pipeline, BPRunner):
         """The first stage holds the images, the last the labels, the others neither; every
         stage learns the batch size (its number of micro-batches)."""
         self.batch = images.shape[0]
-        return (images if self.rank == 0 else None,
-                labels if self.rank == len(self.stages) - 1 else None)
+        return (
+            images if self.rank == 0 else None,
+            labels if self.rank == len(self.stages) - 1 else None,
+        )
 
     def _example(self, layer: int, requires_grad: bool) -> torch.Tensor:
         """Layer ``layer``'s input for one micro-batch, as metadata (``PipelineStage``'s static
@@ -209,18 +228,24 @@ class BPPipelineRunner(Pipeline, BPRunner):
         else:
             size = spec.spatial_sizes(self.res)[layer]
             shape = (self.micro_batch, spec.channels[layer - 1], size, size)
-        return torch.empty(shape, device="meta", dtype=dtype or torch.float32,
-                           requires_grad=requires_grad)
+        return torch.empty(
+            shape, device="meta", dtype=dtype or torch.float32, requires_grad=requires_grad
+        )
 
     def _build_pipeline(self):
         stage = self.stages[self.rank]
         pipeline_stage = _timed_stage(self.clock)(
-            self.model, self.rank, len(self.stages), self.device,
+            self.model,
+            self.rank,
+            len(self.stages),
+            self.device,
             input_args=self._example(stage.start, self.rank > 0),
-            output_args=self._example(stage.stop, True))
+            output_args=self._example(stage.stop, True),
+        )
         self.stage = pipeline_stage
-        return self.schedule_class(pipeline_stage, n_microbatches=self.batch // self.micro_batch,
-                                   loss_fn=self._loss)
+        return self.schedule_class(
+            pipeline_stage, n_microbatches=self.batch // self.micro_batch, loss_fn=self._loss
+        )
 
     def held_tensors(self) -> list[torch.Tensor]:
         """The stage's receive buffers (activations in, gradients back), one per micro-batch:

@@ -4,7 +4,8 @@
 estimator does: rank r's runner is built and stepped under the protocol on an
 ``EstimateDevice`` (fake tensors) inside torch's fake process group
 (``torch.testing._internal.distributed.fake_pg``: every collective returns at once and moves
-nothing), one rank after another, and ``membench.multidevice.rows.combine_ranks`` makes the row. Each
+nothing), one rank after another, and ``membench.multidevice.rows.combine_ranks`` makes the row.
+Each
 rank's FLOPs are counted the same way (``rank_flops``, which a measured cell uses too).
 
 What the fake group cannot model (docs/design.md, "Cells on several devices"): the memory the
@@ -23,11 +24,11 @@ from collections.abc import Iterator
 
 import torch.distributed as dist
 
-from .rows import combine_ranks, measured
-from ..schema import Cell, CellResult
-from ..planning.estimate import EstimateDevice
 from ..measure.protocol import count_step_flops, run_cell
+from ..planning.estimate import EstimateDevice
+from ..schema import Cell, CellResult
 from .rank_device import RankDevice
+from .rows import combine_ranks, measured
 
 
 @contextlib.contextmanager

@@ -22,16 +22,18 @@ import torch.distributed as dist
 from torch import nn
 
 from ..runners.base import AUTOCAST_DTYPES
-from .spanning import BusyClock, Pipeline, group_view, pipeline_stages
 from ..runners.ff import FFPipelinedRunner, _Boundary
+from .spanning import BusyClock, Pipeline, group_view, pipeline_stages
 
 
 class FFPipelineRunner(Pipeline, FFPipelinedRunner):
     """DTG-FF with a contiguous group of layers per rank and chunks flowing forward only."""
 
     name = "ff-pp"
-    summary = ("DTG-FF on N devices: contiguous layers per rank, chunks of --micro-batch flowing "
-               "forward only, each layer's step after its chunks")
+    summary = (
+        "DTG-FF on N devices: contiguous layers per rank, chunks of --micro-batch flowing "
+        "forward only, each layer's step after its chunks"
+    )
     same_layer_gradients_as = "ff-pipelined"
     same_first_step_losses_as = None
 
@@ -107,15 +109,18 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
         for start in range(0, self.batch, self.micro_batch):
             rows = min(self.micro_batch, self.batch - start)
             if self.rank == 0:
-                x = images[start:start + rows]
+                x = images[start : start + rows]
             else:
                 x, work = ahead if ahead is not None else self._receive(rows)
                 work.wait()
                 following = start + rows
-                ahead = (self._receive(min(self.micro_batch, self.batch - following))
-                         if following < self.batch else None)
+                ahead = (
+                    self._receive(min(self.micro_batch, self.batch - following))
+                    if following < self.batch
+                    else None
+                )
             with self.clock.busy():
-                out = self._through_layers(x, labels[start:start + rows], features)
+                out = self._through_layers(x, labels[start : start + rows], features)
             del x
             if sending is not None:
                 sending[1].wait()  # the chunk before has left: its output can go

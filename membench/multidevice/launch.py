@@ -17,7 +17,8 @@ A deadline (``timeout_s``) bounds the ranks: every process group gets a third of
 collective timeout, so a rank blocked on a peer that hung gives up and says so, and at the
 deadline every rank still running is killed. Each rank also exits as soon as this process is
 gone. ``run_multi_device`` is the measured cell: every rank measures itself under the protocol
-(``membench.multidevice.rank_device``) and ``membench.multidevice.rows`` makes the row, naming a failed rank.
+(``membench.multidevice.rank_device``) and ``membench.multidevice.rows`` makes the row, naming a
+failed rank.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ import torch.multiprocessing as torch_mp
 from torch.multiprocessing.spawn import ProcessException
 
 from ..errors import error_text
-from .rows import RankEnd, combine_ranks, measured, rank_failure
-from ..schema import ERROR, Cell, CellResult, DeviceSpecError, parse_device
 from ..execute.children import exit_text, start_child, without_main_module
+from ..schema import ERROR, Cell, CellResult, DeviceSpecError, parse_device
+from .rows import RankEnd, combine_ranks, measured, rank_failure
 
 LOOPBACK = "127.0.0.1"  # ranks meet on this machine only
 COLLECTIVE_TIMEOUT_SHARE = 1 / 3  # of the deadline: a peer's wait gives up well before it
@@ -57,15 +58,33 @@ def rank_context() -> multiprocessing.context.BaseContext:
     # Takes effect when this process first starts its forkserver: what every rank would
     # otherwise import in its cell, seconds each (torch._dynamo comes with the first optimizer
     # step; pipelining and FSDP2 with their runners).
-    context.set_forkserver_preload([
-        "membench.multidevice.rank_device", "membench.multidevice.launch", "torch._dynamo",
-        "torch.distributed.pipelining", "torch.distributed.fsdp", "torch.distributed.device_mesh",
-        *runners.builtin_runner_modules()])
+    context.set_forkserver_preload(
+        [
+            "membench.multidevice.rank_device",
+            "membench.multidevice.launch",
+            "torch._dynamo",
+            "torch.distributed.pipelining",
+            "torch.distributed.fsdp",
+            "torch.distributed.device_mesh",
+            *runners.builtin_runner_modules(),
+        ]
+    )
     return context
 
 
-def _rank_main(rank: int, fn: Callable, task, world: int, port: int, writers, threads: int,
-               timeout_s: float | None, kind: str, first_index: int, environ: dict) -> None:
+def _rank_main(
+    rank: int,
+    fn: Callable,
+    task,
+    world: int,
+    port: int,
+    writers,
+    threads: int,
+    timeout_s: float | None,
+    kind: str,
+    first_index: int,
+    environ: dict,
+) -> None:
     """One rank: join the group, run ``fn``, send ``("done", value, ok)`` (or ``("raised",
     text)``), exit non-zero unless ok."""
     start_child(environ)
@@ -77,10 +96,21 @@ def _rank_main(rank: int, fn: Callable, task, world: int, port: int, writers, th
         torch.cuda.set_device(options["device_id"])
     timeout = None if timeout_s is None else dt.timedelta(seconds=timeout_s)
     try:
-        store = dist.TCPStore(LOOPBACK, port, world, is_master=False,
-                              **({} if timeout is None else {"timeout": timeout}))
-        dist.init_process_group("gloo" if kind == "cpu" else "nccl", store=store, rank=rank,
-                                world_size=world, timeout=timeout, **options)
+        store = dist.TCPStore(
+            LOOPBACK,
+            port,
+            world,
+            is_master=False,
+            **({} if timeout is None else {"timeout": timeout}),
+        )
+        dist.init_process_group(
+            "gloo" if kind == "cpu" else "nccl",
+            store=store,
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+            **options,
+        )
         value, ok = fn(rank, world, task)
     except Exception as err:  # a rank that crashes says why before it goes
         _send(writer, ("raised", error_text(err)))
@@ -110,8 +140,16 @@ def _send(writer, message: tuple) -> None:
     writer.send_bytes(pickle.dumps(message))
 
 
-def launch_ranks(fn: Callable, task, world: int, kind: str, *, timeout_s: float | None = None,
-                 first_index: int = 0, threads: int | None = None) -> list[RankEnd]:
+def launch_ranks(
+    fn: Callable,
+    task,
+    world: int,
+    kind: str,
+    *,
+    timeout_s: float | None = None,
+    first_index: int = 0,
+    threads: int | None = None,
+) -> list[RankEnd]:
     """Run ``fn(rank, world, task)`` on ``world`` ranks (see the module docstring); how each
     rank ended, in rank order. Every rank's process is gone when this returns."""
     threads = max(1, (threads or torch.get_num_threads()) // world)
@@ -122,9 +160,23 @@ def launch_ranks(fn: Callable, task, world: int, kind: str, *, timeout_s: float 
     collective_s = None if timeout_s is None else max(1.0, timeout_s * COLLECTIVE_TIMEOUT_SHARE)
     with without_main_module(), _may_have_children():
         processes = torch_mp.start_processes(
-            _rank_main, args=(fn, task, world, store.port, writers, threads, collective_s, kind,
-                              first_index, dict(os.environ)),
-            nprocs=world, join=False, start_method="forkserver")
+            _rank_main,
+            args=(
+                fn,
+                task,
+                world,
+                store.port,
+                writers,
+                threads,
+                collective_s,
+                kind,
+                first_index,
+                dict(os.environ),
+            ),
+            nprocs=world,
+            join=False,
+            start_method="forkserver",
+        )
     for writer in writers:
         writer.close()  # only the ranks hold them: a dead rank reads as EOF here
     try:
@@ -137,8 +189,10 @@ def launch_ranks(fn: Callable, task, world: int, kind: str, *, timeout_s: float 
         for reader in readers:
             reader.close()
         del store
-    return [_end(rank, process, messages.get(rank), hung, timeout_s)
-            for rank, process in enumerate(processes.processes)]
+    return [
+        _end(rank, process, messages.get(rank), hung, timeout_s)
+        for rank, process in enumerate(processes.processes)
+    ]
 
 
 def _collect(processes, readers, timeout_s: float | None) -> tuple[dict, bool]:
@@ -173,8 +227,7 @@ def _read(open_readers: dict, messages: dict) -> None:
             del open_readers[rank]
 
 
-def _end(rank: int, process, message: tuple | None, hung: bool,
-         timeout_s: float | None) -> RankEnd:
+def _end(rank: int, process, message: tuple | None, hung: bool, timeout_s: float | None) -> RankEnd:
     if message is not None and message[0] == "done":
         return RankEnd(rank, message[1], exit_text(process), at=message[3])
     if message is not None:  # it raised before it could send a result
@@ -193,18 +246,22 @@ def gpu_shortage(kind: str, first_index: int, devices: int) -> str | None:
         return None
     count = torch.cuda.device_count()
     if first_index + devices > count:
-        return (f"--devices {devices} from cuda:{first_index} needs {first_index + devices} "
-                f"GPU(s); this machine has {count}")
+        return (
+            f"--devices {devices} from cuda:{first_index} needs {first_index + devices} "
+            f"GPU(s); this machine has {count}"
+        )
     return None
 
 
-def run_multi_device(cell: Cell, device: str, device_name: str, peak=None,
-                     timeout_s: float | None = None) -> CellResult:
+def run_multi_device(
+    cell: Cell, device: str, device_name: str, peak=None, timeout_s: float | None = None
+) -> CellResult:
     """Measure a cell on ``cell.devices`` ranks from ``device`` (``cpu``, ``cuda:N``): its row
-    (``membench.multidevice.rows``); ``peak`` is one device's (the row's is N times it); ``timeout_s`` the
+    (``membench.multidevice.rows``); ``peak`` is one device's (the row's is N times it);
+    ``timeout_s`` the
     time the cell has."""
-    from .fake_group import rank_flops
     from ..measure.protocol import new_result
+    from .fake_group import rank_flops
     from .rank_device import RankTask, measure_rank
 
     start = time.monotonic()
@@ -217,8 +274,14 @@ def run_multi_device(cell: Cell, device: str, device_name: str, peak=None,
         return new_result(cell, device, device_name, status=ERROR, error=refusal)
     flops = rank_flops(cell)
     left = None if timeout_s is None else max(1.0, 0.9 * timeout_s - (time.monotonic() - start))
-    ends = launch_ranks(measure_rank, RankTask(cell, kind, index or 0), cell.devices, kind,
-                        timeout_s=left, first_index=index or 0)
+    ends = launch_ranks(
+        measure_rank,
+        RankTask(cell, kind, index or 0),
+        cell.devices,
+        kind,
+        timeout_s=left,
+        first_index=index or 0,
+    )
     results = [end.result for end in ends]
     if measured(results):
         for result, count in zip(results, flops):

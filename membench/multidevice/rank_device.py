@@ -24,15 +24,16 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
-from ..schema import OK, Cell, CellResult
 from ..measure.devices import CpuDevice, CudaDevice, Device
 from ..measure.memtrack import TensorMemoryTracker
 from ..measure.protocol import DEFAULT_TRACKER_STEPS, run_cell
+from ..schema import OK, Cell, CellResult
 
 
 def _tensor_bytes(value) -> int:
-    return sum(t.numel() * t.element_size() for t in tree_leaves(value)
-               if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, torch.Tensor)
+    )
 
 
 def wire_bytes(op: str, args: tuple, world: int, rank: int) -> int:
@@ -136,8 +137,11 @@ class RankDevice(Device):
     def memory_tracker(self, cell: Cell) -> RankTracker:
         tracker = self.inner.memory_tracker(cell)
         self.untracked = tracker is None
-        options = ({} if tracker is None else
-                   dict(budget_bytes=tracker.budget_bytes, rounding=tracker.rounding))
+        options = (
+            {}
+            if tracker is None
+            else dict(budget_bytes=tracker.budget_bytes, rounding=tracker.rounding)
+        )
         parameters = self.runner.parameters() if self.runner is not None else ()
         self.counter = RankTracker(self.world, self.rank, parameters, **options)
         # What a runner keeps from step to step outside its parameters, gradients and optimizer
@@ -166,12 +170,27 @@ class RankDevice(Device):
         self.runner = self.counter = None
 
 
-_FORWARDED = ("name", "refusal", "session", "warmup_steps", "error_text", "set_memory_budget",
-              "check_budget", "reset_host_peak", "reset_peak_memory", "total_memory_bytes",
-              "release_cached_memory", "synchronize", "autocast_precisions")
+_FORWARDED = (
+    "name",
+    "refusal",
+    "session",
+    "warmup_steps",
+    "error_text",
+    "set_memory_budget",
+    "check_budget",
+    "reset_host_peak",
+    "reset_peak_memory",
+    "total_memory_bytes",
+    "release_cached_memory",
+    "synchronize",
+    "autocast_precisions",
+)
 for _name in _FORWARDED:
-    setattr(RankDevice, _name, lambda self, *args, _name=_name, **kwargs:
-            getattr(self.inner, _name)(*args, **kwargs))
+    setattr(
+        RankDevice,
+        _name,
+        lambda self, *args, _name=_name, **kwargs: getattr(self.inner, _name)(*args, **kwargs),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

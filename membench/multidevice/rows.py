@@ -27,18 +27,36 @@ import pandas as pd
 
 from ..results import _append_rows, _typed_frame, prepare_for_append, read_cells, read_rows
 from ..schema import (
-    BREAKDOWN_COLUMNS, ERROR, FAILED_STATUSES, MEASURED_STATUSES, TIMEOUT, CellResult,
+    BREAKDOWN_COLUMNS,
+    ERROR,
+    FAILED_STATUSES,
+    MEASURED_STATUSES,
+    TIMEOUT,
+    CellResult,
 )
 
 RANKS_FILE = "ranks.csv"
 RANK_KEY = ["cell_id", "device", "started_at"]
 RANK_COLUMN_TYPES = {
-    **dict.fromkeys(RANK_KEY, "str"), "rank": "int", "status": "str", "error": "str",
-    **dict.fromkeys(["peak_allocated_bytes", "peak_reserved_bytes", "host_peak_rss_bytes",
-                     "nvml_used_bytes", *BREAKDOWN_COLUMNS, "flops_per_step",
-                     "sent_bytes_per_step"], "int"),
-    **dict.fromkeys(["idle_fraction", "step_ms_median", "step_ms_p10", "step_ms_p90",
-                     "step_ms_mean"], "float"),
+    **dict.fromkeys(RANK_KEY, "str"),
+    "rank": "int",
+    "status": "str",
+    "error": "str",
+    **dict.fromkeys(
+        [
+            "peak_allocated_bytes",
+            "peak_reserved_bytes",
+            "host_peak_rss_bytes",
+            "nvml_used_bytes",
+            *BREAKDOWN_COLUMNS,
+            "flops_per_step",
+            "sent_bytes_per_step",
+        ],
+        "int",
+    ),
+    **dict.fromkeys(
+        ["idle_fraction", "step_ms_median", "step_ms_p10", "step_ms_p90", "step_ms_mean"], "float"
+    ),
     "step_ms": "str",  # the rank's every step time in ms, space-separated
 }
 RANK_COLUMNS = list(RANK_COLUMN_TYPES)
@@ -47,18 +65,30 @@ RANK_COLUMNS = list(RANK_COLUMN_TYPES)
 def combine_ranks(results: Sequence[CellResult]) -> CellResult:
     """The cell's row from its ranks' results (rank order), all of them measured."""
     first = results[0]
-    row = CellResult(first.cell, first.device, first.device_name, host=first.host,
-                     status=first.status, started_at=first.started_at,
-                     torch_version=first.torch_version, membench_version=first.membench_version,
-                     torch_threads=first.torch_threads, memory_source=first.memory_source,
-                     ranks=list(results))
+    row = CellResult(
+        first.cell,
+        first.device,
+        first.device_name,
+        host=first.host,
+        status=first.status,
+        started_at=first.started_at,
+        torch_version=first.torch_version,
+        membench_version=first.membench_version,
+        torch_threads=first.torch_threads,
+        memory_source=first.memory_source,
+        ranks=list(results),
+    )
     peaks = [r.peak_allocated_bytes for r in results]
     if all(p is not None for p in peaks):
         row.peak_rank = max(range(len(peaks)), key=peaks.__getitem__)
         row.peak_allocated_bytes = peaks[row.peak_rank]
         row.breakdown = results[row.peak_rank].breakdown
-    for name in ("peak_reserved_bytes", "host_peak_rss_bytes", "nvml_used_bytes",
-                 "sent_bytes_per_step"):
+    for name in (
+        "peak_reserved_bytes",
+        "host_peak_rss_bytes",
+        "nvml_used_bytes",
+        "sent_bytes_per_step",
+    ):
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         setattr(row, name, max(values) if values else None)
     flops = [r.flops_per_step for r in results]
@@ -84,8 +114,16 @@ class RankEnd:
 
 # What a rank reports when a peer, not the rank itself, broke a collective: it waited past the
 # process group's timeout, or the peer's connection closed under it (gloo's and NCCL's words).
-COMMUNICATION_MARKS = ("Timed out", "timed out", "Connection closed by peer", "Connection reset",
-                       "DistBackendError", "DistNetworkError", "gloo/transport", "NCCL")
+COMMUNICATION_MARKS = (
+    "Timed out",
+    "timed out",
+    "Connection closed by peer",
+    "Connection reset",
+    "DistBackendError",
+    "DistNetworkError",
+    "gloo/transport",
+    "NCCL",
+)
 
 
 def _communication(end: RankEnd) -> bool:
@@ -97,8 +135,10 @@ def rank_failure(ends: Sequence[RankEnd]) -> tuple[str, str]:
     its own: the first to report an oom or error that is not a peer's broken collective, else
     one that died without a result, else the ones that hung (the others timed out waiting for
     them), else the first broken collective."""
-    reported = sorted((e for e in ends if e.result is not None
-                       and e.result.status in FAILED_STATUSES), key=lambda e: e.at or 0.0)
+    reported = sorted(
+        (e for e in ends if e.result is not None and e.result.status in FAILED_STATUSES),
+        key=lambda e: e.at or 0.0,
+    )
     own = [e for e in reported if not _communication(e)]
     if own:
         return own[0].result.status, f"rank {own[0].rank}: {own[0].result.error}"
@@ -109,8 +149,10 @@ def rank_failure(ends: Sequence[RankEnd]) -> tuple[str, str]:
     if hung:
         text = f"rank(s) {', '.join(map(str, hung))} hung: no result from them"
         if reported:
-            text += (f"; rank(s) {', '.join(str(e.rank) for e in reported)} timed out waiting "
-                     f"for them in a collective ({reported[0].result.error[:200]})")
+            text += (
+                f"; rank(s) {', '.join(str(e.rank) for e in reported)} timed out waiting "
+                f"for them in a collective ({reported[0].result.error[:200]})"
+            )
         return TIMEOUT, text
     return ERROR, f"rank {reported[0].rank}: {reported[0].result.error}"
 
@@ -119,9 +161,14 @@ def rank_rows(result: CellResult) -> list[dict]:
     """``ranks.csv`` rows of a multi-device cell's result (none for a single-device cell)."""
     rows = []
     for rank, part in enumerate(result.ranks):
-        values = {**part.row(), "cell_id": result.cell_id, "device": result.device,
-                  "started_at": result.started_at, "rank": rank,
-                  "step_ms": " ".join(f"{ms:.4f}" for ms in part.step_ms)}
+        values = {
+            **part.row(),
+            "cell_id": result.cell_id,
+            "device": result.device,
+            "started_at": result.started_at,
+            "rank": rank,
+            "step_ms": " ".join(f"{ms:.4f}" for ms in part.step_ms),
+        }
         rows.append({column: values.get(column) for column in RANK_COLUMNS})
     return rows
 
@@ -154,5 +201,14 @@ def measured(results: Sequence[CellResult | None]) -> bool:
     return all(r is not None and r.status in MEASURED_STATUSES for r in results)
 
 
-__all__ = ["RANKS_FILE", "RANK_COLUMNS", "RankEnd", "append_ranks", "combine_ranks", "measured",
-           "rank_failure", "rank_rows", "read_ranks"]
+__all__ = [
+    "RANKS_FILE",
+    "RANK_COLUMNS",
+    "RankEnd",
+    "append_ranks",
+    "combine_ranks",
+    "measured",
+    "rank_failure",
+    "rank_rows",
+    "read_ranks",
+]

@@ -105,10 +105,22 @@ def pipeline_times(costs: LayerCosts, devices: int, chunks: int) -> dict[str, Sc
     forward[-1] += costs.head_forward
     backward[-1] += costs.head_backward
     local = stage_sums(costs.local, stages)
-    return {GPIPE: gpipe(forward, backward, chunks),
-            ONE_F_ONE_B: one_f_one_b(forward, backward, chunks),
-            FORWARD_ONLY: forward_only(local, chunks, costs.classifier)}
+    return {
+        GPIPE: gpipe(forward, backward, chunks),
+        ONE_F_ONE_B: one_f_one_b(forward, backward, chunks),
+        FORWARD_ONLY: forward_only(local, chunks, costs.classifier),
+    }
 
 
-__all__ = ["FORWARD_ONLY", "GPIPE", "LayerCosts", "ONE_F_ONE_B", "ScheduleTime", "forward_only",
-           "gpipe", "one_f_one_b", "pipeline_times", "stage_sums"]
+__all__ = [
+    "FORWARD_ONLY",
+    "GPIPE",
+    "LayerCosts",
+    "ONE_F_ONE_B",
+    "ScheduleTime",
+    "forward_only",
+    "gpipe",
+    "one_f_one_b",
+    "pipeline_times",
+    "stage_sums",
+]

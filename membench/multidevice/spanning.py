@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..archs import conv_stack_spec, is_conv_stack
-from .split import balanced_stages, conv_costs
 from ..runners.base import Runner, RunnerConfigError
+from .split import balanced_stages, conv_costs
 
 FAKE_BACKEND = "fake"  # the backend of torch.testing's fake process group (estimates)
 
@@ -35,13 +35,17 @@ class SpansDevices:
     def check_tooling(cls, cell) -> None:
         super().check_tooling(cell)
         if cell.devices < 2:
-            raise RunnerConfigError(f"{cls.name} spans devices: give --devices 2 or more (on one "
-                                    "device, use its single-device method)")
+            raise RunnerConfigError(
+                f"{cls.name} spans devices: give --devices 2 or more (on one "
+                "device, use its single-device method)"
+            )
         if cell.compile != "none":
             raise RunnerConfigError(f"{cls.name} does not take --compile (ranks run eager)")
         if cell.precision == "fp16":
-            raise RunnerConfigError(f"{cls.name} does not take fp16: its GradScaler would have to "
-                                    "agree across ranks on skipping a step; use bf16")
+            raise RunnerConfigError(
+                f"{cls.name} does not take fp16: its GradScaler would have to "
+                "agree across ranks on skipping a step; use bf16"
+            )
         cls.check_devices(cell)
 
     @classmethod
@@ -65,8 +69,10 @@ class Pipeline(SpansDevices):
         # The stages are balanced over each conv layer's cost, which only a conv stack's spec
         # gives before anything is built (docs/design.md, "Architectures").
         if not is_conv_stack(arch):
-            raise RunnerConfigError(f"{cls.name} splits a conv stack into pipeline stages "
-                                    f"(vgg8, vgg11, vgg-dD-wW), not {arch}")
+            raise RunnerConfigError(
+                f"{cls.name} splits a conv stack into pipeline stages "
+                f"(vgg8, vgg11, vgg-dD-wW), not {arch}"
+            )
         super().check_cell(arch, res, batch, micro_batch)
 
     @classmethod
@@ -77,28 +83,36 @@ class Pipeline(SpansDevices):
 def data_parallel_check(name: str, cell) -> None:
     """The batch must split evenly over the ranks of a data-parallel runner."""
     if cell.batch % cell.devices:
-        raise RunnerConfigError(f"{name}: batch {cell.batch} does not split over {cell.devices} "
-                                "devices; choose a multiple of --devices")
+        raise RunnerConfigError(
+            f"{name}: batch {cell.batch} does not split over {cell.devices} "
+            "devices; choose a multiple of --devices"
+        )
 
 
 def pipeline_check(name: str, cell) -> None:
     """A pipeline needs a conv stack with at least one layer per stage."""
     depth = conv_stack_spec(cell.arch).depth
     if cell.devices > depth:
-        raise RunnerConfigError(f"{name}: {cell.arch} has {depth} layer(s), fewer than the "
-                                f"{cell.devices} pipeline stages --devices asks for")
+        raise RunnerConfigError(
+            f"{name}: {cell.arch} has {depth} layer(s), fewer than the "
+            f"{cell.devices} pipeline stages --devices asks for"
+        )
 
 
 def group_view(runner: Runner) -> tuple[int, int]:
     """(rank, world size) of the process group this rank's runner runs in; RunnerConfigError
     outside one, or in one of another size than the cell's."""
     if not (dist.is_available() and dist.is_initialized()):
-        raise RunnerConfigError(f"{runner.name} spans devices and runs only inside torch."
-                                "distributed ranks: measure it as a cell with --devices N")
+        raise RunnerConfigError(
+            f"{runner.name} spans devices and runs only inside torch."
+            "distributed ranks: measure it as a cell with --devices N"
+        )
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != runner.devices:
-        raise RunnerConfigError(f"{runner.name}: process group of {world} rank(s) for a cell of "
-                                f"{runner.devices} device(s)")
+        raise RunnerConfigError(
+            f"{runner.name}: process group of {world} rank(s) for a cell of "
+            f"{runner.devices} device(s)"
+        )
     return rank, world
 
 
@@ -116,8 +130,9 @@ def pipeline_stages(arch: str, res: int, devices: int) -> list[range]:
     """The contiguous layers of each pipeline stage: ``balanced_stages`` over each conv's
     multiply-accumulates, so the slowest stage is as fast as a contiguous split allows."""
     spec = conv_stack_spec(arch)
-    return balanced_stages(conv_costs(spec.channels, spec.spatial_sizes(res), spec.in_channels),
-                           devices)
+    return balanced_stages(
+        conv_costs(spec.channels, spec.spatial_sizes(res), spec.in_channels), devices
+    )
 
 
 class BusyClock:
@@ -152,5 +167,15 @@ class BusyClock:
         return float(sum(self.spans))
 
 
-__all__ = ["BusyClock", "FAKE_BACKEND", "Pipeline", "SpansDevices", "data_parallel_check", "estimating",
-           "group_view", "pipeline_check", "pipeline_stages", "rank_part"]
+__all__ = [
+    "BusyClock",
+    "FAKE_BACKEND",
+    "Pipeline",
+    "SpansDevices",
+    "data_parallel_check",
+    "estimating",
+    "group_view",
+    "pipeline_check",
+    "pipeline_stages",
+    "rank_part",
+]

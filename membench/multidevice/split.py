@@ -53,7 +53,10 @@ def balanced_stages(costs: Sequence[float], stages: int) -> list[range]:
     prefix = [0.0]
     for cost in costs:
         prefix.append(prefix[-1] + cost)
-    pace = max(sum(costs[i] for i in run) for run in
-               _split(prefix, stages, max, lambda cost: True))
-    return _split(prefix, stages, lambda total, cost: total + cost * cost,
-                  lambda cost: cost <= pace * (1 + 1e-12))
+    pace = max(sum(costs[i] for i in run) for run in _split(prefix, stages, max, lambda cost: True))
+    return _split(
+        prefix,
+        stages,
+        lambda total, cost: total + cost * cost,
+        lambda cost: cost <= pace * (1 + 1e-12),
+    )

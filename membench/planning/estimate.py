@@ -45,19 +45,27 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from ..errors import error_text
-from ..schema import (
-    ESTIMATE_DEVICE_NAME, ESTIMATE_KINDS, ESTIMATE_SOURCE, ESTIMATED, OOM, Cell, CellResult,
-    estimate_device,
-)
 from ..measure.devices import Device
 from ..measure.memtrack import TensorMemoryTracker, cuda_allocated_size
 from ..measure.protocol import run_cell, skip_inf_checks
+from ..schema import (
+    ESTIMATE_DEVICE_NAME,
+    ESTIMATE_KINDS,
+    ESTIMATE_SOURCE,
+    ESTIMATED,
+    OOM,
+    Cell,
+    CellResult,
+    estimate_device,
+)
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
 # cannot see them: no sound model, so no number.
-COMPILED_REFUSAL = ("an estimate of a compiled cell is refused: torch.compile's buffers are "
-                    "allocated outside what fake tensors can see; measure it on the device")
+COMPILED_REFUSAL = (
+    "an estimate of a compiled cell is refused: torch.compile's buffers are "
+    "allocated outside what fake tensors can see; measure it on the device"
+)
 
 # Fake steps, kept minimal because each costs about a second for VGG11 whatever the batch.
 # One warmup step is enough: the first optimizer step creates AdamW's moments and step counts, so
@@ -132,8 +140,9 @@ class EstimateDevice(Device):
         return []  # an estimate has no time
 
 
-def estimate_cell(cell: Cell, device_kind: str = "cuda", count_flops: bool = True,
-                  **timeline: bool) -> CellResult:
+def estimate_cell(
+    cell: Cell, device_kind: str = "cuda", count_flops: bool = True, **timeline: bool
+) -> CellResult:
     """Predict ``cell``'s peak allocated memory for a kind of device without allocating it: the
     protocol on an ``EstimateDevice`` (see the module docstring). A runner that fails under fake
     tensors (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``.
@@ -167,9 +176,17 @@ def _cuda_dropout() -> Iterator[None]:
 # Ops CUDA's autocast runs in float32 where the CPU's does not (torch.amp's op reference), that
 # membench's runners and common models call, by the attribute that calls them.
 CUDA_FLOAT32_FUNCTIONS = (
-    (F, "layer_norm"), (F, "group_norm"), (F, "softmax"), (F, "log_softmax"),
-    (F, "cross_entropy"), (torch, "pow"), (torch, "square"), (torch.Tensor, "pow"),
-    (torch.Tensor, "square"), (torch.Tensor, "softmax"), (torch.Tensor, "log_softmax"),
+    (F, "layer_norm"),
+    (F, "group_norm"),
+    (F, "softmax"),
+    (F, "log_softmax"),
+    (F, "cross_entropy"),
+    (torch, "pow"),
+    (torch, "square"),
+    (torch.Tensor, "pow"),
+    (torch.Tensor, "square"),
+    (torch.Tensor, "softmax"),
+    (torch.Tensor, "log_softmax"),
 )
 
 
@@ -180,6 +197,7 @@ def _float32_under_autocast(function):
         args, kwargs = tree_map(_to_float32, (args, kwargs))
         with torch.autocast("cpu", enabled=False):
             return function(*args, **kwargs)
+
     return run
 
 
@@ -210,5 +228,3 @@ def _use_foreach_optimizers(runner) -> None:
         for group in optimizer.param_groups:
             if "foreach" in group and group["foreach"] is None and not group.get("fused"):
                 group["foreach"] = True
-
-

@@ -77,19 +77,29 @@ def fit_batch(
     max_k = max_batch // unit
     if max_k < 1:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
-    search = _BatchSearch(lambda k: estimate_cell(cell_for(k), device_kind, count_flops=False),
-                          budget_bytes, method,
-                          unit)
+    search = _BatchSearch(
+        lambda k: estimate_cell(cell_for(k), device_kind, count_flops=False),
+        budget_bytes,
+        method,
+        unit,
+    )
     lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
     lo, hi = search.narrow(lo, hi)
     best = cell_for(lo) if lo else None
     return FitResult(
-        method=method, arch=arch, res=res, classes=classes, budget_bytes=budget_bytes,
+        method=method,
+        arch=arch,
+        res=res,
+        classes=classes,
+        budget_bytes=budget_bytes,
         device_kind=device_kind,
-        batch=best.batch if best else None, micro_batch=best.micro_batch if best else None,
-        peak_bytes=search.peaks.get(lo), next_batch=hi * unit if hi is not None else None,
+        batch=best.batch if best else None,
+        micro_batch=best.micro_batch if best else None,
+        peak_bytes=search.peaks.get(lo),
+        next_batch=hi * unit if hi is not None else None,
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
-        capped=hi is None, estimates=len(search.peaks),
+        capped=hi is None,
+        estimates=len(search.peaks),
     )
 
 
@@ -97,7 +107,8 @@ def _splits_batch(runner_cls: type[Runner], micro_batch: int | None) -> bool:
     """Whether a fit splits the batch: a micro-batch was given, or the runner splits by default
     (bp-accum: batch/2; ff-pipelined does not unless asked)."""
     return runner_cls.uses_micro_batch and (
-        micro_batch is not None or runner_cls.default_micro_batch(2) is not None)
+        micro_batch is not None or runner_cls.default_micro_batch(2) is not None
+    )
 
 
 def fit_cell(fit: FitResult) -> Cell:
@@ -110,9 +121,15 @@ def fit_cell(fit: FitResult) -> Cell:
 class _BatchSearch:
     """The search behind ``fit_batch``, over k = batch / unit, caching one estimate per k."""
 
-    def __init__(self, estimate: Callable[[int], CellResult], budget_bytes: int, method: str,
-                 unit: int):
-        self.estimate, self.budget_bytes, self.method, self.unit = estimate, budget_bytes, method, unit
+    def __init__(
+        self, estimate: Callable[[int], CellResult], budget_bytes: int, method: str, unit: int
+    ):
+        self.estimate, self.budget_bytes, self.method, self.unit = (
+            estimate,
+            budget_bytes,
+            method,
+            unit,
+        )
         self.peaks: dict[int, int] = {}
 
     def peak(self, k: int) -> int:
@@ -213,8 +230,12 @@ def check_fit_input(
         raise ConfigError(str(err)) from None
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
-    for value, option in ((res, "--res"), (classes, "--classes"), (max_batch, "--max-batch"),
-                          (budget_bytes, "--device-mem")):
+    for value, option in (
+        (res, "--res"),
+        (classes, "--classes"),
+        (max_batch, "--max-batch"),
+        (budget_bytes, "--device-mem"),
+    ):
         if value <= 0:
             raise ConfigError(f"{option} must be positive, got {value}")
     if micro_batch is not None and micro_batch <= 0:
@@ -223,11 +244,15 @@ def check_fit_input(
         validate_arch(arch, res)
         check_parameter_size(arch)
         probe_batch = micro_batch or 2
-        runner_cls.check_cell(arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None)
+        runner_cls.check_cell(
+            arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None
+        )
     except (ArchError, RunnerConfigError) as err:
         raise ConfigError(str(err)) from None
     if micro_batch is not None and not runner_cls.uses_micro_batch:
-        raise ConfigError(f"--micro-batch applies only to methods that split the batch, not {method}")
+        raise ConfigError(
+            f"--micro-batch applies only to methods that split the batch, not {method}"
+        )
     unit = (micro_batch or 2) if _splits_batch(runner_cls, micro_batch) else 1
     if max_batch < unit:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..archs import conv_stack_spec
-from ..runners import get_runner
 from ..measure.flops import step_flops
 from ..multidevice.schedule_model import LayerCosts
 from ..multidevice.split import conv_costs
+from ..runners import get_runner
 
 SOURCES = ("flops", "cpu")
 REPEATS = 5
@@ -44,14 +44,16 @@ def _measure(piece: Callable[[], object], source: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _bp_pieces(runner, spec, res: int, rows: int, classes: int) -> tuple[list, list, Callable,
-                                                                          Callable]:
+def _bp_pieces(
+    runner, spec, res: int, rows: int, classes: int
+) -> tuple[list, list, Callable, Callable]:
     """Forward and backward of each BP layer, and of the head, as pieces."""
     sizes, forward, backward = spec.spatial_sizes(res), [], []
     for layer in runner.model.backbone.layers():
         channels = spec.in_channels if layer.index == 0 else spec.channels[layer.index - 1]
-        x = torch.randn(rows, channels, sizes[layer.index], sizes[layer.index],
-                        requires_grad=layer.index > 0)
+        x = torch.randn(
+            rows, channels, sizes[layer.index], sizes[layer.index], requires_grad=layer.index > 0
+        )
         state: dict = {}
 
         def run_forward(layer=layer, x=x, state=state):
@@ -76,7 +78,9 @@ def _bp_pieces(runner, spec, res: int, rows: int, classes: int) -> tuple[list, l
     return forward, backward, head_loss, lambda: head_loss().backward()
 
 
-def _ff_pieces(runner, spec, res: int, rows: int, batch: int, classes: int) -> tuple[list, Callable]:
+def _ff_pieces(
+    runner, spec, res: int, rows: int, batch: int, classes: int
+) -> tuple[list, Callable]:
     """Each DTG-FF layer's local step on one chunk, and the classifier's step, as pieces."""
     sizes, local = spec.spatial_sizes(res), []
     labels = torch.randint(0, classes, (rows,))
@@ -98,9 +102,16 @@ def _ff_pieces(runner, spec, res: int, rows: int, batch: int, classes: int) -> t
     return local, lambda: runner._classifier_step(features, all_labels)
 
 
-def layer_costs(arch: str, res: int, batch: int, micro_batch: int, classes: int = 10,
-                precision: str = "fp32", source: str = "flops",
-                repeats: int = REPEATS) -> LayerCosts:
+def layer_costs(
+    arch: str,
+    res: int,
+    batch: int,
+    micro_batch: int,
+    classes: int = 10,
+    precision: str = "fp32",
+    source: str = "flops",
+    repeats: int = REPEATS,
+) -> LayerCosts:
     """The per-layer costs of a cell (the module docstring); ValueError for an unknown source."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
@@ -109,29 +120,40 @@ def layer_costs(arch: str, res: int, batch: int, micro_batch: int, classes: int 
     with torch.random.fork_rng(devices=[]), fake:
         options = dict(seed=0, total_steps=10, precision=precision)
         bp = get_runner("bp")(arch, res, classes, "cpu", **options)
-        ff = get_runner("ff-pipelined")(arch, res, classes, "cpu", micro_batch=micro_batch,
-                                        **options)
-        forward, backward, head_forward, head_backward = _bp_pieces(bp, spec, res, micro_batch,
-                                                                    classes)
+        ff = get_runner("ff-pipelined")(
+            arch, res, classes, "cpu", micro_batch=micro_batch, **options
+        )
+        forward, backward, head_forward, head_backward = _bp_pieces(
+            bp, spec, res, micro_batch, classes
+        )
         local, classifier = _ff_pieces(ff, spec, res, micro_batch, batch, classes)
         forward_costs = [_measure(piece, source, repeats) for piece in forward]
         costs = dict(
             forward=forward_costs,
-            backward=[_backward(piece, state, cost, source, repeats)
-                      for (piece, state), cost in zip(backward, forward_costs)],
+            backward=[
+                _backward(piece, state, cost, source, repeats)
+                for (piece, state), cost in zip(backward, forward_costs)
+            ],
             local=[_measure(piece, source, repeats) for piece in local],
             head_forward=_measure(head_forward, source, repeats),
-            classifier=_measure(classifier, source, repeats))
+            classifier=_measure(classifier, source, repeats),
+        )
         head_total = _measure(head_backward, source, repeats)
-    return LayerCosts("flops" if source == "flops" else "ms",
-                      tuple(costs["forward"]), tuple(costs["backward"]), tuple(costs["local"]),
-                      costs["head_forward"], max(0.0, head_total - costs["head_forward"]),
-                      costs["classifier"],
-                      tuple(conv_costs(spec.channels, spec.spatial_sizes(res), spec.in_channels)))
+    return LayerCosts(
+        "flops" if source == "flops" else "ms",
+        tuple(costs["forward"]),
+        tuple(costs["backward"]),
+        tuple(costs["local"]),
+        costs["head_forward"],
+        max(0.0, head_total - costs["head_forward"]),
+        costs["classifier"],
+        tuple(conv_costs(spec.channels, spec.spatial_sizes(res), spec.in_channels)),
+    )
 
 
-def _backward(piece: Callable[[], None], state: dict, forward: float, source: str,
-              repeats: int) -> float:
+def _backward(
+    piece: Callable[[], None], state: dict, forward: float, source: str, repeats: int
+) -> float:
     """A layer's backward alone: the FLOPs of forward and backward less the forward's, or the
     median of its own timings (each run builds its graph again, untimed)."""
     if source == "flops":

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, expand_grid
+from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
 from .estimate import estimate_cell
-from ..measure.flops import gpu_peaks
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
 DEFAULT_LINK_GBPS = 31.5
@@ -39,26 +39,34 @@ WHOLE_BATCH_UPDATES = ({}, {"grads": "released"}, {"grads": "released", "optimiz
 ACCUMULATING_UPDATES = ({}, {"optimizer_state": "host"})
 
 
-def candidate_cells(arch: str, res: int, batch: int, classes: int = 10,
-                    precisions: tuple[str, ...] = PRECISIONS) -> list[Cell]:
+def candidate_cells(
+    arch: str, res: int, batch: int, classes: int = 10, precisions: tuple[str, ...] = PRECISIONS
+) -> list[Cell]:
     """Every configuration ``plan`` tries for one cell (see the module docstring); only those
     the runners accept (``expand_grid``'s checks)."""
     micro = [m for m in MICRO_BATCHES if m < batch and batch % m == 0]
     cell = dict(arch=arch, res=res, batch=batch, classes=classes, warmup=1, steps=1)
-    grids = [dict(method=BP_METHODS, update=WHOLE_BATCH_UPDATES),
-             dict(method=BP_ACCUMULATING, micro_batch=micro, update=ACCUMULATING_UPDATES),
-             dict(method=("ff-pipelined",), micro_batch=[None, *micro],
-                  update=WHOLE_BATCH_UPDATES)]
+    grids = [
+        dict(method=BP_METHODS, update=WHOLE_BATCH_UPDATES),
+        dict(method=BP_ACCUMULATING, micro_batch=micro, update=ACCUMULATING_UPDATES),
+        dict(method=("ff-pipelined",), micro_batch=[None, *micro], update=WHOLE_BATCH_UPDATES),
+    ]
     cells: dict[Cell, None] = {}
     for grid in grids:
         if "micro_batch" in grid and not grid["micro_batch"]:
             continue
-        for method, precision, update in itertools.product(grid["method"], precisions,
-                                                           grid["update"]):
+        for method, precision, update in itertools.product(
+            grid["method"], precisions, grid["update"]
+        ):
             for micro_batch in grid.get("micro_batch", [None]):
                 try:
-                    found = expand_grid(method=method, precision=precision,
-                                        micro_batch=micro_batch, **update, **cell)
+                    found = expand_grid(
+                        method=method,
+                        precision=precision,
+                        micro_batch=micro_batch,
+                        **update,
+                        **cell,
+                    )
                 except ConfigError:  # a combination the runner refuses
                     continue
                 cells.update(dict.fromkeys(found))
@@ -95,8 +103,7 @@ def transfer_bytes(result: CellResult) -> int:
 def throughput_bound(result: CellResult, peak_tflops: float, link_gbps: float) -> ThroughputBound:
     """The bound of one estimated configuration at a GPU's peak and a link's bandwidth."""
     compute_s = result.flops_per_step / (peak_tflops * 1e12)
-    return ThroughputBound(compute_s, transfer_bytes(result) / (link_gbps * 1e9),
-                           result.cell.batch)
+    return ThroughputBound(compute_s, transfer_bytes(result) / (link_gbps * 1e9), result.cell.batch)
 
 
 @dataclass
@@ -130,17 +137,27 @@ class Plan:
     @property
     def ranked(self) -> list[PlanRow]:
         fitting = [row for row in self.rows if row.fits(self.budget_bytes) and row.bound]
-        return sorted(fitting, key=lambda row: (-row.bound.imgs_per_s,
-                                                row.result.peak_allocated_bytes))
+        return sorted(
+            fitting, key=lambda row: (-row.bound.imgs_per_s, row.result.peak_allocated_bytes)
+        )
 
     @property
     def failed(self) -> list[PlanRow]:
         return [row for row in self.rows if row.result.peak_allocated_bytes is None]
 
 
-def plan(arch: str, res: int, batch: int, budget_bytes: int, gpu: str, *, classes: int = 10,
-         link_gbps: float = DEFAULT_LINK_GBPS, precisions: tuple[str, ...] = PRECISIONS,
-         progress: Callable[[int, int, CellResult], None] | None = None) -> Plan:
+def plan(
+    arch: str,
+    res: int,
+    batch: int,
+    budget_bytes: int,
+    gpu: str,
+    *,
+    classes: int = 10,
+    link_gbps: float = DEFAULT_LINK_GBPS,
+    precisions: tuple[str, ...] = PRECISIONS,
+    progress: Callable[[int, int, CellResult], None] | None = None,
+) -> Plan:
     """Estimate every candidate configuration (CUDA) and bound the throughput of those that fit
     ``budget_bytes`` on ``gpu`` (a name of the peak table); ConfigError for bad input."""
     if budget_bytes <= 0 or link_gbps <= 0:

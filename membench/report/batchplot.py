@@ -15,31 +15,72 @@ from matplotlib.lines import Line2D
 from ..units import GIB, format_size
 from .layout import Budget, budgets_for, oom_position, series
 from .style import (
-    BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, method_sort_key, new_figure, side_legend,
+    BUDGET_COLOR,
+    BUDGET_RANGE,
+    OOM_COLOR,
+    method_sort_key,
+    new_figure,
+    side_legend,
 )
 
 
 def _draw_measured(ax_mem, ax_thr, ok: pd.DataFrame, colors: dict[str, str]) -> None:
     for method, label, marker, rows in series(ok):
-        ax_mem.plot(rows["batch"], rows["peak_gib"], marker=marker, color=colors[method],
-                    label=label, gid=f"memory:{label}")
+        ax_mem.plot(
+            rows["batch"],
+            rows["peak_gib"],
+            marker=marker,
+            color=colors[method],
+            label=label,
+            gid=f"memory:{label}",
+        )
         timed = rows[rows["imgs_per_s"].notna()]
-        ax_thr.plot(timed["batch"], timed["imgs_per_s"], marker=marker, color=colors[method],
-                    label=label, gid=f"throughput:{label}")
+        ax_thr.plot(
+            timed["batch"],
+            timed["imgs_per_s"],
+            marker=marker,
+            color=colors[method],
+            label=label,
+            gid=f"throughput:{label}",
+        )
 
 
-def _draw_estimated(ax_mem, estimated: pd.DataFrame, colors: dict[str, str],
-                    handles: list) -> None:
+def _draw_estimated(ax_mem, estimated: pd.DataFrame, colors: dict[str, str], handles: list) -> None:
     """Dotted, hollow memory lines; a legend entry for a method that has only estimates."""
     for method, label, marker, rows in series(estimated):
-        ax_mem.plot(rows["batch"], rows["peak_gib"], marker=marker, linestyle=":",
-                    markerfacecolor="none", color=colors[method], gid=f"memory-estimated:{label}")
+        ax_mem.plot(
+            rows["batch"],
+            rows["peak_gib"],
+            marker=marker,
+            linestyle=":",
+            markerfacecolor="none",
+            color=colors[method],
+            gid=f"memory-estimated:{label}",
+        )
         if method not in {h.get_label() for h in handles}:
-            handles.append(Line2D([], [], marker=marker, linestyle=":", markerfacecolor="none",
-                                  color=colors[method], label=f"{label} (estimated only)"))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    marker=marker,
+                    linestyle=":",
+                    markerfacecolor="none",
+                    color=colors[method],
+                    label=f"{label} (estimated only)",
+                )
+            )
     if len(estimated):
-        handles.append(Line2D([], [], marker="o", linestyle=":", markerfacecolor="none",
-                              color="0.3", label="estimated peak (dotted, hollow)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle=":",
+                markerfacecolor="none",
+                color="0.3",
+                label="estimated peak (dotted, hollow)",
+            )
+        )
 
 
 def _draw_budgets(ax_mem, budgets: list[Budget], data_max: float) -> float:
@@ -47,12 +88,23 @@ def _draw_budgets(ax_mem, budgets: list[Budget], data_max: float) -> float:
     top = data_max
     for budget in budgets:
         if budget.bytes / GIB <= BUDGET_RANGE * data_max:
-            ax_mem.axhline(budget.bytes / GIB, color=BUDGET_COLOR, linestyle="--", linewidth=1,
-                           gid=f"budget:{int(budget.bytes)}")
-            ax_mem.annotate(f"{format_size(budget.bytes)} ({budget.source})", (0, budget.bytes / GIB),
-                            xycoords=ax_mem.get_yaxis_transform(), xytext=(3, -3),
-                            textcoords="offset points", va="top", fontsize=7.5,
-                            color=BUDGET_COLOR)
+            ax_mem.axhline(
+                budget.bytes / GIB,
+                color=BUDGET_COLOR,
+                linestyle="--",
+                linewidth=1,
+                gid=f"budget:{int(budget.bytes)}",
+            )
+            ax_mem.annotate(
+                f"{format_size(budget.bytes)} ({budget.source})",
+                (0, budget.bytes / GIB),
+                xycoords=ax_mem.get_yaxis_transform(),
+                xytext=(3, -3),
+                textcoords="offset points",
+                va="top",
+                fontsize=7.5,
+                color=BUDGET_COLOR,
+            )
             top = max(top, budget.bytes / GIB)
     return top
 
@@ -63,16 +115,47 @@ def _draw_ooms(ax_mem, ax_thr, oom: pd.DataFrame, budgets: list[Budget], top: fl
         failed = oom[oom["method"] == method]
         at = [oom_position(row, budgets) for _, row in failed.iterrows()]
         ys = [min(v / GIB, top * 1.05) if v is not None else top * 1.05 for v in at]
-        ax_mem.plot(failed["batch"], ys, linestyle="none", marker="X", markersize=9,
-                    color=OOM_COLOR, gid=f"oom-memory:{method}", clip_on=False, zorder=4)
-        ax_thr.plot(failed["batch"], [0] * len(failed), linestyle="none", marker="X",
-                    markersize=9, color=OOM_COLOR, gid=f"oom-throughput:{method}",
-                    clip_on=False, zorder=4)
+        ax_mem.plot(
+            failed["batch"],
+            ys,
+            linestyle="none",
+            marker="X",
+            markersize=9,
+            color=OOM_COLOR,
+            gid=f"oom-memory:{method}",
+            clip_on=False,
+            zorder=4,
+        )
+        ax_thr.plot(
+            failed["batch"],
+            [0] * len(failed),
+            linestyle="none",
+            marker="X",
+            markersize=9,
+            color=OOM_COLOR,
+            gid=f"oom-throughput:{method}",
+            clip_on=False,
+            zorder=4,
+        )
         for batch, y in zip(failed["batch"], ys):
-            ax_mem.annotate(f"{method} OOM", (batch, y), xytext=(-6, 4), textcoords="offset points",
-                            ha="right", fontsize=7, color=OOM_COLOR)
-            ax_thr.annotate(f"{method} OOM", (batch, 0), xytext=(-6, 4), textcoords="offset points",
-                            ha="right", fontsize=7, color=OOM_COLOR)
+            ax_mem.annotate(
+                f"{method} OOM",
+                (batch, y),
+                xytext=(-6, 4),
+                textcoords="offset points",
+                ha="right",
+                fontsize=7,
+                color=OOM_COLOR,
+            )
+            ax_thr.annotate(
+                f"{method} OOM",
+                (batch, 0),
+                xytext=(-6, 4),
+                textcoords="offset points",
+                ha="right",
+                fontsize=7,
+                color=OOM_COLOR,
+            )
 
 
 def _draw_bounds(ax_thr, estimated: pd.DataFrame, colors: dict[str, str], handles: list) -> bool:
@@ -81,10 +164,26 @@ def _draw_bounds(ax_thr, estimated: pd.DataFrame, colors: dict[str, str], handle
     if "bound_imgs_per_s" not in estimated or not estimated["bound_imgs_per_s"].notna().any():
         return False
     for method, label, marker, rows in series(estimated[estimated["bound_imgs_per_s"].notna()]):
-        ax_thr.plot(rows["batch"], rows["bound_imgs_per_s"], marker=marker, linestyle="--",
-                    markerfacecolor="none", color=colors[method], gid=f"bound:{label}")
-    handles.append(Line2D([], [], marker="o", linestyle="--", markerfacecolor="none", color="0.3",
-                          label="upper bound on imgs/s\n(peak \u00d7 batch \u00f7 FLOPs)"))
+        ax_thr.plot(
+            rows["batch"],
+            rows["bound_imgs_per_s"],
+            marker=marker,
+            linestyle="--",
+            markerfacecolor="none",
+            color=colors[method],
+            gid=f"bound:{label}",
+        )
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="--",
+            markerfacecolor="none",
+            color="0.3",
+            label="upper bound on imgs/s\n(peak \u00d7 batch \u00f7 FLOPs)",
+        )
+    )
     return True
 
 
@@ -103,13 +202,25 @@ def _style_axes(ax_mem, ax_thr, batches: list[int], top: float, timed: bool) -> 
     ax_mem.set_title("peak memory", fontsize=10)
     ax_thr.set_title("throughput", fontsize=10)
     if not timed:  # say why the axis is empty rather than leave it blank
-        ax_thr.text(0.5, 0.5, "no measured throughput:\nestimates and failed cells are not timed",
-                    transform=ax_thr.transAxes, ha="center", va="center", color="0.35")
+        ax_thr.text(
+            0.5,
+            0.5,
+            "no measured throughput:\nestimates and failed cells are not timed",
+            transform=ax_thr.transAxes,
+            ha="center",
+            va="center",
+            color="0.35",
+        )
         ax_thr.set_yticks([])
 
 
-def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
-                 budgets_bytes: Sequence[int] = (), title: str = "") -> Figure | None:
+def batch_figure(
+    panel: pd.DataFrame,
+    *,
+    colors: dict[str, str],
+    budgets_bytes: Sequence[int] = (),
+    title: str = "",
+) -> Figure | None:
     """Peak memory (left) and throughput (right) against batch size, one series per method.
 
     gids: ``memory:<series>``, ``memory-estimated:<series>``, ``throughput:<series>``,
@@ -123,8 +234,9 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     if ok.empty and estimated.empty:
         return None
     budgets = budgets_for(panel, budgets_bytes)
-    data_max = max(ok["peak_gib"].max() if len(ok) else 0,
-                   estimated["peak_gib"].max() if len(estimated) else 0)
+    data_max = max(
+        ok["peak_gib"].max() if len(ok) else 0, estimated["peak_gib"].max() if len(estimated) else 0
+    )
     figure = new_figure(11, 4.6)
     ax_mem, ax_thr = figure.subplots(1, 2)
     _draw_measured(ax_mem, ax_thr, ok, colors)
@@ -138,8 +250,16 @@ def batch_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     if bounded:
         ax_thr.set_title("throughput bound (no measurement)", fontsize=10)
     if len(oom):
-        handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
-                              label="OOM (memory: at its budget;\nthroughput: none)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="X",
+                color=OOM_COLOR,
+                label="OOM (memory: at its budget;\nthroughput: none)",
+            )
+        )
     side_legend(ax_thr, handles)
     figure.suptitle(title, fontsize=11)
     return figure

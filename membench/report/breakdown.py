@@ -32,8 +32,16 @@ def _stack(ax, rows: pd.DataFrame, positions: list[float]) -> list[Patch]:
     for column, name, color in BREAKDOWN:
         handles.append(Patch(facecolor=color, label=name))
         values = (rows[column] / GIB).tolist()
-        bars = ax.bar(positions, values, bottom=bottom, color=color, label=name,
-                      edgecolor="white", linewidth=0.5, gid=f"breakdown:{name}")
+        bars = ax.bar(
+            positions,
+            values,
+            bottom=bottom,
+            color=color,
+            label=name,
+            edgecolor="white",
+            linewidth=0.5,
+            gid=f"breakdown:{name}",
+        )
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
         bottom = [b + v for b, v in zip(bottom, values)]
@@ -49,17 +57,26 @@ def breakdown_figure(panel: pd.DataFrame, *, title: str = "") -> Figure | None:
         return None
     crowded = len(rows) > CROWDED_BARS
     separator = " " if crowded else "\n"
-    names = [separator.join([tooled_method(r), batch_label(r)] + (["(est.)"] if r["is_estimate"]
-                                                                 else []))
-             for _, r in rows.iterrows()]
+    names = [
+        separator.join(
+            [tooled_method(r), batch_label(r)] + (["(est.)"] if r["is_estimate"] else [])
+        )
+        for _, r in rows.iterrows()
+    ]
     figure = new_figure(min(14.0, max(6.5, (0.38 if crowded else 0.55) * len(rows) + 3)), 4.8)
     ax = figure.add_subplot()
     # a gap between batch sizes groups the bars of one batch together
     new_batch = (rows["batch"] != rows["batch"].shift()).cumsum() - 1
     positions = [i + 0.6 * g for i, g in enumerate(new_batch)]
     handles = _stack(ax, rows, positions)
-    ax.set_xticks(positions, labels=names, fontsize=7.5, rotation=55 if crowded else 0,
-                  ha="right" if crowded else "center", rotation_mode="anchor" if crowded else "default")
+    ax.set_xticks(
+        positions,
+        labels=names,
+        fontsize=7.5,
+        rotation=55 if crowded else 0,
+        ha="right" if crowded else "center",
+        rotation_mode="anchor" if crowded else "default",
+    )
     ax.set_xlim(-0.6, positions[-1] + 0.6)
     ax.set_ylabel("memory at the peak (GiB)")
     ax.set_title(title, fontsize=11)

@@ -36,8 +36,11 @@ CROSSOVER = "depth crossover"  # the report section (and figure "device") of the
 def depth_families(cells: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """Groups of rows of one parametric family at three or more depths (with a peak)."""
     parsed = cells["arch"].str.extract(PARAMETRIC)
-    rows = cells.assign(depth=pd.to_numeric(parsed["depth"]), width=parsed["width"],
-                        pools=parsed["pools"].fillna(""))
+    rows = cells.assign(
+        depth=pd.to_numeric(parsed["depth"]),
+        width=parsed["width"],
+        pools=parsed["pools"].fillna(""),
+    )
     rows = rows[rows["depth"].notna() & rows["kind"].isin(["ok", "estimated"])]
     rows = rows[rows["method"].map(method_family).isin(["bp", "ff"])]
     rows = rows.assign(off_device=rows["method"].isin(OFF_DEVICE_METHODS))
@@ -58,8 +61,9 @@ def best_by_depth(group: pd.DataFrame) -> pd.DataFrame:
     per_split = group.drop_duplicates(["family", "split", "depth"])
     overall = group.drop_duplicates(["family", "depth"]).assign(split=ANY)
     columns = ["family", "split", "depth", "cell_id", "peak_allocated_bytes", "flops_per_step"]
-    both = pd.concat([per_split[columns].assign(split=per_split["split"].astype(str)),
-                      overall[columns]])
+    both = pd.concat(
+        [per_split[columns].assign(split=per_split["split"].astype(str)), overall[columns]]
+    )
     both = both.sort_values(["family", "split", "depth"]).reset_index(drop=True)
     both.attrs["batch"] = int(group["batch"].iloc[0])
     return both
@@ -68,8 +72,12 @@ def best_by_depth(group: pd.DataFrame) -> pd.DataFrame:
 def crossover_depth(best: pd.DataFrame, split: str) -> float | None:
     """The depth at which FF's curve crosses below BP's, log-interpolated between the two
     depths that bracket it; None when FF is never below, 0 when it is below from the start."""
-    curves = {family: best[(best["family"] == family) & (best["split"] == split)]
-              .set_index("depth")["peak_allocated_bytes"].astype(float) for family in ("bp", "ff")}
+    curves = {
+        family: best[(best["family"] == family) & (best["split"] == split)]
+        .set_index("depth")["peak_allocated_bytes"]
+        .astype(float)
+        for family in ("bp", "ff")
+    }
     depths = sorted(set(curves["bp"].index) & set(curves["ff"].index))
     gap = [math.log(curves["ff"][d]) - math.log(curves["bp"][d]) for d in depths]
     for i, (depth, value) in enumerate(zip(depths, gap)):
@@ -105,21 +113,35 @@ def crossover_figure(best: pd.DataFrame, title: str, predicted: dict[str, list])
         for family, style in (("bp", "-"), ("ff", "--")):
             curve = best[(best["family"] == family) & (best["split"] == split)]
             label = f"{family} best" if split == ANY else f"{family}, {_split_label(split, best)}"
-            (line,) = ax.plot(curve["depth"], curve["peak_allocated_bytes"] / GIB, style,
-                              marker="o", color=colors[split], label=label,
-                              linewidth=2.4 if split == ANY else 1.3, gid=f"{family}:{split}")
+            (line,) = ax.plot(
+                curve["depth"],
+                curve["peak_allocated_bytes"] / GIB,
+                style,
+                marker="o",
+                color=colors[split],
+                label=label,
+                linewidth=2.4 if split == ANY else 1.3,
+                gid=f"{family}:{split}",
+            )
             handles.append(line)
         depth = crossover_depth(best, split)
         if depth:
             ax.axvline(depth, color=colors[split], alpha=0.35, linewidth=1)
-        for family, style in (("bp", "-"), ("ff", "--")):
+        for family in ("bp", "ff"):
             points = predicted.get(f"{family}:{split}")
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, np.array(ys) / GIB, ":", color=colors[split], alpha=0.7,
-                        gid=f"model-{family}:{split}")
-    ax.set(xscale="log", yscale="log", xlabel="depth D (conv layers)", ylabel="peak (GiB)",
-           title=title)
+                ax.plot(
+                    xs,
+                    np.array(ys) / GIB,
+                    ":",
+                    color=colors[split],
+                    alpha=0.7,
+                    gid=f"model-{family}:{split}",
+                )
+    ax.set(
+        xscale="log", yscale="log", xlabel="depth D (conv layers)", ylabel="peak (GiB)", title=title
+    )
     # The grid's own depths and plain numbers: "2×10⁰" says less than "2".
     depths = sorted(int(d) for d in best["depth"].unique())
     ax.set_xticks(depths, [str(d) for d in depths])
@@ -139,15 +161,16 @@ def _minor_label(value: float, _position) -> str:
 
 
 # The configurations the analytic model describes (depth_model), by their settings.
-MODELLED = {"bp": dict(method="bp-ckpt", precision="fp32", optimizer_state="host", grads="kept"),
-            "ff": dict(method="ff-pipelined", precision="bf16", optimizer_state="host",
-                       grads="released")}
+MODELLED = {
+    "bp": dict(method="bp-ckpt", precision="fp32", optimizer_state="host", grads="kept"),
+    "ff": dict(method="ff-pipelined", precision="bf16", optimizer_state="host", grads="released"),
+}
 
 
 def modelled_rows(group: pd.DataFrame) -> pd.DataFrame:
     """The rows of the two configurations the model describes, as a best-by-depth frame."""
     picked = []
-    for family, settings in MODELLED.items():
+    for settings in MODELLED.values():
         mask = pd.Series(True, index=group.index)
         for column, value in settings.items():
             mask &= group[column] == value
@@ -167,8 +190,9 @@ def predictions(group: pd.DataFrame, splits: list[str]) -> dict[str, list]:
     for split in (s for s in splits if s != ANY):
         for depth in sorted(group["depth"].unique()):
             arch = f"vgg-d{int(depth)}-w{first['width']}{first['pools']}"
-            peaks = predicted_peaks(arch, int(first["res"]), int(first["batch"]), int(split),
-                                    int(first["classes"]))
+            peaks = predicted_peaks(
+                arch, int(first["res"]), int(first["batch"]), int(split), int(first["classes"])
+            )
             for family, peak in peaks.items():
                 points.setdefault(f"{family}:{split}", []).append((depth, peak))
     return points
@@ -207,44 +231,101 @@ def crossover_table(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     family_arch = f"vgg-d1-w{first['width']}{first['pools']}"
     predicted = predictions(group, _splits(best))
     # The deepest depth both families reached: a family's row alone compares with nothing.
-    both = set(best.loc[best["family"] == "bp", "depth"]) & set(best.loc[best["family"] == "ff", "depth"])
+    both = set(best.loc[best["family"] == "bp", "depth"]) & set(
+        best.loc[best["family"] == "ff", "depth"]
+    )
     top = int(max(both)) if both else int(group["depth"].max())
     lines = []
     for split in _splits(best):
-        model_d = (predicted_crossover(family_arch, int(first["res"]), int(first["batch"]),
-                                       int(split), int(first["classes"])) if split != ANY else None)
-        at_top = {f: best[(best["family"] == f) & (best["split"] == split) & (best["depth"] == top)]
-                  for f in ("bp", "ff")}
-        lines.append(dict(
-            split=split, measured=crossover_depth(best, split),
-            modelled=crossover_depth(modelled, split) if split != ANY else None, model=model_d,
-            has_modelled=set(modelled.loc[modelled["split"] == split, "family"]) == {"bp", "ff"},
-            deepest_bp=_deepest(best, "bp", split, predicted.get(f"bp:{split}")),
-            deepest_ff=_deepest(best, "ff", split, predicted.get(f"ff:{split}")),
-            **{f"{f}_at_top": (at_top[f]["cell_id"].iloc[0] if len(at_top[f]) else "") for f in at_top},
-            **{f"{f}_peak": (at_top[f]["peak_allocated_bytes"].iloc[0] if len(at_top[f]) else math.nan)
-               for f in at_top},
-            **{f"{f}_flops": (at_top[f]["flops_per_step"].iloc[0] if len(at_top[f]) else math.nan)
-               for f in at_top},
-            offload_peak=_off_device_peak(group, split, top)))
+        model_d = (
+            predicted_crossover(
+                family_arch,
+                int(first["res"]),
+                int(first["batch"]),
+                int(split),
+                int(first["classes"]),
+            )
+            if split != ANY
+            else None
+        )
+        at_top = {
+            f: best[(best["family"] == f) & (best["split"] == split) & (best["depth"] == top)]
+            for f in ("bp", "ff")
+        }
+        lines.append(
+            dict(
+                split=split,
+                measured=crossover_depth(best, split),
+                modelled=crossover_depth(modelled, split) if split != ANY else None,
+                model=model_d,
+                has_modelled=set(modelled.loc[modelled["split"] == split, "family"])
+                == {"bp", "ff"},
+                deepest_bp=_deepest(best, "bp", split, predicted.get(f"bp:{split}")),
+                deepest_ff=_deepest(best, "ff", split, predicted.get(f"ff:{split}")),
+                **{
+                    f"{f}_at_top": (at_top[f]["cell_id"].iloc[0] if len(at_top[f]) else "")
+                    for f in at_top
+                },
+                **{
+                    f"{f}_peak": (
+                        at_top[f]["peak_allocated_bytes"].iloc[0] if len(at_top[f]) else math.nan
+                    )
+                    for f in at_top
+                },
+                **{
+                    f"{f}_flops": (
+                        at_top[f]["flops_per_step"].iloc[0] if len(at_top[f]) else math.nan
+                    )
+                    for f in at_top
+                },
+                offload_peak=_off_device_peak(group, split, top),
+            )
+        )
     frame = pd.DataFrame(lines)
-    depth = lambda v: "never in the grid" if v is None or pd.isna(v) else (
-        "below from the start" if v == 0 else f"{v:.0f}")
-    table = Table([
-        Column("micro-batch", lambda r: "any (each family's best)" if r.split == ANY
-               else _split_label(r.split, best)),
-        Column("D*, best configurations", lambda r: depth(r.measured), "r"),
-        Column("D*, modelled configurations", lambda r: "" if r.split == ANY else (
-            depth(r.modelled) if r.has_modelled else "not in the results"), "r"),
-        Column("D*, model", lambda r: "" if r.split == ANY else (
-            "none to 4096" if r.model is None else depth(r.model)), "r"),
-        Column("deepest on 8 GiB: bp / ff", lambda r: f"{r.deepest_bp} / {r.deepest_ff}"),
-        Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".4g"), "r"),
-        Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".4g"), "r"),
-        Column(f"D={top}: TFLOP/step bp / ff",
-               lambda r: f"{fmt(r.bp_flops / 1e12, '.3g')} / {fmt(r.ff_flops / 1e12, '.3g')}"),
-        Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".4g"), "r"),
-    ], list(frame.itertuples(index=False))).markdown()
+
+    def depth(v):
+        if v is None or pd.isna(v):
+            return "never in the grid"
+        return "below from the start" if v == 0 else f"{v:.0f}"
+
+    table = Table(
+        [
+            Column(
+                "micro-batch",
+                lambda r: (
+                    "any (each family's best)" if r.split == ANY else _split_label(r.split, best)
+                ),
+            ),
+            Column("D*, best configurations", lambda r: depth(r.measured), "r"),
+            Column(
+                "D*, modelled configurations",
+                lambda r: (
+                    ""
+                    if r.split == ANY
+                    else (depth(r.modelled) if r.has_modelled else "not in the results")
+                ),
+                "r",
+            ),
+            Column(
+                "D*, model",
+                lambda r: (
+                    ""
+                    if r.split == ANY
+                    else ("none to 4096" if r.model is None else depth(r.model))
+                ),
+                "r",
+            ),
+            Column("deepest on 8 GiB: bp / ff", lambda r: f"{r.deepest_bp} / {r.deepest_ff}"),
+            Column(f"D={top}: bp best (GiB)", lambda r: fmt(r.bp_peak / GIB, ".4g"), "r"),
+            Column(f"D={top}: ff best (GiB)", lambda r: fmt(r.ff_peak / GIB, ".4g"), "r"),
+            Column(
+                f"D={top}: TFLOP/step bp / ff",
+                lambda r: f"{fmt(r.bp_flops / 1e12, '.3g')} / {fmt(r.ff_flops / 1e12, '.3g')}",
+            ),
+            Column(f"D={top}: bp-offload (GiB)", lambda r: fmt(r.offload_peak / GIB, ".4g"), "r"),
+        ],
+        list(frame.itertuples(index=False)),
+    ).markdown()
     return best, table
 
 
@@ -253,8 +334,10 @@ def crossover_sections(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str
     sections = []
     for key, group in depth_families(cells):
         width, pools, res, batch, classes, device, _ = key
-        title = (f"vgg-dD-w{width}{pools} at {res}\u00d7{res}, batch {batch}, K={int(classes)}"
-                 f" \u2014 {device}")
+        title = (
+            f"vgg-dD-w{width}{pools} at {res}\u00d7{res}, batch {batch}, K={int(classes)}"
+            f" \u2014 {device}"
+        )
         best, table = crossover_table(group)
         figure = crossover_figure(best, title, predictions(group, _splits(best)))
         sections.append((title, best, table, figure))
@@ -266,20 +349,24 @@ def crossover_markdown(cells: pd.DataFrame, figures: dict) -> list[str]:
     sections = crossover_sections(cells)
     if not sections:
         return []
-    lines = [f"## {CROSSOVER.capitalize()}", "",
-             "Each family's best configuration (smallest peak) at each depth, per micro-batch "
-             "(BP: accumulation over micro-batches of that size, with or without checkpointing "
-             "or offload; FF: each layer in chunks of it) and over all of them. D* is the "
-             "depth at which FF's best falls below BP's, interpolated in log depth between the "
-             "grid's depths. The model (docs/design.md, \"The depth crossover\") describes "
-             "`bp-ckpt --micro-batch m` in fp32 (optimizer state on the host) and "
-             "`ff-pipelined --micro-batch m` in bf16 (gradients released, optimizer state on "
-             "the host); its D* (searched up to D = 4096) is beside the D* of the same "
-             "configurations in the data. Deepest on 8 GiB: the "
-             "deepest of the grid whose best fits, or past the grid the model's line. BP with "
-             "its activations offloaded to host memory (`bp-offload`) is left out of the curves "
-             "and shown in the last column: its device peak hides what crosses the link every "
-             "step (`membench plan` bounds that), and FF is not given the same tool.", ""]
+    lines = [
+        f"## {CROSSOVER.capitalize()}",
+        "",
+        "Each family's best configuration (smallest peak) at each depth, per micro-batch "
+        "(BP: accumulation over micro-batches of that size, with or without checkpointing "
+        "or offload; FF: each layer in chunks of it) and over all of them. D* is the "
+        "depth at which FF's best falls below BP's, interpolated in log depth between the "
+        'grid\'s depths. The model (docs/design.md, "The depth crossover") describes '
+        "`bp-ckpt --micro-batch m` in fp32 (optimizer state on the host) and "
+        "`ff-pipelined --micro-batch m` in bf16 (gradients released, optimizer state on "
+        "the host); its D* (searched up to D = 4096) is beside the D* of the same "
+        "configurations in the data. Deepest on 8 GiB: the "
+        "deepest of the grid whose best fits, or past the grid the model's line. BP with "
+        "its activations offloaded to host memory (`bp-offload`) is left out of the curves "
+        "and shown in the last column: its device peak hides what crosses the link every "
+        "step (`membench plan` bounds that), and FF is not given the same tool.",
+        "",
+    ]
     for title, _, table, _ in sections:
         lines += [f"### {title}", ""]
         for figure in figures.get((CROSSOVER, title), []):

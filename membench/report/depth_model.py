@@ -65,8 +65,9 @@ def stack_shape(arch: str, res: int, classes: int) -> StackShape:
     return StackShape(inputs, outputs, next_inputs, spec.conv_parameter_count() + head, channels)
 
 
-def bp_checkpointed_accumulation(shape: StackShape, batch: int, micro_batch: int,
-                                 a: int = FP32) -> int:
+def bp_checkpointed_accumulation(
+    shape: StackShape, batch: int, micro_batch: int, a: int = FP32
+) -> int:
     """Predicted peak of ``bp-ckpt --micro-batch m`` (the module docstring)."""
     static = 2 * FP32 * shape.parameters
     # The backward runs last layer first: while layer l is recomputed, the checkpoints of the
@@ -87,8 +88,7 @@ def _bp_layer(a: int, i: int, s: int, nx: int) -> int:
     return a * s + cast + (FP32 + 1) * s + FP32 * nx + FP32 * s
 
 
-def ff_pipelined(shape: StackShape, batch: int, micro_batch: int, classes: int,
-                 a: int = 2) -> int:
+def ff_pipelined(shape: StackShape, batch: int, micro_batch: int, classes: int, a: int = 2) -> int:
     """Predicted peak of ``ff-pipelined --micro-batch m`` with its boundary held once (the
     module docstring)."""
     buffers = sum(4 * c * classes * FP32 for c in shape.channels)
@@ -112,17 +112,21 @@ def _ff_chunk(a: int, cast_input: int, s: int, nx: int) -> int:
     return max(backward, propagate)
 
 
-def predicted_peaks(arch: str, res: int, batch: int, micro_batch: int,
-                    classes: int) -> dict[str, int]:
+def predicted_peaks(
+    arch: str, res: int, batch: int, micro_batch: int, classes: int
+) -> dict[str, int]:
     """Both families' predicted peaks for one cell of the depth study: checkpointed BP in fp32
     (under CUDA's autocast bf16 keeps more, its casts' copies), pipelined FF in bf16."""
     shape = stack_shape(arch, res, classes)
-    return {"bp": bp_checkpointed_accumulation(shape, batch, micro_batch, FP32),
-            "ff": ff_pipelined(shape, batch, micro_batch, classes, 2)}
+    return {
+        "bp": bp_checkpointed_accumulation(shape, batch, micro_batch, FP32),
+        "ff": ff_pipelined(shape, batch, micro_batch, classes, 2),
+    }
 
 
-def predicted_crossover(family_arch: str, res: int, batch: int, micro_batch: int, classes: int,
-                        max_depth: int = 4096) -> int | None:
+def predicted_crossover(
+    family_arch: str, res: int, batch: int, micro_batch: int, classes: int, max_depth: int = 4096
+) -> int | None:
     """The smallest depth D at which FF's predicted peak is below BP's, for the parametric
     family of ``family_arch`` (its width and pools); None when none up to ``max_depth``."""
     from ..archs import PARAMETRIC_PATTERN
@@ -133,8 +137,9 @@ def predicted_crossover(family_arch: str, res: int, batch: int, micro_batch: int
     pools = f"-p{match['pools']}" if match["pools"] is not None else ""
 
     def ff_below(depth: int) -> bool:
-        peaks = predicted_peaks(f"vgg-d{depth}-w{match['width']}{pools}", res, batch,
-                                micro_batch, classes)
+        peaks = predicted_peaks(
+            f"vgg-d{depth}-w{match['width']}{pools}", res, batch, micro_batch, classes
+        )
         return peaks["ff"] < peaks["bp"]
 
     # Every depth up to 64, then doubling, and the first bracket that flips bisected: each

@@ -21,8 +21,10 @@ BAR_INCHES = 0.24  # height per configuration
 
 def _rows(panel: pd.DataFrame) -> pd.DataFrame:
     rows = panel[(panel["kind"] == "estimated") & panel["peak_gib"].notna()]
-    rows = rows.assign(_label=[configuration_label(r) for _, r in rows.iterrows()],
-                       _m=rows["method"].map(method_sort_key))
+    rows = rows.assign(
+        _label=[configuration_label(r) for _, r in rows.iterrows()],
+        _m=rows["method"].map(method_sort_key),
+    )
     return rows.sort_values(["peak_gib", "_m", "_label"])
 
 
@@ -31,30 +33,61 @@ def _budget_lines(ax, budgets, data_max: float) -> None:
         at = budget.bytes / GIB
         if at > BUDGET_RANGE * data_max:
             continue
-        ax.axvline(at, color=BUDGET_COLOR, linestyle="--", linewidth=1, gid=f"budget:{int(budget.bytes)}")
-        ax.annotate(f"{format_size(budget.bytes)} ({budget.source})", (at, 1.0),
-                    xycoords=ax.get_xaxis_transform(), xytext=(3, -3), textcoords="offset points",
-                    va="top", fontsize=7.5, color=BUDGET_COLOR)
+        ax.axvline(
+            at, color=BUDGET_COLOR, linestyle="--", linewidth=1, gid=f"budget:{int(budget.bytes)}"
+        )
+        ax.annotate(
+            f"{format_size(budget.bytes)} ({budget.source})",
+            (at, 1.0),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=7.5,
+            color=BUDGET_COLOR,
+        )
 
 
-def _bars(ax, rows: pd.DataFrame, values: pd.Series, colors: dict[str, str], gid: str,
-          fmt: str, hollow: bool = False) -> None:
+def _bars(
+    ax,
+    rows: pd.DataFrame,
+    values: pd.Series,
+    colors: dict[str, str],
+    gid: str,
+    fmt: str,
+    hollow: bool = False,
+) -> None:
     """One horizontal bar per row, its value written at its end."""
     for y, (value, (_, row)) in enumerate(zip(values, rows.iterrows())):
         if pd.isna(value):
             continue
         color = colors[row["method"]]
         over = bool(row["over_budget"]) and not hollow  # white crosses show on a full bar
-        bar = ax.barh(y, value, color="white" if hollow else color,
-                      edgecolor="white" if over else color,
-                      hatch=OVER_HATCH if over else ("//" if hollow else None),
-                      gid=f"{gid}:{row['_label']}")[0]
-        ax.annotate(fmt.format(value), (bar.get_width(), y), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7)
+        bar = ax.barh(
+            y,
+            value,
+            color="white" if hollow else color,
+            edgecolor="white" if over else color,
+            hatch=OVER_HATCH if over else ("//" if hollow else None),
+            gid=f"{gid}:{row['_label']}",
+        )[0]
+        ax.annotate(
+            fmt.format(value),
+            (bar.get_width(), y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
 
 
-def estimates_figure(panel: pd.DataFrame, *, colors: dict[str, str],
-                     budgets_bytes: Sequence[int] = (), title: str = "") -> Figure | None:
+def estimates_figure(
+    panel: pd.DataFrame,
+    *,
+    colors: dict[str, str],
+    budgets_bytes: Sequence[int] = (),
+    title: str = "",
+) -> Figure | None:
     """Every estimated configuration's peak as a sorted horizontal bar (smallest at the top),
     hatched where it is over its budget, with the budgets drawn; beside it the imgs/s bound
     (``bound_imgs_per_s``) where the report names a GPU. gids ``estimate:<label>``,
@@ -65,7 +98,11 @@ def estimates_figure(panel: pd.DataFrame, *, colors: dict[str, str],
         return None
     bounded = "bound_imgs_per_s" in rows and rows["bound_imgs_per_s"].notna().any()
     figure = new_figure(11 if bounded else 8, max(3.0, BAR_INCHES * len(rows) + 1.4))
-    axes = figure.subplots(1, 2, sharey=True, width_ratios=[3, 2]) if bounded else [figure.add_subplot()]
+    axes = (
+        figure.subplots(1, 2, sharey=True, width_ratios=[3, 2])
+        if bounded
+        else [figure.add_subplot()]
+    )
     ax_mem = axes[0]
     _bars(ax_mem, rows, rows["peak_gib"], colors, "estimate", "{:.2f}")
     data_max = float(rows["peak_gib"].max())
@@ -86,8 +123,9 @@ def estimates_figure(panel: pd.DataFrame, *, colors: dict[str, str],
     methods = sorted(rows["method"].unique(), key=method_sort_key)
     handles = [Patch(facecolor=colors[m], edgecolor=colors[m], label=m) for m in methods]
     if rows["over_budget"].any():
-        handles.append(Patch(facecolor="0.45", edgecolor="white", hatch=OVER_HATCH,
-                             label="over its budget"))
+        handles.append(
+            Patch(facecolor="0.45", edgecolor="white", hatch=OVER_HATCH, label="over its budget")
+        )
     side_legend(axes[-1], handles)
     figure.suptitle(title, fontsize=11)
     figure.bar_labels = list(rows["_label"])

@@ -43,25 +43,41 @@ def figure_stem(slug: str, key: PanelKey) -> str:
 
 def _estimates_only(panel: pd.DataFrame) -> bool:
     """Whether a panel's plotted rows are all estimates (no measured cell, no measured OOM)."""
-    return bool((panel["kind"] == "estimated").any() and not panel["kind"].isin(["ok", "oom"]).any())
+    return bool(
+        (panel["kind"] == "estimated").any() and not panel["kind"].isin(["ok", "oom"]).any()
+    )
 
 
-def panel_figures(panel: pd.DataFrame, key: PanelKey, label: str, slug: str,
-                  colors: dict[str, str], budgets_bytes: Sequence[int]) -> list[ReportFigure]:
+def panel_figures(
+    panel: pd.DataFrame,
+    key: PanelKey,
+    label: str,
+    slug: str,
+    colors: dict[str, str],
+    budgets_bytes: Sequence[int],
+) -> list[ReportFigure]:
     """The frontier, batch and breakdown figures of one panel, leaving out those with nothing
     to plot."""
     title = f"{panel_title(*key)} \u2014 {label}"
     # Estimates only: nothing was timed, so the memory of every configuration as bars instead
     # of a batch figure with an empty throughput plot.
-    by_batch = ("estimates", estimates_figure) if _estimates_only(panel) else ("batch", batch_figure)
+    by_batch = (
+        ("estimates", estimates_figure) if _estimates_only(panel) else ("batch", batch_figure)
+    )
     drawn = (
-        ("frontier", frontier_figure(panel, colors=colors, budgets_bytes=budgets_bytes, title=title)),
+        (
+            "frontier",
+            frontier_figure(panel, colors=colors, budgets_bytes=budgets_bytes, title=title),
+        ),
         (by_batch[0], by_batch[1](panel, colors=colors, budgets_bytes=budgets_bytes, title=title)),
         ("breakdown", breakdown_figure(panel, title=f"memory at the peak \u2014 {title}")),
     )
     stem = figure_stem(slug, key)
-    return [ReportFigure(kind, label, panel_title(*key), f"{kind}_{stem}.png", figure)
-            for kind, figure in drawn if figure is not None]
+    return [
+        ReportFigure(kind, label, panel_title(*key), f"{kind}_{stem}.png", figure)
+        for kind, figure in drawn
+        if figure is not None
+    ]
 
 
 def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list[ReportFigure]:
@@ -73,6 +89,9 @@ def make_figures(cells: pd.DataFrame, budgets_bytes: Sequence[int] = ()) -> list
         for key, panel in panels(rows):
             out += panel_figures(panel, key, label, slug, colors, budgets_bytes)
     for title, _, _, figure in crossover_sections(cells):
-        out.append(ReportFigure("crossover", CROSSOVER, title,
-                                f"crossover_{units.slug(title)}.png", figure))
+        out.append(
+            ReportFigure(
+                "crossover", CROSSOVER, title, f"crossover_{units.slug(title)}.png", figure
+            )
+        )
     return out

@@ -18,7 +18,12 @@ from ..units import GIB, format_size
 from .labels import LabelledPoint, place_labels
 from .layout import Budget, batch_label, budgets_for, oom_position, pareto_front, series
 from .style import (
-    BUDGET_COLOR, BUDGET_RANGE, OOM_COLOR, PARETO_COLOR, method_sort_key, new_figure,
+    BUDGET_COLOR,
+    BUDGET_RANGE,
+    OOM_COLOR,
+    PARETO_COLOR,
+    method_sort_key,
+    new_figure,
     side_legend,
 )
 
@@ -50,16 +55,20 @@ def _frontier_data(panel: pd.DataFrame, budgets_bytes: Sequence[int]) -> _Fronti
     if ok.empty:
         return None
     budgets = budgets_for(panel, budgets_bytes)
-    data_max = max(ok["peak_gib"].max() if len(ok) else 0, estimated["peak_gib"].max()
-                   if len(estimated) else 0)
+    data_max = max(
+        ok["peak_gib"].max() if len(ok) else 0, estimated["peak_gib"].max() if len(estimated) else 0
+    )
     oom_at = {i: oom_position(row, budgets) for i, row in oom.iterrows()}
     failed_at = {v / GIB for v in oom_at.values() if v is not None}
-    shown = [b for b in budgets if b.bytes / GIB <= BUDGET_RANGE * data_max
-             or b.bytes / GIB in failed_at]
+    shown = [
+        b for b in budgets if b.bytes / GIB <= BUDGET_RANGE * data_max or b.bytes / GIB in failed_at
+    ]
     off_scale = [b for b in budgets if b not in shown]
     x_right = max([data_max] + [b.bytes / GIB for b in shown] + list(failed_at)) * 1.12
-    oom_x = {i: (v / GIB if v is not None and v / GIB <= x_right else x_right * 0.97)
-             for i, v in oom_at.items()}
+    oom_x = {
+        i: (v / GIB if v is not None and v / GIB <= x_right else x_right * 0.97)
+        for i, v in oom_at.items()
+    }
     return _Frontier(ok, estimated, oom, shown, off_scale, x_right, oom_x)
 
 
@@ -78,27 +87,62 @@ def _draw_measured(ax, ok: pd.DataFrame, colors: dict[str, str]) -> list[Labelle
     """The Pareto front and one line per series; returns the batch labels of the points."""
     front = pareto_front(ok) if len(ok) else ok
     if len(front):
-        ax.step(front["peak_gib"], front["imgs_per_s"], where="post", color=PARETO_COLOR,
-                alpha=0.18, linewidth=7, solid_capstyle="round", zorder=1, gid="pareto",
-                label="Pareto front (ok cells)")
+        ax.step(
+            front["peak_gib"],
+            front["imgs_per_s"],
+            where="post",
+            color=PARETO_COLOR,
+            alpha=0.18,
+            linewidth=7,
+            solid_capstyle="round",
+            zorder=1,
+            gid="pareto",
+            label="Pareto front (ok cells)",
+        )
     labels = []
     for method, label, marker, rows in series(ok):
-        ax.plot(rows["peak_gib"], rows["imgs_per_s"], marker=marker, markersize=6, linewidth=1.3,
-                color=colors[method], label=label, gid=f"measured:{label}", zorder=3)
-        labels += [(x, y, batch_label(r), colors[method])
-                   for x, y, (_, r) in zip(rows["peak_gib"], rows["imgs_per_s"], rows.iterrows())]
+        ax.plot(
+            rows["peak_gib"],
+            rows["imgs_per_s"],
+            marker=marker,
+            markersize=6,
+            linewidth=1.3,
+            color=colors[method],
+            label=label,
+            gid=f"measured:{label}",
+            zorder=3,
+        )
+        labels += [
+            (x, y, batch_label(r), colors[method])
+            for x, y, (_, r) in zip(rows["peak_gib"], rows["imgs_per_s"], rows.iterrows())
+        ]
     return labels
 
 
 def _draw_budgets(ax, strip, shown: list[Budget]) -> None:
     for budget in shown:
         for axis in (ax, strip) if strip else (ax,):
-            axis.axvline(budget.bytes / GIB, color=BUDGET_COLOR, linestyle="--", linewidth=1,
-                         zorder=0, gid=f"budget:{int(budget.bytes)}")
+            axis.axvline(
+                budget.bytes / GIB,
+                color=BUDGET_COLOR,
+                linestyle="--",
+                linewidth=1,
+                zorder=0,
+                gid=f"budget:{int(budget.bytes)}",
+            )
         # at the foot of the line: high memory with low throughput is where points are rarest
-        ax.annotate(f"{format_size(budget.bytes)} ({budget.source})", (budget.bytes / GIB, 0.0),
-                    xycoords=ax.get_xaxis_transform(), xytext=(-3, 4), textcoords="offset points",
-                    rotation=90, ha="right", va="bottom", fontsize=7.5, color=BUDGET_COLOR)
+        ax.annotate(
+            f"{format_size(budget.bytes)} ({budget.source})",
+            (budget.bytes / GIB, 0.0),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(-3, 4),
+            textcoords="offset points",
+            rotation=90,
+            ha="right",
+            va="bottom",
+            fontsize=7.5,
+            color=BUDGET_COLOR,
+        )
 
 
 def _style_main(ax, data: _Frontier, title: str) -> None:
@@ -109,25 +153,46 @@ def _style_main(ax, data: _Frontier, title: str) -> None:
     ax.set_title(title, fontsize=11)
 
 
-def _strip_row(strip, row_index: int, method: str, data: _Frontier,
-               colors: dict[str, str]) -> list[LabelledPoint]:
+def _strip_row(
+    strip, row_index: int, method: str, data: _Frontier, colors: dict[str, str]
+) -> list[LabelledPoint]:
     """One method's row of the strip: hollow estimates at their peak, red X at the budget hit."""
     labels = []
     mine = data.estimated[data.estimated["method"] == method].sort_values("batch")
     if len(mine):
-        strip.plot(mine["peak_gib"], [row_index] * len(mine), linestyle="none", marker="o",
-                   markersize=7, markerfacecolor="none", markeredgecolor=colors[method],
-                   markeredgewidth=1.5, gid=f"estimated:{method}")
-        labels += [(x, row_index, batch_label(r) + " > budget", OOM_COLOR)
-                   if r["over_budget"] else (x, row_index, batch_label(r), colors[method])
-                   for x, (_, r) in zip(mine["peak_gib"], mine.iterrows())]
+        strip.plot(
+            mine["peak_gib"],
+            [row_index] * len(mine),
+            linestyle="none",
+            marker="o",
+            markersize=7,
+            markerfacecolor="none",
+            markeredgecolor=colors[method],
+            markeredgewidth=1.5,
+            gid=f"estimated:{method}",
+        )
+        labels += [
+            (x, row_index, batch_label(r) + " > budget", OOM_COLOR)
+            if r["over_budget"]
+            else (x, row_index, batch_label(r), colors[method])
+            for x, (_, r) in zip(mine["peak_gib"], mine.iterrows())
+        ]
     failed = data.oom[data.oom["method"] == method].sort_values("batch")
     if len(failed):
         xs = [data.oom_x[i] for i in failed.index]
-        strip.plot(xs, [row_index] * len(xs), linestyle="none", marker="X", markersize=9,
-                   color=OOM_COLOR, gid=f"oom:{method}")
-        labels += [(x, row_index, batch_label(r) + " OOM", OOM_COLOR)
-                   for x, (_, r) in zip(xs, failed.iterrows())]
+        strip.plot(
+            xs,
+            [row_index] * len(xs),
+            linestyle="none",
+            marker="X",
+            markersize=9,
+            color=OOM_COLOR,
+            gid=f"oom:{method}",
+        )
+        labels += [
+            (x, row_index, batch_label(r) + " OOM", OOM_COLOR)
+            for x, (_, r) in zip(xs, failed.iterrows())
+        ]
     return labels
 
 
@@ -149,21 +214,50 @@ def _draw_strip(ax, strip, data: _Frontier, colors: dict[str, str]) -> list[Labe
 def _legend(ax, data: _Frontier) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if len(data.estimated):
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
-                              markeredgecolor="0.3", label="estimated peak (no timing)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="0.3",
+                label="estimated peak (no timing)",
+            )
+        )
     if len(data.oom):
-        handles.append(Line2D([], [], linestyle="none", marker="X", color=OOM_COLOR,
-                              label="OOM, at the budget it hit"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="X",
+                color=OOM_COLOR,
+                label="OOM, at the budget it hit",
+            )
+        )
     if data.shown:
         handles.append(Line2D([], [], linestyle="--", color=BUDGET_COLOR, label="memory budget"))
     for budget in data.off_scale:
-        handles.append(Line2D([], [], linestyle="none", label=f"budget {format_size(budget.bytes)} "
-                              f"({budget.source}):\nfar right, not drawn"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                label=f"budget {format_size(budget.bytes)} "
+                f"({budget.source}):\nfar right, not drawn",
+            )
+        )
     side_legend(ax, handles)
 
 
-def frontier_figure(panel: pd.DataFrame, *, colors: dict[str, str],
-                    budgets_bytes: Sequence[int] = (), title: str = "") -> Figure | None:
+def frontier_figure(
+    panel: pd.DataFrame,
+    *,
+    colors: dict[str, str],
+    budgets_bytes: Sequence[int] = (),
+    title: str = "",
+) -> Figure | None:
     """The memory-throughput frontier of one device's (arch, res, classes) rows.
 
     Artists carry gids a reader of the figure can find them by: ``measured:<series>`` (x GiB,

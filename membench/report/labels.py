@@ -13,14 +13,22 @@ from matplotlib.figure import Figure
 # A point to label: x, y in data coordinates, the text and its colour.
 LabelledPoint = tuple[float, float, str, str]
 # Offsets (points) and alignment tried around a point, in order of preference.
-CANDIDATES = [(5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
-              (-5, -3, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
-              (9, 12, "left", "bottom"), (-9, -12, "right", "top")]
+CANDIDATES = [
+    (5, 3, "left", "bottom"),
+    (5, -3, "left", "top"),
+    (-5, 3, "right", "bottom"),
+    (-5, -3, "right", "top"),
+    (0, 7, "center", "bottom"),
+    (0, -7, "center", "top"),
+    (9, 12, "left", "bottom"),
+    (-9, -12, "right", "top"),
+]
 Box = tuple[float, float, float, float]  # left, bottom, right, top in display pixels
 
 
-def place_labels(figure: Figure, labelled: list[tuple[object, list[LabelledPoint]]],
-                 fontsize: float = 7.5) -> None:
+def place_labels(
+    figure: Figure, labelled: list[tuple[object, list[LabelledPoint]]], fontsize: float = 7.5
+) -> None:
     """Label the points of each (axes, points). The layout is then frozen: the labels stay out
     of it, and a second layout pass would double the cost."""
     if not any(points for _, points in labelled):
@@ -32,12 +40,18 @@ def place_labels(figure: Figure, labelled: list[tuple[object, list[LabelledPoint
 
 
 def _overlap(box: Box, other: Box) -> float:
-    return (max(0, min(box[2], other[2]) - max(box[0], other[0]))
-            * max(0, min(box[3], other[3]) - max(box[1], other[1])))
+    return max(0, min(box[2], other[2]) - max(box[0], other[0])) * max(
+        0, min(box[3], other[3]) - max(box[1], other[1])
+    )
 
 
-def _best_spot(marker: tuple[float, float], size: tuple[float, float], scale: float,
-               taken: list[Box], frame: Box) -> tuple[tuple[float, float, str, str], Box]:
+def _best_spot(
+    marker: tuple[float, float],
+    size: tuple[float, float],
+    scale: float,
+    taken: list[Box],
+    frame: Box,
+) -> tuple[tuple[float, float, str, str], Box]:
     """The first candidate spot that overlaps nothing, else the one that overlaps least."""
     (mx, my), (width, height) = marker, size
     best, best_overlap = None, math.inf
@@ -65,6 +79,14 @@ def place_axes_labels(figure: Figure, ax, points: list[LabelledPoint], fontsize:
         size = (len(text) * fontsize * 0.6 * scale, fontsize * 1.25 * scale)
         (dx, dy, ha, va), box = _best_spot(marker, size, scale, taken, frame)
         taken.append(box)
-        note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha,
-                           va=va, fontsize=fontsize, color=color)
+        note = ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=fontsize,
+            color=color,
+        )
         note.set_in_layout(False)

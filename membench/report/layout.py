@@ -20,7 +20,11 @@ from .style import VARIANT_MARKERS, method_sort_key
 
 def device_label(device: str, device_name: str) -> str:
     """'cuda:0 (NVIDIA H200)'; the device alone when its name is unknown or says nothing."""
-    return f"{device} ({device_name})" if device_name and device_name != ESTIMATE_DEVICE_NAME else device
+    return (
+        f"{device} ({device_name})"
+        if device_name and device_name != ESTIMATE_DEVICE_NAME
+        else device
+    )
 
 
 def panel_title(arch: str, res: int, classes: float, budget_bytes: float = math.nan) -> str:
@@ -96,18 +100,28 @@ def panels(rows: pd.DataFrame) -> list[tuple[PanelKey, pd.DataFrame]]:
     budget, so a line never joins points of different runs; a lone failed cell under a budget
     stays beside the others, drawn at the budget it hit.
     """
-    keyed = rows.assign(_classes=rows["classes"].fillna(-1), _budget=rows["device_mem_bytes"].fillna(-1))
+    keyed = rows.assign(
+        _classes=rows["classes"].fillna(-1), _budget=rows["device_mem_bytes"].fillna(-1)
+    )
     out = []
     for (arch, res, classes), panel in keyed.groupby(["arch", "res", "_classes"], sort=True):
         classes = math.nan if classes == -1 else classes
-        fitted = panel["kind"].isin(["ok", "estimated"]) & ~panel["over_budget"].fillna(False).astype(bool)
+        fitted = panel["kind"].isin(["ok", "estimated"]) & ~panel["over_budget"].fillna(
+            False
+        ).astype(bool)
         measured_budgets = panel.loc[fitted, "_budget"].unique()
         if len(measured_budgets) <= 1:
-            out.append(((arch, int(res), classes, math.nan), panel.drop(columns=["_classes", "_budget"])))
+            out.append(
+                ((arch, int(res), classes, math.nan), panel.drop(columns=["_classes", "_budget"]))
+            )
             continue
         for budget, part in panel.groupby("_budget", sort=True):
-            out.append(((arch, int(res), classes, math.nan if budget == -1 else budget),
-                        part.drop(columns=["_classes", "_budget"])))
+            out.append(
+                (
+                    (arch, int(res), classes, math.nan if budget == -1 else budget),
+                    part.drop(columns=["_classes", "_budget"]),
+                )
+            )
     return out
 
 
@@ -166,9 +180,16 @@ def series(rows: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
             mine = rows[(rows["method"] == method) & (tooling == tool)]
             name = f"{method} {tool}" if tool else method
             # NaN (no split) counts as a micro-batch of its own beside the splits
-            split = mine.assign(_mb=mine["micro_batch"].fillna(-1)).groupby("batch")["_mb"].nunique().max() > 1
-            groups = (mine.groupby(mine["micro_batch"].fillna(-1), sort=True) if split
-                      else [(-1, mine)])
+            split = (
+                mine.assign(_mb=mine["micro_batch"].fillna(-1))
+                .groupby("batch")["_mb"]
+                .nunique()
+                .max()
+                > 1
+            )
+            groups = (
+                mine.groupby(mine["micro_batch"].fillna(-1), sort=True) if split else [(-1, mine)]
+            )
             for mb, part in groups:
                 label = name if mb == -1 else f"{name} mb{int(mb)}"
                 marker = VARIANT_MARKERS[variant % len(VARIANT_MARKERS)]

@@ -29,8 +29,15 @@ from ..units import GIB
 # A report cannot say anything without these; beyond the identity columns, which the reader
 # itself requires, that is a peak and a throughput.
 REPORT_REQUIRED_COLUMNS = [
-    "cell_id", "method", "arch", "res", "batch", "device", "status",
-    "peak_allocated_bytes", "imgs_per_s",
+    "cell_id",
+    "method",
+    "arch",
+    "res",
+    "batch",
+    "device",
+    "status",
+    "peak_allocated_bytes",
+    "imgs_per_s",
 ]
 # What identifies one run of a cell; of several runs with the same key, the latest is shown.
 RUN_KEY = ["device", "device_name", "cell_id", "budget_key", "is_estimate"]
@@ -76,11 +83,14 @@ def _read_all(inputs: Sequence[Path]) -> tuple[pd.DataFrame, list[tuple[Path, in
     """Every row of every cells.csv at or under ``inputs``, the (file, rows) read and the files."""
     inputs = [Path(p) for p in inputs]
     if not inputs:
-        raise ResultsError("no results given; pass a results folder, e.g. `membench report results/`")
+        raise ResultsError(
+            "no results given; pass a results folder, e.g. `membench report results/`"
+        )
     files = find_cells_files(inputs)
     if not files:
-        raise ResultsError(f"no cells.csv under {', '.join(map(str, inputs))}; "
-                           "run `membench sweep` first")
+        raise ResultsError(
+            f"no cells.csv under {', '.join(map(str, inputs))}; run `membench sweep` first"
+        )
     frames, sources = [], []
     for file in files:
         frame = read_one(file)
@@ -98,8 +108,10 @@ def _usable(cells: pd.DataFrame, files: list[Path]) -> tuple[pd.DataFrame, list[
     notes = []
     unusable = cells["batch"].isna() | cells["res"].isna() | (cells["method"] == "")
     if unusable.any():
-        notes.append(f"{int(unusable.sum())} row(s) without a readable method, batch or "
-                     "resolution were left out.")
+        notes.append(
+            f"{int(unusable.sum())} row(s) without a readable method, batch or "
+            "resolution were left out."
+        )
         cells = cells[~unusable].copy()
     if cells.empty:
         raise ResultsError(f"{', '.join(map(str, files))}: no usable result rows")
@@ -126,15 +138,17 @@ def classify(cells: pd.DataFrame) -> pd.DataFrame:
     cells["kind"] = "failed"
     cells.loc[cells["status"] == OK, "kind"] = "ok"
     cells.loc[cells["status"] == OOM, "kind"] = "oom"
-    predicted = (estimate & cells["status"].isin([ESTIMATED, OOM])
-                 & cells["peak_allocated_bytes"].notna())
+    predicted = (
+        estimate & cells["status"].isin([ESTIMATED, OOM]) & cells["peak_allocated_bytes"].notna()
+    )
     cells.loc[estimate, "kind"] = "failed"
     cells.loc[predicted, "kind"] = "estimated"
     cells["over_budget"] = predicted & (cells["status"] == OOM)
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
     cells["tooling"] = [tooling_label(row) for row in cells.to_dict("records")]
-    cells["started"] = pd.to_datetime(cells["started_at"], utc=True, errors="coerce",
-                                      format="ISO8601")
+    cells["started"] = pd.to_datetime(
+        cells["started_at"], utc=True, errors="coerce", format="ISO8601"
+    )
     return cells
 
 

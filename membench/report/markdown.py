@@ -25,7 +25,9 @@ class Column:
 
     def __post_init__(self) -> None:
         if self.align not in ALIGNMENTS:
-            raise ValueError(f"column {self.header!r}: align must be 'l' or 'r', not {self.align!r}")
+            raise ValueError(
+                f"column {self.header!r}: align must be 'l' or 'r', not {self.align!r}"
+            )
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Table:
         return [[column.value(row) for column in self.columns] for row in self.rows]
 
     def markdown(self) -> str:
-        return markdown_table([c.header for c in self.columns], self.cells(),
-                              [c.align for c in self.columns])
+        return markdown_table(
+            [c.header for c in self.columns], self.cells(), [c.align for c in self.columns]
+        )
 
 
 def optional(present: bool, column: Column) -> list[Column]:
@@ -54,12 +57,15 @@ def _cell(value: object) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
-                   align: Sequence[str] | None = None) -> str:
+def markdown_table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], align: Sequence[str] | None = None
+) -> str:
     """A GitHub Markdown table; ``align`` holds 'l' or 'r' per column. Pipes in cells are
     escaped and line breaks flattened so a cell never breaks the table."""
     align = align or ["l"] * len(headers)
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in headers) + " |",
+        "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |",
+    ]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -32,8 +32,11 @@ def _ranks(rows: pd.DataFrame) -> pd.DataFrame:
 def _per_rank(row, ranks: pd.DataFrame) -> str:
     if ranks.empty:
         return ""
-    mine = ranks[(ranks["cell_id"] == row["cell_id"]) & (ranks["device"] == row["device"])
-                 & (ranks["started_at"] == row["started_at"])].sort_values("rank")
+    mine = ranks[
+        (ranks["cell_id"] == row["cell_id"])
+        & (ranks["device"] == row["device"])
+        & (ranks["started_at"] == row["started_at"])
+    ].sort_values("rank")
     return " / ".join(fmt(v / GIB, ".3f", "-") for v in mine["peak_allocated_bytes"])
 
 
@@ -41,10 +44,17 @@ def rows_table(rows: pd.DataFrame) -> str:
     """One line per multi-device row: its peak and rank, every rank's peak, bytes and idle."""
     ranks = _ranks(rows)
     columns = [
-        Column("cell", lambda r: r["cell_id"]), Column("device", lambda r: r["device"]),
+        Column("cell", lambda r: r["cell_id"]),
+        Column("device", lambda r: r["device"]),
         Column("status", lambda r: r["status"]),
-        Column("peak GiB (rank)", lambda r: fmt(r["peak_gib"], ".3f") + (
-            f" (r{int(r['peak_rank'])})" if pd.notna(r["peak_rank"]) else ""), "r"),
+        Column(
+            "peak GiB (rank)",
+            lambda r: (
+                fmt(r["peak_gib"], ".3f")
+                + (f" (r{int(r['peak_rank'])})" if pd.notna(r["peak_rank"]) else "")
+            ),
+            "r",
+        ),
         Column("per-rank peak GiB", lambda r: _per_rank(r, ranks), "r"),
         Column("sent MiB/step (most)", lambda r: fmt(r["sent_bytes_per_step"] / 2**20, ".2f"), "r"),
         Column("idle (mean)", lambda r: fmt(r["idle_fraction"], ".1%"), "r"),
@@ -68,8 +78,8 @@ def _device_peak_tflops(row) -> float | None:
 def model_lines(rows: pd.DataFrame) -> list[str]:
     """The schedule model beside each pipeline row (GPipe or 1F1B for bp-pp as its schedule,
     the forward-only pipeline for ff-pp), with the measured step where there is one."""
-    from ..planning.layer_costs import layer_costs
     from ..multidevice.schedule_model import pipeline_times
+    from ..planning.layer_costs import layer_costs
 
     pipelines = rows[rows["method"].isin(list(PIPELINES))]
     out = []
@@ -81,22 +91,41 @@ def model_lines(rows: pd.DataFrame) -> list[str]:
             modelled = times[PIPELINES[row["method"]] or row["schedule"]]
             peak = _device_peak_tflops(row)
             ms = "" if peak is None else f"{modelled.step / (peak * 1e9):.3f}"
-            out.append([row["cell_id"], row["device"], modelled.schedule,
-                        f"{modelled.step / 1e9:.1f}", ms, f"{modelled.bubble:.1%}",
-                        fmt(row["step_ms_median"], ".2f")])
+            out.append(
+                [
+                    row["cell_id"],
+                    row["device"],
+                    modelled.schedule,
+                    f"{modelled.step / 1e9:.1f}",
+                    ms,
+                    f"{modelled.bubble:.1%}",
+                    fmt(row["step_ms_median"], ".2f"),
+                ]
+            )
     if not out:
         return []
-    table = Table([Column("cell", lambda r: r[0]), Column("device", lambda r: r[1]),
-                   Column("modelled schedule", lambda r: r[2]),
-                   Column("model GFLOP/step", lambda r: r[3], "r"),
-                   Column("model ms at peak", lambda r: r[4], "r"),
-                   Column("model bubble", lambda r: r[5], "r"),
-                   Column("measured ms", lambda r: r[6], "r")], out)
-    return ["**Schedule model (a model, not a measurement).** Each pipeline's step from one "
-            "device's per-layer FLOPs (forward, backward; FF's local steps), stages of "
-            "contiguous layers balanced by conv cost, every piece at one device's peak, "
-            "communication overlapped: GPipe ΣF+(m−1)·maxF+ΣB+(m−1)·maxB, 1F1B "
-            "Σ(F+B)+(m−1)·max(F+B), FF ΣG+(m−1)·maxG + the classifier.", "", table.markdown(), ""]
+    table = Table(
+        [
+            Column("cell", lambda r: r[0]),
+            Column("device", lambda r: r[1]),
+            Column("modelled schedule", lambda r: r[2]),
+            Column("model GFLOP/step", lambda r: r[3], "r"),
+            Column("model ms at peak", lambda r: r[4], "r"),
+            Column("model bubble", lambda r: r[5], "r"),
+            Column("measured ms", lambda r: r[6], "r"),
+        ],
+        out,
+    )
+    return [
+        "**Schedule model (a model, not a measurement).** Each pipeline's step from one "
+        "device's per-layer FLOPs (forward, backward; FF's local steps), stages of "
+        "contiguous layers balanced by conv cost, every piece at one device's peak, "
+        "communication overlapped: GPipe ΣF+(m−1)·maxF+ΣB+(m−1)·maxB, 1F1B "
+        "Σ(F+B)+(m−1)·max(F+B), FF ΣG+(m−1)·maxG + the classifier.",
+        "",
+        table.markdown(),
+        "",
+    ]
 
 
 def multi_device_markdown(cells: pd.DataFrame) -> list[str]:
@@ -104,11 +133,17 @@ def multi_device_markdown(cells: pd.DataFrame) -> list[str]:
     rows = cells[cells["devices"].fillna(1) > 1]
     if rows.empty:
         return []
-    lines = ["## Cells on several devices", "",
-             "Each row is one cell on N ranks: its peak is the largest rank's (the rank in "
-             "brackets; every rank's in `ranks.csv`), its step the slowest rank's, imgs/s the "
-             "whole cell's; bytes sent per step are the most any rank sent, idle the ranks' mean "
-             "(pipelines only).", "", rows_table(rows), ""]
+    lines = [
+        "## Cells on several devices",
+        "",
+        "Each row is one cell on N ranks: its peak is the largest rank's (the rank in "
+        "brackets; every rank's in `ranks.csv`), its step the slowest rank's, imgs/s the "
+        "whole cell's; bytes sent per step are the most any rank sent, idle the ranks' mean "
+        "(pipelines only).",
+        "",
+        rows_table(rows),
+        "",
+    ]
     return lines + model_lines(rows)
 
 

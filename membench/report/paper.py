@@ -33,7 +33,7 @@ class PaperPoint:
 
 
 PAPER_SOURCE = (
-    "arXiv:2606.06539v1, \"Synthetic Benchmarks Overstate Forward-Forward Scaling\", Sec. 6.2 "
+    'arXiv:2606.06539v1, "Synthetic Benchmarks Overstate Forward-Forward Scaling", Sec. 6.2 '
     "and App. D.7 (RTX 4060 Laptop 8 GB, PyTorch 2.9.1, CUDA 13.0; 5 warmup + 20 timed steps, "
     "peak = torch.cuda.max_memory_allocated); see docs/design.md, Paper reference figures"
 )
@@ -41,10 +41,30 @@ PAPER_SOURCE = (
 PAPER_OPERATING_POINTS: tuple[PaperPoint, ...] = (
     PaperPoint("vgg8", 32, 256, "bp", None, 1.589, 1586, 1.0, 1.0),
     PaperPoint("vgg8", 32, 256, "ff-pipelined", None, 1.535, 1726, 1.535 / 1.589, 1726 / 1586),
-    PaperPoint("vgg8", 32, 256, "ff-naive", None, None, None, 1.05, 0.70,
-               "paper gives only 'about 5% more memory, about 30% less throughput than bp'"),
-    PaperPoint("vgg11", 224, 128, "bp", None, 8.18, 14, 1.0, 1.0,
-               "bp spilled to host memory on the 8 GB card, so its throughput collapsed"),
+    PaperPoint(
+        "vgg8",
+        32,
+        256,
+        "ff-naive",
+        None,
+        None,
+        None,
+        1.05,
+        0.70,
+        "paper gives only 'about 5% more memory, about 30% less throughput than bp'",
+    ),
+    PaperPoint(
+        "vgg11",
+        224,
+        128,
+        "bp",
+        None,
+        8.18,
+        14,
+        1.0,
+        1.0,
+        "bp spilled to host memory on the 8 GB card, so its throughput collapsed",
+    ),
     PaperPoint("vgg11", 224, 128, "bp-accum", 64, 4.18, 157, 4.18 / 8.18, 157 / 14),
     PaperPoint("vgg11", 224, 128, "bp-ckpt", None, 6.35, 92, 6.35 / 8.18, 92 / 14),
     PaperPoint("vgg11", 224, 128, "ff-pipelined", None, 7.90, 138, 7.90 / 8.18, 138 / 14),
@@ -54,8 +74,11 @@ PAPER_OPERATING_POINTS: tuple[PaperPoint, ...] = (
 def ours(here: pd.DataFrame, point: PaperPoint, estimate: bool):
     """Our latest row for a paper point (measured, or estimated), preferring one that has a
     peak (ok, or a predicted peak); None when the results do not reach it."""
-    mine = here[(here["method"] == point.method) & (here["is_estimate"] == estimate)
-                & (here["tooling"] == "")]  # the paper's cells ran fp32, eager, contiguous
+    mine = here[
+        (here["method"] == point.method)
+        & (here["is_estimate"] == estimate)
+        & (here["tooling"] == "")
+    ]  # the paper's cells ran fp32, eager, contiguous
     if point.micro_batch is not None:
         mine = mine[mine["micro_batch"] == point.micro_batch]
     elif point.method != "bp-accum":  # bp-accum's default split is part of its cell
@@ -78,13 +101,18 @@ class PaperLine:
 
     @property
     def label(self) -> str:
-        return self.point.method + (f" mb{self.point.micro_batch}" if self.point.micro_batch else "")
+        return self.point.method + (
+            f" mb{self.point.micro_batch}" if self.point.micro_batch else ""
+        )
 
 
 def paper_line(here: pd.DataFrame, point: PaperPoint, bp_measured, bp_estimated) -> PaperLine:
     measured, estimate = ours(here, point, False), ours(here, point, True)
-    status = measured["status"] if measured is not None else (
-        "estimated" if estimate is not None else "not in these results")
+    status = (
+        measured["status"]
+        if measured is not None
+        else ("estimated" if estimate is not None else "not in these results")
+    )
     ok = measured is not None and measured["kind"] == "ok"
     peak = measured["peak_gib"] if ok else None
     imgs = measured["imgs_per_s"] if ok else None
@@ -121,14 +149,19 @@ def paper_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
     out = []
     for arch, res, batch in sorted({(p.arch, p.res, p.batch) for p in PAPER_OPERATING_POINTS}):
         here = rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)]
-        points = [p for p in PAPER_OPERATING_POINTS if (p.arch, p.res, p.batch) == (arch, res, batch)]
-        if not any(ours(here, p, False) is not None or ours(here, p, True) is not None
-                   for p in points):
+        points = [
+            p for p in PAPER_OPERATING_POINTS if (p.arch, p.res, p.batch) == (arch, res, batch)
+        ]
+        if not any(
+            ours(here, p, False) is not None or ours(here, p, True) is not None for p in points
+        ):
             continue
         bp_point = next(p for p in points if p.method == "bp")
         bp_measured, bp_estimated = ours(here, bp_point, False), ours(here, bp_point, True)
         lines = [paper_line(here, point, bp_measured, bp_estimated) for point in points]
-        out.append((f"{arch}, {res}\u00d7{res}, batch {batch}", Table(PAPER_COLUMNS, lines).markdown()))
+        out.append(
+            (f"{arch}, {res}\u00d7{res}, batch {batch}", Table(PAPER_COLUMNS, lines).markdown())
+        )
     return out
 
 
@@ -139,20 +172,38 @@ def tooling_tables(rows: pd.DataFrame) -> list[tuple[str, str]]:
     its ratio to the paper-setting bp of these rows."""
     out = []
     for arch, res, batch in sorted({(p.arch, p.res, p.batch) for p in PAPER_OPERATING_POINTS}):
-        here = rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)
-                    & rows["kind"].isin(["ok", "estimated"])]
-        points = {p.method: p for p in PAPER_OPERATING_POINTS if (p.arch, p.res, p.batch) == (arch, res, batch)}
-        extra = here[(here["tooling"] != "") | (here["method"].isin(["ff-pipelined"])
-                                                & here["micro_batch"].notna())]
+        here = rows[
+            (rows["arch"] == arch)
+            & (rows["res"] == res)
+            & (rows["batch"] == batch)
+            & rows["kind"].isin(["ok", "estimated"])
+        ]
+        points = {
+            p.method: p
+            for p in PAPER_OPERATING_POINTS
+            if (p.arch, p.res, p.batch) == (arch, res, batch)
+        }
+        extra = here[
+            (here["tooling"] != "")
+            | (here["method"].isin(["ff-pipelined"]) & here["micro_batch"].notna())
+        ]
         if extra.empty or "bp" not in points:
             continue
-        bp = ours(rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
-                  points["bp"], False)
+        bp = ours(
+            rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
+            points["bp"],
+            False,
+        )
         if bp is None:
-            bp = ours(rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
-                      points["bp"], True)
-        lines = sorted(here.itertuples(index=False),
-                       key=lambda r: (method_sort_key(r.method), r.tooling, r.micro_batch or 0))
+            bp = ours(
+                rows[(rows["arch"] == arch) & (rows["res"] == res) & (rows["batch"] == batch)],
+                points["bp"],
+                True,
+            )
+        lines = sorted(
+            here.itertuples(index=False),
+            key=lambda r: (method_sort_key(r.method), r.tooling, r.micro_batch or 0),
+        )
         table = Table(_tooling_columns(points, bp), lines).markdown()
         out.append((f"{arch}, {res}\u00d7{res}, batch {batch}, with standard tooling", table))
     return out
@@ -165,10 +216,22 @@ def _tooling_columns(points: dict[str, PaperPoint], bp) -> list[Column]:
 
     return [
         Column("method", lambda r: r.method),
-        Column("configuration", lambda r: " ".join(
-            part for part in (r.tooling or "fp32", batch_label(r._asdict())) if part)),
-        Column("peak (GiB)", lambda r: fmt(r.peak_gib, ".3f") + (" (est.)" if r.is_estimate else ""), "r"),
-        Column("memory \u00f7 fp32 bp", lambda r: "" if bp is None else ratio(r.peak_gib, bp["peak_gib"]), "r"),
+        Column(
+            "configuration",
+            lambda r: " ".join(
+                part for part in (r.tooling or "fp32", batch_label(r._asdict())) if part
+            ),
+        ),
+        Column(
+            "peak (GiB)",
+            lambda r: fmt(r.peak_gib, ".3f") + (" (est.)" if r.is_estimate else ""),
+            "r",
+        ),
+        Column(
+            "memory \u00f7 fp32 bp",
+            lambda r: "" if bp is None else ratio(r.peak_gib, bp["peak_gib"]),
+            "r",
+        ),
         Column("imgs/s", lambda r: fmt(r.imgs_per_s, ",.1f"), "r"),
         Column("paper peak, fp32 (GB)", paper_peak, "r"),
     ]

@@ -11,23 +11,26 @@ import pandas as pd
 
 from .. import __version__
 from ..schema import ESTIMATED, OK
+from ..timeline.figure import timeline_figures
 from ..units import format_size, slug
+from .crossover import crossover_markdown
 from .figures import ReportFigure, make_figures
 from .layout import device_groups, panel_title, panels
 from .load import LoadedCells, load_cells
-from .crossover import crossover_markdown
 from .multi_device import multi_device_markdown
 from .paper import PAPER_SOURCE, paper_tables, tooling_tables
 from .tables import best_table, failures_table, panel_table
-from ..timeline.figure import timeline_figures
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
-FIGURE_ALT = {"frontier": "memory-throughput frontier",
-              "batch": "memory and throughput against batch", "breakdown": "memory breakdown",
-              "crossover": "peak memory against depth",
-              "timeline": "memory over one step",
-              "estimates": "estimated memory of every configuration"}
+FIGURE_ALT = {
+    "frontier": "memory-throughput frontier",
+    "batch": "memory and throughput against batch",
+    "breakdown": "memory breakdown",
+    "crossover": "peak memory against depth",
+    "timeline": "memory over one step",
+    "estimates": "estimated memory of every configuration",
+}
 READING_NOTE = (
     "Each device has its own section; rows from different devices are never combined. Memory is "
     "the peak allocated by training tensors (`memory from`: `tracker` on the CPU, "
@@ -67,9 +70,16 @@ def display_path(path: Path) -> str:
 def summary_counts(rows: pd.DataFrame) -> str:
     """'4 ok, 1 estimated, 1 OOM': the rows' kinds, those present only."""
     counts = rows["kind"].value_counts()
-    parts = [f"{counts.get(k, 0)} {name}" for k, name in
-             (("ok", "ok"), ("estimated", "estimated"), ("oom", "OOM"), ("failed", "error/timeout"))
-             if counts.get(k, 0)]
+    parts = [
+        f"{counts.get(k, 0)} {name}"
+        for k, name in (
+            ("ok", "ok"),
+            ("estimated", "estimated"),
+            ("oom", "OOM"),
+            ("failed", "error/timeout"),
+        )
+        if counts.get(k, 0)
+    ]
     return ", ".join(parts)
 
 
@@ -81,44 +91,65 @@ def _preamble(loaded: LoadedCells, budgets_bytes: Sequence[int], now: dt.datetim
     """The title, where the rows came from, what was shown and left out, how to read it."""
     cells = loaded.cells
     lines = ["# membench report", ""]
-    lines.append(f"Generated {now:%Y-%m-%d %H:%M %Z} by membench "
-                 f"{__version__} from {len(loaded.sources)} results file(s):")
+    lines.append(
+        f"Generated {now:%Y-%m-%d %H:%M %Z} by membench "
+        f"{__version__} from {len(loaded.sources)} results file(s):"
+    )
     lines += [f"- `{display_path(path)}` ({n} row(s))" for path, n in loaded.sources]
     lines.append("")
     lines.append(f"{len(cells)} cell(s) shown: {summary_counts(cells)}.")
     if loaded.superseded:
-        lines.append(f"Where a cell was run more than once on the same device, only its latest run "
-                     f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out.")
+        lines.append(
+            f"Where a cell was run more than once on the same device, only its latest run "
+            f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out."
+        )
     else:
-        lines.append("No cell was run more than once on the same device; had one been, only its "
-                     "latest run (by `started_at`) would be shown.")
+        lines.append(
+            "No cell was run more than once on the same device; had one been, only its "
+            "latest run (by `started_at`) would be shown."
+        )
     lines += loaded.notes
     if budgets_bytes:
-        lines.append("Budgets asked for with `--budget`: "
-                     + ", ".join(format_size(b) for b in budgets_bytes) + ".")
+        lines.append(
+            "Budgets asked for with `--budget`: "
+            + ", ".join(format_size(b) for b in budgets_bytes)
+            + "."
+        )
     if not _any_plotted(cells):
-        lines += ["", "**No cell succeeded**: every row is an OOM, an error or a timeout, so there "
-                  "is nothing to plot. The failures are listed below."]
+        lines += [
+            "",
+            "**No cell succeeded**: every row is an OOM, an error or a timeout, so there "
+            "is nothing to plot. The failures are listed below.",
+        ]
     return lines + ["", READING_NOTE, ""]
 
 
-def _panel_section(title: str, label: str, panel: pd.DataFrame,
-                   figures: list[ReportFigure]) -> list[str]:
+def _panel_section(
+    title: str, label: str, panel: pd.DataFrame, figures: list[ReportFigure]
+) -> list[str]:
     lines = [f"### {title}", ""]
     if not figures:
         lines += ["No cell of this configuration has a peak to plot.", ""]
     for figure in figures:
-        lines += [f"![{FIGURE_ALT[figure.kind]}, {title}, {label}]({FIGURES_DIR}/{figure.filename})", ""]
+        lines += [
+            f"![{FIGURE_ALT[figure.kind]}, {title}, {label}]({FIGURES_DIR}/{figure.filename})",
+            "",
+        ]
     lines += [panel_table(panel), ""]
     best = best_table(panel)
     if best is not None:
-        lines += ["Best configuration of each method family in this panel (cells that fit):", "",
-                  best, ""]
+        lines += [
+            "Best configuration of each method family in this panel (cells that fit):",
+            "",
+            best,
+            "",
+        ]
     return lines
 
 
-def _device_section(label: str, rows: pd.DataFrame,
-                    by_panel: dict[tuple[str, str], list[ReportFigure]]) -> list[str]:
+def _device_section(
+    label: str, rows: pd.DataFrame, by_panel: dict[tuple[str, str], list[ReportFigure]]
+) -> list[str]:
     """One device: its panels (figures and table), its failed cells, the paper beside it."""
     lines = [f"## {label}", "", f"{len(rows)} cell(s): {summary_counts(rows)}.", ""]
     for key, panel in panels(rows):
@@ -128,16 +159,24 @@ def _device_section(label: str, rows: pd.DataFrame,
         lines += [f"### Cells without a measurement on {label}", "", failures_table(rows), ""]
     tables = paper_tables(rows)
     if tables:
-        lines += [f"### Beside the paper on {label}", "",
-                  f"Source: {PAPER_SOURCE}. The hardware differs, so compare the ratios to "
-                  "bp, not the absolute figures.", ""]
+        lines += [
+            f"### Beside the paper on {label}",
+            "",
+            f"Source: {PAPER_SOURCE}. The hardware differs, so compare the ratios to "
+            "bp, not the absolute figures.",
+            "",
+        ]
         for heading, table in tables + tooling_tables(rows):
             lines += [f"**{heading}**", "", table, ""]
     return lines
 
 
-def render_report(loaded: LoadedCells, figures: list[ReportFigure],
-                  budgets_bytes: Sequence[int] = (), now: dt.datetime | None = None) -> str:
+def render_report(
+    loaded: LoadedCells,
+    figures: list[ReportFigure],
+    budgets_bytes: Sequence[int] = (),
+    now: dt.datetime | None = None,
+) -> str:
     """report.md's text for loaded cells and their figures (saved under figures/). ``now`` is
     the time it says it was generated (default: now, in the local time zone)."""
     now = now if now is not None else dt.datetime.now().astimezone()
@@ -161,8 +200,9 @@ def save_figures(figures: list[ReportFigure], figures_dir: Path) -> None:
         figure.figure.savefig(figures_dir / figure.filename)
 
 
-def add_throughput_bound(loaded: LoadedCells, gpu_name: str,
-                         peaks: dict[str, tuple[float, str]]) -> None:
+def add_throughput_bound(
+    loaded: LoadedCells, gpu_name: str, peaks: dict[str, tuple[float, str]]
+) -> None:
     """Give every estimated row an upper bound on imgs/s on ``gpu_name`` (``bound_imgs_per_s``:
     peak x batch / FLOPs per step, the peak for the row's precision: ``peaks`` maps a cell
     precision to (TFLOP/s, the datasheet precision it is), which the figures and tables show
@@ -170,23 +210,34 @@ def add_throughput_bound(loaded: LoadedCells, gpu_name: str,
     cells = loaded.cells
     estimated = cells["is_estimate"] & cells["flops_per_step"].gt(0)
     peak = cells["precision"].map({p: tflops for p, (tflops, _) in peaks.items()})
-    cells["bound_imgs_per_s"] = (peak * 1e12 * cells["batch"] / cells["flops_per_step"]).where(estimated)
-    used = ", ".join(f"{tflops:g} TFLOP/s for {p} cells ({label})" for p, (tflops, label)
-                     in peaks.items() if p in set(cells.loc[estimated, "precision"]))
+    cells["bound_imgs_per_s"] = (peak * 1e12 * cells["batch"] / cells["flops_per_step"]).where(
+        estimated
+    )
+    used = ", ".join(
+        f"{tflops:g} TFLOP/s for {p} cells ({label})"
+        for p, (tflops, label) in peaks.items()
+        if p in set(cells.loc[estimated, "precision"])
+    )
     loaded.notes.append(
         f"Throughput of estimates is bounded for {gpu_name} at its datasheet peak, {used}: imgs/s "
         "\u2264 peak \u00d7 batch \u00f7 FLOPs per step, drawn hollow and labelled as a bound; "
-        "no real step runs at peak.")
+        "no real step runs at peak."
+    )
 
 
-def build_report(inputs: Sequence[Path], out_dir: Path, budgets_bytes: Sequence[int] = (),
-                 on_warning: Callable[[str], None] | None = None,
-                 now: dt.datetime | None = None,
-                 gpu: tuple[str, dict[str, tuple[float, str]]] | None = None) -> Path:
+def build_report(
+    inputs: Sequence[Path],
+    out_dir: Path,
+    budgets_bytes: Sequence[int] = (),
+    on_warning: Callable[[str], None] | None = None,
+    now: dt.datetime | None = None,
+    gpu: tuple[str, dict[str, tuple[float, str]]] | None = None,
+) -> Path:
     """Write ``report.md`` and ``figures/*.png`` for every cells.csv at or under ``inputs``.
 
     ``budgets_bytes`` adds memory-budget lines to the figures. ``gpu`` (name, {cell precision:
-    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. Figures of an earlier report in
+    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. Figures
+    of an earlier report in
     the same folder are replaced. ``now`` is the generation time written in the report (default
     now). Returns report.md's path. Raises ResultsError when there is nothing to report; a
     report whose every row failed is written and says so (and ``on_warning`` is told).

@@ -24,11 +24,26 @@ BREAKDOWN = [
 
 METHOD_ORDER = list(BUILTIN_METHODS)
 # By name, so a new built-in method never shifts an existing one's colour.
-METHOD_COLORS = {"bp": "#1f77b4", "bp-accum": "#ff7f0e", "bp-ckpt": "#2ca02c", "bp-sac": "#17becf",
-                 "bp-offload": "#bcbd22", "bp-deepsup": "#9467bd", "ff-naive": "#8c564b",
-                 "ff-pipelined": "#e377c2"}
-EXTRA_METHOD_COLORS = ["#7f7f7f", "#393b79", "#637939", "#8c6d31", "#7b4173", "#3182bd",
-                       "#31a354", "#756bb1"]
+METHOD_COLORS = {
+    "bp": "#1f77b4",
+    "bp-accum": "#ff7f0e",
+    "bp-ckpt": "#2ca02c",
+    "bp-sac": "#17becf",
+    "bp-offload": "#bcbd22",
+    "bp-deepsup": "#9467bd",
+    "ff-naive": "#8c564b",
+    "ff-pipelined": "#e377c2",
+}
+EXTRA_METHOD_COLORS = [
+    "#7f7f7f",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#7b4173",
+    "#3182bd",
+    "#31a354",
+    "#756bb1",
+]
 OOM_COLOR = "#d62728"
 PARETO_COLOR = "#000000"
 BUDGET_COLOR = "#555555"
@@ -41,7 +56,9 @@ VARIANT_MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 def method_sort_key(method: str) -> tuple[int, str]:
     """Built-in methods in their usual order, then others alphabetically."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    return (
+        (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    )
 
 
 def method_colors(methods: Iterable[str]) -> dict[str, str]:
@@ -66,8 +83,14 @@ def side_legend(ax, handles: list) -> None:
         figure = ax.get_figure()
         width, height = figure.get_size_inches()
         figure.set_size_inches(width + LEGEND_COLUMN_INCHES * (columns - 1), height)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-              frameon=False, ncols=columns)
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+        ncols=columns,
+    )
 
 
 def new_figure(width: float, height: float) -> Figure:

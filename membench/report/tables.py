@@ -71,8 +71,9 @@ class PanelLine:
     def estimated_peak(self) -> str:
         if self.estimate is None:
             return ""
-        return fmt(self.estimate["peak_gib"], ".3f") + (" (> budget)" if self.estimate["over_budget"]
-                                                         else "")
+        return fmt(self.estimate["peak_gib"], ".3f") + (
+            " (> budget)" if self.estimate["over_budget"] else ""
+        )
 
 
 def _with_ratios(line: PanelLine, bp_measured, bp_estimated) -> PanelLine:
@@ -80,15 +81,20 @@ def _with_ratios(line: PanelLine, bp_measured, bp_estimated) -> PanelLine:
     estimate (marked '(est.)')."""
     measured, estimate = line.measured, line.estimate
     if measured is not None and measured["kind"] == "ok" and bp_measured is not None:
-        line.memory_ratio = ratio(measured["peak_allocated_bytes"],
-                                  bp_measured["peak_allocated_bytes"])
+        line.memory_ratio = ratio(
+            measured["peak_allocated_bytes"], bp_measured["peak_allocated_bytes"]
+        )
         line.throughput_ratio = ratio(measured["imgs_per_s"], bp_measured["imgs_per_s"])
     if not line.memory_ratio and estimate is not None and bp_estimated is not None:
-        line.memory_ratio = ratio(estimate["peak_allocated_bytes"],
-                                  bp_estimated["peak_allocated_bytes"], " (est.)")
+        line.memory_ratio = ratio(
+            estimate["peak_allocated_bytes"], bp_estimated["peak_allocated_bytes"], " (est.)"
+        )
     # FLOPs per step do not depend on the device: any bp row of the batch will do.
-    bp_flops = [row["flops_per_step"] for row in (bp_measured, bp_estimated) if row is not None
-                and not pd.isna(row["flops_per_step"])]
+    bp_flops = [
+        row["flops_per_step"]
+        for row in (bp_measured, bp_estimated)
+        if row is not None and not pd.isna(row["flops_per_step"])
+    ]
     if bp_flops:
         line.flops_ratio = ratio(line.main["flops_per_step"], bp_flops[0])
     return line
@@ -98,43 +104,72 @@ def panel_lines(panel: pd.DataFrame) -> list[PanelLine]:
     """One line per (batch, method, tooling, micro-batch, budget), by batch, method order and
     tooling; ratios are to bp at the same batch and tooling (precision, memory format, compile)."""
     tooling = panel["tooling"] if "tooling" in panel else ""
-    keyed = panel.assign(_mb=panel["micro_batch"].fillna(-1), _bud=panel["device_mem_bytes"].fillna(-1),
-                         _tool=tooling)
+    keyed = panel.assign(
+        _mb=panel["micro_batch"].fillna(-1),
+        _bud=panel["device_mem_bytes"].fillna(-1),
+        _tool=tooling,
+    )
     bp = keyed[keyed["method"] == "bp"]
     pairs = keyed[["batch", "_tool"]].drop_duplicates().itertuples(index=False)
-    reference = {(b, t): (latest(bp[(bp["kind"] == "ok") & (bp["batch"] == b) & (bp["_tool"] == t)]),
-                          latest(bp[bp["is_estimate"] & (bp["batch"] == b) & (bp["_tool"] == t)]))
-                 for b, t in pairs}
+    reference = {
+        (b, t): (
+            latest(bp[(bp["kind"] == "ok") & (bp["batch"] == b) & (bp["_tool"] == t)]),
+            latest(bp[bp["is_estimate"] & (bp["batch"] == b) & (bp["_tool"] == t)]),
+        )
+        for b, t in pairs
+    }
     configs = keyed.groupby(["batch", "method", "_tool", "_mb", "_bud"], sort=False)
     order = sorted(configs.groups, key=lambda k: (k[0], method_sort_key(k[1]), k[2], k[3], k[4]))
     lines = []
     for key in order:
         rows = configs.get_group(key)
         name = f"{key[1]} {key[2]}" if key[2] else key[1]
-        line = PanelLine(name, key[0], latest(rows[~rows["is_estimate"]]),
-                         latest(rows[rows["is_estimate"]]))
+        line = PanelLine(
+            name, key[0], latest(rows[~rows["is_estimate"]]), latest(rows[rows["is_estimate"]])
+        )
         lines.append(_with_ratios(line, *reference[(key[0], key[2])]))
     return lines
 
 
-def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool, flops: bool = False,
-                  mfu: bool = False, bound: bool = False) -> list[Column]:
+def panel_columns(
+    *,
+    micro_batch: bool,
+    budget: bool,
+    estimate: bool,
+    flops: bool = False,
+    mfu: bool = False,
+    bound: bool = False,
+) -> list[Column]:
     """The panel table's columns; micro-batch, budget, estimated peak, FLOPs and MFU only when
     present. FLOPs ÷ bp stands beside imgs/s ÷ bp: its inverse is the throughput ratio a step
     bound by compute alone would reach."""
     return [
         Column("method", lambda line: line.method),
         Column("batch", lambda line: line.batch, "r"),
-        *optional(micro_batch, Column("micro-batch", lambda line: fmt(line.main["micro_batch"], ".0f"),
-                                      "r")),
-        *optional(budget, Column("budget (GiB)",
-                                 lambda line: fmt(line.main["device_mem_bytes"] / GIB, ".3f"), "r")),
+        *optional(
+            micro_batch,
+            Column("micro-batch", lambda line: fmt(line.main["micro_batch"], ".0f"), "r"),
+        ),
+        *optional(
+            budget,
+            Column(
+                "budget (GiB)", lambda line: fmt(line.main["device_mem_bytes"] / GIB, ".3f"), "r"
+            ),
+        ),
         Column("status", lambda line: line.status),
         Column("peak (GiB)", lambda line: line.measured_peak, "r"),
         *optional(estimate, Column("estimated peak (GiB)", lambda line: line.estimated_peak, "r")),
         Column("imgs/s", lambda line: fmt(line.main["imgs_per_s"], ",.1f"), "r"),
-        *optional(bound, Column("imgs/s bound", lambda line: "" if line.estimate is None else
-                                fmt(line.estimate["bound_imgs_per_s"], ",.0f"), "r")),
+        *optional(
+            bound,
+            Column(
+                "imgs/s bound",
+                lambda line: (
+                    "" if line.estimate is None else fmt(line.estimate["bound_imgs_per_s"], ",.0f")
+                ),
+                "r",
+            ),
+        ),
         Column("step ms (median)", lambda line: fmt(line.main["step_ms_median"], ",.1f"), "r"),
         Column("memory \u00f7 bp", lambda line: line.memory_ratio, "r"),
         *optional(flops, Column("FLOPs \u00f7 bp", lambda line: line.flops_ratio, "r")),
@@ -147,12 +182,14 @@ def panel_columns(*, micro_batch: bool, budget: bool, estimate: bool, flops: boo
 def panel_table(panel: pd.DataFrame) -> str:
     """One row per configuration: measured and estimated peaks side by side, throughput and
     ratios to bp at the same batch (measured against measured, estimate against estimate)."""
-    columns = panel_columns(micro_batch=panel["micro_batch"].notna().any(),
-                            budget=panel["device_mem_bytes"].notna().any(),
-                            estimate=panel["is_estimate"].any(),
-                            flops=panel["flops_per_step"].notna().any(),
-                            mfu=panel["mfu"].notna().any(),
-                            bound="bound_imgs_per_s" in panel and panel["bound_imgs_per_s"].notna().any())
+    columns = panel_columns(
+        micro_batch=panel["micro_batch"].notna().any(),
+        budget=panel["device_mem_bytes"].notna().any(),
+        estimate=panel["is_estimate"].any(),
+        flops=panel["flops_per_step"].notna().any(),
+        mfu=panel["mfu"].notna().any(),
+        bound="bound_imgs_per_s" in panel and panel["bound_imgs_per_s"].notna().any(),
+    )
     return Table(columns, panel_lines(panel)).markdown()
 
 
@@ -175,10 +212,21 @@ def _best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
 
 BEST_COLUMNS = [
     Column("family", lambda item: item[0]),
-    Column("best configuration", lambda item: " ".join(
-        part for part in (item[1]["method"], item[1].get("tooling", ""), batch_label(item[1])) if part)),
-    Column("peak (GiB)", lambda item: fmt(item[1]["peak_gib"], ".3f")
-           + (" (est.)" if item[1]["is_estimate"] else ""), "r"),
+    Column(
+        "best configuration",
+        lambda item: " ".join(
+            part
+            for part in (item[1]["method"], item[1].get("tooling", ""), batch_label(item[1]))
+            if part
+        ),
+    ),
+    Column(
+        "peak (GiB)",
+        lambda item: (
+            fmt(item[1]["peak_gib"], ".3f") + (" (est.)" if item[1]["is_estimate"] else "")
+        ),
+        "r",
+    ),
     Column("imgs/s", lambda item: fmt(item[1]["imgs_per_s"], ",.1f"), "r"),
     Column("chosen by", lambda item: item[2]),
 ]
@@ -187,8 +235,11 @@ BEST_COLUMNS = [
 def best_table(panel: pd.DataFrame) -> str | None:
     """Per method family, its best configuration among the cells of the panel that fit (ok, or
     estimated within the budget); None when no family has more than one to choose from."""
-    fits = panel[panel["kind"].isin([OK, ESTIMATED]) & ~panel["over_budget"].fillna(False).astype(bool)
-                 & panel["peak_allocated_bytes"].notna()]
+    fits = panel[
+        panel["kind"].isin([OK, ESTIMATED])
+        & ~panel["over_budget"].fillna(False).astype(bool)
+        & panel["peak_allocated_bytes"].notna()
+    ]
     families = fits.assign(_family=fits["method"].map(method_family)).groupby("_family", sort=True)
     if not any(len(rows) > 1 for _, rows in families):
         return None
@@ -216,7 +267,8 @@ def failed_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows without a measurement (neither ok nor estimated), by arch, res, batch, method."""
     failed = rows[~rows["status"].isin([OK, ESTIMATED])]
     return failed.assign(_m=failed["method"].map(method_sort_key)).sort_values(
-        ["arch", "res", "batch", "_m"])
+        ["arch", "res", "batch", "_m"]
+    )
 
 
 def failures_table(rows: pd.DataFrame) -> str:

@@ -17,9 +17,19 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "membench.methods"
 
-__all__ = ["ENTRY_POINT_GROUP", "BUILTIN_METHODS", "MULTI_DEVICE_METHODS", "SINGLE_DEVICE_METHODS",
-           "Runner", "RunnerConfigError", "UnknownMethodError", "available_methods", "builtin_runner_modules", "get_runner",
-           "refresh_registry"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BUILTIN_METHODS",
+    "MULTI_DEVICE_METHODS",
+    "SINGLE_DEVICE_METHODS",
+    "Runner",
+    "RunnerConfigError",
+    "UnknownMethodError",
+    "available_methods",
+    "builtin_runner_modules",
+    "get_runner",
+    "refresh_registry",
+]
 
 
 class UnknownMethodError(InputError):
@@ -38,14 +48,27 @@ def refresh_registry() -> None:
 
 def builtin_runner_modules() -> list[str]:
     """The modules of membench's own runners (safe to preload: they touch no device at import)."""
-    return sorted({ep.value.split(":")[0] for ep in _entry_points().values()
-                   if ep.value.startswith("membench.")})
+    return sorted(
+        {
+            ep.value.split(":")[0]
+            for ep in _entry_points().values()
+            if ep.value.startswith("membench.")
+        }
+    )
 
 
 # The built-ins that train on one device, and those that run only as a cell on several
 # (``--devices N``, docs/design.md "Cells on several devices").
-SINGLE_DEVICE_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup",
-                         "ff-naive", "ff-pipelined")
+SINGLE_DEVICE_METHODS = (
+    "bp",
+    "bp-accum",
+    "bp-ckpt",
+    "bp-sac",
+    "bp-offload",
+    "bp-deepsup",
+    "ff-naive",
+    "ff-pipelined",
+)
 MULTI_DEVICE_METHODS = ("bp-ddp", "bp-fsdp", "bp-pp", "ff-pp")
 BUILTIN_METHODS = SINGLE_DEVICE_METHODS + MULTI_DEVICE_METHODS
 
@@ -65,7 +88,9 @@ def get_runner(name: str) -> type[Runner]:
 
     cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise UnknownMethodError(f"entry point {name!r} ({eps[name].value}) is not a membench Runner")
+        raise UnknownMethodError(
+            f"entry point {name!r} ({eps[name].value}) is not a membench Runner"
+        )
     return cls
 
 

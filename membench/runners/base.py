@@ -18,7 +18,7 @@ from torch import nn
 
 from ..archs import is_layer_stack
 from ..archs.conv_stack import PROPAGATION_DROPOUT  # noqa: F401 (its name here before the split)
-from ..schema import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
+from ..schema import MEMORY_FORMATS, PRECISIONS
 
 # The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
 # conv stacks' (membench.archs.conv_stack); the optimizer's part is in optim.py.
@@ -122,11 +122,14 @@ class Runner(ABC):
         """Raise RunnerConfigError for update tooling this runner cannot honour (``cell``: a
         ``membench.schema.Cell``); called before any run, after ``check_cell``."""
         if cell.grads == "released" and not cls.supports_grad_release:
-            raise RunnerConfigError(f"{cls.name} cannot release gradients at their update "
-                                    "(--grads released)")
+            raise RunnerConfigError(
+                f"{cls.name} cannot release gradients at their update (--grads released)"
+            )
         if cell.optimizer_state == "host" and not cls.supports_host_optimizer_state:
-            raise RunnerConfigError(f"{cls.name} cannot keep its optimizer state in host memory "
-                                    "(--optimizer-state host)")
+            raise RunnerConfigError(
+                f"{cls.name} cannot keep its optimizer state in host memory "
+                "(--optimizer-state host)"
+            )
 
     @staticmethod
     def default_micro_batch(batch: int) -> int:
@@ -170,7 +173,8 @@ class Runner(ABC):
 
         Modules are built on the CPU (so a seed gives the same weights on every device) and moved
         only when the device differs: ``Module.to`` on a model built under ``FakeTensorMode``
-        fails even when nothing would move, and ``membench.planning.estimate`` builds runners that way.
+        fails even when nothing would move, and ``membench.planning.estimate`` builds runners that
+        way.
         """
         if self.device != torch.device("cpu"):
             module = module.to(self.device)
@@ -178,7 +182,8 @@ class Runner(ABC):
             for parameter in module.parameters():
                 if parameter.dim() == 4:  # conv weights; the rest have no spatial layout
                     parameter.data = parameter.data.contiguous(
-                        memory_format=TORCH_MEMORY_FORMATS[self.memory_format])
+                        memory_format=TORCH_MEMORY_FORMATS[self.memory_format]
+                    )
         return module.train()
 
     def parameters(self) -> list[nn.Parameter]:
@@ -186,7 +191,9 @@ class Runner(ABC):
 
     def local_parameters(self) -> list[list[nn.Parameter]]:
         """Layer-local runners: each layer's own parameters (what one local optimizer trains)."""
-        raise NotImplementedError(f"{self.name} trains end to end; it has no layer-local parameters")
+        raise NotImplementedError(
+            f"{self.name} trains end to end; it has no layer-local parameters"
+        )
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]

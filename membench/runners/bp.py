@@ -53,8 +53,10 @@ def build_layer_stack(runner: Runner) -> LayerStack:
     unless the runner has it on."""
     stack = build_arch(runner.arch, runner.classes, dropout=runner.dropout)
     if not isinstance(stack, LayerStack):
-        raise ArchError(f"{runner.name} needs a layer stack, and {runner.arch} is a "
-                        f"{type(stack).__name__} (docs/design.md, \"Architectures\")")
+        raise ArchError(
+            f"{runner.name} needs a layer stack, and {runner.arch} is a "
+            f'{type(stack).__name__} (docs/design.md, "Architectures")'
+        )
     return stack
 
 
@@ -77,9 +79,13 @@ class BPRunner(Runner):
         self.model = self.place(model)
         self.forward = self.compiled(self.model)  # the model itself without --compile
         if self.release_grads or self.state_on_host:
-            self.update = PerParameterAdamW(self.model.parameters(), self.total_steps, self.device,
-                                            release=self.release_grads,
-                                            state_on_host=self.state_on_host)
+            self.update = PerParameterAdamW(
+                self.model.parameters(),
+                self.total_steps,
+                self.device,
+                release=self.release_grads,
+                state_on_host=self.state_on_host,
+            )
         else:
             self.update = WholeModelAdamW(self.model.parameters(), self.total_steps)
             # The recipe's optimizer and schedule, by the names runners subclassing bp use.
@@ -89,14 +95,19 @@ class BPRunner(Runner):
     def check_tooling(cls, cell) -> None:
         super().check_tooling(cell)
         if cell.grads == "released" and cell.micro_batch is not None:
-            raise RunnerConfigError(f"{cls.name} with --micro-batch accumulates gradients over the "
-                                    "micro-batches, so it cannot release them at their update "
-                                    "(--grads released); drop one of the two")
-        if "fp16" == cell.precision and (cell.grads == "released"
-                                         or cell.optimizer_state == "host"):
-            raise RunnerConfigError(f"{cls.name}: fp16's GradScaler steps one optimizer over every "
-                                    "gradient, which per-parameter updates (--grads released, "
-                                    "--optimizer-state host) do not have; use bf16")
+            raise RunnerConfigError(
+                f"{cls.name} with --micro-batch accumulates gradients over the "
+                "micro-batches, so it cannot release them at their update "
+                "(--grads released); drop one of the two"
+            )
+        if "fp16" == cell.precision and (
+            cell.grads == "released" or cell.optimizer_state == "host"
+        ):
+            raise RunnerConfigError(
+                f"{cls.name}: fp16's GradScaler steps one optimizer over every "
+                "gradient, which per-parameter updates (--grads released, "
+                "--optimizer-state host) do not have; use bf16"
+            )
 
     @staticmethod
     def default_micro_batch(batch: int) -> int | None:
@@ -132,15 +143,20 @@ class BPRunner(Runner):
         micro-batch with the loss x 1/n so the gradients accumulate to the batch's; then one
         AdamW update. With --grads released the update happens inside backward, parameter by
         parameter, each gradient freed at once (``optim.PerParameterAdamW``)."""
-        parts = (list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
-                 if self.micro_batch else [(images, labels)])
+        parts = (
+            list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
+            if self.micro_batch
+            else [(images, labels)]
+        )
         self.update.zero_grad()
         total = torch.zeros((), device=images.device) if len(parts) > 1 else None
         with self.update.in_backward():
             for x, y in parts:
                 with self.saved_tensors(), self.autocast():
                     loss = self.loss(x, y) if total is None else self.loss(x, y) / len(parts)
-                self.scaler.scale(loss).backward()  # the scaler passes everything through unless fp16
+                self.scaler.scale(
+                    loss
+                ).backward()  # the scaler passes everything through unless fp16
                 if total is not None:
                     total += loss.detach()
         self.update.step(self.scaler)  # nothing left to do when the backward did it
@@ -172,8 +188,10 @@ class BPCheckpointRunner(BPRunner):
     --micro-batch, checkpointing and gradient accumulation together."""
 
     name = "bp-ckpt"
-    summary = ("bp with torch.utils.checkpoint (use_reentrant=False) around every conv layer; "
-               "--micro-batch M adds gradient accumulation")
+    summary = (
+        "bp with torch.utils.checkpoint (use_reentrant=False) around every conv layer; "
+        "--micro-batch M adds gradient accumulation"
+    )
     checkpointing = "full"
     uses_micro_batch = True
     same_gradients_as = "bp"
@@ -184,8 +202,10 @@ class BPSelectiveCheckpointRunner(BPCheckpointRunner):
     """Selective activation checkpointing: conv and matmul outputs kept, cheap ops recomputed."""
 
     name = "bp-sac"
-    summary = ("bp with selective checkpointing: conv/matmul outputs saved, ReLU/LayerNorm/"
-               "dropout/pool recomputed; --micro-batch M adds gradient accumulation")
+    summary = (
+        "bp with selective checkpointing: conv/matmul outputs saved, ReLU/LayerNorm/"
+        "dropout/pool recomputed; --micro-batch M adds gradient accumulation"
+    )
     checkpointing = "selective"
 
 
@@ -194,8 +214,10 @@ class BPOffloadRunner(BPRunner):
     --micro-batch, offloading and gradient accumulation together."""
 
     name = "bp-offload"
-    summary = ("bp with saved tensors offloaded to host memory (pinned on CUDA) in forward; "
-               "--micro-batch M adds gradient accumulation")
+    summary = (
+        "bp with saved tensors offloaded to host memory (pinned on CUDA) in forward; "
+        "--micro-batch M adds gradient accumulation"
+    )
     uses_micro_batch = True
     same_gradients_as = "bp"
     same_gradients_with_dropout = True

@@ -59,7 +59,9 @@ class DTGFF(nn.Module):
         self.readouts = nn.ModuleList(GoodnessReadout(c, classes) for c in backbone.spec.channels)
         feature_dim = sum(backbone.spec.channels[1:])
         self.classifier = nn.Sequential(
-            nn.BatchNorm1d(feature_dim), nn.Dropout(classifier_dropout), nn.Linear(feature_dim, classes)
+            nn.BatchNorm1d(feature_dim),
+            nn.Dropout(classifier_dropout),
+            nn.Linear(feature_dim, classes),
         )
 
     def layer_parameters(self, layer: int) -> list[nn.Parameter]:
@@ -109,17 +111,21 @@ class _DTGFFRunner(Runner):
     def check_cell(cls, arch, res, batch, micro_batch):
         super().check_cell(arch, res, batch, micro_batch)
         if batch < 2:
-            raise RunnerConfigError(f"{cls.name} needs a batch of at least 2 (its classifier's "
-                                    f"BatchNorm1d cannot train on one sample), got {batch}")
+            raise RunnerConfigError(
+                f"{cls.name} needs a batch of at least 2 (its classifier's "
+                f"BatchNorm1d cannot train on one sample), got {batch}"
+            )
 
     def __init__(self, arch, res, classes, device="cpu", **options):
         super().__init__(arch, res, classes, device, **options)
         torch.manual_seed(self.seed)
-        self.model = self.place(DTGFF(
-            build_layer_stack(self),
-            classes,
-            CLASSIFIER_DROPOUT if self.dropout else 0.0,
-        ))
+        self.model = self.place(
+            DTGFF(
+                build_layer_stack(self),
+                classes,
+                CLASSIFIER_DROPOUT if self.dropout else 0.0,
+            )
+        )
         self.depth = len(self.model.backbone)
         self.layer_params = [self.model.layer_parameters(l) for l in range(self.depth)]
         self.layer_optimizers, self.layer_schedules = zip(
@@ -129,12 +135,14 @@ class _DTGFFRunner(Runner):
             self.model.classifier.parameters(), self.total_steps
         )
         # --optimizer-state host: each optimizer's moments come to the device for its step only.
-        self.host_state = ({o: HostState(o, self.device) for o in self.optimizers()}
-                           if self.state_on_host else {})
+        self.host_state = (
+            {o: HostState(o, self.device) for o in self.optimizers()} if self.state_on_host else {}
+        )
         # Each layer's own region (block, readout and loss), compiled on its own with --compile
         # so the schedule between layers stays as written.
-        self.local_loss = [self.compiled(lambda x, y, l=l: self._local_loss(l, x, y))
-                           for l in range(self.depth)]
+        self.local_loss = [
+            self.compiled(lambda x, y, l=l: self._local_loss(l, x, y)) for l in range(self.depth)
+        ]
         self.layer_losses: list[torch.Tensor] = []
 
     def _local_loss(self, layer: int, x: torch.Tensor, labels: torch.Tensor):
@@ -174,8 +182,9 @@ class _DTGFFRunner(Runner):
     def _classifier_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.classifier_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = F.cross_entropy(self.model.classifier(features), labels,
-                                   label_smoothing=LABEL_SMOOTHING)
+            loss = F.cross_entropy(
+                self.model.classifier(features), labels, label_smoothing=LABEL_SMOOTHING
+            )
         self.scaler.scale(loss).backward()
         self._step(self.classifier_optimizer)
         self.classifier_schedule.step()
@@ -227,8 +236,10 @@ class FFPipelinedRunner(_DTGFFRunner):
     """DTG-FF in a single conv pass: layer by layer, train, free the graph, then propagate."""
 
     name = "ff-pipelined"
-    summary = ("DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach(); "
-               "--micro-batch M runs each layer's forward/backward in chunks of M")
+    summary = (
+        "DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach(); "
+        "--micro-batch M runs each layer's forward/backward in chunks of M"
+    )
     same_first_step_losses_as = "ff-naive"
     same_layer_gradients_as = "ff-naive"
     uses_micro_batch = True
@@ -291,8 +302,9 @@ class FFPipelinedRunner(_DTGFFRunner):
         self.layer_losses.append(loss.detach())
         return z.detach()
 
-    def _train_in_chunks(self, layer, x: torch.Tensor, labels: torch.Tensor,
-                         boundary: _Boundary) -> None:
+    def _train_in_chunks(
+        self, layer, x: torch.Tensor, labels: torch.Tensor, boundary: _Boundary
+    ) -> None:
         """Forward, local loss, backward and propagation of one layer, one chunk at a time (one
         chunk's graph ever exists), then its clip and step."""
         self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
@@ -326,7 +338,7 @@ class _Boundary:
             return part
         if whole is None:
             whole = torch.empty((self.batch, *part.shape[1:]), dtype=part.dtype, device=part.device)
-        whole[start:start + part.shape[0]].copy_(part)
+        whole[start : start + part.shape[0]].copy_(part)
         return whole
 
     def add(self, z: torch.Tensor, start: int) -> None:

@@ -57,8 +57,9 @@ def host_tensor(like: torch.Tensor, pin: bool = False) -> torch.Tensor:
     asynchronous copies to and from a GPU): allocated outside the tracker's count and marked so
     that the tracker never counts it later either."""
     with host_memory():
-        tensor = torch.empty(like.size(), dtype=like.dtype, layout=like.layout, device="cpu",
-                             pin_memory=pin)
+        tensor = torch.empty(
+            like.size(), dtype=like.dtype, layout=like.layout, device="cpu", pin_memory=pin
+        )
     storage = tensor_storage(tensor)
     if storage is not None:
         _HOST_STORAGES.add(storage)

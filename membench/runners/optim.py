@@ -57,7 +57,7 @@ class HostState:
     @contextlib.contextmanager
     def on_device(self) -> Iterator[None]:
         pin = self.device.type == "cuda"
-        for state, key, where in self._moments():
+        for state, key, _ in self._moments():
             # A device copy, as a GPU's would be (on the CPU, a clone the tracker counts).
             state[key] = state[key].to(self.device, non_blocking=pin, copy=True)
         yield
@@ -106,15 +106,17 @@ class PerParameterAdamW:
     another once the backward is done; with ``state_on_host`` its moments come to the device for
     its update only (``HostState``)."""
 
-    def __init__(self, params, total_steps: int, device: torch.device, *, release: bool,
-                 state_on_host: bool):
+    def __init__(
+        self, params, total_steps: int, device: torch.device, *, release: bool, state_on_host: bool
+    ):
         self.parameters = [p for p in params if p.requires_grad]
         self.release = release
         pairs = [adamw_with_cosine([p], total_steps, foreach=False) for p in self.parameters]
         self.by_parameter = {p: optimizer for p, (optimizer, _) in zip(self.parameters, pairs)}
         self.schedules = [schedule for _, schedule in pairs]
-        self.host = ({p: HostState(o, device) for p, o in self.by_parameter.items()}
-                     if state_on_host else {})
+        self.host = (
+            {p: HostState(o, device) for p, o in self.by_parameter.items()} if state_on_host else {}
+        )
 
     def zero_grad(self) -> None:
         for parameter in self.parameters:

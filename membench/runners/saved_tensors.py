@@ -24,17 +24,24 @@ from functools import partial
 import torch
 from torch import nn
 from torch.utils.checkpoint import (
-    CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts, noop_context_fn,
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
 )
 
 from .host_memory import host_memory
 
 CHECKPOINT_POLICIES = ("full", "selective")
 # Kept by selective checkpointing: what is expensive to recompute.
-SAVED_OPS = frozenset({
-    torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
-    torch.ops.aten.bmm.default,
-})
+SAVED_OPS = frozenset(
+    {
+        torch.ops.aten.convolution.default,
+        torch.ops.aten.mm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.bmm.default,
+    }
+)
 
 
 def save_convs_and_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -44,8 +51,11 @@ def save_convs_and_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 def checkpointed(fn, x: torch.Tensor, policy: str) -> torch.Tensor:
     """``fn(x)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state preserved."""
-    context = (partial(create_selective_checkpoint_contexts, save_convs_and_matmuls)
-               if policy == "selective" else noop_context_fn)
+    context = (
+        partial(create_selective_checkpoint_contexts, save_convs_and_matmuls)
+        if policy == "selective"
+        else noop_context_fn
+    )
     return checkpoint(fn, x, use_reentrant=False, context_fn=context)
 
 
@@ -74,7 +84,7 @@ def _segments(members: list[nn.Module]) -> list[list[nn.Module]]:
                 current = []
         return cuts + ([current] if current else [])
     size = max(1, math.ceil(math.sqrt(len(members))))
-    return [members[i:i + size] for i in range(0, len(members), size)]
+    return [members[i : i + size] for i in range(0, len(members), size)]
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -88,8 +98,9 @@ def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
         for index, member in enumerate(container):
             container[index] = Checkpointed(member, policy)
         return container
-    return nn.Sequential(*(Checkpointed(nn.Sequential(*part), policy)
-                           for part in _segments(list(container))))
+    return nn.Sequential(
+        *(Checkpointed(nn.Sequential(*part), policy) for part in _segments(list(container)))
+    )
 
 
 def _largest_block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -116,8 +127,11 @@ def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.
     for module in model.modules():
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False
-    stages = [(name, child) for name, child in model.named_children()
-              if isinstance(child, nn.Sequential) and _has_parameters(child)]
+    stages = [
+        (name, child)
+        for name, child in model.named_children()
+        if isinstance(child, nn.Sequential) and _has_parameters(child)
+    ]
     in_stages = sum(p.numel() for _, child in stages for p in child.parameters())
     # Top-level Sequentials that hold most of the model are its stages; a small one is a head
     # (a ViT's ``heads``), and the blocks are deeper.
@@ -147,8 +161,9 @@ class OffloadSavedTensors(torch.autograd.graph.saved_tensors_hooks):
     def _pack(self, tensor: torch.Tensor):
         pin = self.device.type == "cuda"
         with host_memory():
-            packed = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout,
-                                 pin_memory=pin)
+            packed = torch.empty(
+                tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=pin
+            )
             packed.copy_(tensor, non_blocking=pin)
         nbytes = packed.untyped_storage().nbytes()
         self.current_bytes += nbytes

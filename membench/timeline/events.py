@@ -28,9 +28,18 @@ ALLOC, FREE, START = "alloc", "free", "start"
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|propagate|readouts|heads)\.(\d+)(?:\.|$)")
 LIVE_COLUMNS = [f"{category}_bytes" for category in CATEGORIES]
 TIMELINE_COLUMN_TYPES = {
-    "cell_id": "str", "device": "str", "started_at": "str", "event": "int", "action": "str",
-    "bytes": "int", "category": "str", **dict.fromkeys(LIVE_COLUMNS, "int"), "total_bytes": "int",
-    "phase": "str", "layer": "int", "module": "str",
+    "cell_id": "str",
+    "device": "str",
+    "started_at": "str",
+    "event": "int",
+    "action": "str",
+    "bytes": "int",
+    "category": "str",
+    **dict.fromkeys(LIVE_COLUMNS, "int"),
+    "total_bytes": "int",
+    "phase": "str",
+    "layer": "int",
+    "module": "str",
 }
 TIMELINE_COLUMNS = list(TIMELINE_COLUMN_TYPES)
 
@@ -97,8 +106,9 @@ def timeline_rows(timeline: Timeline) -> list[dict]:
     return rows
 
 
-def _row(event: int, action: str, nbytes: int, category: str, live: Mapping[str, int],
-         phase: Phase) -> dict:
+def _row(
+    event: int, action: str, nbytes: int, category: str, live: Mapping[str, int], phase: Phase
+) -> dict:
     row = {"event": event, "action": action, "bytes": nbytes, "category": category}
     row.update({f"{c}_bytes": live[c] for c in CATEGORIES})
     row["total_bytes"] = sum(live.values())
@@ -128,11 +138,14 @@ def find_peak(rows: Sequence[Mapping]) -> TimelinePeak:
     row = rows[best]
     layer = row.get("layer")
     return TimelinePeak(
-        event=int(row["event"]), progress=best / max(1, len(rows) - 1),
+        event=int(row["event"]),
+        progress=best / max(1, len(rows) - 1),
         total_bytes=int(row["total_bytes"]),
-        live={c: int(row[f"{c}_bytes"]) for c in CATEGORIES}, phase=str(row.get("phase") or ""),
+        live={c: int(row[f"{c}_bytes"]) for c in CATEGORIES},
+        phase=str(row.get("phase") or ""),
         layer=None if layer in (None, "") or layer != layer else int(layer),
-        module=str(row.get("module") or ""))
+        module=str(row.get("module") or ""),
+    )
 
 
 def phase_spans(phases: Iterable[str]) -> list[tuple[str, int, int]]:
@@ -154,6 +167,18 @@ def where(peak: TimelinePeak) -> str:
     return text + (f" ({peak.module})" if peak.module else "")
 
 
-__all__ = ["LIVE_COLUMNS", "PHASES", "TIMELINE_COLUMNS", "TIMELINE_COLUMN_TYPES", "Event",
-           "Phase", "Timeline", "TimelinePeak", "find_peak", "layer_of", "phase_spans",
-           "timeline_rows", "where"]
+__all__ = [
+    "LIVE_COLUMNS",
+    "PHASES",
+    "TIMELINE_COLUMNS",
+    "TIMELINE_COLUMN_TYPES",
+    "Event",
+    "Phase",
+    "Timeline",
+    "TimelinePeak",
+    "find_peak",
+    "layer_of",
+    "phase_spans",
+    "timeline_rows",
+    "where",
+]

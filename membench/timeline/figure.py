@@ -18,23 +18,35 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .events import PHASES, find_peak, phase_spans
-from .files import read_timelines, timelines_of
-from ..units import GIB
 from ..report.figures import ReportFigure, figure_stem
 from ..report.layout import device_groups, panel_title, panels
 from ..report.style import BREAKDOWN, method_sort_key, new_figure
+from ..units import GIB
+from .events import PHASES, find_peak, phase_spans
+from .files import read_timelines, timelines_of
 
-PHASE_COLORS = {"forward": "#d6e6f5", "backward": "#fbe0cc", "recompute": "#f6eeb4",
-                "optimizer": "#dcefd5", "other": "#ececec"}
-PHASE_SHORT = {"forward": "fwd", "backward": "bwd", "recompute": "recompute",
-               "optimizer": "optim", "other": "other"}
+PHASE_COLORS = {
+    "forward": "#d6e6f5",
+    "backward": "#fbe0cc",
+    "recompute": "#f6eeb4",
+    "optimizer": "#dcefd5",
+    "other": "#ececec",
+}
+PHASE_SHORT = {
+    "forward": "fwd",
+    "backward": "bwd",
+    "recompute": "recompute",
+    "optimizer": "optim",
+    "other": "other",
+}
 COLUMNS_PER_ROW = 4
 
 
 def _unit(largest: float) -> tuple[str, float]:
-    return next(((name, size) for name, size in (("GiB", GIB), ("MiB", 2**20))
-                 if largest >= size), ("KiB", 2**10))
+    return next(
+        ((name, size) for name, size in (("GiB", GIB), ("MiB", 2**20)) if largest >= size),
+        ("KiB", 2**10),
+    )
 
 
 def _label(row) -> str:
@@ -53,19 +65,44 @@ def _draw_one(ax, rows: pd.DataFrame, scale: float, unit: str) -> None:
     """One step: phases shaded, categories stacked, the peak marked."""
     x = [i / max(1, len(rows) - 1) for i in range(len(rows))]
     for phase, first, last in phase_spans(rows["phase"].tolist()[1:]):
-        ax.axvspan(x[first + 1] if first else 0.0, x[last + 1], color=PHASE_COLORS.get(phase),
-                   linewidth=0, zorder=0, gid=f"phase:{phase}")
-    ax.stackplot(x, *[rows[column] / scale for column, _, _ in BREAKDOWN],
-                 colors=[color for _, _, color in BREAKDOWN], linewidth=0, zorder=2,
-                 gid="timeline:stack")
+        ax.axvspan(
+            x[first + 1] if first else 0.0,
+            x[last + 1],
+            color=PHASE_COLORS.get(phase),
+            linewidth=0,
+            zorder=0,
+            gid=f"phase:{phase}",
+        )
+    ax.stackplot(
+        x,
+        *[rows[column] / scale for column, _, _ in BREAKDOWN],
+        colors=[color for _, _, color in BREAKDOWN],
+        linewidth=0,
+        zorder=2,
+        gid="timeline:stack",
+    )
     peak = find_peak(rows.to_dict("records"))
-    ax.plot([peak.progress], [peak.total_bytes / scale], marker="v", color="black",
-            markersize=6, zorder=3, gid="timeline:peak")
-    ax.annotate(f"peak {peak.total_bytes / scale:.3g} {unit}\n{_peak_note(peak)}",
-                (peak.progress, peak.total_bytes / scale), xytext=(0, 6),
-                textcoords="offset points", ha="center" if 0.15 < peak.progress < 0.85 else
-                ("left" if peak.progress <= 0.15 else "right"), va="bottom", fontsize=7.5,
-                zorder=4)
+    ax.plot(
+        [peak.progress],
+        [peak.total_bytes / scale],
+        marker="v",
+        color="black",
+        markersize=6,
+        zorder=3,
+        gid="timeline:peak",
+    )
+    ax.annotate(
+        f"peak {peak.total_bytes / scale:.3g} {unit}\n{_peak_note(peak)}",
+        (peak.progress, peak.total_bytes / scale),
+        xytext=(0, 6),
+        textcoords="offset points",
+        ha="center"
+        if 0.15 < peak.progress < 0.85
+        else ("left" if peak.progress <= 0.15 else "right"),
+        va="bottom",
+        fontsize=7.5,
+        zorder=4,
+    )
     ax.set_xlim(0, 1)
     ax.grid(True, axis="y", alpha=0.3, zorder=1)
 
@@ -82,7 +119,7 @@ def timeline_figure(entries: list[tuple[str, pd.DataFrame]], *, title: str = "")
     for ax, (label, rows) in zip(axes.flat, entries):
         _draw_one(ax, rows, scale, unit)
         ax.set_title(label, fontsize=9)
-    for ax in list(axes.flat)[len(entries):]:
+    for ax in list(axes.flat)[len(entries) :]:
         ax.set_visible(False)
     axes[0][0].set_ylim(0, largest / scale * 1.28)  # room for the peak's note
     for ax in axes[:, 0]:
@@ -100,12 +137,15 @@ def _legend(figure: Figure, shown: set[str]) -> None:
     phases = [Patch(facecolor=PHASE_COLORS[p], label=f"phase: {p}") for p in PHASES if p in shown]
     width = max(len(categories), len(phases))
     blank = Patch(visible=False, label=" ")
-    lines = [categories + [blank] * (width - len(categories)),
-             phases + [blank] * (width - len(phases))]
+    lines = [
+        categories + [blank] * (width - len(categories)),
+        phases + [blank] * (width - len(phases)),
+    ]
     # the legend fills column by column: interleave the two lines
     handles = [line[i] for i in range(width) for line in lines]
-    figure.legend(handles=handles, loc="outside lower center", ncols=width, fontsize=8,
-                  frameon=False)
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=width, fontsize=8, frameon=False
+    )
 
 
 def _with_timelines(rows: pd.DataFrame) -> dict[int, pd.DataFrame]:
@@ -133,11 +173,18 @@ def timeline_figures(cells: pd.DataFrame) -> list[ReportFigure]:
                 part = part.assign(_m=part["method"].map(method_sort_key))
                 part = part.sort_values(["_m", "tooling", "micro_batch", "is_estimate"])
                 entries = [(_label(row), found[index]) for index, row in part.iterrows()]
-                title = (f"memory over one step \u2014 {panel_title(*key)}, batch {batch} "
-                         f"\u2014 {label}")
-                out.append(ReportFigure("timeline", label, panel_title(*key),
-                                        f"timeline_{figure_stem(slug, key)}_b{batch}.png",
-                                        timeline_figure(entries, title=title)))
+                title = (
+                    f"memory over one step \u2014 {panel_title(*key)}, batch {batch} \u2014 {label}"
+                )
+                out.append(
+                    ReportFigure(
+                        "timeline",
+                        label,
+                        panel_title(*key),
+                        f"timeline_{figure_stem(slug, key)}_b{batch}.png",
+                        timeline_figure(entries, title=title),
+                    )
+                )
     return out
 
 

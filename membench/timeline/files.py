@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .snapshot import synthesize_snapshot
-from .events import TIMELINE_COLUMN_TYPES, TIMELINE_COLUMNS, timeline_rows
 from ..results import _append_rows, _typed_frame, check_header, prepare_for_append, read_rows
 from ..schema import CellResult
+from .events import TIMELINE_COLUMN_TYPES, TIMELINE_COLUMNS, timeline_rows
+from .snapshot import synthesize_snapshot
 
 TIMELINE_FILE = "timeline.csv"
 SNAPSHOTS_DIR = "snapshots"
@@ -95,5 +95,11 @@ def timelines_of(cells: pd.DataFrame, timelines: pd.DataFrame) -> dict[int, pd.D
     return found
 
 
-__all__ = ["SNAPSHOTS_DIR", "TIMELINE_FILE", "read_timelines",
-           "snapshot_path", "timelines_of", "write_timeline"]
+__all__ = [
+    "SNAPSHOTS_DIR",
+    "TIMELINE_FILE",
+    "read_timelines",
+    "snapshot_path",
+    "timelines_of",
+    "write_timeline",
+]

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import (
-    register_optimizer_step_post_hook, register_optimizer_step_pre_hook,
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -68,8 +69,11 @@ class PhaseTracker:
         owner = {p: name for root in runner.modules() for name, p in root.named_parameters()}
         self._optimizer_phases = {}
         for index, optimizer in enumerate(runner.optimizers()):
-            layers = {layer_of(owner.get(p, "")) for group in optimizer.param_groups
-                      for p in group["params"]}
+            layers = {
+                layer_of(owner.get(p, ""))
+                for group in optimizer.param_groups
+                for p in group["params"]
+            }
             layer = layers.pop() if len(layers) == 1 else None
             self._optimizer_phases[optimizer] = Phase("optimizer", layer, f"optimizer[{index}]")
         self._stepping: list[Phase] = []
@@ -126,12 +130,14 @@ class PhaseTracker:
             self._stepping.pop()
 
     def __enter__(self) -> PhaseTracker:
-        self._handles = [register_module_forward_pre_hook(self._entered),
-                         # always_call: checkpointing stops a recomputation by raising
-                         # inside the forward, which must still count as leaving the module
-                         register_module_forward_hook(self._left, always_call=True),
-                         register_optimizer_step_pre_hook(self._step_started),
-                         register_optimizer_step_post_hook(self._step_done)]
+        self._handles = [
+            register_module_forward_pre_hook(self._entered),
+            # always_call: checkpointing stops a recomputation by raising
+            # inside the forward, which must still count as leaving the module
+            register_module_forward_hook(self._left, always_call=True),
+            register_optimizer_step_pre_hook(self._step_started),
+            register_optimizer_step_post_hook(self._step_done),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,9 +199,11 @@ class EventRecorder:
         self.timeline.phases = list(self.phases.phases)
 
     def _stack(self) -> int:
-        frames = tuple((f.f_code.co_filename, line, f.f_code.co_name)
-                       for f, line in traceback.walk_stack(None)
-                       if f.f_code.co_filename not in _OWN_FILES)
+        frames = tuple(
+            (f.f_code.co_filename, line, f.f_code.co_name)
+            for f, line in traceback.walk_stack(None)
+            if f.f_code.co_filename not in _OWN_FILES
+        )
         index = self._stacks.get(frames)
         if index is None:
             index = self._stacks[frames] = len(self.timeline.stacks)
@@ -203,8 +211,9 @@ class EventRecorder:
         return index
 
 
-def record_tracked_step(prepared, tracker: TensorMemoryTracker, source: str,
-                        frames: bool = False) -> Timeline:
+def record_tracked_step(
+    prepared, tracker: TensorMemoryTracker, source: str, frames: bool = False
+) -> Timeline:
     """One more step of a prepared cell (``protocol.PreparedCell``) under ``tracker``, its
     events recorded: the timeline of the CPU and of estimates."""
     recorder = EventRecorder(PhaseTracker(prepared.runner), frames)
@@ -241,5 +250,10 @@ def storage_categories(live: list[tuple[str, list[torch.Tensor]]]) -> dict[int, 
     return found
 
 
-__all__ = ["EventRecorder", "PhaseMarks", "PhaseTracker", "record_tracked_step",
-           "storage_categories"]
+__all__ = [
+    "EventRecorder",
+    "PhaseMarks",
+    "PhaseTracker",
+    "record_tracked_step",
+    "storage_categories",
+]

@@ -35,12 +35,25 @@ def _frames(timeline: Timeline, stack: int) -> list[dict]:
 
 def _segment(address: int, size: int, frames: list[dict]) -> dict:
     """One segment holding one live block, as ``_snapshot()`` describes a segment."""
-    block = {"address": address, "size": size, "requested_size": size,
-             "state": "active_allocated", "frames": frames}
-    return {"device": 0, "address": address, "total_size": size, "stream": 0,
-            "segment_type": "large" if size > LARGE_SEGMENT else "small",
-            "segment_pool_id": (0, 0), "allocated_size": size, "active_size": size,
-            "requested_size": size, "blocks": [block]}
+    block = {
+        "address": address,
+        "size": size,
+        "requested_size": size,
+        "state": "active_allocated",
+        "frames": frames,
+    }
+    return {
+        "device": 0,
+        "address": address,
+        "total_size": size,
+        "stream": 0,
+        "segment_type": "large" if size > LARGE_SEGMENT else "small",
+        "segment_pool_id": (0, 0),
+        "allocated_size": size,
+        "active_size": size,
+        "requested_size": size,
+        "blocks": [block],
+    }
 
 
 def synthesize_snapshot(timeline: Timeline) -> dict:
@@ -63,15 +76,32 @@ def synthesize_snapshot(timeline: Timeline) -> dict:
     for action, key, size, category, _, stack in timeline.events:
         if action == ALLOC and size:
             frames = _frames(timeline, stack)
-            trace.append({"action": "alloc", "addr": place(key, size, category, frames),
-                          "size": size, "stream": 0, "frames": frames, "category": category})
+            trace.append(
+                {
+                    "action": "alloc",
+                    "addr": place(key, size, category, frames),
+                    "size": size,
+                    "stream": 0,
+                    "frames": frames,
+                    "category": category,
+                }
+            )
         elif action == FREE and key in live:
             address, size, category, frames = live.pop(key)
-            trace += [{"action": done, "addr": address, "size": size, "stream": 0,
-                       "frames": frames, "category": category}
-                      for done in ("free_requested", "free_completed")]
-    segments = [_segment(address, size, frames) for address, size, _, frames in
-                sorted(live.values())]
+            trace += [
+                {
+                    "action": done,
+                    "addr": address,
+                    "size": size,
+                    "stream": 0,
+                    "frames": frames,
+                    "category": category,
+                }
+                for done in ("free_requested", "free_completed")
+            ]
+    segments = [
+        _segment(address, size, frames) for address, size, _, frames in sorted(live.values())
+    ]
     return {"segments": segments, "device_traces": [trace]}
 
 
@@ -89,10 +119,14 @@ def _blocks(snapshot: Mapping, device: int) -> dict[int, int]:
     return found
 
 
-def timeline_from_cuda(snapshot: Mapping, device: int,
-                       categories: tuple[Mapping[int, str], Mapping[int, str]],
-                       marks: Sequence[tuple[int, int]], phases: Sequence[Phase],
-                       keep_snapshot: bool = False) -> Timeline:
+def timeline_from_cuda(
+    snapshot: Mapping,
+    device: int,
+    categories: tuple[Mapping[int, str], Mapping[int, str]],
+    marks: Sequence[tuple[int, int]],
+    phases: Sequence[Phase],
+    keep_snapshot: bool = False,
+) -> Timeline:
     """The allocator's history of one step (``device_traces[device]`` of a snapshot taken right
     after it) as a Timeline. ``categories``: data pointer -> category of what the cell held
     before and after the step (an allocation still live at an address held after the step, a
@@ -100,13 +134,19 @@ def timeline_from_cuda(snapshot: Mapping, device: int,
     ``marks``: (time_us, phase index) where the phase changed (``phases.PhaseMarks``)."""
     before, after = categories
     traces = snapshot.get("device_traces", [])
-    entries = [e for e in (traces[device] if device < len(traces) else [])
-               if e["action"] in ("alloc", "free_completed")]
+    entries = [
+        e
+        for e in (traces[device] if device < len(traces) else [])
+        if e["action"] in ("alloc", "free_completed")
+    ]
     phases = list(phases) + [Phase("other")]  # for entries before the first mark
     times = [t for t, _ in marks]
-    timeline = Timeline(source="cuda_allocator", phases=phases,
-                        snapshot=dict(snapshot) if keep_snapshot else None,
-                        keep_snapshot=keep_snapshot)
+    timeline = Timeline(
+        source="cuda_allocator",
+        phases=phases,
+        snapshot=dict(snapshot) if keep_snapshot else None,
+        keep_snapshot=keep_snapshot,
+    )
     live: dict[int, int] = {}  # address -> index of its alloc event
     baseline: dict[int, int] = {}
     for entry in entries:
@@ -128,8 +168,9 @@ def timeline_from_cuda(snapshot: Mapping, device: int,
         if address in after:
             action, key, size, _, phase, stack = timeline.events[index]
             timeline.events[index] = (action, key, size, after[address], phase, stack)
-    timeline.baseline = [(address, size, before.get(address, "activations"))
-                         for address, size in baseline.items()]
+    timeline.baseline = [
+        (address, size, before.get(address, "activations")) for address, size in baseline.items()
+    ]
     return timeline
 
 

@@ -77,9 +77,12 @@ class VerifySetup:
     seed: int = 0
 
 
-def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
-           precisions: tuple[str, ...] = PRECISIONS_CHECKED,
-           compile_mode: str | None = None) -> list[CheckResult]:
+def verify(
+    methods: list[str],
+    setup: VerifySetup = VerifySetup(),
+    precisions: tuple[str, ...] = PRECISIONS_CHECKED,
+    compile_mode: str | None = None,
+) -> list[CheckResult]:
     """Run every check that applies to each method, the reduced ``precisions`` against fp32,
     and (``compile_mode``, slow) compiled against eager; a crashing check is a failed check."""
     from ..runners import get_runner
@@ -94,34 +97,50 @@ def verify(methods: list[str], setup: VerifySetup = VerifySetup(),
 
             results += _guarded(lambda m=method: rank_checks(m, setup), method)
             continue
-        for run_check in _checks_of(method, runner_cls, setup, precisions, compile_mode,
-                                    splits_apply):
-            results += _guarded(lambda: [run_check()], method)
+        for run_check in _checks_of(
+            method, runner_cls, setup, precisions, compile_mode, splits_apply
+        ):
+            results += _guarded(lambda check=run_check: [check()], method)
     return results
 
 
-def _checks_of(method: str, runner_cls, setup: VerifySetup, precisions: tuple[str, ...],
-               compile_mode: str | None, splits_apply: bool) -> list:
+def _checks_of(
+    method: str,
+    runner_cls,
+    setup: VerifySetup,
+    precisions: tuple[str, ...],
+    compile_mode: str | None,
+    splits_apply: bool,
+) -> list:
     """The checks that apply to one single-device method, as calls to run in order;
     ``splits_apply``: whether a micro-batched step can equal the whole batch's (no BatchNorm)."""
     from .checks import (
-        UPDATE_TOOLING, accepts, check_compiled, check_first_step_losses, check_gradients,
-        check_layer_gradients, check_layer_isolation, check_learns, check_precision,
+        UPDATE_TOOLING,
+        accepts,
+        check_compiled,
+        check_first_step_losses,
+        check_gradients,
+        check_layer_gradients,
+        check_layer_isolation,
+        check_learns,
+        check_precision,
         check_same_updates,
     )
 
     plan = []
     # A runner that splits the batch by default is compared split against whole.
-    splits_by_default = (runner_cls.uses_micro_batch
-                         and runner_cls.default_micro_batch(setup.batch) is not None)
+    splits_by_default = (
+        runner_cls.uses_micro_batch and runner_cls.default_micro_batch(setup.batch) is not None
+    )
     reference = getattr(runner_cls, "same_gradients_as", None)
     if reference and (splits_apply or not splits_by_default):
         plan.append(lambda: check_gradients(method, reference, setup))
         if getattr(runner_cls, "same_gradients_with_dropout", False):
             plan.append(lambda: check_gradients(method, reference, setup, dropout=True))
         if runner_cls.uses_micro_batch and not splits_by_default and splits_apply:
-            plan.append(lambda: check_gradients(method, reference, setup,
-                                                micro_batch=setup.batch // 2))
+            plan.append(
+                lambda: check_gradients(method, reference, setup, micro_batch=setup.batch // 2)
+            )
     for what, tooling in UPDATE_TOOLING.items():
         if accepts(runner_cls, setup, **tooling):
             plan.append(lambda w=what: check_same_updates(method, setup, w))
@@ -130,16 +149,22 @@ def _checks_of(method: str, runner_cls, setup: VerifySetup, precisions: tuple[st
         plan.append(lambda: check_layer_isolation(method, setup))
         plan.append(lambda: check_layer_gradients(method, layer_reference, setup))
         if runner_cls.uses_micro_batch and splits_apply:
-            plan.append(lambda: check_layer_gradients(method, layer_reference, setup,
-                                                      micro_batch=setup.batch // 2))
+            plan.append(
+                lambda: check_layer_gradients(
+                    method, layer_reference, setup, micro_batch=setup.batch // 2
+                )
+            )
     loss_reference = getattr(runner_cls, "same_first_step_losses_as", None)
     if loss_reference:
         plan.append(lambda: check_first_step_losses(method, loss_reference, setup))
     plan.append(lambda: check_learns(method, setup))
     for precision in precisions:
         if layer_reference:
-            plan.append(lambda p=precision: check_layer_gradients(method, layer_reference, setup,
-                                                                  precision=p))
+            plan.append(
+                lambda p=precision: check_layer_gradients(
+                    method, layer_reference, setup, precision=p
+                )
+            )
         plan.append(lambda p=precision: check_precision(method, p, setup))
         plan.append(lambda p=precision: check_learns(method, setup, precision=p))
     if compile_mode is not None:

@@ -20,8 +20,7 @@ import torch
 
 from ..multidevice.launch import launch_ranks
 from ..runners import get_runner
-from . import CheckResult, VerifySetup
-from . import LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS
+from . import LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS, CheckResult, VerifySetup
 from .checks import _after_first_step, _compare_gradients, _finite, learnable_batch, random_batch
 
 VERIFY_DEVICES = 2
@@ -40,8 +39,11 @@ def _named_gradients(runner) -> dict[str, torch.Tensor]:
     """This rank's gradients by the name a single-device reference gives them: the ``bp``
     model's parameter names, or ``layer{l}.{k}`` for layer-local parameters."""
     if runner.same_layer_gradients_as:
-        return {f"layer{l}.{k}": _full(p.grad, p) for l, params in
-                enumerate(runner.local_parameters()) for k, p in enumerate(params)}
+        return {
+            f"layer{l}.{k}": _full(p.grad, p)
+            for l, params in enumerate(runner.local_parameters())
+            for k, p in enumerate(params)
+        }
     stages = getattr(runner, "stages", None)
     names = {}
     for name, p in runner.model.named_parameters():
@@ -56,8 +58,17 @@ def _rank_gradients(rank: int, world: int, task) -> tuple[dict, bool]:
     """One rank: the runner after one step on the setup's batch, dropout off; its gradients."""
     method, setup, options = task
     runner_cls = get_runner(method)
-    runner = runner_cls(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
-                        total_steps=1, dropout=False, devices=world, **options)
+    runner = runner_cls(
+        setup.arch,
+        setup.res,
+        setup.classes,
+        "cpu",
+        seed=setup.seed,
+        total_steps=1,
+        dropout=False,
+        devices=world,
+        **options,
+    )
     runner.clip_norm = math.inf  # layer-local: compared before clipping
     runner.step(*runner.local_batch(*random_batch(setup)))
     return _named_gradients(runner), True
@@ -66,16 +77,21 @@ def _rank_gradients(rank: int, world: int, task) -> tuple[dict, bool]:
 def _reference(runner_cls, setup: VerifySetup, micro_batch: int | None) -> dict:
     reference = runner_cls.same_gradients_as or runner_cls.same_layer_gradients_as
     layer_local = runner_cls.same_layer_gradients_as is not None
-    runner = _after_first_step(reference, setup, micro_batch=micro_batch if layer_local else None,
-                               unclipped=layer_local)
+    runner = _after_first_step(
+        reference, setup, micro_batch=micro_batch if layer_local else None, unclipped=layer_local
+    )
     if layer_local:
-        return {f"layer{l}.{k}": _full(p.grad, p) for l, params in
-                enumerate(runner.local_parameters()) for k, p in enumerate(params)}
+        return {
+            f"layer{l}.{k}": _full(p.grad, p)
+            for l, params in enumerate(runner.local_parameters())
+            for k, p in enumerate(params)
+        }
     return {name: _full(p.grad, p) for name, p in runner.model.named_parameters()}
 
 
-def check_rank_gradients(method: str, setup: VerifySetup, schedule: str | None = None,
-                         devices: int = VERIFY_DEVICES) -> CheckResult:
+def check_rank_gradients(
+    method: str, setup: VerifySetup, schedule: str | None = None, devices: int = VERIFY_DEVICES
+) -> CheckResult:
     """``method`` on ``devices`` gloo ranks against its single-device reference (the module
     docstring): every gradient the reference has, from some rank, and the same on every rank
     that holds it."""
@@ -84,12 +100,18 @@ def check_rank_gradients(method: str, setup: VerifySetup, schedule: str | None =
     options = {"micro_batch": micro_batch, "schedule": schedule or runner_cls.default_schedule}
     reference = runner_cls.same_gradients_as or runner_cls.same_layer_gradients_as
     check = f"gradients on {devices} ranks" + (f" ({schedule})" if schedule else "")
-    ends = launch_ranks(_rank_gradients, (method, setup, options), devices, "cpu",
-                        timeout_s=RANK_TIMEOUT_S)
+    ends = launch_ranks(
+        _rank_gradients, (method, setup, options), devices, "cpu", timeout_s=RANK_TIMEOUT_S
+    )
     failed = [end for end in ends if end.result is None]
     if failed:
-        return CheckResult(check, method, False, f"rank {failed[0].rank} ended without a result "
-                           f"({failed[0].exit})", reference)
+        return CheckResult(
+            check,
+            method,
+            False,
+            f"rank {failed[0].rank} ended without a result ({failed[0].exit})",
+            reference,
+        )
     expected = _reference(runner_cls, setup, micro_batch)
     got = {}
     for end in ends:
@@ -99,42 +121,63 @@ def check_rank_gradients(method: str, setup: VerifySetup, schedule: str | None =
             got.setdefault(name, grad)
     if set(got) != set(expected):
         missing = sorted(set(expected) - set(got)) or sorted(set(got) - set(expected))
-        return CheckResult(check, method, False, f"gradients do not cover the reference's: "
-                           f"{', '.join(missing[:3])}", reference)
+        return CheckResult(
+            check,
+            method,
+            False,
+            f"gradients do not cover the reference's: {', '.join(missing[:3])}",
+            reference,
+        )
     names = sorted(expected)
-    return _compare_gradients(check, method, reference, [expected[n] for n in names],
-                              [got[n] for n in names])
+    return _compare_gradients(
+        check, method, reference, [expected[n] for n in names], [got[n] for n in names]
+    )
 
 
 def _rank_losses(rank: int, world: int, task) -> tuple[list[float], bool]:
     """One rank: its loss at every step of training on the learnable batch, dropout on."""
     method, setup, micro_batch = task
-    runner = get_runner(method)(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
-                                total_steps=LEARN_SCHEDULE_STEPS, micro_batch=micro_batch,
-                                devices=world)
+    runner = get_runner(method)(
+        setup.arch,
+        setup.res,
+        setup.classes,
+        "cpu",
+        seed=setup.seed,
+        total_steps=LEARN_SCHEDULE_STEPS,
+        micro_batch=micro_batch,
+        devices=world,
+    )
     batch = runner.local_batch(*learnable_batch(setup))
     return [float(runner.step(*batch)) for _ in range(LEARN_STEPS)], True
 
 
-def check_rank_learns(method: str, setup: VerifySetup,
-                      devices: int = VERIFY_DEVICES) -> CheckResult:
+def check_rank_learns(
+    method: str, setup: VerifySetup, devices: int = VERIFY_DEVICES
+) -> CheckResult:
     """Every rank that reports a loss lowers it by LEARN_REQUIRED_DROP (the last five steps'
     mean against the first step's), none of them ever non-finite."""
     runner_cls = get_runner(method)
     micro_batch = max(1, setup.batch // 4) if runner_cls.uses_micro_batch else None
-    ends = launch_ranks(_rank_losses, (method, setup, micro_batch), devices, "cpu",
-                        timeout_s=RANK_TIMEOUT_S)
+    ends = launch_ranks(
+        _rank_losses, (method, setup, micro_batch), devices, "cpu", timeout_s=RANK_TIMEOUT_S
+    )
     if any(end.result is None for end in ends):
         failed = next(end for end in ends if end.result is None)
-        return CheckResult("learns", method, False, f"rank {failed.rank} ended without a result "
-                           f"({failed.exit})")
+        return CheckResult(
+            "learns", method, False, f"rank {failed.rank} ended without a result ({failed.exit})"
+        )
     curves = {end.rank: end.result for end in ends if any(end.result)}
     drops = {rank: (c[0], sum(c[-5:]) / 5) for rank, c in curves.items()}
-    passed = bool(drops) and all(last <= (1 - LEARN_REQUIRED_DROP) * first and
-                                 all(map(_finite, curves[rank]))
-                                 for rank, (first, last) in drops.items())
-    detail = ", ".join(f"rank {rank}: loss {first:.3f} -> {last:.3f}"
-                       for rank, (first, last) in drops.items()) or "no rank reports a loss"
+    passed = bool(drops) and all(
+        last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(_finite, curves[rank]))
+        for rank, (first, last) in drops.items()
+    )
+    detail = (
+        ", ".join(
+            f"rank {rank}: loss {first:.3f} -> {last:.3f}" for rank, (first, last) in drops.items()
+        )
+        or "no rank reports a loss"
+    )
     return CheckResult("learns", method, passed, f"{detail} over {LEARN_STEPS} steps")
 
 
@@ -142,8 +185,10 @@ def rank_checks(method: str, setup: VerifySetup) -> list[CheckResult]:
     """Every check of a runner that spans devices (each pipeline schedule it takes)."""
     runner_cls = get_runner(method)
     schedules = ("gpipe", "1f1b") if runner_cls.uses_schedule else (None,)
-    return [*(check_rank_gradients(method, setup, schedule) for schedule in schedules),
-            check_rank_learns(method, setup)]
+    return [
+        *(check_rank_gradients(method, setup, schedule) for schedule in schedules),
+        check_rank_learns(method, setup),
+    ]
 
 
 __all__ = ["VERIFY_DEVICES", "check_rank_gradients", "rank_checks"]

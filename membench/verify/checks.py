@@ -8,20 +8,39 @@ import torch
 
 from ..runners import Runner, get_runner
 from . import (
-    COMPILED_RTOL, GRADIENT_RTOL, LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS, LOSS_RTOL,
-    PRECISION_LOSS_RTOL, UPDATE_RTOL, CheckResult, VerifySetup,
+    COMPILED_RTOL,
+    GRADIENT_RTOL,
+    LEARN_REQUIRED_DROP,
+    LEARN_SCHEDULE_STEPS,
+    LEARN_STEPS,
+    LOSS_RTOL,
+    PRECISION_LOSS_RTOL,
+    UPDATE_RTOL,
+    CheckResult,
+    VerifySetup,
 )
 
 
-def _build(method: str, setup: VerifySetup, *, dropout: bool, total_steps: int,
-           **tooling) -> Runner:
+def _build(
+    method: str, setup: VerifySetup, *, dropout: bool, total_steps: int, **tooling
+) -> Runner:
     """The method's runner for the setup; ``tooling``: runner keywords (precision, compile,
     grads, optimizer_state)."""
     runner_cls = get_runner(method)
-    micro_batch = runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
-    return runner_cls(setup.arch, setup.res, setup.classes, "cpu", seed=setup.seed,
-                      total_steps=total_steps, micro_batch=micro_batch, dropout=dropout,
-                      **tooling)
+    micro_batch = (
+        runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
+    )
+    return runner_cls(
+        setup.arch,
+        setup.res,
+        setup.classes,
+        "cpu",
+        seed=setup.seed,
+        total_steps=total_steps,
+        micro_batch=micro_batch,
+        dropout=dropout,
+        **tooling,
+    )
 
 
 def uses_batch_statistics(setup: VerifySetup) -> bool:
@@ -51,13 +70,20 @@ def learnable_batch(setup: VerifySetup) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _gradients(runner: Runner) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-            for p in runner.parameters()]
+    return [
+        p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for p in runner.parameters()
+    ]
 
 
-def _after_first_step(name: str, setup: VerifySetup, dropout: bool = False,
-                      micro_batch: int | None = None, unclipped: bool = False,
-                      **tooling) -> Runner:
+def _after_first_step(
+    name: str,
+    setup: VerifySetup,
+    dropout: bool = False,
+    micro_batch: int | None = None,
+    unclipped: bool = False,
+    **tooling,
+) -> Runner:
     """A runner built from the setup's seed (dropout off unless asked), after one step on the
     random batch; ``micro_batch`` replaces its default split; ``unclipped`` lifts a layer-local
     runner's gradient clipping, which would hide a wrong scale (both sides clipped to norm 1)."""
@@ -70,31 +96,51 @@ def _after_first_step(name: str, setup: VerifySetup, dropout: bool = False,
     return runner
 
 
-def _compare_gradients(check: str, method: str, reference: str, ref: list[torch.Tensor],
-                       got: list[torch.Tensor]) -> CheckResult:
+def _compare_gradients(
+    check: str, method: str, reference: str, ref: list[torch.Tensor], got: list[torch.Tensor]
+) -> CheckResult:
     if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-        return CheckResult(check, method, False, "parameter shapes differ from the reference", reference)
-    worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(ref, got))
-    return CheckResult(check, method, worst <= GRADIENT_RTOL,
-                       f"max relative difference {worst:.1e} (tolerance {GRADIENT_RTOL:.0e})", reference)
+        return CheckResult(
+            check, method, False, "parameter shapes differ from the reference", reference
+        )
+    worst = max(
+        ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(ref, got)
+    )
+    return CheckResult(
+        check,
+        method,
+        worst <= GRADIENT_RTOL,
+        f"max relative difference {worst:.1e} (tolerance {GRADIENT_RTOL:.0e})",
+        reference,
+    )
 
 
-def check_gradients(method: str, reference: str, setup: VerifySetup,
-                    dropout: bool = False, micro_batch: int | None = None) -> CheckResult:
+def check_gradients(
+    method: str,
+    reference: str,
+    setup: VerifySetup,
+    dropout: bool = False,
+    micro_batch: int | None = None,
+) -> CheckResult:
     """Same batch, same initial weights: the gradients must match the reference's. Dropout off,
     or (``dropout=True``, for runners that must reproduce the reference's dropout masks, such as
     checkpointing with the RNG state preserved) on; with ``micro_batch``, when this runner
     accumulates them over micro-batches of that size."""
     ref = _gradients(_after_first_step(reference, setup, dropout))
     got = _gradients(_after_first_step(method, setup, dropout, micro_batch=micro_batch))
-    check = "gradients" + (" (dropout on)" if dropout else "") + (
-        f" (micro-batch {micro_batch})" if micro_batch else "")
+    check = (
+        "gradients"
+        + (" (dropout on)" if dropout else "")
+        + (f" (micro-batch {micro_batch})" if micro_batch else "")
+    )
     return _compare_gradients(check, method, reference, ref, got)
 
 
-UPDATE_TOOLING = {"grads released": {"grads": "released"},
-                  "optimizer state on host": {"optimizer_state": "host"},
-                  "both": {"grads": "released", "optimizer_state": "host"}}
+UPDATE_TOOLING = {
+    "grads released": {"grads": "released"},
+    "optimizer state on host": {"optimizer_state": "host"},
+    "both": {"grads": "released", "optimizer_state": "host"},
+}
 
 
 def accepts(runner_cls: type[Runner], setup: VerifySetup, **tooling) -> bool:
@@ -103,9 +149,12 @@ def accepts(runner_cls: type[Runner], setup: VerifySetup, **tooling) -> bool:
     from ..runners import RunnerConfigError
     from ..schema import Cell
 
-    micro_batch = runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
-    cell = Cell(runner_cls.name, setup.arch, setup.res, setup.batch, micro_batch, setup.classes,
-                **tooling)
+    micro_batch = (
+        runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
+    )
+    cell = Cell(
+        runner_cls.name, setup.arch, setup.res, setup.batch, micro_batch, setup.classes, **tooling
+    )
     try:
         runner_cls.check_tooling(cell)
     except RunnerConfigError:
@@ -125,36 +174,58 @@ def check_same_updates(method: str, setup: VerifySetup, what: str, steps: int = 
     optimizer state in host memory) changes what memory holds, never the update: the weights'
     change over ``steps`` steps (two, so the second update reads moments the first one kept)
     must match the same method's without it, dropout off."""
-    start = [p.detach().clone() for p in _build(method, setup, dropout=False,
-                                               total_steps=steps).parameters()]
+    start = [
+        p.detach().clone()
+        for p in _build(method, setup, dropout=False, total_steps=steps).parameters()
+    ]
     ref = _weights_after(method, setup, steps)
     got = _weights_after(method, setup, steps, **UPDATE_TOOLING[what])
-    worst = max(((r - g).abs().max() / (r - s).abs().max().clamp_min(1e-12)).item()
-                for s, r, g in zip(start, ref, got))
-    return CheckResult(f"updates ({what})", method, worst <= UPDATE_RTOL,
-                       f"weight change over {steps} steps: max relative difference {worst:.1e} "
-                       f"(tolerance {UPDATE_RTOL:.0e})", f"{method}, kept on the device")
+    worst = max(
+        ((r - g).abs().max() / (r - s).abs().max().clamp_min(1e-12)).item()
+        for s, r, g in zip(start, ref, got)
+    )
+    return CheckResult(
+        f"updates ({what})",
+        method,
+        worst <= UPDATE_RTOL,
+        f"weight change over {steps} steps: max relative difference {worst:.1e} "
+        f"(tolerance {UPDATE_RTOL:.0e})",
+        f"{method}, kept on the device",
+    )
 
 
 def _layer_gradients(runner: Runner) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-            for params in runner.local_parameters() for p in params]
+    return [
+        p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for params in runner.local_parameters()
+        for p in params
+    ]
 
 
-def check_layer_gradients(method: str, reference: str, setup: VerifySetup,
-                          micro_batch: int | None = None, precision: str = "fp32") -> CheckResult:
+def check_layer_gradients(
+    method: str,
+    reference: str,
+    setup: VerifySetup,
+    micro_batch: int | None = None,
+    precision: str = "fp32",
+) -> CheckResult:
     """Layer-local training (DTG-FF): each layer's own parameters (conv weight and bias, the
     readout's temperature) must get the reference's first-step gradients, dropout off; with
     ``micro_batch``, when this runner splits each layer's batch into chunks of that size; with
     a reduced ``precision``, both under autocast (what a layer hands the next must be what the
     next layer's conv would compute on). Compared before clipping. The classifier head is left
     out: its features may come from before or after the layers' steps."""
-    ref = _layer_gradients(_after_first_step(reference, setup, unclipped=True,
-                                             precision=precision))
-    got = _layer_gradients(_after_first_step(method, setup, micro_batch=micro_batch,
-                                             unclipped=True, precision=precision))
-    check = "layer gradients" + (f" (micro-batch {micro_batch})" if micro_batch else "") + (
-        f" ({precision})" if precision != "fp32" else "")
+    ref = _layer_gradients(_after_first_step(reference, setup, unclipped=True, precision=precision))
+    got = _layer_gradients(
+        _after_first_step(
+            method, setup, micro_batch=micro_batch, unclipped=True, precision=precision
+        )
+    )
+    check = (
+        "layer gradients"
+        + (f" (micro-batch {micro_batch})" if micro_batch else "")
+        + (f" ({precision})" if precision != "fp32" else "")
+    )
     return _compare_gradients(check, method, reference, ref, got)
 
 
@@ -164,24 +235,41 @@ def check_first_step_losses(method: str, reference: str, setup: VerifySetup) -> 
     for name in (reference, method):
         layer_losses = getattr(_after_first_step(name, setup), "layer_losses", None)
         if not layer_losses:
-            return CheckResult("first-step losses", method, False,
-                               f"{name} does not expose layer_losses", reference)
+            return CheckResult(
+                "first-step losses",
+                method,
+                False,
+                f"{name} does not expose layer_losses",
+                reference,
+            )
         losses[name] = torch.stack([loss.detach() for loss in layer_losses])
     ref, got = losses[reference], losses[method]
     if ref.shape != got.shape:
-        return CheckResult("first-step losses", method, False,
-                           f"{len(got)} layer losses, reference has {len(ref)}", reference)
+        return CheckResult(
+            "first-step losses",
+            method,
+            False,
+            f"{len(got)} layer losses, reference has {len(ref)}",
+            reference,
+        )
     worst = ((ref - got).abs() / ref.abs().clamp_min(1e-12)).max().item()
-    return CheckResult("first-step losses", method, worst <= LOSS_RTOL,
-                       f"{len(ref)} layers, max relative difference {worst:.1e}", reference)
+    return CheckResult(
+        "first-step losses",
+        method,
+        worst <= LOSS_RTOL,
+        f"{len(ref)} layers, max relative difference {worst:.1e}",
+        reference,
+    )
 
 
-def check_learns(method: str, setup: VerifySetup, steps: int = LEARN_STEPS,
-                 precision: str = "fp32") -> CheckResult:
+def check_learns(
+    method: str, setup: VerifySetup, steps: int = LEARN_STEPS, precision: str = "fp32"
+) -> CheckResult:
     """Train on one learnable batch; the loss must drop by LEARN_REQUIRED_DROP or more."""
     images, labels = learnable_batch(setup)
-    runner = _build(method, setup, dropout=True, total_steps=LEARN_SCHEDULE_STEPS,
-                    precision=precision)
+    runner = _build(
+        method, setup, dropout=True, total_steps=LEARN_SCHEDULE_STEPS, precision=precision
+    )
     losses = [float(runner.step(images, labels)) for _ in range(steps)]
     first, last = losses[0], sum(losses[-5:]) / 5
     passed = last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(_finite, losses))
@@ -201,9 +289,14 @@ def check_precision(method: str, precision: str, setup: VerifySetup) -> CheckRes
     got, _ = _first_step_loss(method, setup, precision=precision)
     difference = abs(got - reference) / max(abs(reference), 1e-12)
     tolerance = PRECISION_LOSS_RTOL[precision]
-    return CheckResult(f"first-step loss ({precision})", method, 0 < difference <= tolerance,
-                       f"{got:.5f} against fp32's {reference:.5f}: relative difference "
-                       f"{difference:.1e} (must be in (0, {tolerance:g}])", "fp32")
+    return CheckResult(
+        f"first-step loss ({precision})",
+        method,
+        0 < difference <= tolerance,
+        f"{got:.5f} against fp32's {reference:.5f}: relative difference "
+        f"{difference:.1e} (must be in (0, {tolerance:g}])",
+        "fp32",
+    )
 
 
 def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> CheckResult:
@@ -214,9 +307,13 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
     worst = abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12)
     for a, b in zip(_gradients(eager), _gradients(compiled)):
         worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
-    return CheckResult(f"compiled ({mode})", method, worst <= COMPILED_RTOL,
-                       f"loss and gradients: max relative difference {worst:.1e} (tolerance "
-                       f"{COMPILED_RTOL:.0e})", "eager")
+    return CheckResult(
+        f"compiled ({mode})",
+        method,
+        worst <= COMPILED_RTOL,
+        f"loss and gradients: max relative difference {worst:.1e} (tolerance {COMPILED_RTOL:.0e})",
+        "eager",
+    )
 
 
 def _finite(value: float) -> bool:
@@ -242,21 +339,26 @@ def check_layer_isolation(method: str, setup: VerifySetup) -> CheckResult:
     for layer in stack.layers():
         z = layer.block(x)
         everything = [p for params in units for p in params]
-        grads = torch.autograd.grad(z.square().mean(), everything, allow_unused=True,
-                                    retain_graph=True)
+        grads = torch.autograd.grad(
+            z.square().mean(), everything, allow_unused=True, retain_graph=True
+        )
         start = 0
         for index, params in enumerate(units):
-            reached = any(g is not None and bool(g.abs().sum() > 0)
-                          for g in grads[start:start + len(params)])
+            reached = any(
+                g is not None and bool(g.abs().sum() > 0)
+                for g in grads[start : start + len(params)]
+            )
             start += len(params)
             if index != layer.index and reached:
                 leaks.append(f"{layer.index}->{index}")
             if index == layer.index and params and not reached:
                 silent.append(str(index))
         x = layer.next_input(z.detach())
-    detail = (f"{len(units)} units; the loss of one reaches another's parameters: "
-              f"{', '.join(leaks)}" if leaks else f"{len(units)} units, each loss reaches its "
-              "own parameters only")
+    detail = (
+        f"{len(units)} units; the loss of one reaches another's parameters: {', '.join(leaks)}"
+        if leaks
+        else f"{len(units)} units, each loss reaches its own parameters only"
+    )
     if silent:
         detail += f"; no gradient reaches unit(s) {', '.join(silent)}"
     return CheckResult("layer isolation", method, not leaks and not silent, detail)

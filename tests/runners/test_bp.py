@@ -59,7 +59,8 @@ def test_offloading_lowers_the_device_peak_and_counts_what_went_to_the_host():
     offloaded = prepared.runner.offloaded_peak_bytes
     assert offloaded > 0 and prepared.runner.offload.current_bytes == 0  # all freed after backward
     plain = prepare_cell(Cell("bp", "vgg-d3-w16", 16, 4, warmup=1), CpuDevice()).tracked(
-        TensorMemoryTracker(), 2)
+        TensorMemoryTracker(), 2
+    )
     assert tracker.peak_bytes < plain.peak_bytes  # the host copies are not device memory
 
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from membench.runners.ff import (
-    DTGFF, INFERENCE_MODES, FFNaiveRunner, FFPipelinedRunner, GoodnessReadout,
+    DTGFF,
+    INFERENCE_MODES,
+    FFNaiveRunner,
+    FFPipelinedRunner,
+    GoodnessReadout,
 )
 
 ARCH, RES, BATCH, K = "vgg-d3-w8", 8, 4, 5
@@ -26,8 +30,10 @@ def test_readout_is_fixed_and_temperature_starts_mid_range():
 
 
 def layer_gradient_norms(runner) -> list[float]:
-    return [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
-            for params in runner.layer_params]
+    return [
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        for params in runner.layer_params
+    ]
 
 
 @pytest.mark.parametrize("runner_cls", [FFNaiveRunner, FFPipelinedRunner])
@@ -63,7 +69,9 @@ def test_no_gradient_crosses_a_layer_or_reaches_the_backbone_from_the_classifier
     loss = torch.nn.functional.cross_entropy(model.readouts[1](z), labels)
     grads = torch.autograd.grad(loss, reference.layer_params[1])
     total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-    expected = [g * min(1.0, 1.0 / (total.item() + 1e-6)) for g in grads]  # clipping as the runner does
+    expected = [
+        g * min(1.0, 1.0 / (total.item() + 1e-6)) for g in grads
+    ]  # clipping as the runner does
     for got, want in zip([p.grad for p in runner.layer_params[1]], expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
@@ -90,8 +98,13 @@ def test_classifier_features_skip_the_first_layer(monkeypatch):
         check_classifier_features(model, images)
         # The mutation: layer 0's feature included.
         original = DTGFF.classifier_features
-        monkeypatch.setattr(DTGFF, "classifier_features", lambda self, x: torch.cat(
-            [self.backbone.layer(0).block(x).mean(dim=(2, 3)), original(self, x)], dim=1))
+        monkeypatch.setattr(
+            DTGFF,
+            "classifier_features",
+            lambda self, x: torch.cat(
+                [self.backbone.layer(0).block(x).mean(dim=(2, 3)), original(self, x)], dim=1
+            ),
+        )
         with pytest.raises(AssertionError):
             check_classifier_features(model, images)
 
@@ -123,7 +136,9 @@ def template_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def accuracy(runner, how: str, images: torch.Tensor, labels: torch.Tensor) -> float:
     runner.model.eval()
     try:
-        return (runner.model.infer_logits(images, how).argmax(dim=1) == labels).float().mean().item()
+        return (
+            (runner.model.infer_logits(images, how).argmax(dim=1) == labels).float().mean().item()
+        )
     finally:
         runner.model.train()
 
@@ -149,8 +164,12 @@ def test_micro_batched_ff_holds_one_chunks_graph_and_keeps_the_cell_id_without_i
     from membench.planning.estimate import estimate_cell
     from membench.schema import Cell
 
-    whole, split = (estimate_cell(Cell("ff-pipelined", "vgg-d4-w64", 32, 64, mb, warmup=1, steps=1),
-                                  "cuda").peak_allocated_bytes for mb in (None, 16))
+    whole, split = (
+        estimate_cell(
+            Cell("ff-pipelined", "vgg-d4-w64", 32, 64, mb, warmup=1, steps=1), "cuda"
+        ).peak_allocated_bytes
+        for mb in (None, 16)
+    )
     assert split < whole
     [plain] = expand_grid(method=["ff-pipelined"], arch=["vgg8"], res=[32], batch=[256])
     assert plain.micro_batch is None and "mb" not in plain.cell_id  # ids of earlier runs hold

@@ -46,15 +46,18 @@ def test_pipelining_lowers_the_ff_peak(vgg11_r64_b8):
 
 @pytest.mark.slow
 def test_pipelined_ff_keeps_fewer_activations_than_bp(vgg11_r64_b8):
-    assert (vgg11_r64_b8["ff-pipelined"].peak_breakdown().activations
-            < vgg11_r64_b8["bp"].peak_breakdown().activations)
+    assert (
+        vgg11_r64_b8["ff-pipelined"].peak_breakdown().activations
+        < vgg11_r64_b8["bp"].peak_breakdown().activations
+    )
 
 
 def test_activation_memory_is_linear_in_depth_for_bp_and_constant_for_pipelined_ff():
     # No pooling (-p0): every layer has the same activation volume, so depth is the only change.
     activations = {
         (method, depth): tracked(method, f"vgg-d{depth}-w32-p0", 16, 8).peak_breakdown().activations
-        for method in ("bp", "ff-pipelined") for depth in (2, 4, 8)
+        for method in ("bp", "ff-pipelined")
+        for depth in (2, 4, 8)
     }
     bp = [activations["bp", d] for d in (2, 4, 8)]
     ff = [activations["ff-pipelined", d] for d in (2, 4, 8)]

@@ -38,10 +38,10 @@ def test_the_update_tools_change_no_update(method, what):
 def test_the_update_check_fails_when_host_state_is_not_copied_back(monkeypatch):
     def forgetful(self):  # the mutation: the step's new moments never reach the host copies
         with contextlib.ExitStack():
-            for state, key, where in self._moments():
+            for state, key, _ in self._moments():
                 state[key] = state[key].clone()
             yield
-            for state, key, where in self._moments():
+            for state, key, _ in self._moments():
                 state[key] = torch.zeros_like(state[key])
 
     monkeypatch.setattr(optim.HostState, "on_device", contextlib.contextmanager(forgetful))
@@ -50,7 +50,9 @@ def test_the_update_check_fails_when_host_state_is_not_copied_back(monkeypatch):
 
 
 def test_the_update_check_fails_when_released_gradients_are_never_applied(monkeypatch):
-    monkeypatch.setattr(optim.PerParameterAdamW, "in_backward", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(
+        optim.PerParameterAdamW, "in_backward", lambda self: contextlib.nullcontext()
+    )
     assert not check_same_updates("bp", SETUP, "grads released").passed
     # FF: the mutation frees a layer's gradients before its step instead of after it.
     original = ff._DTGFFRunner._step
@@ -125,16 +127,20 @@ def test_the_micro_batched_boundary_is_held_once(monkeypatch):
 def test_the_bf16_boundary_check_fails_when_the_boundary_changes_its_values(monkeypatch):
     assert check_layer_gradients("ff-pipelined", "ff-naive", SETUP, precision="bf16").passed
     monkeypatch.setitem(ff.AUTOCAST_DTYPES, "bf16", torch.float16)  # the mutation: held in fp16
-    monkeypatch.setattr(ff.FFPipelinedRunner, "autocast", lambda self: torch.autocast(
-        "cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(
+        ff.FFPipelinedRunner, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16)
+    )
     assert not check_layer_gradients("ff-pipelined", "ff-naive", SETUP, precision="bf16").passed
 
 
-@pytest.mark.parametrize(("settings", "needle"), [
-    (dict(method="bp-accum", grads="released"), "cannot release them"),
-    (dict(method="bp-ckpt", micro_batch=4, grads="released"), "cannot release them"),
-    (dict(method="bp", precision="fp16", optimizer_state="host"), "use bf16"),
-])
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        (dict(method="bp-accum", grads="released"), "cannot release them"),
+        (dict(method="bp-ckpt", micro_batch=4, grads="released"), "cannot release them"),
+        (dict(method="bp", precision="fp16", optimizer_state="host"), "use bf16"),
+    ],
+)
 def test_tooling_a_runner_cannot_honour_is_refused_in_one_line(settings, needle):
     with pytest.raises(ConfigError, match=needle) as err:
         expand_grid(arch="vgg-d3-w8", res=8, batch=8, **settings)
