@@ -1,5 +1,5 @@
 """``PYTORCH_CUDA_ALLOC_CONF`` parsed as PyTorch 2.14 parses it, into a frozen ``AllocatorConfig``
-the caching-allocator model (``allocator.py``) runs under (docs/allocator.md, "Configuration").
+the caching-allocator model (``model.py``) runs under (docs/allocator.md, "Configuration").
 
 The rules follow c10/core/AllocatorConfig.cpp (``AcceleratorAllocatorConfig::parseArgs``: the
 keys every accelerator shares) and c10/cuda/CUDAAllocatorConfig.{h,cpp} (``getKeys``, the CUDA
