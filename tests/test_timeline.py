@@ -30,6 +30,7 @@ from membench.schema import CATEGORIES, Cell
 from membench.timeline.events import FREE, Phase, find_peak, layer_of, timeline_rows
 from membench.timeline.files import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
 from membench.timeline.snapshot import VIEWER_CATEGORY, synthesize_snapshot, timeline_from_cuda
+from membench.timeline.viewer import snapshot_peak
 
 cli = CliRunner()
 
@@ -236,8 +237,9 @@ def viewer_categories(trace: list[dict]) -> list[str]:
 
 @pytest.mark.parametrize("method", ["bp", "ff-pipelined"])
 def test_a_synthesized_snapshot_carries_the_category_pytorchs_viewer_requires(method):
-    result, _ = recorded(method)
+    result, rows = recorded(method)
     snapshot = synthesize_snapshot(result.timeline)
+    assert snapshot_peak(snapshot) == find_peak(rows).total_bytes  # as the viewer stacks it
     trace = snapshot["device_traces"][0]
     found = viewer_categories(trace)
     assert VIEWER_CATEGORY == "unknown" and VIEWER_CATEGORY in found  # else the viewer throws
