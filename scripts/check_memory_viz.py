@@ -47,21 +47,26 @@ from pathlib import Path
 
 from membench.errors import InputError
 from membench.results import read_cells
+from membench.timeline.files import snapshot_path
 from membench.timeline.viewer import offline_page, snapshot_peak
-from membench.timelines import snapshot_path
 
 # Headless Chromium on a machine without a network (Playwright adds --headless, --no-sandbox
 # and a fresh --user-data-dir): no background connections, no component or sync updates.
-CHROMIUM_FLAGS = ["--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PLOT = 'svg[viewBox="0 0 1024 576"]'  # the Active Memory Timeline's plot (MemoryViz.js)
 SIZE_TEXT = re.compile(r"Size: [^,(]*\((?P<bytes>\d+) bytes\) allocation")
 REFERENCES = 3  # allocations hovered to turn pixels into bytes
 LOAD_SECONDS = 60
 
-DRAWING = """() => {
-  const svg = document.querySelector('%s');
+DRAWING = """plot => {
+  const svg = document.querySelector(plot);
   if (svg === null) return null;
   const polygons = [...svg.querySelectorAll('polygon')].map(p => ({
     points: p.getAttribute('points').trim().split(/\\s+/).map(xy => xy.split(',').map(Number)),
@@ -69,7 +74,7 @@ DRAWING = """() => {
   const legend = [...svg.querySelectorAll('text[font-family="helvetica"]')]
     .map(t => t.textContent);
   return {polygons, legend};
-}""" % PLOT
+}"""
 CONTEXT = "() => [...document.querySelectorAll('pre')].map(p => p.textContent).join('\\n')"
 
 
@@ -130,26 +135,38 @@ def drawn_peak(page, html: Path, errors: list[str], requests: list[str]) -> tupl
         raise Failed(f"the viewer threw: {errors[0]}")
     if requests:
         raise Failed(f"the page asked the network for {requests[0]}")
-    drawing = page.evaluate(DRAWING)
+    drawing = page.evaluate(DRAWING, PLOT)
     polygons = drawing["polygons"]
     uncoloured = sum(1 for polygon in polygons if not polygon["fill"])
     if uncoloured:
         raise Failed(f"{uncoloured} of {len(polygons)} polygons have no colour")
     ys = [y for polygon in polygons for _, y in polygon["points"]]
     raw = (max(ys) - min(ys)) * _bytes_per_pixel(page, polygons)
-    return round(raw), (f"{len(polygons)} polygons, legend: {', '.join(drawing['legend'])}"
-                        if drawing["legend"] else f"{len(polygons)} polygons, no legend")
+    return round(raw), (
+        f"{len(polygons)} polygons, legend: {', '.join(drawing['legend'])}"
+        if drawing["legend"]
+        else f"{len(polygons)} polygons, no legend"
+    )
 
 
-def check(page, path: Path, viewer: Path, d3: Path, expect: int | None, scratch: Path,
-          errors: list[str], requests: list[str]) -> bool:
+def check(
+    page,
+    path: Path,
+    viewer: Path,
+    d3: Path,
+    expect: int | None,
+    scratch: Path,
+    errors: list[str],
+    requests: list[str],
+) -> bool:
     """One snapshot: print its PASS or FAIL line; True when it passed."""
     try:
         snapshot = pickle.loads(path.read_bytes())
     except Exception:  # unpickling a file that is no pickle can raise almost anything
         raise InputError(f"{path} is not a pickle") from None
-    expected, source = (expect, "--expect-peak") if expect is not None else \
-        expected_peak(path, snapshot)
+    expected, source = (
+        (expect, "--expect-peak") if expect is not None else expected_peak(path, snapshot)
+    )
     html = scratch / f"{path.stem}.html"
     html.write_text(offline_page(snapshot, viewer, d3), encoding="utf-8")
     errors.clear()
@@ -159,15 +176,18 @@ def check(page, path: Path, viewer: Path, d3: Path, expect: int | None, scratch:
         carried = {e["category"] for t in snapshot["device_traces"] for e in t if "category" in e}
         legend = set(summary.partition("legend: ")[2].split(", ")) - {""}
         if carried and legend != carried | {"unknown"}:
-            raise Failed(f"legend {sorted(legend)} is not the snapshot's categories "
-                         f"{sorted(carried)} and unknown")
+            raise Failed(
+                f"legend {sorted(legend)} is not the snapshot's categories "
+                f"{sorted(carried)} and unknown"
+            )
         if peak != expected:
             raise Failed(f"drawn peak {peak:,} B, expected {expected:,} B ({source}); {summary}")
     except Failed as err:
         print(f"FAIL {path.name}: {err}")
         return False
-    print(f"PASS {path.name}: drawn peak {peak:,} B = expected {expected:,} B ({source}); "
-          f"{summary}")
+    print(
+        f"PASS {path.name}: drawn peak {peak:,} B = expected {expected:,} B ({source}); {summary}"
+    )
     return True
 
 
@@ -191,16 +211,32 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as scratch:
-        browser = playwright.chromium.launch(executable_path=args.chromium, headless=True,
-                                             args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("pageerror", lambda err: errors.append(str(err).splitlines()[0]))
-        page.on("request", lambda request: request.url.startswith(("file:", "data:"))
-                or requests.append(request.url))
+        page.on(
+            "request",
+            lambda request: (
+                request.url.startswith(("file:", "data:")) or requests.append(request.url)
+            ),
+        )
         page.route(re.compile(r"^https?://"), lambda route: route.abort())
         try:
-            passed = [check(page, path, args.viewer, args.d3, args.expect_peak, Path(scratch),
-                            errors, requests) for path in args.snapshots]
+            passed = [
+                check(
+                    page,
+                    path,
+                    args.viewer,
+                    args.d3,
+                    args.expect_peak,
+                    Path(scratch),
+                    errors,
+                    requests,
+                )
+                for path in args.snapshots
+            ]
         except InputError as err:
             print(f"check_memory_viz: error: {err}", file=sys.stderr)
             return 2
