@@ -74,10 +74,12 @@ def test_fused_attention_counts_what_explicit_matmuls_count_plus_the_recomputed_
 
 def test_without_the_registration_fused_attention_counts_nothing(monkeypatch):
     # The mutation the issue found: torch's table lacks the CPU's flash kernel.
-    monkeypatch.delitem(flops.FLOP_FORMULAS,
-                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
-    monkeypatch.delitem(flops.FLOP_FORMULAS,
-                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    monkeypatch.delitem(
+        flops.FLOP_FORMULAS, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    )
+    monkeypatch.delitem(
+        flops.FLOP_FORMULAS, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    )
     fused, explicit = counted(fused=True), counted(fused=False)
     assert fused["total"] != explicit["total"] + ATTENTION_FORWARD // 2
     assert fused["total"] == explicit["total"] - ATTENTION_FORWARD * 3  # every matmul missing
@@ -86,10 +88,16 @@ def test_without_the_registration_fused_attention_counts_nothing(monkeypatch):
 def sdpa_kernel_ops() -> list[str]:
     """The kernels SDPA's backend choice dispatches (``aten::_scaled_dot_product_*``), less the
     composites (the math backend: its matmuls are counted) and the choice itself."""
-    names = {name.split(".")[0] for name in torch._C._dispatch_get_all_op_names()
-             if name.startswith("aten::_scaled_dot_product")}
-    return sorted(name for name in names if not torch._C._dispatch_has_kernel_for_dispatch_key(
-        name, "CompositeImplicitAutograd"))
+    names = {
+        name.split(".")[0]
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("aten::_scaled_dot_product")
+    }
+    return sorted(
+        name
+        for name in names
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+    )
 
 
 def test_every_sdpa_kernel_op_has_a_flop_formula():

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.flop_counter import (
-    FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count,
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
 )
 
 from ..schema import PRECISIONS
@@ -79,8 +82,7 @@ def conv_backward_flop(
     return flops
 
 
-def attention_flop(query_shape, key_shape, value_shape, *_args, out_shape=None,
-                   **_kwargs) -> int:
+def attention_flop(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
     """FLOPs of a fused attention forward: torch's formula (``sdpa_flop_count``), the two
     matmuls q·kᵀ and attention·v, 2·2·b·heads·s_q·s_k·d (4·b·s²·h for self-attention of width
     h = heads·d). Softmax, scaling and masking are not counted, as for an explicit softmax.
@@ -89,8 +91,9 @@ def attention_flop(query_shape, key_shape, value_shape, *_args, out_shape=None,
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def attention_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *_args,
-                            out_shape=None, **_kwargs) -> int:
+def attention_backward_flop(
+    grad_out_shape, query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs
+) -> int:
     """FLOPs of a fused attention backward: torch's formula (``sdpa_backward_flop_count``),
     five matmuls of the forward's size, 2.5 times the forward: the scores recomputed (a fused
     kernel saves no attention matrix), then the gradients of attention·v (two) and of q·kᵀ
@@ -106,11 +109,15 @@ _aten = torch.ops.aten
 # gradients. Torch's table has CUDA's flash, memory-efficient and cuDNN kernels; the math
 # backend is a composite of matmuls, counted as such. Their query, key and value (the
 # backward's gradient, query, key, value) come first, so torch's formulas apply.
-ATTENTION_FORWARD = (_aten._scaled_dot_product_flash_attention_for_cpu,
-                     _aten._scaled_dot_product_fused_attention_overrideable,
-                     _aten._scaled_dot_product_attention_math_for_mps)
-ATTENTION_BACKWARD = (_aten._scaled_dot_product_flash_attention_for_cpu_backward,
-                      _aten._scaled_dot_product_fused_attention_overrideable_backward)
+ATTENTION_FORWARD = (
+    _aten._scaled_dot_product_flash_attention_for_cpu,
+    _aten._scaled_dot_product_fused_attention_overrideable,
+    _aten._scaled_dot_product_attention_math_for_mps,
+)
+ATTENTION_BACKWARD = (
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    _aten._scaled_dot_product_fused_attention_overrideable_backward,
+)
 
 # What FlopCounterMode counts differently from torch's own registry, or what the registry lacks
 # (docs/design.md, "FLOPs and MFU"); every FLOP count of membench goes through it.

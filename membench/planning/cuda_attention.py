@@ -71,11 +71,15 @@ def _flash_fits(query, key, value, attn_mask, is_causal: bool) -> bool:
     """``can_use_flash_attention``'s dense constraints: fp16/bf16, no mask, one head dim of
     at most 256, a causal mask only on a square, the last dim contiguous."""
     head_dim = query.size(-1)
-    return (torch.backends.cuda.flash_sdp_enabled() and query.dtype in FLASH_DTYPES
-            and attn_mask is None and key.size(-1) == value.size(-1) == head_dim
-            and head_dim <= FLASH_MAX_HEAD_DIM
-            and not (is_causal and query.size(-2) != key.size(-2))
-            and all(t.stride(-1) == 1 or t.size(-1) == 1 for t in (query, key, value)))
+    return (
+        torch.backends.cuda.flash_sdp_enabled()
+        and query.dtype in FLASH_DTYPES
+        and attn_mask is None
+        and key.size(-1) == value.size(-1) == head_dim
+        and head_dim <= FLASH_MAX_HEAD_DIM
+        and not (is_causal and query.size(-2) != key.size(-2))
+        and all(t.stride(-1) == 1 or t.size(-1) == 1 for t in (query, key, value))
+    )
 
 
 def _efficient_fits(query, key, value) -> bool:
@@ -85,20 +89,30 @@ def _efficient_fits(query, key, value) -> bool:
     if not torch.backends.cuda.mem_efficient_sdp_enabled() or query.dtype not in EFFICIENT_DTYPES:
         return False
     alignment = efficient_alignment(query.dtype)
-    return (query.size(-1) == key.size(-1) and query.size(-1) % alignment == 0
-            and value.size(-1) % alignment == 0
-            and all(t.storage_offset() % alignment == 0 for t in (query, key, value))
-            and all(t.stride(-1) == 1 for t in (query, key, value)))
+    return (
+        query.size(-1) == key.size(-1)
+        and query.size(-1) % alignment == 0
+        and value.size(-1) % alignment == 0
+        and all(t.storage_offset() % alignment == 0 for t in (query, key, value))
+        and all(t.stride(-1) == 1 for t in (query, key, value))
+    )
 
 
-def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                      enable_gqa: bool = False) -> str:
+def cuda_sdpa_backend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
+) -> str:
     """The kernel CUDA's ``scaled_dot_product_attention`` would run for these inputs (the
     module docstring): ``FLASH``, ``EFFICIENT`` or ``MATH``."""
-    dense = (query.dim() == key.dim() == value.dim() == 4
-             and min(query.size(-2), key.size(-2)) > 0
-             and _heads_fit(query, key, value, enable_gqa))
+    dense = (
+        query.dim() == key.dim() == value.dim() == 4
+        and min(query.size(-2), key.size(-2)) > 0
+        and _heads_fit(query, key, value, enable_gqa)
+    )
     if dense and _flash_fits(query, key, value, attn_mask, is_causal):
         return FLASH
     if dense and _efficient_fits(query, key, value):
@@ -110,8 +124,7 @@ def _additive_mask(attn_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.
     """attention.cpp's ``convert_boolean_attn_mask``: a boolean mask as 0 / -inf."""
     if attn_mask is None or attn_mask.dtype != torch.bool:
         return attn_mask
-    return torch.zeros_like(attn_mask, dtype=dtype).masked_fill_(attn_mask.logical_not(),
-                                                                  -math.inf)
+    return torch.zeros_like(attn_mask, dtype=dtype).masked_fill_(attn_mask.logical_not(), -math.inf)
 
 
 def _efficient_mask(attn_mask: torch.Tensor, query, key) -> torch.Tensor:
@@ -122,7 +135,8 @@ def _efficient_mask(attn_mask: torch.Tensor, query, key) -> torch.Tensor:
     last = mask.size(-1)
     if last % EFFICIENT_MASK_ALIGNMENT:
         return F.pad(mask, (0, EFFICIENT_MASK_ALIGNMENT - last % EFFICIENT_MASK_ALIGNMENT))[
-            ..., :last]
+            ..., :last
+        ]
     if any(stride % EFFICIENT_MASK_ALIGNMENT for stride in mask.stride()[:3]):
         return mask.contiguous()
     return mask
@@ -133,8 +147,17 @@ def _pad_head_dim(tensor: torch.Tensor) -> torch.Tensor:
     return F.pad(tensor, (0, short)) if short else tensor
 
 
-def sdpa_as_on_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *,
-                    scale=None, enable_gqa=False):
+def sdpa_as_on_cuda(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    *,
+    scale=None,
+    enable_gqa=False,
+):
     """``scaled_dot_product_attention`` as CUDA runs it (attention.cpp's CUDA path): the
     backend's aten op, so that autograd saves what that kernel saves."""
     aten = torch.ops.aten
@@ -143,8 +166,14 @@ def sdpa_as_on_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         head_dim = query.size(-1)
         scale = 1 / math.sqrt(head_dim) if scale is None else scale  # of the unpadded dim
         out = aten._scaled_dot_product_flash_attention(
-            _pad_head_dim(query), _pad_head_dim(key), _pad_head_dim(value), dropout_p,
-            is_causal, False, scale=scale)[0]
+            _pad_head_dim(query),
+            _pad_head_dim(key),
+            _pad_head_dim(value),
+            dropout_p,
+            is_causal,
+            False,
+            scale=scale,
+        )[0]
         return out[..., :head_dim] if out.size(-1) != head_dim else out
     attn_mask = _additive_mask(attn_mask, query.dtype)
     if backend == EFFICIENT:
@@ -152,10 +181,11 @@ def sdpa_as_on_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         if attn_mask is not None:
             attn_mask = _efficient_mask(attn_mask, query, key)
         return aten._scaled_dot_product_efficient_attention(
-            query, key, value, attn_mask, keep_lse, dropout_p, is_causal, scale=scale)[0]
+            query, key, value, attn_mask, keep_lse, dropout_p, is_causal, scale=scale
+        )[0]
     return aten._scaled_dot_product_attention_math(
-        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale,
-        enable_gqa=enable_gqa)[0]
+        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa
+    )[0]
 
 
 @contextlib.contextmanager

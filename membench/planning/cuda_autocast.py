@@ -40,35 +40,107 @@ import torch
 from torch.utils._pytree import tree_map
 
 FP32, FP32_SET_OPT_DTYPE, FP32_APPEND_DTYPE, PROMOTE = (
-    "fp32", "fp32_set_opt_dtype", "fp32_append_dtype", "promote")
+    "fp32",
+    "fp32_set_opt_dtype",
+    "fp32_append_dtype",
+    "promote",
+)
 
 # autocast_mode.h (torch 2.14.1), by policy; an op without an overload is its default overload.
 _FP32_OPS = (
-    "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p",
-    "reciprocal", "rsqrt", "sinh", "tan", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar",
-    "softplus", "layer_norm", "native_layer_norm", "rms_norm", "group_norm", "frobenius_norm.dim",
-    "nuclear_norm", "nuclear_norm.dim", "cosine_similarity", "poisson_nll_loss",
-    "cosine_embedding_loss", "nll_loss", "nll_loss2d", "hinge_embedding_loss", "kl_div",
-    "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss", "margin_ranking_loss",
-    "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss", "multi_margin_loss",
-    "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
-    "upsample_nearest1d", "_upsample_nearest_exact1d", "upsample_nearest2d",
-    "_upsample_nearest_exact2d", "upsample_nearest3d", "_upsample_nearest_exact3d",
-    "upsample_linear1d", "upsample_bilinear2d", "_upsample_bilinear2d_aa",
-    "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa",
+    "acos",
+    "asin",
+    "cosh",
+    "erfinv",
+    "exp",
+    "expm1",
+    "log",
+    "log10",
+    "log2",
+    "log1p",
+    "reciprocal",
+    "rsqrt",
+    "sinh",
+    "tan",
+    "pow.Tensor_Scalar",
+    "pow.Tensor_Tensor",
+    "pow.Scalar",
+    "softplus",
+    "layer_norm",
+    "native_layer_norm",
+    "rms_norm",
+    "group_norm",
+    "frobenius_norm.dim",
+    "nuclear_norm",
+    "nuclear_norm.dim",
+    "cosine_similarity",
+    "poisson_nll_loss",
+    "cosine_embedding_loss",
+    "nll_loss",
+    "nll_loss2d",
+    "hinge_embedding_loss",
+    "kl_div",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "mse_loss",
+    "margin_ranking_loss",
+    "multilabel_margin_loss",
+    "soft_margin_loss",
+    "triplet_margin_loss",
+    "multi_margin_loss",
+    "binary_cross_entropy_with_logits",
+    "dist",
+    "pdist",
+    "cdist",
+    "renorm",
+    "logsumexp",
+    "upsample_nearest1d",
+    "_upsample_nearest_exact1d",
+    "upsample_nearest2d",
+    "_upsample_nearest_exact2d",
+    "upsample_nearest3d",
+    "_upsample_nearest_exact3d",
+    "upsample_linear1d",
+    "upsample_bilinear2d",
+    "_upsample_bilinear2d_aa",
+    "upsample_trilinear3d",
+    "upsample_bicubic2d",
+    "_upsample_bicubic2d_aa",
 )
 # Run in float32 by setting their optional output dtype, when the caller left it unset.
 _FP32_SET_OPT_DTYPE_OPS = (
-    "prod", "prod.dim_int", "softmax.int", "log_softmax.int", "cumprod", "cumsum",
-    "linalg_vector_norm", "linalg_matrix_norm", "linalg_matrix_norm.str_ord", "sum",
+    "prod",
+    "prod.dim_int",
+    "softmax.int",
+    "log_softmax.int",
+    "cumprod",
+    "cumsum",
+    "linalg_vector_norm",
+    "linalg_matrix_norm",
+    "linalg_matrix_norm.str_ord",
+    "sum",
     "sum.dim_IntList",
 )
 # Overloads without an output dtype, redirected to the overload with one (float32).
-_FP32_APPEND_DTYPE_OPS = {"norm.Scalar": "norm.ScalarOpt_dtype",
-                          "norm.ScalarOpt_dim": "norm.ScalarOpt_dim_dtype"}
+_FP32_APPEND_DTYPE_OPS = {
+    "norm.Scalar": "norm.ScalarOpt_dtype",
+    "norm.ScalarOpt_dim": "norm.ScalarOpt_dim_dtype",
+}
 # Run in the widest floating type among their inputs.
-_PROMOTE_OPS = ("addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot",
-                "grid_sampler", "index_put", "tensordot", "scatter_add")
+_PROMOTE_OPS = (
+    "addcdiv",
+    "addcmul",
+    "atan2",
+    "bilinear",
+    "cross",
+    "dot",
+    "vdot",
+    "grid_sampler",
+    "index_put",
+    "tensordot",
+    "scatter_add",
+)
 
 CUDA_AUTOCAST_POLICIES: dict[str, str] = {
     **dict.fromkeys(_FP32_OPS, FP32),
@@ -86,8 +158,11 @@ def aten_op(name: str) -> torch._ops.OpOverload:
 
 def _eligible(value) -> bool:
     """What CUDA's autocast casts (``is_eligible``): a floating tensor other than float64."""
-    return (isinstance(value, torch.Tensor) and value.is_floating_point()
-            and value.dtype != torch.float64)
+    return (
+        isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and value.dtype != torch.float64
+    )
 
 
 def _cast(dtype: torch.dtype):
@@ -109,16 +184,17 @@ def _with_float32_dtype(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
         return args, kwargs
     if len(args) > index and args[index] is not None:
         return args, kwargs
-    filled = list(args) + [a.default_value for a in arguments[len(args):index]]
-    return tuple(filled[:index]) + (torch.float32,) + tuple(args[index + 1:]), kwargs
+    filled = list(args) + [a.default_value for a in arguments[len(args) : index]]
+    return tuple(filled[:index]) + (torch.float32,) + tuple(args[index + 1 :]), kwargs
 
 
 def _widest(args) -> torch.dtype:
     """CUDA's ``promote_type``: float32 if any eligible input is float32, else the lower
     precision (float64 inputs are ignored)."""
     autocast_dtype = torch.get_autocast_dtype("cpu")
-    return next((torch.float32 for a in args if _eligible(a) and a.dtype == torch.float32),
-                autocast_dtype)
+    return next(
+        (torch.float32 for a in args if _eligible(a) and a.dtype == torch.float32), autocast_dtype
+    )
 
 
 def _policy_call(name: str, policy: str) -> Callable:
@@ -135,9 +211,10 @@ def _policy_call(name: str, policy: str) -> Callable:
                 args, kwargs = _with_float32_dtype(op, args, kwargs)
             else:  # FP32_APPEND_DTYPE: the overload with an output dtype, all defaults given
                 target = aten_op(_FP32_APPEND_DTYPE_OPS[name])
-                defaults = [a.default_value for a in op._schema.arguments[len(args):]]
+                defaults = [a.default_value for a in op._schema.arguments[len(args) :]]
                 return target(*args, *defaults, **kwargs, dtype=torch.float32)
         return op(*args, **kwargs)
+
     return call
 
 
@@ -148,6 +225,7 @@ def _autocast_kernel(name: str, policy: str) -> Callable:
     def kernel(_keyset, *args, **kwargs):
         with torch._C._ExcludeDispatchKeyGuard(below_autocast):
             return call(*args, **kwargs)
+
     return kernel
 
 

@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from membench.measure import estimate
-from membench.measure.estimate import estimate_cell
+from membench.planning import estimate
 from membench.planning.cuda_attention import (
-    EFFICIENT, FLASH, MATH, cuda_attention, cuda_sdpa_backend,
+    EFFICIENT,
+    FLASH,
+    MATH,
+    cuda_attention,
+    cuda_sdpa_backend,
 )
+from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
 B, H, S, D = 2, 4, 10, 8
@@ -23,30 +27,35 @@ BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 
 
 def qkv(dtype, head_dim=D, kv_heads=H, q_seq=S):
-    return (torch.empty(B, H, q_seq, head_dim, dtype=dtype),
-            torch.empty(B, kv_heads, S, head_dim, dtype=dtype),
-            torch.empty(B, kv_heads, S, head_dim, dtype=dtype))
+    return (
+        torch.empty(B, H, q_seq, head_dim, dtype=dtype),
+        torch.empty(B, kv_heads, S, head_dim, dtype=dtype),
+        torch.empty(B, kv_heads, S, head_dim, dtype=dtype),
+    )
 
 
 MASK = torch.ones(S, S, dtype=torch.bool)
 
 
-@pytest.mark.parametrize(("inputs", "options", "backend"), [
-    (qkv(BF16), {}, FLASH),
-    (qkv(FP16), {"is_causal": True}, FLASH),
-    (qkv(BF16, head_dim=12), {}, FLASH),  # padded to 16 for flash
-    (qkv(FP32), {}, EFFICIENT),  # flash needs fp16/bf16
-    (qkv(BF16), {"attn_mask": MASK}, EFFICIENT),  # flash takes no mask
-    (qkv(BF16, head_dim=512), {}, EFFICIENT),  # flash's head dim is at most 256
-    (qkv(BF16, q_seq=4), {"is_causal": True}, EFFICIENT),  # flash's causal mask is square
-    (qkv(BF16, kv_heads=2), {"enable_gqa": True}, FLASH),
-    (qkv(FP32, kv_heads=2), {"enable_gqa": True}, EFFICIENT),
-    (qkv(BF16, kv_heads=2), {}, MATH),  # other head counts need enable_gqa
-    (qkv(FP32, head_dim=6), {}, MATH),  # memory-efficient needs fp32 head dims % 4
-    (qkv(BF16, head_dim=12)[:2] + (torch.empty(B, H, S, 12, dtype=BF16)[..., :4],), {}, MATH),
-    (tuple(t[0] for t in qkv(BF16)), {}, MATH),  # 3-D inputs: math only
-    (qkv(torch.float64), {}, MATH),
-])
+@pytest.mark.parametrize(
+    ("inputs", "options", "backend"),
+    [
+        (qkv(BF16), {}, FLASH),
+        (qkv(FP16), {"is_causal": True}, FLASH),
+        (qkv(BF16, head_dim=12), {}, FLASH),  # padded to 16 for flash
+        (qkv(FP32), {}, EFFICIENT),  # flash needs fp16/bf16
+        (qkv(BF16), {"attn_mask": MASK}, EFFICIENT),  # flash takes no mask
+        (qkv(BF16, head_dim=512), {}, EFFICIENT),  # flash's head dim is at most 256
+        (qkv(BF16, q_seq=4), {"is_causal": True}, EFFICIENT),  # flash's causal mask is square
+        (qkv(BF16, kv_heads=2), {"enable_gqa": True}, FLASH),
+        (qkv(FP32, kv_heads=2), {"enable_gqa": True}, EFFICIENT),
+        (qkv(BF16, kv_heads=2), {}, MATH),  # other head counts need enable_gqa
+        (qkv(FP32, head_dim=6), {}, MATH),  # memory-efficient needs fp32 head dims % 4
+        (qkv(BF16, head_dim=12)[:2] + (torch.empty(B, H, S, 12, dtype=BF16)[..., :4],), {}, MATH),
+        (tuple(t[0] for t in qkv(BF16)), {}, MATH),  # 3-D inputs: math only
+        (qkv(torch.float64), {}, MATH),
+    ],
+)
 def test_the_backend_follows_cudas_selection_rules(inputs, options, backend):
     assert cuda_sdpa_backend(*inputs, **options) == backend
 
@@ -63,7 +72,7 @@ def test_a_disabled_backend_is_not_picked():
 def saved_by_attention(dtype, dropout_p, cuda=True, mask=False):
     """(shape, dtype) of every tensor autograd saves for one attention call on q, k, v that
     require gradients, on fake CPU tensors, with the CUDA model or without it."""
-    with FakeTensorMode(), (cuda_attention() if cuda else contextlib.nullcontext()):
+    with FakeTensorMode(), cuda_attention() if cuda else contextlib.nullcontext():
         q, k, v = (t.requires_grad_() for t in qkv(dtype))
         attn_mask = torch.ones(S, S, dtype=torch.bool) if mask else None
         saved = []
@@ -86,8 +95,10 @@ def test_flash_at_bf16_saves_the_output_and_the_log_sum_exp_not_the_attention_ma
     saved = saved_by_attention(BF16, dropout_p=0.1)
     # q, k, v and the output; the log-sum-exp, float32, one per query row and head; the
     # dropout's RNG state (a seed and an offset)
-    assert sorted(saved, key=str) == sorted([((B, H, S, D), BF16)] * 4 + [
-        ((B, H, S), FP32), ((2,), torch.uint64), ((), torch.uint64)], key=str)
+    assert sorted(saved, key=str) == sorted(
+        [((B, H, S, D), BF16)] * 4 + [((B, H, S), FP32), ((2,), torch.uint64), ((), torch.uint64)],
+        key=str,
+    )
     assert nbytes(saved) == 4 * B * H * S * D * 2 + B * H * S * 4 + 16 + 8
 
 
@@ -113,8 +124,16 @@ def test_a_boolean_mask_is_saved_additive_and_padded_as_cuda_pads_it():
 
 
 def test_a_cuda_estimate_of_attention_with_dropout_keeps_no_attention_matrix(monkeypatch):
-    cell = Cell("bp", "tiny_models:tiny_vit_attention_dropout", 16, 8, classes=3, warmup=1,
-                steps=1, precision="bf16")
+    cell = Cell(
+        "bp",
+        "tiny_models:tiny_vit_attention_dropout",
+        16,
+        8,
+        classes=3,
+        warmup=1,
+        steps=1,
+        precision="bf16",
+    )
     fused = estimate_cell(cell, "cuda", count_flops=False)
     monkeypatch.setattr(estimate, "cuda_attention", contextlib.nullcontext)
     cpu_kernels = estimate_cell(cell, "cuda", count_flops=False)

@@ -14,10 +14,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
-from membench.measure.estimate import EstimateDevice
 from membench.measure.memtrack import TensorMemoryTracker
 from membench.planning import cuda_autocast as model
 from membench.planning.cuda_autocast import CUDA_AUTOCAST_POLICIES, aten_op, cuda_autocast
+from membench.planning.estimate import EstimateDevice
 
 WIDTH = 16
 # Spellings of CUDA's float32 ops that membench's runners, torchvision, timm and transformers
@@ -38,18 +38,19 @@ SPELLINGS = {
     "Tensor.exp": lambda h: h.exp(),
     "torch.pow": lambda h: torch.pow(h, 2),
     "Tensor.pow": lambda h: h.pow(2),
-    "**": lambda h: h ** 2,
+    "**": lambda h: h**2,
     "torch.square": torch.square,
     "Tensor.sum": lambda h: h.sum(-1),
-    "F.cross_entropy": lambda h: F.cross_entropy(h, torch.zeros(h.size(0), dtype=torch.long),
-                                                 reduction="none"),
+    "F.cross_entropy": lambda h: F.cross_entropy(
+        h, torch.zeros(h.size(0), dtype=torch.long), reduction="none"
+    ),
 }
 
 
 def run(spelling, autocast_model=True, dtype=torch.bfloat16):
     """(result dtype, tracker peak bytes) of Linear -> the spelling -> sum, forward and
     backward on fake CPU tensors under autocast to ``dtype``."""
-    with FakeTensorMode(), (cuda_autocast() if autocast_model else contextlib.nullcontext()):
+    with FakeTensorMode(), cuda_autocast() if autocast_model else contextlib.nullcontext():
         linear = nn.Linear(WIDTH, WIDTH)
         x = torch.randn(64, WIDTH)
         tracker = TensorMemoryTracker()
@@ -70,16 +71,21 @@ def test_every_spelling_runs_in_float32_under_the_cuda_model(name):
 def test_the_cpus_autocast_alone_leaves_them_in_bf16():
     # what the model corrects: without it these run in the lower precision (the loss, whose
     # cross_entropy_loss the CPU's own list casts, is the exception)
-    low = [name for name in SPELLINGS if run(SPELLINGS[name], autocast_model=False)[0]
-           == torch.bfloat16]
+    low = [
+        name
+        for name in SPELLINGS
+        if run(SPELLINGS[name], autocast_model=False)[0] == torch.bfloat16
+    ]
     assert set(SPELLINGS) - set(low) == {"F.cross_entropy"}
 
 
 def test_each_spelling_saves_what_f_softmax_saves():
     # The tracker's bytes for a module using torch.softmax or Tensor.softmax equal those using
     # F.softmax, and are above what the CPU's autocast alone gives (a bf16 softmax output).
-    peaks = {name: run(SPELLINGS[name])[1] for name in
-             ("F.softmax", "torch.softmax", "Tensor.softmax", "nn.Softmax")}
+    peaks = {
+        name: run(SPELLINGS[name])[1]
+        for name in ("F.softmax", "torch.softmax", "Tensor.softmax", "nn.Softmax")
+    }
     assert len(set(peaks.values())) == 1
     assert peaks["torch.softmax"] > run(SPELLINGS["torch.softmax"], autocast_model=False)[1]
 
@@ -108,7 +114,7 @@ class _SoftmaxDtypes(TorchDispatchMode):
 
 
 def recomputed_softmax_dtypes(autocast_model: bool) -> list[torch.dtype]:
-    with FakeTensorMode(), (cuda_autocast() if autocast_model else contextlib.nullcontext()):
+    with FakeTensorMode(), cuda_autocast() if autocast_model else contextlib.nullcontext():
         linear = nn.Linear(WIDTH, WIDTH)
         x = torch.randn(8, WIDTH, requires_grad=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -149,20 +155,54 @@ def test_the_registrations_end_with_the_context_and_are_the_cuda_estimates():
 # autocast_mode.cpp's cudnn_convolution*), its banned binary_cross_entropy, and the two ops
 # registered for CUDA's autocast outside autocast_mode.cpp: what the model leaves alone.
 CUDA_LOWER_PRECISION = (
-    "_convolution.deprecated", "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc",
-    "conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input", "convolution",
-    "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv", "linalg_vecdot", "linear",
-    "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot", "_thnn_fused_lstm_cell",
-    "_thnn_fused_gru_cell", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
-    "_scaled_dot_product_flash_attention", "scaled_dot_product_attention", "cudnn_convolution",
+    "_convolution.deprecated",
+    "_convolution",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_tbc",
+    "conv_transpose1d",
+    "conv_transpose2d.input",
+    "conv_transpose3d.input",
+    "convolution",
+    "prelu",
+    "addmm",
+    "addmv",
+    "addr",
+    "matmul",
+    "einsum",
+    "mm",
+    "mv",
+    "linalg_vecdot",
+    "linear",
+    "addbmm",
+    "baddbmm",
+    "bmm",
+    "chain_matmul",
+    "linalg_multi_dot",
+    "_thnn_fused_lstm_cell",
+    "_thnn_fused_gru_cell",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_tanh_cell",
+    "rnn_relu_cell",
+    "_scaled_dot_product_flash_attention",
+    "scaled_dot_product_attention",
+    "cudnn_convolution",
     "cudnn_convolution_transpose",
 )
 CUDA_OTHER = ("binary_cross_entropy", "_cudnn_rnn", "linalg_matrix_sqrth")
 
 
 def cuda_autocast_ops() -> set[str]:
-    return {name.removeprefix("aten::") for name in torch._C._dispatch_get_all_op_names()
-            if torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutocastCUDA")}
+    """The aten ops with a kernel for CUDA's autocast key in the running torch (torchvision's
+    own ops, registered on import, are not aten's)."""
+    return {
+        name.removeprefix("aten::")
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("aten::")
+        and torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutocastCUDA")
+    }
 
 
 def test_the_policies_are_the_running_torchs_cuda_autocast_lists():
