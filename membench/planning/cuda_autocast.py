@@ -2,7 +2,7 @@
 
 A CUDA estimate runs on fake CPU tensors (docs/estimate.md), so ``torch.autocast`` applies the
 CPU's op lists, which are not CUDA's: CUDA's autocast runs softmax, layer_norm, exp, pow, sum and
-some forty other ops in float32 where the CPU's leaves them in bf16 or fp16, and a LayerNorm's
+sixty other ops in float32 where the CPU's leaves them in bf16 or fp16, and a LayerNorm's
 saved input or a softmax's output is twice as large on a GPU. ``cuda_autocast()`` makes the CPU's
 autocast apply CUDA's policy to those ops while an estimate runs.
 
