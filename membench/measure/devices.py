@@ -99,7 +99,7 @@ class Device:
 
     def record_timeline(self, prepared, snapshot: bool = False) -> Timeline | None:
         """One more step of ``prepared`` (a ``protocol.PreparedCell``), its memory recorded over
-        time (docs/design.md, "Memory over time"): here, from the tensor tracker's own events
+        time (docs/timeline.md, "Recording one step"): here, from the tensor tracker's own events
         (None where the device has no tracker, or for a compiled cell, whose buffers the
         tracker cannot see).
         ``snapshot``: record the Python stacks a snapshot pickle shows."""

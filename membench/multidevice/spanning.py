@@ -1,4 +1,4 @@
-"""What every runner that spans devices shares (docs/design.md, "Cells on several devices").
+"""What every runner that spans devices shares (docs/multi-device.md).
 
 A runner that spans devices is built once per rank of ``torch.distributed``, inside a process
 group the cell's launcher made (``membench.multidevice.launch``), or a fake one an estimate made
@@ -67,7 +67,7 @@ class Pipeline(SpansDevices):
     @classmethod
     def check_cell(cls, arch, res, batch, micro_batch) -> None:
         # The stages are balanced over each conv layer's cost, which only a conv stack's spec
-        # gives before anything is built (docs/design.md, "Architectures").
+        # gives before anything is built (docs/archs.md, "Conv stacks").
         if not is_conv_stack(arch):
             raise RunnerConfigError(
                 f"{cls.name} splits a conv stack into pipeline stages "

@@ -58,7 +58,7 @@ def builtin_runner_modules() -> list[str]:
 
 
 # The built-ins that train on one device, and those that run only as a cell on several
-# (``--devices N``, docs/design.md "Cells on several devices").
+# (``--devices N``, docs/multi-device.md).
 SINGLE_DEVICE_METHODS = (
     "bp",
     "bp-accum",

@@ -20,10 +20,10 @@ from ..archs import is_layer_stack
 from ..archs.conv_stack import PROPAGATION_DROPOUT  # noqa: F401 (its name here before the split)
 from ..schema import MEMORY_FORMATS, PRECISIONS
 
-# The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
+# The shared recipe (docs/runners.md, "Training recipe"): the propagation path's dropout is the
 # conv stacks' (membench.archs.conv_stack); the optimizer's part is in optim.py.
 
-# Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
+# Standard tooling every runner takes (docs/runners.md, "Standard tooling"), as torch's objects;
 # the settings' choices are membench.schema's.
 AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
 TORCH_MEMORY_FORMATS = dict(zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last)))
@@ -51,8 +51,8 @@ class Runner(ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    # Whether the runner needs a layer stack (docs/design.md, "Architectures"): the name is
-    # older than the layer-stack contract, which the conv stacks were the first to meet.
+    # Whether the runner needs a layer stack (docs/archs.md, "The layer-stack contract"): the
+    # name is older than the layer-stack contract, which the conv stacks were the first to meet.
     needs_conv_stack: ClassVar[bool] = True
     uses_micro_batch: ClassVar[bool] = False
     # Correctness contracts that `membench verify` checks (see membench/verify/): the name of a
@@ -61,10 +61,10 @@ class Runner(ABC):
     same_gradients_with_dropout: ClassVar[bool] = False  # ...also with dropout on (same masks)
     same_first_step_losses_as: ClassVar[str | None] = None
     same_layer_gradients_as: ClassVar[str | None] = None  # layer-local: per-layer parameters
-    # The update's tooling this runner honours (docs/design.md, "Standard tooling").
+    # The update's tooling this runner honours (docs/runners.md, "Standard tooling").
     supports_grad_release: ClassVar[bool] = False
     supports_host_optimizer_state: ClassVar[bool] = False
-    # Cells on several devices (docs/design.md): a runner that spans ``devices`` ranks of
+    # Cells on several devices (docs/multi-device.md): a runner that spans ``devices`` ranks of
     # torch.distributed (one instance per rank), and one that takes a pipeline ``schedule``.
     spans_devices: ClassVar[bool] = False
     uses_schedule: ClassVar[bool] = False

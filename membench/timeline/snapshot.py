@@ -1,4 +1,4 @@
-"""PyTorch memory snapshots and timelines, both ways (docs/design.md, "Memory over time").
+"""PyTorch memory snapshots and timelines, both ways (docs/timeline.md).
 
 - ``synthesize_snapshot``: a ``Timeline`` recorded by the tensor tracker (the CPU, estimates) as
   the dictionary ``torch.cuda.memory._snapshot()`` returns, so PyTorch's own viewers open it
