@@ -1,10 +1,12 @@
 """The one narrow device interface: what a cell runs inside, how its steps are timed and where
 its peak memory comes from, per kind of device.
 
-Everything device-specific in membench lives here (and, for the devices an estimate plans for,
-in ``membench.planning.estimate``). ``CpuDevice`` times with ``perf_counter`` and has no allocator
-statistics, so its peak comes from the tensor tracker's pass, which also enforces a budget;
-``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
+What the protocol does differently per device lives here (the devices an estimate plans for are
+``membench.planning.estimate``'s, a rank's ``membench.multidevice.rank_device``'s); other CUDA
+code sits with the feature that needs it (pinned host copies in the runners, NCCL and CUDA
+events across devices, the datasheet peaks). ``CpuDevice`` times with ``perf_counter`` and has
+no allocator statistics, so its peak comes from the tensor tracker's pass, which also enforces a
+budget; ``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
 following PyTorch's documented APIs only.
 """
 
