@@ -189,6 +189,8 @@ NEEDS_TORCH = {
     "membench.measure.calibrate",
     "membench.measure.protocol",
     "membench.planning.estimate",
+    "membench.planning.cuda_autocast",
+    "membench.planning.cuda_attention",
     "membench.planning.fit",
     "membench.timeline.phases",
     "membench.planning.plan",
