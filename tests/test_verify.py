@@ -22,8 +22,7 @@ THIRD_PARTY = textwrap.dedent('''
     class ForgotToScale(BPRunner):
         """Gradient accumulation that forgets the 1/n loss scaling: twice bp's gradients."""
         name = "forgot-to-scale"
-        uses_micro_batch = True
-        same_gradients_as = "bp"
+        contract = BPRunner.contract.but(micro_batch=True, same_gradients_as="bp")
 
         def step(self, images, labels):
             self.optimizer.zero_grad(set_to_none=True)
@@ -43,7 +42,7 @@ THIRD_PARTY = textwrap.dedent('''
     class GoodPlugin(BPRunner):
         """A correct third-party runner: plain bp under another name."""
         name = "good-plugin"
-        same_gradients_as = "bp"
+        contract = BPRunner.contract.but(same_gradients_as="bp")
 ''')
 
 

@@ -74,9 +74,6 @@ class Layer:
         return self.block.parameters()
 
 
-ConvLayer = Layer  # the name the conv stacks' layers had
-
-
 class LayerStack(nn.Module):
     """A model as local units: ``blocks[l]`` computes layer l, ``propagate[l]`` leads to layer
     l + 1 (the identity unless given). Walk it with ``layers()``; the two ModuleLists are the

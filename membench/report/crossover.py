@@ -16,10 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..runners import method_family
 from ..units import GIB
 from .markdown import Column, Table
 from .style import new_figure, side_legend
-from .tables import fmt, method_family
+from .tables import fmt
 
 PARAMETRIC = re.compile(r"^vgg-d(?P<depth>\d+)-w(?P<width>\d+)(?P<pools>-p\d+)?$")
 FAMILY_KEY = ["width", "pools", "res", "batch", "classes", "device", "device_name"]

@@ -36,7 +36,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FP32 = 4
-FAMILIES = ("bp", "ff")
 
 
 @dataclass(frozen=True)
