@@ -117,10 +117,14 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
                 )
             with self.clock.busy():
                 out = self._through_layers(x, labels[start : start + rows], features)
+            # The received chunk (or the slice of the images) is spent: drop it before the next
+            # receive is posted, so a rank holds one input chunk at a time.
             del x
             if sending is not None:
                 sending[1].wait()  # the chunk before has left: its output can go
             sending = None if self.is_last_rank else (out, dist.isend(out, dst=self.rank + 1))
+            # Only the pending send may keep the output now (the last rank keeps none): it goes
+            # once the send completes, one chunk later.
             del out
         if sending is not None:
             sending[1].wait()
