@@ -1,8 +1,8 @@
 """DTG-FF across devices: ``ff-pp``, a forward-only pipeline of layer-local training.
 
 Each rank owns the contiguous layers of ``pipeline_stages`` (the split ``bp-pp`` uses) and
-trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/design.md,
-"Cells on several devices"): chunk by chunk, each of its layers runs forward, local loss
+trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/multi-device.md,
+"The methods"): chunk by chunk, each of its layers runs forward, local loss
 (x M/B) and backward on the chunk, the gradient accumulating, and propagates the chunk to the
 next layer (``FFPipelinedRunner.train_chunk``, the pre-step weights'); the chunk's output goes
 to the next rank. No gradient ever crosses a rank: chunks flow forward only. After its last chunk
