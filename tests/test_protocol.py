@@ -3,7 +3,7 @@ import torch
 from conftest import TINY_ARCH, TINY_RES
 
 from membench.measure.devices import CpuDevice
-from membench.measure.protocol import build_runner, make_batch, run_cell
+from membench.measure.protocol import build_runner, forget_flop_counts, make_batch, run_cell
 from membench.schema import Cell
 
 
@@ -40,15 +40,20 @@ def _count_steps(monkeypatch):
 
 def test_warmup_and_tracker_steps_are_not_timed(monkeypatch):
     _count_steps(monkeypatch)
+    forget_flop_counts()
     device = CountingDevice()
     cell = Cell("bp", TINY_ARCH, TINY_RES, batch=2, warmup=3, steps=4)
     result = run_cell(cell, device, tracker_steps=2)
     assert result.status == "ok", result.error
     assert len(result.step_ms) == 4
-    # The FLOP count's one fake step, 3 warmup and 2 tracker steps come first; the timed steps
-    # are exactly the last four.
-    assert device.timed_calls == [7, 8, 9, 10]
-    assert STEP_CALLS[0] == 10
+    # The FLOP count's one fake step, 3 warmup steps and one tracker step (bp carries nothing
+    # from step to step) come first; the timed steps are exactly the last four.
+    assert device.timed_calls == [6, 7, 8, 9]
+    assert STEP_CALLS[0] == 9
+    # The same cell again: its FLOPs are known, so no fake step runs for them.
+    STEP_CALLS[0], device.timed_calls = 0, []
+    assert run_cell(cell, device).flops_per_step == result.flops_per_step
+    assert device.timed_calls == [5, 6, 7, 8]
 
 
 def test_tracker_peak_covers_the_persistent_state_and_grows_with_batch():
@@ -127,3 +132,60 @@ def test_a_long_error_keeps_its_head_and_tail():
     assert len(line) <= 800 and "\n" not in line
     assert line.startswith("OutOfMemoryError: CUDA out of memory.")
     assert line.endswith("allocated by PyTorch")
+
+
+# One cell per built-in method, with the tooling that leaves the most between steps where the
+# method takes it (bf16, gradients released, optimizer state on the host), or micro-batches.
+STEP_CELLS = [
+    dict(method="bp", precision="bf16", grads="released", optimizer_state="host"),
+    dict(method="bp-accum", micro_batch=2, optimizer_state="host"),
+    dict(method="bp-ckpt", precision="bf16"),
+    dict(method="bp-sac", micro_batch=2),
+    dict(method="bp-offload", precision="bf16", optimizer_state="host"),
+    dict(method="bp-deepsup"),
+    dict(method="ff-naive", precision="bf16"),
+    dict(method="ff-pipelined", micro_batch=2, grads="released", optimizer_state="host"),
+    dict(method="bp-ddp", devices=2),
+    dict(method="bp-fsdp", devices=2),
+    dict(method="bp-pp", devices=2, micro_batch=2),
+    dict(method="ff-pp", devices=2, micro_batch=2),
+    dict(method="bp", precision="fp16"),
+]
+
+
+def _estimated(cell):
+    from membench.multidevice.fake_group import estimate_ranks
+    from membench.planning.estimate import estimate_cell
+
+    result = estimate_ranks(cell) if cell.devices > 1 else estimate_cell(cell)
+    assert result.status == "estimated", result.error
+    ranks = result.ranks or [result]
+    return [
+        (r.peak_allocated_bytes, r.breakdown.as_columns(), r.flops_per_step, r.sent_bytes_per_step)
+        for r in ranks
+    ]
+
+
+@pytest.mark.parametrize("options", STEP_CELLS, ids=lambda o: "-".join(map(str, o.values())))
+def test_one_tracked_step_has_the_peak_of_two_unless_the_runner_carries_tensors(
+    options, monkeypatch
+):
+    from membench.measure import protocol
+
+    cell = Cell(arch=TINY_ARCH, res=TINY_RES, batch=4, warmup=1, steps=2, **options)
+    contained = cell.method in protocol.STEP_CONTAINED_METHODS and cell.precision != "fp16"
+    assert contained == (cell.method not in ("ff-naive", "ff-pp") and cell.precision != "fp16")
+    declared = _estimated(cell)
+    monkeypatch.setattr(protocol, "carries_tensors_across_steps", lambda runner: True)
+    assert _estimated(cell) == declared  # two tracked steps: the same peak, to the byte
+
+
+def test_a_runner_that_carries_tensors_needs_its_second_tracked_step(monkeypatch):
+    """The check above can fail: ff-naive's first tracked step does not see the losses it
+    keeps from the step before, and a second step does."""
+    from membench.measure import protocol
+
+    cell = Cell("ff-naive", TINY_ARCH, TINY_RES, 4, warmup=1, steps=2)
+    two = _estimated(cell)
+    monkeypatch.setattr(protocol, "carries_tensors_across_steps", lambda runner: False)
+    assert _estimated(cell)[0][0] < two[0][0]

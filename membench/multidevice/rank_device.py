@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..measure.devices import CpuDevice, CudaDevice, Device
 from ..measure.memtrack import TensorMemoryTracker
-from ..measure.protocol import DEFAULT_TRACKER_STEPS, run_cell
+from ..measure.protocol import run_cell, tracked_steps
 from ..schema import OK, Cell, CellResult
 
 
@@ -122,7 +122,7 @@ class RankDevice(Device):
         super().__init__(inner.torch_device)
         self.inner, self.rank, self.world = inner, rank, world
         self.kind, self.memory_source = inner.kind, inner.memory_source
-        self.finished_status = inner.finished_status
+        self.finished_status, self.fake_steps = inner.finished_status, inner.fake_steps
         self.runner = self.counter = None
         self.idle: float | None = None
         self.untracked = False  # the inner device has no tracker pass (CUDA: the allocator)
@@ -164,7 +164,7 @@ class RankDevice(Device):
         if self.untracked:  # the allocator's peak, as on one device; the pass only counted bytes
             result.breakdown = None
         if self.counter is not None:
-            steps = max(1, min(DEFAULT_TRACKER_STEPS, result.cell.steps))  # measure_memory's
+            steps = tracked_steps(self.runner, result.cell)  # measure_memory's
             result.sent_bytes_per_step = self.counter.sent_bytes // steps
         result.idle_fraction = self.idle
         self.runner = self.counter = None
@@ -181,6 +181,7 @@ _FORWARDED = (
     "reset_host_peak",
     "reset_peak_memory",
     "total_memory_bytes",
+    "collect_garbage",
     "release_cached_memory",
     "synchronize",
     "autocast_precisions",
