@@ -40,20 +40,38 @@ def _count_steps(monkeypatch):
 
 def test_warmup_and_tracker_steps_are_not_timed(monkeypatch):
     _count_steps(monkeypatch)
-    forget_flop_counts()
     device = CountingDevice()
     cell = Cell("bp", TINY_ARCH, TINY_RES, batch=2, warmup=3, steps=4)
     result = run_cell(cell, device, tracker_steps=2)
     assert result.status == "ok", result.error
     assert len(result.step_ms) == 4
-    # The FLOP count's one fake step, 3 warmup steps and one tracker step (bp carries nothing
-    # from step to step) come first; the timed steps are exactly the last four.
-    assert device.timed_calls == [6, 7, 8, 9]
-    assert STEP_CALLS[0] == 9
-    # The same cell again: its FLOPs are known, so no fake step runs for them.
-    STEP_CALLS[0], device.timed_calls = 0, []
-    assert run_cell(cell, device).flops_per_step == result.flops_per_step
+    # 3 warmup steps and one tracker step (bp carries nothing from step to step, and its FLOPs
+    # are counted on that step) come first; the timed steps are exactly the last four.
     assert device.timed_calls == [5, 6, 7, 8]
+    assert STEP_CALLS[0] == 8
+    assert result.flops_per_step > 0
+
+
+class UntrackedDevice(CountingDevice):
+    """A device with no tracker pass (as CUDA): its FLOPs need a fake step of their own."""
+
+    def memory_tracker(self, cell):
+        return None
+
+
+def test_without_a_tracker_pass_the_flops_take_one_fake_step_per_key(monkeypatch):
+    _count_steps(monkeypatch)
+    forget_flop_counts()
+    device = UntrackedDevice()
+    cell = Cell("bp", TINY_ARCH, TINY_RES, batch=2, warmup=3, steps=4)
+    result = run_cell(cell, device)
+    # 3 warmup steps, the 4 timed ones, then the fake step that counts the FLOPs
+    assert device.timed_calls == [4, 5, 6, 7] and STEP_CALLS[0] == 8
+    # The same cell in bf16: its FLOPs are known (flops_key), so no fake step runs for them.
+    STEP_CALLS[0], device.timed_calls = 0, []
+    again = run_cell(Cell(**{**cell.settings(), "precision": "bf16"}), device)
+    assert again.flops_per_step == result.flops_per_step > 0
+    assert device.timed_calls == [4, 5, 6, 7] and STEP_CALLS[0] == 7
 
 
 def test_tracker_peak_covers_the_persistent_state_and_grows_with_batch():

@@ -40,9 +40,6 @@ class Device:
     kind: str = ""
     memory_source = "tracker"  # where a tracker pass's peak comes from, in a row
     finished_status = OK  # a cell that ran to the end
-    # Whether every step runs on fake tensors (an estimate): nothing real runs, so the FLOPs are
-    # counted on the cell's own tracked step rather than on a fake step of their own.
-    fake_steps = False
 
     def __init__(self, torch_device: torch.device):
         self.torch_device = torch_device

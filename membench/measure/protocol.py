@@ -5,17 +5,17 @@ sweep's worker, ``membench run``, the pytest fixture (with its own ``timer``) an
 (with an ``EstimateDevice``, whose steps run on fake tensors) all call it, so warmup, the FLOP
 count, the memory pass and timing are written once (docs/design.md, "Measurement protocol"):
 
-1. FLOPs: one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
-   (``count_step_flops``), before any other step of the cell: nothing is computed, no real
-   step ever runs under the counter. The count is kept for the other cells of the process
-   whose FLOPs cannot differ (``flops_key``). A device whose steps are fake already (an
-   estimate) counts them on its own tracked step instead (``flops.FlopTally``), so an estimate
-   builds one runner and runs no step beyond its own.
-2. The budget, the runner and one synthetic batch on the device; ``warmup`` steps, not measured.
-3. The memory pass, where the device has no allocator statistics (the CPU, an estimate): steps
+1. The budget, the runner and one synthetic batch on the device; ``warmup`` steps, not measured.
+2. The memory pass, where the device has no allocator statistics (the CPU, an estimate): steps
    under the tensor tracker, apart from timing: one, or two for a runner that carries tensors
    from one step into the next (``tracked_steps``). Under a budget the CPU's tracker refuses
-   to go past it, which is the CPU's out-of-memory.
+   to go past it, which is the CPU's out-of-memory. The FLOPs of the pass's first step are
+   counted on it (``flops.FlopTally``, FlopCounterMode's formulas on the ops the tracker sees).
+3. FLOPs, where the memory pass did not count them (CUDA, a compiled cell, a pass the budget cut
+   short): one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
+   (``count_step_flops``; nothing is computed, no real step ever runs under the counter), kept
+   for the other cells of the process whose FLOPs cannot differ (``flops_key``). So an
+   estimate builds one runner and runs no step beyond its own.
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
@@ -175,7 +175,7 @@ def flops_key(cell: Cell) -> tuple:
 
 def count_step_flops(cell: Cell) -> int:
     """FLOPs of one training step of ``cell``: one eager step of its runner on fake tensors
-    (step 1 of the protocol), counted once per ``flops_key`` in a process. A compiled cell is
+    (step 3 of the protocol), counted once per ``flops_key`` in a process. A compiled cell is
     counted eager: compiling changes how, not what, it computes."""
     key = flops_key(cell)
     if key in _flops_cache:
@@ -269,7 +269,7 @@ class PreparedCell:
 
 
 def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
-    """Step 2 of the protocol: the budget, the runner and batch on the device, warmup."""
+    """Step 1 of the protocol: the budget, the runner and batch on the device, warmup."""
     device.set_memory_budget(cell.device_mem_bytes)
     runner = build_runner(cell, device.torch_device)
     device.adapt(runner)
@@ -288,8 +288,8 @@ def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
 def measure_memory(
     prepared: PreparedCell, result: CellResult, tracker_steps: int, count_flops: bool = False
 ) -> None:
-    """Step 3: the tracker pass where the device has one, into ``result``; ``count_flops``: the
-    FLOPs of its first step too (a device whose steps are fake)."""
+    """Step 2: the tracker pass where the device has one, into ``result``; ``count_flops``: the
+    FLOPs of its first step too."""
     tracker = prepared.device.memory_tracker(prepared.cell)
     if tracker is None:
         return
@@ -333,15 +333,13 @@ def run_cell(
         result.wall_s = time.perf_counter() - start
         return result
     try:
-        if count_flops and not device.fake_steps:
-            result.flops_per_step = _counted_flops(cell)
         with device.session():
             _measure(
                 cell,
                 device,
                 result,
                 timer or device.time_steps,
-                (tracker_steps, count_flops and device.fake_steps),
+                (tracker_steps, count_flops),
                 (timeline, timeline_snapshot),
             )
         device.check_budget(result)
@@ -353,6 +351,8 @@ def run_cell(
     finally:
         device.collect_garbage()  # what the cell left, so the next one starts where it did
         device.release_cached_memory()
+    if count_flops and result.flops_per_step is None:  # step 3: no memory pass counted them
+        result.flops_per_step = _counted_flops(cell)
     apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
     result.wall_s = time.perf_counter() - start
     return result
@@ -366,7 +366,7 @@ def _measure(
     memory: tuple[int, bool],
     timeline: tuple[bool, bool],
 ) -> None:
-    """Steps 2 to 5 into ``result``; the runner and batch go when this returns. ``memory``:
+    """Steps 1, 2, 4 and 5 into ``result``; the runner and batch go when this returns. ``memory``:
     (the memory pass's steps for a runner that carries tensors, count FLOPs on it);
     ``timeline``: (record one, with what a snapshot needs)."""
     prepared = prepare_cell(cell, device)

@@ -122,7 +122,7 @@ class RankDevice(Device):
         super().__init__(inner.torch_device)
         self.inner, self.rank, self.world = inner, rank, world
         self.kind, self.memory_source = inner.kind, inner.memory_source
-        self.finished_status, self.fake_steps = inner.finished_status, inner.fake_steps
+        self.finished_status = inner.finished_status
         self.runner = self.counter = None
         self.idle: float | None = None
         self.untracked = False  # the inner device has no tracker pass (CUDA: the allocator)

@@ -83,7 +83,6 @@ class EstimateDevice(Device):
 
     memory_source = ESTIMATE_SOURCE
     finished_status = ESTIMATED
-    fake_steps = True  # FLOPs are counted on the tracked step (protocol.measure_memory)
 
     def __init__(self, kind: str = "cuda"):
         if kind not in DEVICE_KINDS:
