@@ -104,6 +104,14 @@ class SweepOptions:
         "it (CUDA unless --device cpu; docs/estimate.md).",
         commands=SWEEP,
     )
+    jobs: int | None = setting(
+        None,
+        optional(whole(1)),
+        "Estimates run at once, each in its own worker process (--estimate, fit, plan); "
+        "none: one per core.",
+        commands=SWEEP,
+        metavar="N",
+    )
     peak_tflops: float | None = setting(
         None,
         optional(finite_positive("TFLOP/s (a finite number > 0)")),
@@ -141,6 +149,11 @@ class SweepOptions:
             raise ConfigError(
                 "--timeout needs --isolation process: a cell running in this "
                 "process cannot be stopped"
+            )
+        if (self.jobs or 1) > 1 and not self.estimate:
+            raise ConfigError(
+                "--jobs runs estimates at once (--estimate); measured cells run one at a "
+                "time, as cells measured side by side would slow each other down"
             )
         check_executor(self)
 

@@ -367,6 +367,7 @@ class CellResult:
     membench_version: str = ""
     torch_threads: int = 0
     started_at: str = ""
+    wall_s: float | None = None  # seconds the whole cell took (an estimate: the estimate's)
     recorded: dict[str, float | None] = field(
         default_factory=dict, repr=False, metadata={COLUMNS: {}}
     )

@@ -23,6 +23,51 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+HEAVY_MODULES = ("torch", "pandas", "scipy", "matplotlib")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """Which of HEAVY_MODULES a fresh interpreter holds after running ``code``."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"{code}\nimport sys\n"
+        f"print(' '.join(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return run.stderr.split()
+
+
+def command(*args: str) -> str:
+    """``membench ARGS`` as the program runs it, its exit left to the probe that follows."""
+    return (
+        f"import sys\nsys.argv = ['membench', *{list(args)!r}]\n"
+        "from membench.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    )
+
+
+@pytest.mark.parametrize("args", [("--help",), ("list",), ("plan", "--help")])
+def test_help_and_list_import_no_torch_pandas_scipy_or_matplotlib(args):
+    """Every command imports what it uses when it runs, so `membench --help` and `membench
+    list` start in a fraction of a second (benchmarks/estimate_speed.py times it)."""
+    assert heavy_modules_after(command(*args)) == []
+
+
+def test_the_import_check_sees_a_heavy_import():
+    # The check above can fail: a command module that read results at import would show.
+    assert heavy_modules_after("import membench.results") == ["pandas"]
+    assert "torch" in heavy_modules_after(command("list", "methods"))
+
+
+def test_compares_shown_defaults_are_the_gates_own():
+    from membench import compare
+    from membench.cli import compare as compare_command
+
+    assert compare_command.DEFAULT_TPUT_DROP_PCT == compare.DEFAULT_TPUT_DROP_PCT
+    assert compare_command.DEFAULT_ALPHA == compare.DEFAULT_ALPHA
+
+
 def test_list_archs_shows_parameter_counts_and_shapes():
     result = invoke("list", "archs", "--res", "32")
     assert result.exit_code == 0

@@ -226,3 +226,65 @@ def _vm_rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _collector_frees(cell, monkeypatch) -> list[int]:
+    """Bytes of tracked storages that only the garbage collector freed, step by step: each
+    tracked step runs with the collector off, then a full collection; what it frees was held
+    in a reference cycle, and so would die whenever the collector happens to run."""
+    import gc
+
+    from membench.measure.protocol import PreparedCell
+
+    freed, original_tracked, original_step = [], PreparedCell.tracked, PreparedCell.step
+
+    def tracked(self, tracker, *args, **kwargs):
+        def step():
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                original_step(self)
+                before = tracker.current_bytes
+                gc.collect()
+                freed.append(before - tracker.current_bytes)
+            finally:
+                if enabled:
+                    gc.enable()
+
+        monkeypatch.setattr(self, "step", step)
+        return original_tracked(self, tracker, *args, **kwargs)
+
+    monkeypatch.setattr(PreparedCell, "tracked", tracked)
+    result = estimate_cell(cell, "cuda")
+    monkeypatch.setattr(PreparedCell, "tracked", original_tracked)
+    assert result.status == "estimated", result.error
+    return freed
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["bp", "bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "bp-deepsup", "ff-naive", "ff-pipelined"],
+)
+def test_no_tracked_storage_waits_for_the_garbage_collector(method, monkeypatch):
+    """An estimate runs no full collection per cell (EstimateDevice.collect_garbage): it does not
+    depend on when the collector runs, because every storage a tracked step frees dies by its
+    last reference, not in a cycle."""
+    splits = method in ("bp-accum", "bp-ckpt", "bp-sac", "bp-offload", "ff-pipelined")
+    cell = small_cell(method, "vgg-d3-w16", 16, 4, micro_batch=2 if splits else None)
+    assert set(_collector_frees(cell, monkeypatch)) == {0}
+
+
+def test_a_storage_held_in_a_cycle_is_seen_waiting_for_the_collector(monkeypatch):
+    """The check above can fail: a step that leaves an activation in a reference cycle."""
+    from membench.runners.bp import BPRunner
+
+    original = BPRunner.step
+
+    def step(self, images, labels):
+        loss = original(self, images, labels)
+        cycle = {"activation": images * 2}
+        cycle["self"] = cycle
+        return loss
+
+    monkeypatch.setattr(BPRunner, "step", step)
+    assert max(_collector_frees(small_cell("bp", TINY_ARCH, TINY_RES, 4), monkeypatch)) > 0

@@ -13,6 +13,7 @@ from membench.execute.sweep import run_sweep
 from membench.measure.calibrate import CALIBRATED_SOURCES
 from membench.measure.flops import USER, device_peak_spec, throughput_bound
 from membench.measure.protocol import build_runner, count_step_flops, make_batch
+from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import Cell, CellResult
 
 ARCH, RES, BATCH, CLASSES = "vgg-d3-w8-p0", 8, 4, 10  # no pools: every layer sees 8x8
@@ -131,16 +132,115 @@ def test_an_unknown_peak_is_said_once_per_sweep_and_a_users_peak_is_recorded(tmp
     assert all(r.peak_tflops == 2.0 and r.peak_source == USER and r.mfu > 0 for r in results)
 
 
-@pytest.mark.parametrize("method", ["bp", "bp-accum", "bp-ckpt", "ff-naive", "ff-pipelined"])
-def test_the_cpu_tracker_pass_and_the_estimate_count_what_fake_tensors_count(method):
-    from membench.measure.devices import CpuDevice
-    from membench.measure.protocol import run_cell
+SPLITTING = ("bp-accum", "bp-pp", "ff-pp")
+MULTI_DEVICE = ("bp-ddp", "bp-fsdp", "bp-pp", "ff-pp")
+
+
+def every_method_cell(method: str, **options) -> Cell:
+    """A small cell of any built-in method (two ranks for one that spans devices)."""
+    micro = 2 if method in SPLITTING else None
+    devices = 2 if method in MULTI_DEVICE else 1
+    return Cell(method, ARCH, RES, BATCH, micro, devices=devices, warmup=1, steps=1, **options)
+
+
+def fresh_flops(cell: Cell) -> list[int]:
+    """Each rank's FLOPs counted on a fake step of its own under FlopCounterMode, uncached."""
+    from membench.measure.protocol import _fake_step_flops
+    from membench.multidevice.fake_group import fake_group
+
+    if cell.devices == 1:
+        return [_fake_step_flops(cell)]
+    counts = []
+    for rank in range(cell.devices):
+        with fake_group(rank, cell.devices):
+            counts.append(_fake_step_flops(cell))
+    return counts
+
+
+@pytest.mark.parametrize("method", [*SINGLE_DEVICE_METHODS, *MULTI_DEVICE])
+def test_the_estimate_counts_on_its_tracked_step_what_flop_counter_mode_counts(method):
+    """An estimate counts its FLOPs on its own tracked step (flops.FlopTally); they are
+    FlopCounterMode's on a fake step of their own, rank by rank."""
+    from membench.multidevice.fake_group import estimate_ranks
     from membench.planning.estimate import estimate_cell
 
-    cell = Cell(method, ARCH, RES, BATCH, 2 if method == "bp-accum" else None, warmup=1, steps=1)
-    expected = count_step_flops(cell)
-    assert run_cell(cell, CpuDevice()).flops_per_step == expected
-    assert estimate_cell(cell, "cuda").flops_per_step == expected
+    cell = every_method_cell(method)
+    result = estimate_ranks(cell) if cell.devices > 1 else estimate_cell(cell, "cuda")
+    assert result.status == "estimated", result.error
+    counted = [r.flops_per_step for r in (result.ranks or [result])]
+    assert counted == fresh_flops(cell) and all(counted)
+
+
+@pytest.mark.parametrize("method", ["bp", "ff-pipelined"])
+def test_the_cpu_tracker_pass_counts_what_fake_tensors_count(method):
+    from membench.measure.devices import CpuDevice
+    from membench.measure.protocol import run_cell
+
+    cell = every_method_cell(method)
+    assert run_cell(cell, CpuDevice()).flops_per_step == fresh_flops(cell)[0]
+
+
+def flop_invariant_variants(cell: Cell) -> list[Cell]:
+    """``cell`` with each FLOP-invariant setting (protocol.FLOP_INVARIANT_SETTINGS) changed,
+    where the runner accepts the change; compile is left out: the count is eager by
+    construction (count_step_flops counts a compiled cell's eager step)."""
+    from dataclasses import replace
+
+    from membench.config import ConfigError, expand_grid
+    from membench.measure.protocol import FLOP_INVARIANT_SETTINGS
+
+    values = {
+        "precision": ["bf16", "fp16"],
+        "memory_format": ["channels_last"],
+        "grads": ["released"],
+        "optimizer_state": ["host"],
+        "device_mem_bytes": [2**30],
+        "warmup": [3],
+        "steps": [7],
+    }
+    assert set(values) | {"compile"} == set(FLOP_INVARIANT_SETTINGS)
+    variants = []
+    for name, options in values.items():
+        for value in options:
+            changed = replace(cell, **{name: value})
+            try:
+                expand_grid(**changed.settings())
+            except ConfigError:  # a combination the runner refuses
+                continue
+            variants.append(changed)
+    return variants
+
+
+@pytest.mark.parametrize("method", [*SINGLE_DEVICE_METHODS, *MULTI_DEVICE])
+def test_the_settings_the_flop_key_leaves_out_do_not_change_the_count(method):
+    """count_step_flops keeps one count per flops_key: every setting the key leaves out must
+    leave each rank's count as it is, for every built-in method."""
+    from membench.measure.protocol import flops_key
+
+    cell = every_method_cell(method)
+    expected, counted = fresh_flops(cell), 0
+    for variant in flop_invariant_variants(cell):
+        assert flops_key(variant) == flops_key(cell)
+        try:
+            flops = fresh_flops(variant)
+        except NotImplementedError:  # FSDP2 refuses channels_last parameters: no step at all
+            continue
+        assert flops == expected, variant.cell_id
+        counted += 1
+    assert counted >= 4
+
+
+def test_a_setting_the_key_keeps_changes_the_count():
+    """The check above can fail: were the batch or the method left out of the key, a cell
+    would get another cell's count."""
+    from dataclasses import replace
+
+    from membench.measure.protocol import flops_key
+
+    cell = every_method_cell("bp")
+    for changed in (replace(cell, batch=2 * BATCH), replace(cell, method="bp-ckpt")):
+        assert flops_key(changed) != flops_key(cell)
+        assert fresh_flops(changed) != fresh_flops(cell)
 
 
 # -- bounds for estimates: the report and fit --------------------------------------------------

@@ -113,3 +113,21 @@ def test_the_plan_command_prints_the_ranking_and_each_familys_best():
 def test_bad_plan_input_is_one_line(args, needle):
     run = CliRunner().invoke(app, ["plan", "--arch", ARCH, "--res", str(RES), *args])
     assert needle in usage_error(run)
+
+
+def test_the_estimates_bar_shows_done_of_total_on_a_terminal_and_nothing_elsewhere():
+    import io
+
+    from rich.console import Console
+
+    from membench.cli.display import EstimatesBar
+
+    screen = io.StringIO()
+    with EstimatesBar("configurations estimated", Console(file=screen, force_terminal=True)) as bar:
+        for done in (1, 2, 3):
+            bar.update(done, 3, None)
+    assert "configurations estimated" in screen.getvalue() and "3/3" in screen.getvalue()
+    log = io.StringIO()
+    with EstimatesBar("configurations estimated", Console(file=log)) as bar:
+        bar.update(1, 3, None)
+    assert log.getvalue() == ""  # a pipe or a file gets the command's table alone

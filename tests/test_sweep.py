@@ -95,18 +95,21 @@ def test_a_hung_cell_becomes_a_timeout_row(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_timeout_bounds_an_estimate_as_it_bounds_a_measurement(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_timeout_bounds_an_estimate_as_it_bounds_a_measurement(tmp_path, monkeypatch, jobs):
     install_misbehaving_runners(tmp_path / "site", monkeypatch)
     monkeypatch.delenv("MEMBENCH_TEST_HANG", raising=False)  # test-slow hangs, on fake tensors too
     # generous: the bp estimate after the killed one must finish well inside it on a busy machine
     results = estimate_sweep(
-        [tiny("test-slow"), tiny("bp")], "cuda", tmp_path / "out", timeout_s=10
+        [tiny("test-slow"), tiny("bp")], "cuda", tmp_path / "out", timeout_s=10, jobs=jobs
     )
     assert [(r.status, r.device) for r in results] == [
         ("timeout", "cuda (estimate)"),
         ("estimated", "cuda (estimate)"),
     ]
-    assert [r["status"] for r in rows(tmp_path / "out")] == ["timeout", "estimated"]
+    # rows are appended as cells finish: side by side, the estimate may come first
+    written = {r["method"]: r["status"] for r in rows(tmp_path / "out")}
+    assert written == {"test-slow": "timeout", "bp": "estimated"}
 
 
 def test_in_process_isolation_runs_the_same_protocol(tmp_path):
@@ -345,7 +348,7 @@ def test_a_value_error_after_cells_ran_is_not_reported_as_bad_input(tmp_path, mo
     def broken_summary(*args):
         raise ValueError("a bug after the sweep")
 
-    monkeypatch.setattr("membench.cli.measure.grid_rows", broken_summary)
+    monkeypatch.setattr("membench.resume.grid_rows", broken_summary)
     result = cli.invoke(
         app,
         [

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..compare import DEFAULT_ALPHA, DEFAULT_TPUT_DROP_PCT, Comparison, compare_results
 from ..units import format_size
 from .common import reports_input_errors
 
+if TYPE_CHECKING:
+    from ..compare import Comparison
+
 REGRESSION_EXIT = 1
+# membench.compare's defaults (tests/test_cli.py holds them equal): importing it (scipy, pandas)
+# only to show them in the options' help would cost every `membench` command a second.
+DEFAULT_TPUT_DROP_PCT, DEFAULT_ALPHA = 10.0, 0.01
 
 
 def _size(value: int | None) -> str:
@@ -125,6 +131,8 @@ def compare(
     ),
 ) -> None:
     """Compare NEW against BASELINE cell by cell; exit 1 if any cell regressed past a threshold."""
+    from ..compare import compare_results
+
     comparison = compare_results(
         baseline,
         new,

@@ -7,14 +7,9 @@ from rich.console import Console
 
 from ..config import build_config
 from ..errors import INTERRUPTED, InputError, Terminated
-from ..execute.sweep import SweepError
-from ..execute.sweep import sweep as run_config
-from ..execute.worker import Target, open_target
-from ..resume import grid_rows, read_result_row
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
-from .display import default_out_dir, describe, progress_display, summary_table
+from .display import default_out_dir, describe, summary_table
 from .options import setting_options
-from .timeline import timeline_peak_text
 
 
 @reports_input_errors
@@ -46,6 +41,11 @@ def sweep(
         from ..measure.devices import resolve_device
 
         resolve_device(options.device)  # a device this machine lacks is bad input, before any cell
+
+    from ..execute.sweep import SweepError  # pandas and the sweep engine: only when one runs
+    from ..execute.sweep import sweep as run_config
+    from ..resume import grid_rows, read_result_row
+    from .progress import progress_display
 
     console = Console(width=max(Console().width, 100))
     progress = progress_display(console)
@@ -82,6 +82,9 @@ def sweep(
 @setting_options("run")
 def run(settings: dict = None) -> None:
     """Measure one cell in this process and print a readable summary."""
+    from ..execute.worker import Target, open_target
+    from .timeline import timeline_peak_text
+
     config = build_config(**settings)
     if len(config.cells) != 1:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")

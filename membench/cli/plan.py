@@ -1,5 +1,7 @@
 """``membench fit`` (the largest batch of each method that fits a device budget) and ``membench
-plan`` (the best configuration of each family for one cell on one card), by estimate."""
+plan`` (the best configuration of each family for one cell on one card), by estimate. The
+library (``membench.planning.fit``, ``membench.planning.plan``) estimates and ranks; this module
+parses the options and prints, and imports the library (torch) only when a command runs."""
 
 from __future__ import annotations
 
@@ -8,16 +10,16 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..config import SETTING_BY_KEY
-from ..runners import available_methods, get_runner
 from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
 from ..units import format_gib
 from .common import fail, reports_input_errors
-from .display import tooling_parts
+from .display import EstimatesBar, tooling_parts
 from .options import setting_options
 
 if TYPE_CHECKING:
     from ..planning.fit import FitResult
+    from ..planning.plan import Plan
 
 # fit plans one arch at one resolution: the paper's ImageNet-sized cell unless told otherwise.
 FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can run the arch"}
@@ -38,15 +40,7 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
     bound = ""
     if peak_tflops is not None:
-        from ..measure.flops import throughput_bound
-        from ..measure.protocol import count_step_flops
-        from ..planning.fit import fit_cell
-
-        imgs = (
-            None
-            if fit.batch is None
-            else throughput_bound(count_step_flops(fit_cell(fit)), fit.batch, peak_tflops)
-        )
+        imgs = fit.bound(peak_tflops)
         bound = f" {'-' if imgs is None else f'{imgs:,.0f}':>13s}"
     return f"{fit.method:14s} {batch:>18s} {format_gib(fit.peak_bytes):>12s}{bound}   {beyond}"
 
@@ -62,7 +56,7 @@ def _one(settings: dict, key: str):
 @reports_input_errors
 @setting_options(
     "fit",
-    only=("arch", "res", "method", "micro_batch", "classes", "device_mem", "seed"),
+    only=("arch", "res", "method", "micro_batch", "classes", "device_mem", "seed", "jobs"),
     defaults=FIT_DEFAULTS,
 )
 def fit(
@@ -84,7 +78,7 @@ def fit(
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
     from ..measure.flops import resolve_gpu
-    from ..planning.fit import FitError, check_fit_input, fit_batch
+    from ..planning.fit import FitError, check_fit_input, fit_methods, methods_for, splits_batch
 
     peak = resolve_gpu(gpu) if gpu is not None else None
     if device_kind not in ESTIMATE_KINDS:
@@ -92,11 +86,11 @@ def fit(
     methods = (
         list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
         if "method" in settings
-        else _methods_for(arch)
+        else methods_for(arch)
     )
     if not methods:
         raise ConfigError("--method needs at least one value")
-    if micro_batch is not None and not any(_splits(m) for m in methods):
+    if micro_batch is not None and not any(splits_batch(m) for m in methods):
         fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
     for name in methods:  # every input error before the first (slow) estimate
         check_fit_input(
@@ -107,7 +101,7 @@ def fit(
             classes,
             device_kind,
             max_batch,
-            micro_batch if _splits(name) else None,
+            micro_batch if splits_batch(name) else None,
         )
 
     typer.echo(
@@ -124,47 +118,25 @@ def fit(
         + (f" {'imgs/s bound':>13s}" if peak is not None else "")
         + "   next batch"
     )
-    for name in methods:
-        try:
-            result = fit_batch(
-                name,
-                arch,
-                res,
-                budget,
-                classes=classes,
-                device_kind=device_kind,
-                max_batch=max_batch,
-                micro_batch=micro_batch if _splits(name) else None,
-                seed=seed,
-            )
-        except FitError as err:
-            typer.echo(f"{name:14s} {'error':>18s}   {err}")
-            continue
-        typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
-
-
-def _splits(method: str) -> bool:
-    try:
-        return get_runner(method).contract.micro_batch
-    except Exception:  # unknown names are reported by fit_batch with the valid choices
-        return False
-
-
-def _methods_for(arch: str) -> list[str]:
-    """Every registered one-device method that accepts ``arch`` (torchvision models exclude
-    layer-wise ones)."""
-    from ..runners import RunnerConfigError
-
-    methods = []
-    for name in available_methods():
-        try:
-            runner = get_runner(name)
-            runner.check_cell(arch, 32, 2, None)
-        except RunnerConfigError:
-            continue
-        if not runner.contract.spans_devices:  # fit plans one device
-            methods.append(name)
-    return methods
+    with EstimatesBar("methods searched") as bar:
+        found = fit_methods(
+            methods,
+            arch,
+            res,
+            budget,
+            jobs=_one(settings, "jobs"),
+            progress=bar.update,
+            classes=classes,
+            device_kind=device_kind,
+            max_batch=max_batch,
+            micro_batch=micro_batch,
+            seed=seed,
+        )
+    for name, result in zip(methods, found):
+        if isinstance(result, FitError):
+            typer.echo(f"{name:14s} {'error':>18s}   {result}")
+        else:
+            typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
 
 
 def configuration(cell) -> str:
@@ -172,16 +144,13 @@ def configuration(cell) -> str:
     return " ".join([cell.method, *tooling_parts(cell)])
 
 
-def plan_lines(result, top: int) -> list[str]:
+def plan_lines(result: Plan, top: int) -> list[str]:
     """The ranked table of a Plan, and what did not fit."""
-    from ..runners import method_family
-
     lines = [
         f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "
         f"{'compute ms':>10s} {'link ms':>9s} {'imgs/s bound':>12s}  bounded by"
     ]
-    ranked = result.ranked
-    for rank, row in enumerate(ranked[:top], start=1):
+    for rank, row in enumerate(result.ranked[:top], start=1):
         bound = row.bound
         lines.append(
             f"{rank:>4}  {configuration(row.cell):44s} "
@@ -189,9 +158,7 @@ def plan_lines(result, top: int) -> list[str]:
             f"{row.result.flops_per_step / 1e12:10.2f} {bound.compute_s * 1e3:10.1f} "
             f"{bound.transfer_s * 1e3:9.1f} {bound.imgs_per_s:12,.0f}  {bound.bounded_by}"
         )
-    best = {}
-    for row in ranked:
-        best.setdefault(method_family(row.cell.method), row)
+    best = result.best_of_each_family()
     lines.append(
         "best of each family: "
         + "; ".join(
@@ -202,13 +169,9 @@ def plan_lines(result, top: int) -> list[str]:
         if best
         else "no configuration fits"
     )
-    over = [
-        row
-        for row in result.rows
-        if not row.fits(result.budget_bytes) and row.result.peak_allocated_bytes
-    ]
+    over = result.over_budget
     if over:
-        smallest = min(over, key=lambda row: row.result.peak_allocated_bytes)
+        smallest = over[0]
         lines.append(
             f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
             f"{format_gib(result.budget_bytes)} (the smallest of them: "
@@ -222,7 +185,7 @@ def plan_lines(result, top: int) -> list[str]:
 @reports_input_errors
 @setting_options(
     "plan",
-    only=("arch", "res", "batch", "classes", "precision", "device_mem"),
+    only=("arch", "res", "batch", "classes", "precision", "device_mem", "jobs"),
     defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"},
 )
 def plan_command(
@@ -244,14 +207,12 @@ def plan_command(
     """Rank every family's tooling for one cell on one card: the configurations that fit
     --device-mem, fastest first by a throughput bound (CUDA estimates)."""
     from ..measure.flops import resolve_gpu
-    from ..planning.plan import DEFAULT_LINK_GBPS, plan
-    from ..profiles import ProfileError, load_profile
+    from ..planning.plan import DEFAULT_LINK_GBPS, plan, plan_budget
 
     name, peak = resolve_gpu(gpu)
     if "device_mem" not in settings:
-        try:
-            settings["device_mem"] = load_profile(gpu).settings["device_mem"]
-        except (ProfileError, KeyError):
+        settings["device_mem"] = plan_budget(gpu)
+        if settings["device_mem"] is None:
             fail("plan needs the budget to fit: --device-mem 8GiB, or a device profile as --gpu")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     batch, classes = _one(settings, "batch"), _one(settings, "classes")
@@ -269,8 +230,18 @@ def plan_command(
     precisions = SETTING_BY_KEY["precision"].parse_axis(
         settings.get("precision", "fp32,bf16"), "--precision"
     )
-    result = plan(
-        arch, res, batch, budget, name, classes=classes, link_gbps=link, precisions=precisions
-    )
+    with EstimatesBar("configurations estimated") as bar:
+        result = plan(
+            arch,
+            res,
+            batch,
+            budget,
+            name,
+            classes=classes,
+            link_gbps=link,
+            precisions=precisions,
+            progress=bar.update,
+            jobs=_one(settings, "jobs"),
+        )
     for line in plan_lines(result, top):
         typer.echo(line)

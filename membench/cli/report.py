@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..report import build_report, default_report_dir
 from ..schema import memory_size
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 
@@ -63,6 +62,8 @@ def report(
             },
         )
         budgets += profile_budget(gpu)
+    from ..report import build_report, default_report_dir  # matplotlib, pandas: only here
+
     out_dir = default_report_dir(inputs) if out is None else out_folder(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file, not a folder")

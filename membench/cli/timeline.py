@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..results import read_cells
 from ..schema import CATEGORIES
 from ..timeline.events import Timeline, TimelinePeak, find_peak, timeline_rows, where
-from ..timeline.files import TIMELINE_FILE, read_timelines, timelines_of
 from .common import fail, reports_input_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHORT = {
     "parameters": "params",
@@ -88,6 +89,8 @@ def _peaks_table(found: Sequence[tuple[Mapping, TimelinePeak]], devices: bool) -
 def phase_table(rows: pd.DataFrame) -> Table:
     """One step phase by phase: per (phase, layer) in order of first appearance, the most
     bytes live there and what they were, and how many events it had."""
+    import pandas as pd  # rows read from a timeline.csv: pandas is loaded already
+
     unit = Unit(rows["total_bytes"].max())
     table = Table(
         title=f"{len(rows) - 1} events, phase by phase ({unit.name})", title_justify="left"
@@ -113,6 +116,9 @@ def phase_table(rows: pd.DataFrame) -> Table:
 
 def _recorded(folder: Path) -> list[tuple[Mapping, pd.DataFrame]]:
     """(cells.csv row, its timeline rows) of the latest run of every cell with a timeline."""
+    from ..results import read_cells  # pandas: only when a timeline is read
+    from ..timeline.files import TIMELINE_FILE, read_timelines, timelines_of
+
     cells = read_cells(folder, strict=False)
     if not (Path(folder) / TIMELINE_FILE).exists():
         fail(

@@ -7,14 +7,17 @@ never writes a file: the sweep process appends every row itself, so resume, lock
 safety are the sweep's and hold for every executor.
 
 ``LocalExecutor`` runs cells one at a time on this machine, in worker processes
-(``membench.execute.worker``) or in this process. ``membench.execute.ray_cluster.RayExecutor`` runs
-them as Ray
+(``membench.execute.worker``) or in this process; ``ParallelExecutor`` runs estimates several at
+once, one worker process per core. ``membench.execute.ray_cluster.RayExecutor`` runs them as Ray
 tasks on a cluster, several at once; it is imported only when asked for, so a local sweep never
 imports Ray.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -125,10 +128,11 @@ class LocalExecutor(Executor):
         for index, cell in enumerate(cells):
             started(index, cell)
             start = time.perf_counter()
-            result = self._run_one(cell)
+            result = self.run_one(cell)
             yield index, result, time.perf_counter() - start
 
-    def _run_one(self, cell: Cell) -> CellResult:
+    def run_one(self, cell: Cell) -> CellResult:
+        """Run one cell (its worker started if there is none); a failure is a row."""
         if self.local is not None:
             return self.local(cell)
         measuring = self.target.estimate_kind is None
@@ -156,4 +160,90 @@ class LocalExecutor(Executor):
             self.worker = None
 
 
-__all__ = ["CellStarted", "Executor", "LocalExecutor", "Placement", "SweepError"]
+def default_jobs() -> int:
+    """Estimates at once when none is asked for: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class ParallelExecutor(Executor):
+    """Estimates of independent cells at once: ``jobs`` ``LocalExecutor``s, each with its own
+    worker process (its timeout, its replacement after a failed cell), fed from one queue by a
+    thread each; results come back as they finish. Only for estimates: measured cells running
+    side by side would slow each other down, and their times would show it."""
+
+    def __init__(self, target: Target, timeout_s: float | None, methods: list[str], jobs: int):
+        if target.estimate_kind is None:
+            raise ValueError("ParallelExecutor runs estimates only")
+        self.executors = [
+            LocalExecutor(target, "process", timeout_s, methods) for _ in range(max(1, jobs))
+        ]
+        self._stop = threading.Event()
+
+    def start(self) -> Placement:
+        """The first worker says where the cells run; the others start with their first cell."""
+        placement = self.executors[0].start()
+        for executor in self.executors[1:]:
+            executor.peaks = self.executors[0].peaks
+        return placement
+
+    def provenance(self) -> dict:
+        return self.executors[0].provenance()
+
+    def run(
+        self, cells: list[Cell], started: CellStarted
+    ) -> Iterator[tuple[int, CellResult, float]]:
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for item in enumerate(cells):
+            todo.put(item)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        threads = [
+            threading.Thread(target=self._work, args=(executor, todo, done), daemon=True)
+            for executor in self.executors[: len(cells)]
+        ]
+        for thread in threads:
+            thread.start()
+        finished = 0
+        while finished < len(cells):
+            try:
+                event = done.get(timeout=1.0)  # a timeout, so Ctrl-C is seen here at once
+            except queue.Empty:
+                continue
+            if event[0] == "failed":  # a worker that could not start: the sweep cannot go on
+                raise event[1]
+            if event[0] == "started":  # progress is reported from this thread only
+                started(event[1], event[2])
+                continue
+            finished += 1
+            yield event[1:]
+
+    def _work(self, executor: LocalExecutor, todo: queue.SimpleQueue, done: queue.SimpleQueue):
+        """One worker's loop: take the next cell, run it, hand its result back."""
+        while not self._stop.is_set():
+            try:
+                index, cell = todo.get_nowait()
+            except queue.Empty:
+                return
+            done.put(("started", index, cell))
+            start = time.perf_counter()
+            try:
+                result = executor.run_one(cell)
+            except Exception as err:  # SweepError: no worker could start
+                done.put(("failed", err))
+                return
+            done.put(("finished", index, result, time.perf_counter() - start))
+
+    def close(self) -> None:
+        self._stop.set()
+        for executor in self.executors:
+            executor.close()
+
+
+__all__ = [
+    "CellStarted",
+    "Executor",
+    "LocalExecutor",
+    "ParallelExecutor",
+    "Placement",
+    "SweepError",
+    "default_jobs",
+]

@@ -18,6 +18,10 @@ gets a fresh worker process.)
 Only the sweep process writes results (``membench.results``), under an exclusive lock on the
 folder; a folder holding another program's CSV is refused before anything runs.
 
+Estimates of independent cells run several at once (``jobs``, by default one per core), each
+in its own worker process (``local.ParallelExecutor``); their rows are the ones a single worker
+gives, appended as each cell finishes.
+
 Resume. A cell counts as finished when ``cells.csv`` has a row with the same settings (every field
 of its ``Cell``), device and device name (the GPU or CPU model), whatever its status (estimates
 count only for estimates). The device name comes from the first worker's hello, sent before any
@@ -52,7 +56,7 @@ from ..resume import (
 )
 from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timeline.files import write_timeline
-from .local import Executor, LocalExecutor, Placement, SweepError
+from .local import Executor, LocalExecutor, ParallelExecutor, Placement, SweepError, default_jobs
 from .worker import Target
 
 
@@ -152,7 +156,11 @@ def run_cells(
     runner: Executor
     if options.estimate:
         target = Target(options.estimate_kind, estimate_kind=options.estimate_kind, **timeline)
-        runner = LocalExecutor(target, options.isolation, options.timeout_s, methods)
+        jobs = min(options.jobs or default_jobs(), len(cells))
+        if options.isolation == "process" and jobs > 1:  # independent cells: several at once
+            runner = ParallelExecutor(target, options.timeout_s, methods, jobs)
+        else:
+            runner = LocalExecutor(target, options.isolation, options.timeout_s, methods)
     elif options.executor == "ray":
         from .ray_cluster import RayExecutor  # only here: a local sweep never imports Ray
 
@@ -208,6 +216,8 @@ def _sweep(
             if todo and (not estimates or not (out_dir / ENV_FILE).exists()):
                 write_env(out_dir, executor.provenance())
             for index, result, wall_s in executor.run(todo, progress.cell_started):
+                if result.wall_s is None:  # a cell whose process died: how long it had
+                    result.wall_s = wall_s
                 write_timeline(out_dir, result)  # before the row, which marks the cell done
                 append_ranks(out_dir, result)  # a cell on several devices: each rank's row
                 if redo:  # its earlier rows go only now, with its new row in their place

@@ -13,6 +13,7 @@ following PyTorch's documented APIs only.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import time
@@ -76,6 +77,11 @@ class Device:
         """The tensor tracker of the memory pass, or None where the allocator has the peaks."""
         return None
 
+    def tracking(self, tracker: TensorMemoryTracker) -> contextlib.AbstractContextManager:
+        """The context in which ``tracker`` counts the steps run inside it: the tracker itself,
+        a dispatch mode over every op."""
+        return tracker
+
     def set_memory_budget(self, budget_bytes: int | None) -> None:
         """Emulate a device with only ``budget_bytes`` of memory, or lift the cap (None)."""
 
@@ -95,6 +101,11 @@ class Device:
 
     def total_memory_bytes(self) -> int | None:
         return None
+
+    def collect_garbage(self) -> None:
+        """Free what a finished cell left in reference cycles (a checkpointed graph, a
+        traceback's frames), so the next cell's memory starts where this one's did."""
+        gc.collect()
 
     def release_cached_memory(self) -> None:
         """Give memory cached by the device's allocator back, between cells."""

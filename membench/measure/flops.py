@@ -141,6 +141,30 @@ def step_flops(step: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+class FlopTally:
+    """FLOPs of the ops a dispatch mode already sees (``count``, called with each op and its
+    output): FlopCounterMode's own formulas (its registry, with ``FLOP_FORMULAS``), without its
+    mode and module tracker.
+
+    An estimate counts its FLOPs this way on the step it tracks anyway (``protocol.measure_memory``
+    hands one to the tensor tracker), where a FlopCounterMode cannot go: its ``ModuleTracker``
+    puts multi-grad hooks on every module whose autograd nodes sit in reference cycles, which
+    changes when checkpointed graphs die (the tracked peak; see ``membench.timeline.phases``), and
+    it costs about half a fake step. The count equals ``step_flops``'s for every built-in runner
+    (tests/test_flops.py): the ops FlopCounterMode would decompose first (composite ops reaching a
+    Python mode, as under inference mode) do not occur in a training step.
+    """
+
+    def __init__(self):
+        self.registry = flop_counter().flop_registry
+        self.total = 0
+
+    def count(self, func, args: tuple, kwargs: dict, out) -> None:
+        formula = self.registry.get(getattr(func, "_overloadpacket", None))
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+
+
 def cuda_precision() -> str:
     """The precision an fp32 conv net runs at on CUDA: TF32 while cuDNN may use it (PyTorch's
     default, ``torch.backends.cudnn.allow_tf32``), else FP32."""

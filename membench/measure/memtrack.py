@@ -20,16 +20,20 @@ and parameters by being named before the pass starts.
 
 A ``recorder``, when given, is told of every allocation, free and change of category as it
 happens (the memory timeline, docs/timeline.md "Recording one step"); without one the tracker
-records nothing beyond its peak, so the ordinary pass costs what it did.
+records nothing beyond its peak, so the ordinary pass costs what it did. An ``observer``, when
+set, is shown every op the tracker sees with its output (an estimate's FLOP count,
+``flops.FlopTally``), so what else must see every op needs no dispatch mode of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -39,6 +43,8 @@ from ..schema import CATEGORIES, MemoryBreakdown
 # (action, storage key, bytes, category): action is "alloc", "free" or "category" (a live
 # storage named anew, e.g. an activation that became a parameter's gradient).
 Recorder = Callable[[str, int, int, str], None]
+# (op, args, kwargs, output) of every op the tracker sees.
+Observer = Callable[[object, tuple, dict, object], None]
 
 
 class MemoryBudgetExceeded(torch.OutOfMemoryError):
@@ -90,6 +96,7 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.budget_bytes = budget_bytes
         self.rounding = rounding or (lambda nbytes: nbytes)
         self.recorder = recorder
+        self.observer: Observer | None = None
         self._live: dict[int, tuple[_Allocation, weakref.ref]] = {}
         self._state = _PeakState()
 
@@ -162,11 +169,57 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     # -- dispatch -----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.saw(func, args, kwargs, out)
+        return out
+
+    def saw(self, func, args: tuple, kwargs: dict, out) -> None:
+        """One op the tracker sees and its output: every new storage among its outputs counts
+        (and the ``observer`` is shown the op)."""
+        if self.observer is not None:
+            self.observer(func, args, kwargs, out)
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self._track(leaf)
+
+
+class TrackingFakeTensorMode(FakeTensorMode):
+    """``FakeTensorMode`` that shows its ``tracker`` (when set) every op it is asked for, the way
+    a tracker entered above it would see them: each op the step dispatches, with its fake
+    output, and none of the ops fake tensors run inside their own implementation (a
+    decomposition re-enters the mode one level down). The same counts, without a second Python
+    dispatch mode on every op of an estimate's tracked step (about a quarter of a fake step's
+    time; docs/estimate.md). A tracker for a cell on several devices stays a mode of its own:
+    this mode sees a tensor subclass's (a DTensor's) ops only after the subclass has run them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tracker: TensorMemoryTracker | None = None
+        self._depth = 0
+
+    def dispatch(self, func, types, args=(), kwargs=None):
+        # FakeTensorMode's own entry point runs every op through ``dispatch``; overriding it
+        # rather than ``__torch_dispatch__`` adds no second wrapper of torch's to every op.
+        kwargs = kwargs or {}
+        self._depth += 1
+        try:
+            out = super().dispatch(func, types, args, kwargs)
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self.tracker is not None:
+            self.tracker.saw(func, args, kwargs, out)
         return out
+
+    @contextlib.contextmanager
+    def tracking(self, tracker: TensorMemoryTracker) -> Iterator[TensorMemoryTracker]:
+        """``tracker`` counts every op this mode handles inside the block."""
+        self.tracker = tracker
+        try:
+            yield tracker
+        finally:
+            self.tracker = None
 
 
 class _GradientWatch:

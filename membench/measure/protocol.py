@@ -5,17 +5,23 @@ sweep's worker, ``membench run``, the pytest fixture (with its own ``timer``) an
 (with an ``EstimateDevice``, whose steps run on fake tensors) all call it, so warmup, the FLOP
 count, the memory pass and timing are written once (docs/measurement.md, "Measurement protocol"):
 
-1. FLOPs: one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
-   (``count_step_flops``), before any other step of the cell: nothing is computed, no real
-   step ever runs under the counter.
-2. The budget, the runner and one synthetic batch on the device; ``warmup`` steps, not measured.
-3. The memory pass, where the device has no allocator statistics (the CPU, an estimate): a few
-   steps under the tensor tracker, apart from timing. Under a budget the CPU's tracker refuses
-   to go past it, which is the CPU's out-of-memory.
+1. The budget, the runner and one synthetic batch on the device; ``warmup`` steps, not measured.
+2. The memory pass, where the device has no allocator statistics (the CPU, an estimate): steps
+   under the tensor tracker, apart from timing: one, or two for a runner that carries tensors
+   from one step into the next (``tracked_steps``). Under a budget the CPU's tracker refuses
+   to go past it, which is the CPU's out-of-memory. The FLOPs of the pass's first step are
+   counted on it (``flops.FlopTally``, FlopCounterMode's formulas on the ops the tracker sees).
+3. FLOPs, where the memory pass did not count them (CUDA, a compiled cell, a pass the budget cut
+   short): one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
+   (``count_step_flops``; nothing is computed, no real step ever runs under the counter), kept
+   for the other cells of the process whose FLOPs cannot differ (``flops_key``). So an
+   estimate builds one runner and runs no step beyond its own.
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
    (``Device.record_timeline``; docs/timeline.md).
+
+Every row records how long all of it took (``wall_s``).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import gc
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,11 +42,35 @@ from ..errors import one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, Cell, CellResult
 from .devices import Device
-from .flops import apply_peak, step_flops
+from .flops import FlopTally, apply_peak, step_flops
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .peaks import PeakSpec
 
+# Steps of the memory pass for a runner that carries tensors from one step into the next (its
+# first tracked step cannot see what the step before left; the second can); one otherwise.
 DEFAULT_TRACKER_STEPS = 2
+# Built-in runners whose step leaves nothing for the next one but what the memory pass counts
+# from its start (parameters, buffers, gradients, optimizer state, the batch, a pipeline stage's
+# ``held_tensors``): one tracked step has the steady state's peak. ``ff-naive`` and ``ff-pp``
+# keep each layer's loss until late in the next step, so they are tracked over two, as is every
+# fp16 cell (its GradScaler's scale and growth tracker are first seen when updated in place at
+# the end of a step). A runner of another package says so itself
+# (``carries_tensors_across_steps = False``) or is tracked over two.
+# tests/test_protocol.py holds every built-in method to one step's peak == two steps' peak.
+STEP_CONTAINED_METHODS = frozenset(
+    {
+        "bp",
+        "bp-accum",
+        "bp-ckpt",
+        "bp-sac",
+        "bp-offload",
+        "bp-deepsup",
+        "ff-pipelined",
+        "bp-ddp",
+        "bp-fsdp",
+        "bp-pp",
+    }
+)
 # memory_source of a compiled cell on the CPU: its peak is left empty (see measure_memory).
 UNTRACKED_COMPILED = "none (compiled: the tracker cannot see compiled buffers)"
 # (step, count) -> each step's time in ms: the device's own timing, or the pytest fixture's.
@@ -85,11 +115,78 @@ def build_runner(cell: Cell, device: torch.device | str) -> Runner:
     )
 
 
+def carries_tensors_across_steps(runner: Runner) -> bool:
+    """Whether ``runner``'s step leaves tensors the next step still holds, beyond what the
+    memory pass counts from its start (see ``STEP_CONTAINED_METHODS``): always with an fp16
+    GradScaler, else the runner's own declaration, else membench's for a built-in method; a
+    runner that says nothing is assumed to."""
+    scaler = getattr(runner, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        return True
+    declared = getattr(type(runner), "carries_tensors_across_steps", None)
+    if declared is not None:
+        return bool(declared)
+    return runner.name not in STEP_CONTAINED_METHODS
+
+
+def tracked_steps(runner: Runner, cell: Cell, tracker_steps: int = DEFAULT_TRACKER_STEPS) -> int:
+    """Steps of the memory pass: one, or ``tracker_steps`` for a runner that carries tensors
+    across steps; never more than the cell's measured steps."""
+    wanted = tracker_steps if carries_tensors_across_steps(runner) else 1
+    return max(1, min(wanted, cell.steps))
+
+
+# Settings that cannot change what a step computes, only how (precision, memory format,
+# compiling) or what it keeps where (gradients, optimizer state, a budget), or that are the
+# protocol's own: the FLOP count is shared across them (tests/test_flops.py shows it for every
+# built-in method and each of them).
+FLOP_INVARIANT_SETTINGS = (
+    "precision",
+    "memory_format",
+    "compile",
+    "grads",
+    "optimizer_state",
+    "device_mem_bytes",
+    "warmup",
+    "steps",
+)
+_FLOPS_CACHE_SIZE = 256
+_flops_cache: OrderedDict[tuple, int] = OrderedDict()
+
+
+def flops_key(cell: Cell) -> tuple:
+    """What a cell's FLOP count depends on: the cell with every ``FLOP_INVARIANT_SETTINGS`` at
+    its default, and the rank of the process group it is counted in (a cell on several devices
+    counts each rank's share)."""
+    defaults = {name: Cell.__dataclass_fields__[name].default for name in FLOP_INVARIANT_SETTINGS}
+    rank = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = (torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return dataclasses.replace(cell, **defaults), rank
+
+
 def count_step_flops(cell: Cell) -> int:
     """FLOPs of one training step of ``cell``: one eager step of its runner on fake tensors
-    (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
-    what, it computes."""
-    cell = dataclasses.replace(cell, compile="none")
+    (step 3 of the protocol), counted once per ``flops_key`` in a process. A compiled cell is
+    counted eager: compiling changes how, not what, it computes."""
+    key = flops_key(cell)
+    if key in _flops_cache:
+        _flops_cache.move_to_end(key)
+        return _flops_cache[key]
+    flops = _fake_step_flops(dataclasses.replace(cell, compile="none"))
+    _flops_cache[key] = flops
+    if len(_flops_cache) > _FLOPS_CACHE_SIZE:
+        _flops_cache.popitem(last=False)
+    return flops
+
+
+def forget_flop_counts() -> None:
+    """Empty the process's FLOP counts (``count_step_flops``'s), so the next count steps."""
+    _flops_cache.clear()
+
+
+def _fake_step_flops(cell: Cell) -> int:
+    """One eager step of a fresh runner for ``cell`` on fake tensors under FlopCounterMode."""
     with torch.random.fork_rng(devices=[]), FakeTensorMode():
         runner = build_runner(cell, "cpu")
         skip_inf_checks(runner)
@@ -143,25 +240,28 @@ class PreparedCell:
         tracker: TensorMemoryTracker,
         steps: int,
         during: contextlib.AbstractContextManager | None = None,
+        flops: FlopTally | None = None,
     ) -> TensorMemoryTracker:
         """Run ``steps`` steps under ``tracker``, counting what was live from the start;
         ``during``: a context the steps run in, entered once the tracker counts them (the
-        timeline's recorder)."""
+        timeline's recorder); ``flops``: counts the first step's FLOPs."""
         for category, tensors in self.live_tensors():
             tracker.add_existing(category, tensors)
         tracker.reset_peak()
         with (
-            tracker,
+            self.device.tracking(tracker),
             tracker.watch_gradients(self.runner.parameters()),
             during or contextlib.nullcontext(),
         ):
-            for _ in range(steps):
+            for index in range(steps):
+                tracker.observer = flops.count if flops is not None and index == 0 else None
                 self.step()
+            tracker.observer = None
         return tracker
 
 
 def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
-    """Step 2 of the protocol: the budget, the runner and batch on the device, warmup."""
+    """Step 1 of the protocol: the budget, the runner and batch on the device, warmup."""
     device.set_memory_budget(cell.device_mem_bytes)
     runner = build_runner(cell, device.torch_device)
     device.adapt(runner)
@@ -177,8 +277,11 @@ def prepare_cell(cell: Cell, device: Device) -> PreparedCell:
     return prepared
 
 
-def measure_memory(prepared: PreparedCell, result: CellResult, tracker_steps: int) -> None:
-    """Step 3: the tracker pass where the device has one, into ``result``."""
+def measure_memory(
+    prepared: PreparedCell, result: CellResult, tracker_steps: int, count_flops: bool = False
+) -> None:
+    """Step 2: the tracker pass where the device has one, into ``result``; ``count_flops``: the
+    FLOPs of its first step too."""
     tracker = prepared.device.memory_tracker(prepared.cell)
     if tracker is None:
         return
@@ -187,10 +290,14 @@ def measure_memory(prepared: PreparedCell, result: CellResult, tracker_steps: in
         # cannot see them: no peak rather than a wrong one.
         result.memory_source = UNTRACKED_COMPILED
         return
-    prepared.tracked(tracker, max(1, min(tracker_steps, prepared.cell.steps)))
+    flops = FlopTally() if count_flops else None
+    steps = tracked_steps(prepared.runner, prepared.cell, tracker_steps)
+    prepared.tracked(tracker, steps, flops=flops)
     result.peak_allocated_bytes = tracker.peak_bytes
     result.breakdown = tracker.peak_breakdown()
     result.memory_source = prepared.device.memory_source
+    if flops is not None:
+        result.flops_per_step = flops.total
 
 
 def run_cell(
@@ -210,21 +317,21 @@ def run_cell(
     ``count_flops=False`` leaves ``flops_per_step`` empty (to measure what counting costs);
     ``timeline``: record one more step, after the measured ones, into ``result.timeline``
     (``timeline_snapshot``: with what a memory snapshot pickle needs)."""
+    start = time.perf_counter()
     result = new_result(cell, str(device), device.name(), status=device.finished_status)
     refusal = device.refusal(cell)
     if refusal:
         result.status, result.error = ERROR, refusal
+        result.wall_s = time.perf_counter() - start
         return result
     try:
-        if count_flops:
-            result.flops_per_step = _counted_flops(cell)
         with device.session():
             _measure(
                 cell,
                 device,
                 result,
                 timer or device.time_steps,
-                tracker_steps,
+                (tracker_steps, count_flops),
                 (timeline, timeline_snapshot),
             )
         device.check_budget(result)
@@ -234,9 +341,12 @@ def run_cell(
         else:
             result.status, result.error = ERROR, device.error_text(err)
     finally:
-        gc.collect()  # free what the cell left so the next one starts from the same place
+        device.collect_garbage()  # what the cell left, so the next one starts where it did
         device.release_cached_memory()
+    if count_flops and result.flops_per_step is None:  # step 3: no memory pass counted them
+        result.flops_per_step = _counted_flops(cell)
     apply_peak(result, peak)  # MFU never above 1 (docs/measurement.md, "FLOPs and MFU")
+    result.wall_s = time.perf_counter() - start
     return result
 
 
@@ -245,16 +355,17 @@ def _measure(
     device: Device,
     result: CellResult,
     timer: Timer,
-    tracker_steps: int,
+    memory: tuple[int, bool],
     timeline: tuple[bool, bool],
 ) -> None:
-    """Steps 2 to 5 into ``result``; the runner and batch go when this returns. ``timeline``:
-    (record one, with what a snapshot needs)."""
+    """Steps 1, 2, 4 and 5 into ``result``; the runner and batch go when this returns. ``memory``:
+    (the memory pass's steps for a runner that carries tensors, count FLOPs on it);
+    ``timeline``: (record one, with what a snapshot needs)."""
     prepared = prepare_cell(cell, device)
     if cell.compile != "none":
         result.compile_s = prepared.first_step_s
     device.reset_host_peak()
-    measure_memory(prepared, result, tracker_steps)
+    measure_memory(prepared, result, *memory)
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
     result.step_ms = timer(prepared.step, cell.steps)
     device.record_peaks(result)
@@ -289,13 +400,19 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 __all__ = [
     "DEFAULT_TRACKER_STEPS",
+    "FLOP_INVARIANT_SETTINGS",
     "PreparedCell",
+    "STEP_CONTAINED_METHODS",
     "Timer",
     "build_runner",
+    "carries_tensors_across_steps",
     "count_step_flops",
+    "flops_key",
+    "forget_flop_counts",
     "is_out_of_memory",
     "make_batch",
     "new_result",
     "prepare_cell",
     "run_cell",
+    "tracked_steps",
 ]

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..measure.devices import CpuDevice, CudaDevice, Device
 from ..measure.memtrack import TensorMemoryTracker
-from ..measure.protocol import DEFAULT_TRACKER_STEPS, run_cell
+from ..measure.protocol import run_cell, tracked_steps
 from ..schema import OK, Cell, CellResult
 
 
@@ -164,7 +164,7 @@ class RankDevice(Device):
         if self.untracked:  # the allocator's peak, as on one device; the pass only counted bytes
             result.breakdown = None
         if self.counter is not None:
-            steps = max(1, min(DEFAULT_TRACKER_STEPS, result.cell.steps))  # measure_memory's
+            steps = tracked_steps(self.runner, result.cell)  # measure_memory's
             result.sent_bytes_per_step = self.counter.sent_bytes // steps
         result.idle_fraction = self.idle
         self.runner = self.counter = None
@@ -181,6 +181,7 @@ _FORWARDED = (
     "reset_host_peak",
     "reset_peak_memory",
     "total_memory_bytes",
+    "collect_garbage",
     "release_cached_memory",
     "synchronize",
     "autocast_precisions",

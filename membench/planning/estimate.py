@@ -44,11 +44,10 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import error_text
 from ..measure.devices import Device
-from ..measure.memtrack import TensorMemoryTracker, cuda_allocated_size
+from ..measure.memtrack import TensorMemoryTracker, TrackingFakeTensorMode, cuda_allocated_size
 from ..measure.protocol import run_cell, skip_inf_checks
 from ..schema import (
     ESTIMATE_DEVICE_NAME,
@@ -71,12 +70,12 @@ COMPILED_REFUSAL = (
     "allocated outside what fake tensors can see; measure it on the device"
 )
 
-# Fake steps, kept minimal because each costs about a second for VGG11 whatever the batch.
+# Fake steps, kept minimal because each costs as much as the cell's ops, whatever the batch.
 # One warmup step is enough: the first optimizer step creates AdamW's moments and step counts, so
 # the tracker can name them optimizer state; after it every step of every built-in runner
-# allocates and frees the same storages. The tracked pass keeps the protocol's step count
-# (protocol.DEFAULT_TRACKER_STEPS = 2) because its first step cannot see tensors a runner carries
-# over from the step before in its own attributes (ff-naive's ``layer_losses``); the second can.
+# allocates and frees the same storages. The tracked pass is the protocol's
+# (``protocol.tracked_steps``): one step, two for a runner that carries tensors over from the
+# step before in its own attributes (ff-naive's ``layer_losses``), which the first cannot see.
 FAKE_WARMUP_STEPS = 1
 
 
@@ -108,12 +107,20 @@ class EstimateDevice(Device):
     def session(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))  # leave the caller's RNG alone
-            stack.enter_context(FakeTensorMode())
+            self.fake_mode = stack.enter_context(TrackingFakeTensorMode())
             if self.kind == "cuda":
                 stack.enter_context(_cuda_dropout())
                 stack.enter_context(cuda_autocast())
                 stack.enter_context(cuda_attention())
             yield
+
+    def tracking(self, tracker: TensorMemoryTracker) -> contextlib.AbstractContextManager:
+        """The tracker counts inside the session's fake-tensor mode, not as a mode of its own
+        (``memtrack.TrackingFakeTensorMode``), unless another fake-tensor mode was already
+        active when the session began (then that one runs the ops, and the tracker is a mode
+        above it)."""
+        active = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+        return self.fake_mode.tracking(tracker) if active is self.fake_mode else tracker
 
     def adapt(self, runner) -> None:
         if self.kind == "cuda":
@@ -137,6 +144,15 @@ class EstimateDevice(Device):
 
     def reset_host_peak(self) -> None:
         pass  # the host's memory says nothing about the device planned for
+
+    def collect_garbage(self) -> None:
+        """Nothing: a fake tensor holds no memory, so what a finished estimate leaves in
+        reference cycles frees nothing the next cell could use, and the interpreter's own
+        generational collector takes those objects as it goes. The next cell's count is its own
+        tracker's: storages it did not see allocated never count, whenever they are freed, and
+        no storage a tracked step allocates waits for the collector (tests/test_estimate.py),
+        so an estimate does not depend on when the collector runs. A full collection cost
+        0.15-0.7 s per cell (the whole heap of torch's modules)."""
 
     def record_peaks(self, result: CellResult) -> None:
         pass

@@ -2,19 +2,26 @@
 
 ``fit_batch`` searches ``estimate_cell``'s predictions (``membench.planning.estimate``): peak
 memory is close to affine in the batch, so a search interpolates on the estimates and takes
-about five of them instead of twenty.
+about five of them instead of twenty. ``fit_methods`` runs the searches of several methods side
+by side, each in a worker process of its own (``membench.planning.parallel``).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..archs import ArchError, validate_arch
 from ..config import ConfigError, check_parameter_size
-from ..runners import Runner, RunnerConfigError, UnknownMethodError, get_runner
-from ..schema import ERROR, Cell, CellResult
-from .estimate import DEVICE_KINDS, estimate_cell
+from ..execute.local import default_jobs
+from ..measure.flops import throughput_bound
+from ..runners import Runner, RunnerConfigError, UnknownMethodError, available_methods, get_runner
+from ..schema import ERROR, ESTIMATE_KINDS, Cell, CellResult
+from .parallel import Estimator, estimators
+
+DEVICE_KINDS = ESTIMATE_KINDS
 
 
 @dataclass
@@ -40,6 +47,14 @@ class FitResult:
     next_peak_bytes: int | None
     capped: bool = False
     estimates: int = 0
+    flops_per_step: int | None = None  # of ``batch``'s step, counted by its estimate
+
+    def bound(self, peak_tflops: float) -> float | None:
+        """imgs/s of the largest batch at a GPU's peak (``flops.throughput_bound``); None when
+        nothing fits or its FLOPs are unknown."""
+        if self.batch is None or not self.flops_per_step:
+            return None
+        return throughput_bound(self.flops_per_step, self.batch, peak_tflops)
 
 
 def fit_batch(
@@ -52,6 +67,7 @@ def fit_batch(
     max_batch: int = 4096,
     micro_batch: int | None = None,
     seed: int = 0,
+    estimate: Estimator | None = None,
 ) -> FitResult:
     """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``.
 
@@ -61,7 +77,9 @@ def fit_batch(
     that bound it. Assumes the peak does not shrink as the batch grows. A batch of one that
     cannot train (BatchNorm) starts the search at two. Runners that split the batch (bp-accum)
     search the effective batch: with ``micro_batch`` over its multiples, without it over even
-    batches with micro-batch batch/2 (the sweep's default). Raises ConfigError on invalid input.
+    batches with micro-batch batch/2 (the sweep's default). ``estimate``: what estimates a cell
+    (a worker's, ``planning.parallel.estimators``); by default ``estimate_cell`` here. Raises
+    ConfigError on invalid input.
     """
     runner_cls = check_fit_input(
         method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch
@@ -77,12 +95,13 @@ def fit_batch(
     max_k = max_batch // unit
     if max_k < 1:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
-    search = _BatchSearch(
-        lambda k: estimate_cell(cell_for(k), device_kind, count_flops=False),
-        budget_bytes,
-        method,
-        unit,
-    )
+    if estimate is None:
+        from .estimate import estimate_cell
+
+        def estimate(cell: Cell) -> CellResult:
+            return estimate_cell(cell, device_kind)
+
+    search = _BatchSearch(lambda k: estimate(cell_for(k)), budget_bytes, method, unit)
     lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
     lo, hi = search.narrow(lo, hi)
     best = cell_for(lo) if lo else None
@@ -100,7 +119,85 @@ def fit_batch(
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
         capped=hi is None,
         estimates=len(search.peaks),
+        flops_per_step=search.flops.get(lo),
     )
+
+
+def fit_methods(
+    methods: list[str],
+    arch: str,
+    res: int,
+    budget_bytes: int,
+    *,
+    jobs: int | None = None,
+    progress: Callable[[int, int, FitResult | FitError], None] | None = None,
+    micro_batch: int | None = None,
+    **options,
+) -> list[FitResult | FitError]:
+    """``fit_batch`` of each method (``options``: its keywords but ``method`` and
+    ``estimate``; a ``micro_batch`` goes to the methods that split the batch only), ``jobs``
+    searches at once (default: one per core), each in a worker process of its own; the results
+    (a FitError for a method that cannot be estimated) in the order of ``methods``,
+    ``progress(done, total, result)`` as each search ends."""
+    jobs = min(jobs or default_jobs(), len(methods))
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(methods):
+        todo.put(item)
+    results: list[FitResult | FitError | None] = [None] * len(methods)
+    lock = threading.Lock()
+    done = [0]
+
+    def search(estimate: Estimator) -> None:
+        while True:
+            try:
+                index, method = todo.get_nowait()
+            except queue.Empty:
+                return
+            own = {**options, "micro_batch": micro_batch if splits_batch(method) else None}
+            try:
+                found = fit_batch(method, arch, res, budget_bytes, estimate=estimate, **own)
+            except FitError as err:
+                found = err
+            with lock:
+                results[index], done[0] = found, done[0] + 1
+                if progress is not None:
+                    progress(done[0], len(methods), found)
+
+    kind = options.get("device_kind", "cuda")
+    with estimators(kind, list(methods), jobs) as pool:
+        if len(pool) == 1:
+            search(pool[0])
+        else:
+            threads = [threading.Thread(target=search, args=(e,), daemon=True) for e in pool]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    return results
+
+
+def splits_batch(method: str) -> bool:
+    """Whether ``method``'s runner splits the batch (takes ``--micro-batch``); False for a name
+    no package registers (``fit_batch`` reports it with the valid choices)."""
+    try:
+        return get_runner(method).contract.micro_batch
+    except Exception:
+        return False
+
+
+def methods_for(arch: str) -> list[str]:
+    """Every registered one-device method that accepts ``arch`` (torchvision models exclude
+    layer-wise ones): what ``fit`` searches when no method is named."""
+    methods = []
+    for name in available_methods():
+        try:
+            runner = get_runner(name)
+            runner.check_cell(arch, 32, 2, None)
+        except RunnerConfigError:
+            continue
+        if not runner.contract.spans_devices:  # fit plans one device
+            methods.append(name)
+    return methods
 
 
 def _splits_batch(runner_cls: type[Runner], micro_batch: int | None) -> bool:
@@ -131,13 +228,14 @@ class _BatchSearch:
             unit,
         )
         self.peaks: dict[int, int] = {}
+        self.flops: dict[int, int | None] = {}
 
     def peak(self, k: int) -> int:
         if k not in self.peaks:
             result = self.estimate(k)
             if result.status == ERROR:
                 raise FitError(f"{self.method} at batch {k * self.unit}: {result.error}")
-            self.peaks[k] = result.peak_allocated_bytes
+            self.peaks[k], self.flops[k] = result.peak_allocated_bytes, result.flops_per_step
         return self.peaks[k]
 
     def fits(self, k: int) -> bool:

@@ -20,13 +20,12 @@ nothing; which term is larger says what bounds the configuration.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, expand_grid
+from ..config import SETTING_BY_KEY, ConfigError, expand_grid
 from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
-from .estimate import estimate_cell
+from .parallel import Progress, estimate_cells
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
 DEFAULT_LINK_GBPS = 31.5
@@ -145,6 +144,40 @@ class Plan:
     def failed(self) -> list[PlanRow]:
         return [row for row in self.rows if row.result.peak_allocated_bytes is None]
 
+    def best_of_each_family(self) -> dict[str, PlanRow]:
+        """The fastest configuration that fits, per method family (``ff``, ``bp``), in rank
+        order."""
+        from ..runners import method_family
+
+        best: dict[str, PlanRow] = {}
+        for row in self.ranked:
+            best.setdefault(method_family(row.cell.method), row)
+        return best
+
+    @property
+    def over_budget(self) -> list[PlanRow]:
+        """The estimated configurations that do not fit, smallest peak first."""
+        over = [
+            row
+            for row in self.rows
+            if not row.fits(self.budget_bytes) and row.result.peak_allocated_bytes
+        ]
+        return sorted(over, key=lambda row: row.result.peak_allocated_bytes)
+
+
+def plan_budget(gpu: str) -> int | None:
+    """The budget a device profile given as the GPU sets (laptop-8gb: its ``device_mem``), or
+    None when ``gpu`` is a GPU's name or the profile sets none."""
+    from ..profiles import ProfileError, load_profile
+
+    try:
+        value = load_profile(gpu).settings.get("device_mem")
+    except ProfileError:
+        return None
+    if value is None:
+        return None
+    return SETTING_BY_KEY["device_mem"].parse(value, "device_mem")
+
 
 def plan(
     arch: str,
@@ -156,21 +189,21 @@ def plan(
     classes: int = 10,
     link_gbps: float = DEFAULT_LINK_GBPS,
     precisions: tuple[str, ...] = PRECISIONS,
-    progress: Callable[[int, int, CellResult], None] | None = None,
+    progress: Progress | None = None,
+    jobs: int | None = None,
 ) -> Plan:
-    """Estimate every candidate configuration (CUDA) and bound the throughput of those that fit
-    ``budget_bytes`` on ``gpu`` (a name of the peak table); ConfigError for bad input."""
+    """Estimate every candidate configuration (CUDA), ``jobs`` at once (default: one per core;
+    ``planning.parallel``), and bound the throughput of those that fit ``budget_bytes`` on
+    ``gpu`` (a name of the peak table); ``progress(done, total, result)`` as each estimate
+    finishes. ConfigError for bad input."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
     cells = candidate_cells(arch, res, batch, classes, precisions)
     result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps)
-    for index, cell in enumerate(cells):
-        estimate = estimate_cell(cell, "cuda")
+    for cell, estimate in zip(cells, estimate_cells(cells, "cuda", jobs=jobs, progress=progress)):
         bound = None
         if estimate.flops_per_step and peaks.get(cell.precision):
             bound = throughput_bound(estimate, peaks[cell.precision], link_gbps)
         result.rows.append(PlanRow(estimate, bound))
-        if progress is not None:
-            progress(index, len(cells), estimate)
     return result

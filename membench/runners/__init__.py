@@ -19,7 +19,6 @@ the runner is first asked for, and ``Runner`` and ``RunnerConfigError`` when fir
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
@@ -53,6 +52,8 @@ class UnknownMethodError(InputError):
 
 @cache
 def _entry_points() -> dict:
+    from importlib.metadata import entry_points  # read when a method is first asked for
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
