@@ -151,7 +151,13 @@ def run_cells(
     precisions = tuple(sorted({c.precision for c in cells}))  # each one's peak, once per sweep
     runner: Executor
     if options.estimate:
-        target = Target(options.estimate_kind, estimate_kind=options.estimate_kind, **timeline)
+        target = Target(
+            options.estimate_kind,
+            estimate_kind=options.estimate_kind,
+            device_profile=options.device_profile,
+            fit_by=options.fit_by,
+            **timeline,
+        )
         runner = LocalExecutor(target, options.isolation, options.timeout_s, methods)
     elif options.executor == "ray":
         from .ray_cluster import RayExecutor  # only here: a local sweep never imports Ray
@@ -169,7 +175,12 @@ def run_cells(
     else:
         runner = LocalExecutor(
             Target(
-                options.device, peak_tflops=options.peak_tflops, precisions=precisions, **timeline
+                options.device,
+                peak_tflops=options.peak_tflops,
+                precisions=precisions,
+                # the first worker starts with the first cell's allocator configuration
+                alloc_conf=cells[0].alloc_conf if cells else "",
+                **timeline,
             ),
             options.isolation,
             options.timeout_s,

@@ -226,7 +226,7 @@ def run_cell(
     try:
         if count_flops:
             result.flops_per_step = _counted_flops(cell)
-        with device.session():
+        with device.session(), device.cell_settings(cell):
             _measure(
                 cell,
                 device,
@@ -266,6 +266,7 @@ def _measure(
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
     result.step_ms = timer(prepared.step, cell.steps)
     device.record_peaks(result)
+    device.record_device_terms(prepared, result)  # what the card must hold (device-total.md)
     result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
     result.offloaded_optimizer_bytes = getattr(prepared.runner, "offloaded_optimizer_bytes", None)
     if timeline[0]:  # never inside a timed step, and only once every peak is read
