@@ -140,7 +140,7 @@ def alloc_conf(value, label: str) -> str:
         return ""
     # The parser is the allocator model's own (plain Python, no torch): what it refuses,
     # PyTorch refuses (docs/allocator.md, "Configuration").
-    from .planning.alloc_conf import AllocatorConfigError, parse_alloc_conf
+    from .planning.allocator.conf import AllocatorConfigError, parse_alloc_conf
 
     try:
         parse_alloc_conf(text)

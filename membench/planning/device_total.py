@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..schema import FIT_BY
-from .alloc_conf import AllocatorConfig, parse_alloc_conf
-from .allocator import CachingAllocatorModel, ModelledOutOfMemory
+from .allocator.conf import AllocatorConfig, parse_alloc_conf
+from .allocator.model import CachingAllocatorModel, ModelledOutOfMemory
 from .workspace import ConvCall, conv_workspace_bytes
 
 if TYPE_CHECKING:
