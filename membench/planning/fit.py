@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from ..archs import ArchError, validate_arch
 from ..config import ConfigError, check_parameter_size
 from ..runners import Runner, RunnerConfigError, UnknownMethodError, get_runner
-from ..schema import ERROR, Cell, CellResult
+from ..schema import ERROR, OOM, Cell, CellResult
+from .device_total import deciding_term, judged_bytes
 from .estimate import DEVICE_KINDS, estimate_cell
 
 
@@ -40,6 +41,10 @@ class FitResult:
     next_peak_bytes: int | None
     capped: bool = False
     estimates: int = 0
+    # docs/device-total.md: what the peaks are (schema.FIT_BY), and the term that decides the
+    # next batch does not fit (device_total.deciding_term; '' when capped or without terms).
+    fit_by: str = "total"
+    next_term: str = ""
 
 
 def fit_batch(
@@ -52,8 +57,13 @@ def fit_batch(
     max_batch: int = 4096,
     micro_batch: int | None = None,
     seed: int = 0,
+    profile=None,
+    fit_by: str = "total",
 ) -> FitResult:
-    """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``.
+    """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``: by default the
+    device total on ``profile``'s card (a device profile or its name; ``fit_by`` picks the
+    allocator's reserve or the tensors' peak instead, docs/device-total.md); a CPU estimate has
+    only the tensors' peak.
 
     An exponential search brackets the limit and a binary search narrows it, both accelerated by
     interpolating on the estimates (peak memory is close to affine in the batch, so a search
@@ -72,16 +82,20 @@ def fit_batch(
     def cell_for(k: int) -> Cell:
         batch = k * unit
         mb = (micro_batch or runner_cls.default_micro_batch(batch)) if splits else None
-        return Cell(method, arch, res, batch, mb, classes, seed=seed)
+        return Cell(method, arch, res, batch, mb, classes, seed=seed, device_mem_bytes=budget_bytes)
 
     max_k = max_batch // unit
     if max_k < 1:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
+    fit_by = fit_by if device_kind == "cuda" else "allocated"
     search = _BatchSearch(
-        lambda k: estimate_cell(cell_for(k), device_kind, count_flops=False),
+        lambda k: estimate_cell(
+            cell_for(k), device_kind, count_flops=False, profile=profile, fit_by=fit_by
+        ),
         budget_bytes,
         method,
         unit,
+        fit_by,
     )
     lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
     lo, hi = search.narrow(lo, hi)
@@ -100,6 +114,8 @@ def fit_batch(
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
         capped=hi is None,
         estimates=len(search.peaks),
+        fit_by=fit_by,
+        next_term=search.deciding_term(hi),
     )
 
 
@@ -122,7 +138,12 @@ class _BatchSearch:
     """The search behind ``fit_batch``, over k = batch / unit, caching one estimate per k."""
 
     def __init__(
-        self, estimate: Callable[[int], CellResult], budget_bytes: int, method: str, unit: int
+        self,
+        estimate: Callable[[int], CellResult],
+        budget_bytes: int,
+        method: str,
+        unit: int,
+        fit_by: str = "allocated",
     ):
         self.estimate, self.budget_bytes, self.method, self.unit = (
             estimate,
@@ -130,18 +151,29 @@ class _BatchSearch:
             method,
             unit,
         )
+        self.fit_by = fit_by
         self.peaks: dict[int, int] = {}
+        self.results: dict[int, CellResult] = {}
 
     def peak(self, k: int) -> int:
+        """The figure the budget judges at k (schema.FIT_BY)."""
         if k not in self.peaks:
             result = self.estimate(k)
             if result.status == ERROR:
                 raise FitError(f"{self.method} at batch {k * self.unit}: {result.error}")
-            self.peaks[k] = result.peak_allocated_bytes
+            self.results[k] = result
+            self.peaks[k] = judged_bytes(vars(result), self.fit_by)
         return self.peaks[k]
 
     def fits(self, k: int) -> bool:
-        return self.peak(k) <= self.budget_bytes
+        # an estimate is oom when the allocator model ran out under the budget (device_total)
+        return self.peak(k) <= self.budget_bytes and self.results[k].status != OOM
+
+    def deciding_term(self, k: int | None) -> str:
+        """The term that decides k does not fit ('' for None or a row without terms)."""
+        if k is None or k not in self.results:
+            return ""
+        return deciding_term(vars(self.results[k]), self.budget_bytes, self.fit_by)
 
     def interpolate(self, a: int, b: int) -> int | None:
         """Where the line through the estimates at a and b meets the budget (None if flat)."""

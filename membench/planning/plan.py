@@ -19,6 +19,7 @@ nothing; which term is larger says what bounds the configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, expand_grid
 from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
+from .device_profiles import device_profile_of
+from .device_total import deciding_term, judged_bytes
 from .estimate import estimate_cell
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
@@ -108,18 +111,30 @@ def throughput_bound(result: CellResult, peak_tflops: float, link_gbps: float) -
 
 @dataclass
 class PlanRow:
-    """One candidate: its estimate and its bound (None when it has no FLOPs or no peak)."""
+    """One candidate: its estimate and its bound (None when it has no FLOPs or no peak);
+    ``fit_by``: the figure a budget judges it by (docs/device-total.md)."""
 
     result: CellResult
     bound: ThroughputBound | None = None
+    fit_by: str = "total"
 
     @property
     def cell(self) -> Cell:
         return self.result.cell
 
+    @property
+    def peak(self) -> int | None:
+        """The figure ``fit_by`` names: the device total, the reserve or the tensors' peak."""
+        return judged_bytes(vars(self.result), self.fit_by)
+
     def fits(self, budget_bytes: int) -> bool:
-        peak = self.result.peak_allocated_bytes
+        # an estimate over the budget is oom (with the allocator model under it, for the total)
+        peak = self.peak
         return self.result.status == ESTIMATED and peak is not None and peak <= budget_bytes
+
+    def deciding_term(self, budget_bytes: int) -> str:
+        """The term that decides the budget (device_total.deciding_term)."""
+        return deciding_term(vars(self.result), budget_bytes, self.fit_by)
 
 
 @dataclass
@@ -133,13 +148,24 @@ class Plan:
     gpu: str
     link_gbps: float
     rows: list[PlanRow] = field(default_factory=list)
+    fit_by: str = "total"
+    profile: str = ""  # the device profile of the estimates' device totals
 
     @property
     def ranked(self) -> list[PlanRow]:
         fitting = [row for row in self.rows if row.fits(self.budget_bytes) and row.bound]
-        return sorted(
-            fitting, key=lambda row: (-row.bound.imgs_per_s, row.result.peak_allocated_bytes)
-        )
+        return sorted(fitting, key=lambda row: (-row.bound.imgs_per_s, row.peak))
+
+    @property
+    def fit_only_by_allocated(self) -> list[PlanRow]:
+        """Candidates whose tensors' peak fits the budget but whose judged figure does not."""
+        return [
+            row
+            for row in self.rows
+            if not row.fits(self.budget_bytes)
+            and row.result.peak_allocated_bytes is not None
+            and row.result.peak_allocated_bytes <= self.budget_bytes
+        ]
 
     @property
     def failed(self) -> list[PlanRow]:
@@ -157,20 +183,27 @@ def plan(
     link_gbps: float = DEFAULT_LINK_GBPS,
     precisions: tuple[str, ...] = PRECISIONS,
     progress: Callable[[int, int, CellResult], None] | None = None,
+    profile=None,
+    fit_by: str = "total",
 ) -> Plan:
     """Estimate every candidate configuration (CUDA) and bound the throughput of those that fit
-    ``budget_bytes`` on ``gpu`` (a name of the peak table); ConfigError for bad input."""
+    ``budget_bytes`` on ``gpu`` (a name of the peak table), judged by ``fit_by``, the device
+    total on ``profile``'s card by default (docs/device-total.md); ConfigError for bad input."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
     cells = candidate_cells(arch, res, batch, classes, precisions)
-    result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps)
+    profile = device_profile_of(profile)
+    result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps, fit_by=fit_by)
+    result.profile = profile.name
     for index, cell in enumerate(cells):
-        estimate = estimate_cell(cell, "cuda")
+        # the budget in the cell: the allocator model replays under it (device_total)
+        cell = dataclasses.replace(cell, device_mem_bytes=budget_bytes)
+        estimate = estimate_cell(cell, "cuda", profile=profile, fit_by=fit_by)
         bound = None
         if estimate.flops_per_step and peaks.get(cell.precision):
             bound = throughput_bound(estimate, peaks[cell.precision], link_gbps)
-        result.rows.append(PlanRow(estimate, bound))
+        result.rows.append(PlanRow(estimate, bound, fit_by))
         if progress is not None:
             progress(index, len(cells), estimate)
     return result
