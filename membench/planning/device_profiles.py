@@ -108,7 +108,7 @@ class DeviceProfile:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "Figure"}
 
 
-_LOWERED = "of the call's lowered (im2col) matrix"
+_LOWERED = "the call's lowered (im2col) matrix"
 # benchmark off/on -> the assumed ratio of a convolution's workspace to its lowered matrix
 # (planning/workspace.py says why these, and what bounds them).
 CONV_WORKSPACE_RATIO = {
