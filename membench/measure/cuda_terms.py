@@ -17,8 +17,6 @@ figure: its buffers are allocated where the tracker cannot see them.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .memtrack import TensorMemoryTracker
@@ -26,41 +24,17 @@ from .memtrack import TensorMemoryTracker
 REQUESTED_PEAK = "requested_bytes.all.peak"
 
 
-def nvml_process_bytes(index: int) -> int | None:
-    """This process's device memory on CUDA device ``index`` according to NVML, or None where
-    NVML cannot say (no NVML, or a process list without this process's id, as in some
-    containers)."""
-    from .devices import nvml
-
-    try:
-        uuid = str(torch.cuda.get_device_properties(index).uuid)
-        with nvml() as pynvml:
-            for prefix in ("GPU-", "MIG-"):
-                try:
-                    handle = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
-                except pynvml.NVMLError:
-                    continue
-                processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                for process in processes:
-                    if process.pid == os.getpid() and process.usedGpuMemory is not None:
-                        return int(process.usedGpuMemory)
-                return None
-    except Exception:  # NVML missing or unusable: the figure is optional
-        pass
-    return None
-
-
-def record_cuda_terms(prepared, result, index: int) -> None:
+def record_cuda_terms(prepared, result, index: int, process_bytes: int | None) -> None:
     """The terms of a measured CUDA cell into ``result`` (module docstring); ``prepared`` is the
-    cell's ``protocol.PreparedCell``, its timed pass done and its peaks read."""
+    cell's ``protocol.PreparedCell``, its timed pass done and its peaks read; ``process_bytes``
+    NVML's figure for this process now (``devices.nvml_process_bytes``; None: unknown)."""
     torch.cuda.synchronize(index)
     requested_peak = torch.cuda.memory_stats(index).get(REQUESTED_PEAK)
     if result.peak_reserved_bytes is not None and requested_peak is not None:
         result.reserve_slack_bytes = result.peak_reserved_bytes - requested_peak
-    total = nvml_process_bytes(index)
-    if total is not None:
-        result.device_total_bytes = total
-        result.context_bytes = total - torch.cuda.memory_reserved(index)
+    if process_bytes is not None:
+        result.device_total_bytes = process_bytes
+        result.context_bytes = process_bytes - torch.cuda.memory_reserved(index)
     if prepared.cell.compile == "none":
         result.workspace_bytes = measured_workspace_bytes(prepared, index)
 
@@ -74,4 +48,4 @@ def measured_workspace_bytes(prepared, index: int) -> int | None:
     return None if requested_peak is None else requested_peak - tracker.peak_bytes
 
 
-__all__ = ["measured_workspace_bytes", "nvml_process_bytes", "record_cuda_terms"]
+__all__ = ["measured_workspace_bytes", "record_cuda_terms"]

@@ -197,7 +197,7 @@ class CudaDevice(Device):
     def record_device_terms(self, prepared, result: CellResult) -> None:
         from .cuda_terms import record_cuda_terms
 
-        record_cuda_terms(prepared, result, self.index)
+        record_cuda_terms(prepared, result, self.index, nvml_process_bytes(self.index))
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.index)
@@ -308,6 +308,28 @@ def nvml_used_bytes(index: int) -> int | None:
                 except pynvml.NVMLError:
                     continue
                 return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # NVML missing or unusable: the figure is optional
+        pass
+    return None
+
+
+def nvml_process_bytes(index: int) -> int | None:
+    """This process's device memory on CUDA device ``index`` according to NVML, or None where
+    NVML cannot say (no NVML, or a process list without this process's id, as in some
+    containers)."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        with nvml() as pynvml:
+            for prefix in ("GPU-", "MIG-"):
+                try:
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                except pynvml.NVMLError:
+                    continue
+                processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                for process in processes:
+                    if process.pid == os.getpid() and process.usedGpuMemory is not None:
+                        return int(process.usedGpuMemory)
+                return None
     except Exception:  # NVML missing or unusable: the figure is optional
         pass
     return None

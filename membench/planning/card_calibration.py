@@ -163,7 +163,7 @@ def profile_text(name: str, m: CardMeasurement) -> str:
 def _context_now(index: int) -> int | None:
     import torch
 
-    from ..measure.cuda_terms import nvml_process_bytes
+    from ..measure.devices import nvml_process_bytes
 
     process = nvml_process_bytes(index)
     return None if process is None else process - torch.cuda.memory_reserved(index)
@@ -285,7 +285,7 @@ def measure_card(index: int = 0) -> CardMeasurement:
     """Measure card ``index`` (module docstring). This process must not have used CUDA yet."""
     import torch
 
-    from ..measure.cuda_terms import nvml_process_bytes
+    from ..measure.devices import nvml_process_bytes
 
     if torch.cuda.is_initialized():
         raise RuntimeError("calibrate in a fresh process: CUDA is initialised already")

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..profiles import ProfileError, available_profiles, load_profile
-from ..units import parse_bytes
+from ..units import format_size, parse_bytes
 from .workspace import cublas_workspace_bytes
 
 # Lazy module loading is the CUDA default (NVIDIA CUDA Programming Guide, "Lazy Loading":
@@ -234,6 +234,21 @@ def device_profiles() -> list[str]:
     return names
 
 
+def device_table_markdown(names: list[str] | None = None) -> str:
+    """The device table as docs/device-total.md shows it: one row per figure of each profile,
+    with its value and its source (an assumption marked as one)."""
+    lines = ["| profile | figure | value | source |", "| --- | --- | ---: | --- |"]
+    for name in names or device_profiles():
+        profile = device_profile(name)
+        for key, figure in profile.figures().items():
+            if key.startswith("conv_workspace"):
+                value = f"{figure.value:g} x lowered matrix"
+            else:
+                value = format_size(figure.value)
+            lines.append(f"| {profile.name} | {key} | {value} | {figure.label()} |")
+    return "\n".join(lines)
+
+
 __all__ = [
     "DEFAULT_DEVICE_PROFILE",
     "DeviceProfile",
@@ -242,5 +257,6 @@ __all__ = [
     "device_profile",
     "device_profile_of",
     "device_profiles",
+    "device_table_markdown",
     "parse_device_table",
 ]

@@ -92,12 +92,7 @@ def replay_step(
                 for _ in range(workspaces.cublas_count):
                     model.malloc(workspaces.cublas_bytes)  # held until the process ends
             elif isinstance(event, ConvCall):
-                size = workspaces.conv(event)
-                if size:
-                    try:
-                        model.free(model.malloc(size))
-                    except ModelledOutOfMemory:
-                        skipped += 1  # elastic: cuDNN takes a plan that needs less
+                skipped += conv_workspace(model, workspaces.conv(event))
             elif event[0] == "alloc":
                 blocks[event[1]] = model.malloc(event[2])
             else:
@@ -107,6 +102,18 @@ def replay_step(
         except ModelledOutOfMemory:
             return _result(model, skipped, out_of_memory=True)
     return _result(model, skipped)
+
+
+def conv_workspace(model: CachingAllocatorModel, size: int) -> int:
+    """A convolution's workspace, allocated and freed around its call; 1 when it does not fit
+    and PyTorch would fall back to a plan that needs less (workspace.py), else 0."""
+    if not size:
+        return 0
+    try:
+        model.free(model.malloc(size))
+    except ModelledOutOfMemory:
+        return 1
+    return 0
 
 
 def _result(model: CachingAllocatorModel, skipped: int, out_of_memory: bool = False) -> StepReplay:
