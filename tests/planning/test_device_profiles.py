@@ -105,4 +105,4 @@ def test_the_docs_show_the_device_table_as_the_profiles_give_it():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "device-total.md").read_text()
-    assert device_table_markdown(list(REQUIRED)) in text
+    assert device_table_markdown() in text  # every shipped device profile, as it is
