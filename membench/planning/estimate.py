@@ -164,7 +164,9 @@ class EstimateDevice(Device):
 
     def check_budget(self, result: CellResult) -> None:
         budget = result.cell.device_mem_bytes
-        fit_by = self.fit_by if self.kind == "cuda" else "allocated"
+        # the tensors' peak where there are no device terms (the CPU, a rank of several)
+        has_terms = self.kind == "cuda" and result.device_total_bytes is not None
+        fit_by = self.fit_by if has_terms else "allocated"
         judged = judged_bytes(vars(result), fit_by)
         if budget is None or judged is None:
             return
