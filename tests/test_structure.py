@@ -191,6 +191,8 @@ NEEDS_TORCH = {
     "membench.planning.estimate",
     "membench.planning.step_stream",
     "membench.measure.cuda_terms",
+    "membench.planning.cuda_autocast",
+    "membench.planning.cuda_attention",
     "membench.planning.fit",
     "membench.timeline.phases",
     "membench.planning.plan",
