@@ -65,3 +65,22 @@ def test_device_show_prints_every_profile_with_its_sources():
 )
 def test_bad_device_total_settings_are_one_line_errors(args, message):
     assert message in usage_error(run(*args))
+
+
+@pytest.mark.slow  # two sweeps end to end: seconds each
+def test_a_sweep_of_estimates_judges_its_budget_by_the_fit_by_it_is_given(tmp_path):
+    from membench.results import read_results
+
+    args = [
+        "sweep", "--estimate", *TINY, "--batch", "4", "--method", "bp", "--warmup", "1",
+        "--steps", "1", "--isolation", "none", "--device-mem", "430MiB",
+    ]  # fmt: skip
+    assert run(*args, "--out", str(tmp_path / "total")).exit_code == 0
+    [total] = read_results(tmp_path / "total")
+    # 430 MiB holds the tensors but not the a100-40gb profile's 426 MiB context beside them
+    assert total.status == "oom" and "CUDA context decides" in total.error
+    assert total.device_profile == "a100-40gb"
+    args += ["--fit-by", "allocated", "--device-profile", "h100-80gb"]
+    assert run(*args, "--out", str(tmp_path / "tensors")).exit_code == 0
+    [tensors] = read_results(tmp_path / "tensors")
+    assert tensors.status == "estimated" and tensors.device_profile == "h100-80gb"
