@@ -12,7 +12,7 @@ This module imports neither torch nor matplotlib, so every reader of results (sw
   decides it);
 - device-string parsing (``parse_device``, ``device_kind``); memory sizes are ``membench.units``.
 
-The column semantics are documented in docs/design.md ("Results").
+The column semantics are documented in docs/measurement.md ("The row").
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "max-autotune")
 GRADIENT_MODES = ("kept", "released")
 OPTIMIZER_STATE_PLACES = ("device", "host")
-PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/design.md, "Cells on several devices")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/multi-device.md)
 CUDNN_BENCHMARK_MODES = ("off", "on")  # torch.backends.cudnn.benchmark on CUDA
 # What a budget judges an estimate by (docs/device-total.md): the device total (what the card
 # must hold: the allocator's reserve, the CUDA context and library workspaces), the allocator's
@@ -205,7 +205,7 @@ class Cell:
     classes: int = cell_setting(
         10, whole(1), "Number of classes K.", id_part="k{}".format, id_always=True
     )
-    # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
+    # Standard tooling on both sides of the audit (docs/runners.md, "Standard tooling").
     precision: str = cell_setting(
         "fp32",
         choice(PRECISIONS),
@@ -262,13 +262,14 @@ class Cell:
     )
     # The CUDA runtime's own settings (docs/device-total.md): the caching allocator's
     # configuration, set in a cell's process before CUDA initialises, and cuDNN's autotuner.
-    # Neither is a runner keyword, so neither is marked as tooling.
+    # Tooling: a report names a series by them; no runner refuses them (the device applies them).
     cudnn_benchmark: str = cell_setting(
         "off",
         choice(CUDNN_BENCHMARK_MODES),
         "torch.backends.cudnn.benchmark on CUDA: on tries every convolution algorithm once per "
         "shape (workspaces through the caching allocator) and keeps the fastest.",
         id_part=lambda value: f"cudnn-benchmark-{value}",
+        tooling=True,
     )
     alloc_conf: str = cell_setting(
         "",
@@ -277,6 +278,7 @@ class Cell:
         "'default' or empty: PyTorch's defaults. Estimates replay the step through the "
         "allocator model under it.",
         id_part=alloc_conf_id,
+        tooling=True,
         separator=";",
         metavar="CONF",
     )
@@ -403,8 +405,9 @@ class CellResult:
     offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
     offloaded_optimizer_bytes: int | None = None  # optimizer state held in host memory
     memory_source: str = ""
-    # Cells on several devices (docs/design.md): the rank with the peak, the most bytes a rank
-    # sent per step, the ranks' mean idle fraction (pipelines); every rank's own row in `ranks`.
+    # Cells on several devices (docs/multi-device.md, "What a row records"): the rank with the
+    # peak, the most bytes a rank sent per step, the ranks' mean idle fraction (pipelines); every
+    # rank's own row in `ranks`.
     peak_rank: int | None = None
     sent_bytes_per_step: int | None = None
     idle_fraction: float | None = None

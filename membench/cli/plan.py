@@ -199,7 +199,7 @@ def fit(
 
 def _splits(method: str) -> bool:
     try:
-        return get_runner(method).uses_micro_batch
+        return get_runner(method).contract.micro_batch
     except Exception:  # unknown names are reported by fit_batch with the valid choices
         return False
 
@@ -216,7 +216,7 @@ def _methods_for(arch: str) -> list[str]:
             runner.check_cell(arch, 32, 2, None)
         except RunnerConfigError:
             continue
-        if not runner.spans_devices:  # fit plans one device
+        if not runner.contract.spans_devices:  # fit plans one device
             methods.append(name)
     return methods
 
@@ -228,7 +228,7 @@ def configuration(cell) -> str:
 
 def plan_lines(result, top: int) -> list[str]:
     """The ranked table of a Plan, and what did not fit."""
-    from ..report.tables import method_family
+    from ..runners import method_family
 
     lines = [
         f"{'rank':>4}  {'configuration':44s} {result.fit_by:>10s} {'TFLOP/step':>10s} "
