@@ -24,7 +24,7 @@ def test_fit_judges_the_device_total_on_a_device_profile_and_names_the_deciding_
     # 445 MiB less a 426 MiB context and 16 MiB of cuBLAS workspaces leaves the tensors
     # little: a finite largest batch, and the next one's figure with the term that decides
     line = next(line for line in result.output.splitlines() if line.startswith("bp "))
-    assert "decides)" in line and "--max-batch reached" not in line
+    assert "(decided by the " in line and "--max-batch reached" not in line
     by_tensors = run(
         "fit",
         *TINY,
@@ -78,7 +78,7 @@ def test_a_sweep_of_estimates_judges_its_budget_by_the_fit_by_it_is_given(tmp_pa
     assert run(*args, "--out", str(tmp_path / "total")).exit_code == 0
     [total] = read_results(tmp_path / "total")
     # 430 MiB holds the tensors but not the a100-40gb profile's 426 MiB context beside them
-    assert total.status == "oom" and "CUDA context decides" in total.error
+    assert total.status == "oom" and "decided by the CUDA context" in total.error
     assert total.device_profile == "a100-40gb"
     args += ["--fit-by", "allocated", "--device-profile", "h100-80gb"]
     assert run(*args, "--out", str(tmp_path / "tensors")).exit_code == 0

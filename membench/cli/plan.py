@@ -39,7 +39,7 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
     else:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
         if fit.next_term:
-            beyond += f" ({TERM_LABELS[fit.next_term]} decides)"
+            beyond += f" (decided by {TERM_LABELS[fit.next_term]})"
     bound = ""
     if peak_tflops is not None:
         from ..measure.flops import throughput_bound
@@ -260,7 +260,7 @@ def plan_lines(result, top: int) -> list[str]:
     if over:
         smallest = min(over, key=lambda row: row.peak)
         term = smallest.deciding_term(result.budget_bytes)
-        decides = f"; {TERM_LABELS[term]} decides" if term else ""
+        decides = f"; decided by {TERM_LABELS[term]}" if term else ""
         lines.append(
             f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
             f"{format_gib(result.budget_bytes)} (the smallest of them: "
@@ -272,7 +272,7 @@ def plan_lines(result, top: int) -> list[str]:
             f"{len(by_allocated)} of them fit by the tensors' peak alone: "
             + ", ".join(
                 f"{configuration(row.cell)} "
-                f"({TERM_LABELS.get(row.deciding_term(result.budget_bytes), '-')} decides)"
+                f"(decided by {TERM_LABELS.get(row.deciding_term(result.budget_bytes), '-')})"
                 for row in by_allocated
             )
         )

@@ -40,10 +40,10 @@ START = ("start",)  # in a stream: where the tracked steps begin (what came befo
 # whose running sum passes the budget is the one that decides.
 TERMS = ("tensors", "workspace", "reserve_slack", "context")
 TERM_LABELS = {
-    "tensors": "tensors (peak allocated)",
-    "workspace": "workspaces",
-    "reserve_slack": "allocator reserve slack",
-    "context": "CUDA context",
+    "tensors": "the tensors (peak allocated)",
+    "workspace": "the workspaces",
+    "reserve_slack": "the allocator's reserve slack",
+    "context": "the CUDA context",
 }
 # What each way of judging a budget counts, of the terms.
 JUDGED_TERMS = {"total": TERMS, "reserved": TERMS[:3], "allocated": TERMS[:1]}

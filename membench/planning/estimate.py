@@ -219,7 +219,7 @@ def budget_error(values: dict, budget: int, fit_by: str) -> str:
     what = "device total" if fit_by == "total" else "reserve"
     return (
         f"estimated {what} {judged / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB "
-        f"({describe_terms(values, fit_by)}; {TERM_LABELS.get(term, term)} decides)"
+        f"({describe_terms(values, fit_by)}; decided by {TERM_LABELS.get(term, term)})"
     )
 
 

@@ -50,7 +50,7 @@ def test_a_budget_judges_the_device_total_and_names_the_term_that_decides(laptop
     cell = dataclasses.replace(CELL, device_mem_bytes=budget)
     row = estimate_cell(cell, "cuda", False, "laptop-8gb")
     assert row.status == OOM
-    assert "estimated device total" in row.error and "decides" in row.error
+    assert "estimated device total" in row.error and "decided by the " in row.error
     assert row.device_total_bytes == laptop_row.device_total_bytes  # the full figure
     by_peak = estimate_cell(cell, "cuda", False, "laptop-8gb", fit_by="allocated")
     assert by_peak.status == ESTIMATED
