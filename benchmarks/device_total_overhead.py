@@ -1,15 +1,16 @@
 """What the device total costs an estimate: ``estimate_cell`` with the allocator replay (the step's
 stream recorded by ``StreamTracker``, replayed with its workspaces, ``device_total.step_terms``)
 against the same estimate without it (the plain tensor tracker, no replay), side by side:
-interleaved, in one process, the same cells, so a loaded machine slows both alike.
+interleaved, in one process, the same cells, timed in this process's CPU time (on one torch
+thread by default), so other processes' load does not enter the figures.
 
     .venv/bin/python benchmarks/device_total_overhead.py [--repeats 7]
 
-Prints each cell's median seconds both ways and their ratio, the ratio of the fastest runs (end
-to end: the stream's recording and the replay; the fastest run of each is the one the machine's
-load disturbed least), and the replay alone (``step_terms``, timed inside the estimate) as a
-share of the estimate with it: on a loaded 2-core machine the end-to-end ratio carries the
-machine's noise, the replay's own time does not.
+Prints each cell's median CPU seconds both ways and their ratio, the ratio of the fastest runs
+(end to end: the stream's recording and the replay), and the replay alone (``step_terms``,
+timed inside the estimate) as a share of the estimate with it. Then the recording on its own:
+the memory pass (the protocol's tracked steps of one prepared cell) with the recording tracker
+against the plain one, the fastest of many short runs each.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ _step_terms = estimate.step_terms
 
 def timed_step_terms(*args, **kwargs):
     """``step_terms``, its seconds kept in REPLAY_SECONDS."""
-    start = time.perf_counter()
+    start = time.process_time()
     terms = _step_terms(*args, **kwargs)
-    REPLAY_SECONDS.append(time.perf_counter() - start)
+    REPLAY_SECONDS.append(time.process_time() - start)
     return terms
 
 
@@ -60,18 +61,44 @@ def timed(cell: Cell, replay: bool) -> float:
     """Seconds of one estimate of ``cell``, with the device total's replay or without it."""
     from membench.measure.protocol import run_cell
 
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other processes' load aside
     if replay:
         estimate_cell(cell, count_flops=False)
     else:
         run_cell(cell, WithoutReplay("cuda"), count_flops=False)
-    return time.perf_counter() - start
+    return time.process_time() - start
+
+
+def recording_ratio(cell: Cell, repeats: int) -> tuple[float, float]:
+    """The memory pass alone (the protocol's tracked steps of one prepared cell), with the
+    stream-recording tracker and with the plain one, interleaved: (fastest with, fastest
+    without), in CPU seconds of this process. Short runs, so many of them: the fastest is the
+    least disturbed."""
+    from membench.measure.protocol import DEFAULT_TRACKER_STEPS, prepare_cell
+    from membench.planning.step_stream import StreamTracker
+
+    device = EstimateDevice("cuda")
+    with device.session(), device.cell_settings(cell):
+        prepared = prepare_cell(cell, device)
+        trackers = {
+            True: lambda: StreamTracker(rounding=cuda_allocated_size),
+            False: lambda: TensorMemoryTracker(rounding=cuda_allocated_size),
+        }
+        times = {True: [], False: []}
+        for repeat in range(repeats):
+            for stream in (True, False) if repeat % 2 == 0 else (False, True):
+                start = time.process_time()  # this process's CPU time: others' load aside
+                prepared.tracked(trackers[stream](), DEFAULT_TRACKER_STEPS)
+                times[stream].append(time.process_time() - start)
+    return min(times[True]), min(times[False])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # one thread: CPU time is the work, not spinning
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats")
     estimate.step_terms = timed_step_terms
     ratios, shares = [], []
@@ -95,6 +122,13 @@ def main() -> None:
         f"end to end, fastest runs: median ratio {statistics.median(ratios):.3f} (max "
         f"{max(ratios):.3f}); the replay alone: at most {100 * max(shares):.1f} % of an estimate"
     )
+    print("recording the stream: the memory pass alone, fastest of", 4 * args.repeats)
+    for cell in CELLS:
+        with_stream, plain = recording_ratio(cell, 4 * args.repeats)
+        print(
+            f"{cell.cell_id:40s} with {with_stream:6.3f} s  plain {plain:6.3f} s  "
+            f"ratio {with_stream / plain:5.3f}"
+        )
 
 
 if __name__ == "__main__":
