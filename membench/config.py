@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 from .profiles import load_profile
-from .schema import CELL_SETTINGS, Cell, device
+from .schema import CELL_SETTINGS, FIT_BY, Cell, device
 from .settings import (
     ConfigError,
     choice,
@@ -39,6 +39,9 @@ from .settings import (
 )
 from .units import format_size
 
+# Named here (not imported) so this module stays free of the planning package's imports; a test
+# holds it to membench.planning.device_profiles.DEFAULT_DEVICE_PROFILE.
+DEFAULT_DEVICE_PROFILE = "a100-40gb"
 ISOLATION_CHOICES = ("process", "none")
 EXECUTOR_CHOICES = ("local", "ray")
 # A cell whose fp32 weights alone pass this is refused before anything is built: no device has
@@ -139,6 +142,25 @@ class SweepOptions:
     gpu: str | None = setting(
         None, optional(name), "The GPU a device profile stands for.", commands=()
     )
+    # The card an estimate plans for (docs/device-total.md): a device profile's context and
+    # workspaces make its device total; a device profile file sets it to its own name.
+    device_profile: str | None = setting(
+        None,
+        optional(name),
+        "Device profile estimates plan for (a100-40gb, laptop-8gb, ...; `membench list "
+        "profiles`): its CUDA context and workspaces complete an estimate's device total. "
+        f"Default: {DEFAULT_DEVICE_PROFILE}.",
+        commands=SWEEP,
+        metavar="NAME",
+    )
+    fit_by: str = setting(
+        "total",
+        choice(FIT_BY),
+        "What --device-mem judges an estimate by: total (what the card must hold: the "
+        "allocator's reserve, the CUDA context and workspaces), reserved (the allocator's "
+        "reserve) or allocated (the tensors' peak).",
+        commands=SWEEP,
+    )
 
     def __post_init__(self) -> None:
         for s in OPTION_SETTINGS:
@@ -166,7 +188,7 @@ class SweepOptions:
 OPTION_SETTINGS = settings_of(SweepOptions)
 SETTINGS = (*CELL_SETTINGS, *OPTION_SETTINGS)
 SETTING_BY_KEY = {s.key: s for s in SETTINGS}
-PROFILE_KEYS = sorted([*SETTING_BY_KEY, "description", "grid"])
+PROFILE_KEYS = sorted([*SETTING_BY_KEY, "description", "grid", "card"])
 
 # One cross product: a tuple of values per cell setting, generated from Cell's declarations.
 Grid = make_dataclass(
@@ -190,6 +212,12 @@ class SweepConfig:
             axes = {f.name: getattr(grid, f.name) for f in fields(grid)}
             cells.update(dict.fromkeys(expand_grid(estimate=self.options.estimate, **axes)))
         object.__setattr__(self, "cells", tuple(cells))
+        confs = {cell.alloc_conf for cell in cells}
+        if len(confs) > 1 and self.options.isolation == "none" and not self.options.estimate:
+            raise ConfigError(
+                "--alloc-conf with several values needs --isolation process: PyTorch reads "
+                "the allocator's configuration once per process"
+            )
         if self.options.timeline and any(cell.devices > 1 for cell in cells):
             raise ConfigError(
                 "--timeline records one device's step; a cell on several devices "

@@ -40,14 +40,16 @@ class ProfileError(InputError):
 
 @dataclass
 class Profile:
-    """One profile file: its name, where it lives, its settings as TOML gave them, and its
-    ``[[grid]]`` tables (None when it has none)."""
+    """One profile file: its name, where it lives, its settings as TOML gave them, its
+    ``[[grid]]`` tables (None when it has none) and, for a device profile, its ``[card]``
+    table (membench.planning.device_profiles)."""
 
     name: str
     path: Path
     description: str = ""
     settings: dict[str, object] = field(default_factory=dict)
     grids: list[dict[str, object]] | None = None
+    card: dict[str, object] | None = None  # a device profile's [card] table
 
 
 def profile_dirs() -> list[Path]:
@@ -113,4 +115,15 @@ def load_profile(ref: str | Path) -> Profile:
             f"profile {name}: grid is empty; give it at least one [[grid]] table "
             "or leave the key out"
         )
-    return Profile(name, path, description, data, grids)
+    # A [card] table, not [device]: `device` is the sweep's device setting (cpu, cuda, ...).
+    card = data.pop("card", None)
+    if card is not None:
+        if not isinstance(card, dict):
+            raise ProfileError(f"profile {name}: card must be a [card] table")
+        # A device profile is the sweep's card: its name and, unless the file sets a budget,
+        # its usable memory as the budget (membench.planning.device_profiles reads the table).
+        data.setdefault("device_profile", name)
+        usable = card.get("usable")
+        if isinstance(usable, dict) and "value" in usable:
+            data.setdefault("device_mem", usable["value"])
+    return Profile(name, path, description, data, grids, card)

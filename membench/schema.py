@@ -47,6 +47,11 @@ COMPILE_MODES = ("none", "default", "max-autotune")
 GRADIENT_MODES = ("kept", "released")
 OPTIMIZER_STATE_PLACES = ("device", "host")
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/multi-device.md)
+CUDNN_BENCHMARK_MODES = ("off", "on")  # torch.backends.cudnn.benchmark on CUDA
+# What a budget judges an estimate by (docs/device-total.md): the device total (what the card
+# must hold: the allocator's reserve, the CUDA context and library workspaces), the allocator's
+# peak reserve, or the peak of allocated tensor bytes.
+FIT_BY = ("total", "reserved", "allocated")
 
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
@@ -123,6 +128,31 @@ def device(value, label: str) -> str:
     except DeviceSpecError as err:
         raise ConfigError(str(err)) from None
     return kind if index is None else f"{kind}:{index}"
+
+
+def alloc_conf(value, label: str) -> str:
+    """A ``PYTORCH_CUDA_ALLOC_CONF`` value as PyTorch reads it ('' or 'default': its defaults),
+    whitespace removed; a value PyTorch would refuse is a ConfigError naming why."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{label} takes a PYTORCH_CUDA_ALLOC_CONF value, got {value!r}")
+    text = "".join(value.split())
+    if text == "default":
+        return ""
+    # The parser is the allocator model's own (plain Python, no torch): what it refuses,
+    # PyTorch refuses (docs/allocator.md, "Configuration").
+    from .planning.allocator.conf import AllocatorConfigError, parse_alloc_conf
+
+    try:
+        parse_alloc_conf(text)
+    except AllocatorConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
+    return text
+
+
+def alloc_conf_id(value: str) -> str:
+    """An allocator config's part of a cell id: 'expandable_segments:True' ->
+    'alloc-expandable_segments=True' (no ':' or ',' in a file name)."""
+    return "alloc-" + value.replace(":", "=").replace(",", "+")
 
 
 # The cell settings are options of these commands (and keywords of the pytest fixture).
@@ -229,6 +259,28 @@ class Cell:
         "Pipeline schedule of bp-pp (default 1f1b).",
         id_part=str,
         tooling=True,
+    )
+    # The CUDA runtime's own settings (docs/device-total.md): the caching allocator's
+    # configuration, set in a cell's process before CUDA initialises, and cuDNN's autotuner.
+    # Tooling: a report names a series by them; no runner refuses them (the device applies them).
+    cudnn_benchmark: str = cell_setting(
+        "off",
+        choice(CUDNN_BENCHMARK_MODES),
+        "torch.backends.cudnn.benchmark on CUDA: on tries every convolution algorithm once per "
+        "shape (workspaces through the caching allocator) and keeps the fastest.",
+        id_part=lambda value: f"cudnn-benchmark-{value}",
+        tooling=True,
+    )
+    alloc_conf: str = cell_setting(
+        "",
+        alloc_conf,
+        "PYTORCH_CUDA_ALLOC_CONF of the cell's CUDA process (e.g. expandable_segments:True); "
+        "'default' or empty: PyTorch's defaults. Estimates replay the step through the "
+        "allocator model under it.",
+        id_part=alloc_conf_id,
+        tooling=True,
+        separator=";",
+        metavar="CONF",
     )
     device_mem_bytes: int | None = cell_setting(
         None,
@@ -363,6 +415,16 @@ class CellResult:
     breakdown: MemoryBreakdown | None = field(
         default=None, metadata={COLUMNS: dict.fromkeys(BREAKDOWN_COLUMNS, "int")}
     )
+    # What the card must hold (docs/device-total.md): the device total and its terms. Estimates:
+    # peak_reserved_bytes is the allocator model's replay of the step, the total = reserve +
+    # context, and total = peak_allocated_bytes + workspace + reserve slack + context. Measured
+    # CUDA rows: the total is the process's figure from NVML, each term measured on its own.
+    # Empty (not zero) where a term does not exist (CPU rows).
+    device_total_bytes: int | None = None
+    context_bytes: int | None = None  # held outside the caching allocator (CUDA context, ...)
+    workspace_bytes: int | None = None  # what library workspaces add to the requested peak
+    reserve_slack_bytes: int | None = None  # reserved beyond the requested peak
+    device_profile: str = ""  # an estimate's device profile (its context and workspaces)
     torch_version: str = ""
     membench_version: str = ""
     torch_threads: int = 0

@@ -52,6 +52,7 @@ class Setting:
     tooling: bool = False  # standard tooling: a report names a series by its value
     commands: tuple[str, ...] = ()  # the CLI commands that take it as an option
     metavar: str = ""
+    separator: str = ","  # between a grid axis's values on the command line
 
     @property
     def option(self) -> str:
@@ -64,15 +65,17 @@ class Setting:
         return self.id_part(value)
 
     def parse_axis(self, value, label: str) -> tuple:
-        """A grid axis: a comma string, a list or one value -> a non-empty tuple of values,
-        each read by ``parse``, duplicates dropped."""
+        """A grid axis: a string of values between ``separator`` (a comma, unless the values
+        hold commas themselves), a list or one value -> a non-empty tuple of values, each read
+        by ``parse``, duplicates dropped."""
         items = (
             value
             if isinstance(value, (list, tuple))
-            else (value.split(",") if isinstance(value, str) else [value])
+            else (value.split(self.separator) if isinstance(value, str) else [value])
         )
         items = [i.strip() if isinstance(i, str) else i for i in items]
-        items = [i for i in items if not (isinstance(i, str) and not i)]
+        if self.default != "":  # an empty value is this setting's default, not a slip
+            items = [i for i in items if not (isinstance(i, str) and not i)]
         if not items:
             raise ConfigError(f"{label} needs at least one value")
         return tuple(dict.fromkeys(self.parse(item, label) for item in items))
@@ -90,6 +93,7 @@ def setting(
     tooling: bool = False,
     commands: Sequence[str] = ("sweep", "run"),
     metavar: str = "",
+    separator: str = ",",
 ) -> Field:
     """Declare a dataclass field as a setting (see the module docstring)."""
     spec = dict(
@@ -103,6 +107,7 @@ def setting(
         tooling=tooling,
         commands=tuple(commands),
         metavar=metavar,
+        separator=separator,
     )
     return field(default=default, metadata={SETTING: spec})
 

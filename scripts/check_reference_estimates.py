@@ -42,6 +42,13 @@ def byte_columns(header: list[str]) -> list[str]:
     return [c for c in header if c.endswith("_bytes") or c in COMPARED_EXTRA + TIMELINE_COMPARED]
 
 
+def differs(old: dict, fresh: dict, column: str) -> bool:
+    """Whether a new row differs from the reference's in ``column``. A figure the reference has
+    no value for (the device total's terms, which estimates made before it left empty) is new,
+    not different; a value the reference has is compared exactly, and must still be there."""
+    return old[column] != "" and old[column] != fresh.get(column, "")
+
+
 def read(path: Path) -> tuple[list[str], list[dict]]:
     if not path.exists():
         return [], []
@@ -79,7 +86,7 @@ def differences(name: str, reference: Path, new: Path, cell_ids: set[str]) -> li
             found += [
                 f"{label} {column}: {old[column]!r} -> {fresh.get(column, '')!r}"
                 for column in byte_columns(header)
-                if old[column] != fresh.get(column, "")
+                if differs(old, fresh, column)
             ]
     return found + timeline_differences(name, reference, new, cell_ids)
 
@@ -93,7 +100,7 @@ def timeline_differences(name: str, reference: Path, new: Path, cell_ids: set[st
     found = []
     for old in old_events:
         fresh = new_events.get((old["cell_id"], old["event"]), {})
-        changed = [c for c in byte_columns(header) if old[c] != fresh.get(c, "")]
+        changed = [c for c in byte_columns(header) if differs(old, fresh, c)]
         if changed:
             found.append(
                 f"{name}/{TIMELINE_FILE} {old['cell_id']} event {old['event']}: "

@@ -3,8 +3,11 @@
 #
 #   scripts/gpu_validate.sh [OUT_DIR]        (default ./gpu-validation-YYYYmmdd-HHMMSS)
 #
-# It runs the gpu-marked tests, a small real sweep of every runner, its report and
-# `membench env --json`, all into OUT_DIR, with a log of everything (OUT_DIR/validate.log).
+# It calibrates the card (a device profile), replays real allocator histories through the
+# allocator model, runs the gpu-marked tests, a small real sweep of every runner (and of the
+# device-total settings), estimates of the same cells, its report and `membench env --json`, all
+# into OUT_DIR as it goes, with a log of everything (OUT_DIR/validate.log). Every step is bounded
+# by `timeout` (exit 124 when it ran out).
 # A failing step does not stop the others; each step's exit code is in OUT_DIR/exit_codes.tsv and
 # in the summary at the end. Installs nothing beyond `pip install -e .[dev]`, and only if membench
 # is not importable already. Set PYTHON to choose the interpreter (default: python3, or
@@ -40,22 +43,44 @@ log "membench GPU validation into $OUT (python: $PYTHON)"
 if ! "$PYTHON" -c "import membench, pytest" >/dev/null 2>&1; then
   step install "$PYTHON" -m pip install -e ".[dev]"
 fi
-# The console script may not be on PATH; run the same entry point through $PYTHON.
-membench() { "$PYTHON" -c "import sys; sys.argv[0] = 'membench'; from membench.cli import main; main()" "$@"; }
-env_json() { membench env --json > "$OUT/env.json"; }
+# The console script may not be on PATH; run the same entry point through $PYTHON (an array, not
+# a function, so `timeout` can run it).
+membench=("$PYTHON" -c "import sys; sys.argv[0] = 'membench'; from membench.cli import main; main()")
 
-step nvidia-smi nvidia-smi
-step env env_json
+# bounded STEP SECONDS COMMAND...: a step that may not run longer than SECONDS (exit 124 if it does).
+bounded() {
+  local name="$1" seconds="$2"; shift 2
+  step "$name" timeout --kill-after=30 "$seconds" "$@"
+}
+
+bounded nvidia-smi 60 nvidia-smi
+bounded env 300 bash -c '"$@" env --json > "$0"' "$OUT/env.json" "${membench[@]}"
+# The card's own figures first, on an idle GPU in a fresh process (docs/device-total.md): a device
+# profile written to $OUT/profiles/calibrated.toml (and .json) as soon as it is measured.
+bounded calibrate 600 "${membench[@]}" device calibrate calibrated --out "$OUT/profiles"
+# The allocator model against the real allocator: a recorded torch.cuda.memory._snapshot()
+# history replayed, its segments byte for byte (docs/allocator.md), and the measured device
+# terms of a real cell (docs/device-total.md).
+bounded allocator-replay 900 "$PYTHON" -m pytest -m gpu -v -rs tests/planning \
+  tests/test_cuda_terms.py tests/test_card_calibration.py --junitxml="$OUT/pytest-device-total.xml"
 # A GPU model without a committed baseline fails the gate; the run's measurement is saved under
 # $OUT/new-gpu-baseline/<gpu> so it can be committed as membench/baselines/gpu/<gpu>.
-step gpu-tests env MEMBENCH_REQUIRE_GPU=1 MEMBENCH_NEW_GPU_BASELINE_DIR="$OUT/new-gpu-baseline" \
+bounded gpu-tests 3600 env MEMBENCH_REQUIRE_GPU=1 MEMBENCH_NEW_GPU_BASELINE_DIR="$OUT/new-gpu-baseline" \
   "$PYTHON" -m pytest -m gpu -v -rs --junitxml="$OUT/pytest-gpu.xml" \
   --benchmark-enable --benchmark-json="$OUT/pytest-benchmark.json"
-step sweep-vgg8 membench sweep --device cuda --arch vgg8 --res 32 --batch 64,128 \
+bounded sweep-vgg8 3600 "${membench[@]}" sweep --device cuda --arch vgg8 --res 32 --batch 64,128 \
   --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --timeout 600 --out "$OUT/results/vgg8-r32"
-step sweep-vgg11 membench sweep --device cuda --arch vgg11 --res 224 --batch 32 \
+bounded sweep-vgg11 3600 "${membench[@]}" sweep --device cuda --arch vgg11 --res 224 --batch 32 \
   --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive --warmup 5 --steps 20 --timeout 600 --out "$OUT/results/vgg11-r224"
-step report membench report "$OUT/results" --out "$OUT/report"
+# Estimates of the same cells on the calibrated card, beside the measured rows: each term of the
+# device total (context, workspace, reserve slack) against its measurement.
+bounded estimate-vgg11 900 "${membench[@]}" sweep --estimate --device-profile "$OUT/profiles/calibrated.toml" \
+  --arch vgg11 --res 224 --batch 32 --method bp,bp-accum,bp-ckpt,ff-pipelined,ff-naive \
+  --cudnn-benchmark off,on --out "$OUT/results/vgg11-r224-estimate"
+bounded sweep-vgg11-terms 3600 "${membench[@]}" sweep --device cuda --arch vgg11 --res 224 --batch 32 \
+  --method bp --cudnn-benchmark off,on --alloc-conf "default;expandable_segments:True" \
+  --warmup 5 --steps 10 --timeout 600 --out "$OUT/results/vgg11-r224-terms"
+bounded report 900 "${membench[@]}" report "$OUT/results" --out "$OUT/report"
 
 log "=== summary"
 failed=0

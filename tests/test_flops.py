@@ -298,6 +298,8 @@ def test_report_and_fit_take_a_gpu_or_a_device_profile_and_refuse_an_unknown_one
             "8",
             "--gpu",
             "RTX 4090",
+            "--fit-by",
+            "allocated",  # 4 MiB holds the tensors, not a CUDA context (device-total.md)
         ],
     )
     assert fit.exit_code == 0, fit.output

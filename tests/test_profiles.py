@@ -29,8 +29,11 @@ def test_paper_d7_is_the_papers_grid_with_bp_accum_as_two_micro_batches_of_64():
 
 
 def test_device_profile_combines_and_explicit_flags_win():
-    cells = build_config(["paper-vgg8-32", "laptop-8gb"], batch="64").cells
-    assert {c.device_mem_bytes for c in cells} == {8 * 2**30}
+    config = build_config(["paper-vgg8-32", "laptop-8gb"], batch="64")
+    cells = config.cells
+    # a device profile's budget is its usable memory, not the marketing 8 GiB
+    assert {c.device_mem_bytes for c in cells} == {7966 * 2**20}  # 7.78 GiB, to the MiB
+    assert config.options.device_profile == "laptop-8gb"
     assert {c.batch for c in cells} == {64}
     assert build_config(["laptop-8gb"], device_mem="1GiB").grids[0].device_mem_bytes == (2**30,)
     # later profiles win key by key, and a [[grid]] table wins over its profile's top level

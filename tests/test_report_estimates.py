@@ -91,3 +91,34 @@ def test_breakdown_bars_name_their_tooling(tmp_path):
     # The check can fail: labels without the tooling name two different bars alike.
     without = [label.replace(" bf16", "") for label in figure.bar_labels]
     assert len(set(without)) < len(without)
+
+
+def test_estimates_with_device_terms_are_bars_stacked_by_term_sorted_by_the_total(tmp_path):
+    rows = estimate_rows()
+    # (workspace, reserve slack, context) in MiB: the ff row's slack makes it the largest total
+    for row, (workspace, slack, context) in zip(
+        rows, ((16, 100, 426), (16, 50, 426), (16, 0, 426), (16, 1000, 426))
+    ):
+        row.update(
+            workspace_bytes=workspace * MIB,
+            reserve_slack_bytes=slack * MIB,
+            context_bytes=context * MIB,
+            device_total_bytes=row["peak_allocated_bytes"] + (workspace + slack + context) * MIB,
+        )
+    figure = figures_of(tmp_path, rows)["estimates"].figure
+    assert figure.bar_labels == [
+        "bp-accum bf16 b128/mb16",
+        "bp bf16 b128",
+        "bp b128",
+        "ff-pipelined b64",  # 400 + 1442 MiB: larger than bp's 900 + 542
+    ]
+    [ax] = figure.axes[:1]
+    bars = {bar.get_gid(): bar for bar in ax.patches}
+    context = bars["term:context_bytes:ff-pipelined b64"]
+    assert context.get_width() == 426 * MIB / 2**30
+    assert context.get_x() == (400 + 16 + 1000) * MIB / 2**30  # stacked on the other terms
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[-3:] == ["workspaces", "allocator reserve slack", "CUDA context"]
+    # without the terms (an earlier membench's rows) the bars are the peaks alone
+    plain = figures_of(tmp_path / "plain", estimate_rows())["estimates"].figure
+    assert not [b for b in plain.axes[0].patches if str(b.get_gid()).startswith("term:")]

@@ -189,6 +189,8 @@ NEEDS_TORCH = {
     "membench.measure.calibrate",
     "membench.measure.protocol",
     "membench.planning.estimate",
+    "membench.planning.step_stream",
+    "membench.measure.cuda_terms",
     "membench.planning.cuda_autocast",
     "membench.planning.cuda_attention",
     "membench.planning.fit",

@@ -379,7 +379,7 @@ def _fake_estimator(monkeypatch, calls: list) -> None:
     def estimate_device(device_kind):
         return f"{device_kind} (estimate)"
 
-    def estimate_cell(cell, device_kind):
+    def estimate_cell(cell, device_kind, **estimate_options):  # profile, fit_by: unused
         calls.append(device_kind)
         return CellResult(
             cell,

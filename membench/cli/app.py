@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_errors
 
 from ..errors import INTERRUPTED, Terminated
-from . import compare, inspect, measure, plan, report, schedule, timeline, verify, viewer
+from . import compare, device, inspect, measure, plan, report, schedule, timeline, verify, viewer
 from .common import USAGE_ERROR
 
 
@@ -99,3 +99,4 @@ app.command("plan")(plan.plan_command)
 app.command()(timeline.timeline)
 app.command("snapshot-html")(viewer.snapshot_html)
 app.command("schedule")(schedule.schedule)
+app.add_typer(device.device_app, name="device")

@@ -90,6 +90,10 @@ def run(settings: dict = None) -> None:
         fail(f"run measures one cell, these options give {len(config.cells)}; use `membench sweep`")
     [cell] = config.cells
     options = config.options
+    if options.device != "cpu":  # before anything here initialises CUDA
+        from ..measure.cuda_env import apply_alloc_conf
+
+        apply_alloc_conf(cell.alloc_conf)
     opened = open_target(
         Target(
             options.device,

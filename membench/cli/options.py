@@ -31,7 +31,8 @@ def shown_default(s: Setting, default: object) -> str:
 
 def option_help(s: Setting, default: object) -> str:
     """The setting's help, then 'Comma list' for a grid axis, then its default."""
-    axis = " Comma list: one cell per value." if s in CELL_SETTINGS else ""
+    listed = "Comma list" if s.separator == "," else f"List separated by '{s.separator}'"
+    axis = f" {listed}: one cell per value." if s in CELL_SETTINGS else ""
     return f"{s.help}{axis} Default: {shown_default(s, default)}."
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..config import SETTING_BY_KEY
+from ..planning.device_total import TERM_LABELS
 from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
 from ..units import format_gib
@@ -26,8 +27,9 @@ FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can ru
 
 
 def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
-    """One table line: method, largest batch (and micro-batch), its peak, with ``peak_tflops``
-    its imgs/s bound, and the next batch's peak."""
+    """One table line: method, largest batch (and micro-batch), its peak (the figure the budget
+    judges), with ``peak_tflops`` its imgs/s bound, and the next batch's peak with the term that
+    decides it does not fit."""
     if fit.batch is None:
         batch = "none"
     elif fit.micro_batch is not None:
@@ -38,6 +40,8 @@ def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
         beyond = "--max-batch reached; the limit may be higher"
     else:
         beyond = f"batch {fit.next_batch}: {format_gib(fit.next_peak_bytes)}"
+        if fit.next_term:
+            beyond += f" (decided by {TERM_LABELS[fit.next_term]})"
     bound = ""
     if peak_tflops is not None:
         imgs = fit.bound(peak_tflops)
@@ -53,10 +57,44 @@ def _one(settings: dict, key: str):
     return s.parse(settings[key], s.option)
 
 
+def judged_text(fit_by: str, profile: str) -> str:
+    """What a budget is held against, as fit and plan print it."""
+    if fit_by == "total":
+        return f"the device total on {profile} (reserve + CUDA context + workspaces)"
+    if fit_by == "reserved":
+        return f"the allocator's reserve on {profile} (no CUDA context)"
+    return "the tensors' peak (no allocator reserve, CUDA context or workspaces)"
+
+
+def card_of(gpu: str | None, settings: dict) -> str | None:
+    """The device profile estimates plan for: --device-profile, else --gpu when it names one."""
+    if "device_profile" in settings:
+        return _one(settings, "device_profile")
+    if gpu is not None:
+        from ..planning.device_profiles import DeviceProfileError, device_profile
+
+        try:
+            return device_profile(gpu).name
+        except DeviceProfileError:
+            return None
+    return None
+
+
 @reports_input_errors
 @setting_options(
     "fit",
-    only=("arch", "res", "method", "micro_batch", "classes", "device_mem", "seed", "jobs"),
+    only=(
+        "arch",
+        "res",
+        "method",
+        "micro_batch",
+        "classes",
+        "device_mem",
+        "seed",
+        "jobs",
+        "device_profile",
+        "fit_by",
+    ),
     defaults=FIT_DEFAULTS,
 )
 def fit(
@@ -72,9 +110,19 @@ def fit(
     ),
     settings: dict = None,
 ) -> None:
-    """Print, per method, the largest batch whose estimated peak memory fits --device-mem."""
+    """Print, per method, the largest batch whose estimate fits --device-mem: by default its
+    device total (reserve + CUDA context + workspaces) on the device profile's card."""
+    profile = card_of(gpu, settings)
+    if "device_mem" not in settings and profile is not None:
+        from ..profiles import load_profile
+
+        settings["device_mem"] = load_profile(profile).settings["device_mem"]
     if "device_mem" not in settings:
-        fail("fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB")
+        fail(
+            "fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB, or a device "
+            "profile as --gpu (its usable memory)"
+        )
+    fit_by = _one(settings, "fit_by")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
     from ..measure.flops import resolve_gpu
@@ -104,9 +152,14 @@ def fit(
             micro_batch if splits_batch(name) else None,
         )
 
+    from ..planning.device_profiles import device_profile_of
+
+    card = device_profile_of(profile)
+    judged_by = fit_by if device_kind == "cuda" else "allocated"
+    judged = judged_text(judged_by, card.name)
     typer.echo(
         f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
-        f"({device_kind} estimate, max batch {max_batch})"
+        f"({device_kind} estimate, max batch {max_batch}), judged by {judged}"
     )
     if peak is not None:
         typer.echo(
@@ -114,7 +167,7 @@ def fit(
             "peak x batch / FLOPs per step; no real step reaches it"
         )
     typer.echo(
-        f"{'method':14s} {'largest batch':>18s} {'peak':>12s}"
+        f"{'method':14s} {'largest batch':>18s} {judged_by:>12s}"
         + (f" {'imgs/s bound':>13s}" if peak is not None else "")
         + "   next batch"
     )
@@ -131,6 +184,8 @@ def fit(
             max_batch=max_batch,
             micro_batch=micro_batch,
             seed=seed,
+            profile=card,
+            fit_by=fit_by,
         )
     for name, result in zip(methods, found):
         if isinstance(result, FitError):
@@ -147,14 +202,14 @@ def configuration(cell) -> str:
 def plan_lines(result: Plan, top: int) -> list[str]:
     """The ranked table of a Plan, and what did not fit."""
     lines = [
-        f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "
+        f"{'rank':>4}  {'configuration':44s} {result.fit_by:>10s} {'TFLOP/step':>10s} "
         f"{'compute ms':>10s} {'link ms':>9s} {'imgs/s bound':>12s}  bounded by"
     ]
     for rank, row in enumerate(result.ranked[:top], start=1):
         bound = row.bound
         lines.append(
             f"{rank:>4}  {configuration(row.cell):44s} "
-            f"{format_gib(row.result.peak_allocated_bytes):>10s} "
+            f"{format_gib(row.peak):>10s} "
             f"{row.result.flops_per_step / 1e12:10.2f} {bound.compute_s * 1e3:10.1f} "
             f"{bound.transfer_s * 1e3:9.1f} {bound.imgs_per_s:12,.0f}  {bound.bounded_by}"
         )
@@ -162,7 +217,7 @@ def plan_lines(result: Plan, top: int) -> list[str]:
     lines.append(
         "best of each family: "
         + "; ".join(
-            f"{family}: {configuration(row.cell)} ({format_gib(row.result.peak_allocated_bytes)}, "
+            f"{family}: {configuration(row.cell)} ({format_gib(row.peak)}, "
             f"{row.bound.imgs_per_s:,.0f} imgs/s bound)"
             for family, row in best.items()
         )
@@ -172,10 +227,22 @@ def plan_lines(result: Plan, top: int) -> list[str]:
     over = result.over_budget
     if over:
         smallest = over[0]
+        term = smallest.deciding_term(result.budget_bytes)
+        decides = f"; decided by {TERM_LABELS[term]}" if term else ""
         lines.append(
             f"{len(over)} of {len(result.rows)} configuration(s) do not fit "
             f"{format_gib(result.budget_bytes)} (the smallest of them: "
-            f"{configuration(smallest.cell)}, {format_gib(smallest.result.peak_allocated_bytes)})"
+            f"{configuration(smallest.cell)}, {format_gib(smallest.peak)}{decides})"
+        )
+    by_allocated = result.fit_only_by_allocated
+    if by_allocated and result.fit_by != "allocated":
+        lines.append(
+            f"{len(by_allocated)} of them fit by the tensors' peak alone: "
+            + ", ".join(
+                f"{configuration(row.cell)} "
+                f"(decided by {TERM_LABELS.get(row.deciding_term(result.budget_bytes), '-')})"
+                for row in by_allocated
+            )
         )
     for row in result.failed:
         lines.append(f"could not estimate {configuration(row.cell)}: {row.result.error}")
@@ -185,7 +252,17 @@ def plan_lines(result: Plan, top: int) -> list[str]:
 @reports_input_errors
 @setting_options(
     "plan",
-    only=("arch", "res", "batch", "classes", "precision", "device_mem", "jobs"),
+    only=(
+        "arch",
+        "res",
+        "batch",
+        "classes",
+        "precision",
+        "device_mem",
+        "jobs",
+        "device_profile",
+        "fit_by",
+    ),
     defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"},
 )
 def plan_command(
@@ -219,9 +296,13 @@ def plan_command(
     link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
     if not link > 0 or top < 1:
         fail("--link-gbps must be positive and --top at least 1")
+    from ..planning.device_profiles import device_profile_of
+
+    card, fit_by = device_profile_of(card_of(gpu, settings)), _one(settings, "fit_by")
     typer.echo(
         f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
-        f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)"
+        f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s), judged by "
+        f"{judged_text(fit_by, card.name)}"
     )
     typer.echo(
         "bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
@@ -242,6 +323,8 @@ def plan_command(
             precisions=precisions,
             progress=bar.update,
             jobs=_one(settings, "jobs"),
+            profile=card,
+            fit_by=fit_by,
         )
     for line in plan_lines(result, top):
         typer.echo(line)

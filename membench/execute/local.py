@@ -15,6 +15,7 @@ imports Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -23,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+from ..measure.cuda_env import apply_alloc_conf, with_alloc_conf
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, OK, TIMEOUT, Cell, CellResult
 from .worker import IsolatedWorker, Target, WorkerStartError, open_target
@@ -89,6 +91,8 @@ class LocalExecutor(Executor):
         """Open the target (a first worker, which names the device so this process never opens
         a CUDA context)."""
         if self.isolation == "none":
+            if self.target.estimate_kind is None:  # before CUDA initialises in this process
+                apply_alloc_conf(self.target.alloc_conf)
             opened = open_target(self.target)
             self.local, self.peaks = opened.run, opened.peaks
             device, name, precisions = opened.device, opened.device_name, opened.precisions
@@ -114,7 +118,11 @@ class LocalExecutor(Executor):
 
     def _new_worker(self, collect_env_info: bool = False) -> IsolatedWorker:
         worker = IsolatedWorker(
-            self.target, self.methods, collect_env_info=collect_env_info, peaks=self.peaks
+            self.target,
+            self.methods,
+            collect_env_info=collect_env_info,
+            peaks=self.peaks,
+            environ=with_alloc_conf(os.environ, self.target.alloc_conf),
         )
         try:
             worker.wait_ready()
@@ -143,6 +151,10 @@ class LocalExecutor(Executor):
             and self.worker.budget != cell.device_mem_bytes
         ):
             self.close()  # a CUDA memory fraction cannot be raised back reliably in-process
+        if measuring and cell.alloc_conf != self.target.alloc_conf:
+            # PyTorch reads the allocator's configuration once per process: a worker of its own
+            self.close()
+            self.target = dataclasses.replace(self.target, alloc_conf=cell.alloc_conf)
         if self.worker is None:
             self.worker = self._new_worker()
         result = self.worker.run(cell, self.timeout_s)

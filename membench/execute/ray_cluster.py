@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..envinfo import cluster_env
 from ..errors import InputError, one_line
+from ..measure.cuda_env import with_alloc_conf
 from ..measure.peaks import PeakSpec
 from ..schema import ERROR, TIMEOUT, Cell, CellResult, parse_device
 from .local import CellStarted, Executor, Placement, SweepError
@@ -118,7 +119,7 @@ class WorkerFailed:
 
 
 def _start_worker(
-    setup: TaskSetup, peaks: dict[str, PeakSpec] | None, collect_env_info: bool
+    setup: TaskSetup, peaks: dict[str, PeakSpec] | None, collect_env_info: bool, alloc_conf=""
 ) -> IsolatedWorker:
     """A worker in this Ray task: this process's environment (Ray's CUDA_VISIBLE_DEVICES names
     the task's GPU) with the sweep's forwarded variables, PYTHONPATHs joined; torch threads as
@@ -131,6 +132,7 @@ def _start_worker(
     paths = [p for p in (setup.environ.get("PYTHONPATH"), os.environ.get("PYTHONPATH")) if p]
     if paths:
         environ["PYTHONPATH"] = os.pathsep.join(paths)
+    environ = with_alloc_conf(environ, alloc_conf)  # a cell's allocator configuration
     worker = IsolatedWorker(
         setup.target,
         list(setup.methods),
@@ -165,7 +167,9 @@ def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFail
 
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        worker = _start_worker(setup, setup.peaks.get(node_id), collect_env_info=False)
+        worker = _start_worker(
+            setup, setup.peaks.get(node_id), collect_env_info=False, alloc_conf=cell.alloc_conf
+        )
     except WorkerStartError as err:
         yield Started(node_id, socket.gethostname(), now())
         yield WorkerFailed(str(err))

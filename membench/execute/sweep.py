@@ -155,7 +155,13 @@ def run_cells(
     precisions = tuple(sorted({c.precision for c in cells}))  # each one's peak, once per sweep
     runner: Executor
     if options.estimate:
-        target = Target(options.estimate_kind, estimate_kind=options.estimate_kind, **timeline)
+        target = Target(
+            options.estimate_kind,
+            estimate_kind=options.estimate_kind,
+            device_profile=options.device_profile,
+            fit_by=options.fit_by,
+            **timeline,
+        )
         jobs = min(options.jobs or default_jobs(), len(cells))
         if options.isolation == "process" and jobs > 1:  # independent cells: several at once
             runner = ParallelExecutor(target, options.timeout_s, methods, jobs)
@@ -177,7 +183,12 @@ def run_cells(
     else:
         runner = LocalExecutor(
             Target(
-                options.device, peak_tflops=options.peak_tflops, precisions=precisions, **timeline
+                options.device,
+                peak_tflops=options.peak_tflops,
+                precisions=precisions,
+                # the first worker starts with the first cell's allocator configuration
+                alloc_conf=cells[0].alloc_conf if cells else "",
+                **timeline,
             ),
             options.isolation,
             options.timeout_s,

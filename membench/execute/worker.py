@@ -48,7 +48,7 @@ class Target:
     ``peak_tflops`` is the user's peak for MFU, if given; ``precisions`` the cells' precisions,
     whose peaks are found (a CPU calibrated) when the target opens, before any cell;
     ``timeline`` and ``timeline_snapshot`` the sweep's options of the same name (one more step
-    recorded)."""
+    recorded); ``alloc_conf``, ``device_profile`` and ``fit_by`` as the comment below says."""
 
     device_spec: str
     estimate_kind: str | None = None
@@ -56,6 +56,11 @@ class Target:
     precisions: tuple[str, ...] = ("fp32",)
     timeline: bool = False
     timeline_snapshot: bool = False
+    # docs/device-total.md: the allocator configuration a worker's process starts with (a
+    # cell's alloc_conf), and for estimates the card planned for and what a budget judges.
+    alloc_conf: str = ""
+    device_profile: str | None = None
+    fit_by: str = "total"
 
     def timeline_options(self) -> dict[str, bool]:
         """``run_cell``'s (and ``estimate_cell``'s) timeline keywords; none when it is off."""
@@ -137,7 +142,13 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
 
                 result = estimate_ranks(cell, target.estimate_kind)
             else:
-                result = estimate_cell(cell, target.estimate_kind, **target.timeline_options())
+                result = estimate_cell(
+                    cell,
+                    target.estimate_kind,
+                    profile=target.device_profile,
+                    fit_by=target.fit_by,
+                    **target.timeline_options(),
+                )
             return _ran_here(result, start)
 
         return OpenTarget(estimate_device(target.estimate_kind), ESTIMATE_DEVICE_NAME, {}, estimate)

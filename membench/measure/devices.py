@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InputError, error_text
 from ..schema import OK, Cell, CellResult, DeviceSpecError, parse_device
+from .cuda_env import alloc_conf_refusal, cuda_only_refusal
 from .memtrack import TensorMemoryTracker
 
 if TYPE_CHECKING:  # annotations only: the registry imports every runner
@@ -65,6 +66,10 @@ class Device:
     def adapt(self, runner: Runner) -> None:
         """Adjust a freshly built runner to this device (nothing, for a real device)."""
 
+    def cell_settings(self, cell: Cell) -> contextlib.AbstractContextManager:
+        """The cell's runtime settings for its steps (nothing, where the device has none)."""
+        return contextlib.nullcontext()
+
     def warmup_steps(self, cell: Cell) -> int:
         return cell.warmup
 
@@ -98,6 +103,10 @@ class Device:
     def record_peaks(self, result: CellResult) -> None:
         """Peaks of the timed pass into ``result``: the host's RSS, and the allocator's."""
         result.host_peak_rss_bytes = host_peak_rss_bytes()
+
+    def record_device_terms(self, prepared, result: CellResult) -> None:
+        """The device total and its terms into ``result`` (docs/device-total.md), once the
+        peaks are read: nothing where the device has none (the CPU)."""
 
     def total_memory_bytes(self) -> int | None:
         return None
@@ -165,6 +174,9 @@ class CpuDevice(Device):
     def name(self) -> str:
         return cpu_model_name()
 
+    def refusal(self, cell: Cell) -> str | None:
+        return cuda_only_refusal(cell)
+
     def memory_tracker(self, cell: Cell) -> TensorMemoryTracker:
         # The tracker enforces the budget: the allocation that would pass it is the CPU's OOM.
         return TensorMemoryTracker(budget_bytes=cell.device_mem_bytes)
@@ -181,6 +193,24 @@ class CudaDevice(Device):
 
     def name(self) -> str:
         return torch.cuda.get_device_name(self.index)
+
+    def refusal(self, cell: Cell) -> str | None:
+        return alloc_conf_refusal(cell.alloc_conf)
+
+    @contextlib.contextmanager
+    def cell_settings(self, cell: Cell) -> Iterator[None]:
+        """cuDNN's autotuner as the cell says, for its steps only."""
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = cell.cudnn_benchmark == "on"
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def record_device_terms(self, prepared, result: CellResult) -> None:
+        from .cuda_terms import record_cuda_terms
+
+        record_cuda_terms(prepared, result, self.index, nvml_process_bytes(self.index))
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.index)
@@ -291,6 +321,28 @@ def nvml_used_bytes(index: int) -> int | None:
                 except pynvml.NVMLError:
                     continue
                 return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # NVML missing or unusable: the figure is optional
+        pass
+    return None
+
+
+def nvml_process_bytes(index: int) -> int | None:
+    """This process's device memory on CUDA device ``index`` according to NVML, or None where
+    NVML cannot say (no NVML, or a process list without this process's id, as in some
+    containers)."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        with nvml() as pynvml:
+            for prefix in ("GPU-", "MIG-"):
+                try:
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                except pynvml.NVMLError:
+                    continue
+                processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                for process in processes:
+                    if process.pid == os.getpid() and process.usedGpuMemory is not None:
+                        return int(process.usedGpuMemory)
+                return None
     except Exception:  # NVML missing or unusable: the figure is optional
         pass
     return None

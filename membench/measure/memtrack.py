@@ -168,6 +168,21 @@ class TensorMemoryTracker(TorchDispatchMode):
         return _GradientWatch(self, list(parameters))
 
     # -- dispatch -----------------------------------------------------------------------------
+    def __enter__(self):
+        self.opened()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.closed()
+        return super().__exit__(*exc)
+
+    def opened(self) -> None:
+        """Counting begins: entered as a mode of its own, or fed by a ``TrackingFakeTensorMode``
+        (``tracking``); a subclass that marks where its pass starts does it here."""
+
+    def closed(self) -> None:
+        """Counting ends (either way ``opened`` says)."""
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -216,9 +231,11 @@ class TrackingFakeTensorMode(FakeTensorMode):
     def tracking(self, tracker: TensorMemoryTracker) -> Iterator[TensorMemoryTracker]:
         """``tracker`` counts every op this mode handles inside the block."""
         self.tracker = tracker
+        tracker.opened()
         try:
             yield tracker
         finally:
+            tracker.closed()
             self.tracker = None
 
 

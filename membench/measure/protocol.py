@@ -325,7 +325,7 @@ def run_cell(
         result.wall_s = time.perf_counter() - start
         return result
     try:
-        with device.session():
+        with device.session(), device.cell_settings(cell):
             _measure(
                 cell,
                 device,
@@ -369,6 +369,7 @@ def _measure(
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
     result.step_ms = timer(prepared.step, cell.steps)
     device.record_peaks(result)
+    device.record_device_terms(prepared, result)  # what the card must hold (device-total.md)
     result.offloaded_bytes = prepared.runner.offloaded_peak_bytes
     result.offloaded_optimizer_bytes = prepared.runner.offloaded_optimizer_bytes
     if timeline[0]:  # never inside a timed step, and only once every peak is read

@@ -174,6 +174,7 @@ _FORWARDED = (
     "name",
     "refusal",
     "session",
+    "cell_settings",
     "warmup_steps",
     "error_text",
     "set_memory_budget",

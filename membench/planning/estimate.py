@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import error_text
+from ..measure.cuda_env import cuda_only_refusal
 from ..measure.devices import Device
 from ..measure.memtrack import TensorMemoryTracker, TrackingFakeTensorMode, cuda_allocated_size
 from ..measure.protocol import run_cell, skip_inf_checks
@@ -61,6 +62,9 @@ from ..schema import (
 )
 from .cuda_attention import cuda_attention
 from .cuda_autocast import cuda_autocast
+from .device_profiles import device_profile_of
+from .device_total import TERM_LABELS, deciding_term, describe_terms, judged_bytes, step_terms
+from .step_stream import StreamTracker
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
@@ -88,11 +92,16 @@ class EstimateDevice(Device):
     memory_source = ESTIMATE_SOURCE
     finished_status = ESTIMATED
 
-    def __init__(self, kind: str = "cuda"):
+    def __init__(self, kind: str = "cuda", profile=None, fit_by: str = "total"):
         if kind not in DEVICE_KINDS:
             raise ValueError(f"unknown device kind {kind!r}; valid: {', '.join(DEVICE_KINDS)}")
         super().__init__(torch.device("cpu"))  # fake CPU tensors: see the module docstring
         self.kind = kind
+        # The card a CUDA estimate's device total is for (docs/device-total.md), and what a
+        # budget judges the estimate by (schema.FIT_BY).
+        self.profile, self.fit_by = profile, fit_by
+        self._stream = None  # the memory pass's StreamTracker: the step the allocator replays
+        self._terms = None  # its device terms, once replayed
 
     def __str__(self) -> str:
         return estimate_device(self.kind)
@@ -101,7 +110,9 @@ class EstimateDevice(Device):
         return ESTIMATE_DEVICE_NAME
 
     def refusal(self, cell: Cell) -> str | None:
-        return COMPILED_REFUSAL if cell.compile != "none" else None
+        if cell.compile != "none":
+            return COMPILED_REFUSAL
+        return cuda_only_refusal(cell) if self.kind != "cuda" else None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -134,13 +145,48 @@ class EstimateDevice(Device):
         return f"estimate failed: {error_text(err)}"
 
     def memory_tracker(self, cell: Cell) -> TensorMemoryTracker:
-        return TensorMemoryTracker(rounding=cuda_allocated_size if self.kind == "cuda" else None)
+        if self.kind != "cuda":
+            return TensorMemoryTracker()
+        tracker = StreamTracker(rounding=cuda_allocated_size)
+        if self._stream is None:  # the memory pass's; a timeline's step comes later
+            self._stream = tracker
+        return tracker
+
+    def record_device_terms(self, prepared, result: CellResult) -> None:
+        """The allocator replay of the memory pass's step, with the library workspaces and the
+        device profile's context (``device_total.step_terms``), into ``result``."""
+        if self._stream is None or result.peak_allocated_bytes is None:
+            return
+        profile = device_profile_of(self.profile)
+        cell = result.cell
+        terms = step_terms(
+            self._stream.events,
+            tensors=result.peak_allocated_bytes,
+            gemm_threads=self._stream.gemm_threads,
+            profile=profile,
+            alloc_conf=cell.alloc_conf,
+            benchmark=cell.cudnn_benchmark == "on",
+            budget=cell.device_mem_bytes,
+            fit_by=self.fit_by,
+        )
+        for column, value in terms.as_columns().items():
+            setattr(result, column, value)
+        result.device_profile = profile.name
+        self._terms = terms
 
     def check_budget(self, result: CellResult) -> None:
-        budget, peak = result.cell.device_mem_bytes, result.peak_allocated_bytes
-        if budget is not None and peak is not None and peak > budget:
+        budget = result.cell.device_mem_bytes
+        # the tensors' peak where there are no device terms (the CPU, a rank of several)
+        has_terms = self.kind == "cuda" and result.device_total_bytes is not None
+        fit_by = self.fit_by if has_terms else "allocated"
+        judged = judged_bytes(vars(result), fit_by)
+        if budget is None or judged is None:
+            return
+        if self._terms is not None and self._terms.out_of_memory:
+            judged = max(judged, budget + 1)  # the replay under the budget ran out of memory
+        if judged > budget:
             result.status = OOM
-            result.error = f"estimated {peak / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB"
+            result.error = budget_error(vars(result), budget, fit_by)
 
     def reset_host_peak(self) -> None:
         pass  # the host's memory says nothing about the device planned for
@@ -162,13 +208,35 @@ class EstimateDevice(Device):
 
 
 def estimate_cell(
-    cell: Cell, device_kind: str = "cuda", count_flops: bool = True, **timeline: bool
+    cell: Cell,
+    device_kind: str = "cuda",
+    count_flops: bool = True,
+    profile=None,
+    fit_by: str = "total",
+    **timeline: bool,
 ) -> CellResult:
     """Predict ``cell``'s peak allocated memory for a kind of device without allocating it: the
     protocol on an ``EstimateDevice`` (see the module docstring). A runner that fails under fake
     tensors (e.g. one that reads a tensor's value with ``.item()``) gives ``status="error"``.
+    A CUDA estimate also carries the device total on ``profile`` (a device profile or its name;
+    default ``device_profiles.DEFAULT_DEVICE_PROFILE``) and judges a budget by ``fit_by``
+    (docs/device-total.md).
     ``timeline`` (``timeline=True``, ``timeline_snapshot``): run_cell's, a fake step's events."""
-    return run_cell(cell, EstimateDevice(device_kind), count_flops=count_flops, **timeline)
+    device = EstimateDevice(device_kind, profile, fit_by)
+    return run_cell(cell, device, count_flops=count_flops, **timeline)
+
+
+def budget_error(values: dict, budget: int, fit_by: str) -> str:
+    """An over-budget estimate's error: its figure, the budget, its terms and which decides."""
+    judged = judged_bytes(values, fit_by)
+    if fit_by == "allocated":
+        return f"estimated {judged / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB"
+    term = deciding_term(values, budget, fit_by)
+    what = "device total" if fit_by == "total" else "reserve"
+    return (
+        f"estimated {what} {judged / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB "
+        f"({describe_terms(values, fit_by)}; decided by {TERM_LABELS.get(term, term)})"
+    )
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ from ..config import ConfigError, check_parameter_size
 from ..execute.local import default_jobs
 from ..measure.flops import throughput_bound
 from ..runners import Runner, RunnerConfigError, UnknownMethodError, available_methods, get_runner
-from ..schema import ERROR, ESTIMATE_KINDS, Cell, CellResult
+from ..schema import ERROR, ESTIMATE_KINDS, OOM, Cell, CellResult
+from .device_profiles import device_profile_of
+from .device_total import deciding_term, judged_bytes
 from .parallel import Estimator, estimators
 
 DEVICE_KINDS = ESTIMATE_KINDS
@@ -48,6 +50,10 @@ class FitResult:
     capped: bool = False
     estimates: int = 0
     flops_per_step: int | None = None  # of ``batch``'s step, counted by its estimate
+    # docs/device-total.md: what the peaks are (schema.FIT_BY), and the term that decides the
+    # next batch does not fit (device_total.deciding_term; '' when capped or without terms).
+    fit_by: str = "total"
+    next_term: str = ""
 
     def bound(self, peak_tflops: float) -> float | None:
         """imgs/s of the largest batch at a GPU's peak (``flops.throughput_bound``); None when
@@ -68,8 +74,13 @@ def fit_batch(
     micro_batch: int | None = None,
     seed: int = 0,
     estimate: Estimator | None = None,
+    profile=None,
+    fit_by: str = "total",
 ) -> FitResult:
-    """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``.
+    """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``: by default the
+    device total on ``profile``'s card (a device profile or its name; ``fit_by`` picks the
+    allocator's reserve or the tensors' peak instead, docs/device-total.md); a CPU estimate has
+    only the tensors' peak.
 
     An exponential search brackets the limit and a binary search narrows it, both accelerated by
     interpolating on the estimates (peak memory is close to affine in the batch, so a search
@@ -90,18 +101,19 @@ def fit_batch(
     def cell_for(k: int) -> Cell:
         batch = k * unit
         mb = (micro_batch or runner_cls.default_micro_batch(batch)) if splits else None
-        return Cell(method, arch, res, batch, mb, classes, seed=seed)
+        return Cell(method, arch, res, batch, mb, classes, seed=seed, device_mem_bytes=budget_bytes)
 
     max_k = max_batch // unit
     if max_k < 1:
         raise ConfigError(f"--max-batch {max_batch} is below the smallest batch {unit} of {method}")
+    fit_by = fit_by if device_kind == "cuda" else "allocated"
     if estimate is None:
         from .estimate import estimate_cell
 
         def estimate(cell: Cell) -> CellResult:
-            return estimate_cell(cell, device_kind)
+            return estimate_cell(cell, device_kind, profile=profile, fit_by=fit_by)
 
-    search = _BatchSearch(lambda k: estimate(cell_for(k)), budget_bytes, method, unit)
+    search = _BatchSearch(lambda k: estimate(cell_for(k)), budget_bytes, method, unit, fit_by)
     lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
     lo, hi = search.narrow(lo, hi)
     best = cell_for(lo) if lo else None
@@ -119,7 +131,9 @@ def fit_batch(
         next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
         capped=hi is None,
         estimates=len(search.peaks),
-        flops_per_step=search.flops.get(lo),
+        flops_per_step=search.flops_of(lo),
+        fit_by=fit_by,
+        next_term=search.deciding_term(hi),
     )
 
 
@@ -164,7 +178,9 @@ def fit_methods(
                     progress(done[0], len(methods), found)
 
     kind = options.get("device_kind", "cuda")
-    with estimators(kind, list(methods), jobs) as pool:
+    profile = device_profile_of(options.get("profile"))
+    fit_by = options.get("fit_by", "total") if kind == "cuda" else "allocated"
+    with estimators(kind, list(methods), jobs, profile.path or profile.name, fit_by) as pool:
         if len(pool) == 1:
             search(pool[0])
         else:
@@ -219,7 +235,12 @@ class _BatchSearch:
     """The search behind ``fit_batch``, over k = batch / unit, caching one estimate per k."""
 
     def __init__(
-        self, estimate: Callable[[int], CellResult], budget_bytes: int, method: str, unit: int
+        self,
+        estimate: Callable[[int], CellResult],
+        budget_bytes: int,
+        method: str,
+        unit: int,
+        fit_by: str = "allocated",
     ):
         self.estimate, self.budget_bytes, self.method, self.unit = (
             estimate,
@@ -227,19 +248,33 @@ class _BatchSearch:
             method,
             unit,
         )
+        self.fit_by = fit_by
         self.peaks: dict[int, int] = {}
-        self.flops: dict[int, int | None] = {}
+        self.results: dict[int, CellResult] = {}
 
     def peak(self, k: int) -> int:
+        """The figure the budget judges at k (schema.FIT_BY)."""
         if k not in self.peaks:
             result = self.estimate(k)
             if result.status == ERROR:
                 raise FitError(f"{self.method} at batch {k * self.unit}: {result.error}")
-            self.peaks[k], self.flops[k] = result.peak_allocated_bytes, result.flops_per_step
+            self.results[k] = result
+            self.peaks[k] = judged_bytes(vars(result), self.fit_by)
         return self.peaks[k]
 
+    def flops_of(self, k: int) -> int | None:
+        """The FLOPs of k's step, as its estimate counted them (None where not estimated)."""
+        return self.results[k].flops_per_step if k in self.results else None
+
     def fits(self, k: int) -> bool:
-        return self.peak(k) <= self.budget_bytes
+        # an estimate is oom when the allocator model ran out under the budget (device_total)
+        return self.peak(k) <= self.budget_bytes and self.results[k].status != OOM
+
+    def deciding_term(self, k: int | None) -> str:
+        """The term that decides k does not fit ('' for None or a row without terms)."""
+        if k is None or k not in self.results:
+            return ""
+        return deciding_term(vars(self.results[k]), self.budget_bytes, self.fit_by)
 
     def interpolate(self, a: int, b: int) -> int | None:
         """Where the line through the estimates at a and b meets the budget (None if flat)."""

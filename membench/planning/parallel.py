@@ -28,19 +28,24 @@ def estimate_cells(
     *,
     jobs: int | None = None,
     progress: Progress | None = None,
+    device_profile: str | None = None,
+    fit_by: str = "total",
 ) -> list[CellResult]:
     """Estimate every cell for ``kind`` devices, ``jobs`` at once (default: one per core); the
-    results in the order of ``cells``, ``progress`` told as each one finishes."""
+    results in the order of ``cells``, ``progress`` told as each one finishes. A CUDA estimate's
+    device total is for ``device_profile``'s card (a name or a path), its budget judged by
+    ``fit_by`` (docs/device-total.md)."""
+    target = _target(kind, device_profile, fit_by)
     jobs = min(jobs or default_jobs(), len(cells))
     results: list[CellResult | None] = [None] * len(cells)
     if jobs <= 1:
-        estimate = open_target(Target(kind, estimate_kind=kind)).run
+        estimate = open_target(target).run
         for index, cell in enumerate(cells):
             results[index] = estimate(cell)
             if progress is not None:
                 progress(index + 1, len(cells), results[index])
         return results
-    executor = ParallelExecutor(Target(kind, estimate_kind=kind), None, _methods(cells), jobs)
+    executor = ParallelExecutor(target, None, _methods(cells), jobs)
     try:
         executor.start()
         finished = executor.run(cells, lambda index, cell: None)
@@ -54,22 +59,31 @@ def estimate_cells(
 
 
 @contextlib.contextmanager
-def estimators(kind: str, methods: list[str], jobs: int) -> Iterator[list[Estimator]]:
+def estimators(
+    kind: str,
+    methods: list[str],
+    jobs: int,
+    device_profile: str | None = None,
+    fit_by: str = "total",
+) -> Iterator[list[Estimator]]:
     """``jobs`` functions that each estimate one cell at a time in a worker process of their
     own (one function per thread that calls it: a search that picks its next cell from the
-    last estimate); ``jobs=1``: one that estimates in this process."""
+    last estimate); ``jobs=1``: one that estimates in this process. ``device_profile`` and
+    ``fit_by`` as ``estimate_cells``'."""
+    target = _target(kind, device_profile, fit_by)
     if jobs <= 1:
-        yield [open_target(Target(kind, estimate_kind=kind)).run]
+        yield [open_target(target).run]
         return
-    executors = [
-        LocalExecutor(Target(kind, estimate_kind=kind), "process", None, methods)
-        for _ in range(jobs)
-    ]
+    executors = [LocalExecutor(target, "process", None, methods) for _ in range(jobs)]
     try:
         yield [executor.run_one for executor in executors]
     finally:
         for executor in executors:
             executor.close()
+
+
+def _target(kind: str, device_profile: str | None, fit_by: str) -> Target:
+    return Target(kind, estimate_kind=kind, device_profile=device_profile, fit_by=fit_by)
 
 
 def _methods(cells: list[Cell]) -> list[str]:

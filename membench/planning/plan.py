@@ -19,12 +19,15 @@ nothing; which term is larger says what bounds the configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
 from ..config import SETTING_BY_KEY, ConfigError, expand_grid
 from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
+from .device_profiles import device_profile_of
+from .device_total import deciding_term, judged_bytes
 from .parallel import Progress, estimate_cells
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
@@ -107,18 +110,30 @@ def throughput_bound(result: CellResult, peak_tflops: float, link_gbps: float) -
 
 @dataclass
 class PlanRow:
-    """One candidate: its estimate and its bound (None when it has no FLOPs or no peak)."""
+    """One candidate: its estimate and its bound (None when it has no FLOPs or no peak);
+    ``fit_by``: the figure a budget judges it by (docs/device-total.md)."""
 
     result: CellResult
     bound: ThroughputBound | None = None
+    fit_by: str = "total"
 
     @property
     def cell(self) -> Cell:
         return self.result.cell
 
+    @property
+    def peak(self) -> int | None:
+        """The figure ``fit_by`` names: the device total, the reserve or the tensors' peak."""
+        return judged_bytes(vars(self.result), self.fit_by)
+
     def fits(self, budget_bytes: int) -> bool:
-        peak = self.result.peak_allocated_bytes
+        # an estimate over the budget is oom (with the allocator model under it, for the total)
+        peak = self.peak
         return self.result.status == ESTIMATED and peak is not None and peak <= budget_bytes
+
+    def deciding_term(self, budget_bytes: int) -> str:
+        """The term that decides the budget (device_total.deciding_term)."""
+        return deciding_term(vars(self.result), budget_bytes, self.fit_by)
 
 
 @dataclass
@@ -132,13 +147,24 @@ class Plan:
     gpu: str
     link_gbps: float
     rows: list[PlanRow] = field(default_factory=list)
+    fit_by: str = "total"
+    profile: str = ""  # the device profile of the estimates' device totals
 
     @property
     def ranked(self) -> list[PlanRow]:
         fitting = [row for row in self.rows if row.fits(self.budget_bytes) and row.bound]
-        return sorted(
-            fitting, key=lambda row: (-row.bound.imgs_per_s, row.result.peak_allocated_bytes)
-        )
+        return sorted(fitting, key=lambda row: (-row.bound.imgs_per_s, row.peak))
+
+    @property
+    def fit_only_by_allocated(self) -> list[PlanRow]:
+        """Candidates whose tensors' peak fits the budget but whose judged figure does not."""
+        return [
+            row
+            for row in self.rows
+            if not row.fits(self.budget_bytes)
+            and row.result.peak_allocated_bytes is not None
+            and row.result.peak_allocated_bytes <= self.budget_bytes
+        ]
 
     @property
     def failed(self) -> list[PlanRow]:
@@ -157,12 +183,8 @@ class Plan:
     @property
     def over_budget(self) -> list[PlanRow]:
         """The estimated configurations that do not fit, smallest peak first."""
-        over = [
-            row
-            for row in self.rows
-            if not row.fits(self.budget_bytes) and row.result.peak_allocated_bytes
-        ]
-        return sorted(over, key=lambda row: row.result.peak_allocated_bytes)
+        over = [row for row in self.rows if not row.fits(self.budget_bytes) and row.peak]
+        return sorted(over, key=lambda row: row.peak)
 
 
 def plan_budget(gpu: str) -> int | None:
@@ -191,19 +213,34 @@ def plan(
     precisions: tuple[str, ...] = PRECISIONS,
     progress: Progress | None = None,
     jobs: int | None = None,
+    profile=None,
+    fit_by: str = "total",
 ) -> Plan:
     """Estimate every candidate configuration (CUDA), ``jobs`` at once (default: one per core;
     ``planning.parallel``), and bound the throughput of those that fit ``budget_bytes`` on
-    ``gpu`` (a name of the peak table); ``progress(done, total, result)`` as each estimate
+    ``gpu`` (a name of the peak table), judged by ``fit_by``, the device total on ``profile``'s
+    card by default (docs/device-total.md); ``progress(done, total, result)`` as each estimate
     finishes. ConfigError for bad input."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
     cells = candidate_cells(arch, res, batch, classes, precisions)
-    result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps)
-    for cell, estimate in zip(cells, estimate_cells(cells, "cuda", jobs=jobs, progress=progress)):
+    profile = device_profile_of(profile)
+    result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps, fit_by=fit_by)
+    result.profile = profile.name
+    # the budget in each cell: the allocator model replays under it (device_total)
+    cells = [dataclasses.replace(cell, device_mem_bytes=budget_bytes) for cell in cells]
+    estimates = estimate_cells(
+        cells,
+        "cuda",
+        jobs=jobs,
+        progress=progress,
+        device_profile=profile.path or profile.name,
+        fit_by=fit_by,
+    )
+    for cell, estimate in zip(cells, estimates):
         bound = None
         if estimate.flops_per_step and peaks.get(cell.precision):
             bound = throughput_bound(estimate, peaks[cell.precision], link_gbps)
-        result.rows.append(PlanRow(estimate, bound))
+        result.rows.append(PlanRow(estimate, bound, fit_by))
     return result

@@ -292,6 +292,8 @@ class FFPipelinedRunner(_DTGFFRunner):
                 ]
                 self._clip_and_step(layer.index)
                 loss = torch.stack(losses).sum()
+                # the chunks' loss scalars, summed: not held through the next layer's chunks
+                del losses
             else:
                 with self.autocast():
                     z, loss = self.local_loss[layer.index](x, labels)  # forward, local loss

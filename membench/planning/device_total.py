@@ -1,0 +1,275 @@
+"""What the card must hold for a step: the device total and its terms (docs/device-total.md).
+
+    device total = peak reserved + context
+                 = peak allocated (tensors) + workspace + reserve slack + context
+
+- **peak allocated**: the step's tensors at their peak (the estimate's ``peak_allocated_bytes``);
+- **workspace**: how much library workspaces (cuBLAS's per handle, cuDNN's per convolution call,
+  ``workspace.py``) raise the peak of requested bytes above the tensors' peak;
+- **reserve slack**: what PyTorch's caching allocator reserves beyond that requested peak (block
+  rounding, segment sizes, cached blocks that cannot serve the next request): the allocator
+  model's replay of the step (``planning.allocator``, docs/allocator.md);
+- **context**: what the process holds outside the allocator (the device profile's figure).
+
+``replay_step`` replays a step's stream (``step_stream.StreamTracker``) through the allocator
+model with the workspaces in place: the cuBLAS workspaces are allocated when the steps begin
+(they were allocated at the first GEMM of warmup and are never freed), each convolution's
+workspace around its call. A convolution workspace that does not fit under a capacity is
+skipped, as PyTorch falls back to a plan that needs less (workspace.py); any other allocation
+that does not fit, after the allocator has released what it caches, is out of memory.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ..schema import FIT_BY
+from .allocator.conf import AllocatorConfig, parse_alloc_conf
+from .allocator.model import CachingAllocatorModel, ModelledOutOfMemory
+from .workspace import ConvCall, conv_workspace_bytes
+
+if TYPE_CHECKING:
+    from .device_profiles import DeviceProfile
+
+START = ("start",)  # in a stream: where the tracked steps begin (what came before was live)
+# The terms of the device total, bottom to top: the order a budget is filled in, so the first
+# whose running sum passes the budget is the one that decides.
+TERMS = ("tensors", "workspace", "reserve_slack", "context")
+TERM_LABELS = {
+    "tensors": "the tensors (peak allocated)",
+    "workspace": "the workspaces",
+    "reserve_slack": "the allocator's reserve slack",
+    "context": "the CUDA context",
+}
+# What each way of judging a budget counts, of the terms.
+JUDGED_TERMS = {"total": TERMS, "reserved": TERMS[:3], "allocated": TERMS[:1]}
+
+
+@dataclass(frozen=True)
+class Workspaces:
+    """The library workspaces of one replay: ``cublas_count`` persistent cuBLAS workspaces of
+    ``cublas_bytes`` each, and each convolution's as ``conv_ratio`` x its lowered matrix."""
+
+    cublas_bytes: int = 0
+    cublas_count: int = 0
+    conv_ratio: float = 0.0
+
+    def conv(self, call: ConvCall) -> int:
+        return conv_workspace_bytes(call, self.conv_ratio)
+
+
+@dataclass(frozen=True)
+class StepReplay:
+    """What one replay of a step reserved and requested. Bytes."""
+
+    peak_reserved: int
+    peak_requested: int  # tensors and workspaces, the sizes asked for
+    fragmentation: int  # reserved - allocated right after the reserve's peak
+    out_of_memory: bool = False  # an allocation did not fit the capacity
+    skipped_workspaces: int = 0  # convolution workspaces that did not fit (a plan needing less)
+
+
+def replay_step(
+    events: Iterable,
+    config: AllocatorConfig,
+    workspaces: Workspaces,
+    capacity: int | None = None,
+    device_memory: int | None = None,
+) -> StepReplay:
+    """Replay a step's stream through the caching-allocator model (module docstring);
+    ``capacity``: the bytes the allocator can get (None: no limit)."""
+    model = CachingAllocatorModel(config, capacity, device_memory)
+    blocks: dict = {}
+    skipped = 0
+    for index, event in enumerate(events):
+        model.event_index = index
+        try:
+            if event is START:
+                for _ in range(workspaces.cublas_count):
+                    model.malloc(workspaces.cublas_bytes)  # held until the process ends
+            elif isinstance(event, ConvCall):
+                skipped += conv_workspace(model, workspaces.conv(event))
+            elif event[0] == "alloc":
+                blocks[event[1]] = model.malloc(event[2])
+            else:
+                block = blocks.pop(event[1])
+                if block is not None:
+                    model.free(block)
+        except ModelledOutOfMemory:
+            return _result(model, skipped, out_of_memory=True)
+    return _result(model, skipped)
+
+
+def conv_workspace(model: CachingAllocatorModel, size: int) -> int:
+    """A convolution's workspace, allocated and freed around its call; 1 when it does not fit
+    and PyTorch would fall back to a plan that needs less (workspace.py), else 0."""
+    if not size:
+        return 0
+    try:
+        model.free(model.malloc(size))
+    except ModelledOutOfMemory:
+        return 1
+    return 0
+
+
+def _result(model: CachingAllocatorModel, skipped: int, out_of_memory: bool = False) -> StepReplay:
+    fragmentation = model.at_peak.fragmentation if model.at_peak is not None else 0
+    return StepReplay(
+        model.peak_reserved, model.peak_requested, fragmentation, out_of_memory, skipped
+    )
+
+
+@dataclass(frozen=True)
+class DeviceTerms:
+    """A step's device total and its terms (module docstring). Bytes."""
+
+    tensors: int
+    workspace: int
+    reserve_slack: int
+    context: int
+    fragmentation: int = 0
+    out_of_memory: bool = False  # the replay under the budget ran out of memory
+
+    @property
+    def peak_reserved(self) -> int:
+        return self.tensors + self.workspace + self.reserve_slack
+
+    @property
+    def total(self) -> int:
+        return self.peak_reserved + self.context
+
+    def as_columns(self) -> dict[str, int]:
+        """The row's columns of these terms."""
+        return {
+            "peak_reserved_bytes": self.peak_reserved,
+            "device_total_bytes": self.total,
+            "context_bytes": self.context,
+            "workspace_bytes": self.workspace,
+            "reserve_slack_bytes": self.reserve_slack,
+        }
+
+
+def terms_of(tensors: int, replay: StepReplay, context: int) -> DeviceTerms:
+    """The terms of a replay whose tensors peak at ``tensors`` bytes."""
+    return DeviceTerms(
+        tensors,
+        replay.peak_requested - tensors,
+        replay.peak_reserved - replay.peak_requested,
+        context,
+        replay.fragmentation,
+        replay.out_of_memory,
+    )
+
+
+def step_terms(
+    events: Iterable,
+    *,
+    tensors: int,
+    gemm_threads: Iterable[str],
+    profile: DeviceProfile,
+    alloc_conf: str = "",
+    benchmark: bool = False,
+    budget: int | None = None,
+    fit_by: str = "total",
+) -> DeviceTerms:
+    """The device terms of a recorded step (``step_stream.StreamTracker``'s ``events`` and
+    ``gemm_threads``; ``tensors``: its tensor peak) on ``profile``'s card, the allocator under
+    ``alloc_conf``, convolutions with ``cudnn.benchmark`` as ``benchmark`` says.
+
+    With a ``budget`` the step is judged as ``fit_by`` says; when its figure is over the budget
+    the step is replayed again with the budget as the allocator's capacity (less the context
+    for ``total``), where PyTorch would free cached blocks before failing: if that replay runs
+    through, its terms are the step's (it fits); if not, ``out_of_memory`` is set and the terms
+    are the full, unlimited ones."""
+    config = parse_alloc_conf(alloc_conf)
+    workspaces = Workspaces(
+        int(profile.cublas_workspace.value),
+        len(set(gemm_threads)),
+        profile.conv_workspace_ratio(benchmark).value,
+    )
+    context, memory = profile.context_bytes(), int(profile.memory.value)
+    events = list(events)
+    terms = terms_of(tensors, replay_step(events, config, workspaces, None, memory), context)
+    judged = {"total": terms.total, "reserved": terms.peak_reserved, "allocated": tensors}
+    if budget is None or judged[fit_by] <= budget or fit_by == "allocated":
+        return terms
+    capacity = budget - (context if fit_by == "total" else 0)
+    if capacity <= 0:
+        return replace(terms, out_of_memory=True)
+    capped = replay_step(events, config, workspaces, capacity, memory)
+    if capped.out_of_memory:
+        return replace(terms, out_of_memory=True)
+    return terms_of(tensors, capped, context)
+
+
+def judged_bytes(values: Mapping[str, int | None], fit_by: str) -> int | None:
+    """The figure a budget judges by (``schema.FIT_BY``), from a row's columns or a mapping
+    with ``peak_allocated_bytes``, ``peak_reserved_bytes``, ``device_total_bytes``; None where
+    the row lacks it."""
+    column = {
+        "total": "device_total_bytes",
+        "reserved": "peak_reserved_bytes",
+        "allocated": "peak_allocated_bytes",
+    }
+    if fit_by not in column:
+        raise ValueError(f"unknown fit_by {fit_by!r}; valid: {', '.join(FIT_BY)}")
+    return values.get(column[fit_by])
+
+
+def term_values(values: Mapping[str, int | None]) -> dict[str, int | None]:
+    """The four terms of a row's columns, by term name."""
+    return {
+        "tensors": values.get("peak_allocated_bytes"),
+        "workspace": values.get("workspace_bytes"),
+        "reserve_slack": values.get("reserve_slack_bytes"),
+        "context": values.get("context_bytes"),
+    }
+
+
+def deciding_term(values: Mapping[str, int | None], budget: int, fit_by: str = "total") -> str:
+    """The term that decides a budget: filling the budget term by term (tensors, workspace,
+    reserve slack, context; only those ``fit_by`` counts), the first whose running sum passes
+    it; for a row that fits, the largest term. '' when the row lacks its terms."""
+    terms = term_values(values)
+    counted = [(name, terms[name]) for name in JUDGED_TERMS[fit_by]]
+    if any(value is None for _, value in counted):
+        return ""
+    running = 0
+    for name, value in counted:
+        running += value
+        if running > budget:
+            return name
+    return max(counted, key=lambda item: item[1])[0]
+
+
+def describe_terms(values: Mapping[str, int | None], fit_by: str = "total") -> str:
+    """'tensors 6.90 + workspaces 0.05 + allocator reserve slack 0.80 + CUDA context 0.42 GiB':
+    the terms ``fit_by`` counts, in GiB."""
+    terms = term_values(values)
+    parts = [
+        f"{name.replace('_', ' ')} {terms[name] / 2**30:.2f}"
+        for name in JUDGED_TERMS[fit_by]
+        if terms[name] is not None
+    ]
+    return " + ".join(parts) + " GiB"
+
+
+__all__ = [
+    "DeviceTerms",
+    "JUDGED_TERMS",
+    "START",
+    "StepReplay",
+    "TERMS",
+    "TERM_LABELS",
+    "Workspaces",
+    "deciding_term",
+    "describe_terms",
+    "judged_bytes",
+    "replay_step",
+    "step_terms",
+    "terms_of",
+]
