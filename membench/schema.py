@@ -47,6 +47,11 @@ COMPILE_MODES = ("none", "default", "max-autotune")
 GRADIENT_MODES = ("kept", "released")
 OPTIMIZER_STATE_PLACES = ("device", "host")
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/design.md, "Cells on several devices")
+# What a token cell trains (docs/sequence-models.md): its loss and the head it needs.
+CAUSAL_LM, MASKED_LM, CLASSIFICATION = "causal-lm", "masked-lm", "classification"
+OBJECTIVES = (CAUSAL_LM, MASKED_LM, CLASSIFICATION)
+# transformers' attention implementations (its `attn_implementation`); flash needs its package.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
@@ -155,8 +160,21 @@ class Cell:
         id_part=str,
         id_always=True,
     )
-    res: int = cell_setting(
-        32, whole(1), "Input resolution (square).", id_part="r{}".format, id_always=True
+    # A cell's input is images (res) or token sequences (seq), never both: a cell with a seq
+    # has no res (docs/sequence-models.md).
+    res: int | None = cell_setting(
+        32,
+        optional(whole(1)),
+        "Input resolution (square) of an image cell.",
+        id_part="r{}".format,
+        id_always=True,
+    )
+    seq: int | None = cell_setting(
+        None,
+        optional(whole(1)),
+        "Sequence length of a token cell (an hf: arch): B x seq token ids in, no res.",
+        id_part="s{}".format,
+        kw_only=True,  # Cell(method, arch, res, batch, ...) keeps its positions
     )
     batch: int = cell_setting(
         32,
@@ -175,6 +193,14 @@ class Cell:
     classes: int = cell_setting(
         10, whole(1), "Number of classes K.", id_part="k{}".format, id_always=True
     )
+    objective: str | None = cell_setting(
+        None,
+        optional(choice(OBJECTIVES)),
+        "What a token cell trains: causal-lm, masked-lm or classification (K classes); "
+        "default: the arch's own (causal-lm for a decoder, masked-lm for an encoder).",
+        id_part=str,
+        kw_only=True,
+    )
     # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
     precision: str = cell_setting(
         "fp32",
@@ -189,6 +215,15 @@ class Cell:
         "Memory format of the conv weights and the batch.",
         id_part=lambda value: value.replace("_", "-"),
         tooling=True,
+    )
+    attn_implementation: str | None = cell_setting(
+        None,
+        optional(choice(ATTN_IMPLEMENTATIONS)),
+        "Attention of an hf: arch, transformers' attn_implementation (default: its own, sdpa "
+        "where the model has it); flash needs its package and a GPU.",
+        id_part="attn-{}".format,
+        tooling=True,
+        kw_only=True,
     )
     compile: str = cell_setting(
         "none",
@@ -246,6 +281,24 @@ class Cell:
     warmup: int = cell_setting(5, whole(0), "Warmup steps, not measured.", compare=False)
     steps: int = cell_setting(20, whole(1), "Measured steps.", compare=False)
 
+    def __post_init__(self) -> None:
+        # One input per cell: a sequence length makes it a token cell, whatever res says (the
+        # grid's res axis, its default 32 included, does not apply to it).
+        if self.seq is not None and self.res is not None:
+            object.__setattr__(self, "res", None)
+        if self.seq is None and self.res is None:
+            raise ConfigError("a cell needs an input: --res (images) or --seq (token sequences)")
+
+    @property
+    def takes_tokens(self) -> bool:
+        """Whether the cell's input is token sequences (``seq``) rather than images (``res``)."""
+        return self.seq is not None
+
+    @property
+    def tokens_per_sample(self) -> int | None:
+        """The tokens of one sample: seq for a token cell, None for an image cell."""
+        return self.seq
+
     @property
     def cell_id(self) -> str:
         """A readable id, unique within one sweep's grid: each setting's part, where it has one."""
@@ -267,6 +320,8 @@ class Cell:
         value that does not fit its column."""
         values = {s.name: parse_value(s.name, row.get(s.name)) for s in CELL_SETTINGS}
         missing = [key for key in IDENTITY_SETTINGS if values[key] in (None, "")]
+        if "res" in missing and values["seq"] is not None:
+            missing.remove("res")  # a token cell: its input is seq
         if missing:
             raise ValueError(f"a row without {', '.join(missing)} names no cell")
         return cls(**{key: value for key, value in values.items() if value not in (None, "")})
@@ -316,6 +371,7 @@ TIMING_STATS = ("median", "p10", "p90", "mean")
 DERIVED_COLUMN_TYPES = {
     **{f"step_ms_{stat}": "float" for stat in TIMING_STATS},
     "imgs_per_s": "float",
+    "tokens_per_s": "float",
     "achieved_tflops": "float",
     "mfu": "float",
 }
@@ -408,11 +464,27 @@ class CellResult:
 
     @property
     def imgs_per_s(self) -> float | None:
-        """Images per second over the measured steps: batch x steps / total measured time."""
+        """Samples (images, or sequences of a token cell) per second over the measured steps:
+        batch x steps / total measured time."""
         if not self.step_ms:
             return self._recorded("imgs_per_s")
         total_s = sum(self.step_ms) / 1e3
         return self.cell.batch * len(self.step_ms) / total_s if total_s > 0 else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """Samples (images or sequences) per second: the ``imgs_per_s`` column, whose name
+        earlier rows keep."""
+        return self.imgs_per_s
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Tokens per second of a token cell: samples per second x seq (None for images)."""
+        if not self.step_ms:
+            return self._recorded("tokens_per_s")
+        samples = self.imgs_per_s
+        seq = self.cell.tokens_per_sample
+        return None if samples is None or seq is None else samples * seq
 
     @property
     def achieved_tflops(self) -> float | None:

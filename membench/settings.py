@@ -90,8 +90,11 @@ def setting(
     tooling: bool = False,
     commands: Sequence[str] = ("sweep", "run"),
     metavar: str = "",
+    kw_only: bool = False,
 ) -> Field:
-    """Declare a dataclass field as a setting (see the module docstring)."""
+    """Declare a dataclass field as a setting (see the module docstring). ``kw_only``: a
+    keyword-only argument of the dataclass, for a setting declared among earlier ones (its
+    column and id part where it belongs) that must not move their positions."""
     spec = dict(
         key=key,
         parse=parse,
@@ -104,6 +107,8 @@ def setting(
         commands=tuple(commands),
         metavar=metavar,
     )
+    if kw_only:
+        return field(default=default, metadata={SETTING: spec}, kw_only=True)
     return field(default=default, metadata={SETTING: spec})
 
 

@@ -63,8 +63,18 @@ def new_result(cell: Cell, device: str, device_name: str, **values) -> CellResul
 
 
 def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The protocol's one synthetic batch, made once on the device before timing."""
+    """The protocol's one synthetic batch, made once on the device before timing: images and
+    class labels, or for a token cell token ids and its objective's labels
+    (``membench.archs.token_batch``; a causal LM's labels are its input ids, one tensor)."""
     generator = torch.Generator().manual_seed(cell.seed)
+    if cell.takes_tokens:
+        from ..archs import token_batch
+
+        inputs, labels = token_batch(
+            cell.arch, cell.objective, cell.batch, cell.seq, cell.classes, generator
+        )
+        moved = inputs.to(device)
+        return moved, moved if labels is inputs else labels.to(device)
     images = torch.randn(cell.batch, 3, cell.res, cell.res, generator=generator)
     labels = torch.randint(0, cell.classes, (cell.batch,), generator=generator)
     images = images.to(device)
@@ -89,8 +99,10 @@ def count_step_flops(cell: Cell) -> int:
     """FLOPs of one training step of ``cell``: one eager step of its runner on fake tensors
     (step 1 of the protocol). A compiled cell is counted eager: compiling changes how, not
     what, it computes."""
+    from ..archs.hf import as_on_real_tensors
+
     cell = dataclasses.replace(cell, compile="none")
-    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+    with torch.random.fork_rng(devices=[]), FakeTensorMode(), as_on_real_tensors():
         runner = build_runner(cell, "cpu")
         skip_inf_checks(runner)
         images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ..archs.hf import as_on_real_tensors
 from ..errors import error_text
 from ..measure.devices import Device
 from ..measure.memtrack import TensorMemoryTracker, cuda_allocated_size
@@ -109,6 +110,7 @@ class EstimateDevice(Device):
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))  # leave the caller's RNG alone
             stack.enter_context(FakeTensorMode())
+            stack.enter_context(as_on_real_tensors())  # transformers' reads of batch values
             if self.kind == "cuda":
                 stack.enter_context(_cuda_dropout())
                 stack.enter_context(cuda_autocast())

@@ -13,11 +13,10 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..archs import is_layer_stack
-from ..schema import MEMORY_FORMATS, PRECISIONS, Cell
+from ..archs import build_arch, is_layer_stack
+from ..schema import CLASSIFICATION, MEMORY_FORMATS, PRECISIONS, Cell
 from .contract import RunnerContract
 
 # The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
@@ -100,7 +99,9 @@ class Runner(ABC):
     @classmethod
     def check_tooling(cls, cell) -> None:
         """Raise RunnerConfigError for update tooling this runner cannot honour (``cell``: a
-        ``membench.schema.Cell``); called before any run, after ``check_cell``."""
+        ``membench.schema.Cell``) and a token cell it cannot run (``check_input``); called
+        before any run, after ``check_cell``."""
+        cls.check_input(cell)
         if cell.grads == "released" and not cls.contract.grads_released:
             raise RunnerConfigError(
                 f"{cls.name} cannot release gradients at their update (--grads released)"
@@ -110,6 +111,26 @@ class Runner(ABC):
                 f"{cls.name} cannot keep its optimizer state in host memory "
                 "(--optimizer-state host)"
             )
+
+    @classmethod
+    def check_input(cls, cell) -> None:
+        """Raise RunnerConfigError for a token cell (``cell.seq``) this runner cannot run: one of
+        a runner that declares no ``token_inputs``, a layer-local one whose objective is not
+        ``classification`` (its heads classify each block's goodness), or channels_last (a
+        memory format of images)."""
+        if not cell.takes_tokens:
+            return
+        if not cls.contract.token_inputs:
+            raise RunnerConfigError(
+                f"{cls.name} runs image cells only, not token sequences ({cell.arch})"
+            )
+        if cls.contract.layer_stack and cell.objective != CLASSIFICATION:
+            raise RunnerConfigError(
+                f"{cls.name} trains a classifier head per block: on token sequences it needs "
+                "--objective classification"
+            )
+        if cell.memory_format != "contiguous":
+            raise RunnerConfigError("--memory-format channels_last applies to images only")
 
     @staticmethod
     def default_micro_batch(batch: int) -> int:
@@ -179,6 +200,17 @@ class Runner(ABC):
                     )
         return module.train()
 
+    def build_arch(self) -> nn.Module:
+        """The cell's arch, built for this runner: its class count, dropout, and for a token
+        model its objective and attention implementation."""
+        return build_arch(
+            self.arch,
+            self.classes,
+            dropout=self.dropout,
+            objective=self.cell.objective,
+            attn_implementation=self.cell.attn_implementation,
+        )
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules() for p in m.parameters()]
 
@@ -190,8 +222,3 @@ class Runner(ABC):
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]
-
-
-def spatial_goodness(z: torch.Tensor) -> torch.Tensor:
-    """DTG-FF's goodness features: flatten(AdaptiveAvgPool2d(z**2, (2, 2))), dimension 4*C."""
-    return F.adaptive_avg_pool2d(z.square(), (2, 2)).flatten(1)
