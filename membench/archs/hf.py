@@ -243,21 +243,28 @@ def build_hf(
     return HFTask(model, objective, is_causal(name))
 
 
+def token_labels(
+    name: str, objective: str | None, input_ids: torch.Tensor, classes: torch.Tensor, generator
+) -> torch.Tensor:
+    """The labels of ``input_ids`` for the objective: ``causal-lm``, the ids themselves (one
+    tensor; transformers shifts them); ``masked-lm``, random ids at MASKED_SHARE of the
+    positions and IGNORE_INDEX elsewhere; ``classification``, ``classes`` (one per sequence)."""
+    objective = objective_of(name, objective)
+    if objective == CAUSAL_LM:
+        return input_ids
+    if objective == MASKED_LM:
+        labelled = torch.rand(input_ids.shape, generator=generator) < MASKED_SHARE
+        labels = torch.randint(0, vocabulary_size(name), input_ids.shape, generator=generator)
+        return labels.masked_fill(~labelled, IGNORE_INDEX)
+    return classes
+
+
 def token_batch(name: str, objective: str | None, batch: int, seq: int, classes: int, generator):
     """A synthetic batch for an ``hf:`` cell: token ids uniform over the vocabulary, B x seq, and
-    the labels of the objective (``causal-lm``: the ids themselves, which transformers shifts;
-    ``masked-lm``: random ids at MASKED_SHARE of the positions, IGNORE_INDEX elsewhere;
-    ``classification``: one class per sequence)."""
-    objective = objective_of(name, objective)
-    vocabulary = vocabulary_size(name)
-    input_ids = torch.randint(0, vocabulary, (batch, seq), generator=generator)
-    if objective == CAUSAL_LM:
-        return input_ids, input_ids
-    if objective == MASKED_LM:
-        labelled = torch.rand(batch, seq, generator=generator) < MASKED_SHARE
-        labels = torch.randint(0, vocabulary, (batch, seq), generator=generator)
-        return input_ids, labels.masked_fill(~labelled, IGNORE_INDEX)
-    return input_ids, torch.randint(0, classes, (batch,), generator=generator)
+    the objective's labels (``token_labels``; a class per sequence uniform in [0, classes))."""
+    input_ids = torch.randint(0, vocabulary_size(name), (batch, seq), generator=generator)
+    per_sequence = torch.randint(0, classes, (batch,), generator=generator)
+    return input_ids, token_labels(name, objective, input_ids, per_sequence, generator)
 
 
 @contextlib.contextmanager

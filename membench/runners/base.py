@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..archs import build_arch, is_layer_stack
-from ..schema import CLASSIFICATION, MEMORY_FORMATS, PRECISIONS, Cell
+from ..archs import build_arch, is_layer_stack, objective_of
+from ..schema import MEMORY_FORMATS, PRECISIONS, Cell
 from .contract import RunnerContract
 
 # The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
@@ -114,20 +114,22 @@ class Runner(ABC):
 
     @classmethod
     def check_input(cls, cell) -> None:
-        """Raise RunnerConfigError for a token cell (``cell.seq``) this runner cannot run: one of
-        a runner that declares no ``token_inputs``, a layer-local one whose objective is not
-        ``classification`` (its heads classify each block's goodness), or channels_last (a
-        memory format of images)."""
+        """Raise RunnerConfigError for a token cell (``cell.seq``) this runner cannot run: its
+        objective (the arch's default where the cell names none) not among the contract's
+        ``token_objectives`` (none: image cells only; the layer-local methods classify each
+        block's goodness), or channels_last (a memory format of images)."""
         if not cell.takes_tokens:
             return
-        if not cls.contract.token_inputs:
+        taken = cls.contract.token_objectives
+        if not taken:
             raise RunnerConfigError(
                 f"{cls.name} runs image cells only, not token sequences ({cell.arch})"
             )
-        if cls.contract.layer_stack and cell.objective != CLASSIFICATION:
+        objective = objective_of(cell.arch, cell.objective)
+        if objective not in taken:
             raise RunnerConfigError(
-                f"{cls.name} trains a classifier head per block: on token sequences it needs "
-                "--objective classification"
+                f"{cls.name} trains {' or '.join(taken)} on token sequences, not {objective}: "
+                f"give --objective {taken[0]}"
             )
         if cell.memory_format != "contiguous":
             raise RunnerConfigError("--memory-format channels_last applies to images only")

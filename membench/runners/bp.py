@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import ArchError, HFTask, LayerStack, without_dropout
+from ..schema import CLASSIFICATION, OBJECTIVES
 from .base import Runner, RunnerConfigError
 from .contract import RunnerContract
 from .optim import PerParameterAdamW, WholeModelAdamW
@@ -67,7 +68,7 @@ class BPRunner(Runner):
     name = "bp"
     summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
     contract = RunnerContract(
-        family="bp", token_inputs=True, grads_released=True, host_optimizer_state=True
+        family="bp", token_objectives=OBJECTIVES, grads_released=True, host_optimizer_state=True
     )
     checkpointing: str | None = None  # "full" | "selective" (saved_tensors.CHECKPOINT_POLICIES)
 
@@ -263,7 +264,7 @@ class BPDeepSupRunner(BPRunner):
 
     name = "bp-deepsup"
     summary = "end-to-end BP with a learned head per conv layer on DTG-FF's goodness features"
-    contract = BPRunner.contract.but(layer_stack=True)
+    contract = BPRunner.contract.but(layer_stack=True, token_objectives=(CLASSIFICATION,))
 
     def build_model(self) -> nn.Module:
         return DeepSupModel(build_layer_stack(self), self.classes)

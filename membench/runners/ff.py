@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..archs import LayerStack
+from ..schema import CLASSIFICATION
 from .base import AUTOCAST_DTYPES, Runner, RunnerConfigError
 from .bp import build_layer_stack
 from .contract import RunnerContract
@@ -113,7 +114,7 @@ class _DTGFFRunner(Runner):
     contract = RunnerContract(
         family="ff",
         layer_stack=True,
-        token_inputs=True,
+        token_objectives=(CLASSIFICATION,),  # a readout per block classifies its goodness
         grads_released=True,
         host_optimizer_state=True,
     )
