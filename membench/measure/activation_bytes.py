@@ -6,7 +6,8 @@ storage, and returns one ``SavedTensor`` per storage the graph keeps: its bytes,
 that produced it (``native_layer_norm``, ``addmm``, ``_softmax``, ``native_dropout``,
 ``_to_copy`` for an autocast copy). A storage saved twice (q and k, views of one projection's
 output) is counted once, whole; the storages given as ``exclude`` (parameters, the forward's
-input) are left out. Run under fake tensors (an estimate's session) nothing is computed or allocated.
+input) are left out. Under fake tensors (an estimate's session) nothing is computed or
+allocated.
 
 This is how docs/sequence-models.md sets a GPT-2 block beside Korthikanti et al.'s per-layer
 activation formula, term by term.
