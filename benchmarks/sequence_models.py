@@ -2,6 +2,8 @@
 
     python benchmarks/sequence_models.py --out results/sequence-models [--seq 512,1024,2048]
         [--batch 8] [--budget 24GiB] [--fit-seq 1024] [--models gpt2-small,...]
+    python benchmarks/sequence_models.py --out results/sequence-models --seq 1024 \
+        --depth-study 1,2,3,4,6,12,24
 
 For each model (random weights from its config, no download), sequence length and configuration
 (bf16: bp, bp-ckpt, bp-offload, and bp with gradients released and AdamW's state in host
@@ -9,6 +11,8 @@ memory) it writes one row to ``estimates.csv`` as it goes: the CUDA estimate of 
 ``--batch`` and the seconds that estimate took on this machine; then, at ``--fit-seq``, one row
 per configuration to ``fits.csv``: ``membench fit``'s largest batch under ``--budget`` and the
 seconds the search took. Rows already in the files are kept and skipped (a rerun resumes).
+``--depth-study`` instead sets layer-local training against BP on GPT-2 medium's blocks at each
+depth (``depth.csv``).
 
 The configs are the models' published ones (``config.json`` of each model's Hugging Face
 repository, named in ``MODELS``), given as ``hf:`` overrides; ``max_position_embeddings`` is
@@ -160,6 +164,48 @@ def fits(out: Path, models: list[str], seq: int, budget: int) -> None:
             )
 
 
+DEPTH_METHODS = ("bp", "bp-deepsup", "ff-naive", "ff-pipelined")
+
+
+def depth_study(out: Path, depths: list[int], seq: int, batch: int) -> None:
+    """Layer-local against BP on GPT-2 medium's blocks (width 1024, 16 heads) at ``depths``:
+    each method's CUDA estimate in bf16, classification (the objective the layer-local methods
+    train, so every method trains the same task), one row per (depth, method) to depth.csv."""
+    path = out / "depth.csv"
+    done = _done(path, ["depth", "method"])
+    for depth in depths:
+        arch = f"hf:gpt2?n_embd=1024&n_head=16&n_layer={depth}"
+        for method in DEPTH_METHODS:
+            if (str(depth), method) in done:
+                continue
+            cell = Cell(
+                method,
+                arch,
+                None,
+                batch,
+                seq=seq,
+                objective="classification",
+                precision="bf16",
+                warmup=1,
+                steps=1,
+            )
+            start = time.perf_counter()
+            result = estimate_cell(cell, "cuda", count_flops=False)
+            _append(
+                path,
+                ["depth", "method", "seq", "batch", "status", "peak_bytes", "seconds"],
+                dict(
+                    depth=depth,
+                    method=method,
+                    seq=seq,
+                    batch=batch,
+                    status=result.status,
+                    peak_bytes=result.peak_allocated_bytes,
+                    seconds=f"{time.perf_counter() - start:.1f}",
+                ),
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/sequence-models"))
@@ -168,8 +214,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--budget", default="24GiB")
     parser.add_argument("--fit-seq", default="1024", help="comma list; '' for no fits")
+    parser.add_argument(
+        "--depth-study",
+        default="",
+        help="comma list of depths: only the layer-local vs BP study at --seq's first length",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.depth_study:
+        depths = [int(d) for d in args.depth_study.split(",")]
+        depth_study(args.out, depths, int(args.seq.split(",")[0]), args.batch)
+        return
     models = [m for m in args.models.split(",") if m]
     estimates(args.out, models, [int(s) for s in args.seq.split(",")], args.batch)
     for seq in [int(s) for s in args.fit_seq.split(",") if s]:

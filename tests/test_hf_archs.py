@@ -289,3 +289,37 @@ def test_fit_searches_the_batch_or_the_sequence_length():
     longest = fit_seq("bp", GPT, 6, budget)
     assert longest.seq >= 32 and longest.next_peak_bytes > budget >= longest.peak_bytes
     assert longest.next_seq == longest.seq + 1
+
+
+def test_a_token_sweep_reports_samples_and_tokens_per_second(tmp_path):
+    """The sweep's table names a token cell's input (s16) and its tokens/s; the row has both."""
+    from membench.results import read_rows
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--arch",
+            GPT,
+            "--seq",
+            "16",
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--isolation",
+            "none",
+            "--out",
+            str(tmp_path),
+        ],
+        terminal_width=300,
+    )
+    assert result.exit_code == 0, result.output
+    assert "tokens/s" in result.output and "s16" in result.output
+    (row,) = read_rows(tmp_path / "cells.csv")[1]
+    assert row["res"] == "" and row["seq"] == "16"
+    assert float(row["tokens_per_s"]) == pytest.approx(16 * float(row["imgs_per_s"]))

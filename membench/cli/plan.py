@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 
 # fit plans one arch at one resolution: the paper's ImageNet-sized cell unless told otherwise.
 FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can run the arch"}
+# The cell settings fit passes through to every estimate (a token model's, the tooling).
+FIT_CELL_SETTINGS = (
+    "seq",
+    "objective",
+    "attn_implementation",
+    "precision",
+    "grads",
+    "optimizer_state",
+)
 
 
 def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
@@ -62,7 +71,17 @@ def _one(settings: dict, key: str):
 @reports_input_errors
 @setting_options(
     "fit",
-    only=("arch", "res", "method", "micro_batch", "classes", "device_mem", "seed"),
+    only=(
+        "arch",
+        "res",
+        "method",
+        "micro_batch",
+        "classes",
+        "device_mem",
+        "seed",
+        *FIT_CELL_SETTINGS,
+        "batch",
+    ),
     defaults=FIT_DEFAULTS,
 )
 def fit(
@@ -83,6 +102,12 @@ def fit(
         fail("fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
+    cell_settings = {key: _one(settings, key) for key in FIT_CELL_SETTINGS if key in settings}
+    if _searches_sequence(settings, arch):
+        _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_settings)
+        return
+    if "seq" in cell_settings:
+        res = None  # a token model's cell has no resolution
     from ..measure.flops import resolve_gpu
     from ..planning.fit import FitError, check_fit_input, fit_batch
 
@@ -92,7 +117,7 @@ def fit(
     methods = (
         list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
         if "method" in settings
-        else _methods_for(arch)
+        else _methods_for(arch, cell_settings)
     )
     if not methods:
         raise ConfigError("--method needs at least one value")
@@ -108,10 +133,12 @@ def fit(
             device_kind,
             max_batch,
             micro_batch if _splits(name) else None,
+            **cell_settings,
         )
 
+    shape = f"{res}x{res}" if res is not None else f"seq {cell_settings['seq']}"
     typer.echo(
-        f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
+        f"membench fit: {arch} at {shape}, K={classes}, budget {budget / 2**30:.3f} GiB "
         f"({device_kind} estimate, max batch {max_batch})"
     )
     if peak is not None:
@@ -136,6 +163,7 @@ def fit(
                 max_batch=max_batch,
                 micro_batch=micro_batch if _splits(name) else None,
                 seed=seed,
+                **cell_settings,
             )
         except FitError as err:
             typer.echo(f"{name:14s} {'error':>18s}   {err}")
@@ -150,16 +178,71 @@ def _splits(method: str) -> bool:
         return False
 
 
-def _methods_for(arch: str) -> list[str]:
-    """Every registered one-device method that accepts ``arch`` (torchvision models exclude
-    layer-wise ones)."""
-    from ..runners import RunnerConfigError
+def _searches_sequence(settings: dict, arch: str) -> bool:
+    """Whether ``fit`` searches a token model's sequence length (``--batch`` without ``--seq``)
+    rather than the batch; fails for a combination that names neither or does not apply."""
+    from ..archs import takes_tokens
 
+    if not takes_tokens(arch):
+        if "batch" in settings:
+            fail("--batch applies to token models (fit searches their sequence length)")
+        return False
+    if "seq" in settings:
+        return False
+    if "batch" not in settings:
+        fail(
+            f"{arch} takes token sequences: give --seq N (fit searches the batch) "
+            "or --batch B (fit searches the sequence length)"
+        )
+    return True
+
+
+def _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_settings) -> None:
+    """``fit --batch B`` of a token model: per method, the longest sequence that fits."""
+    from ..planning.fit import FitError, fit_seq
+
+    batch = _one(settings, "batch")
+    methods = (
+        list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
+        if "method" in settings
+        else _methods_for(arch, {**cell_settings, "seq": 1})
+    )
+    typer.echo(
+        f"membench fit: {arch} at batch {batch}, budget {budget / 2**30:.3f} GiB "
+        f"({device_kind} estimate): the longest sequence"
+    )
+    typer.echo(f"{'method':14s} {'longest seq':>12s} {'peak':>12s}   next sequence length")
+    for name in methods:
+        try:
+            result = fit_seq(
+                name, arch, batch, budget, classes, device_kind, seed=seed, **cell_settings
+            )
+        except FitError as err:
+            typer.echo(f"{name:14s} {'error':>12s}   {err}")
+            continue
+        beyond = (
+            "the model's longest sequence fits"
+            if result.capped
+            else f"seq {result.next_seq}: {format_gib(result.next_peak_bytes)}"
+        )
+        longest = "none" if result.seq is None else str(result.seq)
+        typer.echo(f"{name:14s} {longest:>12s} {format_gib(result.peak_bytes):>12s}   {beyond}")
+
+
+def _methods_for(arch: str, cell_settings: dict | None = None) -> list[str]:
+    """Every registered one-device method that accepts ``arch`` (torchvision models exclude
+    layer-wise ones; a token model's, those that train its objective)."""
+    from ..runners import RunnerConfigError
+    from ..schema import Cell
+
+    cell_settings = cell_settings or {}
     methods = []
     for name in available_methods():
         try:
             runner = get_runner(name)
             runner.check_cell(arch, 32, 2, None)
+            if cell_settings.get("seq") is not None:
+                runner.check_input(Cell(name, arch, None, 2, **cell_settings))
         except RunnerConfigError:
             continue
         if not runner.contract.spans_devices:  # fit plans one device
