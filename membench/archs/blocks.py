@@ -18,14 +18,16 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def largest_block_list(
-    model: nn.Module, kinds: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList)
+    model: nn.Module,
+    kinds: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList),
+    members: int = 2,
 ) -> tuple[str, nn.Module] | None:
-    """The container of ``kinds`` below the top level, with more than one member, that holds the
-    most parameters (a ViT's ``encoder.layers``, a MaxViT's ``blocks``, a GPT's ``transformer.h``),
-    with its dotted name; None when there is none."""
+    """The container of ``kinds`` below the top level, with at least ``members`` members, that
+    holds the most parameters (a ViT's ``encoder.layers``, a MaxViT's ``blocks``, a GPT's
+    ``transformer.h``), with its dotted name; None when there is none."""
     best, most = None, 0
     for name, module in model.named_modules():
-        if name and isinstance(module, kinds) and len(module) > 1:
+        if name and isinstance(module, kinds) and len(module) >= members:
             count = parameter_count(module)
             if count > most:
                 best, most = (name, module), count
@@ -34,5 +36,6 @@ def largest_block_list(
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """A transformer's blocks: the ``ModuleList`` that holds the most parameters (``transformer.h``
-    of GPT-2, ``model.layers`` of Llama, ``bert.encoder.layer`` of BERT), with its dotted name."""
-    return largest_block_list(model, (nn.ModuleList,))
+    of GPT-2, ``model.layers`` of Llama, ``bert.encoder.layer`` of BERT), with its dotted name;
+    a model of one block has a list of one."""
+    return largest_block_list(model, (nn.ModuleList,), members=1)
