@@ -12,7 +12,7 @@ its setting's own parser (``membench.settings``); the result is a frozen ``Sweep
 Every setting of a ``Cell`` is a grid axis: a list, which may differ per ``[[grid]]`` table of
 a profile (the sweep runs the union of the grids, each a cross product). The settings of how a
 sweep runs are ``SweepOptions``. Adding a setting is one field declaration in either class and
-the code that uses the value (docs/design.md, "Settings").
+the code that uses the value (docs/design.md, "Adding a setting").
 
 This module imports no torch: the registry and the archs are imported when a grid is expanded.
 """
@@ -113,8 +113,8 @@ class SweepOptions:
         "TFLOP/s for MFU, replacing the datasheet's (GPU) or the calibrated one (CPU).",
         metavar="TFLOPS",
     )
-    # Memory over time (docs/design.md, "Memory over time"): one more step, after the measured
-    # ones, recorded; it changes nothing a cell measures, so it is no part of a cell.
+    # Memory over time (docs/timeline.md): one more step, after the measured ones, recorded; it
+    # changes nothing a cell measures, so it is no part of a cell.
     timeline: bool = setting(
         False,
         flag,

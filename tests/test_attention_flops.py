@@ -106,7 +106,7 @@ def test_every_sdpa_kernel_op_has_a_flop_formula():
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels  # the list is real
     missing = [name for name in kernels if name.replace("aten::", "aten.") not in known]
     assert missing == []
-    # only what torch's table lacks is membench's (docs/design.md, "FLOPs and MFU")
+    # only what torch's table lacks is membench's (docs/measurement.md, "FLOPs and MFU")
     assert not set(flops.ATTENTION_FORWARD + flops.ATTENTION_BACKWARD) & set(flop_registry)
 
 

@@ -174,14 +174,14 @@ def test_the_compiled_check_catches_a_compiled_region_that_computes_something_el
     monkeypatch.setattr(
         Runner,
         "compiled",
-        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args)),
+        lambda self, fn: fn if self.cell.compile == "none" else (lambda *args: fn(*args)),
     )
     assert check_compiled("bp", SMALL).passed
     # ...and one whose compiled region returns slightly different logits
     monkeypatch.setattr(
         Runner,
         "compiled",
-        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args) * 1.01),
+        lambda self, fn: fn if self.cell.compile == "none" else (lambda *args: fn(*args) * 1.01),
     )
     assert not check_compiled("bp", SMALL).passed
 

@@ -1,4 +1,4 @@
-"""Architectures (docs/design.md, "Architectures"): what an arch name means, and the models.
+"""Architectures (docs/archs.md): what an arch name means, and the models.
 
 - ``specs``: the shapes of membench's own archs, without torch (conv stacks, CIFAR ResNets);
 - ``layers``: the layer-stack contract (``LayerStack``: a model as an ordered sequence of local

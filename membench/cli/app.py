@@ -1,7 +1,7 @@
 """The typer application: every command is a function of a command module, registered here.
 
 The command modules never import this one, so the CLI has no import cycle; each command parses
-its options, builds the library's objects and calls the library (see docs/design.md).
+its options, builds the library's objects and calls the library (see docs/design.md, "Folders").
 
 Every way a command line can be wrong ends the same way, one line ``membench: error: ...`` and
 exit 2: the settings' own parsers say so for a bad value, and click's usage errors (an unknown

@@ -15,7 +15,7 @@ precision (``membench.measure.peaks``), a user's ``--peak-tflops``, or on the CP
 convolution rate calibrated at the start of the sweep (``membench.measure.calibrate``, about two
 seconds per precision on any CPU). MFU = achieved TFLOP/s / peak, never above 1: a step that ran
 faster than its peak has no defensible one, and its MFU is left empty (``apply_peak``);
-docs/design.md ("FLOPs and MFU") says what each peak means.
+docs/measurement.md ("FLOPs and MFU") says what each peak means.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def conv_backward_flop(
     C_in / g input channels, so it counts g times too much (a depthwise conv of C channels, C
     times). Its input-gradient term is right (the weight's shape already holds C_in / g). This
     formula is torch's with the weight-gradient term divided by the groups: per group, a dense
-    convolution of C_in / g to C_out / g channels (docs/design.md, "FLOPs and MFU").
+    convolution of C_in / g to C_out / g channels (docs/measurement.md, "FLOPs and MFU").
     """
 
     def t(shape):
@@ -120,7 +120,7 @@ ATTENTION_BACKWARD = (
 )
 
 # What FlopCounterMode counts differently from torch's own registry, or what the registry lacks
-# (docs/design.md, "FLOPs and MFU"); every FLOP count of membench goes through it.
+# (docs/measurement.md, "FLOPs and MFU"); every FLOP count of membench goes through it.
 FLOP_FORMULAS = {
     _aten.convolution_backward: conv_backward_flop,
     **{op: attention_flop for op in ATTENTION_FORWARD},

@@ -3,7 +3,7 @@
 ``run_cell(cell, device)`` is the only code that runs a cell's steps for a measurement. A
 sweep's worker, ``membench run``, the pytest fixture (with its own ``timer``) and the estimator
 (with an ``EstimateDevice``, whose steps run on fake tensors) all call it, so warmup, the FLOP
-count, the memory pass and timing are written once (docs/design.md, "Measurement protocol"):
+count, the memory pass and timing are written once (docs/measurement.md, "Measurement protocol"):
 
 1. FLOPs: one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
    (``count_step_flops``), before any other step of the cell: nothing is computed, no real
@@ -15,7 +15,7 @@ count, the memory pass and timing are written once (docs/design.md, "Measurement
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
-   (``Device.record_timeline``; docs/design.md, "Memory over time").
+   (``Device.record_timeline``; docs/timeline.md).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def run_cell(
     finally:
         gc.collect()  # free what the cell left so the next one starts from the same place
         device.release_cached_memory()
-    apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
+    apply_peak(result, peak)  # MFU never above 1 (docs/measurement.md, "FLOPs and MFU")
     return result
 
 

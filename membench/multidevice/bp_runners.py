@@ -1,7 +1,7 @@
 """Backprop across devices, on torch's own APIs: ``bp-ddp``, ``bp-fsdp`` and ``bp-pp``.
 
 Each is the ``bp`` model and recipe (``membench.runners.bp``: same weights for a seed, same loss,
-same AdamW), spread over the cell's ranks (docs/design.md, "Cells on several devices"):
+same AdamW), spread over the cell's ranks (docs/multi-device.md, "The methods"):
 
 - ``bp-ddp``: ``DistributedDataParallel`` (gradients as bucket views), each rank a 1/N share of
   the batch; the gradients are averaged across ranks in the backward pass;
@@ -92,7 +92,7 @@ class BPDDPRunner(_DataParallel):
         # An estimate's fake group moves no data: DDP cannot check parameter shapes at init, its
         # all-reduce hands back nothing, and it cannot agree on a new bucket order after the
         # first step (a broadcast it reads back): an estimate keeps the first order, whose
-        # buckets hold the same gradient bytes (docs/design.md, "Cells on several devices").
+        # buckets hold the same gradient bytes (docs/multi-device.md, "The methods").
         fake = estimating()
         self.ddp = DistributedDataParallel(
             self.model, device_ids=ids, gradient_as_bucket_view=True, init_sync=not fake

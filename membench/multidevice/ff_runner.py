@@ -1,8 +1,8 @@
 """DTG-FF across devices: ``ff-pp``, a forward-only pipeline of layer-local training.
 
 Each rank owns the contiguous layers of ``pipeline_stages`` (the split ``bp-pp`` uses) and
-trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/design.md,
-"Cells on several devices"): chunk by chunk, each of its layers runs forward, local loss
+trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/multi-device.md,
+"The methods"): chunk by chunk, each of its layers runs forward, local loss
 (x M/B) and backward on the chunk, the gradient accumulating, and propagates the chunk to the
 next layer (``FFPipelinedRunner.train_chunk``, the pre-step weights'); the chunk's output goes
 to the next rank. No gradient ever crosses a rank: chunks flow forward only. After its last chunk
@@ -117,10 +117,14 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
                 )
             with self.clock.busy():
                 out = self._through_layers(x, labels[start : start + rows], features)
+            # The received chunk (or the slice of the images) is spent: drop it before the next
+            # receive is posted, so a rank holds one input chunk at a time.
             del x
             if sending is not None:
                 sending[1].wait()  # the chunk before has left: its output can go
             sending = None if self.is_last_rank else (out, dist.isend(out, dst=self.rank + 1))
+            # Only the pending send may keep the output now (the last rank keeps none): it goes
+            # once the send completes, one chunk later.
             del out
         if sending is not None:
             sending[1].wait()

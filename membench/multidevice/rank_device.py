@@ -1,8 +1,8 @@
 """One rank of a cell on several devices, measured under the protocol itself.
 
 Every rank runs ``protocol.run_cell`` on a ``RankDevice``: its own device (the CPU, its GPU, or
-an estimate's), seen through a wrapper that adds what only a rank has (docs/design.md, "Cells on
-several devices"):
+an estimate's), seen through a wrapper that adds what only a rank has (docs/multi-device.md,
+"One measurement path"):
 
 - the bytes it sends per step, counted by ``RankTracker`` during the protocol's tracker pass
   (every collective and send goes through the dispatcher as a ``c10d`` op, so a dispatch mode

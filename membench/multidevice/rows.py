@@ -2,7 +2,7 @@
 
 A cell with ``devices`` N > 1 runs N ranks (``membench.multidevice.launch``); each rank measures
 itself under the protocol and returns its own ``CellResult``. ``combine_ranks`` makes the cell's
-row from them (docs/design.md, "Cells on several devices"):
+row from them (docs/multi-device.md, "What a row records"):
 
 - the peak is the largest rank's (``peak_rank`` names it; the breakdown is that rank's);
 - each step's time is the slowest rank's, so imgs/s is the whole cell's batch over it;

@@ -1,4 +1,4 @@
-"""What every runner that spans devices shares (docs/design.md, "Cells on several devices").
+"""What every runner that spans devices shares (docs/multi-device.md).
 
 A runner that spans devices is built once per rank of ``torch.distributed``, inside a process
 group the cell's launcher made (``membench.multidevice.launch``), or a fake one an estimate made
@@ -24,7 +24,7 @@ from .split import balanced_stages, conv_costs
 FAKE_BACKEND = "fake"  # the backend of torch.testing's fake process group (estimates)
 # What a runner that spans devices changes in the contract of the method it extends
 # (RunnerContract.but(**SPANS_DEVICES)): it runs on ranks, and takes neither update tool
-# (docs/design.md, "Cells on several devices": refused); a pipeline also splits the batch into
+# (docs/multi-device.md, "Refusals"); a pipeline also splits the batch into
 # micro-batches and a conv stack into stages.
 SPANS_DEVICES = dict(spans_devices=True, grads_released=False, host_optimizer_state=False)
 PIPELINE = dict(SPANS_DEVICES, micro_batch=True, layer_stack=True)
@@ -66,7 +66,7 @@ class Pipeline(SpansDevices):
     @classmethod
     def check_cell(cls, arch, res, batch, micro_batch) -> None:
         # The stages are balanced over each conv layer's cost, which only a conv stack's spec
-        # gives before anything is built (docs/design.md, "Architectures").
+        # gives before anything is built (docs/archs.md, "Conv stacks").
         if not is_conv_stack(arch):
             raise RunnerConfigError(
                 f"{cls.name} splits a conv stack into pipeline stages "

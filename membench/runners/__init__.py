@@ -1,5 +1,17 @@
-"""Runner registry: every runner, built-in or third-party, comes from the ``membench.methods``
-entry-point group, so ``membench list methods`` and the sweep see them the same way.
+"""The training methods on one device, and the registry of every method (docs/runners.md).
+
+- ``base``: the ``Runner`` base class and what every runner shares (the tooling's torch
+  objects, DTG-FF's spatial goodness); ``contract``: ``RunnerContract``, what a runner declares
+  on its class (what it takes, its family, what ``membench verify`` holds it to);
+- ``bp``: the backprop family (``bp``, ``bp-accum``, ``bp-ckpt``, ``bp-sac``, ``bp-offload``,
+  ``bp-deepsup``); ``ff``: DTG-FF (``ff-naive``, ``ff-pipelined``);
+- ``saved_tensors``: checkpointing and offloading what forward saves; ``optim``: the recipe's
+  AdamW and the update's tooling; ``host_memory``: the marker for host memory, which the device
+  count leaves out.
+
+The methods that span devices are ``membench.multidevice``'s. This module is the registry:
+every runner, built-in or third-party, comes from the ``membench.methods`` entry-point group, so
+``membench list methods`` and the sweep see them the same way.
 
 Importing the registry imports no torch: a runner's module (and torch with it) is imported when
 the runner is first asked for, and ``Runner`` and ``RunnerConfigError`` when first named."""
@@ -62,7 +74,7 @@ def builtin_runner_modules() -> list[str]:
 
 
 # The built-ins that train on one device, and those that run only as a cell on several
-# (``--devices N``, docs/design.md "Cells on several devices").
+# (``--devices N``, docs/multi-device.md).
 SINGLE_DEVICE_METHODS = (
     "bp",
     "bp-accum",

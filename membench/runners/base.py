@@ -19,10 +19,10 @@ from ..archs import build_arch, is_layer_stack, objective_of
 from ..schema import MEMORY_FORMATS, PRECISIONS, Cell
 from .contract import RunnerContract
 
-# The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
+# The shared recipe (docs/runners.md, "Training recipe"): the propagation path's dropout is the
 # conv stacks' (membench.archs.conv_stack); the optimizer's part is in optim.py.
 
-# Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
+# Standard tooling every runner takes (docs/runners.md, "Standard tooling"), as torch's objects;
 # the settings' choices are membench.schema's.
 AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
 TORCH_MEMORY_FORMATS = dict(zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last)))

@@ -57,7 +57,7 @@ def build_layer_stack(runner: Runner) -> LayerStack:
     if not isinstance(stack, LayerStack):
         raise ArchError(
             f"{runner.name} needs a layer stack, and {runner.arch} is a "
-            f'{type(stack).__name__} (docs/design.md, "Architectures")'
+            f'{type(stack).__name__} (docs/archs.md, "The plugin contract")'
         )
     return stack
 

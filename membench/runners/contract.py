@@ -22,7 +22,7 @@ class RunnerContract:
     # own family (named after the method).
     family: str = ""
     # What it can take (a setting it does not take is refused before anything runs, or reset to
-    # its default where the grid has several methods: docs/design.md, "Settings").
+    # its default where the grid has several methods: docs/sweeps.md, "One configuration").
     layer_stack: bool = False  # trains a layer stack only (membench.archs.LayerStack)
     # The objectives of the token cells (an hf: arch, --seq) it runs; none: image cells only.
     token_objectives: tuple[str, ...] = ()

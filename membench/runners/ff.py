@@ -8,7 +8,7 @@ A classifier on the detached, globally pooled features of layers 1..L-1 trains w
 AdamW; the backbone never sees its gradient.
 
 The two runners compute the same per-layer losses and differ only in the schedule of one step,
-which is the whole point of measuring them side by side. docs/design.md ("DTG-FF") explains the
+which is the whole point of measuring them side by side. docs/runners.md ("DTG-FF") explains the
 method and why the two schedules differ in memory.
 """
 

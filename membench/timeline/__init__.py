@@ -1,4 +1,4 @@
-"""Memory over one training step (docs/design.md, "Memory over time").
+"""Memory over one training step (docs/timeline.md).
 
 - ``events``: the ``Timeline`` of one step, its ``timeline.csv`` rows and where it peaks (no torch);
 - ``phases``: the phase of each event and the tracker's recorder (torch);

@@ -1,4 +1,4 @@
-"""PyTorch memory snapshots and timelines, both ways (docs/design.md, "Memory over time").
+"""PyTorch memory snapshots and timelines, both ways (docs/timeline.md).
 
 - ``synthesize_snapshot``: a ``Timeline`` recorded by the tensor tracker (the CPU, estimates) as
   the dictionary ``torch.cuda.memory._snapshot()`` returns, so PyTorch's own viewers open it
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from .events import ALLOC, FREE, Phase, Timeline
 
-# PyTorch's viewer (MemoryViz.js, its annotate_snapshot; docs/design.md, "Memory over time")
+# PyTorch's viewer (MemoryViz.js, its annotate_snapshot; docs/timeline.md, "Files")
 # colours an allocation it knows only from `segments` (here: live through the whole step) as
 # 'unknown' and needs that name among the trace's categories, else it throws and draws nothing.
 VIEWER_CATEGORY = "unknown"

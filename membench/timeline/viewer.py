@@ -1,4 +1,4 @@
-"""PyTorch's memory viewer without a network (docs/design.md, "Memory over time").
+"""PyTorch's memory viewer without a network (docs/timeline.md, "Files").
 
 ``python -m torch.cuda._memory_viz trace_plot`` writes an HTML page that embeds the snapshot and
 imports the viewer, ``MemoryViz.js``, from a CDN; the viewer imports d3 from another, so offline

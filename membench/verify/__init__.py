@@ -1,5 +1,8 @@
 """Correctness checks for runners (``membench verify``): a runner's numbers are only worth
-measuring if it trains what it claims to train.
+measuring if it trains what it claims to train (docs/runners.md, "Correctness").
+
+``verify()`` and the tolerances are here, one function per check in ``checks``, and the checks
+of the runners that span devices, on gloo ranks, in ``across_devices``.
 
 The checks, each applicable to any registered runner, third-party ones included:
 

@@ -345,11 +345,11 @@ def finite(value: float) -> bool:
 
 
 def check_layer_isolation(method: str, setup: VerifySetup) -> CheckResult:
-    """The arch's layer decomposition keeps gradients apart (docs/design.md, "Architectures"):
-    walked as the layer-local methods walk it (each next input from the detached output), a
-    loss on unit l's output must reach unit l's parameters and no other unit's. A block that
-    read a tensor of an earlier unit (a shortcut across a unit boundary, a cached map) fails
-    it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
+    """The arch's layer decomposition keeps gradients apart (docs/archs.md, "The layer-stack
+    contract"): walked as the layer-local methods walk it (each next input from the detached
+    output), a loss on unit l's output must reach unit l's parameters and no other unit's. A
+    block that read a tensor of an earlier unit (a shortcut across a unit boundary, a cached
+    map) fails it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
     ff-pipelined's. Any decomposition: membench's stacks and a plugin's ``LayerStack`` alike."""
     from ..archs import HFTask, LayerStack, build_arch
 

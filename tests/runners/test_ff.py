@@ -1,4 +1,4 @@
-"""DTG-FF details that the paper requires (docs/design.md, "DTG-FF")."""
+"""DTG-FF details that the paper requires (docs/runners.md, "DTG-FF")."""
 
 import math
 

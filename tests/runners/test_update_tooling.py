@@ -1,6 +1,6 @@
 """The update's tooling (gradients released at their update, optimizer state in host memory),
 BP's tools combined with gradient accumulation, and FF's boundary held once: each changes what
-memory holds and nothing else (docs/design.md, "Standard tooling"). Each verify check is shown
+memory holds and nothing else (docs/runners.md, "Standard tooling"). Each verify check is shown
 failing on a small mutation."""
 
 from __future__ import annotations
