@@ -156,7 +156,8 @@ class Cell:
         "vgg8",
         name,
         "Architecture: vgg8, vgg11, vgg-dD-wW, resnet20..110, "
-        "tv:NAME, timm:NAME, a plugin's or pkg.mod:factory (`membench list archs`).",
+        "tv:NAME, timm:NAME, hf:MODEL_TYPE[?field=value&...] (transformers, token input), "
+        "a plugin's or pkg.mod:factory (`membench list archs`).",
         id_part=str,
         id_always=True,
     )

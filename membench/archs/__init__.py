@@ -7,7 +7,8 @@
 - ``registry``: where a name leads (membench's own, ``tv:NAME``, ``timm:NAME``, the
   ``membench.archs`` entry points, ``package.module:callable``) and ``build_arch``;
 - ``probe``: whether an arch runs at a resolution, from one fake forward (``validate_arch``);
-- ``hf``: ``transformers`` models from a config (``hf:gpt2``), token sequences in;
+- ``hf``: ``transformers`` models from a config (``hf:gpt2``), token sequences in; ``hf_stack``:
+  such a model cut at its blocks into a ``TokenStack``;
 - ``blocks``: where a model's repeated blocks are (checkpointing, FSDP2, a transformer's stack).
 
 Every public name of these modules is importable from ``membench.archs``; a module (and torch
