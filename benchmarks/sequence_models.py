@@ -53,8 +53,8 @@ MODELS = {
     "llama-1b": (
         "hf:llama?hidden_size=2048&intermediate_size=8192&num_hidden_layers=16"
         "&num_attention_heads=32&num_key_value_heads=8&vocab_size=128256"
-        "&max_position_embeddings=131072&tie_word_embeddings=true&rope_theta=500000",
-        "meta-llama/Llama-3.2-1B config.json (its rope_scaling left out: no memory effect)",
+        "&max_position_embeddings=131072&tie_word_embeddings=true",
+        "meta-llama/Llama-3.2-1B config.json (its rope parameters left out: no memory effect)",
     ),
 }
 # name -> (method, the cell's other settings); every one in bf16 autocast
@@ -64,7 +64,16 @@ CONFIGURATIONS = {
     "bp-offload": ("bp-offload", {}),
     "bp released+host": ("bp", {"grads": "released", "optimizer_state": "host"}),
 }
-ESTIMATE_COLUMNS = ["model", "seq", "batch", "configuration", "status", "peak_bytes", "seconds"]
+ESTIMATE_COLUMNS = [
+    "model",
+    "seq",
+    "batch",
+    "configuration",
+    "status",
+    "peak_bytes",
+    "seconds",
+    "error",
+]
 FIT_COLUMNS = [
     "model",
     "seq",
@@ -130,6 +139,7 @@ def estimates(out: Path, models: list[str], seqs: list[int], batch: int) -> None
                         status=result.status,
                         peak_bytes=result.peak_allocated_bytes,
                         seconds=f"{seconds:.1f}",
+                        error=result.error,
                     ),
                 )
 
@@ -206,6 +216,74 @@ def depth_study(out: Path, depths: list[int], seq: int, batch: int) -> None:
             )
 
 
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def _gib(value: str) -> str:
+    return f"{int(value) / 2**30:.2f}" if value else "-"
+
+
+def markdown(out: Path) -> str:
+    """The three CSVs as the Markdown tables of docs/sequence-models.md."""
+    lines = []
+    estimates = _rows(out / "estimates.csv")
+    if estimates:
+        cells = {(r["model"], r["seq"], r["configuration"]): r for r in estimates}
+        seqs = sorted({r["seq"] for r in estimates}, key=int)
+        lines.append("| model | seq | " + " | ".join(CONFIGURATIONS) + " |")
+        lines.append("| --- | ---: |" + " ---: |" * len(CONFIGURATIONS))
+        for model in MODELS:
+            for seq in seqs:
+                found = [cells.get((model, seq, name)) for name in CONFIGURATIONS]
+                if not any(found):
+                    continue
+                shown = [
+                    "-" if r is None else f"{_gib(r['peak_bytes'])} ({float(r['seconds']):.0f} s)"
+                    for r in found
+                ]
+                lines.append(f"| {model} | {seq} | " + " | ".join(shown) + " |")
+        lines.append("")
+    fitted = _rows(out / "fits.csv")
+    if fitted:
+        lines.append(
+            "| model | seq | configuration | largest batch | its peak GiB | next batch: peak GiB "
+            "| estimates | seconds |"
+        )
+        lines.append("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |")
+        for r in fitted:
+            following = (
+                f"{r['next_batch']}: {_gib(r['next_peak_bytes'])}" if r["next_batch"] else "-"
+            )
+            lines.append(
+                f"| {r['model']} | {r['seq']} | {r['configuration']} | {r['batch'] or 'none'} "
+                f"| {_gib(r['peak_bytes'])} | {following} | {r['estimates']} | {r['seconds']} |"
+            )
+        lines.append("")
+    depth = _rows(out / "depth.csv")
+    if depth:
+        peaks = {(r["depth"], r["method"]): r for r in depth}
+        lines.append("| depth | " + " | ".join(DEPTH_METHODS) + " | ff-pipelined ÷ bp |")
+        lines.append("| ---: |" + " ---: |" * (len(DEPTH_METHODS) + 1))
+        for d in sorted({r["depth"] for r in depth}, key=int):
+            row = [peaks.get((d, m)) for m in DEPTH_METHODS]
+            shown = [
+                "-" if r is None or r["status"] != "estimated" else _gib(r["peak_bytes"])
+                for r in row
+            ]
+            bp, ff = row[0], row[-1]
+            ratio = (
+                f"{int(ff['peak_bytes']) / int(bp['peak_bytes']):.2f}"
+                if bp and ff and bp["peak_bytes"] and ff["peak_bytes"]
+                else "-"
+            )
+            lines.append(f"| {d} | " + " | ".join(shown) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/sequence-models"))
@@ -219,7 +297,13 @@ def main() -> None:
         default="",
         help="comma list of depths: only the layer-local vs BP study at --seq's first length",
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the tables of what --out holds, and stop"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.out))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.depth_study:
         depths = [int(d) for d in args.depth_study.split(",")]

@@ -305,7 +305,7 @@ def plan_lines(result, top: int) -> list[str]:
 @reports_input_errors
 @setting_options(
     "plan",
-    only=("arch", "res", "batch", "classes", "precision", "device_mem"),
+    only=("arch", "res", "seq", "objective", "batch", "classes", "precision", "device_mem"),
     defaults={**FIT_DEFAULTS, "precision": "fp32,bf16"},
 )
 def plan_command(
@@ -338,11 +338,13 @@ def plan_command(
             fail("plan needs the budget to fit: --device-mem 8GiB, or a device profile as --gpu")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     batch, classes = _one(settings, "batch"), _one(settings, "classes")
+    seq, objective = _one(settings, "seq"), _one(settings, "objective")
     link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
     if not link > 0 or top < 1:
         fail("--link-gbps must be positive and --top at least 1")
+    shape = f"{res}x{res}" if seq is None else f"seq {seq}"
     typer.echo(
-        f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
+        f"membench plan: {arch} at {shape}, batch {batch}, K={classes}, budget "
         f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)"
     )
     typer.echo(
@@ -352,8 +354,17 @@ def plan_command(
     precisions = SETTING_BY_KEY["precision"].parse_axis(
         settings.get("precision", "fp32,bf16"), "--precision"
     )
+    token = {"seq": seq, "objective": objective} if seq is not None else {}
     result = plan(
-        arch, res, batch, budget, name, classes=classes, link_gbps=link, precisions=precisions
+        arch,
+        res,
+        batch,
+        budget,
+        name,
+        classes=classes,
+        link_gbps=link,
+        precisions=precisions,
+        **token,
     )
     for line in plan_lines(result, top):
         typer.echo(line)
