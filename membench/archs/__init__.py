@@ -9,7 +9,8 @@
 - ``probe``: whether an arch runs at a resolution, from one fake forward (``validate_arch``);
 - ``hf``: ``transformers`` models from a config (``hf:gpt2``), token sequences in; ``hf_stack``:
   such a model cut at its blocks into a ``TokenStack``;
-- ``blocks``: where a model's repeated blocks are (checkpointing, FSDP2, a transformer's stack).
+- ``block_lists``: where a model's repeated blocks are (checkpointing, FSDP2, a transformer's
+  stack).
 
 Every public name of these modules is importable from ``membench.archs``; a module (and torch
 with it, but for ``specs``) is imported when one of its names is first used.
@@ -23,7 +24,7 @@ import importlib
 # so a grid can be checked without it); a name is imported from its module when first used.
 _EXPORTS = {
     "conv_stack": ("ChannelLayerNorm", "ConvStack", "PROPAGATION_DROPOUT", "build_conv_stack"),
-    "blocks": ("block_list", "largest_block_list", "parameter_count"),
+    "block_lists": ("block_list", "largest_block_list", "parameter_count"),
     "hf": ("HF_PREFIX", "HFTask", "build_hf", "hf_config", "is_hf", "objective_of", "token_batch"),
     "layers": ("Layer", "LayerStack", "LayerStackSpec", "TokenStack", "check_contract"),
     "probe": (

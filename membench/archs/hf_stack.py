@@ -15,7 +15,7 @@ import inspect
 import torch
 from torch import nn
 
-from .blocks import block_list
+from .block_lists import block_list
 from .layers import TokenStack
 from .specs import ArchError
 

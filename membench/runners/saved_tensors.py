@@ -8,7 +8,7 @@
 - ``checkpoint_torchvision_stages``: the same for torchvision classifiers, at real stage
   boundaries (VGG's feature segments between pools, ResNet's ``layer1..4``, √n segments of any
   other top-level ``Sequential``), and for a transformer (a ViT, an ``hf:`` model) at each
-  block of its block list (``membench.archs.blocks``: GPT-2's ``transformer.h``, Llama's
+  block of its block list (``membench.archs.block_lists``: GPT-2's ``transformer.h``, Llama's
   ``model.layers``, BERT's ``encoder.layer``).
 - ``OffloadSavedTensors``: saved-tensor hooks that move every tensor saved for backward to host
   memory (pinned on CUDA) and back when backward needs it, as
@@ -32,7 +32,7 @@ from torch.utils.checkpoint import (
     noop_context_fn,
 )
 
-from ..archs.blocks import largest_block_list
+from ..archs.block_lists import largest_block_list
 from .host_memory import host_memory
 
 CHECKPOINT_POLICIES = ("full", "selective")

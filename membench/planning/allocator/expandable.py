@@ -9,7 +9,7 @@ A mixin of ``allocator.CachingAllocatorModel``: it uses the model's free lists a
 
 from __future__ import annotations
 
-from .blocks import Block, add_unmapped, has_room, is_mapped, link, remove_unmapped
+from .block_lists import Block, add_unmapped, has_room, is_mapped, link, remove_unmapped
 
 
 class ExpandableSegments:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
-from .blocks import Block, Segment, expandable_size, link, remove_unmapped
+from .block_lists import Block, Segment, expandable_size, link, remove_unmapped
 from .conf import SIZE_MAX, AllocatorConfig, AllocatorConfigError
 from .expandable import ExpandableSegments
 

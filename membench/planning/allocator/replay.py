@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from membench.errors import InputError
 
-from .blocks import Block
+from .block_lists import Block
 from .conf import AllocatorConfig
 from .model import CachingAllocatorModel, ModelledOutOfMemory, PeakState
 
