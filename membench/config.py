@@ -49,7 +49,9 @@ EXECUTOR_CHOICES = ("local", "ray")
 MAX_PARAMETER_BYTES = 2**40
 SWEEP = ("sweep",)
 # A grid is walked arch by arch, then resolution, batch and method; other settings vary fastest.
-SWEEP_ORDER = ("arch", "res", "batch", "method")
+SWEEP_ORDER = ("arch", "res", "seq", "batch", "method")
+# The settings of a token cell only (docs/sequence-models.md); an image cell has none of them.
+TOKEN_SETTINGS = ("seq", "objective", "attn_implementation")
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,54 @@ def _runners_of(values: dict) -> dict:
     return runners
 
 
+def _input_settings(settings: dict, tokens: bool) -> None:
+    """One input per cell: a token model's cell has no res, an image model's none of the token
+    settings (a grid over both kinds of arch gives each its own)."""
+    if tokens:
+        settings["res"] = None
+    else:
+        settings.update(dict.fromkeys(TOKEN_SETTINGS))
+
+
+def _token_archs(values: Mapping[str, tuple]) -> set[str]:
+    """The grid's archs whose input is token sequences; ConfigError where a token setting is
+    given and no arch of the grid takes tokens."""
+    from .archs import ArchError, takes_tokens
+
+    try:
+        tokens = {arch for arch in values["arch"] if takes_tokens(arch)}
+    except ArchError as err:
+        raise ConfigError(str(err)) from None
+    if not tokens:
+        for key in TOKEN_SETTINGS:
+            if values[key] != (None,):
+                option = next(s.option for s in CELL_SETTINGS if s.name == key)
+                raise ConfigError(
+                    f"{option} applies to token models (hf:...); "
+                    f"{', '.join(values['arch'])} take images"
+                )
+    return tokens
+
+
+def _validate_archs(values: Mapping[str, tuple], tokens: set[str]) -> None:
+    """Every arch of the grid runs on every input of the grid (``validate_arch``)."""
+    from .archs import ArchError, validate_arch
+
+    for arch in values["arch"]:
+        try:
+            if arch in tokens:
+                for seq, objective, attention in itertools.product(
+                    values["seq"], values["objective"], values["attn_implementation"]
+                ):
+                    validate_arch(arch, seq=seq, objective=objective, attn_implementation=attention)
+            else:
+                for res in values["res"]:
+                    validate_arch(arch, res)
+            check_parameter_size(arch)
+        except ArchError as err:
+            raise ConfigError(str(err)) from None
+
+
 def _cell_of(runner, settings: dict) -> Cell:
     """One combination of the grid as the runner's cell: what it does not take reset to the
     default, its own defaults filled in; ConfigError where the runner cannot run it."""
@@ -405,8 +455,6 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
     arch="vgg8", res=32, batch=[32, 64])``); a setting not given takes its default. Every
     method known, every arch buildable at every resolution, every runner able to run its cell;
     ConfigError on the first problem, before anything runs."""
-    from .archs import ArchError, validate_arch
-
     unknown = sorted(set(axes) - {s.name for s in CELL_SETTINGS})
     if unknown:
         raise ConfigError(
@@ -415,17 +463,14 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
         )
     values = {s.name: _axis_values(s.name, axes) for s in CELL_SETTINGS}
     runners = _runners_of(values)
-    for arch, res in itertools.product(values["arch"], values["res"]):
-        try:
-            validate_arch(arch, res)
-            check_parameter_size(arch)
-        except ArchError as err:
-            raise ConfigError(str(err)) from None
+    tokens = _token_archs(values)
+    _validate_archs(values, tokens)
 
     cells: dict[Cell, None] = {}
     order = [*SWEEP_ORDER, *(key for key in values if key not in SWEEP_ORDER)]
     for combination in itertools.product(*(values[key] for key in order)):
         settings = dict(zip(order, combination))
+        _input_settings(settings, settings["arch"] in tokens)
         cells[_cell_of(runners[settings["method"]], settings)] = None
     check_compile(list(cells), estimate)
     return list(cells)

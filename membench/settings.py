@@ -94,8 +94,11 @@ def setting(
     commands: Sequence[str] = ("sweep", "run"),
     metavar: str = "",
     separator: str = ",",
+    kw_only: bool = False,
 ) -> Field:
-    """Declare a dataclass field as a setting (see the module docstring)."""
+    """Declare a dataclass field as a setting (see the module docstring). ``kw_only``: a
+    keyword-only argument of the dataclass, for a setting declared among earlier ones (its
+    column and id part where it belongs) that must not move their positions."""
     spec = dict(
         key=key,
         parse=parse,
@@ -109,6 +112,8 @@ def setting(
         metavar=metavar,
         separator=separator,
     )
+    if kw_only:
+        return field(default=default, metadata={SETTING: spec}, kw_only=True)
     return field(default=default, metadata={SETTING: spec})
 
 

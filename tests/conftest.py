@@ -10,6 +10,8 @@ import torch
 
 # The CPU's GEMM calibration (once per sweep) is a second by default; tests need only a figure.
 os.environ.setdefault("MEMBENCH_CALIBRATION_S", "0.1")
+# transformers models are built from their configs: no test may reach the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # A conv stack small enough that a step takes milliseconds on the CPU.
 TINY_ARCH = "vgg-d3-w8"

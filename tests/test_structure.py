@@ -173,7 +173,10 @@ def test_runners_import_nothing_from_measurement(tmp_path):
 # The modules that compute with tensors; every other module (a new one included) must import
 # without torch, so reading results, the CLI, the pytest plugin and the sweep process stay light.
 NEEDS_TORCH = {
+    "membench.archs.block_lists",
     "membench.archs.conv_stack",
+    "membench.archs.hf",
+    "membench.archs.hf_stack",
     "membench.archs.layers",
     "membench.archs.probe",
     "membench.archs.registry",
@@ -187,6 +190,7 @@ NEEDS_TORCH = {
     "membench.measure.memtrack",
     "membench.measure.flops",
     "membench.measure.calibrate",
+    "membench.measure.activation_bytes",
     "membench.measure.protocol",
     "membench.planning.estimate",
     "membench.planning.step_stream",

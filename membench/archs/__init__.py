@@ -6,7 +6,11 @@
 - ``conv_stack``: the paper's conv stacks; ``resnet``: He et al.'s CIFAR ResNets;
 - ``registry``: where a name leads (membench's own, ``tv:NAME``, ``timm:NAME``, the
   ``membench.archs`` entry points, ``package.module:callable``) and ``build_arch``;
-- ``probe``: whether an arch runs at a resolution, from one fake forward (``validate_arch``).
+- ``probe``: whether an arch runs at a resolution, from one fake forward (``validate_arch``);
+- ``hf``: ``transformers`` models from a config (``hf:gpt2``), token sequences in; ``hf_stack``:
+  such a model cut at its blocks into a ``TokenStack``;
+- ``block_lists``: where a model's repeated blocks are (checkpointing, FSDP2, a transformer's
+  stack).
 
 Every public name of these modules is importable from ``membench.archs``; a module (and torch
 with it, but for ``specs``) is imported when one of its names is first used.
@@ -20,8 +24,18 @@ import importlib
 # so a grid can be checked without it); a name is imported from its module when first used.
 _EXPORTS = {
     "conv_stack": ("ChannelLayerNorm", "ConvStack", "PROPAGATION_DROPOUT", "build_conv_stack"),
-    "layers": ("Layer", "LayerStack", "LayerStackSpec", "check_contract"),
-    "probe": ("ArchProbe", "is_layer_stack", "probe_arch", "refresh_registry", "validate_arch"),
+    "block_lists": ("block_list", "largest_block_list", "parameter_count"),
+    "hf": ("HF_PREFIX", "HFTask", "build_hf", "hf_config", "is_hf", "objective_of", "token_batch"),
+    "layers": ("Layer", "LayerStack", "LayerStackSpec", "TokenStack", "check_contract"),
+    "probe": (
+        "ArchProbe",
+        "is_layer_stack",
+        "probe_arch",
+        "probe_tokens",
+        "refresh_registry",
+        "token_stack_problem",
+        "validate_arch",
+    ),
     "registry": (
         "ENTRY_POINT_GROUP",
         "TIMM_PREFIX",
@@ -33,6 +47,7 @@ _EXPORTS = {
         "parameters_on_meta",
         "plugin_arch_names",
         "resolve_arch",
+        "takes_tokens",
         "torchvision_model_names",
         "without_dropout",
     ),

@@ -16,6 +16,13 @@ of the BP family run the same units end to end (``bp-ckpt`` checkpoints each one
   crossed a unit boundary would carry a gradient across it). ``membench verify``'s layer-isolation
   check fails on a stack that breaks this (tests/test_layer_stacks.py shows it failing).
 
+What the layer-local methods read from a unit's output is the stack's, not the method's: DTG-FF's
+goodness features (``goodness``: the squared output averaged over four regions, 4·C_l features;
+for a map the 2 x 2 spatial quadrants, channel-wise per location) and the pooled features of its
+classifier (``pooled``: C_l). A ``TokenStack`` (a transformer's blocks, B x S x H hidden states)
+averages over four consecutive segments of the sequence instead, token-wise over the hidden size
+(docs/sequence-models.md).
+
 Walk a stack with ``layers()``: each ``Layer`` has ``index``, ``block``, ``propagate``,
 ``channels``, ``is_last``, ``next_input(z)`` and ``parameters()``; calling it runs block then
 propagation where a next layer exists. A plugin model takes part by being a ``LayerStack``:
@@ -28,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .specs import ArchError
@@ -104,6 +112,30 @@ class LayerStack(nn.Module):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    # Whether a unit's first op casts its input to the autocast dtype (a conv), so that a
+    # layer-local method may hold the next input in that dtype and change no value; a
+    # transformer block adds its input to its output (the residual stream), so it may not.
+    casts_input_first: bool = True
+
+    @staticmethod
+    def goodness(z: torch.Tensor) -> torch.Tensor:
+        """DTG-FF's goodness features of a B x C x H x W output:
+        flatten(AdaptiveAvgPool2d(z**2, (2, 2))), B x 4C."""
+        return F.adaptive_avg_pool2d(z.square(), (2, 2)).flatten(1)
+
+    @staticmethod
+    def pooled(z: torch.Tensor) -> torch.Tensor:
+        """The classifier's features of an output: its global average, B x C."""
+        return z.mean(dim=(2, 3))
+
+    @staticmethod
+    def output_problem(z: object, batch: int, channels: int) -> str | None:
+        """What breaks the contract in a unit's output (None if nothing): a B x C_l x H x W map."""
+        if isinstance(z, torch.Tensor) and z.dim() == 4 and z.shape[:2] == (batch, channels):
+            return None
+        got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        return f"returned {got}, where the layer-stack contract needs B x {channels} x H x W"
+
     def layer(self, index: int) -> Layer:
         """Layer ``index`` (0-based; negative counts from the end)."""
         index = range(len(self.blocks))[index]  # IndexError past either end
@@ -124,6 +156,33 @@ class LayerStack(nn.Module):
         for layer in self.layers():
             x = layer(x)
         return x
+
+
+class TokenStack(LayerStack):
+    """A stack of units over token sequences (a transformer's blocks): each maps B x S x H_l
+    hidden states (token ids, B x S, into the first) to B x S x H_l. Its goodness is token-wise
+    over the hidden size: the squared hidden states averaged over four consecutive segments of
+    the sequence, B x 4H (the analogue of the conv stacks' 2 x 2 quadrants); its pooled features
+    the mean over the tokens, B x H."""
+
+    casts_input_first = False
+
+    @staticmethod
+    def goodness(z: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool1d(z.square().transpose(1, 2), 4).flatten(1)
+
+    @staticmethod
+    def pooled(z: torch.Tensor) -> torch.Tensor:
+        return z.mean(dim=1)
+
+    @staticmethod
+    def output_problem(z: object, batch: int, channels: int) -> str | None:
+        """What breaks the contract in a unit's output: B x S x H_l hidden states."""
+        if isinstance(z, torch.Tensor) and z.dim() == 3 and z.shape[0] == batch:
+            if z.shape[-1] == channels:
+                return None
+        got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        return f"returned {got}, where a token stack's unit returns B x S x {channels}"
 
 
 def check_contract(stack: LayerStack) -> None:

@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import one_line
 from .layers import LayerStack
-from .registry import build_arch, clear_caches, resolve_arch
+from .registry import TOKEN_KINDS, build_arch, clear_caches, resolve_arch
 from .specs import ArchError, cifar_resnet_spec, conv_stack_spec
 
 # Two samples: a training-mode BatchNorm needs more than one value per channel.
@@ -40,7 +40,7 @@ class ArchProbe:
     kind: str
     res: int
     parameters: int
-    layer_shapes: tuple[tuple[int, int, int], ...] | None
+    layer_shapes: tuple[tuple[int, ...], ...] | None
     output: tuple[int, ...]
 
     @property
@@ -48,22 +48,15 @@ class ArchProbe:
         return self.layer_shapes is not None
 
 
-def _walk(stack: LayerStack, x: torch.Tensor, name: str) -> list[tuple[int, int, int]]:
-    """Run every unit, checking the contract's B x C_l x H x W output of each."""
+def _walk(stack: LayerStack, x: torch.Tensor, name: str) -> list[tuple[int, ...]]:
+    """Run every unit, checking each output against the stack's contract (a B x C_l x H x W
+    map; a token stack's B x S x H_l)."""
     shapes = []
     for layer in stack.layers():
         z = layer.block(x)
-        if (
-            not isinstance(z, torch.Tensor)
-            or z.dim() != 4
-            or z.shape[0] != x.shape[0]
-            or z.shape[1] != layer.channels
-        ):
-            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ArchError(
-                f"{name}: unit {layer.index} returned {got}, where the layer-stack "
-                f"contract needs B x {layer.channels} x H x W"
-            )
+        problem = stack.output_problem(z, x.shape[0], layer.channels)
+        if problem:
+            raise ArchError(f"{name}: unit {layer.index} {problem}")
         shapes.append(tuple(int(s) for s in z.shape[1:]))
         x = layer.next_input(z)
     return shapes
@@ -112,10 +105,87 @@ def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
     return ArchProbe(name, source.kind, res, parameters, None, tuple(logits.shape))
 
 
-def validate_arch(name: str, res: int) -> None:
-    """ArchError unless ``name`` is an arch that runs at ``res``: from its spec for membench's
-    own archs, else from one fake forward (``probe_arch``)."""
+# A token model's forward is probed on sequences this long: what depends on the length (the
+# positions the config has) is checked from the config, the rest does not depend on it.
+TOKEN_PROBE_LENGTH = 8
+
+
+@cache
+def probe_tokens(
+    name: str, objective: str | None = None, attn_implementation: str | None = None
+) -> ArchProbe:
+    """Build a token model (``hf:``) on fake tensors for ``objective`` and run one training
+    forward of a batch of two short sequences (cached); ArchError, one line, if either fails or
+    the forward does not return a scalar loss."""
+    from .hf import as_on_real_tensors, token_batch
+
+    source = resolve_arch(name)
+    with (
+        torch.random.fork_rng(devices=[]),
+        _quiet_fake_tensors(),
+        FakeTensorMode(),
+        as_on_real_tensors(),
+    ):
+        model = build_arch(
+            name, PROBE_CLASSES, objective=objective, attn_implementation=attn_implementation
+        ).train()
+        parameters = sum(p.numel() for p in model.parameters())
+        generator = torch.Generator().manual_seed(0)
+        inputs, labels = token_batch(
+            name, objective, PROBE_BATCH, TOKEN_PROBE_LENGTH, PROBE_CLASSES, generator
+        )
+        try:
+            loss = model(inputs, labels)
+        except Exception as err:  # the model's own code: its reason, in one line
+            raise ArchError(f"{name} does not run on token sequences: {one_line(err)}") from None
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ArchError(f"{name} returned no scalar loss for a batch of token sequences")
+    return ArchProbe(name, source.kind, TOKEN_PROBE_LENGTH, parameters, None, ())
+
+
+@cache
+def token_stack_problem(name: str) -> str | None:
+    """Why ``name`` (a token model) cannot be cut into a layer stack, or None: its blocks found
+    and their arguments rebuilt, on fake tensors (cached)."""
+    from .hf import CLASSIFICATION, as_on_real_tensors
+
+    try:
+        with (
+            torch.random.fork_rng(devices=[]),
+            _quiet_fake_tensors(),
+            FakeTensorMode(),
+            as_on_real_tensors(),
+        ):
+            build_arch(name, PROBE_CLASSES, objective=CLASSIFICATION).as_layer_stack()
+    except ArchError as err:
+        return str(err)
+    return None
+
+
+def validate_arch(
+    name: str,
+    res: int | None = None,
+    *,
+    seq: int | None = None,
+    objective: str | None = None,
+    attn_implementation: str | None = None,
+) -> None:
+    """ArchError unless ``name`` is an arch that runs on the input: images at ``res`` (from its
+    spec for membench's own archs, else from one fake forward, ``probe_arch``), or token
+    sequences of ``seq`` for a token model (its positions from the config, its forward for
+    ``objective`` and ``attn_implementation`` from ``probe_tokens``)."""
     kind = resolve_arch(name).kind
+    if kind in TOKEN_KINDS:
+        from .hf import check_sequence, objective_of
+
+        if seq is None:
+            raise ArchError(f"{name} takes token sequences: give their length, --seq N")
+        objective_of(name, objective)
+        check_sequence(name, seq)
+        probe_tokens(name, objective, attn_implementation)
+        return
+    if seq is not None and res is None:
+        raise ArchError(f"{name} takes images, not token sequences: give --res, not --seq")
     if kind == "conv-stack":
         conv_stack_spec(name).check_resolution(res)
     elif kind == "cifar-resnet":
@@ -124,7 +194,7 @@ def validate_arch(name: str, res: int) -> None:
         probe_arch(name, res)
 
 
-def is_layer_stack(name: str, res: int) -> bool:
+def is_layer_stack(name: str, res: int | None = None) -> bool:
     """Whether ``name`` builds a ``LayerStack`` (what the layer-local methods and
     ``bp-deepsup`` need); torchvision and timm models never do."""
     kind = resolve_arch(name).kind
@@ -132,6 +202,8 @@ def is_layer_stack(name: str, res: int) -> bool:
         return True
     if kind in ("torchvision", "timm"):
         return False
+    if kind in TOKEN_KINDS:
+        return token_stack_problem(name) is None
     return probe_arch(name, res).is_layer_stack
 
 
@@ -140,3 +212,5 @@ def refresh_registry() -> None:
     a plugin module edited in place)."""
     clear_caches()
     probe_arch.cache_clear()
+    probe_tokens.cache_clear()
+    token_stack_problem.cache_clear()

@@ -8,7 +8,9 @@ global average pool and ``Linear(K)`` head). A name is looked up in this order:
 
 1. ``tv:NAME``: ``torchvision.models.get_model(NAME, weights=None, num_classes=K)``;
 2. ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=K)`` (the optional
-   ``timm`` extra);
+   ``timm`` extra); ``hf:MODEL_TYPE[?overrides]`` or ``hf:PATH/config.json``: a ``transformers``
+   model from its config, random weights, token sequences in (the optional ``hf`` extra;
+   ``membench.archs.hf``);
 3. membench's own: the conv stacks (``vgg8``, ``vgg11``, ``vgg-dD-wW[-pP]``) and the CIFAR
    ResNets (``resnet20`` ... ``resnet110``, ``resnet{6n+2}[-stage]``);
 4. a name registered in the ``membench.archs`` entry-point group by an installed package;
@@ -46,7 +48,9 @@ TORCHVISION_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
 TIMM_MISSING = "timm is not installed: pip install 'membench[timm]' (or pip install timm)"
 # The kinds of source a name can have (ArchSource.kind).
-KINDS = ("conv-stack", "cifar-resnet", "torchvision", "timm", "entry-point", "import-path")
+KINDS = ("conv-stack", "cifar-resnet", "torchvision", "timm", "hf", "entry-point", "import-path")
+# The kinds whose input is token sequences (a cell's seq); every other kind takes images.
+TOKEN_KINDS = ("hf",)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,17 @@ def _timm(name: str) -> ArchSource:
     return ArchSource(name, "timm", factory, f"timm.create_model({model!r})")
 
 
+def _hf(name: str) -> ArchSource:
+    from .hf import build_hf, hf_config
+
+    hf_config(name)  # ArchError now for a model type, field or file transformers cannot read
+
+    def factory(num_classes: int, **options) -> nn.Module:
+        return build_hf(name, num_classes, **options)
+
+    return ArchSource(name, "hf", factory, f"transformers config {name[3:]!r}")
+
+
 def _builtin(name: str) -> ArchSource | None:
     if is_conv_stack(name) or name.startswith("vgg-d"):
         from .conv_stack import build_conv_stack
@@ -209,6 +224,8 @@ def resolve_arch(name: str) -> ArchSource:
         return _torchvision(name)
     if is_timm(name):
         return _timm(name)
+    if name.startswith("hf:"):
+        return _hf(name)
     builtin = _builtin(name)
     if builtin is not None:
         return builtin
@@ -221,6 +238,7 @@ def resolve_arch(name: str) -> ArchSource:
         f"unknown arch {name!r}; valid: vgg8, vgg11, {PARAMETRIC_RULE}; resnet20, resnet32, "
         f"resnet44, resnet56, resnet110 ({RESNET_RULE}); tv:NAME (torchvision), timm:NAME; "
         + (f"plugins: {', '.join(plugins)}; " if plugins else "")
+        + "hf:MODEL_TYPE[?key=value&...] (transformers); "
         + "or package.module:callable (a factory taking num_classes)"
     )
 
@@ -288,18 +306,39 @@ def without_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_arch(name: str, classes: int, *, dropout: bool = True) -> nn.Module:
-    """A freshly initialised module for ``name`` with ``classes`` outputs (a classifier) or a
-    ``LayerStack``; ``dropout=False`` sets every dropout to 0. ArchError if the name resolves to
-    nothing, the factory fails, or it returns something that is not an ``nn.Module``."""
+def build_arch(
+    name: str,
+    classes: int,
+    *,
+    dropout: bool = True,
+    objective: str | None = None,
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """A freshly initialised module for ``name`` with ``classes`` outputs (a classifier), a
+    ``LayerStack``, or for an ``hf:`` arch an ``HFTask`` (token ids and labels in, its loss out)
+    training ``objective`` with ``attn_implementation`` (both the model's default when None, and
+    only for ``hf:`` archs); ``dropout=False`` sets every dropout to 0. ArchError if the name
+    resolves to nothing, the factory fails, or it returns something that is not an
+    ``nn.Module``."""
     source = resolve_arch(name)
+    options = {
+        key: value
+        for key, value in (("objective", objective), ("attn_implementation", attn_implementation))
+        if value is not None
+    }
+    if source.kind in TOKEN_KINDS:
+        options["dropout"] = dropout
+    elif options:
+        raise ArchError(
+            f"--{next(iter(options)).replace('_', '-')} applies to hf: archs, not {name}"
+        )
     try:
         # Under a fake-tensor mode the constructor runs on real tensors with meta parameters,
         # then the model becomes fake (``parameters_on_meta``): code that reads values while
         # building then works, and nothing is allocated.
         with unset_fake_temporarily() as mode:
             with parameters_on_meta() if mode is not None else contextlib.nullcontext():
-                model = source.factory(num_classes=classes)
+                model = source.factory(num_classes=classes, **options)
         if mode is not None and isinstance(model, nn.Module):
             model = _to_fake(model, mode)
     except ArchError:
@@ -314,3 +353,8 @@ def build_arch(name: str, classes: int, *, dropout: bool = True) -> nn.Module:
             f"{type(model).__name__}, not a torch.nn.Module"
         )
     return model if dropout else without_dropout(model)
+
+
+def takes_tokens(name: str) -> bool:
+    """Whether ``name``'s input is token sequences (a cell's ``seq``) rather than images."""
+    return resolve_arch(name).kind in TOKEN_KINDS

@@ -34,7 +34,7 @@ def describe(result: CellResult) -> str:
         head,
         f"  step time   median {stats['median']:.1f} ms  (p10 {stats['p10']:.1f}, p90 "
         f"{stats['p90']:.1f}, mean {stats['mean']:.1f}) over {len(result.step_ms)} steps",
-        f"  throughput  {result.imgs_per_s:.1f} imgs/s",
+        f"  throughput  {throughput_text(result, '.1f')}",
         f"  compute     {flops_text(result)}",
         f"  peak memory {format_gib(result.peak_allocated_bytes)} allocated "
         f"(source: {result.memory_source})",
@@ -48,6 +48,13 @@ def describe(result: CellResult) -> str:
     if result.host_peak_rss_bytes:
         lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
     return "\n".join(lines)
+
+
+def throughput_text(result: CellResult, spec: str) -> str:
+    """'1234 imgs/s' for an image cell; '12 sequences/s, 12288 tokens/s' for a token cell."""
+    if not result.cell.takes_tokens:
+        return f"{result.imgs_per_s:{spec}} imgs/s"
+    return f"{result.samples_per_s:{spec}} sequences/s, {result.tokens_per_s:{spec}} tokens/s"
 
 
 def flops_text(result: CellResult) -> str:
@@ -75,7 +82,7 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float, host: b
     parts = []
     median = result.summary_stats()["median"]
     if median is not None:
-        parts.append(f"median {median:.1f} ms, {result.imgs_per_s:.0f} imgs/s")
+        parts.append(f"median {median:.1f} ms, {throughput_text(result, '.0f')}")
     if result.peak_allocated_bytes is not None:
         parts.append(f"peak {format_gib(result.peak_allocated_bytes)}")
     if result.mfu is not None:
@@ -127,22 +134,30 @@ class EstimatesBar:
 def summary_table(results: list[CellResult], title: str) -> Table:
     """The end-of-sweep table: one line per cell."""
     table = Table(title=title)
-    for name in ("method", "arch", "res", "batch", "tooling", "status"):
+    # A sweep with token cells names each input (r32, s1024) and counts samples and tokens; an
+    # image sweep's table is as it always was.
+    tokens = any(result.cell.takes_tokens for result in results)
+    for name in ("method", "arch", "input" if tokens else "res", "batch", "tooling", "status"):
         table.add_column(name)
-    for name in ("median ms", "imgs/s", "peak GiB", "GFLOP/step", "MFU"):
+    rates = ("samples/s", "tokens/s") if tokens else ("imgs/s",)
+    for name in ("median ms", *rates, "peak GiB", "GFLOP/step", "MFU"):
         table.add_column(name, justify="right")
     for result in results:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
+        per_token = result.tokens_per_s
+        shown_rates = ["-" if imgs is None else f"{imgs:.0f}"]
+        if tokens:
+            shown_rates.append("-" if per_token is None else f"{per_token:.0f}")
         table.add_row(
             cell.method,
             cell.arch,
-            str(cell.res),
+            (f"s{cell.seq}" if cell.takes_tokens else f"r{cell.res}") if tokens else str(cell.res),
             str(cell.batch),
             " ".join(tooling_parts(cell)) or "-",
             result.status,
             "-" if median is None else f"{median:.1f}",
-            "-" if imgs is None else f"{imgs:.0f}",
+            *shown_rates,
             "-" if peak is None else f"{peak / 2**30:.3f}",
             "-" if flops is None else f"{flops / 1e9:,.1f}",
             "-" if mfu is None else f"{mfu:.1%}",

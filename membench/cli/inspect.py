@@ -33,7 +33,9 @@ def list_archs(
         conv_stack_spec,
         plugin_arch_names,
         probe_arch,
+        probe_tokens,
         resolve_arch,
+        takes_tokens,
         validate_arch,
     )
 
@@ -56,6 +58,10 @@ def list_archs(
     for name in names:
         try:
             kind = resolve_arch(name).kind
+            if takes_tokens(name):  # a transformers model: token ids in, at any --seq
+                params = probe_tokens(name).parameters
+                table.add_row(name, f"{kind} (token model)", f"{params:,}", "-", "token ids: --seq")
+                continue
             validate_arch(name, res)
             if kind == "conv-stack":
                 spec = conv_stack_spec(name)

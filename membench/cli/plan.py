@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 
 # fit plans one arch at one resolution: the paper's ImageNet-sized cell unless told otherwise.
 FIT_DEFAULTS = {"arch": "vgg11", "res": 224, "method": "every method that can run the arch"}
+# The cell settings fit passes through to every estimate (a token model's, the tooling).
+FIT_CELL_SETTINGS = (
+    "seq",
+    "objective",
+    "attn_implementation",
+    "precision",
+    "grads",
+    "optimizer_state",
+)
 
 
 def describe_fit(fit: FitResult, peak_tflops: float | None = None) -> str:
@@ -94,6 +103,8 @@ def card_of(gpu: str | None, settings: dict) -> str | None:
         "jobs",
         "device_profile",
         "fit_by",
+        *FIT_CELL_SETTINGS,
+        "batch",
     ),
     defaults=FIT_DEFAULTS,
 )
@@ -125,6 +136,16 @@ def fit(
     fit_by = _one(settings, "fit_by")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
+    cell_settings = {key: _one(settings, key) for key in FIT_CELL_SETTINGS if key in settings}
+    from ..planning.device_profiles import device_profile_of
+
+    card = device_profile_of(profile)
+    judged_by = fit_by if device_kind == "cuda" else "allocated"
+    if _searches_sequence(settings, arch):
+        _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_settings, card)
+        return
+    if "seq" in cell_settings:
+        res = None  # a token model's cell has no resolution
     from ..measure.flops import resolve_gpu
     from ..planning.fit import FitError, check_fit_input, fit_methods, methods_for, splits_batch
 
@@ -134,7 +155,7 @@ def fit(
     methods = (
         list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
         if "method" in settings
-        else methods_for(arch)
+        else methods_for(arch, cell_settings)
     )
     if not methods:
         raise ConfigError("--method needs at least one value")
@@ -150,16 +171,14 @@ def fit(
             device_kind,
             max_batch,
             micro_batch if splits_batch(name) else None,
+            **cell_settings,
         )
 
-    from ..planning.device_profiles import device_profile_of
-
-    card = device_profile_of(profile)
-    judged_by = fit_by if device_kind == "cuda" else "allocated"
-    judged = judged_text(judged_by, card.name)
+    shape = f"{res}x{res}" if res is not None else f"seq {cell_settings['seq']}"
     typer.echo(
-        f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
-        f"({device_kind} estimate, max batch {max_batch}), judged by {judged}"
+        f"membench fit: {arch} at {shape}, K={classes}, budget {budget / 2**30:.3f} GiB "
+        f"({device_kind} estimate, max batch {max_batch}), judged by "
+        f"{judged_text(judged_by, card.name)}"
     )
     if peak is not None:
         typer.echo(
@@ -186,12 +205,77 @@ def fit(
             seed=seed,
             profile=card,
             fit_by=fit_by,
+            **cell_settings,
         )
     for name, result in zip(methods, found):
         if isinstance(result, FitError):
             typer.echo(f"{name:14s} {'error':>18s}   {result}")
         else:
             typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
+
+
+def _searches_sequence(settings: dict, arch: str) -> bool:
+    """Whether ``fit`` searches a token model's sequence length (``--batch`` without ``--seq``)
+    rather than the batch; fails for a combination that names neither or does not apply."""
+    from ..archs import takes_tokens
+
+    if not takes_tokens(arch):
+        if "batch" in settings:
+            fail("--batch applies to token models (fit searches their sequence length)")
+        return False
+    if "seq" in settings:
+        return False
+    if "batch" not in settings:
+        fail(
+            f"{arch} takes token sequences: give --seq N (fit searches the batch) "
+            "or --batch B (fit searches the sequence length)"
+        )
+    return True
+
+
+def _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_settings, card) -> None:
+    """``fit --batch B`` of a token model: per method, the longest sequence that fits."""
+    from ..planning.fit import FitError, fit_seq, methods_for
+
+    batch = _one(settings, "batch")
+    methods = (
+        list(SETTING_BY_KEY["method"].parse_axis(settings["method"], "--method"))
+        if "method" in settings
+        else methods_for(arch, {**cell_settings, "seq": 1})
+    )
+    fit_by = _one(settings, "fit_by") if device_kind == "cuda" else "allocated"
+    typer.echo(
+        f"membench fit: {arch} at batch {batch}, budget {budget / 2**30:.3f} GiB "
+        f"({device_kind} estimate): the longest sequence, judged by "
+        f"{judged_text(fit_by, card.name)}"
+    )
+    typer.echo(f"{'method':14s} {'longest seq':>12s} {fit_by:>12s}   next sequence length")
+    for name in methods:
+        try:
+            result = fit_seq(
+                name,
+                arch,
+                batch,
+                budget,
+                classes,
+                device_kind,
+                seed=seed,
+                profile=card,
+                fit_by=fit_by,
+                **cell_settings,
+            )
+        except FitError as err:
+            typer.echo(f"{name:14s} {'error':>12s}   {err}")
+            continue
+        beyond = (
+            "the model's longest sequence fits"
+            if result.capped
+            else f"seq {result.next_seq}: {format_gib(result.next_peak_bytes)}"
+        )
+        if result.next_term:
+            beyond += f" (decided by {TERM_LABELS[result.next_term]})"
+        longest = "none" if result.seq is None else str(result.seq)
+        typer.echo(f"{name:14s} {longest:>12s} {format_gib(result.peak_bytes):>12s}   {beyond}")
 
 
 def configuration(cell) -> str:
@@ -255,6 +339,8 @@ def plan_lines(result: Plan, top: int) -> list[str]:
     only=(
         "arch",
         "res",
+        "seq",
+        "objective",
         "batch",
         "classes",
         "precision",
@@ -293,14 +379,16 @@ def plan_command(
             fail("plan needs the budget to fit: --device-mem 8GiB, or a device profile as --gpu")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     batch, classes = _one(settings, "batch"), _one(settings, "classes")
+    seq, objective = _one(settings, "seq"), _one(settings, "objective")
     link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
     if not link > 0 or top < 1:
         fail("--link-gbps must be positive and --top at least 1")
     from ..planning.device_profiles import device_profile_of
 
     card, fit_by = device_profile_of(card_of(gpu, settings)), _one(settings, "fit_by")
+    shape = f"{res}x{res}" if seq is None else f"seq {seq}"
     typer.echo(
-        f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
+        f"membench plan: {arch} at {shape}, batch {batch}, K={classes}, budget "
         f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s), judged by "
         f"{judged_text(fit_by, card.name)}"
     )
@@ -311,6 +399,7 @@ def plan_command(
     precisions = SETTING_BY_KEY["precision"].parse_axis(
         settings.get("precision", "fp32,bf16"), "--precision"
     )
+    token = {"seq": seq, "objective": objective} if seq is not None else {}
     with EstimatesBar("configurations estimated") as bar:
         result = plan(
             arch,
@@ -325,6 +414,7 @@ def plan_command(
             jobs=_one(settings, "jobs"),
             profile=card,
             fit_by=fit_by,
+            **token,
         )
     for line in plan_lines(result, top):
         typer.echo(line)

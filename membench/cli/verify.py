@@ -19,6 +19,15 @@ def verify_command(
     ),
     arch: str = typer.Option(VerifySetup.arch, "--arch", help="Conv-stack arch the checks run on."),
     res: int = typer.Option(VerifySetup.res, "--res", help="Input resolution."),
+    seq: int = typer.Option(
+        None, "--seq", help="Sequence length, for a token model (hf:...) instead of --res."
+    ),
+    objective: str = typer.Option(
+        None,
+        "--objective",
+        help="A token model's objective (causal-lm, masked-lm, classification); the "
+        "layer-local methods need classification.",
+    ),
     batch: int = typer.Option(
         VerifySetup.batch, "--batch", help="Batch size (even, for bp-accum)."
     ),
@@ -43,10 +52,12 @@ def verify_command(
 
     if batch < 2 or batch % 2:
         fail(f"--batch must be an even number of at least 2, got {batch}")
+    setup = VerifySetup(arch=arch, res=res, batch=batch, seq=seq, objective=objective)
     try:
-        validate_arch(arch, res)
+        validate_arch(arch, res, seq=seq, objective=objective)
         for name in methods:
             get_runner(name).check_cell(arch, res, batch, None)
+            get_runner(name).check_input(setup.cell(name))
     except (ArchError, RunnerConfigError) as err:
         fail(str(err))
     precisions = tuple(comma_list([precision]))
@@ -55,8 +66,9 @@ def verify_command(
             fail(f"--precision takes {', '.join(PRECISIONS_CHECKED)}, got {name!r}")
     if compile is not None and compile not in COMPILE_MODES[1:]:
         fail(f"--compile takes {', '.join(COMPILE_MODES[1:])}, got {compile!r}")
-    results = verify(methods, VerifySetup(arch=arch, res=res, batch=batch), precisions, compile)
-    table = Table(title=f"membench verify ({arch}, res {res}, batch {batch}, CPU)")
+    results = verify(methods, setup, precisions, compile)
+    shape = f"res {res}" if seq is None else f"seq {seq}"
+    table = Table(title=f"membench verify ({arch}, {shape}, batch {batch}, CPU)")
     for column in ("method", "check", "against", "result", "detail"):
         table.add_column(column)
     for r in results:

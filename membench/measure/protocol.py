@@ -93,8 +93,18 @@ def new_result(cell: Cell, device: str, device_name: str, **values) -> CellResul
 
 
 def make_batch(cell: Cell, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The protocol's one synthetic batch, made once on the device before timing."""
+    """The protocol's one synthetic batch, made once on the device before timing: images and
+    class labels, or for a token cell token ids and its objective's labels
+    (``membench.archs.token_batch``; a causal LM's labels are its input ids, one tensor)."""
     generator = torch.Generator().manual_seed(cell.seed)
+    if cell.takes_tokens:
+        from ..archs import token_batch
+
+        inputs, labels = token_batch(
+            cell.arch, cell.objective, cell.batch, cell.seq, cell.classes, generator
+        )
+        moved = inputs.to(device)
+        return moved, moved if labels is inputs else labels.to(device)
     images = torch.randn(cell.batch, 3, cell.res, cell.res, generator=generator)
     labels = torch.randint(0, cell.classes, (cell.batch,), generator=generator)
     images = images.to(device)
@@ -187,7 +197,9 @@ def forget_flop_counts() -> None:
 
 def _fake_step_flops(cell: Cell) -> int:
     """One eager step of a fresh runner for ``cell`` on fake tensors under FlopCounterMode."""
-    with torch.random.fork_rng(devices=[]), FakeTensorMode():
+    from ..archs.hf import as_on_real_tensors
+
+    with torch.random.fork_rng(devices=[]), FakeTensorMode(), as_on_real_tensors():
         runner = build_runner(cell, "cpu")
         skip_inf_checks(runner)
         images, labels = runner.local_batch(*make_batch(cell, torch.device("cpu")))

@@ -5,8 +5,9 @@ same AdamW), spread over the cell's ranks (docs/multi-device.md, "The methods"):
 
 - ``bp-ddp``: ``DistributedDataParallel`` (gradients as bucket views), each rank a 1/N share of
   the batch; the gradients are averaged across ranks in the backward pass;
-- ``bp-fsdp``: FSDP2, ``fully_shard`` on every conv block and on the whole model, each rank a
-  1/N share of the batch; parameters, gradients and AdamW's moments are sharded;
+- ``bp-fsdp``: FSDP2, ``fully_shard`` on every block (a layer stack's units, a transformer's
+  decoder or encoder blocks) and on the whole model, each rank a 1/N share of the batch;
+  parameters, gradients and AdamW's moments are sharded;
 - ``bp-pp``: ``torch.distributed.pipelining``, stage s the contiguous layers of
   ``pipeline_stages`` (the head on the last), micro-batches of ``--micro-batch`` under
   ``--schedule gpipe`` or ``1f1b``; the gradients are the mean over micro-batches.
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..archs import conv_stack_spec
+from ..archs import block_list, conv_stack_spec
 from ..runners.base import AUTOCAST_DTYPES, RunnerConfigError
-from ..runners.bp import BPRunner
+from ..runners.bp import BPRunner, StackClassifier
 from ..runners.optim import WholeModelAdamW
 from .spanning import (
     PIPELINE,
@@ -102,11 +103,21 @@ class BPDDPRunner(_DataParallel):
         self.forward = self.ddp
 
 
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """What FSDP2 shards one by one before the whole model: a layer stack's blocks (``bp``'s
+    ``StackClassifier``), else the model's block list (a transformer's blocks, found without
+    their names: ``membench.archs.block_list``)."""
+    if isinstance(model, StackClassifier):
+        return list(model.backbone.blocks)
+    found = block_list(model)
+    return list(found[1]) if found is not None else []
+
+
 class BPFSDPRunner(_DataParallel):
-    """``bp`` under FSDP2: every conv block, and the whole model, ``fully_shard``-ed."""
+    """``bp`` under FSDP2: every block, and the whole model, ``fully_shard``-ed."""
 
     name = "bp-fsdp"
-    summary = "bp on N devices: FSDP2 fully_shard per conv block, the batch split across ranks"
+    summary = "bp on N devices: FSDP2 fully_shard per block, the batch split across ranks"
     contract = BPRunner.contract.but(**SPANS_DEVICES, layer_stack=True, same_gradients_as="bp")
 
     def __init__(self, cell, device="cpu", **options):
@@ -118,7 +129,7 @@ class BPFSDPRunner(_DataParallel):
         _, world = group_view(self)
         with unset_fake_temporarily():  # a mesh holds real tensors, also in an estimate
             mesh = init_device_mesh(self.device.type, (world,))
-        for block in self.model.backbone.blocks:
+        for block in shard_units(self.model):
             fully_shard(block, mesh=mesh)
         fully_shard(self.model, mesh=mesh)
         self._new_update()  # over the sharded parameters

@@ -45,6 +45,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..archs.hf import as_on_real_tensors
 from ..errors import error_text
 from ..measure.cuda_env import cuda_only_refusal
 from ..measure.devices import Device
@@ -119,6 +120,7 @@ class EstimateDevice(Device):
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.random.fork_rng(devices=[]))  # leave the caller's RNG alone
             self.fake_mode = stack.enter_context(TrackingFakeTensorMode())
+            stack.enter_context(as_on_real_tensors())  # transformers' reads of batch values
             if self.kind == "cuda":
                 stack.enter_context(_cuda_dropout())
                 stack.enter_context(cuda_autocast())

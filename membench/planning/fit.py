@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..archs import ArchError, validate_arch
 from ..config import ConfigError, check_parameter_size
@@ -54,6 +54,7 @@ class FitResult:
     # next batch does not fit (device_total.deciding_term; '' when capped or without terms).
     fit_by: str = "total"
     next_term: str = ""
+    settings: dict = field(default_factory=dict)  # the cell's other settings (seq, tooling)
 
     def bound(self, peak_tflops: float) -> float | None:
         """imgs/s of the largest batch at a GPU's peak (``flops.throughput_bound``); None when
@@ -76,11 +77,13 @@ def fit_batch(
     estimate: Estimator | None = None,
     profile=None,
     fit_by: str = "total",
+    **settings,
 ) -> FitResult:
     """Largest batch of ``method`` whose estimated peak fits ``budget_bytes``: by default the
     device total on ``profile``'s card (a device profile or its name; ``fit_by`` picks the
     allocator's reserve or the tensors' peak instead, docs/device-total.md); a CPU estimate has
-    only the tensors' peak.
+    only the tensors' peak. ``settings``: the cell's other settings (a token model's ``seq``,
+    ``objective``; tooling such as ``precision``, ``grads``, ``optimizer_state``), by field name.
 
     An exponential search brackets the limit and a binary search narrows it, both accelerated by
     interpolating on the estimates (peak memory is close to affine in the batch, so a search
@@ -93,7 +96,7 @@ def fit_batch(
     ConfigError on invalid input.
     """
     runner_cls = check_fit_input(
-        method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch
+        method, arch, res, budget_bytes, classes, device_kind, max_batch, micro_batch, **settings
     )
     splits = _splits_batch(runner_cls, micro_batch)
     unit = (micro_batch or 2) if splits else 1
@@ -101,7 +104,17 @@ def fit_batch(
     def cell_for(k: int) -> Cell:
         batch = k * unit
         mb = (micro_batch or runner_cls.default_micro_batch(batch)) if splits else None
-        return Cell(method, arch, res, batch, mb, classes, seed=seed, device_mem_bytes=budget_bytes)
+        return Cell(
+            method,
+            arch,
+            res,
+            batch,
+            mb,
+            classes,
+            seed=seed,
+            device_mem_bytes=budget_bytes,
+            **settings,
+        )
 
     max_k = max_batch // unit
     if max_k < 1:
@@ -132,6 +145,104 @@ def fit_batch(
         capped=hi is None,
         estimates=len(search.peaks),
         flops_per_step=search.flops_of(lo),
+        fit_by=fit_by,
+        next_term=search.deciding_term(hi),
+        settings=dict(settings),
+    )
+
+
+@dataclass
+class SeqFitResult:
+    """The longest sequence of a token model that fits a budget at one batch, by estimate:
+    ``seq`` None when even one token does not fit, ``capped`` when the longest the model has
+    (its positions, or ``max_seq``) fits."""
+
+    method: str
+    arch: str
+    batch: int
+    budget_bytes: int
+    device_kind: str
+    seq: int | None
+    peak_bytes: int | None
+    next_seq: int | None
+    next_peak_bytes: int | None
+    capped: bool = False
+    estimates: int = 0
+    settings: dict = field(default_factory=dict)
+    fit_by: str = "total"  # as FitResult's
+    next_term: str = ""
+
+
+def fit_seq(
+    method: str,
+    arch: str,
+    batch: int,
+    budget_bytes: int,
+    classes: int = 10,
+    device_kind: str = "cuda",
+    max_seq: int | None = None,
+    seed: int = 0,
+    profile=None,
+    fit_by: str = "total",
+    **settings,
+) -> SeqFitResult:
+    """Longest sequence of a token model (``hf:``) whose estimated peak at ``batch`` fits
+    ``budget_bytes``, up to ``max_seq`` or the positions the model has: the batch search's
+    bracket and narrowing over the sequence length (memory grows with it, close to linearly
+    where attention saves no S x S matrix, and the search only assumes it never shrinks).
+    ``profile`` and ``fit_by``: what the budget judges, as ``fit_batch``'s."""
+    from ..archs import ArchError
+    from ..archs.hf import max_sequence
+
+    try:
+        longest = max_seq or max_sequence(arch)
+    except ArchError as err:
+        raise ConfigError(str(err)) from None
+    if longest is None:
+        raise ConfigError(f"{arch} names no longest sequence: give --max-seq")
+    check_fit_input(
+        method, arch, None, budget_bytes, classes, device_kind, batch, None, seq=1, **settings
+    )
+
+    def cell_for(seq: int) -> Cell:
+        return Cell(
+            method,
+            arch,
+            None,
+            batch,
+            None,
+            classes,
+            seed=seed,
+            seq=seq,
+            device_mem_bytes=budget_bytes,
+            **settings,
+        )
+
+    from .estimate import estimate_cell
+
+    fit_by = fit_by if device_kind == "cuda" else "allocated"
+    search = _BatchSearch(
+        lambda seq: estimate_cell(cell_for(seq), device_kind, profile=profile, fit_by=fit_by),
+        budget_bytes,
+        method,
+        1,
+        fit_by,
+    )
+    lo, hi = search.bracket(1, longest)
+    lo, hi = search.narrow(lo, hi)
+    return SeqFitResult(
+        method=method,
+        arch=arch,
+        batch=batch,
+        budget_bytes=budget_bytes,
+        device_kind=device_kind,
+        seq=lo or None,
+        peak_bytes=search.peaks.get(lo),
+        next_seq=hi,
+        next_peak_bytes=search.peaks.get(hi) if hi is not None else None,
+        capped=hi is None,
+        estimates=len(search.peaks),
+        settings=dict(settings),
         fit_by=fit_by,
         next_term=search.deciding_term(hi),
     )
@@ -201,14 +312,18 @@ def splits_batch(method: str) -> bool:
         return False
 
 
-def methods_for(arch: str) -> list[str]:
+def methods_for(arch: str, cell_settings: dict | None = None) -> list[str]:
     """Every registered one-device method that accepts ``arch`` (torchvision models exclude
-    layer-wise ones): what ``fit`` searches when no method is named."""
+    layer-wise ones; a token model's, those that train its objective, ``cell_settings`` giving
+    its ``seq`` and ``objective``): what ``fit`` searches when no method is named."""
+    cell_settings = cell_settings or {}
     methods = []
     for name in available_methods():
         try:
             runner = get_runner(name)
             runner.check_cell(arch, 32, 2, None)
+            if cell_settings.get("seq") is not None:
+                runner.check_input(Cell(name, arch, None, 2, **cell_settings))
         except RunnerConfigError:
             continue
         if not runner.contract.spans_devices:  # fit plans one device
@@ -228,7 +343,9 @@ def fit_cell(fit: FitResult) -> Cell:
     """The cell of a fit's largest batch (ValueError when nothing fits)."""
     if fit.batch is None:
         raise ValueError(f"{fit.method}: no batch fits")
-    return Cell(fit.method, fit.arch, fit.res, fit.batch, fit.micro_batch, fit.classes)
+    return Cell(
+        fit.method, fit.arch, fit.res, fit.batch, fit.micro_batch, fit.classes, **fit.settings
+    )
 
 
 class _BatchSearch:
@@ -355,8 +472,10 @@ def check_fit_input(
     device_kind: str = "cuda",
     max_batch: int = 4096,
     micro_batch: int | None = None,
+    **settings,
 ) -> type[Runner]:
-    """Validate ``fit_batch``'s input without estimating anything; ConfigError names the problem."""
+    """Validate ``fit_batch``'s input without estimating anything; ConfigError names the
+    problem. ``settings``: the cell's other settings (``seq`` for a token model, tooling)."""
     try:
         runner_cls = get_runner(method)
     except UnknownMethodError as err:
@@ -364,7 +483,7 @@ def check_fit_input(
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"unknown device kind {device_kind!r}; valid: {', '.join(DEVICE_KINDS)}")
     for value, option in (
-        (res, "--res"),
+        (res if res is not None else 1, "--res"),
         (classes, "--classes"),
         (max_batch, "--max-batch"),
         (budget_bytes, "--device-mem"),
@@ -374,11 +493,23 @@ def check_fit_input(
     if micro_batch is not None and micro_batch <= 0:
         raise ConfigError(f"--micro-batch must be at least 1, got {micro_batch}")
     try:
-        validate_arch(arch, res)
+        seq = settings.get("seq")
+        validate_arch(
+            arch,
+            None if seq is not None else res,
+            seq=seq,
+            objective=settings.get("objective"),
+            attn_implementation=settings.get("attn_implementation"),
+        )
         check_parameter_size(arch)
         probe_batch = micro_batch or 2
         runner_cls.check_cell(
             arch, res, probe_batch, micro_batch if runner_cls.contract.micro_batch else None
+        )
+        runner_cls.check_tooling(
+            Cell(
+                method, arch, res if seq is None else None, probe_batch, classes=classes, **settings
+            )
         )
     except (ArchError, RunnerConfigError) as err:
         raise ConfigError(str(err)) from None

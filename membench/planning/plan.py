@@ -42,12 +42,18 @@ ACCUMULATING_UPDATES = ({}, {"optimizer_state": "host"})
 
 
 def candidate_cells(
-    arch: str, res: int, batch: int, classes: int = 10, precisions: tuple[str, ...] = PRECISIONS
+    arch: str,
+    res: int | None,
+    batch: int,
+    classes: int = 10,
+    precisions: tuple[str, ...] = PRECISIONS,
+    **token,
 ) -> list[Cell]:
     """Every configuration ``plan`` tries for one cell (see the module docstring); only those
-    the runners accept (``expand_grid``'s checks)."""
+    the runners accept (``expand_grid``'s checks). ``token``: a token model's ``seq`` and
+    ``objective`` (docs/sequence-models.md)."""
     micro = [m for m in MICRO_BATCHES if m < batch and batch % m == 0]
-    cell = dict(arch=arch, res=res, batch=batch, classes=classes, warmup=1, steps=1)
+    cell = dict(arch=arch, res=res, batch=batch, classes=classes, warmup=1, steps=1, **token)
     grids = [
         dict(method=BP_METHODS, update=WHOLE_BATCH_UPDATES),
         dict(method=BP_ACCUMULATING, micro_batch=micro, update=ACCUMULATING_UPDATES),
@@ -215,16 +221,17 @@ def plan(
     jobs: int | None = None,
     profile=None,
     fit_by: str = "total",
+    **token,
 ) -> Plan:
     """Estimate every candidate configuration (CUDA), ``jobs`` at once (default: one per core;
     ``planning.parallel``), and bound the throughput of those that fit ``budget_bytes`` on
     ``gpu`` (a name of the peak table), judged by ``fit_by``, the device total on ``profile``'s
     card by default (docs/device-total.md); ``progress(done, total, result)`` as each estimate
-    finishes. ConfigError for bad input."""
+    finishes. ConfigError for bad input. ``token``: a token model's ``seq`` and ``objective``."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
-    cells = candidate_cells(arch, res, batch, classes, precisions)
+    cells = candidate_cells(arch, res, batch, classes, precisions, **token)
     profile = device_profile_of(profile)
     result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps, fit_by=fit_by)
     result.profile = profile.name

@@ -106,6 +106,14 @@ def _usable(cells: pd.DataFrame, files: list[Path]) -> tuple[pd.DataFrame, list[
     """Rows that have a method, batch and resolution (status lowercased), and a note on the rest."""
     cells["status"] = cells["status"].str.lower()
     notes = []
+    # Token cells (a seq, no res) have no panel yet: the report's panels are per resolution.
+    tokens = cells["seq"].notna() if "seq" in cells else pd.Series(False, index=cells.index)
+    if tokens.any():
+        notes.append(
+            f"{int(tokens.sum())} token-sequence row(s) (hf: archs, seq) were left out: the "
+            "report draws image cells per resolution; see cells.csv or `membench compare`."
+        )
+        cells = cells[~tokens].copy()
     unusable = cells["batch"].isna() | cells["res"].isna() | (cells["method"] == "")
     if unusable.any():
         notes.append(

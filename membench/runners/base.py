@@ -13,10 +13,9 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..archs import is_layer_stack
+from ..archs import build_arch, is_layer_stack, objective_of
 from ..schema import MEMORY_FORMATS, PRECISIONS, Cell
 from .contract import RunnerContract
 
@@ -100,7 +99,9 @@ class Runner(ABC):
     @classmethod
     def check_tooling(cls, cell) -> None:
         """Raise RunnerConfigError for update tooling this runner cannot honour (``cell``: a
-        ``membench.schema.Cell``); called before any run, after ``check_cell``."""
+        ``membench.schema.Cell``) and a token cell it cannot run (``check_input``); called
+        before any run, after ``check_cell``."""
+        cls.check_input(cell)
         if cell.grads == "released" and not cls.contract.grads_released:
             raise RunnerConfigError(
                 f"{cls.name} cannot release gradients at their update (--grads released)"
@@ -110,6 +111,28 @@ class Runner(ABC):
                 f"{cls.name} cannot keep its optimizer state in host memory "
                 "(--optimizer-state host)"
             )
+
+    @classmethod
+    def check_input(cls, cell) -> None:
+        """Raise RunnerConfigError for a token cell (``cell.seq``) this runner cannot run: its
+        objective (the arch's default where the cell names none) not among the contract's
+        ``token_objectives`` (none: image cells only; the layer-local methods classify each
+        block's goodness), or channels_last (a memory format of images)."""
+        if not cell.takes_tokens:
+            return
+        taken = cls.contract.token_objectives
+        if not taken:
+            raise RunnerConfigError(
+                f"{cls.name} runs image cells only, not token sequences ({cell.arch})"
+            )
+        objective = objective_of(cell.arch, cell.objective)
+        if objective not in taken:
+            raise RunnerConfigError(
+                f"{cls.name} trains {' or '.join(taken)} on token sequences, not {objective}: "
+                f"give --objective {taken[0]}"
+            )
+        if cell.memory_format != "contiguous":
+            raise RunnerConfigError("--memory-format channels_last applies to images only")
 
     @staticmethod
     def default_micro_batch(batch: int) -> int:
@@ -179,6 +202,17 @@ class Runner(ABC):
                     )
         return module.train()
 
+    def build_arch(self) -> nn.Module:
+        """The cell's arch, built for this runner: its class count, dropout, and for a token
+        model its objective and attention implementation."""
+        return build_arch(
+            self.arch,
+            self.classes,
+            dropout=self.dropout,
+            objective=self.cell.objective,
+            attn_implementation=self.cell.attn_implementation,
+        )
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules() for p in m.parameters()]
 
@@ -190,8 +224,3 @@ class Runner(ABC):
 
     def buffers(self) -> list[torch.Tensor]:
         return [b for m in self.modules() for b in m.buffers()]
-
-
-def spatial_goodness(z: torch.Tensor) -> torch.Tensor:
-    """DTG-FF's goodness features: flatten(AdaptiveAvgPool2d(z**2, (2, 2))), dimension 4*C."""
-    return F.adaptive_avg_pool2d(z.square(), (2, 2)).flatten(1)

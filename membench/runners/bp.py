@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs import ArchError, LayerStack, build_arch, without_dropout
-from .base import Runner, RunnerConfigError, spatial_goodness
+from ..archs import ArchError, HFTask, LayerStack, without_dropout
+from ..schema import CLASSIFICATION, OBJECTIVES
+from .base import Runner, RunnerConfigError
 from .contract import RunnerContract
 from .optim import PerParameterAdamW, WholeModelAdamW
 from .saved_tensors import OffloadSavedTensors, checkpoint_torchvision_stages, checkpointed
@@ -40,16 +41,19 @@ class StackClassifier(nn.Module):
             if self.checkpointing:
                 # full: keep only the layer's input and recompute conv, ReLU, LayerNorm, dropout
                 # (same RNG state) and pool in backward; selective: keep the conv output too.
-                x = checkpointed(layer, x, self.checkpointing)
+                x = checkpointed(layer, x, policy=self.checkpointing)
             else:
                 x = layer(x)
-        return self.head(x.mean(dim=(2, 3)))
+        return self.head(self.backbone.pooled(x))
 
 
 def build_layer_stack(runner: Runner) -> LayerStack:
     """The runner's arch as a layer stack (what bp-deepsup and DTG-FF train), dropout off
-    unless the runner has it on."""
-    stack = build_arch(runner.arch, runner.classes, dropout=runner.dropout)
+    unless the runner has it on: a ``LayerStack`` arch itself, or a token model's blocks
+    (``HFTask.as_layer_stack``: its head left out, the methods bring their own)."""
+    stack = runner.build_arch()
+    if isinstance(stack, HFTask):
+        stack = stack.as_layer_stack()
     if not isinstance(stack, LayerStack):
         raise ArchError(
             f"{runner.name} needs a layer stack, and {runner.arch} is a "
@@ -63,7 +67,9 @@ class BPRunner(Runner):
 
     name = "bp"
     summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
-    contract = RunnerContract(family="bp", grads_released=True, host_optimizer_state=True)
+    contract = RunnerContract(
+        family="bp", token_objectives=OBJECTIVES, grads_released=True, host_optimizer_state=True
+    )
     checkpointing: str | None = None  # "full" | "selective" (saved_tensors.CHECKPOINT_POLICIES)
 
     def __init__(self, cell, device="cpu", **options):
@@ -112,17 +118,20 @@ class BPRunner(Runner):
 
     def build_model(self) -> nn.Module:
         """A layer stack with the GAP + Linear(K) head (checkpointed layer by layer), or the
-        arch's own classifier (checkpointed at its stages)."""
-        model = build_arch(self.arch, self.classes, dropout=self.dropout)
+        arch's own classifier or token model (checkpointed at its stages or blocks)."""
+        model = self.build_arch()
         if isinstance(model, LayerStack):
             return StackClassifier(model, self.classes, checkpointing=self.checkpointing)
         if self.checkpointing:
             return checkpoint_torchvision_stages(model, self.checkpointing)
         return model
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The end-to-end training loss of one (micro-)batch."""
-        return F.cross_entropy(self.forward(images), labels)
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The end-to-end training loss of one (micro-)batch: the cross-entropy of the logits,
+        or a token model's own loss for its objective (``HFTask``: transformers computes it)."""
+        if self.cell.takes_tokens:
+            return self.forward(inputs, labels)
+        return F.cross_entropy(self.forward(inputs), labels)
 
     def saved_tensors(self) -> contextlib.AbstractContextManager:
         """Where forward's saved tensors go: nowhere special (bp-offload: host memory)."""
@@ -232,7 +241,8 @@ class BPOffloadRunner(BPRunner):
 
 
 class DeepSupModel(nn.Module):
-    """A layer stack with a learned Linear(4*C_l, K) head on each layer's spatial goodness."""
+    """A layer stack with a learned Linear(4*C_l, K) head on each layer's goodness features
+    (the stack's: spatial for maps, token-wise for a transformer's blocks)."""
 
     def __init__(self, backbone: LayerStack, classes: int):
         super().__init__()
@@ -244,7 +254,7 @@ class DeepSupModel(nn.Module):
         logits = []
         for layer in self.backbone.layers():
             z = layer.block(x)
-            logits.append(self.heads[layer.index](spatial_goodness(z)))
+            logits.append(self.heads[layer.index](self.backbone.goodness(z)))
             x = layer.next_input(z)
         return logits
 
@@ -254,7 +264,7 @@ class BPDeepSupRunner(BPRunner):
 
     name = "bp-deepsup"
     summary = "end-to-end BP with a learned head per conv layer on DTG-FF's goodness features"
-    contract = BPRunner.contract.but(layer_stack=True)
+    contract = BPRunner.contract.but(layer_stack=True, token_objectives=(CLASSIFICATION,))
 
     def build_model(self) -> nn.Module:
         return DeepSupModel(build_layer_stack(self), self.classes)

@@ -24,6 +24,8 @@ class RunnerContract:
     # What it can take (a setting it does not take is refused before anything runs, or reset to
     # its default where the grid has several methods: docs/sweeps.md, "One configuration").
     layer_stack: bool = False  # trains a layer stack only (membench.archs.LayerStack)
+    # The objectives of the token cells (an hf: arch, --seq) it runs; none: image cells only.
+    token_objectives: tuple[str, ...] = ()
     micro_batch: bool = False  # takes --micro-batch
     spans_devices: bool = False  # runs as --devices N ranks, one instance per rank
     pipeline_schedule: bool = False  # takes --schedule

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..archs import LayerStack
-from .base import AUTOCAST_DTYPES, Runner, RunnerConfigError, spatial_goodness
+from ..schema import CLASSIFICATION
+from .base import AUTOCAST_DTYPES, Runner, RunnerConfigError
 from .bp import build_layer_stack
 from .contract import RunnerContract
 from .optim import HostState, adamw_with_cosine
@@ -35,10 +36,12 @@ INFERENCE_MODES = ("concat", "logit-sum")
 
 
 class GoodnessReadout(nn.Module):
-    """Temperature-scaled spatial goodness through a fixed random projection to K logits."""
+    """Temperature-scaled goodness through a fixed random projection to K logits; ``goodness``
+    is the stack's (``LayerStack.goodness``: spatial for maps, token-wise for sequences)."""
 
-    def __init__(self, channels: int, classes: int):
+    def __init__(self, channels: int, classes: int, goodness=LayerStack.goodness):
         super().__init__()
+        self.goodness = goodness
         self.alpha = nn.Parameter(torch.zeros(()))
         std = (1.0 / classes) ** 0.5
         self.register_buffer("projection", torch.randn(4 * channels, classes) * std)
@@ -48,7 +51,7 @@ class GoodnessReadout(nn.Module):
         return T_MIN + (T_MAX - T_MIN) * torch.sigmoid(self.alpha)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (spatial_goodness(z) / self.temperature()) @ self.projection + self.bias
+        return (self.goodness(z) / self.temperature()) @ self.projection + self.bias
 
 
 class DTGFF(nn.Module):
@@ -57,7 +60,9 @@ class DTGFF(nn.Module):
     def __init__(self, backbone: LayerStack, classes: int, classifier_dropout: float):
         super().__init__()
         self.backbone = backbone
-        self.readouts = nn.ModuleList(GoodnessReadout(c, classes) for c in backbone.spec.channels)
+        self.readouts = nn.ModuleList(
+            GoodnessReadout(c, classes, backbone.goodness) for c in backbone.spec.channels
+        )
         feature_dim = sum(backbone.spec.channels[1:])
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(feature_dim),
@@ -76,12 +81,13 @@ class DTGFF(nn.Module):
 
     @torch.no_grad()
     def classifier_features(self, images: torch.Tensor) -> torch.Tensor:
-        """A full no_grad conv pass: GAP of every layer but the first, concatenated."""
+        """A full no_grad pass: the pooled output (``LayerStack.pooled``: GAP of a map, the mean
+        over a sequence's tokens) of every layer but the first, concatenated."""
         x, features = images, []
         for layer in self.backbone.layers():
             z = layer.block(x)
             if layer.index >= 1:
-                features.append(z.mean(dim=(2, 3)))
+                features.append(self.backbone.pooled(z))
             x = layer.next_input(z)
         return torch.cat(features, dim=1)
 
@@ -106,7 +112,11 @@ class _DTGFFRunner(Runner):
     """Shared construction and updates; subclasses differ only in ``step``."""
 
     contract = RunnerContract(
-        family="ff", layer_stack=True, grads_released=True, host_optimizer_state=True
+        family="ff",
+        layer_stack=True,
+        token_objectives=(CLASSIFICATION,),  # a readout per block classifies its goodness
+        grads_released=True,
+        host_optimizer_state=True,
     )
 
     @classmethod
@@ -361,15 +371,17 @@ class Boundary:
 
     def add(self, z: torch.Tensor, start: int) -> None:
         """The feature and next input of batch rows ``start ..`` from their detached ``z``.
-        Under autocast the next input is held in the autocast dtype: the next layer's conv casts
-        its input to it first thing, so holding it so changes no value, and halves the boundary
-        (the propagation path's LayerNorm leaves it in fp32)."""
+        Under autocast the next input is held in the autocast dtype where the next layer casts
+        its input to it first thing (a conv: ``LayerStack.casts_input_first``), so holding it so
+        changes no value, and halves the boundary (the propagation path's LayerNorm leaves it in
+        fp32); a transformer block adds its input to its output, so its input stays as it is."""
+        backbone = self.runner.model.backbone
         if self.layer.index >= 1:
-            self.feature = self._put(self.feature, z.mean(dim=(2, 3)), start)
+            self.feature = self._put(self.feature, backbone.pooled(z), start)
         if not self.layer.is_last:
             with self.runner.autocast():
                 part = self.runner.model.propagate(self.layer.index, z)
             dtype = AUTOCAST_DTYPES[self.runner.precision]
-            if dtype is not None and part.dtype != dtype:
+            if dtype is not None and part.dtype != dtype and backbone.casts_input_first:
                 part = part.to(dtype)
             self.next_input = self._put(self.next_input, part, start)

@@ -1,13 +1,15 @@
 """What a backprop step keeps for its backward pass, and the standard tools that keep less.
 
-- ``checkpointed(fn, x, policy)``: ``torch.utils.checkpoint`` (non-reentrant, RNG state
+- ``checkpointed(fn, x, policy=...)``: ``torch.utils.checkpoint`` (non-reentrant, RNG state
   preserved, so dropout recomputes the same mask): ``"full"`` keeps only ``x`` and recomputes
   everything; ``"selective"`` keeps the outputs of convolutions and matmuls (the expensive ops)
   and recomputes the cheap ones (ReLU, LayerNorm, dropout, pooling), through a policy from
   ``create_selective_checkpoint_contexts``.
 - ``checkpoint_torchvision_stages``: the same for torchvision classifiers, at real stage
   boundaries (VGG's feature segments between pools, ResNet's ``layer1..4``, √n segments of any
-  other top-level ``Sequential``).
+  other top-level ``Sequential``), and for a transformer (a ViT, an ``hf:`` model) at each
+  block of its block list (``membench.archs.block_lists``: GPT-2's ``transformer.h``, Llama's
+  ``model.layers``, BERT's ``encoder.layer``).
 - ``OffloadSavedTensors``: saved-tensor hooks that move every tensor saved for backward to host
   memory (pinned on CUDA) and back when backward needs it, as
   ``torch.autograd.graph.save_on_cpu`` does, counting the bytes offloaded. On the CPU, where host
@@ -30,16 +32,23 @@ from torch.utils.checkpoint import (
     noop_context_fn,
 )
 
+from ..archs.block_lists import largest_block_list
 from .host_memory import host_memory
 
 CHECKPOINT_POLICIES = ("full", "selective")
-# Kept by selective checkpointing: what is expensive to recompute.
+_aten = torch.ops.aten
+# Kept by selective checkpointing: what is expensive to recompute, convolutions, matmuls and
+# fused attention (each backend's kernel: CPU flash, CUDA flash, memory-efficient, cuDNN).
 SAVED_OPS = frozenset(
     {
-        torch.ops.aten.convolution.default,
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
+        _aten.convolution.default,
+        _aten.mm.default,
+        _aten.addmm.default,
+        _aten.bmm.default,
+        _aten._scaled_dot_product_flash_attention_for_cpu.default,
+        _aten._scaled_dot_product_flash_attention.default,
+        _aten._scaled_dot_product_efficient_attention.default,
+        _aten._scaled_dot_product_cudnn_attention.default,
     }
 )
 
@@ -49,25 +58,27 @@ def save_convs_and_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpointed(fn, x: torch.Tensor, policy: str) -> torch.Tensor:
-    """``fn(x)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state preserved."""
+def checkpointed(fn, *args, policy: str, **kwargs):
+    """``fn(*args, **kwargs)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state
+    preserved."""
     context = (
         partial(create_selective_checkpoint_contexts, save_convs_and_matmuls)
         if policy == "selective"
         else noop_context_fn
     )
-    return checkpoint(fn, x, use_reentrant=False, context_fn=context)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context, **kwargs)
 
 
 class Checkpointed(nn.Module):
-    """A module run under ``checkpointed``; its parameters stay where they were."""
+    """A module run under ``checkpointed``; its parameters stay where they were. Whatever the
+    module takes passes through (a transformer block's mask, positions and rotary tables)."""
 
     def __init__(self, inner: nn.Module, policy: str):
         super().__init__()
         self.inner, self.policy = inner, policy
 
-    def forward(self, x):
-        return checkpointed(self.inner, x, self.policy)
+    def forward(self, *args, **kwargs):
+        return checkpointed(self.inner, *args, policy=self.policy, **kwargs)
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -103,18 +114,6 @@ def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
     )
 
 
-def _largest_block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The Sequential or ModuleList below the top level that holds the most parameters (a
-    ViT's ``encoder.layers``, a MaxViT's ``blocks``), with its dotted name."""
-    best, most = None, 0
-    for name, module in model.named_modules():
-        if name and isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 1:
-            count = sum(p.numel() for p in module.parameters())
-            if count > most:
-                best, most = (name, module), count
-    return best
-
-
 def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.Module:
     """Checkpoint a classifier (torchvision's, timm's, a plugin's) at its stages: ResNet-style
     ``layerN`` children whole, every other top-level ``Sequential`` with parameters in segments
@@ -141,7 +140,7 @@ def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.
                 setattr(model, name, Checkpointed(child, policy))
             else:
                 setattr(model, name, _checkpoint_container(child, policy))
-    elif (found := _largest_block_list(model)) is not None:
+    elif (found := largest_block_list(model)) is not None:
         name, container = found
         owner_name, _, attribute = name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model

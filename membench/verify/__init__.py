@@ -80,6 +80,9 @@ class VerifySetup:
     batch: int = 8
     classes: int = 4
     seed: int = 0
+    # A token model's (an hf: arch's) sequence length and objective; None for images.
+    seq: int | None = None
+    objective: str | None = None
 
     def cell(self, method: str, **settings) -> Cell:
         """The setup as ``method``'s cell, with ``settings`` (a micro-batch, tooling, devices)."""
@@ -90,6 +93,8 @@ class VerifySetup:
             self.batch,
             classes=self.classes,
             seed=self.seed,
+            seq=self.seq,
+            objective=self.objective,
             **settings,
         )
 

@@ -45,20 +45,39 @@ def uses_batch_statistics(setup: VerifySetup) -> bool:
     design, and the checks that compare the two do not apply."""
     from ..archs import build_arch
 
-    model = build_arch(setup.arch, setup.classes)
+    model = build_arch(setup.arch, setup.classes, objective=setup.objective)
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def random_batch(setup: VerifySetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels, or a token model's random ids and its objective's labels."""
     generator = torch.Generator().manual_seed(setup.seed + 1)
+    if setup.seq is not None:
+        from ..archs import token_batch
+
+        return token_batch(
+            setup.arch, setup.objective, setup.batch, setup.seq, setup.classes, generator
+        )
     images = torch.randn(setup.batch, 3, setup.res, setup.res, generator=generator)
     labels = torch.randint(0, setup.classes, (setup.batch,), generator=generator)
     return images, labels
 
 
 def learnable_batch(setup: VerifySetup) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images = a fixed random template per class plus noise: a task any method can learn."""
+    """Images = a fixed random template per class plus noise: a task any method can learn. For
+    a token model, a fixed random sequence per class with a tenth of its tokens replaced at
+    random, labelled for its objective (a language model learns the repeated sequences)."""
     generator = torch.Generator().manual_seed(setup.seed + 2)
+    if setup.seq is not None:
+        from ..archs.hf import token_labels, vocabulary_size
+
+        vocabulary = vocabulary_size(setup.arch)
+        templates = torch.randint(0, vocabulary, (setup.classes, setup.seq), generator=generator)
+        labels = torch.arange(setup.batch) % setup.classes
+        noise = torch.randint(0, vocabulary, (setup.batch, setup.seq), generator=generator)
+        replaced = torch.rand(setup.batch, setup.seq, generator=generator) < 0.1
+        inputs = torch.where(replaced, noise, templates[labels])
+        return inputs, token_labels(setup.arch, setup.objective, inputs, labels, generator)
     templates = torch.randn(setup.classes, 3, setup.res, setup.res, generator=generator)
     labels = torch.arange(setup.batch) % setup.classes
     noise = torch.randn(setup.batch, 3, setup.res, setup.res, generator=generator)
@@ -149,7 +168,15 @@ def accepts(runner_cls: type[Runner], setup: VerifySetup, **tooling) -> bool:
         runner_cls.default_micro_batch(setup.batch) if runner_cls.contract.micro_batch else None
     )
     cell = Cell(
-        runner_cls.name, setup.arch, setup.res, setup.batch, micro_batch, setup.classes, **tooling
+        runner_cls.name,
+        setup.arch,
+        setup.res,
+        setup.batch,
+        micro_batch,
+        setup.classes,
+        seq=setup.seq,
+        objective=setup.objective,
+        **tooling,
     )
     try:
         runner_cls.check_tooling(cell)
@@ -324,13 +351,15 @@ def check_layer_isolation(method: str, setup: VerifySetup) -> CheckResult:
     block that read a tensor of an earlier unit (a shortcut across a unit boundary, a cached
     map) fails it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
     ff-pipelined's. Any decomposition: membench's stacks and a plugin's ``LayerStack`` alike."""
-    from ..archs import LayerStack, build_arch
+    from ..archs import HFTask, LayerStack, build_arch
 
     torch.manual_seed(setup.seed)
-    stack = build_arch(setup.arch, setup.classes, dropout=False)
+    stack = build_arch(setup.arch, setup.classes, dropout=False, objective=setup.objective)
+    if isinstance(stack, HFTask):
+        stack = stack.as_layer_stack()
     if not isinstance(stack, LayerStack):
         return CheckResult("layer isolation", method, False, f"{setup.arch} is not a layer stack")
-    images, _ = random_batch(setup)
+    images, _ = random_batch(setup)  # token ids, for a token model
     units = [list(layer.parameters()) for layer in stack.layers()]
     x, leaks, silent = images, [], []
     for layer in stack.layers():
