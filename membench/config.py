@@ -37,13 +37,12 @@ from .settings import (
     settings_of,
     whole,
 )
-from .units import format_size
+
+# Re-exported: the arch checks moved to membench.validate, where every command reads them.
+from .validate import MAX_PARAMETER_BYTES, archs_at, check_parameter_size, option_applies
 
 ISOLATION_CHOICES = ("process", "none")
 EXECUTOR_CHOICES = ("local", "ray")
-# A cell whose fp32 weights alone pass this is refused before anything is built: no device has
-# it, and building (or estimating) it would run for minutes before failing.
-MAX_PARAMETER_BYTES = 2**40
 SWEEP = ("sweep",)
 # A grid is walked arch by arch, then resolution, batch and method; other settings vary fastest.
 SWEEP_ORDER = ("arch", "res", "batch", "method")
@@ -274,22 +273,6 @@ def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
 
 
 # -- expanding a grid ---------------------------------------------------------------------------
-def check_parameter_size(arch: str) -> None:
-    """ConfigError if a conv stack's fp32 weights alone would pass MAX_PARAMETER_BYTES (the
-    parametric family can name any size; every other arch has the size its author gave it)."""
-    from .archs import conv_stack_spec, is_conv_stack
-
-    if not is_conv_stack(arch):
-        return
-    weight_bytes = conv_stack_spec(arch).conv_parameter_count() * 4
-    if weight_bytes > MAX_PARAMETER_BYTES:
-        raise ConfigError(
-            f"{arch} would have {weight_bytes / 2**40:,.1f} TiB of fp32 conv weights "
-            f"alone, more than {format_size(MAX_PARAMETER_BYTES)}: refused before "
-            "building it"
-        )
-
-
 def check_compile(cells: Sequence[Cell], estimate: bool) -> None:
     """ConfigError for a compiled cell that would compile inside a timed step or be estimated."""
     compiled = [cell for cell in cells if cell.compile != "none"]
@@ -312,9 +295,9 @@ def _axis_values(setting_name: str, values: Mapping[str, object]) -> tuple:
 
 
 def _runners_of(values: dict) -> dict:
-    """The runner class of each method of the grid; ConfigError for an unknown method or a
-    micro-batch that no method of the grid takes."""
-    from .runners import UnknownMethodError, available_methods, get_runner
+    """The runner class of each method of the grid; ConfigError for an unknown method or an
+    option (a micro-batch, a schedule, devices) that no method of the grid takes."""
+    from .runners import UnknownMethodError, get_runner
 
     runners = {}
     for method in values["method"]:
@@ -322,13 +305,7 @@ def _runners_of(values: dict) -> dict:
             runners[method] = get_runner(method)
         except UnknownMethodError as err:
             raise ConfigError(str(err)) from None
-    if values["micro_batch"] != (None,) and not any(r.uses_micro_batch for r in runners.values()):
-        takers = ", ".join(m for m in available_methods() if get_runner(m).uses_micro_batch)
-        raise ConfigError(
-            f"--micro-batch applies to methods that split the batch ({takers}); "
-            f"{', '.join(values['method'])} take"
-            f"{'s' if len(values['method']) == 1 else ''} none"
-        )
+    option_applies(values, runners)
     return runners
 
 
@@ -362,8 +339,6 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
     arch="vgg8", res=32, batch=[32, 64])``); a setting not given takes its default. Every
     method known, every arch buildable at every resolution, every runner able to run its cell;
     ConfigError on the first problem, before anything runs."""
-    from .archs import ArchError, validate_arch
-
     unknown = sorted(set(axes) - {s.name for s in CELL_SETTINGS})
     if unknown:
         raise ConfigError(
@@ -372,12 +347,7 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
         )
     values = {s.name: _axis_values(s.name, axes) for s in CELL_SETTINGS}
     runners = _runners_of(values)
-    for arch, res in itertools.product(values["arch"], values["res"]):
-        try:
-            validate_arch(arch, res)
-            check_parameter_size(arch)
-        except ArchError as err:
-            raise ConfigError(str(err)) from None
+    archs_at(values["arch"], values["res"])
 
     cells: dict[Cell, None] = {}
     order = [*SWEEP_ORDER, *(key for key in values if key not in SWEEP_ORDER)]
@@ -389,6 +359,7 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
 
 
 __all__ = [
+    "MAX_PARAMETER_BYTES",
     "ConfigError",
     "Grid",
     "SETTINGS",
@@ -396,5 +367,6 @@ __all__ = [
     "SweepOptions",
     "build_config",
     "check_executor",
+    "check_parameter_size",
     "expand_grid",
 ]

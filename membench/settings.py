@@ -66,16 +66,27 @@ class Setting:
     def parse_axis(self, value, label: str) -> tuple:
         """A grid axis: a comma string, a list or one value -> a non-empty tuple of values,
         each read by ``parse``, duplicates dropped."""
-        items = (
-            value
-            if isinstance(value, (list, tuple))
-            else (value.split(",") if isinstance(value, str) else [value])
-        )
-        items = [i.strip() if isinstance(i, str) else i for i in items]
-        items = [i for i in items if not (isinstance(i, str) and not i)]
+        if isinstance(value, str):
+            items = comma_items(value, label)
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            items = [i.strip() if isinstance(i, str) else i for i in items]
+            if any(isinstance(i, str) and not i for i in items):
+                raise ConfigError(f"{label} has an empty value in {value!r}")
         if not items:
             raise ConfigError(f"{label} needs at least one value")
         return tuple(dict.fromkeys(self.parse(item, label) for item in items))
+
+
+def comma_items(text: str, label: str) -> list[str]:
+    """A comma list as the command line and profiles write it: '1,2,4' -> ['1', '2', '4'];
+    ConfigError for an empty item ('1,2,,4', a trailing comma): a typo, never "no value"."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"{label} {text!r} has an empty item between its commas")
+    return items
 
 
 def setting(
@@ -194,6 +205,7 @@ __all__ = [
     "SETTING",
     "Setting",
     "choice",
+    "comma_items",
     "finite_positive",
     "flag",
     "name",

@@ -36,7 +36,7 @@ def sweep(
 ) -> None:
     """Measure every cell of the grid (arch x res x batch x method x ...); resumes an interrupted
     sweep in --out."""
-    profiles = comma_list(profile)
+    profiles = comma_list(profile, "--profile")
     config = build_config(profiles, **settings)
     out = default_out_dir(profiles) if out is None else out_folder(out)
     if out.exists() and not out.is_dir():

@@ -12,6 +12,7 @@ from ..runners import available_methods, get_runner
 from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
 from ..units import format_gib
+from ..validate import arch_at, axis, option_applies
 from .common import fail, reports_input_errors
 from .display import tooling_parts
 from .options import setting_options
@@ -96,8 +97,8 @@ def fit(
     )
     if not methods:
         raise ConfigError("--method needs at least one value")
-    if micro_batch is not None and not any(_splits(m) for m in methods):
-        fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
+    if micro_batch is not None:  # refused as a sweep refuses it where no method takes it
+        option_applies({"micro_batch": (micro_batch,)}, {m: _runner(m) for m in methods})
     for name in methods:  # every input error before the first (slow) estimate
         check_fit_input(
             name,
@@ -143,11 +144,18 @@ def fit(
         typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
 
 
-def _splits(method: str) -> bool:
+def _runner(method: str):
+    """The method's runner class; ConfigError naming the valid methods for an unknown one."""
+    from ..runners import UnknownMethodError
+
     try:
-        return get_runner(method).uses_micro_batch
-    except Exception:  # unknown names are reported by fit_batch with the valid choices
-        return False
+        return get_runner(method)
+    except UnknownMethodError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _splits(method: str) -> bool:
+    return _runner(method).uses_micro_batch
 
 
 def _methods_for(arch: str) -> list[str]:
@@ -258,6 +266,8 @@ def plan_command(
     link = DEFAULT_LINK_GBPS if link_gbps is None else link_gbps
     if not link > 0 or top < 1:
         fail("--link-gbps must be positive and --top at least 1")
+    precisions = axis("precision", settings.get("precision", "fp32,bf16"))
+    arch_at(arch, res)  # every input refused before the header, as sweep refuses it
     typer.echo(
         f"membench plan: {arch} at {res}x{res}, batch {batch}, K={classes}, budget "
         f"{format_gib(budget)} on {name} (CUDA estimates; link {link:g} GB/s)"
@@ -265,9 +275,6 @@ def plan_command(
     typer.echo(
         "bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
         "host<->device bytes / the link; no real step reaches it"
-    )
-    precisions = SETTING_BY_KEY["precision"].parse_axis(
-        settings.get("precision", "fp32,bf16"), "--precision"
     )
     result = plan(
         arch, res, batch, budget, name, classes=classes, link_gbps=link, precisions=precisions

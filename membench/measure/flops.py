@@ -163,17 +163,24 @@ def gpu_peaks(name: str) -> dict[str, PeakSpec]:
 
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
     """The GPU a name or a device profile (its ``gpu`` key) stands for, with its datasheet peak
-    at the precision an fp32 conv net runs at; InputError naming the choices otherwise."""
+    at the precision an fp32 conv net runs at: the table's name, or the one GPU a partial name
+    ('4090') can mean; InputError naming the candidates of an ambiguous one ('H100') and the
+    choices of an unknown one. Every command that takes --gpu reads it here."""
     from ..errors import InputError
     from ..profiles import ProfileError, load_profile
-    from .peaks import known_gpus
+    from .peaks import gpu_candidates, known_gpus
 
     name = ref
     if gpu_peak(ref) is None:
         try:
             name = str(load_profile(ref).settings.get("gpu") or ref)
         except ProfileError:
-            pass
+            candidates = gpu_candidates(ref)
+            if len(candidates) > 1:
+                raise InputError(
+                    f"GPU {ref!r} is ambiguous: it could be {', '.join(candidates)}; name one"
+                ) from None
+            name = candidates[0] if candidates else ref
     spec = gpu_peak_spec(name, cuda_precision())
     if spec.tflops is None:
         raise InputError(

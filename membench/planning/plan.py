@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, expand_grid
 from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
+from ..validate import arch_at
 from .estimate import estimate_cell
 
 # PCIe 4.0 x16, one direction: 16 GT/s x 16 lanes x 128/130 encoding / 8 bits.
@@ -162,6 +163,7 @@ def plan(
     ``budget_bytes`` on ``gpu`` (a name of the peak table); ConfigError for bad input."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
+    arch_at(arch, res)  # refused as a sweep refuses it, not "no configuration fits"
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
     cells = candidate_cells(arch, res, batch, classes, precisions)
     result = Plan(arch, res, batch, budget_bytes, gpu, link_gbps)
