@@ -430,3 +430,62 @@ def test_cli_binary_cells_csv_is_a_one_line_error(tmp_path):
     line = usage_error(invoke(["report", str(folder), "--out", str(tmp_path / "out")]))
     assert "cells.csv" in line
     assert not (tmp_path / "out").exists()
+
+
+def _report_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 4])  # while saving the figures, at two moments
+def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch, interrupt_at):
+    import matplotlib.figure
+
+    write_results(tmp_path / "results", sample_rows())
+    out = tmp_path / "report"
+    build_report([tmp_path / "results"], out, now=GOLDEN_NOW)
+    (out / "notes.txt").write_text("the user's own file")
+    before = _report_files(out)
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def interrupted(figure, *args, **kwargs):
+        if len(saved) == interrupt_at:
+            raise KeyboardInterrupt  # Ctrl-C while the new report is written
+        saved.append(args[0])
+        return real(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([tmp_path / "results"], out, budgets_bytes=[8 * GIB])
+    assert _report_files(out) == before  # every figure report.md links is still there
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "notes.txt", "report.md"]
+
+
+def test_a_new_report_replaces_the_earlier_one_and_keeps_other_files(tmp_path):
+    write_results(tmp_path / "results", sample_rows())
+    out = tmp_path / "report"
+    build_report([tmp_path / "results"], out)
+    (out / "figures" / "stale.png").write_bytes(PNG_MAGIC)  # of no report now
+    (out / "figures" / "README").write_text("kept")
+    build_report([tmp_path / "results"], out)
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert "stale.png" not in names and "README" in names
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_interrupted_first_report_leaves_no_folder(tmp_path, monkeypatch):
+    import membench.report.render as render
+
+    write_results(tmp_path / "results", sample_rows())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "save_figures", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([tmp_path / "results"], tmp_path / "new" / "report")
+    assert not (tmp_path / "new").exists()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from .. import __version__
+from ..durable import signals_deferred
 from ..schema import ESTIMATED, OK
 from ..timeline.figure import timeline_figures
 from ..units import format_size, slug
@@ -23,6 +28,7 @@ from .tables import best_table, failures_table, panel_table
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
+STAGING_PREFIX = ".membench-report-"  # the new report, until it is complete
 FIGURE_ALT = {
     "frontier": "memory-throughput frontier",
     "batch": "memory and throughput against batch",
@@ -236,9 +242,9 @@ def build_report(
     """Write ``report.md`` and ``figures/*.png`` for every cells.csv at or under ``inputs``.
 
     ``budgets_bytes`` adds memory-budget lines to the figures. ``gpu`` (name, {cell precision:
-    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. Figures
-    of an earlier report in
-    the same folder are replaced. ``now`` is the generation time written in the report (default
+    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. An
+    earlier report in the same folder is replaced once the new one is complete
+    (``write_report_folder``). ``now`` is the generation time written in the report (default
     now). Returns report.md's path. Raises ResultsError when there is nothing to report; a
     report whose every row failed is written and says so (and ``on_warning`` is told).
     """
@@ -247,10 +253,49 @@ def build_report(
         add_throughput_bound(loaded, *gpu)
     budgets = sorted({int(b) for b in budgets_bytes})
     figures = make_figures(loaded.cells, budgets) + timeline_figures(loaded.cells)
-    out_dir = Path(out_dir)
-    save_figures(figures, out_dir / FIGURES_DIR)
-    report = out_dir / REPORT_FILE
-    report.write_text(render_report(loaded, figures, budgets, now=now), encoding="utf-8")
+    text = render_report(loaded, figures, budgets, now=now)
+    report = write_report_folder(Path(out_dir), text, figures)
     if on_warning and not _any_plotted(loaded.cells):
         on_warning("no cell succeeded (all OOM, error or timeout); the report lists the failures")
     return report
+
+
+def write_report_folder(out_dir: Path, text: str, figures: list[ReportFigure]) -> Path:
+    """Write report.md and figures/ into ``out_dir``, replacing an earlier report only once the
+    new one is complete: it is written into a staging folder inside ``out_dir`` and swapped in
+    by two renames with Ctrl-C held (``durable.signals_deferred``), so an interrupt, an error or
+    a full disk at any point leaves the earlier report whole (its report.md never links to a
+    figure that is gone) and nothing of the new one. Other files in ``out_dir`` are kept, and
+    so are files other than PNGs in figures/. Returns report.md's path."""
+    created = [path for path in (*reversed(out_dir.parents), out_dir) if not path.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(STAGING_PREFIX + "*"):  # a staging folder a kill left
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    swapped = False
+    try:
+        save_figures(figures, staging / FIGURES_DIR)
+        (staging / REPORT_FILE).write_text(text, encoding="utf-8")
+        with signals_deferred():
+            _swap_in(staging, out_dir)
+            swapped = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not swapped:  # a report folder this call made holds nothing: it goes too
+            for path in reversed(created):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+    return out_dir / REPORT_FILE
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put the staged figures/ and report.md in place of the earlier ones (renames within one
+    folder); the earlier figures go into the staging folder, deleted after."""
+    old, new = out_dir / FIGURES_DIR, staging / FIGURES_DIR
+    if old.is_dir():
+        for kept in old.iterdir():  # not membench's figures: carried over
+            if kept.suffix != ".png" and not (new / kept.name).exists():
+                kept.rename(new / kept.name)
+        old.rename(staging / "earlier-figures")
+    new.rename(old)
+    os.replace(staging / REPORT_FILE, out_dir / REPORT_FILE)
