@@ -29,9 +29,10 @@ any device model the cluster holds counts. Rerunning the same sweep skips finish
 each at the moment its new row exists and in one transaction with its steps, so an interrupted
 redo keeps every row it has not replaced yet (``membench.resume.replace_result``).
 Before running, ``steps.csv`` rows that belong to no row of ``cells.csv`` (a sweep killed between
-the two appends) are removed, so a rerun cell never has its steps twice. Estimates are cheap and
-deterministic, so they are always recomputed, replacing earlier estimate rows of the same cells
-for the same device kind.
+the two appends) are removed, so a rerun cell never has its steps twice. Estimates resume the
+same way (an estimate row counts as finished for estimates of the same device kind, never for a
+measurement): a grid of hundreds of estimates interrupted half-way goes on where it stopped, and
+``redo=True`` recomputes them (after an upgrade of membench or torch).
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ def run_cells(
 
     ``isolation="process"`` runs cells in worker processes (see the module docstring);
     ``"none"`` runs them here, for debugging, and cannot enforce a timeout. Cells already in
-    ``cells.csv`` for this device and device model are skipped unless ``redo``. Estimates are
-    always recomputed, replacing earlier estimates of the same cells for the same kind (a
-    ``cuda (estimate)`` row survives a ``cpu`` estimate), and ``env.json`` is written for them
-    only where the folder has none, so an estimate never replaces a measured run's provenance.
+    ``cells.csv`` for this device and device model are skipped unless ``redo``; so are
+    estimates of the same kind (a ``cuda (estimate)`` row is no ``cpu`` estimate), and
+    ``env.json`` is written for them only where the folder has none, so an estimate never
+    replaces a measured run's provenance.
     ``executor="ray"`` runs the cells as Ray tasks, several at once. Raises ResultsError (or
     SweepLockedError) for a folder it cannot use, SweepError when no worker can start.
     """
@@ -175,9 +176,7 @@ def run_cells(
             options.timeout_s,
             methods,
         )
-    return _sweep(
-        cells, runner, out_dir, progress, redo=redo or options.estimate, estimates=options.estimate
-    )
+    return _sweep(cells, runner, out_dir, progress, redo=redo, estimates=options.estimate)
 
 
 def _sweep(
