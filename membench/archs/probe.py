@@ -21,6 +21,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import one_line
+from .bounded import call_bounded
 from .layers import LayerStack
 from .registry import build_arch, clear_caches, resolve_arch
 from .specs import ArchError, cifar_resnet_spec, conv_stack_spec
@@ -85,7 +86,14 @@ def _quiet_fake_tensors() -> Iterator[None]:
 @cache
 def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
     """Build ``name`` on fake tensors and run one training-mode forward at ``res`` (cached);
-    ArchError, one line with the model's reason, if either fails."""
+    ArchError, one line with the model's reason, if either fails, calls ``sys.exit`` or does
+    not return within the bound on user code (``bounded.call_bounded``)."""
+    return call_bounded(
+        lambda: _probe(name, res, classes), f"probing --arch {name} at resolution {res}"
+    )
+
+
+def _probe(name: str, res: int, classes: int) -> ArchProbe:
     source = resolve_arch(name)
     with torch.random.fork_rng(devices=[]), _quiet_fake_tensors(), FakeTensorMode():
         model: nn.Module = build_arch(name, classes).train()
@@ -114,8 +122,9 @@ def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
 
 def validate_arch(name: str, res: int) -> None:
     """ArchError unless ``name`` is an arch that runs at ``res``: from its spec for membench's
-    own archs, else from one fake forward (``probe_arch``)."""
-    kind = resolve_arch(name).kind
+    own archs, else from one fake forward (``probe_arch``); a plugin's or an import path's
+    module is imported under the same bound on time as the probe."""
+    kind = call_bounded(lambda: resolve_arch(name).kind, f"importing --arch {name}")
     if kind == "conv-stack":
         conv_stack_spec(name).check_resolution(res)
     elif kind == "cifar-resnet":
