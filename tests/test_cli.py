@@ -210,3 +210,22 @@ def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
     lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]
     assert len(lines) == 2 and lines[0] != lines[1]
     assert "bf16 mb16" in lines[1] and "mb16" not in lines[0]
+
+
+def test_output_that_cannot_be_written_is_one_line(monkeypatch):
+    """`membench timeline DIR > /dev/full` (or any command's output on a full disk) ends in one
+    line and exit 1, not a traceback."""
+    import errno
+    import os
+
+    import rich.console
+
+    def full(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rich.console.Console, "_write_buffer", full)
+    result = invoke("list", "methods")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        "membench: error: cannot write the output: No space left on device"
+    )

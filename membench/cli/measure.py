@@ -11,6 +11,7 @@ from ..execute.sweep import SweepError
 from ..execute.sweep import sweep as run_config
 from ..execute.worker import Target, open_target
 from ..resume import grid_rows, read_result_row
+from ..schema import MEASURED_STATUSES
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
 from .display import default_out_dir, describe, progress_display, summary_table
 from .options import setting_options
@@ -76,6 +77,29 @@ def sweep(
     )
     console.print(summary_table(rows, f"{len(rows)} cell(s) {where}"))
     typer.echo(f"membench: results in {out}")
+    if options.timeline:
+        _say_which_have_no_timeline(out, rows)
+
+
+def _say_which_have_no_timeline(out, rows) -> None:
+    """--timeline records a step only for the cells a sweep runs: say so when cells finished
+    earlier have none, and what records them."""
+    import pandas as pd
+
+    from ..timeline.files import read_timelines, timelines_of
+
+    measured = [r for r in rows if r.status in MEASURED_STATUSES]
+    if not measured:
+        return
+    frame = pd.DataFrame([r.row() for r in measured])
+    missing = len(measured) - len(timelines_of(frame, read_timelines(out)))
+    if missing:
+        warn(
+            f"{missing} of {len(measured)} cell(s) have no recorded step: they finished in an "
+            "earlier sweep, and --timeline records one only for the cells it runs; add --redo "
+            "to run them again with one (then `membench timeline "
+            f"{out}`)"
+        )
 
 
 @reports_input_errors

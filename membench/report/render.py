@@ -16,7 +16,7 @@ import pandas as pd
 from .. import __version__
 from ..durable import signals_deferred
 from ..schema import ESTIMATED, OK
-from ..timeline.figure import timeline_figures
+from ..timeline.figure import cut_timeline_notes, timeline_figures
 from ..units import format_size, slug
 from .crossover import crossover_markdown
 from .figures import ReportFigure, make_figures
@@ -252,6 +252,10 @@ def build_report(
     if gpu is not None:
         add_throughput_bound(loaded, *gpu)
     budgets = sorted({int(b) for b in budgets_bytes})
+    for note in cut_timeline_notes(loaded.cells):
+        loaded.notes.append(note)
+        if on_warning:
+            on_warning(note)
     figures = make_figures(loaded.cells, budgets) + timeline_figures(loaded.cells)
     text = render_report(loaded, figures, budgets, now=now)
     report = write_report_folder(Path(out_dir), text, figures)
