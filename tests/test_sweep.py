@@ -549,3 +549,19 @@ def test_an_interrupted_estimate_sweep_resumes_where_it_stopped(tmp_path, monkey
     estimate_sweep(cells, "cuda", tmp_path, isolation="none")
     assert len(calls) == 2  # only the two it had not estimated (it used to start from 0)
     assert sorted(r["batch"] for r in rows(tmp_path)) == ["2", "4", "6", "8"]
+
+
+def test_measuring_into_a_folder_of_estimates_says_so(tmp_path, monkeypatch):
+    _fake_estimator(monkeypatch, [])
+    estimate_sweep([tiny()], "cuda", tmp_path, isolation="none")
+    notes = []
+
+    class Notes(SweepProgress):
+        def note(self, text):
+            notes.append(text)
+
+    run_sweep([tiny()], "cpu", tmp_path, isolation="none", progress=Notes())
+    assert any("holds 1 estimated row(s) (cuda (estimate))" in n for n in notes), notes
+    notes.clear()
+    run_sweep([tiny(batch=4)], "cpu", tmp_path / "fresh", isolation="none", progress=Notes())
+    assert not any("holds" in n for n in notes)

@@ -226,6 +226,7 @@ def plan_cluster(nodes: list[dict], kind: str, cpus_per_cell: int | None) -> Clu
     alive = [node for node in nodes if node.get("Alive")]
     gpus = {node["NodeID"]: int(node["Resources"].get("GPU", 0)) for node in alive}
     cpus = {node["NodeID"]: int(node["Resources"].get("CPU", 0)) for node in alive}
+    asked = kind
     if kind == "auto":
         kind = "cuda" if any(gpus.values()) else "cpu"
     if kind == "cuda" and not any(gpus.values()):
@@ -255,6 +256,12 @@ def plan_cluster(nodes: list[dict], kind: str, cpus_per_cell: int | None) -> Clu
         f"Ray: {len(fit)} node(s) ({shown}) run up to {slots} cell(s) at a time, each with "
         f"{'one GPU and ' if kind == 'cuda' else ''}{need} CPU(s)"
     ]
+    if asked == "auto" and kind == "cpu":  # never a silent CPU measurement of a GPU grid
+        notes.append(
+            "--device auto: the Ray cluster has no GPU, so its cells are measured on the CPU "
+            "(cpu rows, CPU timing); pass --device cpu to mean it, or --ray-address a cluster "
+            "with GPUs"
+        )
     if len(able) > len(fit):
         notes.append(
             f"{len(able) - len(fit)} smaller node(s) of the cluster run no cell: a cell "

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from ..config import ConfigError, SweepConfig, SweepOptions
 from ..multidevice.rows import append_ranks
-from ..results import append_result, write_env
+from ..results import append_result, read_rows, write_env
 from ..resume import (
     cell_key,
     latest_rows,
@@ -51,7 +51,7 @@ from ..resume import (
     results_lock,
     row_key,
 )
-from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from ..schema import CELLS_FILE, ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timeline.files import write_timeline
 from .local import Executor, LocalExecutor, Placement, SweepError
 from .worker import Target
@@ -200,7 +200,7 @@ def _sweep(
             _check_precisions(cells, placement)
             for name in placement.device_names:
                 progress.device_ready(placement.device, name)
-            for note in placement.notes:
+            for note in (*placement.notes, *_mixing_notes(out_dir, placement, estimates)):
                 progress.note(note)
             todo = _unfinished(cells, placement, out_dir, redo, estimates)
             progress.sweep_started(len(cells), len(todo), out_dir)
@@ -222,6 +222,20 @@ def _sweep(
     ordered = [results[index] for index in sorted(results)]
     progress.sweep_finished(ordered)
     return ordered
+
+
+def _mixing_notes(out_dir: Path, placement: Placement, estimates: bool) -> list[str]:
+    """A note when measured rows go into a folder of estimates (or the other way round): both
+    kinds stay apart in every reader, but the user should know the folder now holds both."""
+    other = [row for row in read_rows(out_dir / CELLS_FILE)[1] if is_estimate_row(row) != estimates]
+    if not other:
+        return []
+    devices = ", ".join(sorted({str(row.get("device")) for row in other}))
+    these = "estimates" if estimates else f"measurements on {placement.device}"
+    return [
+        f"{out_dir} holds {len(other)} {'measured' if estimates else 'estimated'} row(s) "
+        f"({devices}); these {these} go beside them (readers keep the two apart)"
+    ]
 
 
 def _check_precisions(cells: list[Cell], placement: Placement) -> None:
