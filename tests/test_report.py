@@ -489,3 +489,21 @@ def test_an_interrupted_first_report_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_report([tmp_path / "results"], tmp_path / "new" / "report")
     assert not (tmp_path / "new").exists()
+
+
+def test_rows_left_out_for_another_folders_later_runs_say_why(tmp_path):
+    """`membench report results/` over a committed reference run and the user's own run of
+    the same cells shows the user's, and says whose rows were left out and for what."""
+    rows = sample_rows()
+    write_results(tmp_path / "results" / "reference", rows)
+    later = [{**row, "started_at": "2099-01-01T00:00:00+00:00"} for row in rows]
+    write_results(tmp_path / "results" / "quick", later)
+    warnings = []
+    report = build_report([tmp_path / "results"], tmp_path / "out", on_warning=warnings.append)
+    reference = tmp_path / "results" / "reference" / "cells.csv"
+    quick = tmp_path / "results" / "quick" / "cells.csv"
+    text = report.read_text()
+    assert f"{len(rows)} earlier row(s) left out: {len(rows)} of `{reference}`" in text
+    assert f"run again later in `{quick}`" in text
+    assert len(warnings) == 1 and f"{len(rows)} row(s) left out" in warnings[0]
+    assert str(reference) in warnings[0] and "report the folders apart" in warnings[0]

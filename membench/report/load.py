@@ -51,6 +51,9 @@ class LoadedCells:
     sources: list[tuple[Path, int]]
     superseded: int = 0
     notes: list[str] = field(default_factory=list)
+    # (file of the rows left out, file of the later runs shown instead, how many): where the
+    # rows a report leaves out went, e.g. a committed reference run replaced by the user's own.
+    replaced: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def card_memory(cells_file: Path, device: str) -> float:
@@ -156,12 +159,24 @@ def keep_latest(cells: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The latest run of each repeated cell (same device, device name, cell_id, budget and
     estimate-or-not) and how many earlier rows were left out. Rows without a time count as
     oldest and, among themselves, the one read last wins; the reading order is kept."""
+    kept, replaced = _latest(cells)
+    return kept, sum(count for _, _, count in replaced)
+
+
+def _latest(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str, int]]]:
+    """``keep_latest``'s rows, and (file left out, file shown instead, rows) per pair."""
     cells = cells.assign(order=range(len(cells)), budget_key=cells["device_mem_bytes"].fillna(-1))
     cells = cells.sort_values(["started", "order"], na_position="first", kind="stable")
-    before = len(cells)
+    latest = cells.groupby(RUN_KEY, dropna=False, sort=False)["source"].transform("last")
+    dropped = cells.duplicated(RUN_KEY, keep="last")
+    pairs = pd.DataFrame({"old": cells["source"], "new": latest})[dropped]
+    replaced = [
+        (str(old), str(new), int(count))
+        for (old, new), count in pairs.value_counts(sort=False).items()
+    ]
     cells = cells.drop_duplicates(RUN_KEY, keep="last").sort_values("order")
     cells = cells.drop(columns=["budget_key", "order"]).reset_index(drop=True)
-    return cells, before - len(cells)
+    return cells, sorted(replaced)
 
 
 def load_cells(inputs: Sequence[Path]) -> LoadedCells:
@@ -174,5 +189,6 @@ def load_cells(inputs: Sequence[Path]) -> LoadedCells:
     """
     cells, sources, files = _read_all(inputs)
     cells, notes = _usable(cells, files)
-    cells, superseded = keep_latest(classify(cells))
-    return LoadedCells(cells, sources, superseded, notes)
+    cells, replaced = _latest(classify(cells))
+    superseded = sum(count for _, _, count in replaced)
+    return LoadedCells(cells, sources, superseded, notes, replaced)

@@ -89,6 +89,20 @@ def summary_counts(rows: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def replaced_text(replaced: Sequence[tuple[str, str, int]]) -> str:
+    """Which file's rows were left out for which file's later runs: '35 of
+    `results/reference/cells.csv`, run again later in `results/quick/cells.csv`'."""
+    parts = []
+    for old, new, count in replaced:
+        where = (
+            "run again later in the same file"
+            if old == new
+            else f"run again later in `{display_path(Path(new))}`"
+        )
+        parts.append(f"{count} of `{display_path(Path(old))}`, {where}")
+    return "; ".join(parts)
+
+
 def _any_plotted(cells: pd.DataFrame) -> bool:
     return bool(cells["kind"].isin(["ok", "estimated"]).any())
 
@@ -107,7 +121,8 @@ def _preamble(loaded: LoadedCells, budgets_bytes: Sequence[int], now: dt.datetim
     if loaded.superseded:
         lines.append(
             f"Where a cell was run more than once on the same device, only its latest run "
-            f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out."
+            f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out"
+            + (f": {replaced_text(loaded.replaced)}." if loaded.replaced else ".")
         )
     else:
         lines.append(
@@ -252,6 +267,12 @@ def build_report(
     if gpu is not None:
         add_throughput_bound(loaded, *gpu)
     budgets = sorted({int(b) for b in budgets_bytes})
+    across = [(old, new, n) for old, new, n in loaded.replaced if old != new]
+    if across and on_warning:  # another folder's rows hidden by these: never without a word
+        on_warning(
+            f"{sum(n for *_, n in across)} row(s) left out for later runs of the same cells on "
+            f"the same device: {replaced_text(across)} (report the folders apart to see both)"
+        )
     for note in cut_timeline_notes(loaded.cells):
         loaded.notes.append(note)
         if on_warning:
