@@ -215,9 +215,11 @@ def summary_table(results: list[CellResult], title: str) -> Table:
     """The end-of-sweep table: one line per cell."""
     table = Table(title=title)
     for name in ("method", "arch", "res", "batch", "tooling", "status"):
-        table.add_column(name)
-    for name in ("median ms", "imgs/s", "peak GiB", "GFLOP/step", "MFU"):
-        table.add_column(name, justify="right")
+        # what tells cells apart is never cut to fit ('plain-…' was plain-net and plain-stack)
+        longest = max((len(_identity(result, name)) for result in results), default=0)
+        table.add_column(name, min_width=max(len(name), longest), overflow="fold")
+    for name in ("median ms", "imgs/s", "peak", "GFLOP/step", "MFU"):
+        table.add_column(name, justify="right", no_wrap=True)
     for result in results:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
@@ -230,11 +232,37 @@ def summary_table(results: list[CellResult], title: str) -> Table:
             result.status,
             "-" if median is None else f"{median:.1f}",
             "-" if imgs is None else f"{imgs:.0f}",
-            "-" if peak is None else f"{peak / 2**30:.3f}",
-            "-" if flops is None else f"{flops / 1e9:,.1f}",
-            "-" if mfu is None else f"{mfu:.1%}",
+            format_gib(peak),
+            "-" if flops is None else significant(flops / 1e9),
+            "-" if mfu is None else f"{significant(mfu * 100)}%",
         )
     return table
+
+
+def significant(value: float) -> str:
+    """Three significant digits, as a column of figures of any size needs them ('1,470',
+    '12.3', '0.0123'), never '0.0' for a small one."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """Print ``table`` at its natural width where the console is narrower (a pipe, a log): a
+    table squeezed to fit cuts the figures and names it shows."""
+    needed = Console(width=10_000).measure(table).maximum  # unconstrained: its natural width
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _identity(result: CellResult, column: str) -> str:
+    """A summary row's text in one of the columns that name the cell."""
+    cell = result.cell
+    if column == "tooling":
+        return " ".join(tooling_parts(cell)) or "-"
+    return str(result.status if column == "status" else getattr(cell, column))
 
 
 def tooling_parts(cell) -> list[str]:

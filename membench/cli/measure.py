@@ -13,7 +13,7 @@ from ..execute.worker import Target, open_target
 from ..resume import grid_rows, read_result_row
 from ..schema import MEASURED_STATUSES
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
-from .display import default_out_dir, describe, progress_display, summary_table
+from .display import default_out_dir, describe, print_whole, progress_display, summary_table
 from .options import setting_options
 from .timeline import timeline_peak_text
 
@@ -75,7 +75,7 @@ def sweep(
         if options.estimate
         else f"on {progress.device} ({progress.device_name})"
     )
-    console.print(summary_table(rows, f"{len(rows)} cell(s) {where}"))
+    print_whole(console, summary_table(rows, f"{len(rows)} cell(s) {where}"))
     typer.echo(f"membench: results in {out}")
     if options.timeline:
         _say_which_have_no_timeline(out, rows)

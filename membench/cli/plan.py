@@ -112,7 +112,7 @@ def fit(
         )
 
     typer.echo(
-        f"membench fit: {arch} at {res}x{res}, K={classes}, budget {budget / 2**30:.3f} GiB "
+        f"membench fit: {arch} at {res}x{res}, K={classes}, budget {format_gib(budget)} "
         f"({device_kind} estimate, max batch {max_batch})"
     )
     if peak is not None:

@@ -58,6 +58,7 @@ from ..schema import (
     CellResult,
     estimate_device,
 )
+from ..units import format_gib
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
@@ -128,7 +129,7 @@ class EstimateDevice(Device):
         budget, peak = result.cell.device_mem_bytes, result.peak_allocated_bytes
         if budget is not None and peak is not None and peak > budget:
             result.status = OOM
-            result.error = f"estimated {peak / 2**30:.3f} GiB > budget {budget / 2**30:.3f} GiB"
+            result.error = f"estimated {format_gib(peak)} > budget {format_gib(budget)}"
 
     def reset_host_peak(self) -> None:
         pass  # the host's memory says nothing about the device planned for
