@@ -69,6 +69,8 @@ class Runner(ABC):
     spans_devices: ClassVar[bool] = False
     uses_schedule: ClassVar[bool] = False
     default_schedule: ClassVar[str | None] = None
+    # fp16's GradScaler starts here (torch's default, 2^16, suits BP's small gradients).
+    initial_grad_scale: ClassVar[float] = 2.0**16
 
     def __init__(
         self,
@@ -99,7 +101,9 @@ class Runner(ABC):
         # (``schedule``: bp.py's runners name their cosine ``self.schedule``)
         self.devices, self.pipeline_schedule = devices, schedule
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=self.initial_grad_scale, enabled=precision == "fp16"
+        )
 
     @classmethod
     def check_cell(cls, arch: str, res: int, batch: int, micro_batch: int | None) -> None:

@@ -96,6 +96,13 @@ def _after_first_step(
     return runner
 
 
+def _worst(differences) -> float:
+    """The largest difference, NaN if any is: Python's ``max`` keeps whichever of a NaN and a
+    number comes first, so a NaN after the first parameter used to pass as 0."""
+    values = list(differences)
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
 def _compare_gradients(
     check: str, method: str, reference: str, ref: list[torch.Tensor], got: list[torch.Tensor]
 ) -> CheckResult:
@@ -103,7 +110,7 @@ def _compare_gradients(
         return CheckResult(
             check, method, False, "parameter shapes differ from the reference", reference
         )
-    worst = max(
+    worst = _worst(
         ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(ref, got)
     )
     return CheckResult(
@@ -180,7 +187,7 @@ def check_same_updates(method: str, setup: VerifySetup, what: str, steps: int = 
     ]
     ref = _weights_after(method, setup, steps)
     got = _weights_after(method, setup, steps, **UPDATE_TOOLING[what])
-    worst = max(
+    worst = _worst(
         ((r - g).abs().max() / (r - s).abs().max().clamp_min(1e-12)).item()
         for s, r, g in zip(start, ref, got)
     )
