@@ -176,6 +176,14 @@ class SweepConfig:
             axes = {f.name: getattr(grid, f.name) for f in fields(grid)}
             cells.update(dict.fromkeys(expand_grid(estimate=self.options.estimate, **axes)))
         object.__setattr__(self, "cells", tuple(cells))
+        if any(cell.rounds > 1 for cell in cells):
+            if self.options.estimate:
+                raise ConfigError("--rounds repeats timed steps; an estimate times none")
+            if self.options.isolation == "none":
+                raise ConfigError(
+                    "--rounds runs each round in a fresh worker process; --isolation none "
+                    "runs every cell in this one"
+                )
         if self.options.timeline and any(cell.devices > 1 for cell in cells):
             raise ConfigError(
                 "--timeline records one device's step; a cell on several devices "

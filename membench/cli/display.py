@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ..execute.sweep import SweepProgress
 from ..schema import ESTIMATE_DEVICE_NAME, MEASURED_STATUSES, OK, CellResult
+from ..stability import OTHERS_THRESHOLD, is_unstable
 from ..units import format_gib
 
 
@@ -48,6 +49,8 @@ def describe(result: CellResult) -> str:
         lines.append(f"  breakdown   {parts}")
     if result.host_peak_rss_bytes:
         lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
+    if result.stability:
+        lines.append(f"  timing      {result.stability}: {result.stability_reason}")
     return "\n".join(lines)
 
 
@@ -60,8 +63,13 @@ def flops_text(result: CellResult) -> str:
         parts.append(f"{result.achieved_tflops:.3g} TFLOP/s achieved")
     if result.mfu is not None:
         parts.append(
-            f"MFU {result.mfu:.1%} of {result.peak_tflops:.3g} TFLOP/s "
+            f"MFU {significant(result.mfu * 100)}% of {result.peak_tflops:.3g} TFLOP/s "
             f"({result.peak_source}, {result.peak_precision})"
+            + (
+                f", on a shared CPU (others used {result.cpu_others:.0%} of it)"
+                if shared_cpu(result)
+                else ""
+            )
         )
     return ", ".join(parts)
 
@@ -80,8 +88,23 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float, host: b
     if result.peak_allocated_bytes is not None:
         parts.append(f"peak {format_gib(result.peak_allocated_bytes)}")
     if result.mfu is not None:
-        parts.append(f"MFU {result.mfu:.1%}")
+        parts.append(f"MFU {significant(result.mfu * 100)}%{shared_mark(result)}")
+    if is_unstable(result):
+        parts.append(f"unstable: {result.stability_reason}")
     return f"{head} ({wall_s:.1f} s): {', '.join(parts)}"
+
+
+def shared_cpu(result: CellResult) -> bool:
+    """Whether a CPU cell's timed steps shared the machine (other processes' CPU time past
+    ``stability.OTHERS_THRESHOLD``): its MFU, and the calibrated peak behind it, moved with
+    the load."""
+    others = result.cpu_others
+    return result.device.startswith("cpu") and others is not None and others >= OTHERS_THRESHOLD
+
+
+def shared_mark(result: CellResult) -> str:
+    """'*' after the MFU of a cell measured on a shared CPU (``shared_cpu``)."""
+    return "*" if result.mfu is not None and shared_cpu(result) else ""
 
 
 class CliProgress(SweepProgress):
@@ -220,6 +243,7 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         table.add_column(name, min_width=max(len(name), longest), overflow="fold")
     for name in ("median ms", "imgs/s", "peak", "GFLOP/step", "MFU"):
         table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("timing", no_wrap=True)
     for result in results:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
@@ -234,8 +258,26 @@ def summary_table(results: list[CellResult], title: str) -> Table:
             "-" if imgs is None else f"{imgs:.0f}",
             format_gib(peak),
             "-" if flops is None else significant(flops / 1e9),
-            "-" if mfu is None else f"{significant(mfu * 100)}%",
+            "-" if mfu is None else f"{significant(mfu * 100)}%{shared_mark(result)}",
+            result.stability or "-",
         )
+    unstable = [r for r in results if is_unstable(r)]
+    shared = [r for r in results if shared_mark(r)]
+    notes = []
+    if unstable:
+        notes.append(
+            f"{len(unstable)} cell(s) unstable (timing: their medians may be noise), e.g. "
+            f"{unstable[0].cell.cell_id}: {unstable[0].stability_reason}"
+        )
+    if shared:
+        worst = max(r.cpu_others for r in shared)
+        notes.append(
+            f"* MFU on a shared CPU: other processes used up to {worst:.0%} of it during the "
+            "timed steps, and the peak it is held against was calibrated on the same CPU"
+        )
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from ..measure.peaks import PeakSpec
-from ..schema import ERROR, OK, TIMEOUT, Cell, CellResult
+from ..schema import ERROR, MEASURED_STATUSES, OK, TIMEOUT, Cell, CellResult
+from ..stability import combine_rounds
 from .worker import IsolatedWorker, Target, WorkerStartError, open_target
 
 # Called as each cell starts running: (index in the list given to run, the cell).
@@ -129,6 +130,21 @@ class LocalExecutor(Executor):
             yield index, result, time.perf_counter() - start
 
     def _run_one(self, cell: Cell) -> CellResult:
+        """The cell's row: with ``rounds`` R > 1, R rounds, each in a fresh worker (a new
+        process: its own placement, allocator and clock), combined (``combine_rounds``); the
+        timeout bounds each round."""
+        if cell.rounds == 1:
+            return self._run_round(cell)
+        results = []
+        for _ in range(cell.rounds):
+            if self.local is None:
+                self.close()
+            results.append(self._run_round(cell))
+            if results[-1].status not in MEASURED_STATUSES:
+                break
+        return combine_rounds(results)
+
+    def _run_round(self, cell: Cell) -> CellResult:
         if self.local is not None:
             return self.local(cell)
         measuring = self.target.estimate_kind is None

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from ..envinfo import cluster_env
 from ..errors import InputError, one_line
 from ..measure.peaks import PeakSpec
-from ..schema import ERROR, TIMEOUT, Cell, CellResult, parse_device
+from ..schema import ERROR, MEASURED_STATUSES, TIMEOUT, Cell, CellResult, parse_device
+from ..stability import combine_rounds
 from .local import CellStarted, Executor, Placement, SweepError
 from .worker import IsolatedWorker, Target, WorkerStartError, failed_result, now
 
@@ -173,9 +174,18 @@ def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFail
     try:
         yield Started(node_id, socket.gethostname(), now())
         # The sweep process enforces the timeout (it cancels this task), so none here.
-        yield worker.run(cell, None)
+        results = [worker.run(cell, None)]
     finally:
         worker.close()
+    for _ in range(cell.rounds - 1):  # each further round in a fresh worker, as locally
+        if results[-1].status not in MEASURED_STATUSES:
+            break
+        worker = _start_worker(setup, setup.peaks.get(node_id), collect_env_info=False)
+        try:
+            results.append(worker.run(cell, None))
+        finally:
+            worker.close()
+    yield combine_rounds(results)
 
 
 def ray_reason(err: BaseException) -> str:
@@ -470,7 +480,7 @@ class RayExecutor(Executor):
 
     def _wait_s(self) -> float:
         deadlines = [
-            flight.started + self.timeout_s
+            flight.started + self.timeout_s * flight.cell.rounds
             for flight in self.flights.values()
             if flight.started is not None and self.timeout_s is not None
         ]
@@ -499,7 +509,10 @@ class RayExecutor(Executor):
         if self.timeout_s is None:
             return
         for generator, flight in list(self.flights.items()):
-            late = flight.started is not None and flight.wall_s() >= self.timeout_s
+            late = (
+                flight.started is not None
+                and flight.wall_s() >= self.timeout_s * flight.cell.rounds  # each round's
+            )
             if not late or self.ray.wait([generator], timeout=0)[0]:
                 continue  # not late, or its answer is in: the next round reads it
             self.ray.cancel(generator, force=True)

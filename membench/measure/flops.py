@@ -125,7 +125,32 @@ def device_peak_spec(
         return PeakSpec(user_tflops, USER, precision)
     if kind == "cuda":
         return gpu_peak_spec(device_name, precision)
-    return cpu_peak(precision)
+    return shared_cpu_note(cpu_peak)(precision)
+
+
+def shared_cpu_note(calibrate):
+    """``calibrate`` (a CPU's peak for a precision), watched: a peak calibrated while other
+    processes used the CPU is too low, and every MFU held against it too high; its note says
+    so (the sweep prints it once)."""
+
+    def watched(precision: str) -> PeakSpec:
+        from dataclasses import replace
+
+        from ..stability import OTHERS_THRESHOLD
+        from .machine_load import LoadWindow
+
+        window = LoadWindow.start()
+        peak = calibrate(precision)
+        others = window.stop().cpu_others
+        if peak.tflops is None or others is None or others < OTHERS_THRESHOLD:
+            return peak
+        note = (
+            f"the CPU's {precision} peak ({peak.tflops:.3g} TFLOP/s) was calibrated while "
+            f"other processes used {others:.0%} of the CPU: it is low, and MFU against it high"
+        )
+        return replace(peak, note="; ".join(filter(None, [peak.note, note])))
+
+    return watched
 
 
 def apply_peak(result: CellResult, peak: PeakSpec | None) -> None:

@@ -14,6 +14,8 @@ count, the memory pass and timing are written once (docs/design.md, "Measurement
    to go past it, which is the CPU's out-of-memory.
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
+   Around it, what else ran on the machine (``machine_load``); after it, the verdict on how
+   far the times can be trusted (``membench.stability.judge``).
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
    (``Device.record_timeline``; docs/design.md, "Memory over time").
 """
@@ -35,8 +37,10 @@ from .. import __version__
 from ..errors import one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
+from ..stability import judge
 from .devices import Device
 from .flops import apply_peak, step_flops
+from .machine_load import LoadWindow
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .peaks import PeakSpec
 
@@ -245,6 +249,7 @@ def run_cell(
         gc.collect()  # free what the cell left so the next one starts from the same place
         device.release_cached_memory()
     apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
+    judge(result)  # its spread and what ran beside it: stable or not, and why
     return result
 
 
@@ -264,7 +269,9 @@ def _measure(
     device.reset_host_peak()
     measure_memory(prepared, result, tracker_steps)
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
+    window = LoadWindow.start()  # what else runs on the machine meanwhile
     result.step_ms = timer(prepared.step, cell.steps)
+    window.stop().record(result)
     device.record_peaks(result)
     result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
     result.offloaded_optimizer_bytes = getattr(prepared.runner, "offloaded_optimizer_bytes", None)

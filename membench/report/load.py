@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..results import ResultsError, find_cells_files, read_cells
 from ..schema import ENV_FILE, ESTIMATED, OK, OOM, cuda_index, tooling_parts
+from ..stability import UNSTABLE
 from ..units import GIB
 
 # A report cannot say anything without these; beyond the identity columns, which the reader
@@ -130,8 +131,10 @@ def tooling_label(row) -> str:
 
 
 def classify(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``tooling``
-    (the tooling settings not at their defaults) and ``started``.
+    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``imgs_p10``
+    and ``imgs_p90`` (imgs/s at the slow and fast tenth of the steps), ``unstable`` (the
+    timing's verdict), ``tooling`` (the tooling settings not at their defaults) and
+    ``started``.
 
     An estimate over its budget is an OOM row with the full predicted peak: still a prediction
     worth plotting (kind ``estimated``), flagged by ``over_budget``. Any other estimate without a
@@ -148,6 +151,10 @@ def classify(cells: pd.DataFrame) -> pd.DataFrame:
     cells.loc[predicted, "kind"] = "estimated"
     cells["over_budget"] = predicted & (cells["status"] == OOM)
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
+    # Throughput at the slow and the fast tenth of the steps: the spread a median hides.
+    cells["imgs_p10"] = cells["batch"] * 1e3 / cells["step_ms_p90"]
+    cells["imgs_p90"] = cells["batch"] * 1e3 / cells["step_ms_p10"]
+    cells["unstable"] = cells["stability"].fillna("").astype(str) == UNSTABLE
     cells["tooling"] = [tooling_label(row) for row in cells.to_dict("records")]
     cells["started"] = pd.to_datetime(
         cells["started_at"], utc=True, errors="coerce", format="ISO8601"
