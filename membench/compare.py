@@ -22,7 +22,9 @@ sides with rounds) or against the other side's prediction interval (one side wit
 other one run). A cell's throughput has regressed when NEW is slower with p below ``alpha``
 *and* the drop, from the ratio of the geometric means of the medians, exceeds the threshold.
 With one run on each side there is no estimate of run-to-run noise: throughput is then not
-judged, and the output says so (``--rounds 3`` on both sides gates it).
+judged, and the output says so (``--rounds 3`` on both sides gates it). Nor is it judged for a
+CPU cell during whose timed steps other processes used half the CPU or more on either side
+(``stability.SHARED_MACHINE``): the load drifts beyond what one sweep's rounds can estimate.
 
 Each folder may hold one row per (cell_id, device): ``steps.csv`` is keyed by those two columns
 only, so a second run of a cell on the same device (another seed, warmup or step count) would pool
@@ -49,7 +51,7 @@ from .schema import (
     MEASURED_STATUSES,
     device_kind,
 )
-from .stability import is_unstable, round_medians
+from .stability import SHARED_MACHINE, is_unstable, round_medians
 from .units import format_size
 
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
@@ -385,6 +387,10 @@ def _compare_timing(
     base_runs, new_runs = run_medians(steps[0], base), run_medians(steps[1], new)
     if len(base_runs) and len(new_runs) and max(len(base_runs), len(new_runs)) >= 2:
         change.timing = judge_between_runs(base_runs, new_runs, max_tput_drop_pct, alpha)
+        busy = _shared_machine(base, new)
+        if busy:  # shown, never judged: no noise estimate holds on a machine that busy
+            change.timing.method, change.timing.regressed = NOT_JUDGED, False
+            change.timing.note = f"throughput not judged: {busy} (gate timing on a quieter runner)"
     else:
         change.timing = _not_judged(base, new, len(base_runs), len(new_runs))
     if change.timing.regressed:
@@ -393,6 +399,18 @@ def _compare_timing(
             f"throughput {t.tput_change_pct:+.1f}% (allowed -{max_tput_drop_pct:g}%, "
             f"p={t.p_value:.2g} between {t.n_baseline} and {t.n_new} run(s))"
         )
+
+
+def _shared_machine(base: dict, new: dict) -> str:
+    """Why a CPU cell's timing cannot be judged: other processes used ``SHARED_MACHINE`` of
+    the CPU or more during a side's timed steps ('' where neither did)."""
+    if base["device_kind"] != "cpu":
+        return ""
+    for side, row in (("baseline", base), ("new", new)):
+        others = _number(row.get("cpu_others"))
+        if others is not None and others >= SHARED_MACHINE:
+            return f"other processes used {others:.0%} of the CPU during the {side}'s timed steps"
+    return ""
 
 
 def _not_judged(base: dict, new: dict, n_base: int, n_new: int) -> TimingVerdict:

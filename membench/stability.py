@@ -30,6 +30,12 @@ IQR_THRESHOLD = 0.10
 # Assumption (membench's): other processes using a tenth of the machine's CPU time change a
 # CPU step's time by about as much as the IQR threshold allows; past it the cell is unstable.
 OTHERS_THRESHOLD = 0.10
+# Assumption (membench's): on a CPU whose other processes used half its time or more during
+# the timed steps, the cell got at most half of what it would alone, and what it got drifts
+# with them beyond what any noise estimate of one sweep holds; membench compare then does not
+# judge its throughput (measured: a rerun 3.7x slower, a 1-thread run 13x faster than 2
+# threads, with others at 80-90 % of a 2-core machine; benchmarks/gate_noise.py).
+SHARED_MACHINE = 0.5
 # Rounds whose medians spread (max - min over their median) past this disagree.
 ROUNDS_THRESHOLD = 0.10
 # Fewer timed steps than this give no interquartile range worth a verdict.
@@ -144,6 +150,7 @@ __all__ = [
     "MIN_STEPS",
     "OTHERS_THRESHOLD",
     "ROUNDS_THRESHOLD",
+    "SHARED_MACHINE",
     "STABLE",
     "UNKNOWN",
     "UNSTABLE",

@@ -488,3 +488,20 @@ def test_device_kind():
     assert [
         device_kind(d) for d in ("cpu", "cuda:0", "cuda", "cuda (estimate)", "cpu (estimate)")
     ] == ["cpu", "cuda", "cuda", "cuda", "cpu"]
+
+
+def test_a_cpu_cell_timed_on_a_machine_others_kept_busy_is_not_judged(tmp_path):
+    """Others at 85 % of the CPU: its rounds cannot say how the next sweep would go (a rerun
+    measured 3.7x slower there), so the slowdown is shown and not judged."""
+    rows = [cell_row(m, cpu_others=0.85) for m in METHODS]
+    base, new = run_pair(tmp_path, new_rows=rows, new_scale=dict.fromkeys(METHODS, 2.0))
+    comparison = compare_results(base, new)
+    assert comparison.passed and {r.timing.method for r in comparison.rows} == {NOT_JUDGED}
+    assert all(r.timing.tput_change_pct < -40 for r in comparison.rows)
+    assert "used 85% of the CPU during the new's timed steps" in comparison.rows[0].timing.note
+    # Mutation: with others at 40 % (unstable, but judged) the same slowdown fails.
+    calmer = [cell_row(m, cpu_others=0.40) for m in METHODS]
+    base, new = run_pair(
+        tmp_path / "calmer", new_rows=calmer, new_scale=dict.fromkeys(METHODS, 2.0)
+    )
+    assert len(compare_results(base, new).regressions) == len(METHODS)
