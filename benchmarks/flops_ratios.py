@@ -1,6 +1,6 @@
 """FLOPs per training step of every built-in method, as ratios to bp, at the paper's two
 operating points (VGG8 at 32x32, batch 256, K=10; VGG11 at 224x224, batch 128, K=100), beside
-the paper's measured throughput ratios (docs/design.md, "Paper reference figures").
+the paper's measured throughput ratios (docs/measurement.md, "Paper reference figures").
 
     python benchmarks/flops_ratios.py
 

@@ -1,6 +1,6 @@
 """bp's FLOPs per image per training step of torchvision models with grouped and depthwise
 convolutions, counted with torch's stock ``convolution_backward`` formula and with membench's
-corrected one (docs/design.md, "FLOPs and MFU"), beside three times the forward.
+corrected one (docs/measurement.md, "FLOPs and MFU"), beside three times the forward.
 
     python benchmarks/grouped_conv_flops.py [--res 224] [--batch 2] [tv:NAME ...]
 

@@ -4,7 +4,7 @@
 
 Writes a normal results folder (cells.csv, steps.csv, env.json) and prints imgs/s and peak memory
 of each runner divided by bp's, next to the paper's VGG8 figures (32x32, batch 256, RTX 4060
-Laptop; docs/design.md, "Paper reference figures") as ratios too, so the comparison is about
+Laptop; docs/measurement.md, "Paper reference figures") as ratios too, so the comparison is about
 balance, not hardware.
 """
 
@@ -22,7 +22,8 @@ from membench.runners import SINGLE_DEVICE_METHODS
 # The one-device runners (those that span devices need --devices N: README, "Cells on several
 # devices").
 METHODS = list(SINGLE_DEVICE_METHODS)
-# Paper Sec. 6.2 (docs/design.md#paper-reference-figures), VGG8 at 32x32, batch 256: ratios to bp.
+# Paper Sec. 6.2 (docs/measurement.md, "Paper reference figures"), VGG8 at 32x32, batch 256:
+# ratios to bp.
 PAPER_RATIOS_VGG8_32 = {
     "ff-pipelined": {"imgs_per_s": 1726 / 1586, "peak": 1.535 / 1.589},
     "ff-naive": {"imgs_per_s": 0.70, "peak": 1.05},

@@ -12,7 +12,7 @@ its setting's own parser (``membench.settings``); the result is a frozen ``Sweep
 Every setting of a ``Cell`` is a grid axis: a list, which may differ per ``[[grid]]`` table of
 a profile (the sweep runs the union of the grids, each a cross product). The settings of how a
 sweep runs are ``SweepOptions``. Adding a setting is one field declaration in either class and
-the code that uses the value (docs/design.md, "Settings").
+the code that uses the value (docs/design.md, "Adding a setting").
 
 This module imports no torch: the registry and the archs are imported when a grid is expanded.
 """
@@ -110,8 +110,8 @@ class SweepOptions:
         "TFLOP/s for MFU, replacing the datasheet's (GPU) or the calibrated one (CPU).",
         metavar="TFLOPS",
     )
-    # Memory over time (docs/design.md, "Memory over time"): one more step, after the measured
-    # ones, recorded; it changes nothing a cell measures, so it is no part of a cell.
+    # Memory over time (docs/timeline.md): one more step, after the measured ones, recorded; it
+    # changes nothing a cell measures, so it is no part of a cell.
     timeline: bool = setting(
         False,
         flag,
@@ -322,17 +322,17 @@ def _cell_of(runner, settings: dict) -> Cell:
     default, its own defaults filled in; ConfigError where the runner cannot run it."""
     from .runners import RunnerConfigError
 
-    if not runner.uses_micro_batch:
+    if not runner.contract.micro_batch:
         settings["micro_batch"] = None
-    if not runner.spans_devices:  # as micro_batch: one device for a one-device method
+    if not runner.contract.spans_devices:  # as micro_batch: one device for a one-device method
         settings["devices"] = 1
-    if not runner.uses_schedule or settings["schedule"] is None:
-        settings["schedule"] = runner.default_schedule
+    if not runner.contract.pipeline_schedule or settings["schedule"] is None:
+        settings["schedule"] = runner.contract.default_schedule
     try:
         runner.check_cell(
             settings["arch"], settings["res"], settings["batch"], settings["micro_batch"]
         )
-        if runner.uses_micro_batch and settings["micro_batch"] is None:
+        if runner.contract.micro_batch and settings["micro_batch"] is None:
             settings["micro_batch"] = runner.default_micro_batch(settings["batch"])
         cell = Cell(**settings)
         runner.check_tooling(cell)

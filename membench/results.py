@@ -11,6 +11,11 @@ membench header, or that is not text at all, is refused with ``ResultsError`` an
 A file written by an earlier membench (a subset of today's columns) is read with the missing
 columns empty, and the first append upgrades its header in place, atomically, keeping every row.
 
+Every CSV of a results folder is a typed table: its columns and their types, appended with
+``append_rows`` after ``prepare_for_append`` and read with ``read_rows`` and ``typed_frame``.
+``cells.csv`` and ``steps.csv`` are this module's; ``ranks.csv`` (``membench.multidevice.rows``)
+and ``timeline.csv`` (``membench.timeline.files``) are the same concept with their own columns.
+
 The folder a sweep keeps (its lock, the resume keys, the rows a rerun replaces) is
 ``membench.resume``'s. Every write goes through
 ``membench.durable``: an append lands whole or not at all, a rewrite of ``cells.csv`` and
@@ -114,8 +119,9 @@ def check_header(
         raise ResultsError(f"{path} is not a membench {path.name}: it {what}{action}")
 
 
-def _typed_frame(path: Path, rows: list[dict], types: dict[str, str], strict: bool) -> pd.DataFrame:
-    """Rows as a DataFrame with every schema column: text as str ('' when empty), numbers as
+def typed_frame(path: Path, rows: list[dict], types: dict[str, str], strict: bool) -> pd.DataFrame:
+    """A typed table's rows (cells.csv, steps.csv, ranks.csv, timeline.csv, each with its
+    column types) as a DataFrame with every schema column: text as str ('' when empty), numbers as
     int64, or float64 where a value is missing (pandas' convention). ``strict``: a value that is
     not a number in a numeric column is a ResultsError; otherwise it reads as missing."""
     frame = pd.DataFrame(rows, dtype=object)
@@ -159,7 +165,7 @@ def read_cells(path: Path, *, strict: bool = True, required: Sequence[str] = ())
     file = _cells_file(path)
     header, rows = read_rows(file)
     check_header(file, header, CELL_COLUMNS, [*IDENTITY_COLUMNS, *required])
-    frame = _typed_frame(file, rows, CELL_COLUMN_TYPES, strict)
+    frame = typed_frame(file, rows, CELL_COLUMN_TYPES, strict)
     for column, default in SETTING_DEFAULTS.items():  # a setting a row leaves empty: its default
         if CELL_COLUMN_TYPES[column] == "str":
             frame[column] = frame[column].replace("", default)
@@ -176,7 +182,7 @@ def read_steps(path: Path) -> pd.DataFrame:
     header, rows = read_rows(file)
     if header:
         check_header(file, header, STEP_COLUMNS, STEP_COLUMNS)
-    return _typed_frame(file, rows, STEP_COLUMN_TYPES, strict=True)
+    return typed_frame(file, rows, STEP_COLUMN_TYPES, strict=True)
 
 
 def read_results(path: Path) -> list[CellResult]:
@@ -231,7 +237,10 @@ def prepare_for_append(path: Path, columns: list[str], required: list[str]) -> N
         rewrite_csv(path, columns, rows)
 
 
-def _append_rows(path: Path, columns: list[str], rows: list[Mapping]) -> None:
+def append_rows(path: Path, columns: list[str], rows: list[Mapping]) -> None:
+    """Append ``rows`` to a typed table's CSV (the header first, into a new or empty file),
+    whole or not at all: a torn last line from an earlier crash is cut back first. cells.csv,
+    steps.csv, ranks.csv and timeline.csv are all written through here."""
     try:
         repair_tail(path)
     except OSError as err:
@@ -264,8 +273,8 @@ def append_result(out_dir: Path, result: CellResult) -> None:
     check_results_folder(out_dir)
     steps = step_rows(result)
     if steps:
-        _append_rows(out_dir / STEPS_FILE, STEP_COLUMNS, steps)
-    _append_rows(out_dir / CELLS_FILE, CELL_COLUMNS, [result.row()])
+        append_rows(out_dir / STEPS_FILE, STEP_COLUMNS, steps)
+    append_rows(out_dir / CELLS_FILE, CELL_COLUMNS, [result.row()])
 
 
 def write_env(out_dir: Path, env: dict) -> None:

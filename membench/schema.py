@@ -12,7 +12,7 @@ This module imports neither torch nor matplotlib, so every reader of results (sw
   decides it);
 - device-string parsing (``parse_device``, ``device_kind``); memory sizes are ``membench.units``.
 
-The column semantics are documented in docs/design.md ("Results").
+The column semantics are documented in docs/measurement.md ("The row").
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "max-autotune")
 GRADIENT_MODES = ("kept", "released")
 OPTIMIZER_STATE_PLACES = ("device", "host")
-PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/design.md, "Cells on several devices")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")  # bp-pp's (docs/multi-device.md)
 
 # -- estimates ------------------------------------------------------------------------------------
 # An estimate's device is the kind of device it predicts for, e.g. 'cuda (estimate)', so it never
@@ -175,7 +175,7 @@ class Cell:
     classes: int = cell_setting(
         10, whole(1), "Number of classes K.", id_part="k{}".format, id_always=True
     )
-    # Standard tooling on both sides of the audit (docs/design.md, "Standard tooling").
+    # Standard tooling on both sides of the audit (docs/runners.md, "Standard tooling").
     precision: str = cell_setting(
         "fp32",
         choice(PRECISIONS),
@@ -361,8 +361,9 @@ class CellResult:
     offloaded_bytes: int | None = None  # most saved-tensor bytes held in host memory at once
     offloaded_optimizer_bytes: int | None = None  # optimizer state held in host memory
     memory_source: str = ""
-    # Cells on several devices (docs/design.md): the rank with the peak, the most bytes a rank
-    # sent per step, the ranks' mean idle fraction (pipelines); every rank's own row in `ranks`.
+    # Cells on several devices (docs/multi-device.md, "What a row records"): the rank with the
+    # peak, the most bytes a rank sent per step, the ranks' mean idle fraction (pipelines); every
+    # rank's own row in `ranks`.
     peak_rank: int | None = None
     sent_bytes_per_step: int | None = None
     idle_fraction: float | None = None

@@ -4,7 +4,7 @@ Every setting membench has is one field of one of two dataclasses: ``schema.Cell
 determines one measurement: method, arch, res, batch, micro-batch, tooling, ...) or
 ``config.SweepOptions`` (how and where a sweep runs: device, timeout, isolation, executor, ...).
 The field's ``setting(...)`` declaration carries everything else about it, and everything else
-is derived from it (docs/design.md, "Settings"):
+is derived from it (docs/design.md, "Adding a setting"):
 
 - its default, the same in Python, in profiles and on the command line;
 - its key: the profile key, the keyword of ``build_config`` and of the pytest fixture, and

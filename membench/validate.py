@@ -20,11 +20,12 @@ from .units import format_size
 MAX_PARAMETER_BYTES = 2**40
 SETTING_BY_KEY = {s.key: s for s in CELL_SETTINGS}
 
-# What an option means to the methods that take it: (runner class attribute, the methods it
-# applies to, in words). A grid where no method takes a given option is refused, as a typo.
+# What an option means to the methods that take it: (the field of a runner's contract that
+# says it takes it, the methods it applies to, in words). A grid where no method takes a given
+# option is refused, as a typo.
 METHOD_OPTIONS = {
-    "micro_batch": ("uses_micro_batch", "methods that split the batch"),
-    "schedule": ("uses_schedule", "pipelines"),
+    "micro_batch": ("micro_batch", "methods that split the batch"),
+    "schedule": ("pipeline_schedule", "pipelines"),
     "devices": ("spans_devices", "methods that span devices"),
 }
 
@@ -86,9 +87,9 @@ def option_applies(values: Mapping[str, tuple], runners: Mapping[str, type]) -> 
     for key, (attribute, who) in METHOD_OPTIONS.items():
         default = SETTING_BY_KEY[key].default
         given = [v for v in values.get(key, (default,)) if v != default]
-        if not given or any(getattr(r, attribute) for r in runners.values()):
+        if not given or any(getattr(r.contract, attribute) for r in runners.values()):
             continue
-        takers = [m for m in available_methods() if getattr(get_runner(m), attribute, False)]
+        takers = [m for m in available_methods() if getattr(get_runner(m).contract, attribute)]
         methods = list(runners)
         raise ConfigError(
             f"{SETTING_BY_KEY[key].option} applies to {who} ({', '.join(takers)}); "

@@ -48,9 +48,9 @@ def test_example_models_verify(example_installed, arch, method):
 def _finite_layer_gradients(setup: VerifySetup) -> bool:
     import torch
 
-    from membench.verify.checks import _after_first_step, _layer_gradients
+    from membench.verify.checks import _layer_gradients, after_first_step
 
-    runner = _after_first_step("ff-pipelined", setup, unclipped=True, precision="fp16")
+    runner = after_first_step("ff-pipelined", setup, unclipped=True, precision="fp16")
     return all(bool(torch.isfinite(g).all()) for g in _layer_gradients(runner))
 
 

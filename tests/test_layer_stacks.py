@@ -1,6 +1,6 @@
-"""The layer-stack contract (docs/design.md, "Architectures"): each unit owns its parameters,
-the paths between units have none, and no gradient crosses a unit boundary, which ``membench
-verify``'s layer-isolation check sees for any decomposition."""
+"""The layer-stack contract (docs/archs.md, "The layer-stack contract"): each unit owns its
+parameters, the paths between units have none, and no gradient crosses a unit boundary, which
+``membench verify``'s layer-isolation check sees for any decomposition."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Cells on several devices: the devices setting, N gloo ranks per cell and the rows they make,
 broken ranks as rows that name them with no process left behind, estimates in a fake process
-group (docs/design.md, "Cells on several devices"). Every cell is tiny and spans 2 ranks."""
+group (docs/multi-device.md). Every cell is tiny and spans 2 ranks."""
 
 from __future__ import annotations
 

@@ -380,7 +380,7 @@ def test_estimate_is_the_readers_decision(tmp_path):
 
 def test_paper_source_points_into_the_repository():
     assert "SPEC" not in PAPER_SOURCE  # no spec outside the repository
-    assert "docs/design.md, Paper reference figures" in PAPER_SOURCE
+    assert 'docs/measurement.md, "Paper reference figures"' in PAPER_SOURCE
 
 
 def test_generation_time_is_injectable(tmp_path):

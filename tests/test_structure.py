@@ -127,7 +127,7 @@ def test_no_two_modules_outside_cli_share_a_name(tmp_path):
 
 
 # What a runner is made of, below what measures, predicts, runs or reports it: the thing measured
-# never depends on its measurement (docs/design.md, "Package map").
+# never depends on its measurement (docs/design.md, "Folders").
 RUNNER_MODULES = [
     "membench.runners",
     "membench.multidevice.spanning",
@@ -189,6 +189,8 @@ NEEDS_TORCH = {
     "membench.measure.calibrate",
     "membench.measure.protocol",
     "membench.planning.estimate",
+    "membench.planning.cuda_autocast",
+    "membench.planning.cuda_attention",
     "membench.planning.fit",
     "membench.timeline.phases",
     "membench.planning.plan",

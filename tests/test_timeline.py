@@ -29,7 +29,8 @@ from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import CATEGORIES, Cell
 from membench.timeline.events import FREE, Phase, find_peak, layer_of, timeline_rows
 from membench.timeline.files import TIMELINE_FILE, read_timelines, snapshot_path, write_timeline
-from membench.timeline.snapshot import synthesize_snapshot, timeline_from_cuda
+from membench.timeline.snapshot import VIEWER_CATEGORY, synthesize_snapshot, timeline_from_cuda
+from membench.timeline.viewer import snapshot_peak
 
 cli = CliRunner()
 
@@ -212,6 +213,42 @@ def test_a_synthesized_snapshot_is_read_by_pytorchs_own_viewer():
     snapshot["segments"][0]["total_size"] += 512
     with pytest.raises(AssertionError):
         _memory_viz.segsum(snapshot)
+
+
+def viewer_categories(trace: list[dict]) -> list[str]:
+    """The categories PyTorch's viewer collects from a trace (MemoryViz.js, annotate_snapshot):
+    each entry's in order of first appearance, less a ``free_completed`` right after the
+    ``free_requested`` of its address (the viewer merges the two into one ``free``)."""
+    found, kept = [], []
+    for entry in trace:
+        previous = kept[-1] if kept else {}
+        if (
+            entry["action"] == "free_completed"
+            and previous.get("action") == "free_requested"
+            and previous["addr"] == entry["addr"]
+        ):
+            kept[-1] = {**previous, "action": "free"}
+            continue
+        if "category" in entry and entry["category"] not in found:
+            found.append(entry["category"])
+        kept.append(entry)
+    return found
+
+
+@pytest.mark.parametrize("method", ["bp", "ff-pipelined"])
+def test_a_synthesized_snapshot_carries_the_category_pytorchs_viewer_requires(method):
+    result, rows = recorded(method)
+    snapshot = synthesize_snapshot(result.timeline)
+    assert snapshot_peak(snapshot) == find_peak(rows).total_bytes  # as the viewer stacks it
+    trace = snapshot["device_traces"][0]
+    found = viewer_categories(trace)
+    assert VIEWER_CATEGORY == "unknown" and VIEWER_CATEGORY in found  # else the viewer throws
+    assert {"activations", "gradients"} <= set(found) <= {*CATEGORIES, VIEWER_CATEGORY}
+    assert trace[-1]["action"] == "snapshot" and trace[-1]["size"] == sum(
+        segment["allocated_size"] for segment in snapshot["segments"]
+    )
+    # Mutation: without the closing snapshot entry the trace has categories but no 'unknown'.
+    assert viewer_categories(trace[:-1]) and VIEWER_CATEGORY not in viewer_categories(trace[:-1])
 
 
 def cuda_snapshot() -> dict:

@@ -22,8 +22,7 @@ THIRD_PARTY = textwrap.dedent('''
     class ForgotToScale(BPRunner):
         """Gradient accumulation that forgets the 1/n loss scaling: twice bp's gradients."""
         name = "forgot-to-scale"
-        uses_micro_batch = True
-        same_gradients_as = "bp"
+        contract = BPRunner.contract.but(micro_batch=True, same_gradients_as="bp")
 
         def step(self, images, labels):
             self.optimizer.zero_grad(set_to_none=True)
@@ -43,7 +42,7 @@ THIRD_PARTY = textwrap.dedent('''
     class GoodPlugin(BPRunner):
         """A correct third-party runner: plain bp under another name."""
         name = "good-plugin"
-        same_gradients_as = "bp"
+        contract = BPRunner.contract.but(same_gradients_as="bp")
 ''')
 
 
@@ -175,14 +174,14 @@ def test_the_compiled_check_catches_a_compiled_region_that_computes_something_el
     monkeypatch.setattr(
         Runner,
         "compiled",
-        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args)),
+        lambda self, fn: fn if self.cell.compile == "none" else (lambda *args: fn(*args)),
     )
     assert check_compiled("bp", SMALL).passed
     # ...and one whose compiled region returns slightly different logits
     monkeypatch.setattr(
         Runner,
         "compiled",
-        lambda self, fn: fn if self.compile_mode == "none" else (lambda *args: fn(*args) * 1.01),
+        lambda self, fn: fn if self.cell.compile == "none" else (lambda *args: fn(*args) * 1.01),
     )
     assert not check_compiled("bp", SMALL).passed
 

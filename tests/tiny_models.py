@@ -24,6 +24,21 @@ def tiny_vit(num_classes: int) -> VisionTransformer:
     )
 
 
+def tiny_vit_attention_dropout(num_classes: int) -> VisionTransformer:
+    """``tiny_vit`` with dropout on the attention weights (as BERT and GPT-2 train): the CPU's
+    attention kernel takes its math path, CUDA's stays fused."""
+    return VisionTransformer(
+        image_size=16,
+        patch_size=4,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=num_classes,
+        attention_dropout=0.1,
+    )
+
+
 class InplaceNet(nn.Module):
     """Conv and in-place ReLU, four times: checkpointed in segments of three (about √8), so
     the second segment starts with an in-place ReLU (as MobileNet's classifier starts one with

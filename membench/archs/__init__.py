@@ -1,4 +1,4 @@
-"""Architectures (docs/design.md, "Architectures"): what an arch name means, and the models.
+"""Architectures (docs/archs.md): what an arch name means, and the models.
 
 - ``specs``: the shapes of membench's own archs, without torch (conv stacks, CIFAR ResNets);
 - ``layers``: the layer-stack contract (``LayerStack``: a model as an ordered sequence of local
@@ -8,7 +8,8 @@
   ``membench.archs`` entry points, ``package.module:callable``) and ``build_arch``;
 - ``probe``: whether an arch runs at a resolution, from one fake forward (``validate_arch``).
 
-Every name below is importable from ``membench.archs`` as before the split.
+Every public name of these modules is importable from ``membench.archs``; a module (and torch
+with it, but for ``specs``) is imported when one of its names is first used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib
 # so a grid can be checked without it); a name is imported from its module when first used.
 _EXPORTS = {
     "conv_stack": ("ChannelLayerNorm", "ConvStack", "PROPAGATION_DROPOUT", "build_conv_stack"),
-    "layers": ("ConvLayer", "Layer", "LayerStack", "LayerStackSpec", "check_contract"),
+    "layers": ("Layer", "LayerStack", "LayerStackSpec", "check_contract"),
     "probe": ("ArchProbe", "is_layer_stack", "probe_arch", "refresh_registry", "validate_arch"),
     "registry": (
         "ENTRY_POINT_GROUP",
@@ -64,16 +65,6 @@ def builtin_arch_names() -> list[str]:
     return [*BUILTIN_ARCHS, *CIFAR_RESNETS]
 
 
-def build_torchvision(name: str, classes: int):
-    """A randomly initialised torchvision classifier (``tv:NAME``) with ``classes`` outputs."""
-    from .registry import build_arch, is_torchvision
-    from .specs import ArchError
-
-    if not is_torchvision(name):
-        raise ArchError(f"not a torchvision name: {name!r} (tv:NAME)")
-    return build_arch(name, classes)
-
-
 def __getattr__(name: str):
     """A public name, from its module (and torch with it, but for ``specs``) when first used."""
     if name in _MODULE_OF:
@@ -81,4 +72,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted([*_MODULE_OF, "builtin_arch_names", "build_torchvision"])
+__all__ = sorted([*_MODULE_OF, "builtin_arch_names"])

@@ -21,7 +21,7 @@ from torch import nn
 from .layers import LayerStack
 from .specs import ConvStackSpec, conv_stack_spec
 
-# The propagation path's dropout, part of the shared recipe (docs/design.md, "Training recipe").
+# The propagation path's dropout, part of the shared recipe (docs/runners.md, "Training recipe").
 PROPAGATION_DROPOUT = 0.1
 
 

@@ -3,7 +3,7 @@
 The layer-local methods (DTG-FF's ``ff-naive`` and ``ff-pipelined``) and ``bp-deepsup`` train
 every unit on its own loss, so they need a model cut into units; ``bp``, ``bp-ckpt`` and the rest
 of the BP family run the same units end to end (``bp-ckpt`` checkpoints each one). A
-``LayerStack`` is that cut (docs/design.md, "Architectures"):
+``LayerStack`` is that cut (docs/archs.md, "The layer-stack contract"):
 
 - its units ("layers") come in order; layer l has a ``block``, the module that owns all of the
   layer's parameters and maps the layer's input to a B x C_l x H_l x W_l map z_l;
@@ -72,9 +72,6 @@ class Layer:
     def parameters(self):
         """The block's parameters (the propagation path has none)."""
         return self.block.parameters()
-
-
-ConvLayer = Layer  # the name the conv stacks' layers had
 
 
 class LayerStack(nn.Module):

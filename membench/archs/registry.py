@@ -1,5 +1,5 @@
 """Where an arch name leads: membench's own archs, torchvision, timm, a plugin package's entry
-point, or an import path (docs/design.md, "Architectures").
+point, or an import path (docs/archs.md, "Names").
 
 Every arch is a *factory*: a callable that takes the class count as ``num_classes`` and returns
 an ``nn.Module``, either a classifier (images -> B x K logits: every BP method but

@@ -9,7 +9,7 @@ paper's CIFAR networks, 0.27M parameters for ResNet-20 and 1.7M for ResNet-110).
 stage only the method's head runs (bp's global average pool and ``Linear(K)`` make the paper's
 classifier).
 
-As a ``LayerStack`` (docs/design.md, "Architectures") the local unit is one basic block
+As a ``LayerStack`` (docs/archs.md, "CIFAR ResNets") the local unit is one basic block
 (``resnet110``: 54 units) or, with ``-stage``, one stage (``resnet110-stage``: 3 units); the stem
 belongs to the first unit. A block's shortcut stays inside its block, so no tensor crosses a
 unit boundary but the unit's output, and the path between two units is the identity.

@@ -1,5 +1,5 @@
 """The shapes of membench's built-in architectures, without torch: what a name means, how many
-parameters it has and what each layer sees at a resolution (docs/design.md, "Architectures").
+parameters it has and what each layer sees at a resolution (docs/archs.md).
 
 - Conv stacks: the paper's ``vgg8`` and ``vgg11`` and the parametric family
   ``vgg-d{D}-w{W}[-p{P}]``: D conv layers of W channels each, a 2x2 average pool after layers 1,

@@ -1,7 +1,7 @@
 """The typer application: every command is a function of a command module, registered here.
 
 The command modules never import this one, so the CLI has no import cycle; each command parses
-its options, builds the library's objects and calls the library (see docs/design.md).
+its options, builds the library's objects and calls the library (see docs/design.md, "Folders").
 
 Every way a command line can be wrong ends the same way, one line ``membench: error: ...`` and
 exit 2: the settings' own parsers say so for a bad value, and click's usage errors (an unknown
@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_errors
 
 from ..errors import INTERRUPTED, Terminated
-from . import compare, inspect, measure, plan, report, schedule, timeline, verify
+from . import compare, inspect, measure, plan, report, schedule, timeline, verify, viewer
 from .common import USAGE_ERROR
 
 
@@ -123,4 +123,5 @@ app.command()(compare.compare)
 app.command()(plan.fit)
 app.command("plan")(plan.plan_command)
 app.command()(timeline.timeline)
+app.command("snapshot-html")(viewer.snapshot_html)
 app.command("schedule")(schedule.schedule)

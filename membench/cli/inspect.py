@@ -95,7 +95,7 @@ def list_methods() -> None:
     table.add_column("what one step does")
     for name in available_methods():
         runner = get_runner(name)
-        table.add_row(name, "yes" if runner.needs_conv_stack else "no", runner.summary)
+        table.add_row(name, "yes" if runner.contract.layer_stack else "no", runner.summary)
     Console(width=160).print(table)
 
 

@@ -155,7 +155,7 @@ def _runner(method: str):
 
 
 def _splits(method: str) -> bool:
-    return _runner(method).uses_micro_batch
+    return _runner(method).contract.micro_batch
 
 
 def _methods_for(arch: str) -> list[str]:
@@ -170,7 +170,7 @@ def _methods_for(arch: str) -> list[str]:
             runner.check_cell(arch, 32, 2, None)
         except RunnerConfigError:
             continue
-        if not runner.spans_devices:  # fit plans one device
+        if not runner.contract.spans_devices:  # fit plans one device
             methods.append(name)
     return methods
 
@@ -182,7 +182,7 @@ def configuration(cell) -> str:
 
 def plan_lines(result, top: int) -> list[str]:
     """The ranked table of a Plan, and what did not fit."""
-    from ..report.tables import method_family
+    from ..runners import method_family
 
     lines = [
         f"{'rank':>4}  {'configuration':44s} {'peak':>10s} {'TFLOP/step':>10s} "

@@ -1,6 +1,6 @@
 """``membench schedule``: the schedule model's step time of each pipeline on N devices, from one
-device's per-layer costs (``membench.multidevice.schedule_model``; docs/design.md, "Cells on several
-devices")."""
+device's per-layer costs (``membench.multidevice.schedule_model``; docs/multi-device.md, "The
+schedule model")."""
 
 from __future__ import annotations
 
@@ -109,5 +109,5 @@ def schedule(
     typer.echo(
         "assumptions: stages of contiguous layers balanced by conv cost (the runners' "
         "split); every piece at the same rate; communication overlapped; optimizer "
-        "steps left out (docs/design.md, 'Cells on several devices')"
+        "steps left out (docs/multi-device.md, 'The schedule model')"
     )

@@ -159,7 +159,7 @@ def open_target(target: Target, peaks: dict[str, PeakSpec] | None = None) -> Ope
         peak_for(precision)  # before any cell: a calibration never runs inside a cell's time
 
     def measure(cell: Cell, timeout_s: float | None = None) -> CellResult:
-        if cell.devices > 1:  # N ranks launched from here (docs/design.md)
+        if cell.devices > 1:  # N ranks launched from here (docs/multi-device.md, "Launch")
             from ..multidevice.launch import run_multi_device
 
             result = run_multi_device(

@@ -1,7 +1,7 @@
 """The CPU's achievable peak per precision: a bounded calibration of GEMM and convolution rates.
 
 A CPU has no datasheet membench could look up, so the peak a CPU cell's MFU is held against is
-*measured* (docs/design.md, "FLOPs and MFU"): the best rate of two dense probes, a square GEMM
+*measured* (docs/measurement.md, "The CPU's peak"): the best rate of two dense probes, a square GEMM
 (``torch.mm``) and a 3x3 convolution (``F.conv2d``, the op a conv net spends its FLOPs in), at
 torch's current thread count. A GEMM alone is not a peak for a conv net: oneDNN's convolutions
 often run faster than ``torch.mm`` at the same precision (on a CPU without native bf16 the bf16

@@ -1,10 +1,12 @@
 """The one narrow device interface: what a cell runs inside, how its steps are timed and where
 its peak memory comes from, per kind of device.
 
-Everything device-specific in membench lives here (and, for the devices an estimate plans for,
-in ``membench.planning.estimate``). ``CpuDevice`` times with ``perf_counter`` and has no allocator
-statistics, so its peak comes from the tensor tracker's pass, which also enforces a budget;
-``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
+What the protocol does differently per device lives here (the devices an estimate plans for are
+``membench.planning.estimate``'s, a rank's ``membench.multidevice.rank_device``'s); other CUDA
+code sits with the feature that needs it (pinned host copies in the runners, NCCL and CUDA
+events across devices, the datasheet peaks). ``CpuDevice`` times with ``perf_counter`` and has
+no allocator statistics, so its peak comes from the tensor tracker's pass, which also enforces a
+budget; ``CudaDevice`` times with CUDA events and reads the caching allocator's peaks and NVML,
 following PyTorch's documented APIs only.
 """
 
@@ -99,7 +101,7 @@ class Device:
 
     def record_timeline(self, prepared, snapshot: bool = False) -> Timeline | None:
         """One more step of ``prepared`` (a ``protocol.PreparedCell``), its memory recorded over
-        time (docs/design.md, "Memory over time"): here, from the tensor tracker's own events
+        time (docs/timeline.md, "Recording one step"): here, from the tensor tracker's own events
         (None where the device has no tracker, or for a compiled cell, whose buffers the
         tracker cannot see).
         ``snapshot``: record the Python stacks a snapshot pickle shows."""

@@ -7,14 +7,15 @@ shapes. It counts what the step dispatches,
 so recomputation (``bp-ckpt``), ``ff-naive``'s second conv pass, readouts, heads and every
 micro-batch are in; a convolution's input gradient is counted only where autograd asks for it,
 which is why DTG-FF (each layer's input detached) costs about two thirds of BP. Optimizer
-updates and elementwise ops are not counted (FlopCounterMode counts matmuls and convolutions).
+updates and elementwise ops are not counted (FlopCounterMode counts matmuls and convolutions,
+fused attention as its two matmuls: ``ATTENTION_FORWARD``).
 
 The peak a cell is held against (``PeakSpec``): a GPU's dense datasheet figure for the cell's
 precision (``membench.measure.peaks``), a user's ``--peak-tflops``, or on the CPU the best GEMM or
 convolution rate calibrated at the start of the sweep (``membench.measure.calibrate``, about two
 seconds per precision on any CPU). MFU = achieved TFLOP/s / peak, never above 1: a step that ran
 faster than its peak has no defensible one, and its MFU is left empty (``apply_peak``);
-docs/design.md ("FLOPs and MFU") says what each peak means.
+docs/measurement.md ("FLOPs and MFU") says what each peak means.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from ..schema import PRECISIONS
 from .calibrate import cpu_peak
@@ -58,7 +64,7 @@ def conv_backward_flop(
     C_in / g input channels, so it counts g times too much (a depthwise conv of C channels, C
     times). Its input-gradient term is right (the weight's shape already holds C_in / g). This
     formula is torch's with the weight-gradient term divided by the groups: per group, a dense
-    convolution of C_in / g to C_out / g channels (docs/design.md, "FLOPs and MFU").
+    convolution of C_in / g to C_out / g channels (docs/measurement.md, "FLOPs and MFU").
     """
 
     def t(shape):
@@ -76,9 +82,50 @@ def conv_backward_flop(
     return flops
 
 
-# What FlopCounterMode counts differently from torch's own registry (docs/design.md, "FLOPs and
-# MFU"); every FLOP count of membench goes through it.
-FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flop}
+def attention_flop(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
+    """FLOPs of a fused attention forward: torch's formula (``sdpa_flop_count``), the two
+    matmuls q·kᵀ and attention·v, 2·2·b·heads·s_q·s_k·d (4·b·s²·h for self-attention of width
+    h = heads·d). Softmax, scaling and masking are not counted, as for an explicit softmax.
+    Causal attention counts the full square, as torch's formula does (it does not halve it for
+    the masked half, which a causal kernel skips): a convention, not the kernel's work."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def attention_backward_flop(
+    grad_out_shape, query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs
+) -> int:
+    """FLOPs of a fused attention backward: torch's formula (``sdpa_backward_flop_count``),
+    five matmuls of the forward's size, 2.5 times the forward: the scores recomputed (a fused
+    kernel saves no attention matrix), then the gradients of attention·v (two) and of q·kᵀ
+    (two). Explicit matmuls' backward is four, 2 times their forward."""
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_aten = torch.ops.aten
+# The fused attention kernels torch 2.14's FLOP table (torch.utils.flop_counter.flop_registry)
+# does not know, by the backend that dispatches them: the CPU's flash kernel (every
+# F.scaled_dot_product_attention on the CPU without dropout, fake tensors included) and the
+# out-of-tree backends' (PrivateUse1) overrideable one; MPS's math kernel runs only without
+# gradients. Torch's table has CUDA's flash, memory-efficient and cuDNN kernels; the math
+# backend is a composite of matmuls, counted as such. Their query, key and value (the
+# backward's gradient, query, key, value) come first, so torch's formulas apply.
+ATTENTION_FORWARD = (
+    _aten._scaled_dot_product_flash_attention_for_cpu,
+    _aten._scaled_dot_product_fused_attention_overrideable,
+    _aten._scaled_dot_product_attention_math_for_mps,
+)
+ATTENTION_BACKWARD = (
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    _aten._scaled_dot_product_fused_attention_overrideable_backward,
+)
+
+# What FlopCounterMode counts differently from torch's own registry, or what the registry lacks
+# (docs/measurement.md, "FLOPs and MFU"); every FLOP count of membench goes through it.
+FLOP_FORMULAS = {
+    _aten.convolution_backward: conv_backward_flop,
+    **{op: attention_flop for op in ATTENTION_FORWARD},
+    **{op: attention_backward_flop for op in ATTENTION_BACKWARD},
+}
 
 
 def flop_counter(**options) -> FlopCounterMode:

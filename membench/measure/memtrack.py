@@ -19,7 +19,7 @@ batch). Gradients are recognised through ``register_post_accumulate_grad_hook``,
 and parameters by being named before the pass starts.
 
 A ``recorder``, when given, is told of every allocation, free and change of category as it
-happens (the memory timeline, docs/design.md "Memory over time"); without one the tracker
+happens (the memory timeline, docs/timeline.md "Recording one step"); without one the tracker
 records nothing beyond its peak, so the ordinary pass costs what it did.
 """
 

@@ -3,7 +3,7 @@
 ``run_cell(cell, device)`` is the only code that runs a cell's steps for a measurement. A
 sweep's worker, ``membench run``, the pytest fixture (with its own ``timer``) and the estimator
 (with an ``EstimateDevice``, whose steps run on fake tensors) all call it, so warmup, the FLOP
-count, the memory pass and timing are written once (docs/design.md, "Measurement protocol"):
+count, the memory pass and timing are written once (docs/measurement.md, "Measurement protocol"):
 
 1. FLOPs: one eager step of the cell's runner on fake tensors under ``FlopCounterMode``
    (``count_step_flops``), before any other step of the cell: nothing is computed, no real
@@ -17,7 +17,7 @@ count, the memory pass and timing are written once (docs/design.md, "Measurement
    Around it, what else ran on the machine (``machine_load``); after it, the verdict on how
    far the times can be trusted (``membench.stability.judge``).
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
-   (``Device.record_timeline``; docs/design.md, "Memory over time").
+   (``Device.record_timeline``; docs/timeline.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from .. import __version__
 from ..errors import one_line
 from ..runners import Runner, get_runner
-from ..schema import ERROR, OOM, TOOLING_SETTINGS, Cell, CellResult
+from ..schema import ERROR, OOM, Cell, CellResult
 from ..stability import judge
 from .devices import Device
 from .flops import apply_peak, step_flops
@@ -81,19 +81,11 @@ def build_runner(cell: Cell, device: torch.device | str) -> Runner:
     """The cell's runner, built with the cell's seed and a schedule as long as the cell.
 
     The schedule covers warmup, the tracker pass and the measured steps, so no measured step
-    runs past the cosine's end (where CosineAnnealingLR would climb back up). Every tooling
-    setting of the cell is a runner keyword of the same name.
+    runs past the cosine's end (where CosineAnnealingLR would climb back up). The runner reads
+    every setting it takes from the cell itself.
     """
-    tooling = {s.name: getattr(cell, s.name) for s in TOOLING_SETTINGS}
     return get_runner(cell.method)(
-        cell.arch,
-        cell.res,
-        cell.classes,
-        device,
-        seed=cell.seed,
-        total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps,
-        micro_batch=cell.micro_batch,
-        **tooling,
+        cell, device, total_steps=cell.warmup + DEFAULT_TRACKER_STEPS + cell.steps
     )
 
 
@@ -114,8 +106,8 @@ def skip_inf_checks(runner) -> None:
     tensors cannot answer; a fake step (the FLOP count, an estimate) assumes none did and steps
     the optimizer, as a real run does on all but the rare overflowing step. The scaler's own
     tensors are a few scalars."""
-    scaler = getattr(runner, "scaler", None)
-    if scaler is not None and scaler.is_enabled():
+    scaler = runner.scaler
+    if scaler.is_enabled():
         scaler._maybe_opt_step = lambda optimizer, optimizer_state, *args, **kwargs: optimizer.step(
             *args, **kwargs
         )
@@ -248,7 +240,7 @@ def run_cell(
     finally:
         gc.collect()  # free what the cell left so the next one starts from the same place
         device.release_cached_memory()
-    apply_peak(result, peak)  # MFU never above 1 (docs/design.md, "FLOPs and MFU")
+    apply_peak(result, peak)  # MFU never above 1 (docs/measurement.md, "FLOPs and MFU")
     judge(result)  # its spread and what ran beside it: stable or not, and why
     return result
 
@@ -273,8 +265,8 @@ def _measure(
     result.step_ms = timer(prepared.step, cell.steps)
     window.stop().record(result)
     device.record_peaks(result)
-    result.offloaded_bytes = getattr(prepared.runner, "offloaded_peak_bytes", None)
-    result.offloaded_optimizer_bytes = getattr(prepared.runner, "offloaded_optimizer_bytes", None)
+    result.offloaded_bytes = prepared.runner.offloaded_peak_bytes
+    result.offloaded_optimizer_bytes = prepared.runner.offloaded_optimizer_bytes
     if timeline[0]:  # never inside a timed step, and only once every peak is read
         start = time.perf_counter()
         result.timeline = device.record_timeline(prepared, snapshot=timeline[1])

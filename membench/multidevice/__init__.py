@@ -1,4 +1,4 @@
-"""Cells on several devices (``--devices N``; docs/design.md, "Cells on several devices").
+"""Cells on several devices (``--devices N``; docs/multi-device.md).
 
 - ``spanning``: what the runners that span devices share (refusals, the group, the split, the
   busy clock); ``bp_runners`` (``bp-ddp``, ``bp-fsdp``, ``bp-pp``) and ``ff_runner`` (``ff-pp``);

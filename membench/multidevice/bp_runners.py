@@ -1,7 +1,7 @@
 """Backprop across devices, on torch's own APIs: ``bp-ddp``, ``bp-fsdp`` and ``bp-pp``.
 
 Each is the ``bp`` model and recipe (``membench.runners.bp``: same weights for a seed, same loss,
-same AdamW), spread over the cell's ranks (docs/design.md, "Cells on several devices"):
+same AdamW), spread over the cell's ranks (docs/multi-device.md, "The methods"):
 
 - ``bp-ddp``: ``DistributedDataParallel`` (gradients as bucket views), each rank a 1/N share of
   the batch; the gradients are averaged across ranks in the backward pass;
@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..archs import ConvLayer, conv_stack_spec
+from ..archs import conv_stack_spec
 from ..runners.base import AUTOCAST_DTYPES, RunnerConfigError
 from ..runners.bp import BPRunner
 from ..runners.optim import WholeModelAdamW
 from .spanning import (
+    PIPELINE,
+    SPANS_DEVICES,
     BusyClock,
     Pipeline,
     SpansDevices,
@@ -80,16 +82,16 @@ class BPDDPRunner(_DataParallel):
 
     name = "bp-ddp"
     summary = "bp on N devices: DistributedDataParallel, the batch split across ranks"
-    same_gradients_as = "bp"
+    contract = BPRunner.contract.but(**SPANS_DEVICES, same_gradients_as="bp")
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
+    def __init__(self, cell, device="cpu", **options):
+        super().__init__(cell, device, **options)
         group_view(self)
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # An estimate's fake group moves no data: DDP cannot check parameter shapes at init, its
         # all-reduce hands back nothing, and it cannot agree on a new bucket order after the
         # first step (a broadcast it reads back): an estimate keeps the first order, whose
-        # buckets hold the same gradient bytes (docs/design.md, "Cells on several devices").
+        # buckets hold the same gradient bytes (docs/multi-device.md, "The methods").
         fake = estimating()
         self.ddp = DistributedDataParallel(
             self.model, device_ids=ids, gradient_as_bucket_view=True, init_sync=not fake
@@ -105,15 +107,14 @@ class BPFSDPRunner(_DataParallel):
 
     name = "bp-fsdp"
     summary = "bp on N devices: FSDP2 fully_shard per conv block, the batch split across ranks"
-    same_gradients_as = "bp"
-    needs_conv_stack = True
+    contract = BPRunner.contract.but(**SPANS_DEVICES, layer_stack=True, same_gradients_as="bp")
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
+    def __init__(self, cell, device="cpu", **options):
         from torch._subclasses.fake_tensor import unset_fake_temporarily
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        super().__init__(arch, res, classes, device, **options)
+        super().__init__(cell, device, **options)
         _, world = group_view(self)
         with unset_fake_temporarily():  # a mesh holds real tensors, also in an estimate
             mesh = init_device_mesh(self.device.type, (world,))
@@ -130,18 +131,9 @@ class PipelineStageModule(nn.Module):
 
     def __init__(self, model: nn.Module, layers: range, runner: BPRunner):
         super().__init__()
-        backbone, depth = model.backbone, len(model.backbone)
-        self.layers = [
-            ConvLayer(
-                i,
-                backbone.blocks[i],
-                backbone.propagate[i] if i < depth - 1 else None,
-                backbone.spec.channels[i],
-            )
-            for i in layers
-        ]
+        self.layers = [model.backbone.layer(i) for i in layers]
         self.blocks = nn.ModuleList(layer.block for layer in self.layers)
-        self.head = model.head if layers.stop == depth else None
+        self.head = model.head if layers.stop == len(model.backbone) else None
         self.runner = runner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,9 +171,9 @@ class BPPipelineRunner(Pipeline, BPRunner):
         "bp on N devices: torch.distributed.pipelining, a stage of contiguous layers per "
         "rank, --micro-batch M, --schedule gpipe or 1f1b"
     )
-    same_gradients_as = "bp"
-    uses_schedule = True
-    default_schedule = "1f1b"
+    contract = BPRunner.contract.but(
+        **PIPELINE, pipeline_schedule=True, default_schedule="1f1b", same_gradients_as="bp"
+    )
 
     @classmethod
     def check_devices(cls, cell) -> None:
@@ -194,19 +186,19 @@ class BPPipelineRunner(Pipeline, BPRunner):
                 "--micro-batch"
             )
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
+    def __init__(self, cell, device="cpu", **options):
         from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
 
-        super().__init__(arch, res, classes, device, **options)
+        super().__init__(cell, device, **options)
         self.rank, world = group_view(self)
-        self.stages = pipeline_stages(arch, res, world)
+        self.stages = pipeline_stages(self.arch, self.res, world)
         self.model = PipelineStageModule(self.model, self.stages[self.rank], self)
         self.forward = self.model
         self.update = WholeModelAdamW(self.model.parameters(), self.total_steps)
         self.clock = BusyClock(self.device)
         self.pipeline: object = None  # built at the first step, when the batch is known
         self.batch = 0
-        self.schedule_class = ScheduleGPipe if self.pipeline_schedule == "gpipe" else Schedule1F1B
+        self.schedule_class = ScheduleGPipe if self.cell.schedule == "gpipe" else Schedule1F1B
 
     def local_batch(self, images, labels):
         """The first stage holds the images, the last the labels, the others neither; every

@@ -8,7 +8,7 @@ nothing), one rank after another, and ``membench.multidevice.rows.combine_ranks`
 Each
 rank's FLOPs are counted the same way (``rank_flops``, which a measured cell uses too).
 
-What the fake group cannot model (docs/design.md, "Cells on several devices"): the memory the
+What the fake group cannot model (docs/multi-device.md, "Estimates per rank"): the memory the
 communication library holds itself (NCCL's buffers live outside the caching allocator, so a
 measured ``max_memory_allocated`` does not count them either), and lifetimes that depend on
 timing: a fake collective completes at once, so a tensor lives exactly as long as the code

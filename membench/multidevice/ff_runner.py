@@ -1,13 +1,13 @@
 """DTG-FF across devices: ``ff-pp``, a forward-only pipeline of layer-local training.
 
 Each rank owns the contiguous layers of ``pipeline_stages`` (the split ``bp-pp`` uses) and
-trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/design.md,
-"Cells on several devices"): chunk by chunk, each of its layers runs forward, local loss
+trains them exactly as ``ff-pipelined --micro-batch M`` trains every layer (docs/multi-device.md,
+"The methods"): chunk by chunk, each of its layers runs forward, local loss
 (x M/B) and backward on the chunk, the gradient accumulating, and propagates the chunk to the
-next layer (``ff._Boundary``, the pre-step weights'); the chunk's output goes to the next rank.
-No gradient ever crosses a rank: chunks flow forward only. After its last chunk each layer
-takes its one clip and step of the batch. The classifier features (GAP of every layer but the
-first) of each rank go to the last rank, whose classifier steps once per batch.
+next layer (``FFPipelinedRunner.train_chunk``, the pre-step weights'); the chunk's output goes
+to the next rank. No gradient ever crosses a rank: chunks flow forward only. After its last chunk
+each layer takes its one clip and step of the batch. The classifier features (GAP of every layer
+but the first) of each rank go to the last rank, whose classifier steps once per batch.
 
 The update is ``ff-pipelined --micro-batch M``'s: layer l+1's input is layer l's output under
 the pre-step weights in both, and each layer's gradient is the sum over the same chunks. Only
@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..runners.base import AUTOCAST_DTYPES
-from ..runners.ff import FFPipelinedRunner, _Boundary
-from .spanning import BusyClock, Pipeline, group_view, pipeline_stages
+from ..runners.ff import Boundary, FFPipelinedRunner
+from .spanning import PIPELINE, BusyClock, Pipeline, group_view, pipeline_stages
 
 
 class FFPipelineRunner(Pipeline, FFPipelinedRunner):
@@ -34,13 +34,14 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
         "DTG-FF on N devices: contiguous layers per rank, chunks of --micro-batch flowing "
         "forward only, each layer's step after its chunks"
     )
-    same_layer_gradients_as = "ff-pipelined"
-    same_first_step_losses_as = None
+    contract = FFPipelinedRunner.contract.but(
+        **PIPELINE, same_layer_gradients_as="ff-pipelined", same_first_step_losses_as=None
+    )
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
+    def __init__(self, cell, device="cpu", **options):
+        super().__init__(cell, device, **options)
         self.rank, world = group_view(self)
-        self.owned = pipeline_stages(arch, res, world)[self.rank]
+        self.owned = pipeline_stages(self.arch, self.res, world)[self.rank]
         self.is_last_rank = self.rank == world - 1
         self._drop_others()
         self.clock = BusyClock(self.device)
@@ -88,14 +89,9 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
         the batch), backward and propagation; its output (the next rank's input)."""
         for index in self.owned:
             layer = self.model.backbone.layer(index)
-            with self.autocast():
-                z, loss = self.local_loss[index](x, y)
-            loss = loss * self.loss_share(x.shape[0], self.batch)
-            self.scaler.scale(loss).backward()
-            self.chunk_losses[index].append(loss.detach())
-            boundary = _Boundary(self, layer, batch=x.shape[0])  # the chunk's own, no copy
-            boundary.add(z.detach(), 0)
-            del z, loss
+            boundary = Boundary(self, layer, batch=x.shape[0])  # the chunk's own, no copy
+            share = self.loss_share(x.shape[0], self.batch)
+            self.chunk_losses[index].append(self.train_chunk(layer, x, y, share, boundary, 0))
             if boundary.feature is not None:
                 features[index].append(boundary.feature)
             x = x if boundary.next_input is None else boundary.next_input
@@ -121,10 +117,14 @@ class FFPipelineRunner(Pipeline, FFPipelinedRunner):
                 )
             with self.clock.busy():
                 out = self._through_layers(x, labels[start : start + rows], features)
+            # The received chunk (or the slice of the images) is spent: drop it before the next
+            # receive is posted, so a rank holds one input chunk at a time.
             del x
             if sending is not None:
                 sending[1].wait()  # the chunk before has left: its output can go
             sending = None if self.is_last_rank else (out, dist.isend(out, dst=self.rank + 1))
+            # Only the pending send may keep the output now (the last rank keeps none): it goes
+            # once the send completes, one chunk later.
             del out
         if sending is not None:
             sending[1].wait()

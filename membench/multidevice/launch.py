@@ -191,7 +191,7 @@ def launch_ranks(
             process.join()
         for reader in readers:
             reader.close()
-        del store
+        del store  # closes the TCPStore's listening socket now, not at the next collection
     return [
         _end(rank, process, messages.get(rank), hung, timeout_s)
         for rank, process in enumerate(processes.processes)

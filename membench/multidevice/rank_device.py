@@ -1,8 +1,8 @@
 """One rank of a cell on several devices, measured under the protocol itself.
 
 Every rank runs ``protocol.run_cell`` on a ``RankDevice``: its own device (the CPU, its GPU, or
-an estimate's), seen through a wrapper that adds what only a rank has (docs/design.md, "Cells on
-several devices"):
+an estimate's), seen through a wrapper that adds what only a rank has (docs/multi-device.md,
+"One measurement path"):
 
 - the bytes it sends per step, counted by ``RankTracker`` during the protocol's tracker pass
   (every collective and send goes through the dispatcher as a ``c10d`` op, so a dispatch mode
@@ -146,12 +146,12 @@ class RankDevice(Device):
         self.counter = RankTracker(self.world, self.rank, parameters, **options)
         # What a runner keeps from step to step outside its parameters, gradients and optimizer
         # state (a pipeline stage's receive buffers), counted from the start of the pass.
-        held = getattr(self.runner, "held_tensors", None)
-        self.counter.add_existing("activations", held() if held else [])
+        held = self.runner.held_tensors() if self.runner is not None else []
+        self.counter.add_existing("activations", held)
         return self.counter
 
     def time_steps(self, step, count) -> list[float]:
-        clock = getattr(self.runner, "clock", None)
+        clock = self.runner.clock if self.runner is not None else None
         if clock is not None:
             clock.reset()
         times = self.inner.time_steps(step, count)

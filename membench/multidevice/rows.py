@@ -2,7 +2,7 @@
 
 A cell with ``devices`` N > 1 runs N ranks (``membench.multidevice.launch``); each rank measures
 itself under the protocol and returns its own ``CellResult``. ``combine_ranks`` makes the cell's
-row from them (docs/design.md, "Cells on several devices"):
+row from them (docs/multi-device.md, "What a row records"):
 
 - the peak is the largest rank's (``peak_rank`` names it; the breakdown is that rank's);
 - each step's time is the slowest rank's, so imgs/s is the whole cell's batch over it;
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import _append_rows, _typed_frame, prepare_for_append, read_cells, read_rows
+from ..results import append_rows, prepare_for_append, read_cells, read_rows, typed_frame
 from ..schema import (
     BREAKDOWN_COLUMNS,
     ERROR,
@@ -197,7 +197,7 @@ def append_ranks(out_dir: Path, result: CellResult) -> None:
         path = Path(out_dir) / RANKS_FILE
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         prepare_for_append(path, RANK_COLUMNS, RANK_COLUMNS)
-        _append_rows(path, RANK_COLUMNS, rows)
+        append_rows(path, RANK_COLUMNS, rows)
 
 
 def read_ranks(folder: Path) -> pd.DataFrame:
@@ -205,7 +205,7 @@ def read_ranks(folder: Path) -> pd.DataFrame:
     there are none)."""
     path = Path(folder) / RANKS_FILE
     _, rows = read_rows(path)
-    frame = _typed_frame(path, rows, RANK_COLUMN_TYPES, strict=False)
+    frame = typed_frame(path, rows, RANK_COLUMN_TYPES, strict=False)
     if frame.empty:
         return frame
     cells = read_cells(folder, strict=False)[RANK_KEY].drop_duplicates()

@@ -1,8 +1,8 @@
 """A schedule model: the step time of a pipeline on N devices, from one device's per-layer costs.
 
 Where a pipeline cannot be measured (N GPUs this machine lacks), its step time follows from what
-each stage does per micro-batch and how the schedule orders it (docs/design.md, "Cells on
-several devices", has the assumptions). The costs are per layer and per micro-batch (chunk), in
+each stage does per micro-batch and how the schedule orders it (docs/multi-device.md, "The
+schedule model", has the assumptions). The costs are per layer and per micro-batch (chunk), in
 any one unit: milliseconds measured on one device, or FLOPs (÷ a GPU's peak for a time):
 
 - ``forward[l]``, ``backward[l]``: BP's forward of layer l (conv, ReLU, propagation path) and its

@@ -1,4 +1,4 @@
-"""What every runner that spans devices shares (docs/design.md, "Cells on several devices").
+"""What every runner that spans devices shares (docs/multi-device.md).
 
 A runner that spans devices is built once per rank of ``torch.distributed``, inside a process
 group the cell's launcher made (``membench.multidevice.launch``), or a fake one an estimate made
@@ -22,14 +22,16 @@ from ..runners.base import Runner, RunnerConfigError
 from .split import balanced_stages, conv_costs
 
 FAKE_BACKEND = "fake"  # the backend of torch.testing's fake process group (estimates)
+# What a runner that spans devices changes in the contract of the method it extends
+# (RunnerContract.but(**SPANS_DEVICES)): it runs on ranks, and takes neither update tool
+# (docs/multi-device.md, "Refusals"); a pipeline also splits the batch into
+# micro-batches and a conv stack into stages.
+SPANS_DEVICES = dict(spans_devices=True, grads_released=False, host_optimizer_state=False)
+PIPELINE = dict(SPANS_DEVICES, micro_batch=True, layer_stack=True)
 
 
 class SpansDevices:
     """Mixin for a ``Runner`` that spans ``cell.devices`` ranks: put it first in the bases."""
-
-    spans_devices = True
-    supports_grad_release = False
-    supports_host_optimizer_state = False
 
     @classmethod
     def check_tooling(cls, cell) -> None:
@@ -57,9 +59,6 @@ class Pipeline(SpansDevices):
     """Mixin for a pipeline across devices: a stage of contiguous layers per rank, the batch in
     micro-batches (chunks) of ``--micro-batch``, eight of them unless given."""
 
-    uses_micro_batch = True
-    needs_conv_stack = True
-
     @staticmethod
     def default_micro_batch(batch: int) -> int:
         return max(1, batch // 8)
@@ -67,7 +66,7 @@ class Pipeline(SpansDevices):
     @classmethod
     def check_cell(cls, arch, res, batch, micro_batch) -> None:
         # The stages are balanced over each conv layer's cost, which only a conv stack's spec
-        # gives before anything is built (docs/design.md, "Architectures").
+        # gives before anything is built (docs/archs.md, "Conv stacks").
         if not is_conv_stack(arch):
             raise RunnerConfigError(
                 f"{cls.name} splits a conv stack into pipeline stages "

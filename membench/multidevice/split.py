@@ -1,8 +1,8 @@
 """The pipeline split: which contiguous layers each stage of a pipeline owns.
 
 The pipeline runners (``bp-pp``, ``ff-pp``) and the schedule model use the same split, so a
-modelled pipeline and a measured one compare like for like (docs/design.md, "Cells on several
-devices"). No torch: the runners and the planner both import it.
+modelled pipeline and a measured one compare like for like (docs/multi-device.md, "The
+split"). No torch: the runners and the planner both import it.
 """
 
 from __future__ import annotations

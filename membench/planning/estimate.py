@@ -16,11 +16,14 @@ what CUDA does differently at the dispatch level:
   mask, where the CPU composite saves a float noise tensor (4 bytes per element);
 - AdamW (and any optimizer with ``foreach=None``) defaults to the ``foreach`` implementation on
   CUDA, whose temporaries span every parameter of the group at once;
-- under ``torch.autocast``, CUDA runs a list of ops in float32 that the CPU's autocast leaves in
-  the lower precision: of those membench's runners use ``layer_norm``, ``group_norm``, ``pow``
-  (``square``), ``softmax``, ``log_softmax`` and ``cross_entropy``; an estimate casts their
-  floating inputs to float32, as CUDA's autocast does (``_cuda_autocast_float32``), so a saved
-  LayerNorm input or a checkpointed boundary is as large as on a GPU.
+- under ``torch.autocast``, CUDA runs a list of ops in float32 (softmax, layer_norm, exp, pow,
+  sum, ...) that the CPU's autocast leaves in the lower precision; an estimate applies CUDA's
+  policy to them at the dispatcher, whatever their spelling
+  (``membench.planning.cuda_autocast``), so a saved LayerNorm input or a checkpointed boundary
+  is as large as on a GPU;
+- ``scaled_dot_product_attention`` runs the kernel CUDA would pick for the precision and shapes
+  (flash or memory-efficient: a log-sum-exp saved, not the attention matrix;
+  ``membench.planning.cuda_attention``).
 
 What no dispatch-level model sees, and so what a measured ``max_memory_allocated`` can add on top:
 cuDNN/cuBLAS workspaces and other allocations made inside a kernel (e.g. a contiguous copy of
@@ -42,7 +45,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._pytree import tree_map
 
 from ..errors import error_text
 from ..measure.devices import Device
@@ -59,6 +61,8 @@ from ..schema import (
     estimate_device,
 )
 from ..units import format_gib
+from .cuda_attention import cuda_attention
+from .cuda_autocast import cuda_autocast
 
 DEVICE_KINDS = ESTIMATE_KINDS
 # Compiled code allocates its buffers outside the dispatcher, where fake tensors and the tracker
@@ -108,7 +112,8 @@ class EstimateDevice(Device):
             stack.enter_context(FakeTensorMode())
             if self.kind == "cuda":
                 stack.enter_context(_cuda_dropout())
-                stack.enter_context(_cuda_autocast_float32())
+                stack.enter_context(cuda_autocast())
+                stack.enter_context(cuda_attention())
             yield
 
     def adapt(self, runner) -> None:
@@ -172,55 +177,6 @@ def _cuda_dropout() -> Iterator[None]:
         yield
     finally:
         F.dropout = original_dropout
-
-
-# Ops CUDA's autocast runs in float32 where the CPU's does not (torch.amp's op reference), that
-# membench's runners and common models call, by the attribute that calls them.
-CUDA_FLOAT32_FUNCTIONS = (
-    (F, "layer_norm"),
-    (F, "group_norm"),
-    (F, "softmax"),
-    (F, "log_softmax"),
-    (F, "cross_entropy"),
-    (torch, "pow"),
-    (torch, "square"),
-    (torch.Tensor, "pow"),
-    (torch.Tensor, "square"),
-    (torch.Tensor, "softmax"),
-    (torch.Tensor, "log_softmax"),
-)
-
-
-def _float32_under_autocast(function):
-    def run(*args, **kwargs):
-        if not torch.is_autocast_enabled("cpu"):
-            return function(*args, **kwargs)
-        args, kwargs = tree_map(_to_float32, (args, kwargs))
-        with torch.autocast("cpu", enabled=False):
-            return function(*args, **kwargs)
-
-    return run
-
-
-def _to_float32(value):
-    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
-        return value.float()
-    return value
-
-
-@contextlib.contextmanager
-def _cuda_autocast_float32() -> Iterator[None]:
-    """Run CUDA's float32 autocast ops in float32 on the CPU's fake tensors (see the module
-    docstring). Patched as functions, not by a TorchFunctionMode, because function modes are
-    not active in the backward pass, where ``torch.utils.checkpoint`` recomputes the forward."""
-    originals = [(owner, name, getattr(owner, name)) for owner, name in CUDA_FLOAT32_FUNCTIONS]
-    for owner, name, function in originals:
-        setattr(owner, name, _float32_under_autocast(function))
-    try:
-        yield
-    finally:
-        for owner, name, function in originals:
-            setattr(owner, name, function)
 
 
 def _use_foreach_optimizers(runner) -> None:

@@ -107,7 +107,7 @@ def fit_batch(
 def _splits_batch(runner_cls: type[Runner], micro_batch: int | None) -> bool:
     """Whether a fit splits the batch: a micro-batch was given, or the runner splits by default
     (bp-accum: batch/2; ff-pipelined does not unless asked)."""
-    return runner_cls.uses_micro_batch and (
+    return runner_cls.contract.micro_batch and (
         micro_batch is not None or runner_cls.default_micro_batch(2) is not None
     )
 
@@ -246,11 +246,11 @@ def check_fit_input(
         check_parameter_size(arch)
         probe_batch = micro_batch or 2
         runner_cls.check_cell(
-            arch, res, probe_batch, micro_batch if runner_cls.uses_micro_batch else None
+            arch, res, probe_batch, micro_batch if runner_cls.contract.micro_batch else None
         )
     except (ArchError, RunnerConfigError) as err:
         raise ConfigError(str(err)) from None
-    if micro_batch is not None and not runner_cls.uses_micro_batch:
+    if micro_batch is not None and not runner_cls.contract.micro_batch:
         raise ConfigError(
             f"--micro-batch applies only to methods that split the batch, not {method}"
         )

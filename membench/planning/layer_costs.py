@@ -13,6 +13,7 @@ and matmuls), which a GPU's peak turns into time; ``source="cpu"`` measures each
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from ..measure.flops import step_flops
 from ..multidevice.schedule_model import LayerCosts
 from ..multidevice.split import conv_costs
 from ..runners import get_runner
+from ..schema import Cell
 
 SOURCES = ("flops", "cpu")
 REPEATS = 5
@@ -118,11 +120,10 @@ def layer_costs(
     spec = conv_stack_spec(arch)
     fake = FakeTensorMode() if source == "flops" else contextlib.nullcontext()
     with torch.random.fork_rng(devices=[]), fake:
-        options = dict(seed=0, total_steps=10, precision=precision)
-        bp = get_runner("bp")(arch, res, classes, "cpu", **options)
-        ff = get_runner("ff-pipelined")(
-            arch, res, classes, "cpu", micro_batch=micro_batch, **options
-        )
+        cell = Cell("bp", arch, res, batch, classes=classes, precision=precision, seed=0)
+        bp = get_runner("bp")(cell, "cpu", total_steps=10)
+        ff_cell = dataclasses.replace(cell, method="ff-pipelined", micro_batch=micro_batch)
+        ff = get_runner("ff-pipelined")(ff_cell, "cpu", total_steps=10)
         forward, backward, head_forward, head_backward = _bp_pieces(
             bp, spec, res, micro_batch, classes
         )

@@ -14,14 +14,18 @@ never averaged. Within a device, each (arch, resolution, classes) gets
 
 and, where cells match the paper's operating points, a table with the paper's ratios beside ours.
 
-Modules, in the order a report is made:
+Modules, in the order a report is made (docs/report.md):
 
 - ``load``: reading and classifying the rows (``load_cells``);
 - ``layout``: devices, panels, series, budgets, the Pareto front; ``style``: colours, markers;
-- ``frontier``, ``batchplot``, ``breakdown``: one figure each; ``labels``: point labels;
-  ``figures``: every figure of a report (``make_figures``);
+- ``frontier``, ``batchplot``, ``breakdown``, ``estimates`` (a panel of estimates only): one
+  figure each; ``labels``: point labels; ``figures``: every figure of a report
+  (``make_figures``; memory over a step is ``membench.timeline.figure``'s);
 - ``markdown``: tables as columns (``Column``, ``Table``) and their Markdown; ``tables``: the
   panel and failure tables; ``paper``: the paper's operating points and their tables;
+- ``crossover`` and ``depth_model``: peak memory against depth and its model
+  (docs/depth-crossover.md); ``multi_device``: cells on several devices, with the schedule
+  model beside the pipelines (docs/multi-device.md);
 - ``render``: report.md's text and the report folder (``render_report``, ``build_report``).
 """
 

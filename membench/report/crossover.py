@@ -3,7 +3,7 @@
 configuration's peak memory against depth, at each micro-batch, with the crossover depth D*
 (the first depth at which DTG-FF's best is below BP's), the analytic model's prediction beside
 it (``depth_model``), the deepest model each family can train on an 8 GiB card, and the FLOPs
-per step of each family's best configuration there (docs/design.md, "The depth crossover").
+per step of each family's best configuration there (docs/depth-crossover.md).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..runners import method_family
 from ..units import GIB
 from .markdown import Column, Table
 from .style import new_figure, side_legend
-from .tables import fmt, method_family
+from .tables import fmt
 
 PARAMETRIC = re.compile(r"^vgg-d(?P<depth>\d+)-w(?P<width>\d+)(?P<pools>-p\d+)?$")
 FAMILY_KEY = ["width", "pools", "res", "batch", "classes", "device", "device_name"]
@@ -356,7 +357,7 @@ def crossover_markdown(cells: pd.DataFrame, figures: dict) -> list[str]:
         "(BP: accumulation over micro-batches of that size, with or without checkpointing "
         "or offload; FF: each layer in chunks of it) and over all of them. D* is the "
         "depth at which FF's best falls below BP's, interpolated in log depth between the "
-        'grid\'s depths. The model (docs/design.md, "The depth crossover") describes '
+        "grid's depths. The model (docs/depth-crossover.md) describes "
         "`bp-ckpt --micro-batch m` in fp32 (optimizer state on the host) and "
         "`ff-pipelined --micro-batch m` in bf16 (gradients released, optimizer state on "
         "the host); its D* (searched up to D = 4096) is beside the D* of the same "

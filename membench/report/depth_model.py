@@ -1,7 +1,7 @@
 """An analytic model of the peak memory of each family's best configuration against depth, for
 conv stacks: the prediction the depth-crossover section sets beside the estimates.
 
-Bytes, per step, derived from what each step keeps alive (docs/design.md, "The depth crossover",
+Bytes, per step, derived from what each step keeps alive (docs/depth-crossover.md, "The model",
 has the derivation). For layer l of a stack at batch B: ``in_l`` the elements of one sample's
 input (3·R² for layer 0), ``s_l`` of its output (C·h_l²), ``nx_l`` of the next layer's input
 (after the pool, if one follows; 0 after the last layer); ``a`` the bytes of the autocast dtype
@@ -36,7 +36,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FP32 = 4
-FAMILIES = ("bp", "ff")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The report's "Cells on several devices" section: each multi-device row with its ranks
-(``ranks.csv``), and beside the pipelines the schedule model's step (docs/design.md, "Cells on
-several devices"), marked as a model.
+(``ranks.csv``), and beside the pipelines the schedule model's step (docs/multi-device.md, "The
+schedule model"), marked as a model.
 
-The model's per-layer costs are FLOPs counted on fake tensors (``measure.layer_costs``, torch
-imported only here and only for a grid with pipelines); a FLOP step becomes milliseconds at one
-device's peak where the row knows it (its ``peak_tflops`` ÷ devices; for an estimate, the GPU of
-``membench report --gpu``).
+The model's per-layer costs are FLOPs counted on fake tensors
+(``membench.planning.layer_costs``, torch imported only here and only for a grid with
+pipelines); a FLOP step becomes milliseconds at one device's peak where the row knows it (its
+``peak_tflops`` ÷ devices; for an estimate, the GPU of ``membench report --gpu``).
 """
 
 from __future__ import annotations

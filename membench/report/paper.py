@@ -35,7 +35,8 @@ class PaperPoint:
 PAPER_SOURCE = (
     'arXiv:2606.06539v1, "Synthetic Benchmarks Overstate Forward-Forward Scaling", Sec. 6.2 '
     "and App. D.7 (RTX 4060 Laptop 8 GB, PyTorch 2.9.1, CUDA 13.0; 5 warmup + 20 timed steps, "
-    "peak = torch.cuda.max_memory_allocated); see docs/design.md, Paper reference figures"
+    "peak = torch.cuda.max_memory_allocated); "
+    'see docs/measurement.md, "Paper reference figures"'
 )
 # ff-naive is given only as ratios there.
 PAPER_OPERATING_POINTS: tuple[PaperPoint, ...] = (

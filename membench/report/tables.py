@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..runners import method_family
 from ..schema import ESTIMATED, OK
 from ..stability import OTHERS_THRESHOLD, UNSTABLE
 from ..units import GIB
@@ -228,11 +229,6 @@ def panel_table(panel: pd.DataFrame) -> str:
 
 
 # -- the best configuration of each method family -------------------------------------------------
-def method_family(method: str) -> str:
-    """'ff' for the DTG-FF runners, 'bp' for the backprop family, else the method itself."""
-    return "ff" if method.startswith("ff-") else "bp" if method.startswith("bp") else method
-
-
 def _best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
     """The best row of one family: the fastest measured one, else (estimates only) the one with
     the highest imgs/s bound, else the smallest predicted peak."""

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import is_layer_stack
-from ..archs.conv_stack import PROPAGATION_DROPOUT  # noqa: F401 (its name here before the split)
-from ..schema import MEMORY_FORMATS, PRECISIONS
+from ..schema import MEMORY_FORMATS, PRECISIONS, Cell
+from .contract import RunnerContract
 
-# The shared recipe (docs/design.md, "Training recipe"): the propagation path's dropout is the
+# The shared recipe (docs/runners.md, "Training recipe"): the propagation path's dropout is the
 # conv stacks' (membench.archs.conv_stack); the optimizer's part is in optim.py.
 
-# Standard tooling every runner takes (docs/design.md, "Standard tooling"), as torch's objects;
+# Standard tooling every runner takes (docs/runners.md, "Standard tooling"), as torch's objects;
 # the settings' choices are membench.schema's.
 AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
 TORCH_MEMORY_FORMATS = dict(zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last)))
@@ -36,84 +36,64 @@ class RunnerConfigError(ValueError):
 class Runner(ABC):
     """One training method, built for one cell.
 
-    ``total_steps`` is the length of the cosine schedule (warmup + measured steps), so every step
-    of a cell runs with a learning rate from the same curve whatever the method.
+    A runner is built from the ``Cell`` it runs (``membench.schema.Cell``: every setting, the
+    tooling included, as one object, so a new setting reaches every runner with no keyword to
+    add): its arch, resolution, class count, seed, micro-batch and tooling (precision under
+    ``torch.autocast`` with weights and optimizer state in fp32 and fp16 through one
+    ``torch.amp.GradScaler``; memory format; ``torch.compile`` mode; gradients kept or released
+    at their update and optimizer state on the device or the host, ``membench.runners.optim``).
+    ``total_steps`` is the length of the cosine schedule (warmup + measured steps by default),
+    so every step of a cell runs with a learning rate from the same curve whatever the method;
     ``dropout=False`` turns every dropout off, which ``membench verify`` needs to compare methods.
-    ``precision`` (fp32, bf16, fp16) runs forward and loss under ``torch.autocast`` with weights
-    and optimizer state in fp32, and fp16 through one ``torch.amp.GradScaler`` for all of the
-    runner's optimizers; ``memory_format`` places model and batch contiguous or channels_last;
-    ``compile`` is a ``torch.compile`` mode for the runner's forward region(s). ``grads`` (kept
-    or released at their update) and ``optimizer_state`` (on the device, or in host memory
-    between updates) are the update's tooling (``membench.runners.optim``); a runner that
-    honours them says so (``supports_grad_release``, ``supports_host_optimizer_state``), and
-    ``check_tooling`` refuses what it cannot honour.
+
+    What the runner takes and what ``membench verify`` holds it to is its ``contract``
+    (``RunnerContract``), declared on the class; ``check_cell`` and ``check_tooling`` refuse, before
+    anything runs, what it cannot honour.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    # Whether the runner needs a layer stack (docs/design.md, "Architectures"): the name is
-    # older than the layer-stack contract, which the conv stacks were the first to meet.
-    needs_conv_stack: ClassVar[bool] = True
-    uses_micro_batch: ClassVar[bool] = False
-    # Correctness contracts that `membench verify` checks (see membench/verify/): the name of a
-    # runner whose gradients (dropout off) or first-step per-layer losses this one must reproduce.
-    same_gradients_as: ClassVar[str | None] = None
-    same_gradients_with_dropout: ClassVar[bool] = False  # ...also with dropout on (same masks)
-    same_first_step_losses_as: ClassVar[str | None] = None
-    same_layer_gradients_as: ClassVar[str | None] = None  # layer-local: per-layer parameters
-    # The update's tooling this runner honours (docs/design.md, "Standard tooling").
-    supports_grad_release: ClassVar[bool] = False
-    supports_host_optimizer_state: ClassVar[bool] = False
-    # Cells on several devices (docs/design.md): a runner that spans ``devices`` ranks of
-    # torch.distributed (one instance per rank), and one that takes a pipeline ``schedule``.
-    spans_devices: ClassVar[bool] = False
-    uses_schedule: ClassVar[bool] = False
-    default_schedule: ClassVar[str | None] = None
+    contract: ClassVar[RunnerContract] = RunnerContract()
     # fp16's GradScaler starts here (torch's default, 2^16, suits BP's small gradients).
     initial_grad_scale: ClassVar[float] = 2.0**16
 
     def __init__(
         self,
-        arch: str,
-        res: int,
-        classes: int,
+        cell: Cell,
         device: torch.device | str = "cpu",
         *,
-        seed: int = 0,
-        total_steps: int = 25,
-        micro_batch: int | None = None,
+        total_steps: int | None = None,
         dropout: bool = True,
-        precision: str = "fp32",
-        memory_format: str = "contiguous",
-        compile: str = "none",
-        grads: str = "kept",
-        optimizer_state: str = "device",
-        devices: int = 1,
-        schedule: str | None = None,
     ):
-        self.arch, self.res, self.classes = arch, res, classes
+        self.cell = cell
         self.device = torch.device(device)
-        self.seed, self.total_steps, self.micro_batch = seed, total_steps, micro_batch
+        self.total_steps = cell.warmup + cell.steps if total_steps is None else total_steps
         self.dropout = dropout
-        self.precision, self.memory_format, self.compile_mode = precision, memory_format, compile
-        self.release_grads = grads == "released"
-        self.state_on_host = optimizer_state == "host"
-        # (``schedule``: bp.py's runners name their cosine ``self.schedule``)
-        self.devices, self.pipeline_schedule = devices, schedule
+        self.release_grads = cell.grads == "released"
+        self.state_on_host = cell.optimizer_state == "host"
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
         self.scaler = torch.amp.GradScaler(
-            self.device.type, init_scale=self.initial_grad_scale, enabled=precision == "fp16"
+            self.device.type, init_scale=self.initial_grad_scale, enabled=cell.precision == "fp16"
         )
+
+    # The cell's settings a step reads most, by their names.
+    arch = property(lambda self: self.cell.arch)
+    res = property(lambda self: self.cell.res)
+    classes = property(lambda self: self.cell.classes)
+    seed = property(lambda self: self.cell.seed)
+    micro_batch = property(lambda self: self.cell.micro_batch)
+    precision = property(lambda self: self.cell.precision)
+    devices = property(lambda self: self.cell.devices)
 
     @classmethod
     def check_cell(cls, arch: str, res: int, batch: int, micro_batch: int | None) -> None:
         """Raise RunnerConfigError if this runner cannot run the cell (called before any run)."""
-        if cls.needs_conv_stack and not is_layer_stack(arch, res):
+        if cls.contract.layer_stack and not is_layer_stack(arch, res):
             raise RunnerConfigError(
                 f"{cls.name} needs a layer stack (vgg8, vgg11, vgg-dD-wW, resnet20 ... resnet110, "
                 f"or a plugin model that is a membench.archs.LayerStack), not {arch}"
             )
-        if cls.uses_micro_batch:
+        if cls.contract.micro_batch:
             mb = micro_batch if micro_batch is not None else cls.default_micro_batch(batch)
             if mb is not None and (mb <= 0 or batch % mb != 0):
                 raise RunnerConfigError(
@@ -125,11 +105,11 @@ class Runner(ABC):
     def check_tooling(cls, cell) -> None:
         """Raise RunnerConfigError for update tooling this runner cannot honour (``cell``: a
         ``membench.schema.Cell``); called before any run, after ``check_cell``."""
-        if cell.grads == "released" and not cls.supports_grad_release:
+        if cell.grads == "released" and not cls.contract.grads_released:
             raise RunnerConfigError(
                 f"{cls.name} cannot release gradients at their update (--grads released)"
             )
-        if cell.optimizer_state == "host" and not cls.supports_host_optimizer_state:
+        if cell.optimizer_state == "host" and not cls.contract.host_optimizer_state:
             raise RunnerConfigError(
                 f"{cls.name} cannot keep its optimizer state in host memory "
                 "(--optimizer-state host)"
@@ -157,6 +137,19 @@ class Runner(ABC):
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]: ...
 
+    # What the protocol, a rank and `membench verify` read of a runner besides its step; each is
+    # None (or empty) unless the runner has one.
+    offloaded_peak_bytes: int | None = None  # most bytes of saved tensors held on the host
+    offloaded_optimizer_bytes: int | None = None  # optimizer state held on the host
+    layer_losses: list[torch.Tensor] | None = None  # a layer-local step's per-layer losses
+    clock = None  # a rank's BusyClock (membench.multidevice.spanning): its time computing
+    stages: list[range] | None = None  # a pipeline's layers per stage
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Tensors kept from one step to the next outside the modules and optimizers (a pipeline
+        stage's receive buffers), which a rank's tracker counts as held memory."""
+        return []
+
     def autocast(self):
         """The context forward and loss run in: ``torch.autocast`` to the cell's precision, or
         nothing at fp32."""
@@ -168,9 +161,9 @@ class Runner(ABC):
     def compiled(self, fn):
         """``fn`` under ``torch.compile`` at the cell's mode (compiled on its first call, in
         warmup); ``fn`` itself without compile."""
-        if self.compile_mode == "none":
+        if self.cell.compile == "none":
             return fn
-        return torch.compile(fn, mode=None if self.compile_mode == "default" else self.compile_mode)
+        return torch.compile(fn, mode=None if self.cell.compile == "default" else self.cell.compile)
 
     def place(self, module: nn.Module) -> nn.Module:
         """Move a freshly built module to the runner's device, in training mode.
@@ -182,11 +175,11 @@ class Runner(ABC):
         """
         if self.device != torch.device("cpu"):
             module = module.to(self.device)
-        if self.memory_format != "contiguous":
+        if self.cell.memory_format != "contiguous":
             for parameter in module.parameters():
                 if parameter.dim() == 4:  # conv weights; the rest have no spatial layout
                     parameter.data = parameter.data.contiguous(
-                        memory_format=TORCH_MEMORY_FORMATS[self.memory_format]
+                        memory_format=TORCH_MEMORY_FORMATS[self.cell.memory_format]
                     )
         return module.train()
 

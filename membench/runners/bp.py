@@ -20,6 +20,7 @@ from torch import nn
 
 from ..archs import ArchError, LayerStack, build_arch, without_dropout
 from .base import Runner, RunnerConfigError, spatial_goodness
+from .contract import RunnerContract
 from .optim import PerParameterAdamW, WholeModelAdamW
 from .saved_tensors import OffloadSavedTensors, checkpoint_torchvision_stages, checkpointed
 
@@ -45,9 +46,6 @@ class StackClassifier(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-ConvStackClassifier = StackClassifier  # its name when only the conv stacks were stacks
-
-
 def build_layer_stack(runner: Runner) -> LayerStack:
     """The runner's arch as a layer stack (what bp-deepsup and DTG-FF train), dropout off
     unless the runner has it on."""
@@ -55,7 +53,7 @@ def build_layer_stack(runner: Runner) -> LayerStack:
     if not isinstance(stack, LayerStack):
         raise ArchError(
             f"{runner.name} needs a layer stack, and {runner.arch} is a "
-            f'{type(stack).__name__} (docs/design.md, "Architectures")'
+            f'{type(stack).__name__} (docs/archs.md, "The plugin contract")'
         )
     return stack
 
@@ -65,13 +63,11 @@ class BPRunner(Runner):
 
     name = "bp"
     summary = "end-to-end backprop: backbone -> GAP -> Linear(K), one AdamW"
-    needs_conv_stack = False
-    supports_grad_release = True
-    supports_host_optimizer_state = True
+    contract = RunnerContract(family="bp", grads_released=True, host_optimizer_state=True)
     checkpointing: str | None = None  # "full" | "selective" (saved_tensors.CHECKPOINT_POLICIES)
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
+    def __init__(self, cell, device="cpu", **options):
+        super().__init__(cell, device, **options)
         torch.manual_seed(self.seed)
         model = self.build_model()
         if not self.dropout:
@@ -175,8 +171,7 @@ class BPAccumRunner(BPRunner):
 
     name = "bp-accum"
     summary = "bp with gradient accumulation over --micro-batch (default batch/2)"
-    uses_micro_batch = True
-    same_gradients_as = "bp"
+    contract = BPRunner.contract.but(micro_batch=True, same_gradients_as="bp")
 
     @staticmethod
     def default_micro_batch(batch: int) -> int:
@@ -193,9 +188,10 @@ class BPCheckpointRunner(BPRunner):
         "--micro-batch M adds gradient accumulation"
     )
     checkpointing = "full"
-    uses_micro_batch = True
-    same_gradients_as = "bp"
-    same_gradients_with_dropout = True  # the RNG state is preserved, so dropout recomputes alike
+    # The RNG state is preserved, so dropout recomputes alike: the same gradients with it on.
+    contract = BPRunner.contract.but(
+        micro_batch=True, same_gradients_as="bp", same_gradients_with_dropout=True
+    )
 
 
 class BPSelectiveCheckpointRunner(BPCheckpointRunner):
@@ -218,12 +214,12 @@ class BPOffloadRunner(BPRunner):
         "bp with saved tensors offloaded to host memory (pinned on CUDA) in forward; "
         "--micro-batch M adds gradient accumulation"
     )
-    uses_micro_batch = True
-    same_gradients_as = "bp"
-    same_gradients_with_dropout = True
+    contract = BPRunner.contract.but(
+        micro_batch=True, same_gradients_as="bp", same_gradients_with_dropout=True
+    )
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
+    def __init__(self, cell, device="cpu", **options):
+        super().__init__(cell, device, **options)
         self.offload = OffloadSavedTensors(self.device)
 
     def saved_tensors(self):
@@ -258,7 +254,7 @@ class BPDeepSupRunner(BPRunner):
 
     name = "bp-deepsup"
     summary = "end-to-end BP with a learned head per conv layer on DTG-FF's goodness features"
-    needs_conv_stack = True
+    contract = BPRunner.contract.but(layer_stack=True)
 
     def build_model(self) -> nn.Module:
         return DeepSupModel(build_layer_stack(self), self.classes)

@@ -8,7 +8,7 @@ A classifier on the detached, globally pooled features of layers 1..L-1 trains w
 AdamW; the backbone never sees its gradient.
 
 The two runners compute the same per-layer losses and differ only in the schedule of one step,
-which is the whole point of measuring them side by side. docs/design.md ("DTG-FF") explains the
+which is the whole point of measuring them side by side. docs/runners.md ("DTG-FF") explains the
 method and why the two schedules differ in memory.
 """
 
@@ -24,6 +24,7 @@ from torch.nn.utils import clip_grad_norm_
 from ..archs import LayerStack
 from .base import AUTOCAST_DTYPES, Runner, RunnerConfigError, spatial_goodness
 from .bp import build_layer_stack
+from .contract import RunnerContract
 from .optim import HostState, adamw_with_cosine
 
 T_MIN, T_MAX = 0.5, 2.0
@@ -112,14 +113,15 @@ class DTGFF(nn.Module):
 class _DTGFFRunner(Runner):
     """Shared construction and updates; subclasses differ only in ``step``."""
 
-    supports_grad_release = True
-    supports_host_optimizer_state = True
+    contract = RunnerContract(
+        family="ff", layer_stack=True, grads_released=True, host_optimizer_state=True
+    )
     # A layer's gradient is its own loss's, taken right at the layer: O(1), not a deep chain's
     # small one. At torch's 2^16 the first fp16 step overflowed (and was skipped) on every
     # layer stack measured but the smallest: first-step fp32 gradients reached 8.5 (plain-stack,
     # res 8, batch 8), 6.9 (resnet20), 1.9 (vgg8, res 32, batch 32), times 2^16 past fp16's
-    # 65504 (docs/design.md, "DTG-FF"). 2^12 fits gradients up to 15.9; the scaler grows it
-    # after 2000 steps without an overflow, as ever.
+    # 65504 (tests/test_example_models.py shows the overflow). 2^12 fits gradients up to 15.9;
+    # the scaler grows it after 2000 steps without an overflow, as ever.
     initial_grad_scale = 2.0**12
 
     @classmethod
@@ -131,13 +133,13 @@ class _DTGFFRunner(Runner):
                 f"BatchNorm1d cannot train on one sample), got {batch}"
             )
 
-    def __init__(self, arch, res, classes, device="cpu", **options):
-        super().__init__(arch, res, classes, device, **options)
+    def __init__(self, cell, device="cpu", **options):
+        super().__init__(cell, device, **options)
         torch.manual_seed(self.seed)
         self.model = self.place(
             DTGFF(
                 build_layer_stack(self),
-                classes,
+                self.classes,
                 CLASSIFIER_DROPOUT if self.dropout else 0.0,
             )
         )
@@ -255,9 +257,9 @@ class FFPipelinedRunner(_DTGFFRunner):
         "DTG-FF, pipelined: per layer forward -> backward -> step -> propagate z.detach(); "
         "--micro-batch M runs each layer's forward/backward in chunks of M"
     )
-    same_first_step_losses_as = "ff-naive"
-    same_layer_gradients_as = "ff-naive"
-    uses_micro_batch = True
+    contract = _DTGFFRunner.contract.but(
+        micro_batch=True, same_first_step_losses_as="ff-naive", same_layer_gradients_as="ff-naive"
+    )
 
     @staticmethod
     def default_micro_batch(batch: int) -> int | None:
@@ -268,6 +270,11 @@ class FFPipelinedRunner(_DTGFFRunner):
     def loss_share(chunk: int, batch: int) -> float:
         """M/B: each chunk's mean loss times this sums to the whole batch's mean loss."""
         return chunk / batch
+
+    def chunked(self, batch: int) -> bool:
+        """Whether a layer of a batch of ``batch`` rows trains in chunks (``--micro-batch M``
+        smaller than the batch) rather than whole, as the paper's step does."""
+        return self.micro_batch is not None and self.micro_batch < batch
 
     def step(self, images, labels):
         """One DTG-FF step in the paper's pipelined schedule (App. D.7)::
@@ -283,61 +290,70 @@ class FFPipelinedRunner(_DTGFFRunner):
             classifier step on concat(feature_1 .. feature_{L-1})
 
         With ``--micro-batch M`` each layer's forward, loss and backward run in chunks of M
-        (loss x M/B, the gradient accumulating), and each chunk is propagated as soon as its
-        backward has freed its graph, into the next input and feature of the whole batch: the
-        layer's full-batch output never exists and the boundary is held once. Then one clip and
-        one step: the same update (z is the pre-step weights' either way, and the chunks'
-        dropout masks are drawn in the same order).
+        (``train_chunk``: loss x M/B, the gradient accumulating), and each chunk is propagated as
+        soon as its backward has freed its graph, into the next input and feature of the whole
+        batch: the layer's full-batch output never exists and the boundary is held once. Then
+        one clip and one step: the same update (z is the pre-step weights' either way, and the
+        chunks' dropout masks are drawn in the same order).
         """
         x, features, self.layer_losses = images, [], []
         for layer in self.model.backbone.layers():
-            boundary = _Boundary(self, layer, batch=x.shape[0])
-            if self.micro_batch and self.micro_batch < x.shape[0]:
-                self._train_in_chunks(layer, x, labels, boundary)
+            self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
+            boundary = Boundary(self, layer, batch=x.shape[0])
+            if self.chunked(x.shape[0]):
+                losses = [
+                    self.train_chunk(layer, x_part, y_part, share, boundary, start)
+                    for start, x_part, y_part, share in self.chunks(x, labels)
+                ]
+                self._clip_and_step(layer.index)
+                loss = torch.stack(losses).sum()
             else:
-                z = self._train_whole(layer, x, labels)
-                boundary.add(z, 0)  # only after the step, as the paper orders it
+                with self.autocast():
+                    z, loss = self.local_loss[layer.index](x, labels)  # forward, local loss
+                self.scaler.scale(loss).backward()  # frees layer l's graph
+                self._clip_and_step(layer.index)  # clip to norm 1, then AdamW
+                boundary.add(z.detach(), 0)  # propagate the pre-step output, after the step
+                # z's only other holder is the boundary's input to the propagation, done now:
+                # drop it, so layer l's output is gone before layer l+1 allocates its own.
                 del z
+            self.layer_losses.append(loss.detach())
             if boundary.feature is not None:
                 features.append(boundary.feature)
-            x = x if boundary.next_input is None else boundary.next_input
-            del boundary
+            if boundary.next_input is not None:  # none after the last layer
+                x = boundary.next_input
         classifier_loss = self._classifier_step(torch.cat(features, dim=1), labels)
         self.scaler.update()
         return torch.stack(self.layer_losses).sum() + classifier_loss
 
-    def _train_whole(self, layer, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Forward, local loss, backward, clip and step of one layer on the whole batch; its
-        output z, detached (the graph is gone)."""
-        self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
+    def chunks(self, x: torch.Tensor, labels: torch.Tensor):
+        """(first row, images, labels, loss share M/B) of each chunk of ``--micro-batch`` rows."""
+        start = 0
+        for x_part, y_part in zip(x.split(self.micro_batch), labels.split(self.micro_batch)):
+            yield start, x_part, y_part, self.loss_share(x_part.shape[0], x.shape[0])
+            start += x_part.shape[0]
+
+    def train_chunk(
+        self,
+        layer,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        share: float,
+        boundary: Boundary,
+        start: int,
+    ) -> torch.Tensor:
+        """Layer ``layer``'s forward, local loss (x ``share`` of the batch) and backward on one
+        chunk, the gradient accumulating; the chunk's output then propagated into ``boundary``
+        at row ``start``, its graph already freed. Its loss, detached. The micro-batched step
+        and ``ff-pp``'s ranks train every chunk this way."""
         with self.autocast():
             z, loss = self.local_loss[layer.index](x, labels)
-        self.scaler.scale(loss).backward()
-        self._clip_and_step(layer.index)
-        self.layer_losses.append(loss.detach())
-        return z.detach()
-
-    def _train_in_chunks(
-        self, layer, x: torch.Tensor, labels: torch.Tensor, boundary: _Boundary
-    ) -> None:
-        """Forward, local loss, backward and propagation of one layer, one chunk at a time (one
-        chunk's graph ever exists), then its clip and step."""
-        self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
-        losses, start = [], 0
-        for x_part, y_part in zip(x.split(self.micro_batch), labels.split(self.micro_batch)):
-            with self.autocast():
-                z_part, loss = self.local_loss[layer.index](x_part, y_part)
-            loss = loss * self.loss_share(x_part.shape[0], x.shape[0])
-            self.scaler.scale(loss).backward()
-            boundary.add(z_part.detach(), start)  # chunk x C_l x H_l x W_l, its graph freed
-            start += x_part.shape[0]
-            losses.append(loss.detach())
-            del z_part, loss
-        self._clip_and_step(layer.index)
-        self.layer_losses.append(torch.stack(losses).sum())
+        loss = loss * share
+        self.scaler.scale(loss).backward()  # frees the chunk's graph
+        boundary.add(z.detach(), start)  # chunk x C_l x H_l x W_l: its feature and next input
+        return loss.detach()  # z and the chunk's loss go with this frame
 
 
-class _Boundary:
+class Boundary:
     """What of one layer outlives its step, for the whole batch: the classifier feature (GAP of
     z: B x C_l, layers 1..L-1) and the next layer's input (the propagation path on z.detach()),
     filled chunk by chunk into tensors made once for the whole batch (a single whole-batch

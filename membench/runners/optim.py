@@ -1,6 +1,6 @@
 """How a runner updates its parameters: the shared recipe's AdamW and cosine schedule, and the
-standard tools that keep less of the update's memory on the device (docs/design.md, "Standard
-tooling"):
+standard tools that keep less of the update's memory on the device (docs/runners.md,
+"Standard tooling"):
 
 - ``grads="released"``: a gradient is freed at its update. End to end (BP) that is one AdamW per
   parameter, stepped from the parameter's post-accumulate-grad hook during the backward pass

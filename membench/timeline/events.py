@@ -1,6 +1,6 @@
 """Memory over time: one training step's allocation events, and what they say.
 
-A ``Timeline`` is one recorded step (docs/design.md, "Memory over time"): what was live when it
+A ``Timeline`` is one recorded step (docs/timeline.md): what was live when it
 began (``baseline``), then every allocation and free in order, each with its category and
 the phase of the step it happened in (forward, backward, recomputation, the optimizer step or
 other work outside modules; the conv layer and module where known). It comes from the tensor

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import _append_rows, _typed_frame, check_header, prepare_for_append, read_rows
+from ..results import append_rows, check_header, prepare_for_append, read_rows, typed_frame
 from ..schema import CellResult
 from .events import TIMELINE_COLUMN_TYPES, TIMELINE_COLUMNS, timeline_rows
 from .snapshot import synthesize_snapshot
@@ -53,7 +53,7 @@ def write_timeline(out_dir: Path, result: CellResult) -> Path | None:
     rows = timeline_rows(timeline)
     # The row says how many: a block a reader finds shorter (a file cut) is never a whole step.
     result.timeline_events = len(rows)
-    _append_rows(path, TIMELINE_COLUMNS, [{**cell, **row} for row in rows])
+    append_rows(path, TIMELINE_COLUMNS, [{**cell, **row} for row in rows])
     if not timeline.keep_snapshot:
         return None
     snapshot = timeline.snapshot or synthesize_snapshot(timeline)
@@ -76,7 +76,7 @@ def read_timelines(folder: Path) -> pd.DataFrame:
     header, rows = read_rows(path)
     if header:
         check_header(path, header, TIMELINE_COLUMNS, TIMELINE_COLUMNS)
-    frame = _typed_frame(path, rows, TIMELINE_COLUMN_TYPES, strict=True)
+    frame = typed_frame(path, rows, TIMELINE_COLUMN_TYPES, strict=True)
     if frame.empty:
         return frame
     block = (frame["event"] == 0).cumsum()

@@ -1,5 +1,5 @@
 """Recording one step's memory over time: the phase of the step each event happens in, and the
-tensor tracker's events into a ``Timeline`` (docs/design.md, "Memory over time").
+tensor tracker's events into a ``Timeline`` (docs/timeline.md, "Phases").
 
 Phases come from PyTorch's own public hooks, so no runner has to mark anything:
 

@@ -1,12 +1,14 @@
-"""PyTorch memory snapshots and timelines, both ways (docs/design.md, "Memory over time").
+"""PyTorch memory snapshots and timelines, both ways (docs/timeline.md).
 
 - ``synthesize_snapshot``: a ``Timeline`` recorded by the tensor tracker (the CPU, estimates) as
   the dictionary ``torch.cuda.memory._snapshot()`` returns, so PyTorch's own viewers open it
   (``python -m torch.cuda._memory_viz``, pytorch.org/memory_viz): ``device_traces`` with one
   ``alloc`` per allocation and ``free_requested`` + ``free_completed`` per free, each with its
-  size, category and Python frames where they were recorded, and ``segments`` holding what is
-  live at the end. Addresses are made up (a bump pointer, aligned to the CUDA allocator's 512
-  bytes, never reused), so the viewer's layout of segments means nothing; the timeline does.
+  size, category and Python frames where they were recorded, ``segments`` holding what is live at
+  the end, and a last ``snapshot`` entry (the allocator records one when a snapshot is taken)
+  of the category PyTorch's viewer requires (``VIEWER_CATEGORY``). Addresses are made up (a bump
+  pointer, aligned to the CUDA allocator's 512 bytes, never reused), so the viewer's layout of
+  segments means nothing; the timeline does.
   ``torch.cuda._memory_viz._profile_to_snapshot`` builds the same format from a profile.
 - ``timeline_from_cuda``: the CUDA allocator's history of a step as a ``Timeline``, its entries
   placed in phases by their ``time_us`` and in categories by the data pointers of what the cell
@@ -22,6 +24,10 @@ from collections.abc import Mapping, Sequence
 
 from .events import ALLOC, FREE, Phase, Timeline
 
+# PyTorch's viewer (MemoryViz.js, its annotate_snapshot; docs/timeline.md, "Files")
+# colours an allocation it knows only from `segments` (here: live through the whole step) as
+# 'unknown' and needs that name among the trace's categories, else it throws and draws nothing.
+VIEWER_CATEGORY = "unknown"
 ALIGNMENT = 512  # the CUDA caching allocator's smallest block (memtrack.cuda_allocated_size)
 BASE_ADDRESS = 0x7F0000000000  # where made-up addresses start: looks like a device address
 LARGE_SEGMENT = 2**20  # the allocator's 'large' pool takes blocks over 1 MiB
@@ -102,6 +108,16 @@ def synthesize_snapshot(timeline: Timeline) -> dict:
     segments = [
         _segment(address, size, frames) for address, size, _, frames in sorted(live.values())
     ]
+    trace.append(
+        {
+            "action": "snapshot",
+            "addr": 0,
+            "size": sum(segment["allocated_size"] for segment in segments),
+            "stream": 0,
+            "frames": [],
+            "category": VIEWER_CATEGORY,
+        }
+    )
     return {"segments": segments, "device_traces": [trace]}
 
 
@@ -174,4 +190,4 @@ def timeline_from_cuda(
     return timeline
 
 
-__all__ = ["synthesize_snapshot", "timeline_from_cuda"]
+__all__ = ["VIEWER_CATEGORY", "synthesize_snapshot", "timeline_from_cuda"]

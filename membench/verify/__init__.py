@@ -1,5 +1,8 @@
 """Correctness checks for runners (``membench verify``): a runner's numbers are only worth
-measuring if it trains what it claims to train.
+measuring if it trains what it claims to train (docs/runners.md, "Correctness").
+
+``verify()`` and the tolerances are here, one function per check in ``checks``, and the checks
+of the runners that span devices, on gloo ranks, in ``across_devices``.
 
 The checks, each applicable to any registered runner, third-party ones included:
 
@@ -39,6 +42,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..schema import Cell
+
 GRADIENT_RTOL = 1e-4
 LOSS_RTOL = 1e-5
 LEARN_STEPS = 50
@@ -76,6 +81,18 @@ class VerifySetup:
     classes: int = 4
     seed: int = 0
 
+    def cell(self, method: str, **settings) -> Cell:
+        """The setup as ``method``'s cell, with ``settings`` (a micro-batch, tooling, devices)."""
+        return Cell(
+            method,
+            self.arch,
+            self.res,
+            self.batch,
+            classes=self.classes,
+            seed=self.seed,
+            **settings,
+        )
+
 
 def verify(
     methods: list[str],
@@ -92,7 +109,7 @@ def verify(
     splits_apply = not uses_batch_statistics(setup)  # builds the arch once, not per method
     for method in methods:
         runner_cls = get_runner(method)
-        if getattr(runner_cls, "spans_devices", False):  # its checks run on gloo ranks
+        if runner_cls.contract.spans_devices:  # its checks run on gloo ranks
             from .across_devices import rank_checks
 
             results += _guarded(lambda m=method: rank_checks(m, setup), method)
@@ -130,31 +147,31 @@ def _checks_of(
     plan = []
     # A runner that splits the batch by default is compared split against whole.
     splits_by_default = (
-        runner_cls.uses_micro_batch and runner_cls.default_micro_batch(setup.batch) is not None
+        runner_cls.contract.micro_batch and runner_cls.default_micro_batch(setup.batch) is not None
     )
-    reference = getattr(runner_cls, "same_gradients_as", None)
+    reference = runner_cls.contract.same_gradients_as
     if reference and (splits_apply or not splits_by_default):
         plan.append(lambda: check_gradients(method, reference, setup))
-        if getattr(runner_cls, "same_gradients_with_dropout", False):
+        if runner_cls.contract.same_gradients_with_dropout:
             plan.append(lambda: check_gradients(method, reference, setup, dropout=True))
-        if runner_cls.uses_micro_batch and not splits_by_default and splits_apply:
+        if runner_cls.contract.micro_batch and not splits_by_default and splits_apply:
             plan.append(
                 lambda: check_gradients(method, reference, setup, micro_batch=setup.batch // 2)
             )
     for what, tooling in UPDATE_TOOLING.items():
         if accepts(runner_cls, setup, **tooling):
             plan.append(lambda w=what: check_same_updates(method, setup, w))
-    layer_reference = getattr(runner_cls, "same_layer_gradients_as", None)
+    layer_reference = runner_cls.contract.same_layer_gradients_as
     if layer_reference:
         plan.append(lambda: check_layer_isolation(method, setup))
         plan.append(lambda: check_layer_gradients(method, layer_reference, setup))
-        if runner_cls.uses_micro_batch and splits_apply:
+        if runner_cls.contract.micro_batch and splits_apply:
             plan.append(
                 lambda: check_layer_gradients(
                     method, layer_reference, setup, micro_batch=setup.batch // 2
                 )
             )
-    loss_reference = getattr(runner_cls, "same_first_step_losses_as", None)
+    loss_reference = runner_cls.contract.same_first_step_losses_as
     if loss_reference:
         plan.append(lambda: check_first_step_losses(method, loss_reference, setup))
     plan.append(lambda: check_learns(method, setup))

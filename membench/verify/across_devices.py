@@ -21,7 +21,7 @@ import torch
 from ..multidevice.launch import launch_ranks
 from ..runners import get_runner
 from . import LEARN_REQUIRED_DROP, LEARN_SCHEDULE_STEPS, LEARN_STEPS, CheckResult, VerifySetup
-from .checks import _after_first_step, _compare_gradients, _finite, learnable_batch, random_batch
+from .checks import after_first_step, compare_gradients, finite, learnable_batch, random_batch
 
 VERIFY_DEVICES = 2
 RANK_TIMEOUT_S = 300.0  # a bound on a broken runner, never a performance threshold
@@ -38,13 +38,13 @@ def _full(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def _named_gradients(runner) -> dict[str, torch.Tensor]:
     """This rank's gradients by the name a single-device reference gives them: the ``bp``
     model's parameter names, or ``layer{l}.{k}`` for layer-local parameters."""
-    if runner.same_layer_gradients_as:
+    if runner.contract.same_layer_gradients_as:
         return {
             f"layer{l}.{k}": _full(p.grad, p)
             for l, params in enumerate(runner.local_parameters())
             for k, p in enumerate(params)
         }
-    stages = getattr(runner, "stages", None)
+    stages = runner.stages
     names = {}
     for name, p in runner.model.named_parameters():
         if stages is not None and name.startswith("blocks."):  # a pipeline stage's own numbering
@@ -59,15 +59,7 @@ def _rank_gradients(rank: int, world: int, task) -> tuple[dict, bool]:
     method, setup, options = task
     runner_cls = get_runner(method)
     runner = runner_cls(
-        setup.arch,
-        setup.res,
-        setup.classes,
-        "cpu",
-        seed=setup.seed,
-        total_steps=1,
-        dropout=False,
-        devices=world,
-        **options,
+        setup.cell(method, devices=world, **options), "cpu", total_steps=1, dropout=False
     )
     runner.clip_norm = math.inf  # layer-local: compared before clipping
     runner.step(*runner.local_batch(*random_batch(setup)))
@@ -75,9 +67,9 @@ def _rank_gradients(rank: int, world: int, task) -> tuple[dict, bool]:
 
 
 def _reference(runner_cls, setup: VerifySetup, micro_batch: int | None) -> dict:
-    reference = runner_cls.same_gradients_as or runner_cls.same_layer_gradients_as
-    layer_local = runner_cls.same_layer_gradients_as is not None
-    runner = _after_first_step(
+    reference = runner_cls.contract.same_gradients_as or runner_cls.contract.same_layer_gradients_as
+    layer_local = runner_cls.contract.same_layer_gradients_as is not None
+    runner = after_first_step(
         reference, setup, micro_batch=micro_batch if layer_local else None, unclipped=layer_local
     )
     if layer_local:
@@ -96,9 +88,12 @@ def check_rank_gradients(
     docstring): every gradient the reference has, from some rank, and the same on every rank
     that holds it."""
     runner_cls = get_runner(method)
-    micro_batch = max(1, setup.batch // 4) if runner_cls.uses_micro_batch else None
-    options = {"micro_batch": micro_batch, "schedule": schedule or runner_cls.default_schedule}
-    reference = runner_cls.same_gradients_as or runner_cls.same_layer_gradients_as
+    micro_batch = max(1, setup.batch // 4) if runner_cls.contract.micro_batch else None
+    options = {
+        "micro_batch": micro_batch,
+        "schedule": schedule or runner_cls.contract.default_schedule,
+    }
+    reference = runner_cls.contract.same_gradients_as or runner_cls.contract.same_layer_gradients_as
     check = f"gradients on {devices} ranks" + (f" ({schedule})" if schedule else "")
     ends = launch_ranks(
         _rank_gradients, (method, setup, options), devices, "cpu", timeout_s=RANK_TIMEOUT_S
@@ -129,7 +124,7 @@ def check_rank_gradients(
             reference,
         )
     names = sorted(expected)
-    return _compare_gradients(
+    return compare_gradients(
         check, method, reference, [expected[n] for n in names], [got[n] for n in names]
     )
 
@@ -137,16 +132,8 @@ def check_rank_gradients(
 def _rank_losses(rank: int, world: int, task) -> tuple[list[float], bool]:
     """One rank: its loss at every step of training on the learnable batch, dropout on."""
     method, setup, micro_batch = task
-    runner = get_runner(method)(
-        setup.arch,
-        setup.res,
-        setup.classes,
-        "cpu",
-        seed=setup.seed,
-        total_steps=LEARN_SCHEDULE_STEPS,
-        micro_batch=micro_batch,
-        devices=world,
-    )
+    cell = setup.cell(method, micro_batch=micro_batch, devices=world)
+    runner = get_runner(method)(cell, "cpu", total_steps=LEARN_SCHEDULE_STEPS)
     batch = runner.local_batch(*learnable_batch(setup))
     return [float(runner.step(*batch)) for _ in range(LEARN_STEPS)], True
 
@@ -157,7 +144,7 @@ def check_rank_learns(
     """Every rank that reports a loss lowers it by LEARN_REQUIRED_DROP (the last five steps'
     mean against the first step's), none of them ever non-finite."""
     runner_cls = get_runner(method)
-    micro_batch = max(1, setup.batch // 4) if runner_cls.uses_micro_batch else None
+    micro_batch = max(1, setup.batch // 4) if runner_cls.contract.micro_batch else None
     ends = launch_ranks(
         _rank_losses, (method, setup, micro_batch), devices, "cpu", timeout_s=RANK_TIMEOUT_S
     )
@@ -169,7 +156,7 @@ def check_rank_learns(
     curves = {end.rank: end.result for end in ends if any(end.result)}
     drops = {rank: (c[0], sum(c[-5:]) / 5) for rank, c in curves.items()}
     passed = bool(drops) and all(
-        last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(_finite, curves[rank]))
+        last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(finite, curves[rank]))
         for rank, (first, last) in drops.items()
     )
     detail = (
@@ -184,7 +171,7 @@ def check_rank_learns(
 def rank_checks(method: str, setup: VerifySetup) -> list[CheckResult]:
     """Every check of a runner that spans devices (each pipeline schedule it takes)."""
     runner_cls = get_runner(method)
-    schedules = ("gpipe", "1f1b") if runner_cls.uses_schedule else (None,)
+    schedules = ("gpipe", "1f1b") if runner_cls.contract.pipeline_schedule else (None,)
     return [
         *(check_rank_gradients(method, setup, schedule) for schedule in schedules),
         check_rank_learns(method, setup),

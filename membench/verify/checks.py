@@ -22,25 +22,21 @@ from . import (
 
 
 def _build(
-    method: str, setup: VerifySetup, *, dropout: bool, total_steps: int, **tooling
+    method: str,
+    setup: VerifySetup,
+    *,
+    dropout: bool,
+    total_steps: int,
+    micro_batch: int | None = None,
+    **tooling,
 ) -> Runner:
-    """The method's runner for the setup; ``tooling``: runner keywords (precision, compile,
-    grads, optimizer_state)."""
+    """The method's runner for the setup; ``micro_batch``: its own default split unless given;
+    ``tooling``: the cell's tooling settings (precision, compile, grads, optimizer_state)."""
     runner_cls = get_runner(method)
-    micro_batch = (
-        runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
-    )
-    return runner_cls(
-        setup.arch,
-        setup.res,
-        setup.classes,
-        "cpu",
-        seed=setup.seed,
-        total_steps=total_steps,
-        micro_batch=micro_batch,
-        dropout=dropout,
-        **tooling,
-    )
+    if micro_batch is None and runner_cls.contract.micro_batch:
+        micro_batch = runner_cls.default_micro_batch(setup.batch)
+    cell = setup.cell(method, micro_batch=micro_batch, **tooling)
+    return runner_cls(cell, "cpu", total_steps=total_steps, dropout=dropout)
 
 
 def uses_batch_statistics(setup: VerifySetup) -> bool:
@@ -76,7 +72,7 @@ def _gradients(runner: Runner) -> list[torch.Tensor]:
     ]
 
 
-def _after_first_step(
+def after_first_step(
     name: str,
     setup: VerifySetup,
     dropout: bool = False,
@@ -87,9 +83,7 @@ def _after_first_step(
     """A runner built from the setup's seed (dropout off unless asked), after one step on the
     random batch; ``micro_batch`` replaces its default split; ``unclipped`` lifts a layer-local
     runner's gradient clipping, which would hide a wrong scale (both sides clipped to norm 1)."""
-    runner = _build(name, setup, dropout=dropout, total_steps=1, **tooling)
-    if micro_batch is not None:
-        runner.micro_batch = micro_batch
+    runner = _build(name, setup, dropout=dropout, total_steps=1, micro_batch=micro_batch, **tooling)
     if unclipped:
         runner.clip_norm = math.inf
     runner.step(*random_batch(setup))
@@ -103,9 +97,11 @@ def _worst(differences) -> float:
     return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
-def _compare_gradients(
+def compare_gradients(
     check: str, method: str, reference: str, ref: list[torch.Tensor], got: list[torch.Tensor]
 ) -> CheckResult:
+    """``check`` of ``method``: its gradients ``got`` against the ``reference`` method's
+    ``ref``, tensor by tensor (shapes, then GRADIENT_RTOL)."""
     if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
         return CheckResult(
             check, method, False, "parameter shapes differ from the reference", reference
@@ -133,14 +129,14 @@ def check_gradients(
     or (``dropout=True``, for runners that must reproduce the reference's dropout masks, such as
     checkpointing with the RNG state preserved) on; with ``micro_batch``, when this runner
     accumulates them over micro-batches of that size."""
-    ref = _gradients(_after_first_step(reference, setup, dropout))
-    got = _gradients(_after_first_step(method, setup, dropout, micro_batch=micro_batch))
+    ref = _gradients(after_first_step(reference, setup, dropout))
+    got = _gradients(after_first_step(method, setup, dropout, micro_batch=micro_batch))
     check = (
         "gradients"
         + (" (dropout on)" if dropout else "")
         + (f" (micro-batch {micro_batch})" if micro_batch else "")
     )
-    return _compare_gradients(check, method, reference, ref, got)
+    return compare_gradients(check, method, reference, ref, got)
 
 
 UPDATE_TOOLING = {
@@ -157,7 +153,7 @@ def accepts(runner_cls: type[Runner], setup: VerifySetup, **tooling) -> bool:
     from ..schema import Cell
 
     micro_batch = (
-        runner_cls.default_micro_batch(setup.batch) if runner_cls.uses_micro_batch else None
+        runner_cls.default_micro_batch(setup.batch) if runner_cls.contract.micro_batch else None
     )
     cell = Cell(
         runner_cls.name, setup.arch, setup.res, setup.batch, micro_batch, setup.classes, **tooling
@@ -222,9 +218,9 @@ def check_layer_gradients(
     a reduced ``precision``, both under autocast (what a layer hands the next must be what the
     next layer's conv would compute on). Compared before clipping. The classifier head is left
     out: its features may come from before or after the layers' steps."""
-    ref = _layer_gradients(_after_first_step(reference, setup, unclipped=True, precision=precision))
+    ref = _layer_gradients(after_first_step(reference, setup, unclipped=True, precision=precision))
     got = _layer_gradients(
-        _after_first_step(
+        after_first_step(
             method, setup, micro_batch=micro_batch, unclipped=True, precision=precision
         )
     )
@@ -233,14 +229,14 @@ def check_layer_gradients(
         + (f" (micro-batch {micro_batch})" if micro_batch else "")
         + (f" ({precision})" if precision != "fp32" else "")
     )
-    return _compare_gradients(check, method, reference, ref, got)
+    return compare_gradients(check, method, reference, ref, got)
 
 
 def check_first_step_losses(method: str, reference: str, setup: VerifySetup) -> CheckResult:
     """Same batch and weights: each layer's local loss on the first step must match."""
     losses = {}
     for name in (reference, method):
-        layer_losses = getattr(_after_first_step(name, setup), "layer_losses", None)
+        layer_losses = after_first_step(name, setup).layer_losses
         if not layer_losses:
             return CheckResult(
                 "first-step losses",
@@ -279,7 +275,7 @@ def check_learns(
     )
     losses = [float(runner.step(images, labels)) for _ in range(steps)]
     first, last = losses[0], sum(losses[-5:]) / 5
-    passed = last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(_finite, losses))
+    passed = last <= (1 - LEARN_REQUIRED_DROP) * first and all(map(finite, losses))
     check = "learns" if precision == "fp32" else f"learns ({precision})"
     return CheckResult(check, method, passed, f"loss {first:.3f} -> {last:.3f} over {steps} steps")
 
@@ -311,9 +307,15 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
     within COMPILED_RTOL. Slow on a CPU (inductor compiles C++), so verify runs it on request."""
     eager_loss, eager = _first_step_loss(method, setup)
     compiled_loss, compiled = _first_step_loss(method, setup, compile=mode)
-    worst = abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12)
-    for a, b in zip(_gradients(eager), _gradients(compiled)):
-        worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
+    worst = _worst(
+        [
+            abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12),
+            *(
+                ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+                for a, b in zip(_gradients(eager), _gradients(compiled))
+            ),
+        ]
+    )
     return CheckResult(
         f"compiled ({mode})",
         method,
@@ -323,16 +325,17 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
     )
 
 
-def _finite(value: float) -> bool:
+def finite(value: float) -> bool:
+    """Whether ``value`` is a number, neither NaN nor infinite."""
     return value == value and abs(value) != float("inf")
 
 
 def check_layer_isolation(method: str, setup: VerifySetup) -> CheckResult:
-    """The arch's layer decomposition keeps gradients apart (docs/design.md, "Architectures"):
-    walked as the layer-local methods walk it (each next input from the detached output), a
-    loss on unit l's output must reach unit l's parameters and no other unit's. A block that
-    read a tensor of an earlier unit (a shortcut across a unit boundary, a cached map) fails
-    it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
+    """The arch's layer decomposition keeps gradients apart (docs/archs.md, "The layer-stack
+    contract"): walked as the layer-local methods walk it (each next input from the detached
+    output), a loss on unit l's output must reach unit l's parameters and no other unit's. A
+    block that read a tensor of an earlier unit (a shortcut across a unit boundary, a cached
+    map) fails it: that gradient would cross the boundary, in ff-naive's one backward, or be lost in
     ff-pipelined's. Any decomposition: membench's stacks and a plugin's ``LayerStack`` alike."""
     from ..archs import LayerStack, build_arch
 

@@ -5,13 +5,14 @@ import torch
 
 from membench.runners import RunnerConfigError, get_runner
 from membench.runners.bp import BPCheckpointRunner, BPRunner
+from membench.schema import Cell
 
 
 def test_torchvision_models_run_under_bp_and_checkpointing_keeps_gradients():
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     grads = []
     for runner_cls in (BPRunner, BPCheckpointRunner):
-        runner = runner_cls("tv:resnet18", 32, 3, seed=0, total_steps=2)
+        runner = runner_cls(Cell(runner_cls.name, "tv:resnet18", 32, 2, classes=3), total_steps=2)
         runner.step(images, labels)
         grads.append([p.grad for p in runner.parameters()])
     for a, b in zip(*grads):

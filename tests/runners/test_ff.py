@@ -1,4 +1,4 @@
-"""DTG-FF details that the paper requires (docs/design.md, "DTG-FF")."""
+"""DTG-FF details that the paper requires (docs/runners.md, "DTG-FF")."""
 
 import math
 
@@ -12,8 +12,13 @@ from membench.runners.ff import (
     FFPipelinedRunner,
     GoodnessReadout,
 )
+from membench.schema import Cell
 
 ARCH, RES, BATCH, K = "vgg-d3-w8", 8, 4, 5
+
+
+def cell(runner_cls) -> Cell:
+    return Cell(runner_cls.name, ARCH, RES, BATCH, classes=K)
 
 
 def batch():
@@ -38,14 +43,14 @@ def layer_gradient_norms(runner) -> list[float]:
 
 @pytest.mark.parametrize("runner_cls", [FFNaiveRunner, FFPipelinedRunner])
 def test_one_optimizer_per_layer_plus_classifier_and_clipped_gradients(runner_cls):
-    runner = runner_cls(ARCH, RES, K, seed=0, total_steps=5)
+    runner = runner_cls(cell(runner_cls), total_steps=5)
     assert len(runner.optimizers()) == 3 + 1
     runner.step(*batch())
     # clip_grad_norm_(1.0) before each layer's step: every layer's norm is brought down to 1.
     assert all(norm <= 1.0 + 1e-4 for norm in layer_gradient_norms(runner))
     # The check bites: on this batch every layer's gradient is larger than 1 before clipping,
     # so a runner that did not clip (the mutation: clip_norm lifted) fails it.
-    unclipped = runner_cls(ARCH, RES, K, seed=0, total_steps=5)
+    unclipped = runner_cls(cell(runner_cls), total_steps=5)
     unclipped.clip_norm = math.inf
     unclipped.step(*batch())
     assert all(norm > 1.0 + 1e-2 for norm in layer_gradient_norms(unclipped))
@@ -55,8 +60,8 @@ def test_one_optimizer_per_layer_plus_classifier_and_clipped_gradients(runner_cl
 @pytest.mark.parametrize("runner_cls", [FFNaiveRunner, FFPipelinedRunner])
 def test_no_gradient_crosses_a_layer_or_reaches_the_backbone_from_the_classifier(runner_cls):
     """Layer l's gradient must equal the gradient of layer l's own loss alone."""
-    runner = runner_cls(ARCH, RES, K, seed=0, total_steps=5, dropout=False)
-    reference = runner_cls(ARCH, RES, K, seed=0, total_steps=5, dropout=False)
+    runner = runner_cls(cell(runner_cls), total_steps=5, dropout=False)
+    reference = runner_cls(cell(runner_cls), total_steps=5, dropout=False)
     images, labels = batch()
     runner.step(images, labels)
 
@@ -91,7 +96,9 @@ def check_classifier_features(model: DTGFF, images: torch.Tensor) -> None:
 def test_classifier_features_skip_the_first_layer(monkeypatch):
     # VGG11's widths differ layer to layer (64, 128, 256, ...): 2688 features without layer 0,
     # 2752 with it, so a feature from the wrong layers cannot pass for the right ones.
-    model = FFPipelinedRunner("vgg11", 32, K, seed=0, dropout=False).model
+    model = FFPipelinedRunner(
+        Cell("ff-pipelined", "vgg11", 32, BATCH, classes=K), dropout=False
+    ).model
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert model.classifier[-1].in_features == 2688
     with torch.no_grad():
@@ -110,7 +117,7 @@ def test_classifier_features_skip_the_first_layer(monkeypatch):
 
 
 def test_both_inference_paths_give_logits():
-    runner = FFPipelinedRunner(ARCH, RES, K, seed=0)
+    runner = FFPipelinedRunner(cell(FFPipelinedRunner))
     runner.model.eval()
     images, _ = batch()
     with torch.no_grad():
@@ -146,7 +153,9 @@ def accuracy(runner, how: str, images: torch.Tensor, labels: torch.Tensor) -> fl
 def test_both_inference_paths_classify_held_out_samples_only_after_training():
     images, labels = template_task(256, seed=10_000)
     # The recipe's lr, with the cosine stretched so it stays near 2e-4 (as `membench verify` does).
-    runner = FFPipelinedRunner(LEARN_ARCH, RES, LEARN_K, seed=0, total_steps=100 * LEARN_STEPS)
+    runner = FFPipelinedRunner(
+        Cell("ff-pipelined", LEARN_ARCH, RES, 256, classes=LEARN_K), total_steps=100 * LEARN_STEPS
+    )
     untrained = {how: accuracy(runner, how, images, labels) for how in INFERENCE_MODES}
     for step in range(LEARN_STEPS):
         runner.step(*template_task(LEARN_BATCH, seed=step))

@@ -1,6 +1,6 @@
 """The update's tooling (gradients released at their update, optimizer state in host memory),
 BP's tools combined with gradient accumulation, and FF's boundary held once: each changes what
-memory holds and nothing else (docs/design.md, "Standard tooling"). Each verify check is shown
+memory holds and nothing else (docs/runners.md, "Standard tooling"). Each verify check is shown
 failing on a small mutation."""
 
 from __future__ import annotations
@@ -90,32 +90,35 @@ def test_checkpointing_and_offloading_take_micro_batches_as_accumulation():
     assert cell.micro_batch is None and cell.cell_id == "bp-ckpt_vgg8_r32_b64_k10"  # ids hold
 
 
-def _propagate_after_the_step(self, layer, x, labels, boundary):
-    """The schedule before the boundary was held once: every chunk's output kept until the
-    layer's step, only then propagated."""
-    self.layer_optimizers[layer.index].zero_grad(set_to_none=True)
-    outputs, losses = [], []
-    for x_part, y_part in zip(x.split(self.micro_batch), labels.split(self.micro_batch)):
+def _propagate_after_the_step(monkeypatch) -> None:
+    """The mutation: the schedule before the boundary was held once, every chunk's output kept
+    until the layer's step and only then propagated."""
+    waiting = []
+
+    def train_chunk(self, layer, x, labels, share, boundary, start):
         with self.autocast():
-            z_part, loss = self.local_loss[layer.index](x_part, y_part)
-        loss = loss * self.loss_share(x_part.shape[0], x.shape[0])
+            z, loss = self.local_loss[layer.index](x, labels)
+        loss = loss * share
         self.scaler.scale(loss).backward()
-        outputs.append(z_part.detach())
-        losses.append(loss.detach())
-        del z_part, loss
-    self._clip_and_step(layer.index)
-    self.layer_losses.append(torch.stack(losses).sum())
-    start = 0
-    while outputs:
-        z = outputs.pop(0)
-        boundary.add(z, start)
-        start += z.shape[0]
-        del z
+        waiting.append((boundary, z.detach(), start))
+        return loss.detach()
+
+    clip_and_step = ff.FFPipelinedRunner._clip_and_step
+
+    def clip_step_then_propagate(self, index):
+        clip_and_step(self, index)
+        while waiting:
+            boundary, z, start = waiting.pop(0)
+            boundary.add(z, start)
+            del z
+
+    monkeypatch.setattr(ff.FFPipelinedRunner, "train_chunk", train_chunk)
+    monkeypatch.setattr(ff.FFPipelinedRunner, "_clip_and_step", clip_step_then_propagate)
 
 
 def test_the_micro_batched_boundary_is_held_once(monkeypatch):
     held_once = tracked("ff-pipelined", 2).peak_allocated_bytes
-    monkeypatch.setattr(ff.FFPipelinedRunner, "_train_in_chunks", _propagate_after_the_step)
+    _propagate_after_the_step(monkeypatch)
     held_twice = tracked("ff-pipelined", 2).peak_allocated_bytes
     # The peak is in layer 1's last chunk (vgg-d3-w16 pools after layer 1). Held twice, the
     # other three chunks' outputs wait there (3/4 of its 8 x 16 x 16 x 16 fp32 output); held
