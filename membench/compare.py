@@ -12,13 +12,19 @@ deterministic for the same code and torch version, so their default threshold is
 allocator's peak can move a little with cuDNN's algorithm and workspace choices, so its default is
 1 %. ``peak_allocated_bytes`` and, where both sides have it, each breakdown column are gated.
 
-Timing is judged against its own step-to-step noise, from ``steps.csv``: a cell's throughput has
-regressed when the one-sided Mann-Whitney U test says NEW's step times are larger (p below
-``alpha``) *and* the throughput drop estimated from the ratio of median step times exceeds the
-threshold. A bootstrap confidence interval of that ratio is reported alongside. Without per-step
-times, or with too few for the test to ever reach ``alpha`` (the smallest one-sided p of the exact
-test is 1 / C(n1 + n2, n1): 1/20 for 3 + 3 steps, 1/70 for 4 + 4), the gate falls back to
-``imgs_per_s`` against the threshold, and says so.
+Timing is judged against run-to-run noise, never against one process's step-to-step noise:
+the steps of one run share its process, its placement on the cores, the clock frequency and
+the neighbours of that moment, and two runs of the same code differ by more than their steps
+do (the same grid run twice on a quiet 2-core machine: -10.5 % throughput at p = 1e-6 on its
+steps). A cell measured with ``--rounds`` R > 1 (each round in a fresh worker process) carries
+R medians, one per run; the gate compares the two sides' log medians with Welch's t-test (both
+sides with rounds) or against the other side's prediction interval (one side with rounds, the
+other one run). A cell's throughput has regressed when NEW is slower with p below ``alpha``
+*and* the drop, from the ratio of the geometric means of the medians, exceeds the threshold.
+With one run on each side there is no estimate of run-to-run noise: throughput is then not
+judged, and the output says so (``--rounds 3`` on both sides gates it). Nor is it judged for a
+CPU cell during whose timed steps other processes used half the CPU or more on either side
+(``stability.SHARED_MACHINE``): the load drifts beyond what one sweep's rounds can estimate.
 
 Each folder may hold one row per (cell_id, device): ``steps.csv`` is keyed by those two columns
 only, so a second run of a cell on the same device (another seed, warmup or step count) would pool
@@ -45,6 +51,7 @@ from .schema import (
     MEASURED_STATUSES,
     device_kind,
 )
+from .stability import SHARED_MACHINE, is_unstable, round_medians
 from .units import format_size
 
 GATED_MEMORY_COLUMNS = ["peak_allocated_bytes", *BREAKDOWN_COLUMNS]
@@ -58,12 +65,9 @@ DEFAULT_MEM_INCREASE_PCT = {"tracker": 0.0, "estimate": 0.0, "cuda_allocator": 1
 FALLBACK_MEM_INCREASE_PCT = 1.0
 DEFAULT_TPUT_DROP_PCT = 10.0
 DEFAULT_ALPHA = 0.01
-BOOTSTRAP_SAMPLES = 2000
-CONFIDENCE = 0.90
-# Below this many steps on either side no test can tell noise from change; use imgs_per_s.
-MIN_STEPS_FOR_TEST = 3
-# Exact permutation distribution up to this many splits; the normal approximation beyond.
-EXACT_TEST_MAX_SPLITS = 20_000
+CONFIDENCE = 0.90  # of the interval of the median ratio shown beside the verdict
+BETWEEN_RUNS = "between runs"  # TimingVerdict.method of a judged cell
+NOT_JUDGED = "not judged"
 
 
 class CompareError(InputError):
@@ -74,11 +78,11 @@ class CompareError(InputError):
 class TimingVerdict:
     """How one cell's throughput changed and how sure we are that it did."""
 
-    method: str  # "mann-whitney" | "imgs_per_s" | "not compared"
+    method: str  # "between runs" | "not judged" | "not compared"
     tput_change_pct: float | None = None  # negative: NEW is slower
     p_value: float | None = None
-    ratio_ci: tuple[float, float] | None = None  # median step time NEW/BASE, bootstrap CI
-    n_baseline: int = 0
+    ratio_ci: tuple[float, float] | None = None  # median step time NEW/BASE, CONFIDENCE
+    n_baseline: int = 0  # rounds (runs) on each side
     n_new: int = 0
     regressed: bool = False
     note: str = ""
@@ -132,72 +136,59 @@ class Comparison:
 # --- statistics ---------------------------------------------------------------------------------
 
 
-def mann_whitney_greater(baseline: np.ndarray, new: np.ndarray) -> float:
-    """One-sided p-value that ``new`` tends to be larger than ``baseline`` (Mann-Whitney U).
-
-    Exact when there are at most EXACT_TEST_MAX_SPLITS splits of the pooled steps: scipy's exact
-    null distribution of U without ties, and with ties (mid-ranks) a permutation test over every
-    split; otherwise the normal approximation with tie and continuity corrections.
-    """
-    baseline, new = np.asarray(baseline, float), np.asarray(new, float)
-    splits = math.comb(len(new) + len(baseline), len(new))
-    if splits > EXACT_TEST_MAX_SPLITS:
-        method = "asymptotic"
-    elif len(np.unique(np.concatenate([new, baseline]))) < len(new) + len(baseline):
-        # n_resamples >= the number of distinct splits makes scipy enumerate every one of them.
-        method = stats.PermutationMethod(n_resamples=splits)
+def between_runs(
+    baseline: np.ndarray, new: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[float, float, tuple[float, float]]:
+    """(one-sided p that NEW's runs are slower, the ratio of the geometric means of the runs'
+    median step times NEW/BASE, its ``confidence`` interval), on log medians (a slowdown is a
+    factor). Both sides with two runs or more: Welch's t-test; one side with one run: that run
+    against the other side's prediction interval (its spread times sqrt(1 + 1/n), n - 1
+    degrees of freedom). ValueError where neither side has two runs: no run-to-run noise to
+    judge against."""
+    base, now = np.log(np.asarray(baseline, float)), np.log(np.asarray(new, float))
+    if len(base) < 2 and len(now) < 2:
+        raise ValueError("one run per side: no estimate of run-to-run noise")
+    difference = float(now.mean() - base.mean())
+    if len(base) >= 2 and len(now) >= 2:
+        vb, vn = base.var(ddof=1) / len(base), now.var(ddof=1) / len(now)
+        se = math.sqrt(vb + vn)
+        dof = (vb + vn) ** 2 / (vb**2 / (len(base) - 1) + vn**2 / (len(now) - 1)) if se else 1.0
     else:
-        method = "exact"
-    result = stats.mannwhitneyu(new, baseline, alternative="greater", method=method)
-    return float(result.pvalue)
+        runs = base if len(base) >= 2 else now
+        se = float(runs.std(ddof=1)) * math.sqrt(1 + 1 / len(runs))
+        dof = len(runs) - 1
+    if se == 0:  # runs that agree exactly: any difference is beyond their noise
+        p = 0.0 if difference > 0 else 1.0
+        return p, math.exp(difference), (math.exp(difference), math.exp(difference))
+    p = float(stats.t.sf(difference / se, dof))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
+    return p, math.exp(difference), (math.exp(difference - half), math.exp(difference + half))
 
 
-def bootstrap_median_ratio_ci(
-    baseline: np.ndarray,
-    new: np.ndarray,
-    confidence: float = CONFIDENCE,
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(new) / median(baseline), each side resampled on its own;
-    a fixed seed makes it reproducible."""
-    result = stats.bootstrap(
-        (np.asarray(new, float), np.asarray(baseline, float)),
-        lambda new, base, axis: np.median(new, axis=axis) / np.median(base, axis=axis),
-        paired=False,
-        vectorized=True,
-        n_resamples=samples,
-        confidence_level=confidence,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
-    return float(low), float(high)
-
-
-def judge_timing(
-    baseline_ms: np.ndarray,
-    new_ms: np.ndarray,
+def judge_between_runs(
+    baseline_medians: np.ndarray,
+    new_medians: np.ndarray,
     max_tput_drop_pct: float,
     alpha: float = DEFAULT_ALPHA,
 ) -> TimingVerdict:
-    """Regressed only if NEW is significantly slower and its throughput drop exceeds the
-    threshold."""
-    baseline_ms, new_ms = np.asarray(baseline_ms, float), np.asarray(new_ms, float)
-    ratio = float(np.median(new_ms) / np.median(baseline_ms))
+    """Regressed only if NEW's runs are significantly slower than run-to-run noise allows and
+    its throughput drop exceeds the threshold (the module docstring)."""
+    p_value, ratio, interval = between_runs(baseline_medians, new_medians)
     change_pct = (1 / ratio - 1) * 100
-    p_value = mann_whitney_greater(baseline_ms, new_ms)
     verdict = TimingVerdict(
-        "mann-whitney",
+        BETWEEN_RUNS,
         change_pct,
         p_value,
-        bootstrap_median_ratio_ci(baseline_ms, new_ms),
-        len(baseline_ms),
-        len(new_ms),
+        interval,
+        len(baseline_medians),
+        len(new_medians),
     )
     verdict.regressed = p_value < alpha and -change_pct > max_tput_drop_pct
     if -change_pct > max_tput_drop_pct and not verdict.regressed:
-        verdict.note = f"slower by more than the threshold, but within step noise (p={p_value:.3g})"
+        verdict.note = (
+            f"slower by more than the threshold, but within run-to-run noise (p={p_value:.3g}, "
+            f"{len(baseline_medians)} vs {len(new_medians)} run(s))"
+        )
     return verdict
 
 
@@ -304,12 +295,12 @@ def _step_times(steps: pd.DataFrame, row: dict) -> np.ndarray:
     return times[np.isfinite(times)]
 
 
-def can_reach_alpha(n_baseline: int, n_new: int, alpha: float) -> bool:
-    """Whether the exact one-sided rank test on this many steps can give p < alpha at all: its
-    smallest p is 1 / C(n1 + n2, n1), e.g. 1/20 for 3 + 3 steps and 1/70 for 4 + 4."""
-    if min(n_baseline, n_new) < 1:
-        return False
-    return 1 / math.comb(n_baseline + n_new, n_new) < alpha
+def run_medians(steps: pd.DataFrame, row: dict) -> np.ndarray:
+    """The median step time of each run (round) of a row: its steps.csv times cut into its
+    ``rounds`` (an earlier membench's row: one); none without step times."""
+    times = _step_times(steps, row)
+    rounds = _number(row.get("rounds"))
+    return np.asarray(round_medians(list(times), int(rounds) if rounds else 1), dtype=float)
 
 
 def _compare_pair(
@@ -342,6 +333,16 @@ def _compare_pair(
         change.notes.append(f"{base['status']} on both sides; nothing to compare")
         return change
 
+    _compare_memory(change, base, new, max_mem_increase_pct)
+    if max_tput_drop_pct is not None and not (base["is_estimate"] or new["is_estimate"]):
+        _compare_timing(change, base, new, (base_steps, new_steps), max_tput_drop_pct, alpha)
+    return change
+
+
+def _compare_memory(
+    change: CellChange, base: dict, new: dict, max_mem_increase_pct: float | None
+) -> None:
+    """Every gated memory column against its threshold (exact for the tracker)."""
     source = change.memory_source
     threshold = (
         max_mem_increase_pct
@@ -365,58 +366,68 @@ def _compare_pair(
                 f" +{pct:.2f}%, allowed {threshold:g}%, {source})"
             )
 
-    if max_tput_drop_pct is None or base["is_estimate"] or new["is_estimate"]:
-        return change
+
+def _compare_timing(
+    change: CellChange,
+    base: dict,
+    new: dict,
+    steps: tuple[pd.DataFrame, pd.DataFrame],
+    max_tput_drop_pct: float,
+    alpha: float,
+) -> None:
+    """Throughput against run-to-run noise (the module docstring); unstable sides noted."""
     if base["device_kind"] == "cpu" and base["device_name"] != new["device_name"]:
         change.timing = TimingVerdict(
             "not compared", note="different CPU models; timing not comparable"
         )
-        return change
-    base_ms, new_ms = _step_times(base_steps, base), _step_times(new_steps, new)
-    if min(len(base_ms), len(new_ms)) >= MIN_STEPS_FOR_TEST and can_reach_alpha(
-        len(base_ms), len(new_ms), alpha
-    ):
-        change.timing = judge_timing(base_ms, new_ms, max_tput_drop_pct, alpha)
+        return
+    for side, row in (("baseline", base), ("new", new)):
+        if is_unstable(row):
+            change.notes.append(f"timing unstable on {side}: {row.get('stability_reason')}")
+    base_runs, new_runs = run_medians(steps[0], base), run_medians(steps[1], new)
+    if len(base_runs) and len(new_runs) and max(len(base_runs), len(new_runs)) >= 2:
+        change.timing = judge_between_runs(base_runs, new_runs, max_tput_drop_pct, alpha)
+        busy = _shared_machine(base, new)
+        if busy:  # shown, never judged: no noise estimate holds on a machine that busy
+            change.timing.method, change.timing.regressed = NOT_JUDGED, False
+            change.timing.note = f"throughput not judged: {busy} (gate timing on a quieter runner)"
     else:
-        change.timing = _judge_imgs_per_s(
-            base, new, max_tput_drop_pct, len(base_ms), len(new_ms), alpha
-        )
+        change.timing = _not_judged(base, new, len(base_runs), len(new_runs))
     if change.timing.regressed:
         t = change.timing
-        detail = f", p={t.p_value:.2g}" if t.p_value is not None else " (imgs_per_s, no noise test)"
         change.reasons.append(
-            f"throughput {t.tput_change_pct:+.1f}% (allowed -{max_tput_drop_pct:g}%{detail})"
+            f"throughput {t.tput_change_pct:+.1f}% (allowed -{max_tput_drop_pct:g}%, "
+            f"p={t.p_value:.2g} between {t.n_baseline} and {t.n_new} run(s))"
         )
-    return change
 
 
-def _judge_imgs_per_s(
-    base: dict,
-    new: dict,
-    max_tput_drop_pct: float,
-    n_base: int,
-    n_new: int,
-    alpha: float = DEFAULT_ALPHA,
-) -> TimingVerdict:
+def _shared_machine(base: dict, new: dict) -> str:
+    """Why a CPU cell's timing cannot be judged: other processes used ``SHARED_MACHINE`` of
+    the CPU or more during a side's timed steps ('' where neither did)."""
+    if base["device_kind"] != "cpu":
+        return ""
+    for side, row in (("baseline", base), ("new", new)):
+        others = _number(row.get("cpu_others"))
+        if others is not None and others >= SHARED_MACHINE:
+            return f"other processes used {others:.0%} of the CPU during the {side}'s timed steps"
+    return ""
+
+
+def _not_judged(base: dict, new: dict, n_base: int, n_new: int) -> TimingVerdict:
+    """One run on each side (or no step times): the change is shown, never judged."""
     old, now = _number(base.get("imgs_per_s")), _number(new.get("imgs_per_s"))
-    if min(n_base, n_new) < MIN_STEPS_FOR_TEST:
-        why = f"too few per-step times ({n_base} vs {n_new})"
-    else:
-        why = (
-            f"{n_base} vs {n_new} step times cannot reach p < {alpha:g} (smallest p "
-            f"1/{math.comb(n_base + n_new, n_new)})"
-        )
-    note = f"{why}; compared imgs_per_s without a noise test"
-    if old is None or now is None or old <= 0:
-        return TimingVerdict("not compared", note="no throughput figure on one side")
-    change_pct = (now / old - 1) * 100
+    change_pct = (now / old - 1) * 100 if old and now is not None else None
+    why = (
+        "no step times on one side"
+        if not (n_base and n_new)
+        else "one run on each side, so no estimate of run-to-run noise"
+    )
     return TimingVerdict(
-        "imgs_per_s",
+        NOT_JUDGED,
         change_pct,
         n_baseline=n_base,
         n_new=n_new,
-        regressed=-change_pct > max_tput_drop_pct,
-        note=note,
+        note=f"throughput not judged: {why} (sweep both with --rounds 3 to gate it)",
     )
 
 
@@ -485,9 +496,11 @@ def compare_results(
             f"{', '.join(sorted(new_torch))});"
             " memory figures can move with torch itself"
         )
-    if max_tput_drop_pct is not None and (base_steps.empty or new_steps.empty):
+    if max_tput_drop_pct is not None and any(r.timing.method == NOT_JUDGED for r in rows):
         comparison.notes.append(
-            "no steps.csv on one side: throughput compared from imgs_per_s, without a noise test"
+            f"throughput of {sum(r.timing.method == NOT_JUDGED for r in rows)} cell(s) not "
+            "judged: a change of throughput is judged against run-to-run noise, which needs "
+            "two runs or more (--rounds) on one side at least; memory is gated exactly"
         )
     return comparison
 

@@ -37,16 +37,21 @@ from .settings import (
     settings_of,
     whole,
 )
-from .units import format_size
+
+# Re-exported: the arch checks moved to membench.validate, where every command reads them.
+from .validate import (
+    MAX_PARAMETER_BYTES,
+    arch_at,
+    archs_at,
+    check_parameter_size,
+    option_applies,
+)
 
 # Named here (not imported) so this module stays free of the planning package's imports; a test
 # holds it to membench.planning.device_profiles.DEFAULT_DEVICE_PROFILE.
 DEFAULT_DEVICE_PROFILE = "a100-40gb"
 ISOLATION_CHOICES = ("process", "none")
 EXECUTOR_CHOICES = ("local", "ray")
-# A cell whose fp32 weights alone pass this is refused before anything is built: no device has
-# it, and building (or estimating) it would run for minutes before failing.
-MAX_PARAMETER_BYTES = 2**40
 SWEEP = ("sweep",)
 # A grid is walked arch by arch, then resolution, batch and method; other settings vary fastest.
 SWEEP_ORDER = ("arch", "res", "seq", "batch", "method")
@@ -220,6 +225,14 @@ class SweepConfig:
                 "--alloc-conf with several values needs --isolation process: PyTorch reads "
                 "the allocator's configuration once per process"
             )
+        if any(cell.rounds > 1 for cell in cells):
+            if self.options.estimate:
+                raise ConfigError("--rounds repeats timed steps; an estimate times none")
+            if self.options.isolation == "none":
+                raise ConfigError(
+                    "--rounds runs each round in a fresh worker process; --isolation none "
+                    "runs every cell in this one"
+                )
         if self.options.timeline and any(cell.devices > 1 for cell in cells):
             raise ConfigError(
                 "--timeline records one device's step; a cell on several devices "
@@ -317,22 +330,6 @@ def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
 
 
 # -- expanding a grid ---------------------------------------------------------------------------
-def check_parameter_size(arch: str) -> None:
-    """ConfigError if a conv stack's fp32 weights alone would pass MAX_PARAMETER_BYTES (the
-    parametric family can name any size; every other arch has the size its author gave it)."""
-    from .archs import conv_stack_spec, is_conv_stack
-
-    if not is_conv_stack(arch):
-        return
-    weight_bytes = conv_stack_spec(arch).conv_parameter_count() * 4
-    if weight_bytes > MAX_PARAMETER_BYTES:
-        raise ConfigError(
-            f"{arch} would have {weight_bytes / 2**40:,.1f} TiB of fp32 conv weights "
-            f"alone, more than {format_size(MAX_PARAMETER_BYTES)}: refused before "
-            "building it"
-        )
-
-
 def check_compile(cells: Sequence[Cell], estimate: bool) -> None:
     """ConfigError for a compiled cell that would compile inside a timed step or be estimated."""
     compiled = [cell for cell in cells if cell.compile != "none"]
@@ -355,9 +352,9 @@ def _axis_values(setting_name: str, values: Mapping[str, object]) -> tuple:
 
 
 def _runners_of(values: dict) -> dict:
-    """The runner class of each method of the grid; ConfigError for an unknown method or a
-    micro-batch that no method of the grid takes."""
-    from .runners import UnknownMethodError, available_methods, get_runner
+    """The runner class of each method of the grid; ConfigError for an unknown method or an
+    option (a micro-batch, a schedule, devices) that no method of the grid takes."""
+    from .runners import UnknownMethodError, get_runner
 
     runners = {}
     for method in values["method"]:
@@ -365,15 +362,7 @@ def _runners_of(values: dict) -> dict:
             runners[method] = get_runner(method)
         except UnknownMethodError as err:
             raise ConfigError(str(err)) from None
-    if values["micro_batch"] != (None,) and not any(
-        r.contract.micro_batch for r in runners.values()
-    ):
-        takers = ", ".join(m for m in available_methods() if get_runner(m).contract.micro_batch)
-        raise ConfigError(
-            f"--micro-batch applies to methods that split the batch ({takers}); "
-            f"{', '.join(values['method'])} take"
-            f"{'s' if len(values['method']) == 1 else ''} none"
-        )
+    option_applies(values, runners)
     return runners
 
 
@@ -407,22 +396,16 @@ def _token_archs(values: Mapping[str, tuple]) -> set[str]:
 
 
 def _validate_archs(values: Mapping[str, tuple], tokens: set[str]) -> None:
-    """Every arch of the grid runs on every input of the grid (``validate_arch``)."""
-    from .archs import ArchError, validate_arch
-
+    """Every arch of the grid runs on every input of the grid (``validate.arch_at``, every
+    command's one check)."""
     for arch in values["arch"]:
-        try:
-            if arch in tokens:
-                for seq, objective, attention in itertools.product(
-                    values["seq"], values["objective"], values["attn_implementation"]
-                ):
-                    validate_arch(arch, seq=seq, objective=objective, attn_implementation=attention)
-            else:
-                for res in values["res"]:
-                    validate_arch(arch, res)
-            check_parameter_size(arch)
-        except ArchError as err:
-            raise ConfigError(str(err)) from None
+        if arch not in tokens:
+            archs_at([arch], values["res"])
+            continue
+        for seq, objective, attention in itertools.product(
+            values["seq"], values["objective"], values["attn_implementation"]
+        ):
+            arch_at(arch, seq=seq, objective=objective, attn_implementation=attention)
 
 
 def _cell_of(runner, settings: dict) -> Cell:
@@ -477,6 +460,7 @@ def expand_grid(*, estimate: bool = False, **axes) -> list[Cell]:
 
 
 __all__ = [
+    "MAX_PARAMETER_BYTES",
     "ConfigError",
     "Grid",
     "SETTINGS",
@@ -484,5 +468,6 @@ __all__ = [
     "SweepOptions",
     "build_config",
     "check_executor",
+    "check_parameter_size",
     "expand_grid",
 ]

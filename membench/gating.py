@@ -64,8 +64,9 @@ def cpu_gate_cells() -> list[Cell]:
 
 def gpu_perf_cells() -> list[Cell]:
     """The GPU perf gate's grid: VGG8 at 32x32, batch 64, the five methods the paper timed, and
-    bp in bf16 (autocast, as trained in practice)."""
-    grid = dict(arch="vgg8", res=32, batch=64, warmup=3, steps=10)
+    bp in bf16 (autocast, as trained in practice); three rounds a cell, so throughput is judged
+    against run-to-run noise (docs/gating.md)."""
+    grid = dict(arch="vgg8", res=32, batch=64, warmup=3, steps=10, rounds=3)
     return expand_grid(method=GPU_PERF_METHODS, **grid) + expand_grid(
         method="bp", precision="bf16", **grid
     )

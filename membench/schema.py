@@ -162,6 +162,18 @@ class CellResult:
     torch_threads: int = 0
     started_at: str = ""
     wall_s: float | None = None  # seconds the whole cell took (an estimate: the estimate's)
+    # How far the timed steps can be trusted (membench.measure.stability; docs/sweeps.md,
+    # "Timings that say when they are noise"): their relative IQR, the verdict and its reason,
+    # and what ran beside them: the 1-minute load average at their end, and the shares of the
+    # machine's CPU time (all cores = 1) this cell and every other process used meanwhile.
+    step_ms_rel_iqr: float | None = None
+    stability: str = ""  # stable | unstable | '' (nothing timed)
+    stability_reason: str = ""
+    load_average: float | None = None
+    cpu_self: float | None = None
+    cpu_others: float | None = None
+    # The timeline.csv rows of this run's recorded step: a shorter block is a cut file.
+    timeline_events: int | None = None
     recorded: dict[str, float | None] = field(
         default_factory=dict, repr=False, metadata={COLUMNS: {}}
     )

@@ -67,18 +67,36 @@ class Setting:
     def parse_axis(self, value, label: str) -> tuple:
         """A grid axis: a string of values between ``separator`` (a comma, unless the values
         hold commas themselves), a list or one value -> a non-empty tuple of values, each read
-        by ``parse``, duplicates dropped."""
-        items = (
-            value
-            if isinstance(value, (list, tuple))
-            else (value.split(self.separator) if isinstance(value, str) else [value])
-        )
-        items = [i.strip() if isinstance(i, str) else i for i in items]
-        if self.default != "":  # an empty value is this setting's default, not a slip
-            items = [i for i in items if not (isinstance(i, str) and not i)]
+        by ``parse``, duplicates dropped. An empty item is a typo (ConfigError), except for a
+        setting whose default is empty, where it is that default."""
+        empty_is_default = self.default == ""
+        if isinstance(value, str):
+            items = comma_items(value, label, self.separator, empty_is_default)
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            items = [i.strip() if isinstance(i, str) else i for i in items]
+            if not empty_is_default and any(isinstance(i, str) and not i for i in items):
+                raise ConfigError(f"{label} has an empty value in {value!r}")
         if not items:
             raise ConfigError(f"{label} needs at least one value")
         return tuple(dict.fromkeys(self.parse(item, label) for item in items))
+
+
+def comma_items(
+    text: str, label: str, separator: str = ",", empty_is_default: bool = False
+) -> list[str]:
+    """A comma list as the command line and profiles write it: '1,2,4' -> ['1', '2', '4'];
+    ConfigError for an empty item ('1,2,,4', a trailing comma): a typo, never "no value".
+    ``separator``: another one, for values that hold commas (``--alloc-conf``'s ';');
+    ``empty_is_default``: an empty item is the setting's (empty) default, not a typo."""
+    if empty_is_default:
+        return [item.strip() for item in text.split(separator)]
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(separator)]
+    if not all(items):
+        raise ConfigError(f"{label} {text!r} has an empty item between its commas")
+    return items
 
 
 def setting(
@@ -204,6 +222,7 @@ __all__ = [
     "SETTING",
     "Setting",
     "choice",
+    "comma_items",
     "finite_positive",
     "flag",
     "name",

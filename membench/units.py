@@ -53,9 +53,13 @@ def format_size(value_bytes: float) -> str:
 
 
 def format_gib(value_bytes: float | None, digits: int = 3) -> str:
-    """'1.234 GiB' at a fixed number of decimals, for columns of figures; '-' when missing."""
+    """'1.234 GiB' at a fixed number of decimals, for columns of figures; '-' when missing. A
+    size that would keep fewer than two significant digits there (under 0.01 GiB at three
+    decimals) takes the unit that fits it instead ('4.512 MiB', '0 B'), never '0.000 GiB'."""
     if value_bytes is None or value_bytes != value_bytes:
         return "-"
+    if abs(value_bytes) < GIB * 10 ** (1 - digits):
+        return format_size(value_bytes)
     return f"{value_bytes / GIB:.{digits}f} GiB"
 
 

@@ -47,6 +47,15 @@ SOURCE = textwrap.dedent("""
         return nn.Sequential(nn.Conv2d(3, 2, 7), nn.Flatten(), nn.Linear(2 * 10 * 10, num_classes))
 
     NOT_CALLABLE = 3
+
+    import sys, threading
+    RELEASE = threading.Event()  # set by the test that made never() wait, when it ends
+
+    def never(num_classes):
+        RELEASE.wait()
+
+    def exits(num_classes):
+        sys.exit(3)
 """)
 
 
@@ -56,6 +65,7 @@ def plugin(tmp_path, monkeypatch):
     an installed package would be: ``tiny-net`` in the ``membench.archs`` group."""
     (tmp_path / f"{MODULE}.py").write_text(SOURCE)
     (tmp_path / "broken_models.py").write_text("raise RuntimeError('cannot load weights')\n")
+    (tmp_path / "exiting_models.py").write_text("import sys\nsys.exit(4)\n")
     dist = tmp_path / "membench_test_models-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(
@@ -173,3 +183,36 @@ def test_every_bad_arch_is_one_line_and_exit_2(plugin, arch, needle):
         cli.invoke(app, ["sweep", "--arch", arch, "--res", "4", "--batch", "2", "--out", "unused"])
     )
     assert needle in line, line
+
+
+def test_a_factory_that_never_returns_is_refused_within_the_probe_bound(plugin, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("MEMBENCH_PROBE_TIMEOUT_S", "0.5")
+    try:
+        line = usage_error(
+            cli.invoke(app, ["sweep", "--arch", f"{plugin}:never", "--res", "8", "--out", "x"])
+        )
+    finally:
+        importlib.import_module(plugin).RELEASE.set()  # the probe's thread returns and ends
+    assert f"probing --arch {plugin}:never at resolution 8 did not return within 0.5 s" in line
+    assert "MEMBENCH_PROBE_TIMEOUT_S" in line
+
+
+@pytest.mark.parametrize(
+    ("arch", "needle"),
+    [
+        (f"{MODULE}:exits", "called sys.exit(3)"),  # in the factory
+        ("exiting_models:net", "importing --arch exiting_models:net called sys.exit(4)"),
+    ],
+)
+def test_user_code_calling_sys_exit_is_one_line(plugin, arch, needle):
+    # it used to end the sweep with exit code 3 and no output at all
+    line = usage_error(cli.invoke(app, ["sweep", "--arch", arch, "--res", "8", "--out", "x"]))
+    assert needle in line
+
+
+def test_a_bad_probe_bound_is_one_line(plugin, monkeypatch):
+    monkeypatch.setenv("MEMBENCH_PROBE_TIMEOUT_S", "soon")
+    with pytest.raises(ArchError, match="MEMBENCH_PROBE_TIMEOUT_S must be a number"):
+        validate_arch(f"{plugin}:tiny", 8)

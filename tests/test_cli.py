@@ -255,3 +255,54 @@ def test_the_summary_table_tells_cells_of_one_method_apart_by_their_tooling():
     lines = [line for line in console.export_text().splitlines() if "bp-ckpt" in line]
     assert len(lines) == 2 and lines[0] != lines[1]
     assert "bf16 mb16" in lines[1] and "mb16" not in lines[0]
+
+
+def test_output_that_cannot_be_written_is_one_line(monkeypatch):
+    """`membench timeline DIR > /dev/full` (or any command's output on a full disk) ends in one
+    line and exit 1, not a traceback."""
+    import errno
+    import os
+
+    import rich.console
+
+    def full(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rich.console.Console, "_write_buffer", full)
+    result = invoke("list", "methods")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        "membench: error: cannot write the output: No space left on device"
+    )
+
+
+def test_the_summary_never_cuts_names_nor_shows_a_small_peak_as_zero():
+    """plain-net and plain-stack looked alike ('plain-…'), and a 37 KiB peak read 0.000 GiB."""
+    from rich.console import Console
+
+    from membench.cli.display import print_whole, summary_table
+    from membench.schema import Cell, CellResult
+
+    results = [
+        CellResult(
+            Cell(method="ff-pipelined", arch=arch, res=32, batch=64),
+            "cpu",
+            "x",
+            peak_allocated_bytes=38_320,
+            flops_per_step=4_000_000,
+        )
+        for arch in ("membench_models:plain_net", "membench_models:plain_stack")
+    ]
+    console = Console(record=True, width=80)  # a pipe's width: narrower than the table
+    print_whole(console, summary_table(results, "t"))
+    text = console.export_text()
+    assert "membench_models:plain_net " in text and "membench_models:plain_stack " in text
+    assert "37.42 KiB" in text and "0.000" not in text and "0.004" in text  # GFLOP/step
+
+
+def test_small_sizes_take_the_unit_that_fits_them():
+    from membench.units import format_gib
+
+    assert format_gib(3 * 2**30 / 2) == "1.500 GiB" and format_gib(2**30 / 64) == "0.016 GiB"
+    assert format_gib(38_320) == "37.42 KiB" and format_gib(0) == "0 B"
+    assert format_gib(5 * 2**20, digits=1) == "5 MiB"

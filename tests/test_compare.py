@@ -1,9 +1,12 @@
-"""membench compare: matching, memory and timing gates, unmatched cells, bad input."""
+"""membench compare: matching, memory and timing gates, unmatched cells, bad input.
+
+Timing is simulated as a loaded machine makes it, deterministically: each run (round) of a cell
+has its own factor (its process's placement, the clock, the neighbours: lognormal, sigma 0.15)
+on top of each step's noise; the gate must pass an identical rerun and fail a 1-thread
+slowdown on such data."""
 
 from __future__ import annotations
 
-import math
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +20,25 @@ from typer.testing import CliRunner
 
 from membench.cli import app
 from membench.compare import (
+    BETWEEN_RUNS,
+    NOT_JUDGED,
     CompareError,
-    bootstrap_median_ratio_ci,
-    can_reach_alpha,
+    between_runs,
     compare_results,
-    judge_timing,
-    mann_whitney_greater,
+    judge_between_runs,
 )
 from membench.errors import InputError
 from membench.schema import BREAKDOWN_COLUMNS, CELL_COLUMNS, STEP_COLUMNS, device_kind
 
 METHODS = ["bp", "ff-pipelined", "bp-ckpt"]
 PEAKS = {"bp": 1_000_000, "ff-pipelined": 800_000, "bp-ckpt": 600_000}
-STEPS = 20
+STEPS = 20  # per round
+ROUNDS = 5
 BASE_MS = 100.0
+LOAD = 0.15  # run-to-run: each round's factor on a loaded machine (lognormal sigma)
+# A 2-thread cell run on 1 thread on a 2-core machine: measured 1.6x-1.9x slower
+# (benchmarks/gate_noise.py); the gate must catch the smallest of them.
+ONE_THREAD = 1.6
 
 
 def cell_row(method: str, **overrides) -> dict:
@@ -50,6 +58,7 @@ def cell_row(method: str, **overrides) -> dict:
         status="ok",
         warmup=1,
         steps=STEPS,
+        rounds=ROUNDS,
         imgs_per_s=4 / BASE_MS * 1e3,
         peak_allocated_bytes=PEAKS[method],
         memory_source="tracker",
@@ -63,12 +72,23 @@ def cell_row(method: str, **overrides) -> dict:
     return row
 
 
-def noisy_steps(seed: int, scale: float = 1.0, n: int = STEPS, noise: float = 0.05) -> np.ndarray:
-    """Per-step times with multiplicative noise and an occasional slow outlier, like a busy box."""
+def noisy_steps(
+    seed: int,
+    scale: float = 1.0,
+    n: int = STEPS,
+    noise: float = 0.05,
+    rounds: int = ROUNDS,
+    load: float = LOAD,
+) -> np.ndarray:
+    """``rounds`` runs of ``n`` steps each, in order (as steps.csv holds them): each run its
+    own factor (``load``), each step multiplicative noise and an occasional slow outlier."""
     rng = np.random.default_rng(seed)
-    times = BASE_MS * scale * rng.lognormal(0.0, noise, n)
-    times[rng.random(n) < 0.1] *= 1.5
-    return times
+    runs = []
+    for factor in rng.lognormal(0.0, load, rounds):
+        times = BASE_MS * scale * factor * rng.lognormal(0.0, noise, n)
+        times[rng.random(n) < 0.1] *= 1.5
+        runs.append(times)
+    return np.concatenate(runs)
 
 
 def write_results(
@@ -155,39 +175,114 @@ def test_tracker_gates_one_byte_but_allocator_allows_noise(tmp_path):
     assert not compare_results(base, write_results(tmp_path / "gpu_big", allocator(1.02))).passed
 
 
-def test_timing_noise_does_not_fail(tmp_path):
-    # Independent draws of the same distribution, many seed pairs: none may fail the gate.
+def test_an_identical_rerun_on_a_loaded_machine_passes_and_a_one_thread_slowdown_fails(
+    tmp_path,
+):
+    """The gate judges throughput against run-to-run noise: identical reruns (independent
+    draws, every run with its own load factor) pass, for many seed pairs; every cell run 1.6x
+    slower (one thread of two) fails."""
     for seed in range(10):
         base, new = run_pair(tmp_path / str(seed), seeds=(seed, seed + 1000))
         comparison = compare_results(base, new)
         assert comparison.passed, [r.reasons for r in comparison.regressions]
-        assert all(r.timing.method == "mann-whitney" for r in comparison.rows)
+        assert all(r.timing.method == BETWEEN_RUNS for r in comparison.rows)
+        slow = run_pair(
+            tmp_path / f"slow{seed}",
+            seeds=(seed, seed + 1000),
+            new_scale=dict.fromkeys(METHODS, ONE_THREAD),
+        )
+        assert len(compare_results(*slow).regressions) == len(METHODS), seed
 
 
-@pytest.mark.parametrize("slowdown", [1.15, 1.20])
+def test_the_step_level_test_flags_an_identical_rerun(tmp_path):
+    """Why runs, not steps: one run per side judged step by step (one process's steps as
+    independent samples, Mann-Whitney as the gate had it) calls identical reruns regressions,
+    as the gate did (-10.5 %, p = 1e-06); the check above can fail."""
+    from scipy import stats
+
+    flagged = 0
+    for seed in range(10):
+        base, new = noisy_steps(seed, rounds=1), noisy_steps(seed + 1000, rounds=1)
+        drop = 1 - np.median(base) / np.median(new)
+        p = stats.mannwhitneyu(new, base, alternative="greater").pvalue
+        flagged += bool(p < 0.01 and drop > 0.10)
+    assert flagged >= 2
+
+
+@pytest.mark.parametrize("slowdown", [1.6, 2.0])
 def test_clear_slowdown_fails(tmp_path, slowdown):
     base, new = run_pair(tmp_path, new_scale={"bp-ckpt": slowdown})
     comparison = compare_results(base, new)
     assert [r.cell_id.split("_")[0] for r in comparison.regressions] == ["bp-ckpt"]
     timing = comparison.regressions[0].timing
     assert timing.p_value < 0.01 and timing.tput_change_pct < -10
-    assert timing.ratio_ci[0] > 1.0
+    assert timing.ratio_ci[0] > 1.0 and (timing.n_baseline, timing.n_new) == (ROUNDS, ROUNDS)
     result = cli(base, new)
-    assert result.exit_code == 1 and "throughput" in result.output
+    assert result.exit_code == 1 and "throughput" in result.output and "5/5" in result.output
     # Gating is off with --ignore-timing, and a looser threshold lets it through.
     assert cli(base, new, "--ignore-timing").exit_code == 0
-    assert cli(base, new, "--max-tput-drop", "30").exit_code == 0
+    assert cli(base, new, "--max-tput-drop", str(100 * (1 - 1 / slowdown) + 15)).exit_code == 0
 
 
-def test_significant_but_small_slowdown_passes(tmp_path):
+def test_a_small_slowdown_within_run_to_run_noise_passes(tmp_path):
     base, new = run_pair(tmp_path, new_scale={"bp": 1.05})
     row = next(r for r in compare_results(base, new).rows if r.cell_id.startswith("bp_"))
-    assert not row.regressed and row.timing.tput_change_pct > -10
+    assert not row.regressed
 
 
 def test_speedup_never_fails(tmp_path):
     base, new = run_pair(tmp_path, new_scale={m: 0.7 for m in METHODS})
     assert compare_results(base, new).passed
+
+
+def test_one_run_per_side_is_not_judged_and_says_so(tmp_path):
+    rows = [cell_row(m, rounds=1) for m in METHODS]
+    steps = {r["cell_id"]: noisy_steps(i, rounds=1) for i, r in enumerate(rows)}
+    slow = {r["cell_id"]: noisy_steps(9 + i, 3.0, rounds=1) for i, r in enumerate(rows)}
+    base = write_results(tmp_path / "base", rows, steps)
+    new = write_results(tmp_path / "new", rows, slow)
+    comparison = compare_results(base, new)
+    assert comparison.passed and {r.timing.method for r in comparison.rows} == {NOT_JUDGED}
+    assert "run-to-run noise" in comparison.notes[-1]
+    result = cli(base, new)
+    assert result.exit_code == 0 and "--rounds 3" in result.output
+    # One side with runs is enough: the other's one run against their prediction interval.
+    runs = write_results(
+        tmp_path / "runs",
+        [cell_row(m) for m in METHODS],
+        {r["cell_id"]: noisy_steps(20 + i) for i, r in enumerate(rows)},
+    )
+    judged = compare_results(runs, new)
+    assert len(judged.regressions) == len(METHODS)
+    assert {(r.timing.n_baseline, r.timing.n_new) for r in judged.rows} == {(ROUNDS, 1)}
+
+
+def test_between_runs_is_welchs_test_on_log_medians():
+    from scipy import stats
+
+    base, new = np.array([100.0, 112.0, 95.0]), np.array([150.0, 171.0, 160.0])
+    p, ratio, (low, high) = between_runs(base, new)
+    expected = stats.ttest_ind(np.log(new), np.log(base), equal_var=False, alternative="greater")
+    assert p == pytest.approx(expected.pvalue, rel=1e-9)
+    assert ratio == pytest.approx(np.exp(np.log(new).mean() - np.log(base).mean()))
+    assert low < ratio < high and low > 1
+    # One run against three: the prediction interval of the three (n - 1 degrees of freedom).
+    p_one, _, _ = between_runs(base, np.array([160.0]))
+    t = (np.log(160) - np.log(base).mean()) / (np.log(base).std(ddof=1) * np.sqrt(1 + 1 / 3))
+    assert p_one == pytest.approx(stats.t.sf(t, 2), rel=1e-9)
+    with pytest.raises(ValueError, match="one run per side"):
+        between_runs(np.array([100.0]), np.array([150.0]))
+    verdict = judge_between_runs(base, new, max_tput_drop_pct=10)
+    assert verdict.regressed and verdict.tput_change_pct == pytest.approx((1 / ratio - 1) * 100)
+
+
+def test_unstable_cells_are_marked(tmp_path):
+    rows = [cell_row(m) for m in METHODS]
+    rows[0].update(stability="unstable", stability_reason="relative IQR 34% >= 10%")
+    base, new = run_pair(tmp_path, new_rows=rows)
+    row = next(r for r in compare_results(base, new).rows if r.cell_id.startswith("bp_"))
+    assert "timing unstable on new: relative IQR 34% >= 10%" in row.notes
+    assert "ok (unstable)" in cli(base, new).output
 
 
 def test_ok_to_oom_is_a_regression(tmp_path):
@@ -246,15 +341,15 @@ def test_gpu_models_do_not_match_but_cpu_models_do(tmp_path):
     assert all(r.timing.method == "not compared" for r in comparison.rows)
 
 
-def test_without_steps_falls_back_to_imgs_per_s(tmp_path):
+def test_without_steps_throughput_is_not_judged(tmp_path):
     rows = [cell_row(m) for m in METHODS]
     rows[2]["imgs_per_s"] *= 0.8
     base, new = run_pair(tmp_path, new_rows=rows, new_steps=False)
     comparison = compare_results(base, new)
-    assert [r.timing.method for r in comparison.rows] == ["imgs_per_s"] * len(METHODS)
-    assert [r.cell_id.split("_")[0] for r in comparison.regressions] == ["bp-ckpt"]
-    result = cli(base, new)
-    assert result.exit_code == 1 and "without a noise test" in result.output
+    assert [r.timing.method for r in comparison.rows] == [NOT_JUDGED] * len(METHODS)
+    assert comparison.passed
+    assert comparison.rows[2].timing.tput_change_pct == pytest.approx(-20)  # shown, not judged
+    assert "no step times on one side" in cli(base, new).output
 
 
 @pytest.mark.parametrize(
@@ -283,77 +378,6 @@ def test_library_rejects_bad_thresholds(tmp_path):
         compare_results(base, base, max_mem_increase_pct=-0.1)
 
 
-def test_mann_whitney_exact_and_normal():
-    # Exact: only 1 of C(6,3) = 20 splits puts all of NEW above the baseline.
-    assert mann_whitney_greater([1, 2, 3], [4, 5, 6]) == pytest.approx(1 / 20)
-    assert mann_whitney_greater([4, 5, 6], [1, 2, 3]) == pytest.approx(1.0)
-    # Normal approximation (too many splits for the exact test), with ties.
-    rng = np.random.default_rng(0)
-    same = np.round(rng.normal(100, 5, 40))
-    assert 0.05 < mann_whitney_greater(same[:20], same[20:]) < 0.95
-    assert mann_whitney_greater(same[:20], same[20:] + 20) < 1e-4
-    assert mann_whitney_greater(np.full(20, 3.0), np.full(20, 3.0)) == 1.0
-
-
-def test_bootstrap_ci_brackets_the_true_ratio():
-    low, high = bootstrap_median_ratio_ci(noisy_steps(1, n=40), noisy_steps(2, 1.2, n=40))
-    assert low < 1.2 < high and low > 1.0
-    verdict = judge_timing(noisy_steps(1), noisy_steps(2, 1.2), max_tput_drop_pct=10)
-    assert verdict.regressed
-
-
-def brute_force_p(baseline, new) -> float:
-    """One-sided exact p of the rank-sum test by enumerating every split of the pooled mid-ranks."""
-    pooled = list(new) + list(baseline)
-    ranks = [sum(v < x for v in pooled) + (sum(v == x for v in pooled) + 1) / 2 for x in pooled]
-    observed = sum(ranks[: len(new)])
-    sums = [sum(ranks[i] for i in idx) for idx in combinations(range(len(pooled)), len(new))]
-    return sum(total >= observed - 1e-9 for total in sums) / len(sums)
-
-
-def test_mann_whitney_exact_p_values():
-    # No ties: the single most extreme of C(6,3) = 20 splits.
-    assert mann_whitney_greater([1, 2, 3], [4, 5, 6]) == pytest.approx(1 / 20, rel=1e-12)
-    assert mann_whitney_greater([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(1 / 70, rel=1e-12)
-    # Ties: every split enumerated, as the brute force does (the untied exact distribution would
-    # give 0.1 and 0.0411 here, the normal approximation 0.079 and 0.029).
-    for baseline, new in (([1, 2, 2], [2, 3, 3]), ([1, 1, 2, 3, 3], [2, 3, 3, 4, 4, 4])):
-        expected = brute_force_p(baseline, new)
-        assert mann_whitney_greater(baseline, new) == pytest.approx(expected, rel=1e-12)
-    assert brute_force_p([1, 2, 2], [2, 3, 3]) == pytest.approx(3 / 20)
-    # Untied noise at 8 + 8 (12 870 splits, still exact).
-    rng = np.random.default_rng(3)
-    baseline, new = rng.normal(100, 5, 8), rng.normal(103, 5, 8)
-    assert mann_whitney_greater(baseline, new) == pytest.approx(
-        brute_force_p(baseline, new), rel=1e-12
-    )
-
-
-def test_mann_whitney_normal_approximation_beyond_the_exact_limit():
-    # 20 + 20 steps have C(40, 20) splits: normal approximation with tie and continuity corrections.
-    rng = np.random.default_rng(4)
-    baseline, new = np.round(rng.normal(100, 5, 20)), np.round(rng.normal(103, 5, 20))
-    pooled = np.concatenate([new, baseline])
-    ranks = np.array([np.sum(pooled < x) + (np.sum(pooled == x) + 1) / 2 for x in pooled])
-    u = ranks[:20].sum() - 20 * 21 / 2
-    ties = np.unique(pooled, return_counts=True)[1]
-    sigma = math.sqrt(20 * 20 / 12 * (41 - np.sum(ties**3 - ties) / (40 * 39)))
-    expected = 0.5 * math.erfc((u - 200 - 0.5) / sigma / math.sqrt(2))
-    assert mann_whitney_greater(baseline, new) == pytest.approx(expected, rel=1e-9)
-
-
-def test_bootstrap_ci_contains_the_observed_ratio_and_is_reproducible():
-    baseline, new = noisy_steps(5, n=30), noisy_steps(6, 1.1, n=25)
-    observed = np.median(new) / np.median(baseline)
-    low, high = bootstrap_median_ratio_ci(baseline, new)
-    assert low < observed < high
-    assert bootstrap_median_ratio_ci(baseline, new) == (low, high)
-    assert bootstrap_median_ratio_ci(baseline, new, seed=0) == (low, high)
-    assert bootstrap_median_ratio_ci(baseline, new, seed=1) != (low, high)
-    wider = bootstrap_median_ratio_ci(baseline, new, confidence=0.99)
-    assert wider[0] <= low and wider[1] >= high
-
-
 def test_older_file_without_optional_columns_compares(tmp_path):
     # An earlier membench wrote no breakdown, budget or torch_version columns: they read as empty,
     # so nothing is gated on them and no "torch differs" note appears.
@@ -368,7 +392,7 @@ def test_older_file_without_optional_columns_compares(tmp_path):
     comparison = compare_results(base, new)
     assert comparison.passed and len(comparison.rows) == len(METHODS)
     assert not any("torch" in note for note in comparison.notes)
-    assert {r.timing.method for r in comparison.rows} == {"mann-whitney"}
+    assert {r.timing.method for r in comparison.rows} == {BETWEEN_RUNS}
 
 
 def test_compare_error_is_input_error(tmp_path):
@@ -379,46 +403,6 @@ def test_compare_error_is_input_error(tmp_path):
 
 def one_line_error(*args) -> str:
     return usage_error(cli(*args))
-
-
-@pytest.mark.parametrize("n_steps", [3, 4])
-def test_too_few_steps_for_alpha_fall_back_to_imgs_per_s(tmp_path, n_steps):
-    # 3 + 3 steps can never give p < 0.01 (the smallest exact p is 1/20; 1/70 for 4 + 4), so a
-    # 30 % slowdown must be judged on imgs_per_s rather than pass as "within noise".
-    rows = [cell_row(m, steps=n_steps) for m in METHODS]
-    new_rows = [cell_row(m, steps=n_steps) for m in METHODS]
-    new_rows[0]["imgs_per_s"] /= 1.3
-    base = write_results(
-        tmp_path / "base",
-        rows,
-        {r["cell_id"]: noisy_steps(i, n=n_steps) for i, r in enumerate(rows)},
-    )
-    new = write_results(
-        tmp_path / "new",
-        new_rows,
-        {
-            r["cell_id"]: noisy_steps(50 + i, 1.3 if i == 0 else 1.0, n=n_steps)
-            for i, r in enumerate(new_rows)
-        },
-    )
-    comparison = compare_results(base, new)
-    assert [r.cell_id.split("_")[0] for r in comparison.regressions] == ["bp"]
-    timing = comparison.regressions[0].timing
-    assert timing.method == "imgs_per_s" and timing.tput_change_pct == pytest.approx(
-        -100 * 0.3 / 1.3
-    )
-    assert (timing.n_baseline, timing.n_new) == (n_steps, n_steps)
-    result = cli(base, new)
-    assert result.exit_code == 1 and "without a noise test" in result.output
-    # A looser alpha that 1/C(2n, n) can reach brings the rank test back.
-    loose = compare_results(base, new, alpha=0.1)
-    assert {r.timing.method for r in loose.rows} == {"mann-whitney"}
-
-
-def test_can_reach_alpha():
-    assert not can_reach_alpha(3, 3, 0.01) and not can_reach_alpha(4, 4, 0.01)
-    assert can_reach_alpha(5, 5, 0.01) and can_reach_alpha(3, 3, 0.1)
-    assert can_reach_alpha(3, 20, 0.01) and not can_reach_alpha(0, 20, 0.5)
 
 
 def test_two_runs_of_one_cell_on_one_device_are_refused(tmp_path):
@@ -504,3 +488,20 @@ def test_device_kind():
     assert [
         device_kind(d) for d in ("cpu", "cuda:0", "cuda", "cuda (estimate)", "cpu (estimate)")
     ] == ["cpu", "cuda", "cuda", "cuda", "cpu"]
+
+
+def test_a_cpu_cell_timed_on_a_machine_others_kept_busy_is_not_judged(tmp_path):
+    """Others at 85 % of the CPU: its rounds cannot say how the next sweep would go (a rerun
+    measured 3.7x slower there), so the slowdown is shown and not judged."""
+    rows = [cell_row(m, cpu_others=0.85) for m in METHODS]
+    base, new = run_pair(tmp_path, new_rows=rows, new_scale=dict.fromkeys(METHODS, 2.0))
+    comparison = compare_results(base, new)
+    assert comparison.passed and {r.timing.method for r in comparison.rows} == {NOT_JUDGED}
+    assert all(r.timing.tput_change_pct < -40 for r in comparison.rows)
+    assert "used 85% of the CPU during the new's timed steps" in comparison.rows[0].timing.note
+    # Mutation: with others at 40 % (unstable, but judged) the same slowdown fails.
+    calmer = [cell_row(m, cpu_others=0.40) for m in METHODS]
+    base, new = run_pair(
+        tmp_path / "calmer", new_rows=calmer, new_scale=dict.fromkeys(METHODS, 2.0)
+    )
+    assert len(compare_results(base, new).regressions) == len(METHODS)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,37 @@ def test_the_forkserver_ignores_ctrl_c_from_its_start(tmp_path):
     # The check can fail: a forkserver started as multiprocessing starts it takes Ctrl-C while it
     # preloads (and prints a traceback from the import it is in).
     assert not forkserver_ignores_sigint(tmp_path, "f.ensure_running")
+
+
+class _InterruptedWhileFinalized:
+    """Its finalizer is where Ctrl-C lands: the handler runs inside ``__del__``, where Python
+    can only report the KeyboardInterrupt as unraisable (as it did in StorageWeakRef.__del__
+    during an estimate) and carry on."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_an_interrupt_that_lands_in_a_finalizer_is_delivered_again(capfd):
+    from membench import interrupts
+
+    interrupts.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _InterruptedWhileFinalized()  # made and freed at once: its __del__ runs here
+            for _ in range(WAIT_S * 100):  # the redelivered Ctrl-C ends this wait
+                time.sleep(0.01)
+    finally:
+        interrupts.uninstall()
+    assert "Exception ignored" not in capfd.readouterr().err  # one line, no report of it
+
+
+def test_without_the_hook_the_interrupt_is_lost(monkeypatch):
+    """The check above can fail: Python hands the interrupt to the unraisable hook (its own
+    prints "Exception ignored in ...") and nothing else ever sees it."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable))
+    _InterruptedWhileFinalized()
+    for _ in range(20):
+        time.sleep(0.01)  # no KeyboardInterrupt arrives
+    assert [type(u.exc_value) for u in seen] == [KeyboardInterrupt]

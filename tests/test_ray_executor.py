@@ -62,9 +62,17 @@ def test_a_cpu_cell_asks_for_a_whole_node_unless_told_otherwise():
     nodes = [node("big", 8), node("small", 4)]
     plan = plan_cluster(nodes, "auto", None)
     assert (plan.kind, plan.cpus, list(plan.nodes.values())) == ("cpu", 8, ["big"])
-    assert "1 smaller node(s) of the cluster run no cell" in plan.notes[1]
+    assert "1 smaller node(s) of the cluster run no cell" in " ".join(plan.notes)
     plan = plan_cluster(nodes, "cpu", 4)
     assert "2 node(s) (big, small) run up to 3 cell(s) at a time" in plan.notes[0]
+
+
+def test_auto_on_a_cluster_without_a_gpu_says_it_measures_on_the_cpu():
+    nodes = [node("big", 8)]
+    assert "the Ray cluster has no GPU, so its cells are measured on the CPU" in " ".join(
+        plan_cluster(nodes, "auto", None).notes
+    )
+    assert "no GPU" not in " ".join(plan_cluster(nodes, "cpu", None).notes)  # asked for
 
 
 @pytest.mark.parametrize(

@@ -153,8 +153,8 @@ def test_tables_show_ratios_to_bp_and_estimates_beside_measurements(built):
     assert "## cpu (Test CPU)" in cpu
     # ff-pipelined b32: 13 MiB / 18 MiB of bp, 112 / 96 imgs/s
     assert (
-        "| ff-pipelined | 32 |  | ok | 0.013 |  | 112.0 | 285.7 | 0.722× | 1.167× | tracker |"
-        in cpu
+        "| ff-pipelined | 32 |  | ok | 0.013 |  | 112.0 | 112.0–112.0 | 285.7 | 0.722× | 1.167× "
+        "| tracker |" in cpu
     )
     assert "| ff-pipelined | 128 |  | estimated |  | 0.024 |" in cpu
     assert "| bp | 128 | 0.062 | oom |" in cpu
@@ -328,7 +328,7 @@ def test_panel_table_has_optional_columns_only_when_present(tmp_path):
     )
     plain = panel_table(load_cells([tmp_path / "plain"]).cells).splitlines()[0]
     assert plain == (
-        "| method | batch | status | peak (GiB) | imgs/s | step ms (median) | "
+        "| method | batch | status | peak (GiB) | imgs/s | imgs/s p10–p90 | step ms (median) | "
         "memory ÷ bp | imgs/s ÷ bp | memory from |"
     )
     write_results(
@@ -350,13 +350,10 @@ def test_panel_table_has_optional_columns_only_when_present(tmp_path):
     rich = panel_table(load_cells([tmp_path / "rich"]).cells).splitlines()
     assert rich[0] == (
         "| method | batch | micro-batch | budget (GiB) | status | peak (GiB) | "
-        "estimated peak (GiB) | imgs/s | step ms (median) | memory ÷ bp | "
+        "estimated peak (GiB) | imgs/s | imgs/s p10–p90 | step ms (median) | memory ÷ bp | "
         "imgs/s ÷ bp | memory from |"
     )
-    assert (
-        rich[1]
-        == "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-    )
+    assert rich[1] == "| --- | ---: | ---: | ---: | --- | " + "---: | " * 7 + "--- |"
     assert rich[2].startswith("| bp | 64 |  |  | estimated |  | 0.009 |")
     assert rich[3].startswith("| bp-accum | 64 | 32 | 0.062 | ok | 0.010 |  |")
 
@@ -430,3 +427,113 @@ def test_cli_binary_cells_csv_is_a_one_line_error(tmp_path):
     line = usage_error(invoke(["report", str(folder), "--out", str(tmp_path / "out")]))
     assert "cells.csv" in line
     assert not (tmp_path / "out").exists()
+
+
+def _report_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 4])  # while saving the figures, at two moments
+def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch, interrupt_at):
+    import matplotlib.figure
+
+    write_results(tmp_path / "results", sample_rows())
+    out = tmp_path / "report"
+    build_report([tmp_path / "results"], out, now=GOLDEN_NOW)
+    (out / "notes.txt").write_text("the user's own file")
+    before = _report_files(out)
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def interrupted(figure, *args, **kwargs):
+        if len(saved) == interrupt_at:
+            raise KeyboardInterrupt  # Ctrl-C while the new report is written
+        saved.append(args[0])
+        return real(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([tmp_path / "results"], out, budgets_bytes=[8 * GIB])
+    assert _report_files(out) == before  # every figure report.md links is still there
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "notes.txt", "report.md"]
+
+
+def test_a_new_report_replaces_the_earlier_one_and_keeps_other_files(tmp_path):
+    write_results(tmp_path / "results", sample_rows())
+    out = tmp_path / "report"
+    build_report([tmp_path / "results"], out)
+    (out / "figures" / "stale.png").write_bytes(PNG_MAGIC)  # of no report now
+    (out / "figures" / "README").write_text("kept")
+    build_report([tmp_path / "results"], out)
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert "stale.png" not in names and "README" in names
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_interrupted_first_report_leaves_no_folder(tmp_path, monkeypatch):
+    import membench.report.render as render
+
+    write_results(tmp_path / "results", sample_rows())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "save_figures", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([tmp_path / "results"], tmp_path / "new" / "report")
+    assert not (tmp_path / "new").exists()
+
+
+def test_rows_left_out_for_another_folders_later_runs_say_why(tmp_path):
+    """`membench report results/` over a committed reference run and the user's own run of
+    the same cells shows the user's, and says whose rows were left out and for what."""
+    rows = sample_rows()
+    write_results(tmp_path / "results" / "reference", rows)
+    later = [{**row, "started_at": "2099-01-01T00:00:00+00:00"} for row in rows]
+    write_results(tmp_path / "results" / "quick", later)
+    warnings = []
+    report = build_report([tmp_path / "results"], tmp_path / "out", on_warning=warnings.append)
+    reference = tmp_path / "results" / "reference" / "cells.csv"
+    quick = tmp_path / "results" / "quick" / "cells.csv"
+    text = report.read_text()
+    assert f"{len(rows)} earlier row(s) left out: {len(rows)} of `{reference}`" in text
+    assert f"run again later in `{quick}`" in text
+    assert len(warnings) == 1 and f"{len(rows)} row(s) left out" in warnings[0]
+    assert str(reference) in warnings[0] and "report the folders apart" in warnings[0]
+
+
+def test_throughput_carries_its_spread_and_a_doubtful_best_pick_says_why(tmp_path):
+    """Error bars (imgs/s at the slow and fast tenth of the steps), the timing's verdict, and a
+    'best configuration' that was picked from an unstable median, or ties within the spread of
+    another, says so instead of naming a winner the noise could have named."""
+    rows = [
+        cell_row(method, 32, imgs_per_s=imgs, peak_bytes=peak * MIB)
+        for method, imgs, peak in (
+            ("bp", 100.0, 20),
+            ("bp-ckpt", 90.0, 12),
+            ("ff-pipelined", 120.0, 8),
+            ("ff-naive", 80.0, 16),
+        )
+    ]
+    rows[0].update(step_ms_p10=320 / 1.3, step_ms_p90=320 / 0.7)  # bp: 70 to 130 imgs/s
+    rows[1].update(step_ms_p10=32_000 / 120.0)  # bp-ckpt's fast tenth reaches 120 imgs/s
+    rows[2].update(stability="unstable", stability_reason="relative IQR 34% >= 10%")
+    write_results(tmp_path / "results", rows)
+    cells = load_cells([tmp_path / "results"]).cells
+    text = build_report([tmp_path / "results"], tmp_path / "out").read_text()
+    assert "| 100.0 | 70.0–130.0 |" in text and "unstable: relative IQR 34% >= 10%" in text
+    assert (
+        "most imgs/s measured; not a clear pick: bp-ckpt b32 is within its p10–p90 spread" in text
+    )
+    assert "most imgs/s measured; not a clear pick: its timing is unstable" in text
+    frontier = next(
+        f.figure for f in make_figures(cells) if f.kind == "frontier" and f.device.startswith("cpu")
+    )
+    bars = [c for ax in frontier.axes for c in ax.containers if c.get_label() == "_spread:bp"]
+    assert len(bars) == 1
+    segments = bars[0].lines[2][0].get_segments()  # the vertical bar of bp's one point
+    assert [round(y, 6) for y in segments[0][:, 1]] == [70.0, 130.0]

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from membench.cli import app
 from membench.execute.local import Executor, Placement
-from membench.execute.sweep import _sweep, estimate_sweep, run_sweep
+from membench.execute.sweep import SweepProgress, _sweep, estimate_sweep, run_sweep
 from membench.measure.devices import CpuDevice, cpu_model_name
 from membench.results import append_result
 from membench.resume import SweepLockedError, grid_rows, prune_results, results_lock
@@ -417,11 +417,14 @@ def test_estimate_flag_appends_estimate_rows_without_running(tmp_path, monkeypat
     ]
     assert cli.invoke(app, args).exit_code == 0
     assert cli.invoke(app, [*args, "--device", "cpu"]).exit_code == 0
-    assert calls == ["cuda", "cuda", "cpu", "cpu"]
+    assert calls == ["cuda", "cuda", "cpu", "cpu"]  # a cuda estimate is no cpu one
     # A cpu estimate replaces earlier cpu estimates only: the cuda ones survive.
     expected = [("cuda (estimate)", "estimated")] * 2 + [("cpu (estimate)", "estimated")] * 2
     assert [(r["device"], r["status"]) for r in rows(tmp_path)] == expected
-    assert cli.invoke(app, args).exit_code == 0  # recomputed: the cuda rows are replaced
+    assert cli.invoke(app, args).exit_code == 0  # resumed: nothing left to estimate
+    assert calls == ["cuda", "cuda", "cpu", "cpu"]
+    assert cli.invoke(app, [*args, "--redo"]).exit_code == 0  # recomputed: cuda rows replaced
+    assert calls == ["cuda", "cuda", "cpu", "cpu", "cuda", "cuda"]
     written = rows(tmp_path)
     assert sorted((r["device"], r["batch"]) for r in written) == sorted(
         (f"{kind} (estimate)", batch) for kind in ("cuda", "cpu") for batch in ("64", "128")
@@ -530,3 +533,38 @@ def test_the_ray_executor_without_ray_installed_is_one_line_and_exit_2(tmp_path,
     )
     assert "pip install 'membench[ray]'" in usage_error(result)
     assert not out.exists()
+
+
+def test_an_interrupted_estimate_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
+    calls = []
+    _fake_estimator(monkeypatch, calls)
+    cells = [tiny(batch=b) for b in (2, 4, 6, 8)]
+
+    class Stop(SweepProgress):
+        def cell_finished(self, index, result, wall_s):
+            if index == 1:
+                raise KeyboardInterrupt  # Ctrl-C after the second estimate is on disk
+
+    with pytest.raises(KeyboardInterrupt):
+        estimate_sweep(cells, "cuda", tmp_path, isolation="none", progress=Stop())
+    assert [r["batch"] for r in rows(tmp_path)] == ["2", "4"]
+    calls.clear()
+    estimate_sweep(cells, "cuda", tmp_path, isolation="none")
+    assert len(calls) == 2  # only the two it had not estimated (it used to start from 0)
+    assert sorted(r["batch"] for r in rows(tmp_path)) == ["2", "4", "6", "8"]
+
+
+def test_measuring_into_a_folder_of_estimates_says_so(tmp_path, monkeypatch):
+    _fake_estimator(monkeypatch, [])
+    estimate_sweep([tiny()], "cuda", tmp_path, isolation="none")
+    notes = []
+
+    class Notes(SweepProgress):
+        def note(self, text):
+            notes.append(text)
+
+    run_sweep([tiny()], "cpu", tmp_path, isolation="none", progress=Notes())
+    assert any("holds 1 estimated row(s) (cuda (estimate))" in n for n in notes), notes
+    notes.clear()
+    run_sweep([tiny(batch=4)], "cpu", tmp_path / "fresh", isolation="none", progress=Notes())
+    assert not any("holds" in n for n in notes)

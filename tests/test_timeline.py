@@ -432,3 +432,48 @@ def test_a_timeline_of_a_cell_on_several_devices_is_refused_in_one_line():
     build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2")  # fine alone
     with pytest.raises(ConfigError, match="--timeline records one device's step"):
         build_config(method="ff-pp", arch="vgg-d4-w16", res=16, batch=8, devices="2", timeline=True)
+
+
+def test_a_timeline_csv_cut_short_is_never_shown_as_a_whole_step(tmp_path):
+    cells = [tiny("bp"), tiny("ff-pipelined")]
+    run_sweep(cells, "cpu", tmp_path, isolation="none", timeline=True)
+    path = tmp_path / TIMELINE_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    first = sum(1 for line in lines if line.startswith(cells[0].cell_id))
+    # cut the file in the middle of bp's block: ff-pipelined's block goes with it
+    path.write_text("".join(lines[: 1 + first // 2]))
+    result = cli.invoke(app, ["timeline", str(tmp_path)])
+    assert result.exit_code == 2
+    warning, error = result.stderr.strip().splitlines()
+    assert "is incomplete" in warning
+    assert f"{cells[0].cell_id} on cpu: {first // 2} of {first} events" in warning
+    assert f"{cells[1].cell_id} on cpu: none of" in warning
+    assert "no whole recorded step" in error
+    # Mutation: without the count in cells.csv the cut block reads as a whole (shorter) step.
+    import pandas as pd
+
+    from membench.timeline.files import timelines_of
+
+    frame = pd.read_csv(tmp_path / "cells.csv")
+    assert not timelines_of(frame, read_timelines(tmp_path))
+    assert len(timelines_of(frame.drop(columns="timeline_events"), read_timelines(tmp_path))) == 1
+    from membench.report import build_report
+
+    warnings = []
+    text = build_report([tmp_path], tmp_path / "report", on_warning=warnings.append).read_text()
+    assert "is incomplete" in warnings[0] and "is incomplete" in text
+    assert "memory over one step" not in text
+
+
+def test_timeline_on_finished_cells_says_what_records_them(tmp_path):
+    args = ["sweep", "--arch", TINY_ARCH, "--res", str(TINY_RES), "--batch", "4", "--warmup"]
+    args += ["1", "--steps", "1", "--device", "cpu", "--isolation", "none", "--out", str(tmp_path)]
+    assert cli.invoke(app, args).exit_code == 0
+    again = cli.invoke(app, [*args, "--timeline"])
+    assert again.exit_code == 0
+    assert "1 of 1 cell(s) have no recorded step" in again.stderr and "--redo" in again.stderr
+    line = usage_error(cli.invoke(app, ["timeline", str(tmp_path)]))
+    assert "--timeline --redo" in line
+    redone = cli.invoke(app, [*args, "--timeline", "--redo"])
+    assert redone.exit_code == 0 and "no recorded step" not in redone.stderr
+    assert cli.invoke(app, ["timeline", str(tmp_path)]).exit_code == 0

@@ -21,6 +21,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import one_line
+from .bounded import call_bounded
 from .layers import LayerStack
 from .registry import TOKEN_KINDS, build_arch, clear_caches, resolve_arch
 from .specs import ArchError, cifar_resnet_spec, conv_stack_spec
@@ -78,7 +79,14 @@ def _quiet_fake_tensors() -> Iterator[None]:
 @cache
 def probe_arch(name: str, res: int, classes: int = PROBE_CLASSES) -> ArchProbe:
     """Build ``name`` on fake tensors and run one training-mode forward at ``res`` (cached);
-    ArchError, one line with the model's reason, if either fails."""
+    ArchError, one line with the model's reason, if either fails, calls ``sys.exit`` or does
+    not return within the bound on user code (``bounded.call_bounded``)."""
+    return call_bounded(
+        lambda: _probe(name, res, classes), f"probing --arch {name} at resolution {res}"
+    )
+
+
+def _probe(name: str, res: int, classes: int) -> ArchProbe:
     source = resolve_arch(name)
     with torch.random.fork_rng(devices=[]), _quiet_fake_tensors(), FakeTensorMode():
         model: nn.Module = build_arch(name, classes).train()
@@ -173,8 +181,9 @@ def validate_arch(
     """ArchError unless ``name`` is an arch that runs on the input: images at ``res`` (from its
     spec for membench's own archs, else from one fake forward, ``probe_arch``), or token
     sequences of ``seq`` for a token model (its positions from the config, its forward for
-    ``objective`` and ``attn_implementation`` from ``probe_tokens``)."""
-    kind = resolve_arch(name).kind
+    ``objective`` and ``attn_implementation`` from ``probe_tokens``). A plugin's or an import
+    path's module is imported under the same bound on time as the probe."""
+    kind = call_bounded(lambda: resolve_arch(name).kind, f"importing --arch {name}")
     if kind in TOKEN_KINDS:
         from .hf import check_sequence, objective_of
 

@@ -17,15 +17,26 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
-    """The ``membench`` program: Ctrl-C at any moment exits 130 with one line, SIGTERM 143."""
+    """The ``membench`` program: Ctrl-C at any moment exits 130 with one line, SIGTERM 143,
+    even when the signal lands in a finalizer, and without the interpreter's slow teardown
+    (``membench.interrupts``)."""
+    from .. import interrupts
     from ..errors import INTERRUPTED, Terminated
 
     signal.signal(signal.SIGTERM, _terminate)
+    interrupts.install()
     try:
         _application()()
     except KeyboardInterrupt as err:  # before any command runs (the imports above)
         print("membench: interrupted", file=sys.stderr)
-        sys.exit(Terminated.EXIT if isinstance(err, Terminated) else INTERRUPTED)
+        code = Terminated.EXIT if isinstance(err, Terminated) else INTERRUPTED
+    except SystemExit as exit:
+        code = exit.code
+    else:
+        code = 0
+    if code in (INTERRUPTED, Terminated.EXIT):
+        interrupts.exit_now(code)
+    sys.exit(code)
 
 
 def _application():

@@ -12,6 +12,8 @@ any moment into one line and exit 130 (SIGTERM: exit 143).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 from collections.abc import Iterator
 
@@ -73,10 +75,34 @@ class MembenchGroup(TyperGroup):
         except (Interrupted, typer.Abort) as err:
             code = err.code if isinstance(err, Interrupted) else INTERRUPTED
             typer.echo("membench: interrupted", err=True)
+        except OSError as err:
+            if err.errno not in OUTPUT_ERRNOS:
+                raise
+            code = _output_failed(err)
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+# What writing the output can fail with: a full disk or quota behind a redirection, a device
+# error, a reader that went away (`membench ... | head`). Every file membench itself writes
+# maps its errors to one line already (membench.durable); what reaches the group is stdout.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE)
+BROKEN_PIPE_EXIT = 128 + 13  # as a shell reports a program SIGPIPE ended
+
+
+def _output_failed(err: OSError) -> int:
+    """One line on stderr (none for a closed pipe, whose reader wanted no more) and the exit
+    code; stdout is pointed at /dev/null so the interpreter's last flush of it is silent."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    if err.errno == errno.EPIPE:
+        return BROKEN_PIPE_EXIT
+    where = f" {err.filename}" if err.filename else " the output"
+    typer.echo(f"membench: error: cannot write{where}: {err.strerror}", err=True)
+    return 1
 
 
 app = typer.Typer(

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
+from ..settings import comma_items
 
 USAGE_ERROR = 2
 
@@ -45,6 +46,7 @@ def reports_input_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def comma_list(values: list[str] | None) -> list[str]:
-    """Repeatable options that also take comma lists: ['a,b', 'c'] -> ['a', 'b', 'c']."""
-    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+def comma_list(values: list[str] | None, option: str) -> list[str]:
+    """Repeatable options that also take comma lists: ['a,b', 'c'] -> ['a', 'b', 'c']; an
+    empty item ('a,,b') is bad input, as in every other comma list (``settings.comma_items``)."""
+    return [item for value in values or [] for item in comma_items(value, option)]

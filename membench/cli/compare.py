@@ -40,6 +40,7 @@ def render(comparison: Comparison, console: Console) -> None:
         "peak new",
         "mem",
         "tput",
+        "runs",
         "p",
         "median ratio CI",
         "verdict",
@@ -50,12 +51,11 @@ def render(comparison: Comparison, console: Console) -> None:
     for row in comparison.rows:
         timing = row.timing
         ci = f"{timing.ratio_ci[0]:.3f}-{timing.ratio_ci[1]:.3f}" if timing.ratio_ci else "-"
-        p = (
-            f"{timing.p_value:.2g}"
-            if timing.p_value is not None
-            else ("n/a" if timing.method == "imgs_per_s" else "-")
-        )
+        p = f"{timing.p_value:.2g}" if timing.p_value is not None else "-"
+        runs = f"{timing.n_baseline}/{timing.n_new}" if timing.n_baseline else "-"
         verdict = "[red]REGRESSED[/red]" if row.regressed else "ok"
+        if not row.regressed and any(note.startswith("timing unstable") for note in row.notes):
+            verdict = "ok (unstable)"
         status = (
             row.status_new
             if row.status_baseline == row.status_new
@@ -69,6 +69,7 @@ def render(comparison: Comparison, console: Console) -> None:
             _size(row.peak_new),
             _pct(row.mem_change_pct),
             _pct(timing.tput_change_pct),
+            runs,
             p,
             ci,
             verdict,
@@ -119,8 +120,8 @@ def compare(
         DEFAULT_TPUT_DROP_PCT,
         "--max-tput-drop",
         metavar="PCT",
-        help="Allowed throughput drop in percent; fails only if also significant against step "
-        "noise.",
+        help="Allowed throughput drop in percent; fails only if also significant against "
+        "run-to-run noise (cells swept with --rounds 2 or more on one side at least).",
     ),
     alpha: float = typer.Option(
         DEFAULT_ALPHA, "--alpha", help="Significance level of the timing test."

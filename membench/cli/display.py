@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..schema import MEASURED_STATUSES, OK, CellResult
+from ..stability import OTHERS_THRESHOLD, is_unstable
 from ..units import format_gib
 
 
@@ -47,6 +48,8 @@ def describe(result: CellResult) -> str:
         lines.append(f"  breakdown   {parts}")
     if result.host_peak_rss_bytes:
         lines.append(f"  host RSS    {format_gib(result.host_peak_rss_bytes, 2)} peak")
+    if result.stability:
+        lines.append(f"  timing      {result.stability}: {result.stability_reason}")
     return "\n".join(lines)
 
 
@@ -66,8 +69,13 @@ def flops_text(result: CellResult) -> str:
         parts.append(f"{result.achieved_tflops:.3g} TFLOP/s achieved")
     if result.mfu is not None:
         parts.append(
-            f"MFU {result.mfu:.1%} of {result.peak_tflops:.3g} TFLOP/s "
+            f"MFU {significant(result.mfu * 100)}% of {result.peak_tflops:.3g} TFLOP/s "
             f"({result.peak_source}, {result.peak_precision})"
+            + (
+                f", on a shared CPU (others used {result.cpu_others:.0%} of it)"
+                if shared_cpu(result)
+                else ""
+            )
         )
     return ", ".join(parts)
 
@@ -86,8 +94,23 @@ def cell_line(index: int, total: int, result: CellResult, wall_s: float, host: b
     if result.peak_allocated_bytes is not None:
         parts.append(f"peak {format_gib(result.peak_allocated_bytes)}")
     if result.mfu is not None:
-        parts.append(f"MFU {result.mfu:.1%}")
+        parts.append(f"MFU {significant(result.mfu * 100)}%{shared_mark(result)}")
+    if is_unstable(result):
+        parts.append(f"unstable: {result.stability_reason}")
     return f"{head} ({wall_s:.1f} s): {', '.join(parts)}"
+
+
+def shared_cpu(result: CellResult) -> bool:
+    """Whether a CPU cell's timed steps shared the machine (other processes' CPU time past
+    ``stability.OTHERS_THRESHOLD``): its MFU, and the calibrated peak behind it, moved with
+    the load."""
+    others = result.cpu_others
+    return result.device.startswith("cpu") and others is not None and others >= OTHERS_THRESHOLD
+
+
+def shared_mark(result: CellResult) -> str:
+    """'*' after the MFU of a cell measured on a shared CPU (``shared_cpu``)."""
+    return "*" if result.mfu is not None and shared_cpu(result) else ""
 
 
 class EstimatesBar:
@@ -138,10 +161,13 @@ def summary_table(results: list[CellResult], title: str) -> Table:
     # image sweep's table is as it always was.
     tokens = any(result.cell.takes_tokens for result in results)
     for name in ("method", "arch", "input" if tokens else "res", "batch", "tooling", "status"):
-        table.add_column(name)
+        # what tells cells apart is never cut to fit ('plain-…' was plain-net and plain-stack)
+        longest = max((len(_identity(result, name)) for result in results), default=0)
+        table.add_column(name, min_width=max(len(name), longest), overflow="fold")
     rates = ("samples/s", "tokens/s") if tokens else ("imgs/s",)
-    for name in ("median ms", *rates, "peak GiB", "GFLOP/step", "MFU"):
-        table.add_column(name, justify="right")
+    for name in ("median ms", *rates, "peak", "GFLOP/step", "MFU"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("timing", no_wrap=True)
     for result in results:
         cell, median, imgs = result.cell, result.summary_stats()["median"], result.imgs_per_s
         peak, flops, mfu = result.peak_allocated_bytes, result.flops_per_step, result.mfu
@@ -152,17 +178,63 @@ def summary_table(results: list[CellResult], title: str) -> Table:
         table.add_row(
             cell.method,
             cell.arch,
-            (f"s{cell.seq}" if cell.takes_tokens else f"r{cell.res}") if tokens else str(cell.res),
+            _identity(result, "input" if tokens else "res"),
             str(cell.batch),
             " ".join(tooling_parts(cell)) or "-",
             result.status,
             "-" if median is None else f"{median:.1f}",
             *shown_rates,
-            "-" if peak is None else f"{peak / 2**30:.3f}",
-            "-" if flops is None else f"{flops / 1e9:,.1f}",
-            "-" if mfu is None else f"{mfu:.1%}",
+            format_gib(peak),
+            "-" if flops is None else significant(flops / 1e9),
+            "-" if mfu is None else f"{significant(mfu * 100)}%{shared_mark(result)}",
+            result.stability or "-",
         )
+    unstable = [r for r in results if is_unstable(r)]
+    shared = [r for r in results if shared_mark(r)]
+    notes = []
+    if unstable:
+        notes.append(
+            f"{len(unstable)} cell(s) unstable (timing: their medians may be noise), e.g. "
+            f"{unstable[0].cell.cell_id}: {unstable[0].stability_reason}"
+        )
+    if shared:
+        worst = max(r.cpu_others for r in shared)
+        notes.append(
+            f"* MFU on a shared CPU: other processes used up to {worst:.0%} of it during the "
+            "timed steps, and the peak it is held against was calibrated on the same CPU"
+        )
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
+
+
+def significant(value: float) -> str:
+    """Three significant digits, as a column of figures of any size needs them ('1,470',
+    '12.3', '0.0123'), never '0.0' for a small one."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """Print ``table`` at its natural width where the console is narrower (a pipe, a log): a
+    table squeezed to fit cuts the figures and names it shows."""
+    needed = Console(width=10_000).measure(table).maximum  # unconstrained: its natural width
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _identity(result: CellResult, column: str) -> str:
+    """A summary row's text in one of the columns that name the cell."""
+    cell = result.cell
+    if column == "tooling":
+        return " ".join(tooling_parts(cell)) or "-"
+    if column == "input":  # a sweep with token cells: each cell's input, r32 or s1024
+        return f"s{cell.seq}" if cell.takes_tokens else f"r{cell.res}"
+    return str(result.status if column == "status" else getattr(cell, column))
 
 
 def tooling_parts(cell) -> list[str]:

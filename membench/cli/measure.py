@@ -7,8 +7,9 @@ from rich.console import Console
 
 from ..config import build_config
 from ..errors import INTERRUPTED, InputError, Terminated
+from ..schema import MEASURED_STATUSES
 from .common import comma_list, fail, out_folder, reports_input_errors, warn
-from .display import default_out_dir, describe, summary_table
+from .display import default_out_dir, describe, print_whole, summary_table
 from .options import setting_options
 
 
@@ -31,7 +32,7 @@ def sweep(
 ) -> None:
     """Measure every cell of the grid (arch x res x batch x method x ...); resumes an interrupted
     sweep in --out."""
-    profiles = comma_list(profile)
+    profiles = comma_list(profile, "--profile")
     config = build_config(profiles, **settings)
     out = default_out_dir(profiles) if out is None else out_folder(out)
     if out.exists() and not out.is_dir():
@@ -74,8 +75,31 @@ def sweep(
         if options.estimate
         else f"on {progress.device} ({progress.device_name})"
     )
-    console.print(summary_table(rows, f"{len(rows)} cell(s) {where}"))
+    print_whole(console, summary_table(rows, f"{len(rows)} cell(s) {where}"))
     typer.echo(f"membench: results in {out}")
+    if options.timeline:
+        _say_which_have_no_timeline(out, rows)
+
+
+def _say_which_have_no_timeline(out, rows) -> None:
+    """--timeline records a step only for the cells a sweep runs: say so when cells finished
+    earlier have none, and what records them."""
+    import pandas as pd
+
+    from ..timeline.files import read_timelines, timelines_of
+
+    measured = [r for r in rows if r.status in MEASURED_STATUSES]
+    if not measured:
+        return
+    frame = pd.DataFrame([r.row() for r in measured])
+    missing = len(measured) - len(timelines_of(frame, read_timelines(out)))
+    if missing:
+        warn(
+            f"{missing} of {len(measured)} cell(s) have no recorded step: they finished in an "
+            "earlier sweep, and --timeline records one only for the cells it runs; add --redo "
+            "to run them again with one (then `membench timeline "
+            f"{out}`)"
+        )
 
 
 @reports_input_errors

@@ -14,6 +14,7 @@ from ..planning.device_total import TERM_LABELS
 from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
 from ..units import format_gib
+from ..validate import arch_at, axis, option_applies
 from .common import fail, reports_input_errors
 from .display import EstimatesBar, tooling_parts
 from .options import setting_options
@@ -159,8 +160,8 @@ def fit(
     )
     if not methods:
         raise ConfigError("--method needs at least one value")
-    if micro_batch is not None and not any(splits_batch(m) for m in methods):
-        fail("--micro-batch applies only to methods that split the batch (bp-accum, ff-pipelined)")
+    if micro_batch is not None:  # refused as a sweep refuses it where no method takes it
+        option_applies({"micro_batch": (micro_batch,)}, {m: _runner(m) for m in methods})
     for name in methods:  # every input error before the first (slow) estimate
         check_fit_input(
             name,
@@ -176,7 +177,7 @@ def fit(
 
     shape = f"{res}x{res}" if res is not None else f"seq {cell_settings['seq']}"
     typer.echo(
-        f"membench fit: {arch} at {shape}, K={classes}, budget {budget / 2**30:.3f} GiB "
+        f"membench fit: {arch} at {shape}, K={classes}, budget {format_gib(budget)} "
         f"({device_kind} estimate, max batch {max_batch}), judged by "
         f"{judged_text(judged_by, card.name)}"
     )
@@ -245,7 +246,7 @@ def _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_setti
     )
     fit_by = _one(settings, "fit_by") if device_kind == "cuda" else "allocated"
     typer.echo(
-        f"membench fit: {arch} at batch {batch}, budget {budget / 2**30:.3f} GiB "
+        f"membench fit: {arch} at batch {batch}, budget {format_gib(budget)} "
         f"({device_kind} estimate): the longest sequence, judged by "
         f"{judged_text(fit_by, card.name)}"
     )
@@ -276,6 +277,16 @@ def _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_setti
             beyond += f" (decided by {TERM_LABELS[result.next_term]})"
         longest = "none" if result.seq is None else str(result.seq)
         typer.echo(f"{name:14s} {longest:>12s} {format_gib(result.peak_bytes):>12s}   {beyond}")
+
+
+def _runner(method: str):
+    """The method's runner class; ConfigError naming the valid methods for an unknown one."""
+    from ..runners import UnknownMethodError, get_runner
+
+    try:
+        return get_runner(method)
+    except UnknownMethodError as err:
+        raise ConfigError(str(err)) from None
 
 
 def configuration(cell) -> str:
@@ -385,6 +396,9 @@ def plan_command(
         fail("--link-gbps must be positive and --top at least 1")
     from ..planning.device_profiles import device_profile_of
 
+    precisions = axis("precision", settings.get("precision", "fp32,bf16"))
+    token = {"seq": seq, "objective": objective} if seq is not None else {}
+    arch_at(arch, res, **token)  # every input refused before the header, as sweep refuses it
     card, fit_by = device_profile_of(card_of(gpu, settings)), _one(settings, "fit_by")
     shape = f"{res}x{res}" if seq is None else f"seq {seq}"
     typer.echo(
@@ -396,10 +410,6 @@ def plan_command(
         "bound: step time >= FLOPs / the GPU's datasheet peak at the cell's precision + "
         "host<->device bytes / the link; no real step reaches it"
     )
-    precisions = SETTING_BY_KEY["precision"].parse_axis(
-        settings.get("precision", "fp32,bf16"), "--precision"
-    )
-    token = {"seq": seq, "objective": objective} if seq is not None else {}
     with EstimatesBar("configurations estimated") as bar:
         result = plan(
             arch,

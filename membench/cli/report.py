@@ -47,7 +47,7 @@ def report(
     ),
 ) -> None:
     """Write a Markdown report with frontier, batch and breakdown figures for the given results."""
-    budgets = [memory_size(text, "--budget") for text in comma_list(budget)]
+    budgets = [memory_size(text, "--budget") for text in comma_list(budget, "--budget")]
     bound = None
     if gpu is not None:
         from ..measure.flops import gpu_peaks, resolve_gpu

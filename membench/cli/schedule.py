@@ -8,6 +8,7 @@ import typer
 
 from ..config import SETTING_BY_KEY
 from ..settings import ConfigError
+from ..validate import arch_at
 from .common import fail, reports_input_errors
 from .options import setting_options
 
@@ -64,7 +65,7 @@ def schedule(
 ) -> None:
     """Model the step time of GPipe, 1F1B and DTG-FF's forward-only pipeline on N devices from
     one device's per-layer forward and backward costs (a model, not a measurement)."""
-    from ..archs import ArchError, conv_stack_spec, validate_arch
+    from ..archs import ArchError, conv_stack_spec
     from ..multidevice.schedule_model import pipeline_times
     from ..planning.layer_costs import SOURCES, layer_costs
 
@@ -75,8 +76,8 @@ def schedule(
     devices = SETTING_BY_KEY["devices"].parse_axis(settings.get("devices", "2,4,8"), "--devices")
     if source not in SOURCES:
         fail(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
+    arch_at(arch, res)
     try:
-        validate_arch(arch, res)
         depth = conv_stack_spec(arch).depth
     except ArchError as err:
         raise ConfigError(str(err)) from None

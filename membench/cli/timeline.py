@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..schema import CATEGORIES
 from ..timeline.events import Timeline, TimelinePeak, find_peak, timeline_rows, where
-from .common import fail, reports_input_errors
+from .common import fail, reports_input_errors, warn
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,20 +117,27 @@ def phase_table(rows: pd.DataFrame) -> Table:
 def _recorded(folder: Path) -> list[tuple[Mapping, pd.DataFrame]]:
     """(cells.csv row, its timeline rows) of the latest run of every cell with a timeline."""
     from ..results import read_cells  # pandas: only when a timeline is read
-    from ..timeline.files import TIMELINE_FILE, read_timelines, timelines_of
+    from ..timeline.files import TIMELINE_FILE, cut_timelines, read_timelines, timelines_of
 
     cells = read_cells(folder, strict=False)
     if not (Path(folder) / TIMELINE_FILE).exists():
         fail(
-            f"no {TIMELINE_FILE} in {folder}: sweep it with --timeline (--redo for cells "
-            "already finished)"
+            f"no {TIMELINE_FILE} in {folder}: its {len(cells)} cell row(s) recorded no step; "
+            "rerun its sweep with --timeline --redo (--timeline alone records only the cells "
+            "it runs)"
         )
     cells = cells.drop_duplicates(["cell_id", "device"], keep="last")
-    found = timelines_of(cells, read_timelines(folder))
+    timelines = read_timelines(folder)
+    found, cut = timelines_of(cells, timelines), cut_timelines(cells, timelines)
+    if cut:  # never shown as a whole step
+        warn(
+            f"{folder / TIMELINE_FILE} is incomplete (cut short?); left out: {'; '.join(cut)} "
+            "(rerun those cells with --timeline --redo)"
+        )
     if not found:
         fail(
-            f"the timelines in {folder / TIMELINE_FILE} belong to no run in its cells.csv "
-            "(rerun the cells with --timeline --redo)"
+            f"no whole recorded step in {folder / TIMELINE_FILE} belongs to a run in its "
+            "cells.csv (rerun the cells with --timeline --redo)"
         )
     return [(cells.loc[label], rows) for label, rows in found.items()]
 

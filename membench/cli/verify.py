@@ -44,7 +44,7 @@ def verify_command(
     ),
 ) -> None:
     """Check gradients, first-step FF losses and learning for each runner; exit 1 on any failure."""
-    methods = comma_list([method]) if method is not None else available_methods()
+    methods = comma_list([method], "--method") if method is not None else available_methods()
     if not methods:
         fail(f"--method names no method; valid: {', '.join(available_methods())}")
     from ..archs import ArchError, validate_arch
@@ -60,7 +60,7 @@ def verify_command(
             get_runner(name).check_input(setup.cell(name))
     except (ArchError, RunnerConfigError) as err:
         fail(str(err))
-    precisions = tuple(comma_list([precision]))
+    precisions = tuple(comma_list([precision], "--precision"))
     for name in precisions:
         if name not in PRECISIONS_CHECKED:
             fail(f"--precision takes {', '.join(PRECISIONS_CHECKED)}, got {name!r}")

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 
 from ..measure.cuda_env import apply_alloc_conf, with_alloc_conf
 from ..measure.peaks import PeakSpec
-from ..schema import ERROR, OK, TIMEOUT, Cell, CellResult
+from ..schema import ERROR, MEASURED_STATUSES, OK, TIMEOUT, Cell, CellResult
+from ..stability import combine_rounds
 from .worker import IsolatedWorker, Target, WorkerStartError, open_target
 
 # Called as each cell starts running: (index in the list given to run, the cell).
@@ -140,7 +141,21 @@ class LocalExecutor(Executor):
             yield index, result, time.perf_counter() - start
 
     def run_one(self, cell: Cell) -> CellResult:
-        """Run one cell (its worker started if there is none); a failure is a row."""
+        """Run one cell (its worker started if there is none; a failure is a row): with
+        ``rounds`` R > 1, R rounds, each in a fresh worker (a new process: its own placement,
+        allocator and clock), combined (``combine_rounds``); the timeout bounds each round."""
+        if cell.rounds == 1:
+            return self._run_round(cell)
+        results = []
+        for _ in range(cell.rounds):
+            if self.local is None:
+                self.close()
+            results.append(self._run_round(cell))
+            if results[-1].status not in MEASURED_STATUSES:
+                break
+        return combine_rounds(results)
+
+    def _run_round(self, cell: Cell) -> CellResult:
         if self.local is not None:
             return self.local(cell)
         measuring = self.target.estimate_kind is None

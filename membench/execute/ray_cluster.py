@@ -37,7 +37,8 @@ from ..envinfo import cluster_env
 from ..errors import InputError, one_line
 from ..measure.cuda_env import with_alloc_conf
 from ..measure.peaks import PeakSpec
-from ..schema import ERROR, TIMEOUT, Cell, CellResult, parse_device
+from ..schema import ERROR, MEASURED_STATUSES, TIMEOUT, Cell, CellResult, parse_device
+from ..stability import combine_rounds
 from .local import CellStarted, Executor, Placement, SweepError
 from .worker import IsolatedWorker, Target, WorkerStartError, failed_result, now
 
@@ -177,9 +178,18 @@ def run_cell_task(cell: Cell, setup: TaskSetup) -> Iterator[Started | WorkerFail
     try:
         yield Started(node_id, socket.gethostname(), now())
         # The sweep process enforces the timeout (it cancels this task), so none here.
-        yield worker.run(cell, None)
+        results = [worker.run(cell, None)]
     finally:
         worker.close()
+    for _ in range(cell.rounds - 1):  # each further round in a fresh worker, as locally
+        if results[-1].status not in MEASURED_STATUSES:
+            break
+        worker = _start_worker(setup, setup.peaks.get(node_id), collect_env_info=False)
+        try:
+            results.append(worker.run(cell, None))
+        finally:
+            worker.close()
+    yield combine_rounds(results)
 
 
 def ray_reason(err: BaseException) -> str:
@@ -230,6 +240,7 @@ def plan_cluster(nodes: list[dict], kind: str, cpus_per_cell: int | None) -> Clu
     alive = [node for node in nodes if node.get("Alive")]
     gpus = {node["NodeID"]: int(node["Resources"].get("GPU", 0)) for node in alive}
     cpus = {node["NodeID"]: int(node["Resources"].get("CPU", 0)) for node in alive}
+    asked = kind
     if kind == "auto":
         kind = "cuda" if any(gpus.values()) else "cpu"
     if kind == "cuda" and not any(gpus.values()):
@@ -259,6 +270,12 @@ def plan_cluster(nodes: list[dict], kind: str, cpus_per_cell: int | None) -> Clu
         f"Ray: {len(fit)} node(s) ({shown}) run up to {slots} cell(s) at a time, each with "
         f"{'one GPU and ' if kind == 'cuda' else ''}{need} CPU(s)"
     ]
+    if asked == "auto" and kind == "cpu":  # never a silent CPU measurement of a GPU grid
+        notes.append(
+            "--device auto: the Ray cluster has no GPU, so its cells are measured on the CPU "
+            "(cpu rows, CPU timing); pass --device cpu to mean it, or --ray-address a cluster "
+            "with GPUs"
+        )
     if len(able) > len(fit):
         notes.append(
             f"{len(able) - len(fit)} smaller node(s) of the cluster run no cell: a cell "
@@ -467,7 +484,7 @@ class RayExecutor(Executor):
 
     def _wait_s(self) -> float:
         deadlines = [
-            flight.started + self.timeout_s
+            flight.started + self.timeout_s * flight.cell.rounds
             for flight in self.flights.values()
             if flight.started is not None and self.timeout_s is not None
         ]
@@ -496,7 +513,10 @@ class RayExecutor(Executor):
         if self.timeout_s is None:
             return
         for generator, flight in list(self.flights.items()):
-            late = flight.started is not None and flight.wall_s() >= self.timeout_s
+            late = (
+                flight.started is not None
+                and flight.wall_s() >= self.timeout_s * flight.cell.rounds  # each round's
+            )
             if not late or self.ray.wait([generator], timeout=0)[0]:
                 continue  # not late, or its answer is in: the next round reads it
             self.ray.cancel(generator, force=True)

@@ -33,9 +33,10 @@ any device model the cluster holds counts. Rerunning the same sweep skips finish
 each at the moment its new row exists and in one transaction with its steps, so an interrupted
 redo keeps every row it has not replaced yet (``membench.resume.replace_result``).
 Before running, ``steps.csv`` rows that belong to no row of ``cells.csv`` (a sweep killed between
-the two appends) are removed, so a rerun cell never has its steps twice. Estimates are cheap and
-deterministic, so they are always recomputed, replacing earlier estimate rows of the same cells
-for the same device kind.
+the two appends) are removed, so a rerun cell never has its steps twice. Estimates resume the
+same way (an estimate row counts as finished for estimates of the same device kind, never for a
+measurement): a grid of hundreds of estimates interrupted half-way goes on where it stopped, and
+``redo=True`` recomputes them (after an upgrade of membench or torch).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from ..config import ConfigError, SweepConfig, SweepOptions
 from ..multidevice.rows import append_ranks
-from ..results import append_result, write_env
+from ..results import append_result, read_rows, write_env
 from ..resume import (
     cell_key,
     latest_rows,
@@ -54,7 +55,7 @@ from ..resume import (
     results_lock,
     row_key,
 )
-from ..schema import ENV_FILE, Cell, CellResult, is_estimate_row
+from ..schema import CELLS_FILE, ENV_FILE, Cell, CellResult, is_estimate_row
 from ..timeline.files import write_timeline
 from .local import Executor, LocalExecutor, ParallelExecutor, Placement, SweepError, default_jobs
 from .worker import Target
@@ -143,10 +144,10 @@ def run_cells(
 
     ``isolation="process"`` runs cells in worker processes (see the module docstring);
     ``"none"`` runs them here, for debugging, and cannot enforce a timeout. Cells already in
-    ``cells.csv`` for this device and device model are skipped unless ``redo``. Estimates are
-    always recomputed, replacing earlier estimates of the same cells for the same kind (a
-    ``cuda (estimate)`` row survives a ``cpu`` estimate), and ``env.json`` is written for them
-    only where the folder has none, so an estimate never replaces a measured run's provenance.
+    ``cells.csv`` for this device and device model are skipped unless ``redo``; so are
+    estimates of the same kind (a ``cuda (estimate)`` row is no ``cpu`` estimate), and
+    ``env.json`` is written for them only where the folder has none, so an estimate never
+    replaces a measured run's provenance.
     ``executor="ray"`` runs the cells as Ray tasks, several at once. Raises ResultsError (or
     SweepLockedError) for a folder it cannot use, SweepError when no worker can start.
     """
@@ -194,9 +195,7 @@ def run_cells(
             options.timeout_s,
             methods,
         )
-    return _sweep(
-        cells, runner, out_dir, progress, redo=redo or options.estimate, estimates=options.estimate
-    )
+    return _sweep(cells, runner, out_dir, progress, redo=redo, estimates=options.estimate)
 
 
 def _sweep(
@@ -220,7 +219,7 @@ def _sweep(
             _check_precisions(cells, placement)
             for name in placement.device_names:
                 progress.device_ready(placement.device, name)
-            for note in placement.notes:
+            for note in (*placement.notes, *_mixing_notes(out_dir, placement, estimates)):
                 progress.note(note)
             todo = _unfinished(cells, placement, out_dir, redo, estimates)
             progress.sweep_started(len(cells), len(todo), out_dir)
@@ -244,6 +243,20 @@ def _sweep(
     ordered = [results[index] for index in sorted(results)]
     progress.sweep_finished(ordered)
     return ordered
+
+
+def _mixing_notes(out_dir: Path, placement: Placement, estimates: bool) -> list[str]:
+    """A note when measured rows go into a folder of estimates (or the other way round): both
+    kinds stay apart in every reader, but the user should know the folder now holds both."""
+    other = [row for row in read_rows(out_dir / CELLS_FILE)[1] if is_estimate_row(row) != estimates]
+    if not other:
+        return []
+    devices = ", ".join(sorted({str(row.get("device")) for row in other}))
+    these = "estimates" if estimates else f"measurements on {placement.device}"
+    return [
+        f"{out_dir} holds {len(other)} {'measured' if estimates else 'estimated'} row(s) "
+        f"({devices}); these {these} go beside them (readers keep the two apart)"
+    ]
 
 
 def _check_precisions(cells: list[Cell], placement: Placement) -> None:

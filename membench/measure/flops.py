@@ -196,7 +196,32 @@ def device_peak_spec(
         return PeakSpec(user_tflops, USER, precision)
     if kind == "cuda":
         return gpu_peak_spec(device_name, precision)
-    return cpu_peak(precision)
+    return shared_cpu_note(cpu_peak)(precision)
+
+
+def shared_cpu_note(calibrate):
+    """``calibrate`` (a CPU's peak for a precision), watched: a peak calibrated while other
+    processes used the CPU is too low, and every MFU held against it too high; its note says
+    so (the sweep prints it once)."""
+
+    def watched(precision: str) -> PeakSpec:
+        from dataclasses import replace
+
+        from ..stability import OTHERS_THRESHOLD
+        from .machine_load import LoadWindow
+
+        window = LoadWindow.start()
+        peak = calibrate(precision)
+        others = window.stop().cpu_others
+        if peak.tflops is None or others is None or others < OTHERS_THRESHOLD:
+            return peak
+        note = (
+            f"the CPU's {precision} peak ({peak.tflops:.3g} TFLOP/s) was calibrated while "
+            f"other processes used {others:.0%} of the CPU: it is low, and MFU against it high"
+        )
+        return replace(peak, note="; ".join(filter(None, [peak.note, note])))
+
+    return watched
 
 
 def apply_peak(result: CellResult, peak: PeakSpec | None) -> None:
@@ -234,17 +259,24 @@ def gpu_peaks(name: str) -> dict[str, PeakSpec]:
 
 def resolve_gpu(ref: str) -> tuple[str, PeakSpec]:
     """The GPU a name or a device profile (its ``gpu`` key) stands for, with its datasheet peak
-    at the precision an fp32 conv net runs at; InputError naming the choices otherwise."""
+    at the precision an fp32 conv net runs at: the table's name, or the one GPU a partial name
+    ('4090') can mean; InputError naming the candidates of an ambiguous one ('H100') and the
+    choices of an unknown one. Every command that takes --gpu reads it here."""
     from ..errors import InputError
     from ..profiles import ProfileError, load_profile
-    from .peaks import known_gpus
+    from .peaks import gpu_candidates, known_gpus
 
     name = ref
     if gpu_peak(ref) is None:
         try:
             name = str(load_profile(ref).settings.get("gpu") or ref)
         except ProfileError:
-            pass
+            candidates = gpu_candidates(ref)
+            if len(candidates) > 1:
+                raise InputError(
+                    f"GPU {ref!r} is ambiguous: it could be {', '.join(candidates)}; name one"
+                ) from None
+            name = candidates[0] if candidates else ref
     spec = gpu_peak_spec(name, cuda_precision())
     if spec.tflops is None:
         raise InputError(

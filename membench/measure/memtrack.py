@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..runners.host_memory import is_host_allocation, is_host_storage, tensor_storage
 from ..schema import CATEGORIES, MemoryBreakdown
+from ..units import format_gib
 
 # (action, storage key, bytes, category): action is "alloc", "free" or "category" (a live
 # storage named anew, e.g. an activation that became a parameter's gradient).
@@ -144,8 +145,8 @@ class TensorMemoryTracker(TorchDispatchMode):
             state.peak_allocations = [a for a, _ in self._live.values()]
         if self.budget_bytes is not None and state.current_bytes > self.budget_bytes:
             raise MemoryBudgetExceeded(
-                f"tracked tensors need {state.current_bytes / 2**30:.3f} GiB, past the "
-                f"{self.budget_bytes / 2**30:.3f} GiB device budget"
+                f"tracked tensors need {format_gib(state.current_bytes)}, past the "
+                f"{format_gib(self.budget_bytes)} device budget"
             )
 
     def _free(self, key: int) -> None:

@@ -268,6 +268,13 @@ def gpu_peak(name: str) -> GpuPeak | None:
     return GPU_PEAKS[canonical] if canonical is not None else None
 
 
+def gpu_candidates(name: str) -> list[str]:
+    """The table's GPUs a partial name could mean, as ``gpu_peak`` compares names ('H100' ->
+    the three H100 boards, '4090' -> the RTX 4090), sorted; [] for an empty name."""
+    key = _loose(name)
+    return sorted(known for known in GPU_PEAKS if key and key in _loose(known))
+
+
 def known_gpus() -> list[str]:
     """The GPU names the table knows, as CUDA reports them, sorted."""
     return sorted(GPU_PEAKS)

@@ -18,6 +18,8 @@ count, the memory pass and timing are written once (docs/measurement.md, "Measur
    estimate builds one runner and runs no step beyond its own.
 4. The timed pass: ``steps`` steps, each timed by the device (CUDA events, ``perf_counter``); on
    CUDA the allocator's peaks are reset before and read after it. An estimate has no time.
+   Around it, what else ran on the machine (``machine_load``); after it, the verdict on how
+   far the times can be trusted (``membench.stability.judge``).
 5. Only with ``timeline=True``: one more step, its memory recorded over time by the device
    (``Device.record_timeline``; docs/timeline.md).
 
@@ -41,8 +43,10 @@ from .. import __version__
 from ..errors import one_line
 from ..runners import Runner, get_runner
 from ..schema import ERROR, OOM, Cell, CellResult
+from ..stability import judge
 from .devices import Device
 from .flops import FlopTally, apply_peak, step_flops
+from .machine_load import LoadWindow
 from .memtrack import TensorMemoryTracker, optimizer_state_tensors
 from .peaks import PeakSpec
 
@@ -358,6 +362,7 @@ def run_cell(
     if count_flops and result.flops_per_step is None:  # step 3: no memory pass counted them
         result.flops_per_step = _counted_flops(cell)
     apply_peak(result, peak)  # MFU never above 1 (docs/measurement.md, "FLOPs and MFU")
+    judge(result)  # its spread and what ran beside it: stable or not, and why
     result.wall_s = time.perf_counter() - start
     return result
 
@@ -379,7 +384,9 @@ def _measure(
     device.reset_host_peak()
     measure_memory(prepared, result, *memory)
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
+    window = LoadWindow.start()  # what else runs on the machine meanwhile
     result.step_ms = timer(prepared.step, cell.steps)
+    window.stop().record(result)
     device.record_peaks(result)
     device.record_device_terms(prepared, result)  # what the card must hold (device-total.md)
     result.offloaded_bytes = prepared.runner.offloaded_peak_bytes

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from multiprocessing.connection import wait
 
 import torch
@@ -41,7 +42,9 @@ from torch.multiprocessing.spawn import ProcessException
 
 from ..errors import error_text
 from ..execute.children import exit_text, start_child, without_main_module
+from ..measure.flops import apply_peak
 from ..schema import ERROR, Cell, CellResult, DeviceSpecError, parse_device
+from ..stability import judge
 from .rows import RankEnd, combine_ranks, measured, rank_failure
 
 LOOPBACK = "127.0.0.1"  # ranks meet on this machine only
@@ -253,6 +256,14 @@ def gpu_shortage(kind: str, first_index: int, devices: int) -> str | None:
     return None
 
 
+def cell_peak(peak, devices: int, kind: str):
+    """The peak a cell on ``devices`` ranks is held against, from one device's: N GPUs are N
+    peaks; N ranks on one CPU share its cores, whose peak the calibration measured with all of
+    them (the ranks split its threads), so one. A 2-rank DDP cell on 2 cores was held against
+    twice the CPU's, and past the check that keeps MFU at or below 100 % (``apply_peak``)."""
+    return replace(peak, tflops=peak.tflops * (devices if kind == "cuda" else 1))
+
+
 def run_multi_device(
     cell: Cell, device: str, device_name: str, peak=None, timeout_s: float | None = None
 ) -> CellResult:
@@ -288,8 +299,8 @@ def run_multi_device(
             result.flops_per_step = count
         row = combine_ranks(results)
         if peak is not None and peak.tflops is not None:
-            row.peak_tflops = peak.tflops * cell.devices  # the cell's N devices together
-            row.peak_precision, row.peak_source = peak.precision, peak.source
+            apply_peak(row, cell_peak(peak, cell.devices, kind))
+        judge(row)
         return row
     status, error = rank_failure(ends)
     row = new_result(cell, device, device_name, status=status, error=error)
@@ -297,4 +308,4 @@ def run_multi_device(
     return row
 
 
-__all__ = ["gpu_shortage", "launch_ranks", "run_multi_device"]
+__all__ = ["cell_peak", "gpu_shortage", "launch_ranks", "run_multi_device"]

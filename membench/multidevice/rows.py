@@ -97,7 +97,23 @@ def combine_ranks(results: Sequence[CellResult]) -> CellResult:
     row.idle_fraction = statistics.fmean(idle) if idle else None
     if all(r.step_ms for r in results):
         row.step_ms = [max(times) for times in zip(*(r.step_ms for r in results))]
+    _machine_load(row, results)
     return row
+
+
+def _machine_load(row: CellResult, results: Sequence[CellResult]) -> None:
+    """The cell's share of the machine's CPU is its ranks' together; what each rank saw others
+    use includes the other ranks, which are the cell's own: taken out, then averaged."""
+    shares = [r.cpu_self for r in results]
+    if any(share is None for share in shares) or any(r.cpu_others is None for r in results):
+        return
+    total = sum(shares)
+    row.cpu_self = min(1.0, total)
+    row.cpu_others = statistics.fmean(
+        max(0.0, r.cpu_others - (total - r.cpu_self)) for r in results
+    )
+    loads = [r.load_average for r in results if r.load_average is not None]
+    row.load_average = statistics.fmean(loads) if loads else None
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ def fit_batch(
 
     search = _BatchSearch(lambda k: estimate(cell_for(k)), budget_bytes, method, unit, fit_by)
     lo, hi = search.bracket(_first_runnable(search.peak, max_k), max_k)
-    lo, hi = search.narrow(lo, hi)
+    if lo:  # else the first runnable batch does not fit, and nothing below it can run
+        lo, hi = search.narrow(lo, hi)
     best = cell_for(lo) if lo else None
     return FitResult(
         method=method,

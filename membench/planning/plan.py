@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..config import SETTING_BY_KEY, ConfigError, expand_grid
 from ..measure.flops import gpu_peaks
 from ..schema import ESTIMATED, Cell, CellResult
+from ..validate import arch_at
 from .device_profiles import device_profile_of
 from .device_total import deciding_term, judged_bytes
 from .parallel import Progress, estimate_cells
@@ -230,6 +231,7 @@ def plan(
     finishes. ConfigError for bad input. ``token``: a token model's ``seq`` and ``objective``."""
     if budget_bytes <= 0 or link_gbps <= 0:
         raise ConfigError("plan needs a positive --device-mem and --link-gbps")
+    arch_at(arch, res, **token)  # refused as a sweep refuses it, not "no configuration fits"
     peaks = {precision: spec.tflops for precision, spec in gpu_peaks(gpu).items()}
     cells = candidate_cells(arch, res, batch, classes, precisions, **token)
     profile = device_profile_of(profile)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..units import GIB, format_size
+from .frontier import spread_bars
 from .layout import Budget, budgets_for, oom_position, series
 from .style import (
     BUDGET_COLOR,
@@ -43,6 +44,7 @@ def _draw_measured(ax_mem, ax_thr, ok: pd.DataFrame, colors: dict[str, str]) -> 
             label=label,
             gid=f"throughput:{label}",
         )
+        spread_bars(ax_thr, timed["batch"], timed, colors[method], f"spread:{label}")
 
 
 def _draw_estimated(ax_mem, estimated: pd.DataFrame, colors: dict[str, str], handles: list) -> None:

@@ -112,11 +112,35 @@ def _draw_measured(ax, ok: pd.DataFrame, colors: dict[str, str]) -> list[Labelle
             gid=f"measured:{label}",
             zorder=3,
         )
+        spread_bars(ax, rows["peak_gib"], rows, colors[method], f"spread:{label}")
         labels += [
             (x, y, batch_label(r), colors[method])
             for x, y, (_, r) in zip(rows["peak_gib"], rows["imgs_per_s"], rows.iterrows())
         ]
     return labels
+
+
+def spread_bars(ax, x, rows: pd.DataFrame, color: str, gid: str) -> None:
+    """Error bars from imgs/s at the slow to the fast tenth of each point's steps (a median
+    alone hides how far its steps spread); nothing where no step times were recorded."""
+    has = rows["imgs_p10"].notna() & rows["imgs_p90"].notna()
+    if not has.any():
+        return
+    y = rows.loc[has, "imgs_per_s"]
+    low, high = rows.loc[has, "imgs_p10"], rows.loc[has, "imgs_p90"]
+    ax.errorbar(
+        x[has],
+        y,
+        yerr=[(y - low).clip(lower=0), (high - y).clip(lower=0)],
+        fmt="none",
+        ecolor=color,
+        elinewidth=1,
+        capsize=2,
+        alpha=0.6,
+        zorder=2,
+        gid=gid,
+        label=f"_{gid}",  # the container's name (a leading '_' keeps it out of the legend)
+    )
 
 
 def _draw_budgets(ax, strip, shown: list[Budget]) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..results import ResultsError, find_cells_files, read_cells
 from ..schema import ENV_FILE, ESTIMATED, OK, OOM, cuda_index, tooling_parts
+from ..stability import UNSTABLE
 from ..units import GIB
 
 # A report cannot say anything without these; beyond the identity columns, which the reader
@@ -51,6 +52,9 @@ class LoadedCells:
     sources: list[tuple[Path, int]]
     superseded: int = 0
     notes: list[str] = field(default_factory=list)
+    # (file of the rows left out, file of the later runs shown instead, how many): where the
+    # rows a report leaves out went, e.g. a committed reference run replaced by the user's own.
+    replaced: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def card_memory(cells_file: Path, device: str) -> float:
@@ -135,8 +139,10 @@ def tooling_label(row) -> str:
 
 
 def classify(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``tooling``
-    (the tooling settings not at their defaults) and ``started``.
+    """Add ``kind`` (ok, oom, estimated, failed), ``over_budget``, ``peak_gib``, ``imgs_p10``
+    and ``imgs_p90`` (imgs/s at the slow and fast tenth of the steps), ``unstable`` (the
+    timing's verdict), ``tooling`` (the tooling settings not at their defaults) and
+    ``started``.
 
     An estimate over its budget is an OOM row with the full predicted peak: still a prediction
     worth plotting (kind ``estimated``), flagged by ``over_budget``. Any other estimate without a
@@ -153,6 +159,10 @@ def classify(cells: pd.DataFrame) -> pd.DataFrame:
     cells.loc[predicted, "kind"] = "estimated"
     cells["over_budget"] = predicted & (cells["status"] == OOM)
     cells["peak_gib"] = cells["peak_allocated_bytes"] / GIB
+    # Throughput at the slow and the fast tenth of the steps: the spread a median hides.
+    cells["imgs_p10"] = cells["batch"] * 1e3 / cells["step_ms_p90"]
+    cells["imgs_p90"] = cells["batch"] * 1e3 / cells["step_ms_p10"]
+    cells["unstable"] = cells["stability"].fillna("").astype(str) == UNSTABLE
     cells["tooling"] = [tooling_label(row) for row in cells.to_dict("records")]
     cells["started"] = pd.to_datetime(
         cells["started_at"], utc=True, errors="coerce", format="ISO8601"
@@ -164,12 +174,24 @@ def keep_latest(cells: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The latest run of each repeated cell (same device, device name, cell_id, budget and
     estimate-or-not) and how many earlier rows were left out. Rows without a time count as
     oldest and, among themselves, the one read last wins; the reading order is kept."""
+    kept, replaced = _latest(cells)
+    return kept, sum(count for _, _, count in replaced)
+
+
+def _latest(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str, int]]]:
+    """``keep_latest``'s rows, and (file left out, file shown instead, rows) per pair."""
     cells = cells.assign(order=range(len(cells)), budget_key=cells["device_mem_bytes"].fillna(-1))
     cells = cells.sort_values(["started", "order"], na_position="first", kind="stable")
-    before = len(cells)
+    latest = cells.groupby(RUN_KEY, dropna=False, sort=False)["source"].transform("last")
+    dropped = cells.duplicated(RUN_KEY, keep="last")
+    pairs = pd.DataFrame({"old": cells["source"], "new": latest})[dropped]
+    replaced = [
+        (str(old), str(new), int(count))
+        for (old, new), count in pairs.value_counts(sort=False).items()
+    ]
     cells = cells.drop_duplicates(RUN_KEY, keep="last").sort_values("order")
     cells = cells.drop(columns=["budget_key", "order"]).reset_index(drop=True)
-    return cells, before - len(cells)
+    return cells, sorted(replaced)
 
 
 def load_cells(inputs: Sequence[Path]) -> LoadedCells:
@@ -182,5 +204,6 @@ def load_cells(inputs: Sequence[Path]) -> LoadedCells:
     """
     cells, sources, files = _read_all(inputs)
     cells, notes = _usable(cells, files)
-    cells, superseded = keep_latest(classify(cells))
-    return LoadedCells(cells, sources, superseded, notes)
+    cells, replaced = _latest(classify(cells))
+    superseded = sum(count for _, _, count in replaced)
+    return LoadedCells(cells, sources, superseded, notes, replaced)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from .. import __version__
+from ..durable import signals_deferred
 from ..schema import ESTIMATED, OK
-from ..timeline.figure import timeline_figures
+from ..timeline.figure import cut_timeline_notes, timeline_figures
 from ..units import format_size, slug
 from .crossover import crossover_markdown
 from .figures import ReportFigure, make_figures
@@ -23,6 +28,7 @@ from .tables import best_table, failures_table, panel_table
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
+STAGING_PREFIX = ".membench-report-"  # the new report, until it is complete
 FIGURE_ALT = {
     "frontier": "memory-throughput frontier",
     "batch": "memory and throughput against batch",
@@ -83,6 +89,20 @@ def summary_counts(rows: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def replaced_text(replaced: Sequence[tuple[str, str, int]]) -> str:
+    """Which file's rows were left out for which file's later runs: '35 of
+    `results/reference/cells.csv`, run again later in `results/quick/cells.csv`'."""
+    parts = []
+    for old, new, count in replaced:
+        where = (
+            "run again later in the same file"
+            if old == new
+            else f"run again later in `{display_path(Path(new))}`"
+        )
+        parts.append(f"{count} of `{display_path(Path(old))}`, {where}")
+    return "; ".join(parts)
+
+
 def _any_plotted(cells: pd.DataFrame) -> bool:
     return bool(cells["kind"].isin(["ok", "estimated"]).any())
 
@@ -101,7 +121,8 @@ def _preamble(loaded: LoadedCells, budgets_bytes: Sequence[int], now: dt.datetim
     if loaded.superseded:
         lines.append(
             f"Where a cell was run more than once on the same device, only its latest run "
-            f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out."
+            f"(by `started_at`) is shown: {loaded.superseded} earlier row(s) left out"
+            + (f": {replaced_text(loaded.replaced)}." if loaded.replaced else ".")
         )
     else:
         lines.append(
@@ -236,9 +257,9 @@ def build_report(
     """Write ``report.md`` and ``figures/*.png`` for every cells.csv at or under ``inputs``.
 
     ``budgets_bytes`` adds memory-budget lines to the figures. ``gpu`` (name, {cell precision:
-    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. Figures
-    of an earlier report in
-    the same folder are replaced. ``now`` is the generation time written in the report (default
+    (peak TFLOP/s, datasheet precision)}) bounds the throughput of estimates on that GPU. An
+    earlier report in the same folder is replaced once the new one is complete
+    (``write_report_folder``). ``now`` is the generation time written in the report (default
     now). Returns report.md's path. Raises ResultsError when there is nothing to report; a
     report whose every row failed is written and says so (and ``on_warning`` is told).
     """
@@ -246,11 +267,60 @@ def build_report(
     if gpu is not None:
         add_throughput_bound(loaded, *gpu)
     budgets = sorted({int(b) for b in budgets_bytes})
+    across = [(old, new, n) for old, new, n in loaded.replaced if old != new]
+    if across and on_warning:  # another folder's rows hidden by these: never without a word
+        on_warning(
+            f"{sum(n for *_, n in across)} row(s) left out for later runs of the same cells on "
+            f"the same device: {replaced_text(across)} (report the folders apart to see both)"
+        )
+    for note in cut_timeline_notes(loaded.cells):
+        loaded.notes.append(note)
+        if on_warning:
+            on_warning(note)
     figures = make_figures(loaded.cells, budgets) + timeline_figures(loaded.cells)
-    out_dir = Path(out_dir)
-    save_figures(figures, out_dir / FIGURES_DIR)
-    report = out_dir / REPORT_FILE
-    report.write_text(render_report(loaded, figures, budgets, now=now), encoding="utf-8")
+    text = render_report(loaded, figures, budgets, now=now)
+    report = write_report_folder(Path(out_dir), text, figures)
     if on_warning and not _any_plotted(loaded.cells):
         on_warning("no cell succeeded (all OOM, error or timeout); the report lists the failures")
     return report
+
+
+def write_report_folder(out_dir: Path, text: str, figures: list[ReportFigure]) -> Path:
+    """Write report.md and figures/ into ``out_dir``, replacing an earlier report only once the
+    new one is complete: it is written into a staging folder inside ``out_dir`` and swapped in
+    by two renames with Ctrl-C held (``durable.signals_deferred``), so an interrupt, an error or
+    a full disk at any point leaves the earlier report whole (its report.md never links to a
+    figure that is gone) and nothing of the new one. Other files in ``out_dir`` are kept, and
+    so are files other than PNGs in figures/. Returns report.md's path."""
+    created = [path for path in (*reversed(out_dir.parents), out_dir) if not path.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(STAGING_PREFIX + "*"):  # a staging folder a kill left
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    swapped = False
+    try:
+        save_figures(figures, staging / FIGURES_DIR)
+        (staging / REPORT_FILE).write_text(text, encoding="utf-8")
+        with signals_deferred():
+            _swap_in(staging, out_dir)
+            swapped = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not swapped:  # a report folder this call made holds nothing: it goes too
+            for path in reversed(created):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+    return out_dir / REPORT_FILE
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put the staged figures/ and report.md in place of the earlier ones (renames within one
+    folder); the earlier figures go into the staging folder, deleted after."""
+    old, new = out_dir / FIGURES_DIR, staging / FIGURES_DIR
+    if old.is_dir():
+        for kept in old.iterdir():  # not membench's figures: carried over
+            if kept.suffix != ".png" and not (new / kept.name).exists():
+                kept.rename(new / kept.name)
+        old.rename(staging / "earlier-figures")
+    new.rename(old)
+    os.replace(staging / REPORT_FILE, out_dir / REPORT_FILE)

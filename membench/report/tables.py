@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..runners import method_family
 from ..schema import ESTIMATED, OK
+from ..stability import OTHERS_THRESHOLD, UNSTABLE
 from ..units import GIB
 from .layout import batch_label
 from .markdown import Column, Table, optional
@@ -140,6 +141,8 @@ def panel_columns(
     flops: bool = False,
     mfu: bool = False,
     bound: bool = False,
+    spread: bool = False,
+    timing: bool = False,
 ) -> list[Column]:
     """The panel table's columns; micro-batch, budget, estimated peak, FLOPs and MFU only when
     present. FLOPs ÷ bp stands beside imgs/s ÷ bp: its inverse is the throughput ratio a step
@@ -161,6 +164,7 @@ def panel_columns(
         Column("peak (GiB)", lambda line: line.measured_peak, "r"),
         *optional(estimate, Column("estimated peak (GiB)", lambda line: line.estimated_peak, "r")),
         Column("imgs/s", lambda line: fmt(line.main["imgs_per_s"], ",.1f"), "r"),
+        *optional(spread, Column("imgs/s p10–p90", lambda line: _spread(line.main), "r")),
         *optional(
             bound,
             Column(
@@ -175,9 +179,37 @@ def panel_columns(
         Column("memory \u00f7 bp", lambda line: line.memory_ratio, "r"),
         *optional(flops, Column("FLOPs \u00f7 bp", lambda line: line.flops_ratio, "r")),
         Column("imgs/s \u00f7 bp", lambda line: line.throughput_ratio, "r"),
-        *optional(mfu, Column("MFU", lambda line: fmt(line.main["mfu"], ".1%"), "r")),
+        *optional(
+            mfu, Column("MFU", lambda line: fmt(line.main["mfu"], ".1%") + _shared(line), "r")
+        ),
+        *optional(timing, Column("timing", lambda line: _timing(line.main))),
         Column("memory from", lambda line: line.main["memory_source"]),
     ]
+
+
+def _spread(row: pd.Series) -> str:
+    """'90–101': imgs/s at the slow and the fast tenth of the steps."""
+    low, high = row.get("imgs_p10"), row.get("imgs_p90")
+    return "" if low is None or pd.isna(low) else f"{low:,.1f}–{high:,.1f}"
+
+
+def _timing(row: pd.Series) -> str:
+    """The timing's verdict; an unstable one with its reason."""
+    verdict = row.get("stability") or ""
+    return f"unstable: {row['stability_reason']}" if verdict == UNSTABLE else verdict
+
+
+def _shared(line: PanelLine) -> str:
+    """' (shared CPU)' after the MFU of a CPU cell others' processes shared."""
+    row = line.main
+    others = row.get("cpu_others")
+    shared = (
+        str(row["device"]).startswith("cpu")
+        and others is not None
+        and not pd.isna(others)
+        and others >= OTHERS_THRESHOLD
+    )
+    return " (shared CPU)" if shared and not pd.isna(row["mfu"]) else ""
 
 
 def panel_table(panel: pd.DataFrame) -> str:
@@ -190,6 +222,8 @@ def panel_table(panel: pd.DataFrame) -> str:
         flops=panel["flops_per_step"].notna().any(),
         mfu=panel["mfu"].notna().any(),
         bound="bound_imgs_per_s" in panel and panel["bound_imgs_per_s"].notna().any(),
+        spread=panel["imgs_p10"].notna().any(),
+        timing=panel["stability"].fillna("").astype(bool).any(),
     )
     return Table(columns, panel_lines(panel)).markdown()
 
@@ -200,10 +234,27 @@ def _best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
     the highest imgs/s bound, else the smallest predicted peak."""
     measured = rows[rows["kind"] == OK]
     if measured["imgs_per_s"].notna().any():
-        return measured.loc[measured["imgs_per_s"].idxmax()], "most imgs/s measured"
+        best = measured.loc[measured["imgs_per_s"].idxmax()]
+        return best, "most imgs/s measured" + _doubt(best, measured)
     if "bound_imgs_per_s" in rows and rows["bound_imgs_per_s"].notna().any():
         return rows.loc[rows["bound_imgs_per_s"].idxmax()], "highest imgs/s bound"
     return rows.loc[rows["peak_allocated_bytes"].idxmin()], "smallest estimated peak"
+
+
+def _doubt(best: pd.Series, measured: pd.Series) -> str:
+    """What makes a pick by median imgs/s doubtful: an unstable timing, or a rival whose
+    p10–p90 imgs/s reaches the best's median."""
+    doubts = []
+    if best.get("unstable"):
+        doubts.append(f"its timing is unstable ({best['stability_reason']})")
+    rivals = measured[(measured.index != best.name) & (measured["imgs_p90"] >= best["imgs_per_s"])]
+    if len(rivals):
+        rival = rivals.loc[rivals["imgs_per_s"].idxmax()]
+        name = " ".join(
+            p for p in (rival["method"], rival.get("tooling", ""), batch_label(rival)) if p
+        )
+        doubts.append(f"{name} is within its p10–p90 spread")
+    return f"; not a clear pick: {'; '.join(doubts)}" if doubts else ""
 
 
 BEST_COLUMNS = [

@@ -53,6 +53,8 @@ class Runner(ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     contract: ClassVar[RunnerContract] = RunnerContract()
+    # fp16's GradScaler starts here (torch's default, 2^16, suits BP's small gradients).
+    initial_grad_scale: ClassVar[float] = 2.0**16
 
     def __init__(
         self,
@@ -69,7 +71,9 @@ class Runner(ABC):
         self.release_grads = cell.grads == "released"
         self.state_on_host = cell.optimizer_state == "host"
         # Disabled (a pass-through) unless fp16, whose small gradients would underflow.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cell.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=self.initial_grad_scale, enabled=cell.precision == "fp16"
+        )
 
     # The cell's settings a step reads most, by their names.
     arch = property(lambda self: self.cell.arch)

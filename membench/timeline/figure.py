@@ -23,7 +23,7 @@ from ..report.layout import device_groups, panel_title, panels
 from ..report.style import BREAKDOWN, method_sort_key, new_figure
 from ..units import GIB
 from .events import PHASES, find_peak, phase_spans
-from .files import read_timelines, timelines_of
+from .files import TIMELINE_FILE, cut_timelines, read_timelines, timelines_of
 
 PHASE_COLORS = {
     "forward": "#d6e6f5",
@@ -148,6 +148,22 @@ def _legend(figure: Figure, shown: set[str]) -> None:
     )
 
 
+def cut_timeline_notes(cells: pd.DataFrame) -> list[str]:
+    """One line per results file whose timeline.csv lacks events its rows recorded (a file cut
+    short): those steps are left out of the figures rather than drawn as whole ones."""
+    if "source" not in cells:
+        return []
+    notes = []
+    for source, part in cells.groupby("source", sort=False):
+        cut = cut_timelines(part, read_timelines(Path(source).parent))
+        if cut:
+            notes.append(
+                f"{Path(source).parent / TIMELINE_FILE} is incomplete (cut short?), so these "
+                f"recorded steps are left out: {'; '.join(cut)}."
+            )
+    return notes
+
+
 def _with_timelines(rows: pd.DataFrame) -> dict[int, pd.DataFrame]:
     """Row label -> its timeline, for the rows whose run recorded one (read beside each
     row's cells.csv)."""
@@ -188,4 +204,4 @@ def timeline_figures(cells: pd.DataFrame) -> list[ReportFigure]:
     return out
 
 
-__all__ = ["PHASE_COLORS", "timeline_figure", "timeline_figures"]
+__all__ = ["PHASE_COLORS", "cut_timeline_notes", "timeline_figure", "timeline_figures"]

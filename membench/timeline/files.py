@@ -50,7 +50,10 @@ def write_timeline(out_dir: Path, result: CellResult) -> Path | None:
     path = out_dir / TIMELINE_FILE
     prepare_for_append(path, TIMELINE_COLUMNS, TIMELINE_COLUMNS)
     cell = {"cell_id": result.cell_id, "device": result.device, "started_at": result.started_at}
-    append_rows(path, TIMELINE_COLUMNS, [{**cell, **row} for row in timeline_rows(timeline)])
+    rows = timeline_rows(timeline)
+    # The row says how many: a block a reader finds shorter (a file cut) is never a whole step.
+    result.timeline_events = len(rows)
+    append_rows(path, TIMELINE_COLUMNS, [{**cell, **row} for row in rows])
     if not timeline.keep_snapshot:
         return None
     snapshot = timeline.snapshot or synthesize_snapshot(timeline)
@@ -83,21 +86,39 @@ def read_timelines(folder: Path) -> pd.DataFrame:
 
 def timelines_of(cells: pd.DataFrame, timelines: pd.DataFrame) -> dict[int, pd.DataFrame]:
     """Row label of ``cells`` -> the timeline recorded in that very run (same cell, device and
-    ``started_at``), for the rows that have one."""
-    if timelines.empty:
-        return {}
-    groups = {key: rows for key, rows in timelines.groupby(CELL_KEY + ["started_at"], sort=False)}
-    found = {}
+    ``started_at``), for the rows that have a whole one: a block with fewer events than its row
+    recorded (``timeline_events``: a timeline.csv cut short) is left out (``cut_timelines``)."""
+    return _matched(cells, timelines)[0]
+
+
+def cut_timelines(cells: pd.DataFrame, timelines: pd.DataFrame) -> list[str]:
+    """What is wrong with the timelines of ``cells``' rows that recorded one: 'CELL on DEVICE:
+    12 of 340 events' for a block cut short, '... : none of 340 events' for one missing."""
+    return _matched(cells, timelines)[1]
+
+
+def _matched(cells: pd.DataFrame, timelines: pd.DataFrame) -> tuple[dict, list[str]]:
+    groups = {}
+    if not timelines.empty:
+        groups = dict(list(timelines.groupby(CELL_KEY + ["started_at"], sort=False)))
+    found, cut = {}, []
     for label, row in cells.iterrows():
         rows = groups.get((row["cell_id"], row["device"], row["started_at"]))
-        if rows is not None:
+        expected = row.get("timeline_events")
+        expected = None if expected is None or pd.isna(expected) else int(expected)
+        have = 0 if rows is None else len(rows)
+        if expected is not None and have != expected:
+            what = "none" if not have else f"{have}"
+            cut.append(f"{row['cell_id']} on {row['device']}: {what} of {expected} events")
+        elif rows is not None:
             found[label] = rows.reset_index(drop=True)
-    return found
+    return found, cut
 
 
 __all__ = [
     "SNAPSHOTS_DIR",
     "TIMELINE_FILE",
+    "cut_timelines",
     "read_timelines",
     "snapshot_path",
     "timelines_of",

@@ -109,6 +109,13 @@ def after_first_step(
     return runner
 
 
+def _worst(differences) -> float:
+    """The largest difference, NaN if any is: Python's ``max`` keeps whichever of a NaN and a
+    number comes first, so a NaN after the first parameter used to pass as 0."""
+    values = list(differences)
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
 def compare_gradients(
     check: str, method: str, reference: str, ref: list[torch.Tensor], got: list[torch.Tensor]
 ) -> CheckResult:
@@ -118,7 +125,7 @@ def compare_gradients(
         return CheckResult(
             check, method, False, "parameter shapes differ from the reference", reference
         )
-    worst = max(
+    worst = _worst(
         ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(ref, got)
     )
     return CheckResult(
@@ -203,7 +210,7 @@ def check_same_updates(method: str, setup: VerifySetup, what: str, steps: int = 
     ]
     ref = _weights_after(method, setup, steps)
     got = _weights_after(method, setup, steps, **UPDATE_TOOLING[what])
-    worst = max(
+    worst = _worst(
         ((r - g).abs().max() / (r - s).abs().max().clamp_min(1e-12)).item()
         for s, r, g in zip(start, ref, got)
     )
@@ -327,9 +334,15 @@ def check_compiled(method: str, setup: VerifySetup, mode: str = "default") -> Ch
     within COMPILED_RTOL. Slow on a CPU (inductor compiles C++), so verify runs it on request."""
     eager_loss, eager = _first_step_loss(method, setup)
     compiled_loss, compiled = _first_step_loss(method, setup, compile=mode)
-    worst = abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12)
-    for a, b in zip(_gradients(eager), _gradients(compiled)):
-        worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
+    worst = _worst(
+        [
+            abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12),
+            *(
+                ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+                for a, b in zip(_gradients(eager), _gradients(compiled))
+            ),
+        ]
+    )
     return CheckResult(
         f"compiled ({mode})",
         method,
