@@ -90,12 +90,12 @@ def test_a_worker_starts_with_its_cells_configuration_and_a_new_one_for_another(
     executor = LocalExecutor(Target("cuda"), "process", None, ["bp"])
     cells = [Cell(), Cell(batch=64), Cell(alloc_conf=EXPANDABLE), Cell(alloc_conf=EXPANDABLE)]
     for cell in cells:
-        executor._run_one(cell)
+        executor.run_one(cell)
     confs = [environ_alloc_conf(w.environ) for w in FakeWorker.started]
     assert confs == ["", EXPANDABLE]  # the user's variable replaced; one worker per config
     # an estimate's worker never restarts for it: no CUDA allocator runs there
     FakeWorker.started = []
     estimating = LocalExecutor(Target("cuda", estimate_kind="cuda"), "process", None, ["bp"])
     for cell in cells:
-        estimating._run_one(dataclasses.replace(cell))
+        estimating.run_one(dataclasses.replace(cell))
     assert len(FakeWorker.started) == 1
