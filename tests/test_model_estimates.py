@@ -14,6 +14,7 @@ from membench.measure.protocol import count_step_flops, run_cell
 from membench.schema import Cell
 
 TINY_VIT = "tiny_models:tiny_vit"
+POSITION_BIAS = "tiny_models:position_bias_net"
 
 
 def cell(method: str, arch: str, res: int = 16) -> Cell:
@@ -21,10 +22,11 @@ def cell(method: str, arch: str, res: int = 16) -> Cell:
 
 
 @pytest.mark.parametrize("method", ["bp", "bp-ckpt"])
-@pytest.mark.parametrize("arch", [TINY_VIT, "resnet20-stage"])
+@pytest.mark.parametrize("arch", [TINY_VIT, "resnet20-stage", POSITION_BIAS])
 def test_the_cpu_estimate_is_the_tracked_measurement(arch, method):
-    estimate = estimate_cell(cell(method, arch), "cpu")
-    measured = run_cell(cell(method, arch), CpuDevice())
+    res = 8 if arch == POSITION_BIAS else 16
+    estimate = estimate_cell(cell(method, arch, res), "cpu")
+    measured = run_cell(cell(method, arch, res), CpuDevice())
     assert estimate.status == "estimated", estimate.error
     assert measured.status == "ok", measured.error
     assert estimate.peak_allocated_bytes == measured.peak_allocated_bytes
@@ -44,6 +46,19 @@ def test_a_vit_estimates_only_because_it_is_built_on_real_tensors(monkeypatch):
     monkeypatch.setattr(registry, "unset_fake_temporarily", contextlib.nullcontext)
     row = estimate_cell(cell("bp", TINY_VIT), "cuda")
     assert row.status == "error" and "DataDependentOutputException" in row.error
+
+
+def test_buffers_made_on_the_parameters_device_become_fake_cpu_tensors():
+    """A buffer or tensor attribute a constructor makes on its (meta, while building for an
+    estimate) parameters' device is a fake CPU tensor like the rest: timm's Swin failed so
+    (FakeTensorDeviceMismatchError: cpu and meta)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        model = registry.build_arch(POSITION_BIAS, 3)
+    assert {t.device.type for t in (model.index, model.mask, *model.parameters())} == {"cpu"}
+    row = estimate_cell(cell("bp", POSITION_BIAS, 8), "cuda")
+    assert row.status == "estimated", row.error
 
 
 @pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])

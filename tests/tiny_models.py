@@ -73,3 +73,28 @@ def plain_stack(num_classes: int) -> LayerStack:
     """The same two units without the shortcut across the boundary."""
     return LayerStack([nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
                        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())], [8, 8])
+
+
+class PositionBiasNet(nn.Module):
+    """A conv whose output gets a bias per position, looked up through an index buffer that the
+    constructor makes on its parameters' device (as timm's Swin makes its relative position
+    index and attention mask), and a mask kept as a plain tensor attribute made the same way."""
+
+    def __init__(self, num_classes: int, res: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.table = nn.Parameter(torch.zeros(res * res, 4))
+        device = self.conv.weight.device  # meta when membench builds the model for an estimate
+        self.register_buffer("index", torch.arange(res * res, device=device).flip(0),
+                             persistent=False)
+        self.mask = torch.ones(res * res, 1, device=device)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        bias = (self.table[self.index] * self.mask).t().reshape(1, 4, *x.shape[2:])
+        return self.head((self.conv(x) + bias).mean(dim=(2, 3)))
+
+
+def position_bias_net(num_classes: int) -> PositionBiasNet:
+    """A classifier with buffers made on its parameters' device, at 8 x 8."""
+    return PositionBiasNet(num_classes)

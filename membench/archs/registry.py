@@ -213,7 +213,8 @@ def parameters_on_meta() -> Iterator[None]:
     them back (torchvision's RegNet widths, timm's ``linspace(...).tolist()`` drop-path rates,
     ``trunc_normal_``'s rejection loop) works as ever, while its weights take no memory and its
     initialisers do nothing (torch's skip meta tensors). Buffers stay real: they are small, and
-    some are data the forward indexes with (Swin's relative positions).
+    some are data the forward indexes with (Swin's relative positions), except those a
+    constructor makes on its parameters' device (timm's Swin), which are meta too.
     """
     original = nn.Module.register_parameter
 
@@ -237,12 +238,18 @@ def _to_fake(model: nn.Module, mode) -> nn.Module:
 
     def fake(tensor: torch.Tensor) -> torch.Tensor:
         if id(tensor) not in made:
-            if isinstance(tensor, nn.Parameter):
+            if tensor.is_meta or isinstance(tensor, nn.Parameter):
+                # A parameter, or a buffer a constructor made on its parameters' device (timm's
+                # Swin: ``device=self.norm1.weight.device``): a fake CPU tensor of its shape, as
+                # a meta one beside the fake CPU ones fails the forward (device mismatch).
                 with mode:
-                    made[id(tensor)] = nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype),
-                                                    requires_grad=tensor.requires_grad)
+                    made[id(tensor)] = torch.empty_strided(tensor.shape, tensor.stride(),
+                                                           dtype=tensor.dtype)
             else:
                 made[id(tensor)] = mode.from_tensor(tensor)
+            if isinstance(tensor, nn.Parameter):
+                made[id(tensor)] = nn.Parameter(made[id(tensor)],
+                                                requires_grad=tensor.requires_grad)
         return made[id(tensor)]
 
     for module in model.modules():
