@@ -71,3 +71,15 @@ def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
     result = check_gradients(method, "bp", VerifySetup(arch="tiny_models:inplace_net", res=8,
                                                        batch=2, classes=3))
     assert result.passed, result.detail
+
+
+@pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])
+def test_checkpointed_blocks_take_their_keyword_arguments(method):
+    """A block of a ModuleList called with a keyword beside its input (timm's BEiT) gets it
+    through the checkpoint, and its gradients are bp's."""
+    from membench.verify import VerifySetup
+    from membench.verify.checks import check_gradients
+
+    result = check_gradients(method, "bp", VerifySetup(arch="tiny_models:keyword_blocks_net",
+                                                       res=8, batch=2, classes=3))
+    assert result.passed, result.detail

@@ -98,3 +98,37 @@ class PositionBiasNet(nn.Module):
 def position_bias_net(num_classes: int) -> PositionBiasNet:
     """A classifier with buffers made on its parameters' device, at 8 x 8."""
     return PositionBiasNet(num_classes)
+
+
+class _BiasedBlock(nn.Module):
+    """Linear + GELU plus a bias its owner passes by keyword (as timm's BEiT passes its blocks
+    ``shared_rel_pos_bias=``)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x, shared_bias=None):
+        return x + nn.functional.gelu(self.linear(x) + shared_bias)
+
+
+class KeywordBlocksNet(nn.Module):
+    """Patch tokens through a ModuleList of blocks called with a keyword argument."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 4, stride=4)
+        self.shared_bias = nn.Parameter(torch.zeros(width))
+        self.blocks = nn.ModuleList(_BiasedBlock(width) for _ in range(4))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x, shared_bias=self.shared_bias)
+        return self.head(x.mean(dim=1))
+
+
+def keyword_blocks_net(num_classes: int) -> KeywordBlocksNet:
+    """A classifier whose blocks take a keyword argument beside their input."""
+    return KeywordBlocksNet(num_classes)

@@ -42,22 +42,25 @@ def save_convs_and_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpointed(fn, x: torch.Tensor, policy: str) -> torch.Tensor:
-    """``fn(x)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state preserved."""
+def checkpointed(fn, x: torch.Tensor, policy: str, *args, **kwargs) -> torch.Tensor:
+    """``fn(x, *args, **kwargs)`` under ``policy`` (``"full"`` or ``"selective"``), RNG state
+    preserved."""
     context = (partial(create_selective_checkpoint_contexts, save_convs_and_matmuls)
                if policy == "selective" else noop_context_fn)
-    return checkpoint(fn, x, use_reentrant=False, context_fn=context)
+    return checkpoint(fn, x, *args, use_reentrant=False, context_fn=context, **kwargs)
 
 
 class Checkpointed(nn.Module):
-    """A module run under ``checkpointed``; its parameters stay where they were."""
+    """A module run under ``checkpointed``; its parameters stay where they were. It takes what
+    the module takes: a block of a ModuleList may be called with more than its input (timm's
+    BEiT blocks get ``shared_rel_pos_bias=``)."""
 
     def __init__(self, inner: nn.Module, policy: str):
         super().__init__()
         self.inner, self.policy = inner, policy
 
-    def forward(self, x):
-        return checkpointed(self.inner, x, self.policy)
+    def forward(self, x, *args, **kwargs):
+        return checkpointed(self.inner, x, self.policy, *args, **kwargs)
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
