@@ -1,0 +1,205 @@
+"""Which timm classifiers membench estimates: one model per timm family, its CUDA estimate at
+the model's default resolution; the table of docs/timm-coverage.md.
+
+    python scripts/timm_coverage.py [--out timm-coverage.csv] [--methods bp,bp-ckpt]
+                                    [--timeout 900] [FAMILY ...]
+    python scripts/timm_coverage.py --markdown [--out timm-coverage.csv]
+
+A family is a module of ``timm.models`` (``timm.list_modules()``: ``swin_transformer``,
+``efficientnet``, ...). Its representative is the model with the fewest parameters among those
+named after the family (``swin_*`` for ``swin_transformer``; every model of the family where
+none is), leaving out timm's ``test_*`` models: parameters counted by building each candidate
+as membench builds a model for an estimate (the constructor on real tensors, the parameters on
+the meta device). The model runs at its default resolution (its ``pretrained_cfg``'s
+``input_size``), batch 2, fp32, K = 1000: ``validate_arch`` (a refusal is a row, with its
+reason), then a CUDA estimate per method (``estimate_cell``; bp's with its FLOP count). Each
+family runs in a child process bounded by ``--timeout`` (selection included), so a model that
+hangs or crashes costs its own row only. Every row is appended to ``--out`` as it comes; a run
+started again skips the families the CSV has. ``--markdown`` writes the table from the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from coverage_common import (
+    ERROR, TIMEOUT, Coverage, append_row, estimate_model, peak_text, read_rows, run_bounded,
+    short_reason,
+)
+
+from membench.report.markdown import markdown_table
+
+DEFAULT_RES = 224  # a model without a pretrained config: timm's usual ImageNet size
+BATCH = 2
+
+
+def families() -> list[str]:
+    """timm's model families: its modules with at least one model."""
+    import timm
+
+    return [module for module in timm.list_modules() if timm.list_models(module=module)]
+
+
+def candidates(family: str) -> list[str]:
+    """The family's models named after it (all of them where none is), without ``test_*``."""
+    import timm
+
+    names = [n for n in timm.list_models(module=family) if not n.startswith("test_")]
+    named = [n for n in names if n.startswith(family.split("_")[0])]
+    return named or names
+
+
+def default_resolution(model: str) -> int:
+    """The model's ``pretrained_cfg`` input size (its height), or DEFAULT_RES without one."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else DEFAULT_RES
+
+
+def count_parameters(model: str) -> int:
+    """Parameters of the model as timm builds it (K = 1000), built with meta parameters."""
+    import timm
+
+    from membench.archs import parameters_on_meta
+
+    with parameters_on_meta():
+        built = timm.create_model(model, pretrained=False)
+    return sum(p.numel() for p in built.parameters())
+
+
+def select(family: str) -> tuple[str, int | None]:
+    """The family's smallest model that builds, and its parameters (the first candidate and
+    None where none builds: its estimate says why)."""
+    sizes = {}
+    for model in candidates(family):
+        try:
+            sizes[model] = count_parameters(model)
+        except Exception:  # a model that does not build is not the representative
+            continue
+    if not sizes:
+        return candidates(family)[0], None
+    model = min(sizes, key=lambda name: (sizes[name], default_resolution(name), name))
+    return model, sizes[model]
+
+
+def cover_family(family: str, methods: list[str], send: Callable[[object], None]) -> None:
+    """In the child: select the family's model, then send its selection and one row per method."""
+    model, parameters = select(family)
+    res = default_resolution(model)
+    send(("selected", model, res, parameters))
+    for method in methods:
+        row = estimate_model(f"timm:{model}", res, method, family=family, batch=BATCH,
+                             count_flops=method == "bp")
+        row.parameters = parameters
+        send(row)
+
+
+def _print(row: Coverage) -> None:
+    seconds = f" ({row.seconds:.0f} s)" if row.seconds else ""
+    print(f"{row.family:28s} {row.arch:40s} {row.method:8s} {peak_text(row)}{seconds}",
+          flush=True)
+
+
+def cover(family: str, methods: list[str], out: Path, timeout_s: float) -> None:
+    """The family's rows into ``out``, each as it comes; for the methods its child never got
+    to (it ran out of time, it died), a row saying why."""
+    selected: dict = {"arch": "-", "res": 0, "parameters": None}
+    done: list[str] = []
+
+    def receive(message: object) -> None:
+        if isinstance(message, Coverage):
+            append_row(out, message)
+            done.append(message.method)
+            _print(message)
+        else:
+            _, model, selected["res"], selected["parameters"] = message
+            selected["arch"] = f"timm:{model}"
+
+    reason = run_bounded(cover_family, (family, methods), timeout_s, receive)
+    for method in methods:
+        if method not in done:
+            status = TIMEOUT if reason.startswith("no result") else ERROR
+            where = "selecting the model" if selected["arch"] == "-" else "estimating"
+            row = Coverage(family, selected["arch"], selected["res"], method, BATCH, status,
+                           parameters=selected["parameters"],
+                           reason=f"{reason or 'no row'} (while {where})")
+            append_row(out, row)
+            _print(row)
+
+
+def run(names: list[str], methods: list[str], out: Path, timeout_s: float) -> None:
+    """Cover every family of ``names`` whose rows ``out`` does not hold yet."""
+    done = {(row.family, row.method) for row in read_rows(out)}
+    for family in names:
+        todo = [m for m in methods if (family, m) not in done]
+        if todo:
+            cover(family, todo, out, timeout_s)
+
+
+def _gflop(row: Coverage | None) -> str:
+    return f"{row.flops_per_image / 1e9:.2f}" if row and row.flops_per_image else "-"
+
+
+def markdown(out: Path) -> str:
+    """The docs' section: counts, how it was made, and one row per family."""
+    import timm
+    import torch
+
+    rows = read_rows(out)
+    by_family: dict[str, dict[str, Coverage]] = {}
+    for row in rows:
+        by_family.setdefault(row.family, {})[row.method] = row
+    methods = list(dict.fromkeys(row.method for row in rows))
+    first = [family_rows[methods[0]] for family_rows in by_family.values()]
+    estimating = sum(row.estimates for row in first)
+    counts: dict[str, int] = {}
+    for row in first:
+        if not row.estimates:
+            counts[row.status] = counts.get(row.status, 0) + 1
+    header = ["family", "model", "res", "params", "status",
+              *[f"{m} peak (batch {BATCH})" for m in methods],
+              f"{methods[0]} GFLOP/img", f"{methods[0]} s/estimate", "reason"]
+    body = []
+    for family, family_rows in by_family.items():
+        main = family_rows[methods[0]]
+        reasons = [f"{m}: {short_reason(r.reason)}" if len(methods) > 1 else short_reason(r.reason)
+                   for m, r in family_rows.items() if not r.estimates]
+        body.append([family, main.arch.removeprefix("timm:"), str(main.res) if main.res else "-",
+                     f"{main.parameters / 1e6:.1f}M" if main.parameters else "-", main.status,
+                     *[peak_text(family_rows[m]) if m in family_rows and family_rows[m].estimates
+                       else "-" for m in methods],
+                     _gflop(main), f"{main.seconds:.0f}" if main.seconds else "-",
+                     "; ".join(reasons)])
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    return "\n".join([
+        (f"{len(by_family)} families: **{estimating} estimating**, "
+         f"{len(by_family) - estimating} not ({summary or 'none'})."), "",
+        (f"Made on {dt.date.today().isoformat()} with torch {torch.__version__} and timm "
+         f"{timm.__version__} by"), "",
+        f"    python scripts/timm_coverage.py --methods {','.join(methods)}", "",
+        markdown_table(header, body)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("families", nargs="*", help="timm modules (default: every one)")
+    parser.add_argument("--out", type=Path, default=Path("timm-coverage.csv"))
+    parser.add_argument("--methods", default="bp,bp-ckpt")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds one family may take (selection and every estimate)")
+    parser.add_argument("--markdown", action="store_true", help="print the table of --out")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.out))
+        return
+    run(args.families or families(), args.methods.split(","), args.out, args.timeout)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
