@@ -74,12 +74,19 @@ def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
 
 
 @pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])
-def test_checkpointed_blocks_take_their_keyword_arguments(method):
-    """A block of a ModuleList called with a keyword beside its input (timm's BEiT) gets it
-    through the checkpoint, and its gradients are bp's."""
+@pytest.mark.parametrize("arch", ["keyword_blocks_net", "keyword_sequential_net",
+                                  "stage_outputs_net"])
+def test_checkpointing_leaves_the_blocks_their_owner_iterates(arch, method):
+    """Blocks an owner calls one by one with a keyword beside the input (timm's BEiT from a
+    ModuleList, NaFlexViT from a Sequential) get it through the checkpoint, and an owner that
+    iterates its stages by index (MobileNet-v5) sees as many as it built: the gradients are
+    bp's, and bp-ckpt recomputes the blocks (more FLOPs than bp; bp-sac keeps what FLOPs
+    count)."""
     from membench.verify import VerifySetup
     from membench.verify.checks import check_gradients
 
-    result = check_gradients(method, "bp", VerifySetup(arch="tiny_models:keyword_blocks_net",
-                                                       res=8, batch=2, classes=3))
+    arch = f"tiny_models:{arch}"
+    result = check_gradients(method, "bp", VerifySetup(arch=arch, res=8, batch=2, classes=3))
     assert result.passed, result.detail
+    if method == "bp-ckpt":
+        assert count_step_flops(cell(method, arch, 8)) > count_step_flops(cell("bp", arch, 8))

@@ -113,13 +113,15 @@ class _BiasedBlock(nn.Module):
 
 
 class KeywordBlocksNet(nn.Module):
-    """Patch tokens through a ModuleList of blocks called with a keyword argument."""
+    """Patch tokens through blocks called one by one with a keyword argument: a ModuleList
+    (timm's BEiT) or a Sequential (timm's NaFlexViT)."""
 
-    def __init__(self, num_classes: int, width: int = 8):
+    def __init__(self, num_classes: int, width: int = 8, container=nn.ModuleList):
         super().__init__()
         self.embed = nn.Conv2d(3, width, 4, stride=4)
         self.shared_bias = nn.Parameter(torch.zeros(width))
-        self.blocks = nn.ModuleList(_BiasedBlock(width) for _ in range(4))
+        self.blocks = container(*[_BiasedBlock(width) for _ in range(4)]) \
+            if container is nn.Sequential else container(_BiasedBlock(width) for _ in range(4))
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
@@ -132,3 +134,33 @@ class KeywordBlocksNet(nn.Module):
 def keyword_blocks_net(num_classes: int) -> KeywordBlocksNet:
     """A classifier whose blocks take a keyword argument beside their input."""
     return KeywordBlocksNet(num_classes)
+
+
+def keyword_sequential_net(num_classes: int) -> KeywordBlocksNet:
+    """The same, its blocks a Sequential its forward iterates."""
+    return KeywordBlocksNet(num_classes, container=nn.Sequential)
+
+
+class StageOutputsNet(nn.Module):
+    """Four conv stages in a Sequential, whose forward iterates them and keeps the second's and
+    the fourth's outputs by index (as timm's MobileNet-v5 gathers stage outputs)."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.stages = nn.Sequential(*(nn.Sequential(nn.Conv2d(3 if i == 0 else width, width, 3,
+                                                              padding=1), nn.ReLU())
+                                      for i in range(4)))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        kept = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index in (1, 3):
+                kept.append(x.mean(dim=(2, 3)))
+        return self.head(kept[0] + kept[1])
+
+
+def stage_outputs_net(num_classes: int) -> StageOutputsNet:
+    """A classifier whose forward indexes its stages' outputs."""
+    return StageOutputsNet(num_classes)

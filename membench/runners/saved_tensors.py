@@ -84,15 +84,42 @@ def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+class CheckpointedSequential(nn.Sequential):
+    """A Sequential run in checkpointed segments (between pools, else about √n) when it is
+    called, whose members are still the original ones in number and order, each checkpointed
+    on its own, for an owner that iterates or indexes it instead (timm's NaFlexViT calls each
+    block with an attention mask, MobileNet-v5 gathers each stage's output): regrouping the
+    members into segments would change what that owner sees."""
+
+    def __init__(self, members: list[nn.Module], policy: str):
+        super().__init__(*(Checkpointed(member, policy) for member in members))
+        self.policy = policy
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # Sequential's own would call this class with its members
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
+
+    def forward(self, x):
+        for part in _segments([wrapped.inner for wrapped in self]):
+            x = checkpointed(partial(_run_in_order, part), x, self.policy)
+        return x
+
+
+def _run_in_order(members: list[nn.Module], x):
+    for member in members:
+        x = member(x)
+    return x
+
+
 def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
-    """A Sequential in segments (between pools, else about √n), or each member of a
-    ModuleList on its own (its owner's forward calls them one by one)."""
+    """A Sequential in segments (``CheckpointedSequential``), or each member of a ModuleList on
+    its own (its owner's forward calls them one by one)."""
     if isinstance(container, nn.ModuleList):
         for index, member in enumerate(container):
             container[index] = Checkpointed(member, policy)
         return container
-    return nn.Sequential(*(Checkpointed(nn.Sequential(*part), policy)
-                           for part in _segments(list(container))))
+    return CheckpointedSequential(list(container), policy)
 
 
 def _largest_block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
