@@ -15,7 +15,8 @@ the meta device). The model runs at its default resolution (its ``pretrained_cfg
 reason), then a CUDA estimate per method (``estimate_cell``; bp's with its FLOP count). Each
 family runs in a child process bounded by ``--timeout`` (selection included), so a model that
 hangs or crashes costs its own row only. Every row is appended to ``--out`` as it comes; a run
-started again skips the families the CSV has. ``--markdown`` writes the table from the CSV.
+started again skips the rows the CSV has and estimates the rest with the models it names
+(delete a method's rows to estimate it again). ``--markdown`` writes the table from the CSV.
 """
 
 from __future__ import annotations
@@ -87,9 +88,11 @@ def select(family: str) -> tuple[str, int | None]:
     return model, sizes[model]
 
 
-def cover_family(family: str, methods: list[str], send: Callable[[object], None]) -> None:
-    """In the child: select the family's model, then send its selection and one row per method."""
-    model, parameters = select(family)
+def cover_family(family: str, methods: list[str], chosen: tuple[str, int | None] | None,
+                 send: Callable[[object], None]) -> None:
+    """In the child: select the family's model (unless an earlier run ``chosen`` it: model and
+    parameters), then send the selection and one row per method."""
+    model, parameters = chosen or select(family)
     res = default_resolution(model)
     send(("selected", model, res, parameters))
     for method in methods:
@@ -105,9 +108,11 @@ def _print(row: Coverage) -> None:
           flush=True)
 
 
-def cover(family: str, methods: list[str], out: Path, timeout_s: float) -> None:
+def cover(family: str, methods: list[str], out: Path, timeout_s: float,
+          chosen: tuple[str, int | None] | None = None) -> None:
     """The family's rows into ``out``, each as it comes; for the methods its child never got
-    to (it ran out of time, it died), a row saying why."""
+    to (it ran out of time, it died), a row saying why. ``chosen``: the family's model and its
+    parameters, as an earlier run selected them."""
     selected: dict = {"arch": "-", "res": 0, "parameters": None}
     done: list[str] = []
 
@@ -120,7 +125,7 @@ def cover(family: str, methods: list[str], out: Path, timeout_s: float) -> None:
             _, model, selected["res"], selected["parameters"] = message
             selected["arch"] = f"timm:{model}"
 
-    reason = run_bounded(cover_family, (family, methods), timeout_s, receive)
+    reason = run_bounded(cover_family, (family, methods, chosen), timeout_s, receive)
     for method in methods:
         if method not in done:
             status = TIMEOUT if reason.startswith("no result") else ERROR
@@ -133,12 +138,16 @@ def cover(family: str, methods: list[str], out: Path, timeout_s: float) -> None:
 
 
 def run(names: list[str], methods: list[str], out: Path, timeout_s: float) -> None:
-    """Cover every family of ``names`` whose rows ``out`` does not hold yet."""
-    done = {(row.family, row.method) for row in read_rows(out)}
+    """Cover every family of ``names`` whose rows ``out`` does not hold yet (with the model an
+    earlier run selected, where it did)."""
+    rows = read_rows(out)
+    done = {(row.family, row.method) for row in rows}
+    chosen = {row.family: (row.arch.removeprefix("timm:"), row.parameters) for row in rows
+              if row.arch.startswith("timm:")}
     for family in names:
         todo = [m for m in methods if (family, m) not in done]
         if todo:
-            cover(family, todo, out, timeout_s)
+            cover(family, todo, out, timeout_s, chosen.get(family))
 
 
 def _gflop(row: Coverage | None) -> str:
