@@ -12,6 +12,7 @@ from membench.measure.devices import CpuDevice
 from membench.measure.estimate import estimate_cell
 from membench.measure.protocol import count_step_flops, run_cell
 from membench.schema import Cell
+from tiny_models import position_bias_net
 
 TINY_VIT = "tiny_models:tiny_vit"
 POSITION_BIAS = "tiny_models:position_bias_net"
@@ -51,14 +52,18 @@ def test_a_vit_estimates_only_because_it_is_built_on_real_tensors(monkeypatch):
 def test_buffers_made_on_the_parameters_device_become_fake_cpu_tensors():
     """A buffer or tensor attribute a constructor makes on its (meta, while building for an
     estimate) parameters' device is a fake CPU tensor like the rest: timm's Swin failed so
-    (FakeTensorDeviceMismatchError: cpu and meta)."""
+    (FakeTensorDeviceMismatchError: cpu and meta); one it fills from that device builds
+    (timm's Swin-v2 failed: Cannot copy out of meta tensor)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
         model = registry.build_arch(POSITION_BIAS, 3)
-    assert {t.device.type for t in (model.index, model.mask, *model.parameters())} == {"cpu"}
+    tensors = (model.index, model.mask, model.scale, *model.parameters())
+    assert {t.device.type for t in tensors} == {"cpu"}
     row = estimate_cell(cell("bp", POSITION_BIAS, 8), "cuda")
     assert row.status == "estimated", row.error
+    with registry.parameters_on_meta():  # what the constructor itself sees: no values
+        assert position_bias_net(3).scale.isnan().all()
 
 
 @pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])

@@ -78,7 +78,9 @@ def plain_stack(num_classes: int) -> LayerStack:
 class PositionBiasNet(nn.Module):
     """A conv whose output gets a bias per position, looked up through an index buffer that the
     constructor makes on its parameters' device (as timm's Swin makes its relative position
-    index and attention mask), and a mask kept as a plain tensor attribute made the same way."""
+    index and attention mask), a mask kept as a plain tensor attribute made the same way, and a
+    scale per position in a buffer made on the CPU and filled from that device (as timm's
+    Swin-v2 fills its relative coordinates table)."""
 
     def __init__(self, num_classes: int, res: int = 8):
         super().__init__()
@@ -88,10 +90,12 @@ class PositionBiasNet(nn.Module):
         self.register_buffer("index", torch.arange(res * res, device=device).flip(0),
                              persistent=False)
         self.mask = torch.ones(res * res, 1, device=device)
+        self.register_buffer("scale", torch.empty(res * res, 1), persistent=False)
+        self.scale.copy_(torch.linspace(0.5, 1.5, res * res, device=device)[:, None])
         self.head = nn.Linear(4, num_classes)
 
     def forward(self, x):
-        bias = (self.table[self.index] * self.mask).t().reshape(1, 4, *x.shape[2:])
+        bias = (self.table[self.index] * self.mask * self.scale).t().reshape(1, 4, *x.shape[2:])
         return self.head((self.conv(x) + bias).mean(dim=(2, 3)))
 
 

@@ -31,6 +31,7 @@ from importlib.metadata import entry_points
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.overrides import TorchFunctionMode
 
 from ..errors import one_line
 from .specs import (
@@ -214,7 +215,9 @@ def parameters_on_meta() -> Iterator[None]:
     ``trunc_normal_``'s rejection loop) works as ever, while its weights take no memory and its
     initialisers do nothing (torch's skip meta tensors). Buffers stay real: they are small, and
     some are data the forward indexes with (Swin's relative positions), except those a
-    constructor makes on its parameters' device (timm's Swin), which are meta too.
+    constructor makes on its parameters' device (timm's Swin), which are meta too. A real
+    buffer filled from a tensor made on that device (``copy_``, timm's Swin-v2) keeps no values
+    (``_CopiesFromMeta``).
     """
     original = nn.Module.register_parameter
 
@@ -226,9 +229,25 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register
     try:
-        yield
+        with _CopiesFromMeta():
+            yield
     finally:
         nn.Module.register_parameter = original
+
+
+class _CopiesFromMeta(TorchFunctionMode):
+    """``real.copy_(meta)`` fills ``real`` with NaN (integers: left as they are) instead of
+    failing ("Cannot copy out of meta tensor"): a meta source has no values, the fake tensor
+    the buffer becomes has none either, and a constructor that reads it back reads NaN, not
+    plausible numbers."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], torch.Tensor) \
+                and args[1].is_meta and not args[0].is_meta:
+            if args[0].is_floating_point() or args[0].is_complex():
+                args[0].fill_(float("nan"))
+            return args[0]
+        return func(*args, **(kwargs or {}))
 
 
 def _to_fake(model: nn.Module, mode) -> nn.Module:
