@@ -53,7 +53,9 @@ def test_buffers_made_on_the_parameters_device_become_fake_cpu_tensors():
     """A buffer or tensor attribute a constructor makes on its (meta, while building for an
     estimate) parameters' device is a fake CPU tensor like the rest: timm's Swin failed so
     (FakeTensorDeviceMismatchError: cpu and meta); one it fills from that device builds
-    (timm's Swin-v2 failed: Cannot copy out of meta tensor)."""
+    (timm's Swin-v2 failed: Cannot copy out of meta tensor), and so does a constructor that
+    runs a layer on a real image (timm's hybrid ViTs failed: Tensor on device meta is not on
+    the expected device cpu)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():

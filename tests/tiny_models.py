@@ -80,22 +80,26 @@ class PositionBiasNet(nn.Module):
     constructor makes on its parameters' device (as timm's Swin makes its relative position
     index and attention mask), a mask kept as a plain tensor attribute made the same way, and a
     scale per position in a buffer made on the CPU and filled from that device (as timm's
-    Swin-v2 fills its relative coordinates table)."""
+    Swin-v2 fills its relative coordinates table); the conv's output size is found by running
+    it on a real zero image (as timm's hybrid ViTs size their backbone's output)."""
 
     def __init__(self, num_classes: int, res: int = 8):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
         self.table = nn.Parameter(torch.zeros(res * res, 4))
-        device = self.conv.weight.device  # meta when membench builds the model for an estimate
+        device = self.table.device  # meta when membench builds the model for an estimate
         self.register_buffer("index", torch.arange(res * res, device=device).flip(0),
                              persistent=False)
         self.mask = torch.ones(res * res, 1, device=device)
         self.register_buffer("scale", torch.empty(res * res, 1), persistent=False)
         self.scale.copy_(torch.linspace(0.5, 1.5, res * res, device=device)[:, None])
+        with torch.no_grad():
+            self.grid = tuple(self.conv.eval()(torch.zeros(1, 3, res, res)).shape[2:])
+        self.conv.train()
         self.head = nn.Linear(4, num_classes)
 
     def forward(self, x):
-        bias = (self.table[self.index] * self.mask * self.scale).t().reshape(1, 4, *x.shape[2:])
+        bias = (self.table[self.index] * self.mask * self.scale).t().reshape(1, 4, *self.grid)
         return self.head((self.conv(x) + bias).mean(dim=(2, 3)))
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map_only
 
 from ..errors import one_line
 from .specs import (
@@ -215,9 +216,8 @@ def parameters_on_meta() -> Iterator[None]:
     ``trunc_normal_``'s rejection loop) works as ever, while its weights take no memory and its
     initialisers do nothing (torch's skip meta tensors). Buffers stay real: they are small, and
     some are data the forward indexes with (Swin's relative positions), except those a
-    constructor makes on its parameters' device (timm's Swin), which are meta too. A real
-    buffer filled from a tensor made on that device (``copy_``, timm's Swin-v2) keeps no values
-    (``_CopiesFromMeta``).
+    constructor makes on its parameters' device (timm's Swin), which are meta too. An op that
+    mixes meta and real tensors runs on meta (``_MetaAmongReal``).
     """
     original = nn.Module.register_parameter
 
@@ -229,25 +229,43 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register
     try:
-        with _CopiesFromMeta():
+        with _MetaAmongReal():
             yield
     finally:
         nn.Module.register_parameter = original
 
 
-class _CopiesFromMeta(TorchFunctionMode):
-    """``real.copy_(meta)`` fills ``real`` with NaN (integers: left as they are) instead of
-    failing ("Cannot copy out of meta tensor"): a meta source has no values, the fake tensor
-    the buffer becomes has none either, and a constructor that reads it back reads NaN, not
-    plausible numbers."""
+class _MetaAmongReal(TorchFunctionMode):
+    """How a constructor's ops treat the meta parameters beside its real tensors: an op given
+    both runs on the meta device, the real ones moved there (timm's hybrid ViTs run their
+    backbone on a real zero image to learn its output size), and ``real.copy_(meta)`` fills
+    ``real`` with NaN (integers: left as they are) instead of failing ("Cannot copy out of
+    meta tensor", timm's Swin-v2 filling a buffer): a meta tensor has no values, the fake
+    tensor the buffer becomes has none either, and a constructor that reads it back reads NaN,
+    not plausible numbers."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], torch.Tensor) \
-                and args[1].is_meta and not args[0].is_meta:
+        kwargs = kwargs or {}
+        if not _mixes_meta_and_real((*args, *kwargs.values())):
+            return func(*args, **kwargs)
+        if func is torch.Tensor.copy_ and not args[0].is_meta:
             if args[0].is_floating_point() or args[0].is_complex():
                 args[0].fill_(float("nan"))
             return args[0]
-        return func(*args, **(kwargs or {}))
+        args, kwargs = tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _mixes_meta_and_real(values) -> bool:
+    """Whether ``values`` (an op's arguments, and the lists among them: ``torch.cat``'s) hold
+    both meta and real tensors. A scan, not a pytree walk: it runs for every op a constructor
+    calls."""
+    devices = set()
+    for value in values:
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, torch.Tensor):
+                devices.add(item.is_meta)
+    return len(devices) == 2
 
 
 def _to_fake(model: nn.Module, mode) -> nn.Module:
