@@ -82,13 +82,14 @@ def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
 
 @pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])
 @pytest.mark.parametrize("arch", ["keyword_blocks_net", "keyword_sequential_net",
-                                  "stage_outputs_net"])
+                                  "stage_outputs_net", "named_head_net", "nested_list_net"])
 def test_checkpointing_leaves_the_blocks_their_owner_iterates(arch, method):
     """Blocks an owner calls one by one with a keyword beside the input (timm's BEiT from a
-    ModuleList, NaFlexViT from a Sequential) get it through the checkpoint, and an owner that
-    iterates its stages by index (MobileNet-v5) sees as many as it built: the gradients are
-    bp's, and bp-ckpt recomputes the blocks (more FLOPs than bp; bp-sac keeps what FLOPs
-    count)."""
+    ModuleList, NaFlexViT from a Sequential) get it through the checkpoint, an owner that
+    iterates its stages by index (MobileNet-v5) sees as many as it built, one that calls them
+    by name and reads their attributes (MetaFormer's head) finds them, and one that iterates a
+    list of lists (Twins) finds lists: the gradients are bp's, and bp-ckpt recomputes the
+    blocks (more FLOPs than bp; bp-sac keeps what FLOPs count)."""
     from membench.verify import VerifySetup
     from membench.verify.checks import check_gradients
 

@@ -3,6 +3,8 @@ own: each a factory taking ``num_classes``."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
@@ -172,3 +174,50 @@ class StageOutputsNet(nn.Module):
 def stage_outputs_net(num_classes: int) -> StageOutputsNet:
     """A classifier whose forward indexes its stages' outputs."""
     return StageOutputsNet(num_classes)
+
+
+class NamedHeadNet(nn.Module):
+    """Conv stages, and a head Sequential whose forward calls its members by name and reads
+    one's attribute (as timm's MetaFormer does)."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.stages = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(OrderedDict([
+            ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten(1)),
+            ("fc", nn.Linear(width, num_classes))]))
+
+    def forward(self, x):
+        x = self.head.flatten(self.head.pool(self.stages(x)))
+        assert x.shape[1] == self.head.fc.in_features
+        return self.head.fc(x)
+
+
+def named_head_net(num_classes: int) -> NamedHeadNet:
+    """A classifier whose head's members are called by name."""
+    return NamedHeadNet(num_classes)
+
+
+class NestedListNet(nn.Module):
+    """Stages in a ModuleList, each a ModuleList of blocks the forward iterates (timm's Twins)."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 3, padding=1)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+                          for _ in range(2)) for _ in range(2))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def nested_list_net(num_classes: int) -> NestedListNet:
+    """A classifier with a list of lists of blocks."""
+    return NestedListNet(num_classes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -59,6 +60,16 @@ class Checkpointed(nn.Module):
         super().__init__()
         self.inner, self.policy = inner, policy
 
+    def __getattr__(self, name: str):
+        """What the module has (its owner may read a member's attributes: timm's MetaFormer
+        ``head.global_pool.feat_mult()``), where the wrapper has nothing of that name."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":  # not set yet
+                raise
+            return getattr(self.inner, name)
+
     def forward(self, x, *args, **kwargs):
         return checkpointed(self.inner, x, self.policy, *args, **kwargs)
 
@@ -91,8 +102,10 @@ class CheckpointedSequential(nn.Sequential):
     block with an attention mask, MobileNet-v5 gathers each stage's output): regrouping the
     members into segments would change what that owner sees."""
 
-    def __init__(self, members: list[nn.Module], policy: str):
-        super().__init__(*(Checkpointed(member, policy) for member in members))
+    def __init__(self, container: nn.Sequential, policy: str):
+        # Under the members' own names: an owner may call them by name (timm's MetaFormer head)
+        super().__init__(OrderedDict((name, Checkpointed(member, policy))
+                                     for name, member in container.named_children()))
         self.policy = policy
 
     def __getitem__(self, index):
@@ -114,12 +127,15 @@ def _run_in_order(members: list[nn.Module], x):
 
 def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
     """A Sequential in segments (``CheckpointedSequential``), or each member of a ModuleList on
-    its own (its owner's forward calls them one by one)."""
+    its own (its owner's forward calls them one by one), a ModuleList member's members where
+    it is a ModuleList itself (timm's Twins: a list of stages, each a list of blocks)."""
     if isinstance(container, nn.ModuleList):
         for index, member in enumerate(container):
-            container[index] = Checkpointed(member, policy)
+            container[index] = (_checkpoint_container(member, policy)
+                                if isinstance(member, nn.ModuleList)
+                                else Checkpointed(member, policy))
         return container
-    return CheckpointedSequential(list(container), policy)
+    return CheckpointedSequential(container, policy)
 
 
 def _largest_block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
