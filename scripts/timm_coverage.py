@@ -154,8 +154,34 @@ def _gflop(row: Coverage | None) -> str:
     return f"{row.flops_per_image / 1e9:.2f}" if row and row.flops_per_image else "-"
 
 
+def counts(rows: list[Coverage], method: str) -> str:
+    """'bp: 97 of 98 estimate (1 refused)': how ``method``'s rows ended."""
+    mine = [row for row in rows if row.method == method]
+    others: dict[str, int] = {}
+    for row in mine:
+        if not row.estimates:
+            others[row.status] = others.get(row.status, 0) + 1
+    rest = ", ".join(f"{count} {status}" for status, count in sorted(others.items()))
+    return (f"{method}: **{sum(row.estimates for row in mine)} of {len(mine)} estimate**"
+            + (f" ({rest})" if rest else ""))
+
+
+def table_row(family: str, by_method: dict[str, Coverage], methods: list[str]) -> list[str]:
+    """One family's row: its model, each method's peak, bp's FLOPs and time, the reasons."""
+    main = by_method[methods[0]]
+    status = "estimated" if all(by_method[m].estimates for m in by_method) else "; ".join(
+        f"{m}: {row.status}" for m, row in by_method.items() if not row.estimates)
+    reasons = "; ".join(f"{m}: {short_reason(row.reason)}" for m, row in by_method.items()
+                        if not row.estimates)
+    peaks = [peak_text(by_method[m]) if m in by_method and by_method[m].estimates else "-"
+             for m in methods]
+    return [family, main.arch.removeprefix("timm:"), str(main.res) if main.res else "-",
+            f"{main.parameters / 1e6:.1f}M" if main.parameters else "-", status, *peaks,
+            _gflop(main), f"{main.seconds:.0f}" if main.seconds else "-", reasons]
+
+
 def markdown(out: Path) -> str:
-    """The docs' section: counts, how it was made, and one row per family."""
+    """The docs' section: counts, how and when it was made, and one row per family."""
     import timm
     import torch
 
@@ -164,34 +190,16 @@ def markdown(out: Path) -> str:
     for row in rows:
         by_family.setdefault(row.family, {})[row.method] = row
     methods = list(dict.fromkeys(row.method for row in rows))
-    first = [family_rows[methods[0]] for family_rows in by_family.values()]
-    estimating = sum(row.estimates for row in first)
-    counts: dict[str, int] = {}
-    for row in first:
-        if not row.estimates:
-            counts[row.status] = counts.get(row.status, 0) + 1
     header = ["family", "model", "res", "params", "status",
               *[f"{m} peak (batch {BATCH})" for m in methods],
               f"{methods[0]} GFLOP/img", f"{methods[0]} s/estimate", "reason"]
-    body = []
-    for family, family_rows in by_family.items():
-        main = family_rows[methods[0]]
-        reasons = [f"{m}: {short_reason(r.reason)}" if len(methods) > 1 else short_reason(r.reason)
-                   for m, r in family_rows.items() if not r.estimates]
-        body.append([family, main.arch.removeprefix("timm:"), str(main.res) if main.res else "-",
-                     f"{main.parameters / 1e6:.1f}M" if main.parameters else "-", main.status,
-                     *[peak_text(family_rows[m]) if m in family_rows and family_rows[m].estimates
-                       else "-" for m in methods],
-                     _gflop(main), f"{main.seconds:.0f}" if main.seconds else "-",
-                     "; ".join(reasons)])
-    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    made = dt.date.fromtimestamp(out.stat().st_mtime).isoformat()
     return "\n".join([
-        (f"{len(by_family)} families: **{estimating} estimating**, "
-         f"{len(by_family) - estimating} not ({summary or 'none'})."), "",
-        (f"Made on {dt.date.today().isoformat()} with torch {torch.__version__} and timm "
-         f"{timm.__version__} by"), "",
+        f"{len(by_family)} families; " + "; ".join(counts(rows, m) for m in methods) + ".", "",
+        f"Made on {made} with torch {torch.__version__} and timm {timm.__version__} by", "",
         f"    python scripts/timm_coverage.py --methods {','.join(methods)}", "",
-        markdown_table(header, body)])
+        markdown_table(header, [table_row(family, by_method, methods)
+                                for family, by_method in by_family.items()])])
 
 
 def main() -> None:
