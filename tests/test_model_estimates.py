@@ -68,6 +68,24 @@ def test_buffers_made_on_the_parameters_device_become_fake_cpu_tensors():
         assert position_bias_net(3).scale.isnan().all()
 
 
+def test_a_constructors_op_on_meta_parameters_and_real_tensors_runs_on_meta():
+    """Out of place, the result is meta; written into a real tensor, the values are NaN (a
+    meta tensor has none), whether by copy_, an in-place op or an index."""
+    import torch
+
+    with registry.parameters_on_meta():
+        weight = torch.nn.Linear(2, 2).weight
+        assert weight.is_meta and (torch.zeros(2, 2) + weight).is_meta
+        copied, added, indexed = torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2)
+        copied.copy_(weight)
+        added += weight
+        indexed[0] = weight[0]
+        counts = torch.zeros(2, dtype=torch.long)
+        counts.copy_(weight[0].long())  # integers have no NaN: left as they were
+    assert all(t.isnan().all() for t in (copied, added, indexed))
+    assert counts.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("method", ["bp-ckpt", "bp-sac"])
 def test_checkpointed_segments_that_start_in_place_keep_bps_gradients(method):
     """An in-place ReLU at the start of a segment would modify the input its checkpoint keeps

@@ -235,20 +235,28 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
 
 
+# Tensor methods that write into their first argument, besides those named ``x_``.
+_IN_PLACE_DUNDERS = frozenset(f"__{name}__" for name in (
+    "setitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
+    "iand", "ior", "ixor", "ilshift", "irshift"))
+
+
 class _MetaAmongReal(TorchFunctionMode):
     """How a constructor's ops treat the meta parameters beside its real tensors: an op given
     both runs on the meta device, the real ones moved there (timm's hybrid ViTs run their
-    backbone on a real zero image to learn its output size), and ``real.copy_(meta)`` fills
-    ``real`` with NaN (integers: left as they are) instead of failing ("Cannot copy out of
-    meta tensor", timm's Swin-v2 filling a buffer): a meta tensor has no values, the fake
-    tensor the buffer becomes has none either, and a constructor that reads it back reads NaN,
-    not plausible numbers."""
+    backbone on a real zero image to learn its output size), and one that writes meta values
+    into a real tensor (``real.copy_(meta)``, timm's Swin-v2 filling a buffer; ``real[i] =
+    meta``) fills it with NaN (integers: left as they are) instead of failing ("Cannot copy
+    out of meta tensor"): a meta tensor has no values, the fake tensor the buffer becomes has
+    none either, and a constructor that reads it back reads NaN, not plausible numbers."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not _mixes_meta_and_real((*args, *kwargs.values())):
             return func(*args, **kwargs)
-        if func is torch.Tensor.copy_ and not args[0].is_meta:
+        name = getattr(func, "__name__", "")
+        writes = name in _IN_PLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
+        if writes and isinstance(args[0], torch.Tensor) and not args[0].is_meta:
             if args[0].is_floating_point() or args[0].is_complex():
                 args[0].fill_(float("nan"))
             return args[0]
