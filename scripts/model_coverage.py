@@ -24,11 +24,12 @@ import sys
 import time
 
 import torch
+from coverage_common import estimate_model, peak_text, result_text
 
 from membench.archs import ArchError, probe_arch
 from membench.measure.devices import CpuDevice
 from membench.measure.protocol import count_step_flops, run_cell
-from membench.planning.estimate import estimate_cell
+from membench.report.markdown import markdown_table
 from membench.schema import Cell
 
 TIMM_MODELS = [
@@ -70,27 +71,28 @@ def smallest_resolution(arch: str, start: int) -> tuple[int | None, str]:
     return None, reason
 
 
-def status(row) -> str:
-    if row.status in ("ok", "estimated"):
-        return f"{row.peak_allocated_bytes / 2**20:,.0f} MiB"
-    return f"{row.status}: {(row.error or '')[:80]}"
-
-
 def cover(arch: str, measure: bool, max_params: float) -> list[str]:
     min_size, ops, flops_res = torchvision_meta(arch)
     res, reason = smallest_resolution(arch, min_size)
     if res is None:
         return [arch, "-", f"refused: {reason[:100]}", "", "", "", "", ""]
-    cells = {m: Cell(m, arch, res, 2, classes=10, warmup=1, steps=1) for m in ("bp", "bp-ckpt")}
-    bp, ckpt = (status(estimate_cell(cells[m], "cuda", count_flops=False)) for m in cells)
+    bp, ckpt = (
+        peak_text(estimate_model(arch, res, m, classes=10, count_flops=False))
+        for m in ("bp", "bp-ckpt")
+    )
     measured = "-"
     if measure:
         if probe_arch(arch, res).parameters > max_params:
             measured = "skipped (size)"
         else:
             start = time.perf_counter()
-            row = run_cell(cells["bp"], CpuDevice(), count_flops=False)
-            measured = f"{status(row)} ({time.perf_counter() - start:.0f} s)"
+            row = run_cell(
+                Cell("bp", arch, res, 2, classes=10, warmup=1, steps=1),
+                CpuDevice(),
+                count_flops=False,
+            )
+            text = result_text(row.status, row.peak_allocated_bytes, row.error)
+            measured = f"{text} ({time.perf_counter() - start:.0f} s)"
     try:
         flops = count_step_flops(Cell("bp", arch, flops_res, 2, classes=1000)) / 2 / 1e9
         flops_text = f"{flops:.2f} ({flops_res})"
@@ -126,12 +128,10 @@ def main() -> None:
         "3x torchvision GFLOPS",
         "ratio",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print(markdown_table(header, []))
     for arch in models:
-        print(
-            "| " + " | ".join(cover(arch, args.measure, args.max_measure_params)) + " |", flush=True
-        )
+        row = cover(arch, args.measure, args.max_measure_params)
+        print(markdown_table(header, [row]).splitlines()[-1], flush=True)
     sys.stdout.flush()
 
 

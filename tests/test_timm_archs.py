@@ -41,3 +41,22 @@ def test_a_timm_vit_estimates_at_its_resolution_and_is_refused_below_it():
     row = estimate_cell(Cell("bp", "timm:test_vit", 160, 2, classes=3, warmup=1, steps=1), "cuda")
     assert row.status == "estimated", row.error
     assert row.flops_per_step > 0 and row.peak_allocated_bytes > 0
+
+
+@pytest.mark.slow  # a real timm model's estimate: tens of seconds on 2 cores
+@pytest.mark.parametrize(
+    ("model", "res"),
+    [
+        ("swin_tiny_patch4_window7_224", 224),  # FakeTensorDeviceMismatchError: cpu and meta
+        ("vit_tiny_r_s16_p8_224", 224),  # a backbone run on a real image while building
+    ],
+)
+def test_timm_models_that_failed_to_build_on_fake_tensors_estimate(model, res):
+    pytest.importorskip("timm")
+    row = estimate_cell(
+        Cell("bp", f"timm:{model}", res, 2, classes=10, warmup=1, steps=1),
+        "cuda",
+        count_flops=False,
+    )
+    assert row.status == "estimated", row.error
+    assert row.peak_allocated_bytes > 0

@@ -33,6 +33,8 @@ from importlib.metadata import entry_points
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map_only
 
 from ..errors import one_line
 from .specs import (
@@ -252,7 +254,9 @@ def parameters_on_meta() -> Iterator[None]:
     them back (torchvision's RegNet widths, timm's ``linspace(...).tolist()`` drop-path rates,
     ``trunc_normal_``'s rejection loop) works as ever, while its weights take no memory and its
     initialisers do nothing (torch's skip meta tensors). Buffers stay real: they are small, and
-    some are data the forward indexes with (Swin's relative positions).
+    some are data the forward indexes with (Swin's relative positions), except those a
+    constructor makes on its parameters' device (timm's Swin), which are meta too. An op that
+    mixes meta and real tensors runs on meta (``_MetaAmongReal``).
     """
     original = nn.Module.register_parameter
 
@@ -265,9 +269,67 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register
     try:
-        yield
+        with _MetaAmongReal():
+            yield
     finally:
         nn.Module.register_parameter = original
+
+
+# Tensor methods that write into their first argument, besides those named ``x_``.
+_IN_PLACE_DUNDERS = frozenset(
+    f"__{name}__"
+    for name in (
+        "setitem",
+        "iadd",
+        "isub",
+        "imul",
+        "itruediv",
+        "ifloordiv",
+        "imod",
+        "ipow",
+        "imatmul",
+        "iand",
+        "ior",
+        "ixor",
+        "ilshift",
+        "irshift",
+    )
+)
+
+
+class _MetaAmongReal(TorchFunctionMode):
+    """How a constructor's ops treat the meta parameters beside its real tensors: an op given
+    both runs on the meta device, the real ones moved there (timm's hybrid ViTs run their
+    backbone on a real zero image to learn its output size), and one that writes meta values
+    into a real tensor (``real.copy_(meta)``, timm's Swin-v2 filling a buffer; ``real[i] =
+    meta``) fills it with NaN (integers: left as they are) instead of failing ("Cannot copy
+    out of meta tensor"): a meta tensor has no values, the fake tensor the buffer becomes has
+    none either, and a constructor that reads it back reads NaN, not plausible numbers."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _mixes_meta_and_real((*args, *kwargs.values())):
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        writes = name in _IN_PLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
+        if writes and isinstance(args[0], torch.Tensor) and not args[0].is_meta:
+            if args[0].is_floating_point() or args[0].is_complex():
+                args[0].fill_(float("nan"))
+            return args[0]
+        args, kwargs = tree_map_only(torch.Tensor, lambda t: t.to("meta"), (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _mixes_meta_and_real(values) -> bool:
+    """Whether ``values`` (an op's arguments, and the lists among them: ``torch.cat``'s) hold
+    both meta and real tensors. A scan, not a pytree walk: it runs for every op a constructor
+    calls."""
+    devices = set()
+    for value in values:
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, torch.Tensor):
+                devices.add(item.is_meta)
+    return len(devices) == 2
 
 
 def _to_fake(model: nn.Module, mode) -> nn.Module:
@@ -277,14 +339,20 @@ def _to_fake(model: nn.Module, mode) -> nn.Module:
 
     def fake(tensor: torch.Tensor) -> torch.Tensor:
         if id(tensor) not in made:
-            if isinstance(tensor, nn.Parameter):
+            if tensor.is_meta or isinstance(tensor, nn.Parameter):
+                # A parameter, or a buffer a constructor made on its parameters' device (timm's
+                # Swin: ``device=self.norm1.weight.device``): a fake CPU tensor of its shape, as
+                # a meta one beside the fake CPU ones fails the forward (device mismatch).
                 with mode:
-                    made[id(tensor)] = nn.Parameter(
-                        torch.empty(tensor.shape, dtype=tensor.dtype),
-                        requires_grad=tensor.requires_grad,
+                    made[id(tensor)] = torch.empty_strided(
+                        tensor.shape, tensor.stride(), dtype=tensor.dtype
                     )
             else:
                 made[id(tensor)] = mode.from_tensor(tensor)
+            if isinstance(tensor, nn.Parameter):
+                made[id(tensor)] = nn.Parameter(
+                    made[id(tensor)], requires_grad=tensor.requires_grad
+                )
         return made[id(tensor)]
 
     for module in model.modules():

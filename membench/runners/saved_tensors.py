@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -71,11 +72,22 @@ def checkpointed(fn, *args, policy: str, **kwargs):
 
 class Checkpointed(nn.Module):
     """A module run under ``checkpointed``; its parameters stay where they were. Whatever the
-    module takes passes through (a transformer block's mask, positions and rotary tables)."""
+    module takes passes through (a transformer block's mask, positions and rotary tables; timm's
+    BEiT blocks get ``shared_rel_pos_bias=``)."""
 
     def __init__(self, inner: nn.Module, policy: str):
         super().__init__()
         self.inner, self.policy = inner, policy
+
+    def __getattr__(self, name: str):
+        """What the module has (its owner may read a member's attributes: timm's MetaFormer
+        ``head.global_pool.feat_mult()``), where the wrapper has nothing of that name."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":  # not set yet
+                raise
+            return getattr(self.inner, name)
 
     def forward(self, *args, **kwargs):
         return checkpointed(self.inner, *args, policy=self.policy, **kwargs)
@@ -102,16 +114,52 @@ def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+class CheckpointedSequential(nn.Sequential):
+    """A Sequential run in checkpointed segments (between pools, else about √n) when it is
+    called, whose members are still the original ones in number and order, each checkpointed
+    on its own, for an owner that iterates or indexes it instead (timm's NaFlexViT calls each
+    block with an attention mask, MobileNet-v5 gathers each stage's output): regrouping the
+    members into segments would change what that owner sees."""
+
+    def __init__(self, container: nn.Sequential, policy: str):
+        # Under the members' own names: an owner may call them by name (timm's MetaFormer head)
+        super().__init__(
+            OrderedDict(
+                (name, Checkpointed(member, policy)) for name, member in container.named_children()
+            )
+        )
+        self.policy = policy
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # Sequential's own would call this class with its members
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
+
+    def forward(self, x):
+        for part in _segments([wrapped.inner for wrapped in self]):
+            x = checkpointed(partial(_run_in_order, part), x, policy=self.policy)
+        return x
+
+
+def _run_in_order(members: list[nn.Module], x):
+    for member in members:
+        x = member(x)
+    return x
+
+
 def _checkpoint_container(container: nn.Module, policy: str) -> nn.Module:
-    """A Sequential in segments (between pools, else about √n), or each member of a
-    ModuleList on its own (its owner's forward calls them one by one)."""
+    """A Sequential in segments (``CheckpointedSequential``), or each member of a ModuleList on
+    its own (its owner's forward calls them one by one), a ModuleList member's members where
+    it is a ModuleList itself (timm's Twins: a list of stages, each a list of blocks)."""
     if isinstance(container, nn.ModuleList):
         for index, member in enumerate(container):
-            container[index] = Checkpointed(member, policy)
+            container[index] = (
+                _checkpoint_container(member, policy)
+                if isinstance(member, nn.ModuleList)
+                else Checkpointed(member, policy)
+            )
         return container
-    return nn.Sequential(
-        *(Checkpointed(nn.Sequential(*part), policy) for part in _segments(list(container)))
-    )
+    return CheckpointedSequential(container, policy)
 
 
 def checkpoint_torchvision_stages(model: nn.Module, policy: str = "full") -> nn.Module:
