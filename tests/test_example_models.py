@@ -73,7 +73,6 @@ def test_the_readme_verify_command_passes_in_fp16_too(example_installed, monkeyp
 def test_the_temperature_gradient_is_summed_in_fp32(monkeypatch):
     """At a scale the convolutions' fp16 gradients fit (2^13 on resnet20), the temperature's
     fp16 sum did not (its first-step gradient is 14): -inf, then NaN after the clip."""
-    from membench.runners.base import spatial_goodness
     from membench.runners.ff import GoodnessReadout, _DTGFFRunner
 
     setup = VerifySetup(arch="resnet20", res=32, batch=16, classes=10)
@@ -81,7 +80,7 @@ def test_the_temperature_gradient_is_summed_in_fp32(monkeypatch):
     assert _finite_layer_gradients(setup)
 
     def summed_in_fp16(self, z):  # the division as it was: in the goodness's own dtype
-        return (spatial_goodness(z) / self.temperature()) @ self.projection + self.bias
+        return (self.goodness(z) / self.temperature()) @ self.projection + self.bias
 
     monkeypatch.setattr(GoodnessReadout, "forward", summed_in_fp16)
     assert not _finite_layer_gradients(setup)

@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from ..errors import one_line
 from .bounded import call_bounded
 from .layers import LayerStack
-from .registry import TOKEN_KINDS, build_arch, clear_caches, resolve_arch
+from .registry import TOKEN_KINDS, arch_kind, build_arch, clear_caches, resolve_arch
 from .specs import ArchError, cifar_resnet_spec, conv_stack_spec
 
 # Two samples: a training-mode BatchNorm needs more than one value per channel.
@@ -183,7 +183,7 @@ def validate_arch(
     sequences of ``seq`` for a token model (its positions from the config, its forward for
     ``objective`` and ``attn_implementation`` from ``probe_tokens``). A plugin's or an import
     path's module is imported under the same bound on time as the probe."""
-    kind = call_bounded(lambda: resolve_arch(name).kind, f"importing --arch {name}")
+    kind = arch_kind(name)
     if kind in TOKEN_KINDS:
         from .hf import check_sequence, objective_of
 

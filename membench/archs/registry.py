@@ -423,6 +423,14 @@ def build_arch(
     return model if dropout else without_dropout(model)
 
 
+def arch_kind(name: str) -> str:
+    """``resolve_arch(name).kind``, a plugin's or an import path's module imported under the
+    bound on probing user code (``bounded.call_bounded``: sys.exit or a hang is one line)."""
+    from .bounded import call_bounded
+
+    return call_bounded(lambda: resolve_arch(name).kind, f"importing --arch {name}")
+
+
 def takes_tokens(name: str) -> bool:
     """Whether ``name``'s input is token sequences (a cell's ``seq``) rather than images."""
-    return resolve_arch(name).kind in TOKEN_KINDS
+    return arch_kind(name) in TOKEN_KINDS

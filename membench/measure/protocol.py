@@ -386,7 +386,8 @@ def _measure(
     device.reset_peak_memory()  # the allocator's peak covers the timed pass alone
     window = LoadWindow.start()  # what else runs on the machine meanwhile
     result.step_ms = timer(prepared.step, cell.steps)
-    window.stop().record(result)
+    if result.step_ms:  # an estimate times nothing: the load beside it says nothing of it
+        window.stop().record(result)
     device.record_peaks(result)
     device.record_device_terms(prepared, result)  # what the card must hold (device-total.md)
     result.offloaded_bytes = prepared.runner.offloaded_peak_bytes
