@@ -28,7 +28,7 @@ PRELOAD = [
     "torch",
     "timm",
     "torchvision",
-    "membench.measure.estimate",
+    "membench.planning.estimate",
     "membench.archs.probe",
     "coverage_common",
 ]
@@ -71,7 +71,7 @@ def estimate_model(
     """``arch``'s CUDA estimate at ``res`` (fp32, one warmup and one step), or the reason there
     is none: ``validate_arch``'s refusal, the estimate's error. Never raises for the model."""
     from membench.archs import ArchError, validate_arch
-    from membench.measure.estimate import estimate_cell
+    from membench.planning.estimate import estimate_cell
     from membench.schema import Cell
 
     row = Coverage(family, arch, res, method, batch, ERROR)
