@@ -199,7 +199,9 @@ def test_broken_ranks_become_rows_that_name_the_rank_and_leave_no_process(tmp_pa
     assert results[0].error.startswith("rank 1: RuntimeError: deliberate failure")
     assert results[1].error.startswith("rank 1: OutOfMemoryError: deliberate out of memory")
     assert results[2].error.startswith("rank 1 failed (exit code 7)")
-    hung = run_multi_device(cell("test-rank-hang"), "cpu", "cpu", timeout_s=6)
+    # 10 s: the ranks' collectives give up after a third of 0.9 x it, time a loaded machine's
+    # ranks need to start (6 s flaked there: rank 0 had not reached its collective yet)
+    hung = run_multi_device(cell("test-rank-hang"), "cpu", "cpu", timeout_s=10)
     assert hung.status == "timeout" and hung.error.startswith("rank(s) 1 hung"), hung.error
     assert "rank(s) 0 timed out waiting for them" in hung.error
     started = [int(p.name) for p in pids.iterdir()]
