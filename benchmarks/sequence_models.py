@@ -34,6 +34,8 @@ import csv
 import time
 from pathlib import Path
 
+from membench.measure.flops import throughput_bound
+from membench.measure.peaks import gpu_peak
 from membench.planning.device_profiles import device_profile_of
 from membench.planning.estimate import estimate_cell
 from membench.planning.fit import fit_batch
@@ -322,22 +324,37 @@ def estimates_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def fits_markdown(rows: list[dict]) -> list[str]:
+def tokens_bound(estimate: dict | None, profile: str) -> str:
+    """Tokens/s a step of this configuration could reach at the profile's GPU's bf16 datasheet
+    peak (``flops.throughput_bound`` x seq; FLOPs per sample do not change with the batch), from
+    its estimate's FLOPs; an upper bound, never a prediction."""
+    if not estimate or not estimate.get("flops_per_step"):
+        return "-"
+    peak = gpu_peak(device_profile_of(profile).gpu)
+    if peak is None:
+        return "-"
+    bound = throughput_bound(int(estimate["flops_per_step"]), int(estimate["batch"]), peak.bf16)
+    return f"{bound * int(estimate['seq']):,.0f}"
+
+
+def fits_markdown(rows: list[dict], estimated: list[dict]) -> list[str]:
     """Per model, length and configuration, the largest batch by each figure fits were judged
-    by; the first figure's peak, next batch and what decided it."""
+    by; the first figure's peak, next batch and what decided it; the tokens/s bound at the
+    card's bf16 peak."""
     by_key: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         by_key.setdefault((r["model"], r["seq"], r["configuration"]), {})[r["fit_by"]] = r
+    estimates_of = {(r["model"], r["seq"], r["configuration"]): r for r in estimated}
     figures = list(dict.fromkeys(r["fit_by"] for r in rows))
     first = figures[0]
     lines = [
         f"| model | seq | configuration | largest batch by {first} | its {first} GiB "
         f"| next batch: {first} GiB, decided by | "
         + "".join(f"largest batch by {f} | " for f in figures[1:])
-        + "estimates | seconds |"
+        + "tokens/s bound | estimates | seconds |"
     ]
-    lines.append("| --- | ---: | --- | ---: | ---: | --- |" + " ---: |" * (len(figures) + 1))
-    for (model, seq, name), fitted in by_key.items():
+    lines.append("| --- | ---: | --- | ---: | ---: | --- |" + " ---: |" * (len(figures) + 2))
+    for key, fitted in by_key.items():
         r = fitted.get(first)
         if r is None:
             continue
@@ -348,9 +365,11 @@ def fits_markdown(rows: list[dict]) -> list[str]:
         others = "".join(
             f"{fitted[f]['batch'] or 'none'} | " if f in fitted else "- | " for f in figures[1:]
         )
+        bound = tokens_bound(estimates_of.get(key), r["device_profile"])
         lines.append(
-            f"| {model} | {seq} | {name} | {r['batch'] or 'none'} | {_gib(r['peak_bytes'])} "
-            f"| {following} | {others}{r['estimates']} | {r['seconds']} |"
+            f"| {key[0]} | {key[1]} | {key[2]} | {r['batch'] or 'none'} "
+            f"| {_gib(r['peak_bytes'])} | {following} | {others}{bound} | {r['estimates']} "
+            f"| {r['seconds']} |"
         )
     return lines
 
@@ -375,14 +394,13 @@ def depth_markdown(rows: list[dict]) -> list[str]:
 def markdown(out: Path) -> str:
     """The three CSVs as the Markdown tables of docs/sequence-models.md."""
     lines: list[str] = []
-    for name, table in (
-        ("estimates.csv", estimates_markdown),
-        ("fits.csv", fits_markdown),
-        ("depth.csv", depth_markdown),
-    ):
-        rows = _rows(out / name)
-        if rows:
-            lines += [*table(rows), ""]
+    estimated, fitted, depth = (_rows(out / n) for n in ("estimates.csv", "fits.csv", "depth.csv"))
+    if estimated:
+        lines += [*estimates_markdown(estimated), ""]
+    if fitted:
+        lines += [*fits_markdown(fitted, estimated), ""]
+    if depth:
+        lines += [*depth_markdown(depth), ""]
     return "\n".join(lines)
 
 
