@@ -355,3 +355,16 @@ def test_compare_matches_token_cells_on_seq_and_the_report_says_it_leaves_them_o
     loaded = load_cells([new])
     assert list(loaded.cells["arch"]) == ["vgg8"]
     assert any("2 token-sequence row(s)" in note for note in loaded.notes)
+
+
+@pytest.mark.slow  # a hundred cells validated against a transformers model: seconds
+def test_plan_tries_every_bp_tool_on_a_token_cell_and_layer_local_only_for_classification():
+    from membench.planning.plan import candidate_cells
+
+    families = {}
+    for objective in ("causal-lm", "classification"):
+        cells = candidate_cells(GPT, None, 8, seq=64, objective=objective)
+        assert {(c.res, c.seq, c.objective) for c in cells} == {(None, 64, objective)}
+        families[objective] = {c.method for c in cells}
+    bp_tools = {"bp", "bp-accum", "bp-ckpt", "bp-offload", "bp-sac"}
+    assert families == {"causal-lm": bp_tools, "classification": {*bp_tools, "ff-pipelined"}}
