@@ -553,6 +553,8 @@ def nothing_left(folder: Path) -> Callable[[], str]:
     """After an interrupted sweep: no lock or half-written file left in ``folder``."""
 
     def check() -> str:
+        if not folder.exists():  # interrupted before its first row
+            return ""
         left = [p.name for p in folder.iterdir() if p.name.startswith(".") or "tmp" in p.name]
         return f"left behind {left}" if left else ""
 
