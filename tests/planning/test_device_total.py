@@ -181,3 +181,70 @@ def test_terms_add_up_to_the_device_total():
         "workspace_bytes": 1,
         "reserve_slack_bytes": 2,
     }
+
+
+# Before the steps a 6 MiB block (a gradient) in a 20 MiB segment, [0,6) and 14 MiB free. The
+# step: a 14 MiB temporary, its new 6 MiB gradient, the old one freed.
+GRADIENT_STEP = [
+    ("alloc", "g0", 6 * MIB),
+    START,
+    ("alloc", "t", 14 * MIB),
+    ("free", "t", 14 * MIB),
+    ("alloc", "g1", 6 * MIB),
+    ("free", "g0", 6 * MIB),
+]
+
+
+def check_repeated_gradient_step() -> None:
+    replay = replay_step(GRADIENT_STEP, DEFAULT, Workspaces())
+    # step 1: t fits the free [6,20) exactly; g1 splits it again, [6,12); freeing g0 leaves
+    # [0,6) and [12,20) free: nothing for a 14 MiB block. Step 2's t takes a segment of its own
+    # (>= 10 MiB: 14 MiB, rounded to 2 MiB), 34 MiB in all; its g2 takes [0,6), freeing g1
+    # merges [6,20) again. Step 3 finds what it needs cached (t: [6,20), the older of two
+    # 14 MiB blocks): nothing more, so the repetitions stop after two.
+    assert (replay.peak_reserved, replay.repeats) == (34 * MIB, 2)
+
+
+def test_a_step_repeated_needs_the_segment_its_first_run_did_not(monkeypatch):
+    check_repeated_gradient_step()
+    monkeypatch.setattr(device_total, "MAX_REPEATS", 0)  # mutant: the recorded step alone
+    with pytest.raises(AssertionError):
+        check_repeated_gradient_step()
+    assert replay_step(GRADIENT_STEP, DEFAULT, Workspaces()).peak_reserved == 20 * MIB
+
+
+def test_a_repeated_step_frees_the_survivor_of_the_same_size_in_order():
+    events = [
+        ("alloc", "a", 4 * MIB),
+        ("alloc", "b", 2 * MIB),
+        ("alloc", "c", 4 * MIB),
+        START,
+        ("free", "c", 4 * MIB),
+        ("alloc", "x", 2 * MIB),
+        ("alloc", "y", 4 * MIB),
+        ("alloc", "z", 4 * MIB),
+        ("free", "a", 4 * MIB),
+        ("free", "b", 2 * MIB),
+    ]
+    unit = device_total.repeated_steps(events)
+    # survivors x (2 MiB), y, z (4 MiB); c, the first 4 MiB freed, is replaced by y, a by z
+    assert [unit.steps[i][1] for i in unit.survivors] == ["x", "y", "z"]
+    assert unit.pre_freed == {0: 1, 4: 2, 5: 0}
+
+
+@pytest.mark.parametrize(
+    ("events", "why"),
+    [
+        (GRADIENT_STEP[:-1], "leaves g1 live and frees nothing it held before"),
+        ([*GRADIENT_STEP[:-2], ("alloc", "g1", 8 * MIB), GRADIENT_STEP[-1]], "8 for 6 MiB"),
+        (GRADIENT_STEP[:1], "no START"),
+    ],
+)
+def test_steps_that_do_not_end_as_they_began_are_not_repeated(events, why):
+    assert device_total.repeated_steps(events) is None, why
+    assert replay_step(events, DEFAULT, Workspaces()).repeats == 0
+    assert device_total.repeated_steps(GRADIENT_STEP) is not None  # the same step, balanced
+
+
+def test_steps_that_free_what_they_never_held_are_not_repeated():
+    assert device_total.repeated_steps([START, ("free", "never", MIB)]) is None
