@@ -94,17 +94,28 @@ class _Steps:
     pre_freed: dict[int, int]
     survivors: list[int]
 
+    @property
+    def kept(self) -> list[int]:
+        """The survivors (their indexes in ``survivors``) that take no block's place."""
+        replacing = set(self.pre_freed.values())
+        return [n for n in range(len(self.survivors)) if n not in replacing]
+
 
 def repeated_steps(events: list) -> _Steps | None:
     """The recorded steps of a stream as a unit that repeats, or None where they cannot: no
-    ``START``, or steps that do not end as they began (the bytes they free of what was live
-    before them are not, size for size, the bytes they leave live).
+    ``START``, a free of a block never allocated, or a block live before the steps and freed in
+    them that no survivor of its size can take the place of.
 
-    Where they can, a repetition frees, in place of each block that was live before the steps,
-    a survivor of the same size: the n-th freed of a size, the n-th allocated survivor of that
-    size. Which of several equal blocks it is only moves blocks of one size about; replays of
-    two recorded steps and of one step and its repetition reserved the same bytes for the cells
-    docs/device-total.md names."""
+    A repetition frees, in place of each block that was live before the steps, a survivor of
+    the same size: the n-th freed of a size, the n-th allocated survivor of that size. Which of
+    several equal blocks it is only moves blocks of one size about; replays of two recorded
+    steps and of one step and its repetition reserved the same bytes for the cells
+    docs/device-total.md names. Survivors that take no block's place (``kept``: what a runner
+    keeps from one step into the next, or gradients a first backward pass created) are freed
+    as a repetition begins, the earliest moment a real step could free them: so a repetition
+    starts from the bytes the recorded steps started from and requests what they requested, to
+    the byte (its requested peak stays the tensors' peak, which the workspace term is measured
+    from)."""
     start = next((i for i, event in enumerate(events) if event is START), None)
     if start is None:
         return None
@@ -132,16 +143,21 @@ def repeated_steps(events: list) -> _Steps | None:
     by_size: dict[int, list[int]] = defaultdict(list)
     for position, index in enumerate(survivors):
         by_size[steps[index][2]].append(position)
-    if sorted(size for _, size in freed_before) != sorted(steps[i][2] for i in survivors):
-        return None
-    pre_freed = {index: by_size[size].pop(0) for index, size in freed_before}
+    pre_freed = {}
+    for index, size in freed_before:
+        if not by_size[size]:
+            return None  # the steps free more of this size than they leave live
+        pre_freed[index] = by_size[size].pop(0)
     return _Steps(steps, pre_freed, survivors)
 
 
 def _repetition(unit: _Steps, number: int, previous: list) -> Iterator:
-    """The events of repetition ``number`` of ``unit``: fresh keys (``(number, index)``, never
-    a tracker's), each free of a block live before the steps a free of the survivor of
-    ``previous`` (the keys of the last run's survivors) that takes its place."""
+    """The events of repetition ``number`` of ``unit``: first the frees of the last run's
+    ``kept`` survivors, then the steps with fresh keys (``(number, index)``, never a tracker's),
+    each free of a block live before the steps a free of the survivor of ``previous`` (the keys
+    of the last run's survivors) that takes its place."""
+    for position in unit.kept:
+        yield ("free", previous[position], unit.steps[unit.survivors[position]][2])
     live: dict = {}
     for index, event in enumerate(unit.steps):
         if isinstance(event, ConvCall):
