@@ -87,8 +87,8 @@ class StepReplay:
 class _Steps:
     """The recorded steps (what follows ``START``) as a unit that can run again: what was live
     before them and is freed in them (``pre_freed``: its index in ``steps`` -> the index of the
-    survivor that takes its place), and what they allocate and leave live (``survivors``: the
-    indexes of its allocations in ``steps``)."""
+    survivor that takes its place; a free no survivor replaces is not in it), and what they
+    allocate and leave live (``survivors``: the indexes of its allocations in ``steps``)."""
 
     steps: list
     pre_freed: dict[int, int]
@@ -102,20 +102,25 @@ class _Steps:
 
 
 def repeated_steps(events: list) -> _Steps | None:
-    """The recorded steps of a stream as a unit that repeats, or None where they cannot: no
-    ``START``, a free of a block never allocated, or a block live before the steps and freed in
-    them that no survivor of its size can take the place of.
+    """The recorded steps of a stream as a unit that repeats, or None where there are none (no
+    ``START``) or they free a block the stream never allocated.
 
     A repetition frees, in place of each block that was live before the steps, a survivor of
     the same size: the n-th freed of a size, the n-th allocated survivor of that size. Which of
     several equal blocks it is only moves blocks of one size about; replays of two recorded
     steps and of one step and its repetition reserved the same bytes for the cells
-    docs/device-total.md names. Survivors that take no block's place (``kept``: what a runner
-    keeps from one step into the next, or gradients a first backward pass created) are freed
-    as a repetition begins, the earliest moment a real step could free them: so a repetition
-    starts from the bytes the recorded steps started from and requests what they requested, to
-    the byte (its requested peak stays the tensors' peak, which the workspace term is measured
-    from)."""
+    docs/device-total.md names. Two kinds of block take part once only:
+
+    - a block live before the steps and freed in them that no survivor of its size replaces
+      (something from before the steps that the steps let go of: a repetition has none of it
+      to free);
+    - a survivor that takes no block's place (``kept``: what a runner keeps from one step into
+      the next, or gradients a first backward pass created). A repetition frees it as it
+      begins, the earliest moment a real step could.
+
+    So a repetition starts from no more bytes than the recorded steps started from and requests
+    no more than they did (its requested peak stays the tensors' peak, which the workspace term
+    is measured from)."""
     start = next((i for i, event in enumerate(events) if event is START), None)
     if start is None:
         return None
@@ -143,11 +148,7 @@ def repeated_steps(events: list) -> _Steps | None:
     by_size: dict[int, list[int]] = defaultdict(list)
     for position, index in enumerate(survivors):
         by_size[steps[index][2]].append(position)
-    pre_freed = {}
-    for index, size in freed_before:
-        if not by_size[size]:
-            return None  # the steps free more of this size than they leave live
-        pre_freed[index] = by_size[size].pop(0)
+    pre_freed = {index: by_size[size].pop(0) for index, size in freed_before if by_size[size]}
     return _Steps(steps, pre_freed, survivors)
 
 
@@ -155,7 +156,7 @@ def _repetition(unit: _Steps, number: int, previous: list) -> Iterator:
     """The events of repetition ``number`` of ``unit``: first the frees of the last run's
     ``kept`` survivors, then the steps with fresh keys (``(number, index)``, never a tracker's),
     each free of a block live before the steps a free of the survivor of ``previous`` (the keys
-    of the last run's survivors) that takes its place."""
+    of the last run's survivors) that takes its place, or none where none does."""
     for position in unit.kept:
         yield ("free", previous[position], unit.steps[unit.survivors[position]][2])
     live: dict = {}
@@ -167,7 +168,7 @@ def _repetition(unit: _Steps, number: int, previous: list) -> Iterator:
             yield ("alloc", (number, index), event[2])
         elif event[1] in live:
             yield ("free", live.pop(event[1]), event[2])
-        else:
+        elif index in unit.pre_freed:
             yield ("free", previous[unit.pre_freed[index]], event[2])
 
 

@@ -232,21 +232,31 @@ def test_a_repeated_step_frees_the_survivor_of_the_same_size_in_order():
     assert unit.pre_freed == {0: 1, 4: 2, 5: 0}
 
 
-@pytest.mark.parametrize(
-    ("events", "why"),
-    [
-        ([*GRADIENT_STEP[:-2], ("alloc", "g1", 8 * MIB), GRADIENT_STEP[-1]], "8 for 6 MiB"),
-        (GRADIENT_STEP[:1], "no START"),
-    ],
-)
-def test_steps_that_free_what_no_survivor_replaces_are_not_repeated(events, why):
-    assert device_total.repeated_steps(events) is None, why
-    assert replay_step(events, DEFAULT, Workspaces()).repeats == 0
-    assert device_total.repeated_steps(GRADIENT_STEP) is not None  # the same step, balanced
-
-
-def test_steps_that_free_what_they_never_held_are_not_repeated():
+def test_steps_that_are_none_or_free_what_they_never_held_are_not_repeated():
+    assert device_total.repeated_steps(GRADIENT_STEP[:1]) is None  # no START
+    assert replay_step(GRADIENT_STEP[:1], DEFAULT, Workspaces()).repeats == 0
     assert device_total.repeated_steps([START, ("free", "never", MIB)]) is None
+
+
+def test_a_block_from_before_that_nothing_replaces_is_freed_once():
+    # before the steps, besides g0, a 4 MiB block the step lets go of and leaves nothing for
+    events = [
+        ("alloc", "g0", 6 * MIB),
+        ("alloc", "junk", 4 * MIB),
+        START,
+        ("alloc", "t", 14 * MIB),
+        ("free", "t", 14 * MIB),
+        ("alloc", "g1", 6 * MIB),
+        ("free", "g0", 6 * MIB),
+        ("free", "junk", 4 * MIB),
+    ]
+    unit = device_total.repeated_steps(events)
+    assert (unit.pre_freed, unit.kept) == ({3: 0}, [])  # g1 replaces g0; junk: nothing
+    replay = replay_step(events, DEFAULT, Workspaces())
+    # S1 (20 MiB): g0 [0,6), junk [6,10). t gets S2 (14 MiB), g1 [10,16), then [0,10) is free:
+    # 34 MiB. The repetition: t in S2, g2 [0,6), g1 freed; junk is not freed again. Nothing more
+    # reserved: one repetition.
+    assert (replay.peak_reserved, replay.repeats) == (34 * MIB, 1)
 
 
 KEPT_STEP = [*GRADIENT_STEP, ("alloc", "kept", 512 * 1024)]
