@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from execute.test_sweep import WAIT_S, process_gone, wait_for
 from fake_runners import install_misbehaving_runners
-from test_sweep import WAIT_S, process_gone, wait_for
 
 # Installed as sitecustomize in every interpreter of the test's process group: sends Ctrl-C to
 # the group when $MEMBENCH_TEST_INTERRUPT_AT is imported by the sweep process ("sweep") or by the
