@@ -687,6 +687,11 @@ def wave_cases(p: dict[str, Path]) -> list[Case]:
         Case("sweep objective on an image arch", [*est, "--objective", "causal-lm"]),
         Case("sweep attention on an image arch", [*est, "--attn-implementation", "sdpa"]),
         Case("fit seq on an image arch", [*fit, "--seq", "64"], needle="takes images"),
+        Case(
+            "fit seq on an image arch, every method",
+            [*fit[:-2], "--seq", "64"],
+            needle="takes images",
+        ),
         Case("fit objective on an image arch", [*fit, "--objective", "causal-lm"]),
         Case("fit attention on an image arch", [*fit, "--attn-implementation", "sdpa"]),
         Case("fit batch on an image arch", [*fit, "--batch", "4"], needle="token models"),
