@@ -70,11 +70,11 @@ def timed(cell: Cell, replay: bool) -> float:
 
 
 def recording_ratio(cell: Cell, repeats: int) -> tuple[float, float]:
-    """The memory pass alone (the protocol's tracked steps of one prepared cell), with the
-    stream-recording tracker and with the plain one, interleaved: (fastest with, fastest
-    without), in CPU seconds of this process. Short runs, so many of them: the fastest is the
-    least disturbed."""
-    from membench.measure.protocol import DEFAULT_TRACKER_STEPS, prepare_cell
+    """The memory pass alone (the protocol's tracked steps of one prepared cell, as many as an
+    estimate tracks), with the stream-recording tracker and with the plain one, interleaved:
+    (fastest with, fastest without), in CPU seconds of this process. Short runs, so many of
+    them: the fastest is the least disturbed."""
+    from membench.measure.protocol import prepare_cell, tracked_steps
     from membench.planning.step_stream import StreamTracker
 
     device = EstimateDevice("cuda")
@@ -84,11 +84,12 @@ def recording_ratio(cell: Cell, repeats: int) -> tuple[float, float]:
             True: lambda: StreamTracker(rounding=cuda_allocated_size),
             False: lambda: TensorMemoryTracker(rounding=cuda_allocated_size),
         }
+        steps = tracked_steps(prepared.runner, cell)  # as many as the estimate's memory pass
         times = {True: [], False: []}
         for repeat in range(repeats):
             for stream in (True, False) if repeat % 2 == 0 else (False, True):
                 start = time.process_time()  # this process's CPU time: others' load aside
-                prepared.tracked(trackers[stream](), DEFAULT_TRACKER_STEPS)
+                prepared.tracked(trackers[stream](), steps)
                 times[stream].append(time.process_time() - start)
     return min(times[True]), min(times[False])
 

@@ -39,19 +39,19 @@ step() {
   log "=== $name: exit $rc"
 }
 
-log "membench GPU validation into $OUT (python: $PYTHON)"
-if ! "$PYTHON" -c "import membench, pytest" >/dev/null 2>&1; then
-  step install "$PYTHON" -m pip install -e ".[dev]"
-fi
-# The console script may not be on PATH; run the same entry point through $PYTHON (an array, not
-# a function, so `timeout` can run it).
-membench=("$PYTHON" -c "import sys; sys.argv[0] = 'membench'; from membench.cli import main; main()")
-
 # bounded STEP SECONDS COMMAND...: a step that may not run longer than SECONDS (exit 124 if it does).
 bounded() {
   local name="$1" seconds="$2"; shift 2
   step "$name" timeout --kill-after=30 "$seconds" "$@"
 }
+
+log "membench GPU validation into $OUT (python: $PYTHON)"
+if ! timeout 300 "$PYTHON" -c "import membench, pytest" >/dev/null 2>&1; then
+  bounded install 1800 "$PYTHON" -m pip install -e ".[dev]"
+fi
+# The console script may not be on PATH; run the same entry point through $PYTHON (an array, not
+# a function, so `timeout` can run it).
+membench=("$PYTHON" -c "import sys; sys.argv[0] = 'membench'; from membench.cli import main; main()")
 
 bounded nvidia-smi 60 nvidia-smi
 bounded env 300 bash -c '"$@" env --json > "$0"' "$OUT/env.json" "${membench[@]}"
@@ -91,7 +91,7 @@ done < "$CODES"
 for csv in "$OUT"/results/*/cells.csv; do
   [ -f "$csv" ] || continue
   log "$csv: $(tail -n +2 "$csv" | wc -l) cell(s), statuses: $(
-    "$PYTHON" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['status'].value_counts().to_dict())" "$csv" 2>/dev/null)"
+    timeout 120 "$PYTHON" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['status'].value_counts().to_dict())" "$csv" 2>/dev/null)"
 done
 log "$failed step(s) failed; everything is in $OUT (log: $LOG)"
 [ "$failed" = 0 ]

@@ -16,14 +16,19 @@ model with the workspaces in place: the cuBLAS workspaces are allocated when the
 (they were allocated at the first GEMM of warmup and are never freed), each convolution's
 workspace around its call. A convolution workspace that does not fit under a capacity is
 skipped, as PyTorch falls back to a plan that needs less (workspace.py); any other allocation
-that does not fit, after the allocator has released what it caches, is out of memory.
+that does not fit, after the allocator has released what it caches, is out of memory. The
+recorded steps are then repeated (``repeated_steps``) until a repetition reserves nothing more:
+a real run's timed steps find the segments its earlier steps left cached, and a step can need a
+segment the step before it did not (docs/device-total.md, "The estimate: the step replayed
+through the allocator").
 
 This module imports no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -47,6 +52,10 @@ TERM_LABELS = {
 }
 # What each way of judging a budget counts, of the terms.
 JUDGED_TERMS = {"total": TERMS, "reserved": TERMS[:3], "allocated": TERMS[:1]}
+# At most this many repetitions of the recorded steps after them (``repeated_steps``). Replays
+# of ten classifiers and VGG11 (bp, bp-accum, bp-ckpt) stopped growing after one; the bound
+# keeps a stream whose reserve creeps up step after step from running on.
+MAX_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,97 @@ class StepReplay:
     peak_requested: int  # tensors and workspaces, the sizes asked for
     fragmentation: int  # reserved - allocated right after the reserve's peak
     out_of_memory: bool = False  # an allocation did not fit the capacity
-    skipped_workspaces: int = 0  # convolution workspaces that did not fit (a plan needing less)
+    skipped_workspaces: int = 0  # the recorded steps' conv workspaces that did not fit
+    repeats: int = 0  # repetitions of the recorded steps replayed after them
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """The recorded steps (what follows ``START``) as a unit that can run again: what was live
+    before them and is freed in them (``pre_freed``: its index in ``steps`` -> the index of the
+    survivor that takes its place; a free no survivor replaces is not in it), and what they
+    allocate and leave live (``survivors``: the indexes of its allocations in ``steps``)."""
+
+    steps: list
+    pre_freed: dict[int, int]
+    survivors: list[int]
+
+    @property
+    def kept(self) -> list[int]:
+        """The survivors (their indexes in ``survivors``) that take no block's place."""
+        replacing = set(self.pre_freed.values())
+        return [n for n in range(len(self.survivors)) if n not in replacing]
+
+
+def repeated_steps(events: list) -> _Steps | None:
+    """The recorded steps of a stream as a unit that repeats, or None where there are none (no
+    ``START``) or they free a block the stream never allocated.
+
+    A repetition frees, in place of each block that was live before the steps, a survivor of
+    the same size: the n-th freed of a size, the n-th allocated survivor of that size. Which of
+    several equal blocks it is only moves blocks of one size about; replays of two recorded
+    steps and of one step and its repetition reserved the same bytes for the cells
+    docs/device-total.md names. Two kinds of block take part once only:
+
+    - a block live before the steps and freed in them that no survivor of its size replaces
+      (something from before the steps that the steps let go of: a repetition has none of it
+      to free);
+    - a survivor that takes no block's place (``kept``: what a runner keeps from one step into
+      the next, or gradients a first backward pass created). A repetition frees it as it
+      begins, the earliest moment a real step could.
+
+    So a repetition starts from no more bytes than the recorded steps started from and requests
+    no more than they did (its requested peak stays the tensors' peak, which the workspace term
+    is measured from)."""
+    start = next((i for i, event in enumerate(events) if event is START), None)
+    if start is None:
+        return None
+    live_before: dict = {}
+    for event in events[:start]:
+        if event[0] == "alloc":
+            live_before[event[1]] = event[2]
+        else:
+            live_before.pop(event[1], None)
+    steps = events[start + 1 :]
+    live: dict = {}  # key -> its allocation's index in steps
+    freed_before: list[tuple[int, int]] = []  # (index in steps, bytes) of frees of live_before
+    for index, event in enumerate(steps):
+        if isinstance(event, ConvCall):
+            continue
+        if event[0] == "alloc":
+            live[event[1]] = index
+        elif event[1] in live:
+            del live[event[1]]
+        elif event[1] in live_before:
+            freed_before.append((index, live_before.pop(event[1])))
+        else:
+            return None  # a free of a block never allocated: nothing to repeat it by
+    survivors = sorted(live.values())
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for position, index in enumerate(survivors):
+        by_size[steps[index][2]].append(position)
+    pre_freed = {index: by_size[size].pop(0) for index, size in freed_before if by_size[size]}
+    return _Steps(steps, pre_freed, survivors)
+
+
+def _repetition(unit: _Steps, number: int, previous: list) -> Iterator:
+    """The events of repetition ``number`` of ``unit``: first the frees of the last run's
+    ``kept`` survivors, then the steps with fresh keys (``(number, index)``, never a tracker's),
+    each free of a block live before the steps a free of the survivor of ``previous`` (the keys
+    of the last run's survivors) that takes its place, or none where none does."""
+    for position in unit.kept:
+        yield ("free", previous[position], unit.steps[unit.survivors[position]][2])
+    live: dict = {}
+    for index, event in enumerate(unit.steps):
+        if isinstance(event, ConvCall):
+            yield event
+        elif event[0] == "alloc":
+            live[event[1]] = (number, index)
+            yield ("alloc", (number, index), event[2])
+        elif event[1] in live:
+            yield ("free", live.pop(event[1]), event[2])
+        elif index in unit.pre_freed:
+            yield ("free", previous[unit.pre_freed[index]], event[2])
 
 
 def replay_step(
@@ -80,28 +179,68 @@ def replay_step(
     capacity: int | None = None,
     device_memory: int | None = None,
 ) -> StepReplay:
-    """Replay a step's stream through the caching-allocator model (module docstring);
+    """Replay a step's stream through the caching-allocator model, then its steps again until a
+    repetition reserves nothing more, at most ``MAX_REPEATS`` times (module docstring);
     ``capacity``: the bytes the allocator can get (None: no limit)."""
+    events = list(events)
     model = CachingAllocatorModel(config, capacity, device_memory)
-    blocks: dict = {}
-    skipped = 0
-    for index, event in enumerate(events):
-        model.event_index = index
-        try:
+    run = _Run(model, workspaces)
+    try:
+        run.replay(events)
+        unit = repeated_steps(events)
+        previous = [] if unit is None else [unit.steps[i][1] for i in unit.survivors]
+        for number in range(MAX_REPEATS if unit is not None else 0):
+            reserved = model.peak_reserved
+            run.replay(_repetition(unit, number, previous), recorded=False)
+            run.repeats += 1
+            previous = [(number, index) for index in unit.survivors]
+            if model.peak_reserved == reserved:
+                break
+    except ModelledOutOfMemory:
+        return run.result(out_of_memory=True)
+    return run.result()
+
+
+class _Run:
+    """One replay's allocator model and what it has counted so far."""
+
+    def __init__(self, model: CachingAllocatorModel, workspaces: Workspaces):
+        self.model, self.workspaces = model, workspaces
+        self.blocks: dict = {}
+        self.skipped = self.repeats = self.index = 0
+
+    def replay(self, events: Iterable, recorded: bool = True) -> None:
+        """Each event through the model; ModelledOutOfMemory where one does not fit.
+        ``recorded``: the recorded steps, whose skipped workspaces are counted (a repetition
+        skips the same ones, or more where it finds less room)."""
+        model = self.model
+        for event in events:
+            model.event_index = self.index
+            self.index += 1
             if event is START:
-                for _ in range(workspaces.cublas_count):
-                    model.malloc(workspaces.cublas_bytes)  # held until the process ends
+                for _ in range(self.workspaces.cublas_count):
+                    model.malloc(self.workspaces.cublas_bytes)  # held until the process ends
             elif isinstance(event, ConvCall):
-                skipped += conv_workspace(model, workspaces.conv(event))
+                skipped = conv_workspace(model, self.workspaces.conv(event))
+                self.skipped += skipped if recorded else 0
             elif event[0] == "alloc":
-                blocks[event[1]] = model.malloc(event[2])
+                self.blocks[event[1]] = model.malloc(event[2])
             else:
-                block = blocks.pop(event[1])
+                block = self.blocks.pop(event[1])
                 if block is not None:
                     model.free(block)
-        except ModelledOutOfMemory:
-            return _result(model, skipped, out_of_memory=True)
-    return _result(model, skipped)
+
+    def result(self, out_of_memory: bool = False) -> StepReplay:
+        model = self.model
+        fragmentation = model.at_peak.fragmentation if model.at_peak is not None else 0
+        return StepReplay(
+            model.peak_reserved,
+            model.peak_requested,
+            fragmentation,
+            out_of_memory,
+            self.skipped,
+            self.repeats,
+        )
 
 
 def conv_workspace(model: CachingAllocatorModel, size: int) -> int:
@@ -114,13 +253,6 @@ def conv_workspace(model: CachingAllocatorModel, size: int) -> int:
     except ModelledOutOfMemory:
         return 1
     return 0
-
-
-def _result(model: CachingAllocatorModel, skipped: int, out_of_memory: bool = False) -> StepReplay:
-    fragmentation = model.at_peak.fragmentation if model.at_peak is not None else 0
-    return StepReplay(
-        model.peak_reserved, model.peak_requested, fragmentation, out_of_memory, skipped
-    )
 
 
 @dataclass(frozen=True)
@@ -261,6 +393,7 @@ def describe_terms(values: Mapping[str, int | None], fit_by: str = "total") -> s
 __all__ = [
     "DeviceTerms",
     "JUDGED_TERMS",
+    "MAX_REPEATS",
     "START",
     "StepReplay",
     "TERMS",
@@ -269,6 +402,7 @@ __all__ = [
     "deciding_term",
     "describe_terms",
     "judged_bytes",
+    "repeated_steps",
     "replay_step",
     "step_terms",
     "terms_of",

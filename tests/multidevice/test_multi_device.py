@@ -188,6 +188,7 @@ def test_every_method_on_two_ranks_is_a_row_with_its_ranks(tmp_path):
     assert "| 1f1b |" in section and "| ff-forward-only |" in section
 
 
+@pytest.mark.slow
 def test_broken_ranks_become_rows_that_name_the_rank_and_leave_no_process(tmp_path, monkeypatch):
     install_fake_runners(tmp_path / "site", monkeypatch, BROKEN_RANKS, BROKEN_NAMES)
     pids = tmp_path / "pids"

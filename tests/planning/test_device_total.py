@@ -181,3 +181,103 @@ def test_terms_add_up_to_the_device_total():
         "workspace_bytes": 1,
         "reserve_slack_bytes": 2,
     }
+
+
+# Before the steps a 6 MiB block (a gradient) in a 20 MiB segment, [0,6) and 14 MiB free. The
+# step: a 14 MiB temporary, its new 6 MiB gradient, the old one freed.
+GRADIENT_STEP = [
+    ("alloc", "g0", 6 * MIB),
+    START,
+    ("alloc", "t", 14 * MIB),
+    ("free", "t", 14 * MIB),
+    ("alloc", "g1", 6 * MIB),
+    ("free", "g0", 6 * MIB),
+]
+
+
+def check_repeated_gradient_step() -> None:
+    replay = replay_step(GRADIENT_STEP, DEFAULT, Workspaces())
+    # step 1: t fits the free [6,20) exactly; g1 splits it again, [6,12); freeing g0 leaves
+    # [0,6) and [12,20) free: nothing for a 14 MiB block. Step 2's t takes a segment of its own
+    # (>= 10 MiB: 14 MiB, rounded to 2 MiB), 34 MiB in all; its g2 takes [0,6), freeing g1
+    # merges [6,20) again. Step 3 finds what it needs cached (t: [6,20), the older of two
+    # 14 MiB blocks): nothing more, so the repetitions stop after two.
+    assert (replay.peak_reserved, replay.repeats) == (34 * MIB, 2)
+
+
+def test_a_step_repeated_needs_the_segment_its_first_run_did_not(monkeypatch):
+    check_repeated_gradient_step()
+    monkeypatch.setattr(device_total, "MAX_REPEATS", 0)  # mutant: the recorded step alone
+    with pytest.raises(AssertionError):
+        check_repeated_gradient_step()
+    assert replay_step(GRADIENT_STEP, DEFAULT, Workspaces()).peak_reserved == 20 * MIB
+
+
+def test_a_repeated_step_frees_the_survivor_of_the_same_size_in_order():
+    events = [
+        ("alloc", "a", 4 * MIB),
+        ("alloc", "b", 2 * MIB),
+        ("alloc", "c", 4 * MIB),
+        START,
+        ("free", "c", 4 * MIB),
+        ("alloc", "x", 2 * MIB),
+        ("alloc", "y", 4 * MIB),
+        ("alloc", "z", 4 * MIB),
+        ("free", "a", 4 * MIB),
+        ("free", "b", 2 * MIB),
+    ]
+    unit = device_total.repeated_steps(events)
+    # survivors x (2 MiB), y, z (4 MiB); c, the first 4 MiB freed, is replaced by y, a by z
+    assert [unit.steps[i][1] for i in unit.survivors] == ["x", "y", "z"]
+    assert unit.pre_freed == {0: 1, 4: 2, 5: 0}
+
+
+def test_steps_that_are_none_or_free_what_they_never_held_are_not_repeated():
+    assert device_total.repeated_steps(GRADIENT_STEP[:1]) is None  # no START
+    assert replay_step(GRADIENT_STEP[:1], DEFAULT, Workspaces()).repeats == 0
+    assert device_total.repeated_steps([START, ("free", "never", MIB)]) is None
+
+
+def test_a_block_from_before_that_nothing_replaces_is_freed_once():
+    # before the steps, besides g0, a 4 MiB block the step lets go of and leaves nothing for
+    events = [
+        ("alloc", "g0", 6 * MIB),
+        ("alloc", "junk", 4 * MIB),
+        START,
+        ("alloc", "t", 14 * MIB),
+        ("free", "t", 14 * MIB),
+        ("alloc", "g1", 6 * MIB),
+        ("free", "g0", 6 * MIB),
+        ("free", "junk", 4 * MIB),
+    ]
+    unit = device_total.repeated_steps(events)
+    assert (unit.pre_freed, unit.kept) == ({3: 0}, [])  # g1 replaces g0; junk: nothing
+    replay = replay_step(events, DEFAULT, Workspaces())
+    # S1 (20 MiB): g0 [0,6), junk [6,10). t gets S2 (14 MiB), g1 [10,16), then [0,10) is free:
+    # 34 MiB. The repetition: t in S2, g2 [0,6), g1 freed; junk is not freed again. Nothing more
+    # reserved: one repetition.
+    assert (replay.peak_reserved, replay.repeats) == (34 * MIB, 1)
+
+
+KEPT_STEP = [*GRADIENT_STEP, ("alloc", "kept", 512 * 1024)]
+
+
+def check_kept_block_freed_first() -> None:
+    replay = replay_step(KEPT_STEP, DEFAULT, Workspaces())
+    # the 34 MiB of the gradient step, and one 2 MiB small-pool segment for the kept block,
+    # which each repetition frees first and allocates again at its end
+    assert (replay.peak_reserved, replay.repeats) == (36 * MIB, 2)
+    # so a repetition requests what the recorded step did: a gradient and the temporary
+    assert replay.peak_requested == 20 * MIB
+
+
+def test_a_survivor_that_replaces_nothing_is_freed_as_a_repetition_begins(monkeypatch):
+    # what a runner keeps from one step to the next: seen allocated, its free not in the stream
+    unit = device_total.repeated_steps(KEPT_STEP)
+    assert [unit.steps[i][1] for i in unit.survivors] == ["g1", "kept"]
+    assert (unit.pre_freed, unit.kept) == ({3: 0}, [1])  # g1 replaces g0; kept nothing
+    check_kept_block_freed_first()
+    # mutant: kept blocks stay live in a repetition (one more each time, the requested peak too)
+    monkeypatch.setattr(device_total._Steps, "kept", property(lambda unit: []))
+    with pytest.raises(AssertionError):
+        check_kept_block_freed_first()
