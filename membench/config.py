@@ -185,6 +185,8 @@ class SweepOptions:
                 "time, as cells measured side by side would slow each other down"
             )
         check_executor(self)
+        if self.device_profile is not None:
+            check_device_profile(self.device_profile)
 
     @property
     def estimate_kind(self) -> str:
@@ -225,6 +227,9 @@ class SweepConfig:
                 "--alloc-conf with several values needs --isolation process: PyTorch reads "
                 "the allocator's configuration once per process"
             )
+        if self.options.estimate and self.options.estimate_kind == "cuda":
+            for conf in sorted(confs):
+                check_modelled_alloc_conf(conf)
         if any(cell.rounds > 1 for cell in cells):
             if self.options.estimate:
                 raise ConfigError("--rounds repeats timed steps; an estimate times none")
@@ -237,6 +242,52 @@ class SweepConfig:
             raise ConfigError(
                 "--timeline records one device's step; a cell on several devices "
                 "(--devices 2 or more) has none: drop one of them"
+            )
+
+
+def check_device_profile(ref: str) -> None:
+    """ConfigError (one line, with the choices) unless ``ref`` names a device profile that
+    reads: found before the first estimate, not as an error row in every cell."""
+    from .planning.device_profiles import DeviceProfileError, device_profile
+
+    try:
+        device_profile(ref)
+    except DeviceProfileError as err:
+        raise ConfigError(f"--device-profile: {err}") from None
+
+
+def check_modelled_alloc_conf(conf: str) -> None:
+    """ConfigError unless the allocator model runs under ``conf``: a CUDA estimate replays the
+    step through it (docs/allocator.md, "Configuration"), and a setting it does not model
+    (backend:cudaMallocAsync) would otherwise fail every estimate of the grid."""
+    from .planning.allocator.conf import AllocatorConfigError, parse_alloc_conf
+    from .planning.allocator.model import CachingAllocatorModel
+
+    try:
+        CachingAllocatorModel(parse_alloc_conf(conf))
+    except AllocatorConfigError as err:
+        raise ConfigError(f"--alloc-conf {conf!r} cannot be estimated: {err}") from None
+
+
+# Options of a CUDA estimate only: a measured cell's budget is held by the allocator itself,
+# and a CPU estimate has no CUDA context, allocator reserve or workspaces to judge.
+CUDA_ESTIMATE_OPTIONS = ("device_profile", "fit_by")
+
+
+def check_estimate_options(options: SweepOptions, given: Mapping[str, object]) -> None:
+    """ConfigError for --device-profile or --fit-by (not at its default) given on the command
+    line (or as a keyword) to a sweep that makes no CUDA estimate: ignored, they would be a
+    silent no-op, as --schedule on bp would. A device profile file (-p laptop-8gb) sets them
+    for any sweep: it is also the emulated card of a measured one."""
+    if options.estimate and options.estimate_kind == "cuda":
+        return
+    for key in CUDA_ESTIMATE_OPTIONS:
+        s = SETTING_BY_KEY[key]
+        if key in given and given[key] != s.default:
+            what = "a CPU estimate" if options.estimate else "a measured sweep"
+            raise ConfigError(
+                f"{s.option} applies to CUDA estimates (--estimate without --device cpu); "
+                f"{what} has no device total to judge"
             )
 
 
@@ -317,6 +368,7 @@ def build_config(profiles: Iterable[str | Path] = (), **values) -> SweepConfig:
     options = SweepOptions(
         **{s.name: s.parse(raw[s.key][0], _label(s.key, raw[s.key][1])) for s in OPTION_SETTINGS}
     )
+    check_estimate_options(options, given)
     grids = []
     for table, source in grid_tables:
         axes = {}

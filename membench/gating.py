@@ -1,6 +1,6 @@
 """The fixed grids that gate CI, where their baselines live, and how to measure them.
 
-The tests (tests/test_memory_gate.py, tests/test_gpu_perf.py) and the recording script
+The tests (tests/measure/test_memory_gate.py, tests/test_gpu_perf.py) and the recording script
 (scripts/record_baseline.py) both take their cells from here, so a baseline is always recorded on
 exactly the grid it is checked against. The committed baselines are package data
 (``membench/baselines``), found through the installed package, so the gate means the same in a

@@ -120,9 +120,10 @@ def load_profile(ref: str | Path) -> Profile:
     if card is not None:
         if not isinstance(card, dict):
             raise ProfileError(f"profile {name}: card must be a [card] table")
-        # A device profile is the sweep's card: its name and, unless the file sets a budget,
-        # its usable memory as the budget (membench.planning.device_profiles reads the table).
-        data.setdefault("device_profile", name)
+        # A device profile is the sweep's card: its name (its path where it was named by one:
+        # a file outside the profile folders is found by its path only) and, unless the file
+        # sets a budget, its usable memory as the budget (planning.device_profiles reads it).
+        data.setdefault("device_profile", name if str(ref) == name else str(path.resolve()))
         usable = card.get("usable")
         if isinstance(usable, dict) and "value" in usable:
             data.setdefault("device_mem", usable["value"])

@@ -62,7 +62,7 @@ bounded calibrate 600 "${membench[@]}" device calibrate calibrated --out "$OUT/p
 # history replayed, its segments byte for byte (docs/allocator.md), and the measured device
 # terms of a real cell (docs/device-total.md).
 bounded allocator-replay 900 "$PYTHON" -m pytest -m gpu -v -rs tests/planning \
-  tests/test_cuda_terms.py tests/test_card_calibration.py --junitxml="$OUT/pytest-device-total.xml"
+  tests/measure/test_cuda_terms.py tests/planning/test_card_calibration.py --junitxml="$OUT/pytest-device-total.xml"
 # A GPU model without a committed baseline fails the gate; the run's measurement is saved under
 # $OUT/new-gpu-baseline/<gpu> so it can be committed as membench/baselines/gpu/<gpu>.
 bounded gpu-tests 3600 env MEMBENCH_REQUIRE_GPU=1 MEMBENCH_NEW_GPU_BASELINE_DIR="$OUT/new-gpu-baseline" \

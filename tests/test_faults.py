@@ -134,6 +134,7 @@ def finished_folder(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_redo_killed_at_any_stage_loses_no_row(tmp_path, monkeypatch):
     """SIGKILL before each operation of a redo (each cell, every synced write, rename and
     directory sync): every cell keeps its old row or has its new one with its own steps, and a

@@ -104,7 +104,7 @@ def test_every_step_is_bounded_and_runs_what_exists():
         ("bounded report 900", "bounded report soon", "NAME SECONDS COMMAND"),
         ("--device-profile", "--device-profil", "no option --device-profil"),
         ("device calibrate", "device calibrat", "no command 'calibrat'"),
-        ("tests/test_cuda_terms.py", "tests/test_cuda_term.py", "no test path"),
+        ("tests/measure/test_cuda_terms.py", "tests/measure/test_cuda_term.py", "no test path"),
         ("env --json >", "env --jsn >", "no option --jsn"),
     ],
 )

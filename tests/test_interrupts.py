@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from execute.test_sweep import WAIT_S, process_gone, wait_for
 from fake_runners import install_misbehaving_runners
-from test_sweep import WAIT_S, process_gone, wait_for
 
 # Installed as sitecustomize in every interpreter of the test's process group: sends Ctrl-C to
 # the group when $MEMBENCH_TEST_INTERRUPT_AT is imported by the sweep process ("sweep") or by the
@@ -118,8 +118,9 @@ def test_ctrl_c_in_the_middle_of_a_cell_is_one_line_and_the_worker_goes(tmp_path
 
 def forkserver_ignores_sigint(tmp_path: Path, start: str) -> bool:
     """Start a forkserver the way ``start`` names, with a preload that blocks (as torch's
-    import takes seconds), and read whether it ignores SIGINT while it preloads (the kernel's
-    SigIgn mask)."""
+    import takes seconds), and read whether SIGINT cannot interrupt it while it preloads: it
+    ignores the signal or blocks it (the kernel's SigIgn and SigBlk masks). ``threaded`` starts
+    it as fit's searches do, from a thread that is not the main one."""
     marker = tmp_path / f"preloading-{start}"
     (tmp_path / "blocking_preload.py").write_text(
         "import os, pathlib, time\n"
@@ -127,7 +128,12 @@ def forkserver_ignores_sigint(tmp_path: Path, start: str) -> bool:
     )
     code = (
         "import multiprocessing.forkserver as f, sys\n"
+        "import threading\n"
         "from membench.execute.worker import _start_forkserver\n"
+        "def threaded():\n"
+        "    thread = threading.Thread(target=_start_forkserver)\n"
+        "    thread.start()\n"
+        "    thread.join()\n"
         "f.set_forkserver_preload(['blocking_preload'])\n"
         f"{start}()\n"
         "print(f._forkserver._forkserver_pid, flush=True)\n"
@@ -150,10 +156,13 @@ def forkserver_ignores_sigint(tmp_path: Path, start: str) -> bool:
         status = Path(f"/proc/{pid}/status").read_text()
         os.kill(pid, signal.SIGKILL)
         parent.stdin.close()
-    ignored = int(
-        next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16
-    )
-    return bool(ignored & (1 << (signal.SIGINT - 1)))
+    masks = [
+        int(
+            next(line for line in status.splitlines() if line.startswith(f"{mask}:")).split()[1], 16
+        )
+        for mask in ("SigIgn", "SigBlk")
+    ]
+    return any(mask & (1 << (signal.SIGINT - 1)) for mask in masks)
 
 
 def test_the_forkserver_ignores_ctrl_c_from_its_start(tmp_path):
@@ -161,6 +170,12 @@ def test_the_forkserver_ignores_ctrl_c_from_its_start(tmp_path):
     # The check can fail: a forkserver started as multiprocessing starts it takes Ctrl-C while it
     # preloads (and prints a traceback from the import it is in).
     assert not forkserver_ignores_sigint(tmp_path, "f.ensure_running")
+
+
+def test_a_forkserver_started_from_a_thread_ignores_ctrl_c_too(tmp_path):
+    # fit's searches start their workers (and so the forkserver) in threads; Ctrl-C then printed
+    # the forkserver's traceback from the torch import it was in (membench fit, SIGINT at 12 s)
+    assert forkserver_ignores_sigint(tmp_path, "threaded")
 
 
 class _InterruptedWhileFinalized:

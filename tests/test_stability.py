@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 import torch.utils.benchmark.utils.common as benchmark_common
+from execute.test_sweep import tiny
 from fake_runners import install_fake_runners
-from test_sweep import tiny
 
 from membench.execute.sweep import run_sweep
 from membench.measure import machine_load

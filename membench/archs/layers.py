@@ -14,7 +14,7 @@ of the BP family run the same units end to end (``bp-ckpt`` checkpoints each one
   forward), ``len(stack)`` the number of layers;
 - a block reads nothing but its input: no unit keeps a tensor for another (a shortcut that
   crossed a unit boundary would carry a gradient across it). ``membench verify``'s layer-isolation
-  check fails on a stack that breaks this (tests/test_layer_stacks.py shows it failing).
+  check fails on a stack that breaks this (tests/archs/test_layer_stacks.py shows it failing).
 
 What the layer-local methods read from a unit's output is the stack's, not the method's: DTG-FF's
 goodness features (``goodness``: the squared output averaged over four regions, 4·C_l features;

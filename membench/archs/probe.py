@@ -195,6 +195,12 @@ def validate_arch(
         return
     if seq is not None and res is None:
         raise ArchError(f"{name} takes images, not token sequences: give --res, not --seq")
+    for value, option in (
+        (objective, "--objective"),
+        (attn_implementation, "--attn-implementation"),
+    ):
+        if value is not None:  # a token model's setting, never silently dropped
+            raise ArchError(f"{option} applies to token models (hf:...); {name} takes images")
     if kind == "conv-stack":
         conv_stack_spec(name).check_resolution(res)
     elif kind == "cifar-resnet":

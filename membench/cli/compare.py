@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..compare import Comparison
 
 REGRESSION_EXIT = 1
-# membench.compare's defaults (tests/test_cli.py holds them equal): importing it (scipy, pandas)
+# membench.compare's defaults (tests/cli/test_cli.py holds them equal): importing it (scipy, pandas)
 # only to show them in the options' help would cost every `membench` command a second.
 DEFAULT_TPUT_DROP_PCT, DEFAULT_ALPHA = 10.0, 0.01
 

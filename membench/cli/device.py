@@ -50,8 +50,9 @@ def calibrate(
     cuBLAS workspace and cuDNN workspace ratios, and write them as a device profile
     (``--profile NAME`` and ``--gpu NAME`` find it in ./profiles). Needs an idle CUDA GPU."""
     from ..measure.devices import resolve_device
-    from ..planning.card_calibration import measure_card, write_device_profile
+    from ..planning.card_calibration import check_profile_name, measure_card, write_device_profile
 
+    check_profile_name(name)  # before the measurement, which takes a while
     target = resolve_device(device)
     if target.kind != "cuda":
         fail(f"calibrate measures a CUDA device, not {device!r}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..config import SETTING_BY_KEY
+from ..config import SETTING_BY_KEY, TOKEN_SETTINGS
 from ..planning.device_total import TERM_LABELS
 from ..schema import ESTIMATE_KINDS
 from ..settings import ConfigError
@@ -77,16 +77,22 @@ def judged_text(fit_by: str, profile: str) -> str:
 
 
 def card_of(gpu: str | None, settings: dict) -> str | None:
-    """The device profile estimates plan for: --device-profile, else --gpu when it names one."""
+    """The device profile estimates plan for: --device-profile, else --gpu when it names one
+    (by name or path; a GPU's name, or a profile without a [card] table, names none). A device
+    profile that does not read is an error, never the default card in its place."""
     if "device_profile" in settings:
         return _one(settings, "device_profile")
     if gpu is not None:
-        from ..planning.device_profiles import DeviceProfileError, device_profile
+        from ..planning.device_profiles import device_profile
+        from ..profiles import ProfileError, load_profile
 
         try:
-            return device_profile(gpu).name
-        except DeviceProfileError:
-            return None
+            is_card = load_profile(gpu).card is not None
+        except ProfileError:
+            return None  # a GPU's name (resolve_gpu reads it)
+        if is_card:
+            device_profile(gpu)  # DeviceProfileError (one line) for a [card] that does not read
+            return gpu
     return None
 
 
@@ -124,29 +130,19 @@ def fit(
 ) -> None:
     """Print, per method, the largest batch whose estimate fits --device-mem: by default its
     device total (reserve + CUDA context + workspaces) on the device profile's card."""
-    profile = card_of(gpu, settings)
-    if "device_mem" not in settings and profile is not None:
-        from ..profiles import load_profile
-
-        settings["device_mem"] = load_profile(profile).settings["device_mem"]
-    if "device_mem" not in settings:
-        fail(
-            "fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB, or a device "
-            "profile as --gpu (its usable memory)"
-        )
+    card = _fit_card(gpu, settings, device_kind)
     fit_by = _one(settings, "fit_by")
     arch, res, budget = _one(settings, "arch"), _one(settings, "res"), _one(settings, "device_mem")
     classes, seed, micro_batch = (_one(settings, key) for key in ("classes", "seed", "micro_batch"))
     cell_settings = {key: _one(settings, key) for key in FIT_CELL_SETTINGS if key in settings}
-    from ..planning.device_profiles import device_profile_of
-
-    card = device_profile_of(profile)
     judged_by = fit_by if device_kind == "cuda" else "allocated"
     if _searches_sequence(settings, arch):
         _fit_sequence(settings, arch, budget, classes, seed, device_kind, cell_settings, card)
         return
     if "seq" in cell_settings:
         res = None  # a token model's cell has no resolution
+    token = {key: cell_settings[key] for key in TOKEN_SETTINGS if key in cell_settings}
+    arch_at(arch, res, **token)  # the arch and its input before the methods that take them
     from ..measure.flops import resolve_gpu
     from ..planning.fit import FitError, check_fit_input, fit_methods, methods_for, splits_batch
 
@@ -213,6 +209,34 @@ def fit(
             typer.echo(f"{name:14s} {'error':>18s}   {result}")
         else:
             typer.echo(describe_fit(result, None if peak is None else peak[1].tflops))
+
+
+def _fit_card(gpu: str | None, settings: dict, device_kind: str):
+    """The device profile fit plans for (``settings`` given its budget where the profile sets
+    it); fails, before any estimate, for a budget missing and for CUDA-only options on a CPU
+    estimate."""
+    from ..planning.device_profiles import device_profile_of
+
+    profile = card_of(gpu, settings)
+    card = device_profile_of(profile)  # a --device-profile that is none: one line, before all
+    if "device_mem" not in settings and profile is not None:
+        from ..profiles import load_profile
+
+        settings["device_mem"] = load_profile(profile).settings["device_mem"]
+    if "device_mem" not in settings:
+        fail(
+            "fit needs --device-mem, the budget to fit, e.g. --device-mem 8GiB, or a device "
+            "profile as --gpu (its usable memory)"
+        )
+    if device_kind == "cpu" and (
+        "device_profile" in settings or _one(settings, "fit_by") != "total"
+    ):
+        # judged by the tensors' peak: no CUDA context, reserve or workspace to choose
+        fail(
+            "--device-profile and --fit-by apply to CUDA estimates; a --device-kind cpu "
+            "estimate is judged by the tensors' peak"
+        )
+    return card
 
 
 def _searches_sequence(settings: dict, arch: str) -> bool:
@@ -397,7 +421,9 @@ def plan_command(
     from ..planning.device_profiles import device_profile_of
 
     precisions = axis("precision", settings.get("precision", "fp32,bf16"))
-    token = {"seq": seq, "objective": objective} if seq is not None else {}
+    token = {
+        key: value for key, value in (("seq", seq), ("objective", objective)) if value is not None
+    }
     arch_at(arch, res, **token)  # every input refused before the header, as sweep refuses it
     card, fit_by = device_profile_of(card_of(gpu, settings)), _one(settings, "fit_by")
     shape = f"{res}x{res}" if seq is None else f"seq {seq}"

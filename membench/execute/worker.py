@@ -296,11 +296,21 @@ def _start_forkserver() -> None:
     """Start the forkserver (if it is not running) with SIGINT ignored, which it keeps across
     exec and hands to every worker: Ctrl-C reaches the whole process group, and a forkserver
     importing torch must not print a traceback for it. The sweep process alone acts on Ctrl-C;
-    a worker exits when the sweep process is gone."""
-    from multiprocessing import forkserver
+    a worker exits when the sweep process is gone. From another thread (fit's searches start
+    their workers in threads), where no handler can be set, SIGINT is blocked in that thread
+    instead: the forkserver inherits the mask across exec and holds the signal until it
+    ignores it (a pending signal set to be ignored is dropped); this process's main thread
+    still takes Ctrl-C."""
+    from multiprocessing import forkserver, resource_tracker
 
     if threading.current_thread() is not threading.main_thread():
-        forkserver.ensure_running()
+        # The resource tracker first: starting it unblocks SIGINT in this thread when done.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

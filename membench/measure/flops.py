@@ -151,8 +151,8 @@ class FlopTally:
     puts multi-grad hooks on every module whose autograd nodes sit in reference cycles, which
     changes when checkpointed graphs die (the tracked peak; see ``membench.timeline.phases``), and
     it costs about half a fake step. The count equals ``step_flops``'s for every built-in runner
-    (tests/test_flops.py): the ops FlopCounterMode would decompose first (composite ops reaching a
-    Python mode, as under inference mode) do not occur in a training step.
+    (tests/measure/test_flops.py): the ops FlopCounterMode would decompose first (composite ops
+    reaching a Python mode, as under inference mode) do not occur in a training step.
     """
 
     def __init__(self):

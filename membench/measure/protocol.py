@@ -60,7 +60,7 @@ DEFAULT_TRACKER_STEPS = 2
 # fp16 cell (its GradScaler's scale and growth tracker are first seen when updated in place at
 # the end of a step). A runner of another package says so itself
 # (``carries_tensors_across_steps = False``) or is tracked over two.
-# tests/test_protocol.py holds every built-in method to one step's peak == two steps' peak.
+# tests/measure/test_protocol.py holds every built-in method to one step's peak == two steps' peak.
 STEP_CONTAINED_METHODS = frozenset(
     {
         "bp",
@@ -152,8 +152,8 @@ def tracked_steps(runner: Runner, cell: Cell, tracker_steps: int = DEFAULT_TRACK
 
 # Settings that cannot change what a step computes, only how (precision, memory format,
 # compiling) or what it keeps where (gradients, optimizer state, a budget), or that are the
-# protocol's own: the FLOP count is shared across them (tests/test_flops.py shows it for every
-# built-in method and each of them).
+# protocol's own: the FLOP count is shared across them (tests/measure/test_flops.py shows it
+# for every built-in method and each of them).
 FLOP_INVARIANT_SETTINGS = (
     "precision",
     "memory_format",

@@ -332,12 +332,18 @@ def measurement_json(m: CardMeasurement) -> str:
     return json.dumps(asdict(m), indent=2)
 
 
+def check_profile_name(name: str) -> None:
+    """DeviceProfileError (one line) for a name a profile file cannot have: checked before a
+    card is measured, not after."""
+    if slug(name) != name:
+        raise DeviceProfileError(f"a device profile name takes a-z, 0-9 and '-', got {name!r}")
+
+
 def write_device_profile(name: str, m: CardMeasurement, folder: Path) -> Path:
     """Write ``folder/NAME.toml`` (the device profile, ``--profile NAME`` finds it in
     ./profiles) and ``NAME.json`` (the whole measurement) after checking the profile reads back
     (DeviceProfileError otherwise, nothing written)."""
-    if slug(name) != name:
-        raise DeviceProfileError(f"a device profile name takes a-z, 0-9 and '-', got {name!r}")
+    check_profile_name(name)
     text = profile_text(name, m)
     parse_device_table(name, m.gpu, tomllib.loads(text)["card"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,6 +357,7 @@ __all__ = [
     "CONV_SHAPES",
     "CardMeasurement",
     "ConvWorkspace",
+    "check_profile_name",
     "child_context",
     "measure_card",
     "measurement_json",

@@ -198,9 +198,9 @@ class EstimateDevice(Device):
         reference cycles frees nothing the next cell could use, and the interpreter's own
         generational collector takes those objects as it goes. The next cell's count is its own
         tracker's: storages it did not see allocated never count, whenever they are freed, and
-        no storage a tracked step allocates waits for the collector (tests/test_estimate.py),
-        so an estimate does not depend on when the collector runs. A full collection cost
-        0.15-0.7 s per cell (the whole heap of torch's modules)."""
+        no storage a tracked step allocates waits for the collector
+        (tests/planning/test_estimate.py), so an estimate does not depend on when the collector
+        runs. A full collection cost 0.15-0.7 s per cell (the whole heap of torch's modules)."""
 
     def record_peaks(self, result: CellResult) -> None:
         pass

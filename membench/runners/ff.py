@@ -130,7 +130,7 @@ class _DTGFFRunner(Runner):
     # small one. At torch's 2^16 the first fp16 step overflowed (and was skipped) on every
     # layer stack measured but the smallest: first-step fp32 gradients reached 8.5 (plain-stack,
     # res 8, batch 8), 6.9 (resnet20), 1.9 (vgg8, res 32, batch 32), times 2^16 past fp16's
-    # 65504 (tests/test_example_models.py shows the overflow). 2^12 fits gradients up to 15.9;
+    # 65504 (tests/archs/test_example_models.py shows the overflow). 2^12 fits gradients up to 15.9;
     # the scaler grows it after 2000 steps without an overflow, as ever.
     initial_grad_scale = 2.0**12
 

@@ -17,7 +17,8 @@ Phases come from PyTorch's own public hooks, so no runner has to mark anything:
 it measures: the multi-grad hooks it puts on every module's inputs and outputs hold their
 autograd nodes in a reference cycle, so a graph recomputed by checkpointing outlives its use
 until the garbage collector runs (+27 % peak on a small bp-ckpt cell). These hooks hold only a
-name. All of them work on fake tensors and inside checkpoint recomputation (tests/test_timeline.py).
+name. All of them work on fake tensors and inside checkpoint recomputation
+(tests/timeline/test_timeline.py).
 """
 
 from __future__ import annotations

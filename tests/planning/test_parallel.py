@@ -3,6 +3,7 @@ give one by one in this process: plan's candidates, fit's searches, a sweep's es
 
 from __future__ import annotations
 
+import pytest
 from conftest import TINY_ARCH, TINY_RES
 
 from membench.execute.sweep import estimate_sweep
@@ -46,6 +47,7 @@ def test_a_sweeps_estimates_side_by_side_are_its_rows_one_by_one(tmp_path):
     assert all(r.wall_s > 0 for r in parallel + serial)
 
 
+@pytest.mark.slow
 def test_fit_searches_side_by_side_find_what_they_find_one_by_one():
     methods = ["bp-accum", "ff-pipelined"]
     # 512 KiB holds no CUDA context: judged by the tensors' peak

@@ -60,6 +60,7 @@ def process_gone(pid: int) -> bool:
 
 
 # -- isolation: failures become rows and the sweep goes on --------------------------------------
+@pytest.mark.slow
 def test_cpu_budget_gives_an_oom_row_then_the_sweep_goes_on(tmp_path):
     budget = 2**20  # 1 MiB: batch 32 at 16x16 needs more, batch 2 at 8x8 far less
     cells = [tiny(res=16, batch=32, device_mem_bytes=budget), tiny(device_mem_bytes=budget)]

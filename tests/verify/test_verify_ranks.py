@@ -3,6 +3,7 @@ single-device reference's gradients, and each check fails on a runner with a sma
 
 from __future__ import annotations
 
+import pytest
 from fake_runners import install_fake_runners
 
 from membench.verify import VerifySetup, verify
@@ -63,6 +64,7 @@ GRADIENT_MUTANTS = {
 MUTANT_NAMES = {**GRADIENT_MUTANTS, "mutant-frozen-ddp": "FrozenDDP"}
 
 
+@pytest.mark.slow
 def test_each_multi_device_runner_leaves_its_references_gradients_and_mutants_do_not(
     tmp_path, monkeypatch
 ):

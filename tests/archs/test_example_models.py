@@ -11,7 +11,7 @@ from membench import archs
 from membench.cli import app
 from membench.verify import VerifySetup, verify
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "membench-models"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "membench-models"
 
 
 @pytest.fixture

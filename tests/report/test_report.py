@@ -4,7 +4,7 @@ The golden-file test renders the committed results in tests/golden/report/result
 report.md and the figure names with the committed tests/golden/report/report.md and figures.txt.
 After an intended change to the report, regenerate them with
 
-    MEMBENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_report.py -k golden
+    MEMBENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/report/test_report.py -k golden
 
 and review the diff.
 """
@@ -41,7 +41,7 @@ from membench.report import (
 
 cli = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-GOLDEN = Path(__file__).parent / "golden" / "report"
+GOLDEN = Path(__file__).parents[1] / "golden" / "report"
 GOLDEN_NOW = dt.datetime(2025, 1, 2, 3, 4, tzinfo=dt.UTC)
 
 

@@ -16,7 +16,7 @@ import pytest
 from membench.planning.estimate import estimate_cell
 from membench.schema import Cell
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
     "check_reference_estimates", REPO / "scripts" / "check_reference_estimates.py"
 )

@@ -17,9 +17,9 @@ import pytest
 from conftest import TINY_ARCH, TINY_RES
 from fake_runners import install_misbehaving_runners
 from helpers import usage_error
-from test_sweep import process_gone, rows, sweep_killed_in_its_slow_cell, tiny, wait_for
 from typer.testing import CliRunner
 
+from execute.test_sweep import process_gone, rows, sweep_killed_in_its_slow_cell, tiny, wait_for
 from membench.cli import app
 from membench.execute.sweep import SweepProgress, run_sweep
 from membench.measure.calibrate import CALIBRATED_SOURCES

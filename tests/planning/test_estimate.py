@@ -17,6 +17,7 @@ from membench.measure.memtrack import TensorMemoryTracker
 from membench.measure.protocol import run_cell
 from membench.planning.estimate import EstimateDevice, estimate_cell
 from membench.planning.fit import fit_batch
+from membench.runners import SINGLE_DEVICE_METHODS
 from membench.schema import Cell
 
 
@@ -27,7 +28,8 @@ class UnroundedEstimate(EstimateDevice):
         return TensorMemoryTracker()
 
 
-BUILTIN_METHODS = ("bp", "bp-accum", "bp-ckpt", "bp-deepsup", "ff-naive", "ff-pipelined")
+# Every single-device built-in method (the methods on several devices: tests/multidevice).
+BUILTIN_METHODS = SINGLE_DEVICE_METHODS
 SMALL_CELLS = ((TINY_ARCH, TINY_RES, 4), ("vgg-d3-w16", 16, 2))
 
 
