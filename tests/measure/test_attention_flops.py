@@ -1,18 +1,24 @@
 """Fused attention's FLOPs (membench/measure/flops.py, ATTENTION_FORWARD): a step through
 ``F.scaled_dot_product_attention`` on fake CPU tensors counts its two matmuls, as the same
-attention written as explicit matmuls does; every SDPA kernel op is counted somewhere."""
+attention written as explicit matmuls does; every SDPA kernel op is counted somewhere, and each
+backend a step can reach (the CPU's flash kernel, CUDA's flash and memory-efficient kernels as
+the CUDA estimate picks them, cuDNN's) counts 4·b·s²·h per layer forward."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils import flop_counter as torch_flop_counter
 from torch.utils.flop_counter import flop_registry
 
 from membench.measure import flops
 from membench.measure.flops import flop_counter
+from membench.planning.cuda_attention import cuda_attention
 
 BATCH, SEQ, WIDTH, HEADS, LAYERS = 2, 12, 32, 4, 2
 
@@ -83,6 +89,68 @@ def test_without_the_registration_fused_attention_counts_nothing(monkeypatch):
     fused, explicit = counted(fused=True), counted(fused=False)
     assert fused["total"] != explicit["total"] + ATTENTION_FORWARD // 2
     assert fused["total"] == explicit["total"] - ATTENTION_FORWARD * 3  # every matmul missing
+
+
+def _cudnn_attention(q, k, v):
+    # not a backend the CUDA estimate picks (docs/estimate.md, "Attention"), but one SDPA can
+    # dispatch on a GPU: called as its op, which has a fake-tensor shape function
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)[0]
+
+
+# the kernel, and how one layer reaches it on fake CPU tensors: its dtype, the context that
+# picks it (the CUDA estimate's backend choice, or none: the CPU's), the call
+SDPA_KERNELS = {
+    "_scaled_dot_product_flash_attention_for_cpu": (
+        torch.float32,
+        contextlib.nullcontext,
+        F.scaled_dot_product_attention,
+    ),
+    "_scaled_dot_product_flash_attention": (
+        torch.bfloat16,
+        cuda_attention,
+        F.scaled_dot_product_attention,
+    ),
+    "_scaled_dot_product_efficient_attention": (
+        torch.float32,
+        cuda_attention,
+        F.scaled_dot_product_attention,
+    ),
+    "_scaled_dot_product_cudnn_attention": (
+        torch.bfloat16,
+        contextlib.nullcontext,
+        _cudnn_attention,
+    ),
+}
+
+
+def one_layer_of(kernel: str) -> dict[str, int]:
+    """FLOPs by op of one attention layer's forward and backward through ``kernel``."""
+    dtype, context, call = SDPA_KERNELS[kernel]
+    with FakeTensorMode(), context():
+        shape = (BATCH, HEADS, SEQ, WIDTH // HEADS)
+        q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+        with flop_counter() as counter:
+            call(q, k, v).sum().backward()
+    return {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def one_layer_expected(kernel: str) -> dict[str, int]:
+    """4·b·s²·h forward (the two matmuls), 2.5 times that backward (five: q·kᵀ recomputed)."""
+    per_layer = ATTENTION_FORWARD // LAYERS
+    return {kernel: per_layer, f"{kernel}_backward": per_layer * 5 // 2}
+
+
+@pytest.mark.parametrize("kernel", sorted(SDPA_KERNELS))
+def test_every_sdpa_backend_counts_4_b_s2_h_forward_and_two_and_a_half_times_that_backward(
+    kernel,
+):
+    assert one_layer_of(kernel) == one_layer_expected(kernel)
+
+
+def test_a_backend_without_its_formula_is_not_counted(monkeypatch):
+    kernel = "_scaled_dot_product_efficient_attention"
+    monkeypatch.delitem(torch_flop_counter.flop_registry, getattr(torch.ops.aten, kernel))
+    assert one_layer_of(kernel) != one_layer_expected(kernel)
 
 
 def sdpa_kernel_ops() -> list[str]:
