@@ -224,6 +224,7 @@ def fits(out: Path, models: list[str], seq: int, budget: int, profile: str, fit_
             )
 
 
+FIT_BY_ORDER = ["total", "reserved", "allocated"]  # the fits table's columns, the default first
 DEPTH_METHODS = ("bp", "bp-deepsup", "ff-naive", "ff-pipelined")
 
 
@@ -345,7 +346,7 @@ def fits_markdown(rows: list[dict], estimated: list[dict]) -> list[str]:
     for r in rows:
         by_key.setdefault((r["model"], r["seq"], r["configuration"]), {})[r["fit_by"]] = r
     estimates_of = {(r["model"], r["seq"], r["configuration"]): r for r in estimated}
-    figures = list(dict.fromkeys(r["fit_by"] for r in rows))
+    figures = sorted({r["fit_by"] for r in rows}, key=FIT_BY_ORDER.index)
     first = figures[0]
     lines = [
         f"| model | seq | configuration | largest batch by {first} | its {first} GiB "
